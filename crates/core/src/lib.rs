@@ -1,1 +1,18 @@
-//! placeholder
+//! Berth's object model, free of IO and of the clock.
+//!
+//! Start at [`resources`]: the kinds Berth serves and where they live in the REST tree. Then
+//! [`kinds`] for what Kubernetes does to each on the way in (defaulting, validation) and out
+//! (table rows), [`typed`] for decoding bodies against the Kubernetes schema with field paths,
+//! [`patch`] for the three patch formats, and [`selector`] for label and field selectors.
+//! Anything that needs the time (an AGE column) takes it as an argument.
+
+pub mod kinds;
+pub mod patch;
+pub mod resources;
+pub mod selector;
+pub mod table;
+pub mod typed;
+pub mod validation;
+
+pub use resources::{Kind, Resource};
+pub use validation::FieldError;

@@ -1,0 +1,248 @@
+//! apps/v1 Deployments and ReplicaSets: defaults, validation, table.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde_json::{json, Value};
+
+use super::{arr_at, child, default_field, int_at, str_at};
+use crate::resources::Kind;
+use crate::selector::Selector;
+use crate::table::{col, int_col, wide, Column, AGE, NAME};
+use crate::validation::FieldError;
+
+fn default_template(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    default_field(spec, "replicas", json!(1));
+    let template = child(spec, "template");
+    let pod_spec = child(template, "spec");
+    super::default_pod_spec(pod_spec);
+}
+
+pub(super) fn default_deployment(obj: &mut Value) {
+    default_template(obj);
+    let spec = child(obj, "spec");
+    default_field(spec, "revisionHistoryLimit", json!(10));
+    default_field(spec, "progressDeadlineSeconds", json!(600));
+    let strategy = child(spec, "strategy");
+    default_field(strategy, "type", json!("RollingUpdate"));
+    if strategy.get("type") == Some(&json!("RollingUpdate")) {
+        let ru = child(strategy, "rollingUpdate");
+        default_field(ru, "maxUnavailable", json!("25%"));
+        default_field(ru, "maxSurge", json!("25%"));
+    }
+}
+
+pub(super) fn default_replicaset(obj: &mut Value) {
+    default_template(obj);
+}
+
+fn validate_int_or_percent(path: &str, v: Option<&Value>, errs: &mut Vec<FieldError>) {
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n >= 0) => {}
+        Some(Value::String(s))
+            if s
+                .strip_suffix('%')
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| p <= 100) => {}
+        Some(other) => errs.push(FieldError::invalid(
+            path,
+            other,
+            "must be a non-negative integer or a percentage between 0% and 100%",
+        )),
+    }
+}
+
+pub(super) fn validate_workload(kind: Kind, obj: &Value, errs: &mut Vec<FieldError>) {
+    let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64);
+    if replicas.is_some_and(|r| r < 0) {
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            replicas.unwrap_or_default(),
+            "must be greater than or equal to 0",
+        ));
+    }
+    match obj.pointer("/spec/selector") {
+        None | Some(Value::Null) => errs.push(FieldError::required("spec.selector")),
+        Some(sel) => {
+            let parsed = serde_json::from_value::<LabelSelector>(sel.clone())
+                .ok()
+                .and_then(|s| Selector::from_label_selector(&s).ok());
+            match parsed {
+                None => errs.push(FieldError::invalid("spec.selector", sel, "invalid label selector")),
+                Some(s) if s.is_empty() => errs.push(FieldError::invalid(
+                    "spec.selector",
+                    sel,
+                    "empty selector is invalid for deployment",
+                )),
+                Some(s) => {
+                    let template = obj.pointer("/spec/template").unwrap_or(&Value::Null);
+                    if !s.matches_object(template) {
+                        let labels = template
+                            .pointer("/metadata/labels")
+                            .cloned()
+                            .unwrap_or(json!({}));
+                        errs.push(FieldError::invalid(
+                            "spec.template.metadata.labels",
+                            labels,
+                            "`selector` does not match template `labels`",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let pod_spec = obj.pointer("/spec/template/spec").unwrap_or(&Value::Null);
+    super::validate_pod_spec("spec.template.spec", pod_spec, errs);
+    let restart = str_at(pod_spec, "/restartPolicy");
+    if !restart.is_empty() && restart != "Always" {
+        errs.push(FieldError::not_supported(
+            "spec.template.spec.restartPolicy",
+            restart,
+            &["Always"],
+        ));
+    }
+    if kind == Kind::Deployment {
+        let strategy = str_at(obj, "/spec/strategy/type");
+        if !["RollingUpdate", "Recreate"].contains(&strategy) {
+            errs.push(FieldError::not_supported(
+                "spec.strategy.type",
+                strategy,
+                &["Recreate", "RollingUpdate"],
+            ));
+        }
+        if strategy == "Recreate" && obj.pointer("/spec/strategy/rollingUpdate").is_some() {
+            errs.push(FieldError::forbidden(
+                "spec.strategy.rollingUpdate",
+                "may not be specified when strategy `type` is 'Recreate'",
+            ));
+        }
+        let ru = obj.pointer("/spec/strategy/rollingUpdate");
+        let surge = ru.and_then(|r| r.get("maxSurge"));
+        let unavail = ru.and_then(|r| r.get("maxUnavailable"));
+        validate_int_or_percent("spec.strategy.rollingUpdate.maxSurge", surge, errs);
+        validate_int_or_percent("spec.strategy.rollingUpdate.maxUnavailable", unavail, errs);
+        let zero = |v: Option<&Value>| matches!(v, Some(v) if v == &json!(0) || v == &json!("0%"));
+        if strategy == "RollingUpdate" && zero(surge) && zero(unavail) {
+            errs.push(FieldError::invalid(
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                unavail.cloned().unwrap_or_default(),
+                "may not be 0 when `maxSurge` is 0",
+            ));
+        }
+    }
+}
+
+pub(super) fn columns(kind: Kind) -> Vec<Column> {
+    let mut cols = vec![NAME];
+    if kind == Kind::Deployment {
+        cols.extend([
+            col("Ready", "Number of the pod with ready state"),
+            int_col("Up-to-date", "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
+            int_col("Available", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+        ]);
+    } else {
+        cols.extend([
+            int_col("Desired", "Number of desired pods."),
+            int_col("Current", "Number of actual replicas."),
+            int_col("Ready", "The number of ready replicas for this replica set."),
+        ]);
+    }
+    cols.extend([
+        AGE,
+        wide("Containers", "Names of each container in the template."),
+        wide("Images", "Images referenced by each container in the template."),
+        wide("Selector", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."),
+    ]);
+    cols
+}
+
+/// The SELECTOR cell: `app=web,tier in (a,b)`.
+pub(super) fn selector_string(sel: Option<&Value>) -> String {
+    let Some(sel) = sel else {
+        return "<none>".into();
+    };
+    let mut parts = Vec::new();
+    if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
+        for (k, v) in m {
+            parts.push(format!("{k}={}", v.as_str().unwrap_or("")));
+        }
+    }
+    for e in arr_at(sel, "/matchExpressions") {
+        let key = str_at(e, "/key");
+        let values: Vec<&str> = arr_at(e, "/values").iter().filter_map(Value::as_str).collect();
+        parts.push(match str_at(e, "/operator") {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            _ => format!("!{key}"),
+        });
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+pub(super) fn cells(kind: Kind, obj: &Value, age: String) -> Vec<Value> {
+    let containers = arr_at(obj, "/spec/template/spec/containers");
+    let names: Vec<&str> = containers.iter().map(|c| str_at(c, "/name")).collect();
+    let images: Vec<&str> = containers.iter().map(|c| str_at(c, "/image")).collect();
+    let replicas = int_at(obj, "/spec/replicas");
+    let ready = int_at(obj, "/status/readyReplicas");
+    let mut cells = vec![json!(str_at(obj, "/metadata/name"))];
+    if kind == Kind::Deployment {
+        cells.extend([
+            json!(format!("{ready}/{replicas}")),
+            json!(int_at(obj, "/status/updatedReplicas")),
+            json!(int_at(obj, "/status/availableReplicas")),
+        ]);
+    } else {
+        cells.extend([
+            json!(replicas),
+            json!(int_at(obj, "/status/replicas")),
+            json!(ready),
+        ]);
+    }
+    cells.extend([
+        json!(age),
+        json!(names.join(",")),
+        json!(images.join(",")),
+        json!(selector_string(obj.pointer("/spec/selector"))),
+    ]);
+    cells
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment() -> Value {
+        json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "nginx:1"}]}}}})
+    }
+
+    #[test]
+    fn defaults_and_valid_deployment() {
+        let mut d = deployment();
+        default_deployment(&mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let mut errs = Vec::new();
+        validate_workload(Kind::Deployment, &d, &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+    }
+
+    #[test]
+    fn selector_must_match_template() {
+        let mut d = deployment();
+        d["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
+        default_deployment(&mut d);
+        let mut errs = Vec::new();
+        validate_workload(Kind::Deployment, &d, &mut errs);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "spec.template.metadata.labels");
+    }
+}

@@ -1,0 +1,223 @@
+//! Per-kind behaviour: defaulting, validation, table columns and field selectors, as
+//! Kubernetes defines them for the kinds Berth serves. Each function dispatches on [`Kind`]
+//! to the kind's own module.
+
+mod apps;
+mod misc;
+mod node;
+mod pod;
+mod service;
+
+use jiff::Timestamp;
+use serde_json::{json, Value};
+
+use crate::resources::{Kind, Resource};
+use crate::table::Column;
+use crate::validation::{self, FieldError};
+
+pub use pod::{default_pod_spec, pod_status_reason, validate_pod_spec};
+
+/// The string at a JSON pointer, or "".
+pub(crate) fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The integer at a JSON pointer, or 0.
+pub(crate) fn int_at(obj: &Value, pointer: &str) -> i64 {
+    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// The array at a JSON pointer, or an empty slice.
+pub(crate) fn arr_at<'a>(obj: &'a Value, pointer: &str) -> &'a [Value] {
+    obj.pointer(pointer)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// Set `obj[key] = value` if `obj` is an object and the key is absent or null.
+pub(crate) fn default_field(obj: &mut Value, key: &str, value: Value) {
+    if let Some(map) = obj.as_object_mut() {
+        let slot = map.entry(key.to_string()).or_insert(Value::Null);
+        if slot.is_null() {
+            *slot = value;
+        }
+    }
+}
+
+/// The object at `obj[key]`, created empty if absent.
+pub(crate) fn child<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
+    default_field(obj, key, json!({}));
+    obj.get_mut(key).expect("just defaulted")
+}
+
+/// Fill in the defaults Kubernetes applies on create and update.
+pub fn default(kind: Kind, obj: &mut Value) {
+    match kind {
+        Kind::Pod => pod::default_pod(obj),
+        Kind::Deployment => apps::default_deployment(obj),
+        Kind::ReplicaSet => apps::default_replicaset(obj),
+        Kind::Service => service::default_service(obj),
+        Kind::Namespace => misc::default_namespace(obj),
+        Kind::Secret => default_field(obj, "type", json!("Opaque")),
+        Kind::HorizontalPodAutoscaler => misc::default_hpa(obj),
+        Kind::Node
+        | Kind::Endpoints
+        | Kind::Event
+        | Kind::ConfigMap
+        | Kind::Lease
+        | Kind::EndpointSlice => {}
+    }
+}
+
+/// Check an object (after defaulting) before it is stored.
+pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
+    let mut errs = validate_meta(res, obj);
+    match res.kind {
+        Kind::Pod => pod::validate_pod(obj, &mut errs),
+        Kind::Deployment | Kind::ReplicaSet => apps::validate_workload(res.kind, obj, &mut errs),
+        Kind::Service => service::validate_service(obj, &mut errs),
+        Kind::ConfigMap | Kind::Secret => misc::validate_data_keys(obj, &mut errs),
+        Kind::HorizontalPodAutoscaler => misc::validate_hpa(obj, &mut errs),
+        Kind::Namespace
+        | Kind::Node
+        | Kind::Endpoints
+        | Kind::Event
+        | Kind::Lease
+        | Kind::EndpointSlice => {}
+    }
+    errs
+}
+
+/// Check an update against the stored object: fields Kubernetes makes immutable.
+pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match res.kind {
+        Kind::Deployment | Kind::ReplicaSet => {
+            if old.pointer("/spec/selector") != new.pointer("/spec/selector") {
+                errs.push(FieldError::invalid(
+                    "spec.selector",
+                    new.pointer("/spec/selector").unwrap_or(&Value::Null),
+                    "field is immutable",
+                ));
+            }
+        }
+        Kind::Service => service::validate_service_update(old, new, &mut errs),
+        Kind::Pod => pod::validate_pod_update(old, new, &mut errs),
+        Kind::ConfigMap | Kind::Secret => {
+            if old.get("immutable") == Some(&Value::Bool(true))
+                && (old.get("data") != new.get("data")
+                    || old.get("binaryData") != new.get("binaryData")
+                    || old.get("stringData").is_some_and(|_| new.get("stringData").is_some()))
+            {
+                errs.push(FieldError::forbidden(
+                    "data",
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+        }
+        _ => {}
+    }
+    errs
+}
+
+fn validate_meta(res: &Resource, obj: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let name = str_at(obj, "/metadata/name");
+    if name.is_empty() {
+        errs.push(FieldError::required("metadata.name"));
+    } else {
+        let why = match res.kind {
+            // Namespaces and services are DNS labels: they become DNS names.
+            Kind::Namespace | Kind::Service => validation::dns1123_label(name),
+            _ => validation::dns1123_subdomain(name),
+        };
+        if let Some(why) = why {
+            errs.push(FieldError::invalid("metadata.name", name, why));
+        }
+    }
+    if res.namespaced {
+        let ns = str_at(obj, "/metadata/namespace");
+        if let Some(why) = validation::dns1123_label(ns) {
+            errs.push(FieldError::invalid("metadata.namespace", ns, why));
+        }
+    }
+    if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
+        validation::labels("metadata.labels", labels, &mut errs);
+    }
+    if let Some(ann) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
+        let mut total = 0;
+        for (k, v) in ann {
+            if let Some(why) = validation::qualified_name(k) {
+                errs.push(FieldError::invalid("metadata.annotations", k, why));
+            }
+            total += k.len() + v.as_str().map_or(0, str::len);
+        }
+        if total > 256 * 1024 {
+            errs.push(FieldError {
+                path: "metadata.annotations".into(),
+                reason: validation::Reason::TooLong,
+                detail: format!("may not be more than 262144 bytes (found {total})"),
+            });
+        }
+    }
+    errs
+}
+
+/// The field selector labels a kind supports besides `metadata.name` and
+/// `metadata.namespace`.
+pub fn field_labels(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Pod => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        Kind::Event => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        Kind::Node => &["spec.unschedulable"],
+        Kind::Secret => &["type"],
+        Kind::Namespace => &["status.phase"],
+        Kind::ReplicaSet => &["status.replicas"],
+        _ => &[],
+    }
+}
+
+/// The table columns kubectl shows for a kind (`kubectl get`).
+pub fn table_columns(kind: Kind) -> Vec<Column> {
+    match kind {
+        Kind::Pod => pod::columns(),
+        Kind::Node => node::columns(),
+        Kind::Service => service::columns(),
+        Kind::Deployment | Kind::ReplicaSet => apps::columns(kind),
+        _ => misc::columns(kind),
+    }
+}
+
+/// One table row's cells for an object, with ages measured from `now`.
+pub fn table_cells(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
+    let age = crate::table::age(obj, now);
+    match kind {
+        Kind::Pod => pod::cells(obj, age),
+        Kind::Node => node::cells(obj, age),
+        Kind::Service => service::cells(obj, age),
+        Kind::Deployment | Kind::ReplicaSet => apps::cells(kind, obj, age),
+        _ => misc::cells(kind, obj, age, now),
+    }
+}

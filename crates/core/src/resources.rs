@@ -1,0 +1,255 @@
+//! The resource kinds Berth serves, and what the API layer needs to know about each.
+
+/// Every kind Berth serves. Per-kind behaviour (defaulting, validation, table columns, field
+/// selectors) lives in `crate::kinds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Node,
+    Service,
+    Endpoints,
+    Event,
+    ConfigMap,
+    Secret,
+    Deployment,
+    ReplicaSet,
+    Lease,
+    HorizontalPodAutoscaler,
+    EndpointSlice,
+}
+
+/// A served resource: where it lives in the REST tree and which subresources it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resource {
+    pub kind: Kind,
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind_name: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// Has a `status` subresource: the main endpoint ignores status, `/status` only status.
+    pub status: bool,
+    /// Has a `scale` subresource (autoscaling/v1 Scale over `spec.replicas`).
+    pub scale: bool,
+    /// `metadata.generation` is kept and bumped on every spec change.
+    pub generation: bool,
+}
+
+impl Resource {
+    /// `v1` for the core group, `group/version` otherwise.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `pods`, `deployments.apps`: how Kubernetes names a resource in messages.
+    pub fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// `Deployment.apps`: how validation messages name a kind.
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind_name.to_string()
+        } else {
+            format!("{}.{}", self.kind_name, self.group)
+        }
+    }
+
+    /// The store key prefix for this resource: `/registry/<group>/<plural>/`.
+    pub fn key_prefix(&self) -> String {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
+        format!("/registry/{group}/{}/", self.plural)
+    }
+
+    /// The store key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/{name}", self.key_prefix()),
+            _ => format!("{}{name}", self.key_prefix()),
+        }
+    }
+
+    /// The key prefix of every object of this resource in one namespace (or all of them).
+    pub fn namespace_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/", self.key_prefix()),
+            _ => self.key_prefix(),
+        }
+    }
+}
+
+const fn res(
+    kind: Kind,
+    group: &'static str,
+    version: &'static str,
+    kind_name: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+) -> Resource {
+    Resource {
+        kind,
+        group,
+        version,
+        kind_name,
+        plural,
+        singular,
+        namespaced,
+        short_names: &[],
+        categories: &[],
+        status: false,
+        scale: false,
+        generation: false,
+    }
+}
+
+/// The served resources, in discovery order.
+pub static RESOURCES: &[Resource] = &[
+    Resource {
+        short_names: &["ns"],
+        status: true,
+        ..res(Kind::Namespace, "", "v1", "Namespace", "namespaces", "namespace", false)
+    },
+    Resource {
+        short_names: &["po"],
+        categories: &["all"],
+        status: true,
+        ..res(Kind::Pod, "", "v1", "Pod", "pods", "pod", true)
+    },
+    Resource {
+        short_names: &["no"],
+        status: true,
+        ..res(Kind::Node, "", "v1", "Node", "nodes", "node", false)
+    },
+    Resource {
+        short_names: &["svc"],
+        categories: &["all"],
+        status: true,
+        ..res(Kind::Service, "", "v1", "Service", "services", "service", true)
+    },
+    Resource {
+        short_names: &["ep"],
+        ..res(Kind::Endpoints, "", "v1", "Endpoints", "endpoints", "endpoints", true)
+    },
+    Resource {
+        short_names: &["ev"],
+        ..res(Kind::Event, "", "v1", "Event", "events", "event", true)
+    },
+    Resource {
+        short_names: &["cm"],
+        ..res(Kind::ConfigMap, "", "v1", "ConfigMap", "configmaps", "configmap", true)
+    },
+    res(Kind::Secret, "", "v1", "Secret", "secrets", "secret", true),
+    Resource {
+        short_names: &["deploy"],
+        categories: &["all"],
+        status: true,
+        scale: true,
+        generation: true,
+        ..res(Kind::Deployment, "apps", "v1", "Deployment", "deployments", "deployment", true)
+    },
+    Resource {
+        short_names: &["rs"],
+        categories: &["all"],
+        status: true,
+        scale: true,
+        generation: true,
+        ..res(Kind::ReplicaSet, "apps", "v1", "ReplicaSet", "replicasets", "replicaset", true)
+    },
+    res(Kind::Lease, "coordination.k8s.io", "v1", "Lease", "leases", "lease", true),
+    Resource {
+        short_names: &["hpa"],
+        categories: &["all"],
+        status: true,
+        generation: true,
+        ..res(
+            Kind::HorizontalPodAutoscaler,
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            "horizontalpodautoscaler",
+            true,
+        )
+    },
+    res(
+        Kind::EndpointSlice,
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+    ),
+];
+
+/// The served API groups (other than core), with their one version each.
+pub fn groups() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        if !out.iter().any(|(g, _)| *g == r.group) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+/// Look up a resource by group, version and plural name.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// Look up a resource by its kind.
+pub fn of_kind(kind: Kind) -> &'static Resource {
+    RESOURCES
+        .iter()
+        .find(|r| r.kind == kind)
+        .expect("every kind is served")
+}
+
+/// Look up a resource by `apiVersion` and `kind` as written in an object.
+pub fn by_type(api_version: &str, kind: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.kind_name == kind && r.api_version() == api_version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_group_plural_namespace_name() {
+        let deploy = find("apps", "v1", "deployments").unwrap();
+        assert_eq!(deploy.key(Some("ns1"), "web"), "/registry/apps/deployments/ns1/web");
+        let node = find("", "v1", "nodes").unwrap();
+        assert_eq!(node.key(Some("ignored"), "n1"), "/registry/core/nodes/n1");
+        assert_eq!(deploy.api_version(), "apps/v1");
+        assert_eq!(node.api_version(), "v1");
+    }
+
+    #[test]
+    fn every_kind_is_served_once() {
+        for r in RESOURCES {
+            assert_eq!(RESOURCES.iter().filter(|o| o.kind == r.kind).count(), 1);
+        }
+    }
+}
