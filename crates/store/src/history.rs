@@ -6,9 +6,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
+
 use tokio::sync::broadcast;
 
-use crate::{Event, Revision, StoreError, WatchStream};
+use crate::{Event, Revision, StoreError, WatchItem, WatchStream};
 
 /// How many events a slow watcher may fall behind the broadcast before it is cut off (and
 /// re-watches from its last revision, served from history if still there).
@@ -106,30 +107,40 @@ impl History {
         drop(inner);
 
         let prefix = prefix.to_string();
+        let start = backlog.last().map(|e| e.revision()).unwrap_or(after);
+        // `last` is the newest revision this watcher has passed, matching or not; `skipped`
+        // says some were passed without a word, so a Progress is owed once the queue drains.
         let live = futures::stream::unfold(
-            (rx, after, false),
-            move |(mut rx, mut last, done)| {
+            (rx, start, false, false),
+            move |(mut rx, mut last, mut skipped, done)| {
                 let prefix = prefix.clone();
                 async move {
                     if done {
                         return None;
                     }
                     loop {
+                        if skipped && rx.is_empty() {
+                            return Some((Ok(WatchItem::Progress(last)), (rx, last, false, false)));
+                        }
                         match rx.recv().await {
                             Ok(event) => {
-                                if event.revision() <= last || !event.kv.key.starts_with(&prefix)
-                                {
+                                if event.revision() <= last {
                                     continue;
                                 }
                                 last = event.revision();
-                                return Some((Ok((*event).clone()), (rx, last, false)));
+                                if !event.kv.key.starts_with(&prefix) {
+                                    skipped = true;
+                                    continue;
+                                }
+                                let item = WatchItem::Event((*event).clone());
+                                return Some((Ok(item), (rx, last, false, false)));
                             }
                             Err(broadcast::error::RecvError::Lagged(_)) => {
                                 let err = StoreError::Compacted {
                                     requested: last,
                                     oldest: last + 1,
                                 };
-                                return Some((Err(err), (rx, last, true)));
+                                return Some((Err(err), (rx, last, false, true)));
                             }
                             Err(broadcast::error::RecvError::Closed) => return None,
                         }
@@ -137,17 +148,11 @@ impl History {
                 }
             },
         );
-        let last_backlog = backlog.last().map(|e| e.revision()).unwrap_or(after);
-        let backlog = futures::stream::iter(backlog.into_iter().map(|e| Ok((*e).clone())));
-        // The live stream filters on `last`, which starts at `after`; events already replayed
-        // from the backlog are skipped by revision.
-        let live = live.filter(move |item| {
-            let keep = match item {
-                Ok(event) => event.revision() > last_backlog,
-                Err(_) => true,
-            };
-            futures::future::ready(keep)
-        });
+        let backlog = futures::stream::iter(
+            backlog
+                .into_iter()
+                .map(|e| Ok(WatchItem::Event((*e).clone()))),
+        );
         Ok(backlog.chain(live).boxed())
     }
 }

@@ -72,9 +72,18 @@ pub struct ListOptions {
     pub limit: Option<usize>,
 }
 
-/// A stream of watch events. It ends with `Err(Compacted)` when the watcher fell too far
+/// What a watch yields: a change under its prefix, or word that the store has reached a
+/// revision with no further change under the prefix (etcd's progress notification; the API
+/// turns it into a BOOKMARK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchItem {
+    Event(Event),
+    Progress(Revision),
+}
+
+/// A stream of watch items. It ends with `Err(Compacted)` when the watcher fell too far
 /// behind the writers to be served from history; the caller re-lists.
-pub type WatchStream = BoxStream<'static, Result<Event, StoreError>>;
+pub type WatchStream = BoxStream<'static, Result<WatchItem, StoreError>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

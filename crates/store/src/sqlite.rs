@@ -561,6 +561,15 @@ mod tests {
     use super::*;
     use futures::StreamExt;
 
+    async fn next_event(w: &mut WatchStream) -> Event {
+        loop {
+            match w.next().await.unwrap().unwrap() {
+                crate::WatchItem::Event(e) => return e,
+                crate::WatchItem::Progress(_) => continue,
+            }
+        }
+    }
+
     fn open(dir: &tempfile::TempDir, history: usize) -> SqliteStore {
         SqliteStore::open(dir.path().join("berth.db"), SqliteOptions { history }).unwrap()
     }
@@ -636,10 +645,10 @@ mod tests {
         let err = store.watch("/w/", 1).await.err().unwrap();
         assert!(matches!(err, StoreError::Compacted { .. }));
         let mut w = store.watch("/w/", 3).await.unwrap();
-        assert_eq!(w.next().await.unwrap().unwrap().revision(), 4);
-        assert_eq!(w.next().await.unwrap().unwrap().revision(), 5);
+        assert_eq!(next_event(&mut w).await.revision(), 4);
+        assert_eq!(next_event(&mut w).await.revision(), 5);
         store.delete("/w/0", None).await.unwrap();
-        let ev = w.next().await.unwrap().unwrap();
+        let ev = next_event(&mut w).await;
         assert_eq!((ev.kind, ev.revision()), (EventKind::Delete, 6));
         assert_eq!(&ev.kv.value[..], &[0]);
     }
@@ -656,7 +665,7 @@ mod tests {
         let store = open(&dir, 100);
         assert_eq!(store.current_revision().await.unwrap(), 2);
         let mut w = store.watch("/k/", 0).await.unwrap();
-        assert_eq!(w.next().await.unwrap().unwrap().kv.key, "/k/a");
+        assert_eq!(next_event(&mut w).await.kv.key, "/k/a");
         let kv = store.get("/k/b").await.unwrap().unwrap();
         assert_eq!(kv.mod_revision, 2);
     }
@@ -694,5 +703,17 @@ mod tests {
             StoreError::Compacted { oldest: 3, .. }
         ));
         assert!(store.watch("/x/", 3).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn writes_elsewhere_become_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 100);
+        let mut w = store.watch("/mine/", 0).await.unwrap();
+        store.create("/other/a", vec![1]).await.unwrap();
+        assert!(matches!(
+            w.next().await.unwrap().unwrap(),
+            crate::WatchItem::Progress(1)
+        ));
     }
 }
