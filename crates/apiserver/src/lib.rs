@@ -1,1 +1,207 @@
-//! placeholder
+//! Berth's Kubernetes-compatible API server.
+//!
+//! Start at [`start`]: it opens the store, makes the TLS material and tokens, and serves
+//! HTTPS. A request goes [`http::handle`] (parse and route, authenticate) →
+//! [`registry::Registry`] (Kubernetes semantics: defaults, validation, resourceVersion,
+//! deletion, list and watch) → `berth_store::Store`. [`discovery`] answers `/api`, `/apis`
+//! and OpenAPI; [`format`] shapes responses (lists, Tables).
+
+pub mod auth;
+pub mod discovery;
+pub mod format;
+pub mod http;
+mod protobuf;
+pub mod registry;
+pub mod status;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_store::{SqliteOptions, SqliteStore, Store, StoreError};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+pub use auth::Tokens;
+pub use registry::Registry;
+
+/// How to run the API server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Extra names and addresses the server certificate must cover.
+    pub tls_sans: Vec<String>,
+    /// Events kept for watches to resume from.
+    pub watch_history: usize,
+    /// How often an idle watch gets a BOOKMARK.
+    pub bookmark_every: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Config {
+            data_dir,
+            listen: "127.0.0.1:6443".parse().expect("valid address"),
+            tls_sans: Vec::new(),
+            watch_history: SqliteOptions::default().history,
+            bookmark_every: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening the store failed")]
+    Store(#[source] StoreError),
+    #[error("preparing TLS failed")]
+    Tls(#[source] tls::TlsError),
+    #[error("loading the tokens failed")]
+    Tokens(#[source] auth::TokenError),
+    #[error("listening on {addr} failed (is another server using the port? pick another with --listen)")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating the initial namespaces failed: {0}")]
+    Bootstrap(status::ApiError),
+}
+
+/// A running API server.
+pub struct Server {
+    /// The address it listens on (the real port when asked for port 0).
+    pub addr: SocketAddr,
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+    pub tokens: Tokens,
+    pub registry: Registry,
+    accept: tokio::task::JoinHandle<()>,
+    store: Arc<SqliteStore>,
+}
+
+impl Server {
+    /// The `https://host:port` clients should use.
+    pub fn url(&self) -> String {
+        let host = match self.addr.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        format!("https://{host}:{}", self.addr.port())
+    }
+
+    /// Stop accepting and close the store after its last commit.
+    pub fn shutdown(self) {
+        self.accept.abort();
+        self.store.close();
+    }
+}
+
+fn sans(cfg: &Config) -> Vec<String> {
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim();
+        if !h.is_empty() {
+            sans.push(h.to_string());
+        }
+    }
+    if !cfg.listen.ip().is_unspecified() {
+        sans.push(cfg.listen.ip().to_string());
+    }
+    sans.extend(cfg.tls_sans.iter().cloned());
+    sans
+}
+
+/// Open the store and serve the API over HTTPS.
+pub async fn start(cfg: Config) -> Result<Server, StartError> {
+    let store = Arc::new(
+        SqliteStore::open(
+            cfg.data_dir.join("state.db"),
+            SqliteOptions { history: cfg.watch_history },
+        )
+        .map_err(StartError::Store)?,
+    );
+    let files = tls::TlsFiles::in_dir(&cfg.data_dir);
+    let ca_pem = tls::ensure(&files, &sans(&cfg)).map_err(StartError::Tls)?;
+    let tls_config = tls::server_config(&files).map_err(StartError::Tls)?;
+    let tokens = Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(StartError::Tokens)?;
+    let registry = Registry::new(store.clone() as Arc<dyn Store>);
+    registry.bootstrap().await.map_err(StartError::Bootstrap)?;
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+    let state = Arc::new(http::AppState {
+        registry: registry.clone(),
+        tokens: tokens.clone(),
+        bookmark_every: cfg.bookmark_every,
+    });
+    let app = axum::Router::new().fallback(http::handle).with_state(state);
+    let acceptor = TlsAcceptor::from(tls_config);
+    let accept = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let service = TowerToHyperService::new(app);
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    });
+    tracing::info!(%addr, "API server listening");
+    Ok(Server { addr, ca_pem, tokens, registry, accept, store })
+}
+
+/// A kubeconfig for `server` with the cluster CA and `token`, current context `berth`.
+pub fn kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: berth
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: berth-admin
+  user:
+    token: {token}
+contexts:
+- name: berth
+  context:
+    cluster: berth
+    user: berth-admin
+    namespace: default
+current-context: berth
+"
+    )
+}

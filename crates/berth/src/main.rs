@@ -1,1 +1,45 @@
-fn main() {}
+//! The `berth` binary: one file per subcommand under `commands/`, each a thin layer that
+//! parses arguments and calls a library crate.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "A self-hosted container platform in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on this machine (embedded store) and write a kubeconfig.
+    Up(commands::up::Args),
+    /// Run the API server (and, as they land, the scheduler and controllers).
+    Server(commands::server::Args),
+    /// Print a kubeconfig for the admin of a data dir.
+    Kubeconfig(commands::kubeconfig::Args),
+    /// Print the admin or node-join token of a data dir.
+    Token(commands::token::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => commands::up::run(args).await,
+            Command::Server(args) => commands::server::run(args).await,
+            Command::Kubeconfig(args) => commands::kubeconfig::run(args),
+            Command::Token(args) => commands::token::run(args),
+        }
+    })
+}

@@ -156,31 +156,13 @@ pub(super) fn columns(kind: Kind) -> Vec<Column> {
     cols
 }
 
-/// The SELECTOR cell: `app=web,tier in (a,b)`.
-pub(super) fn selector_string(sel: Option<&Value>) -> String {
-    let Some(sel) = sel else {
-        return "<none>".into();
-    };
-    let mut parts = Vec::new();
-    if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
-        for (k, v) in m {
-            parts.push(format!("{k}={}", v.as_str().unwrap_or("")));
-        }
-    }
-    for e in arr_at(sel, "/matchExpressions") {
-        let key = str_at(e, "/key");
-        let values: Vec<&str> = arr_at(e, "/values").iter().filter_map(Value::as_str).collect();
-        parts.push(match str_at(e, "/operator") {
-            "In" => format!("{key} in ({})", values.join(",")),
-            "NotIn" => format!("{key} notin ({})", values.join(",")),
-            "Exists" => key.to_string(),
-            _ => format!("!{key}"),
-        });
-    }
-    if parts.is_empty() {
+/// The SELECTOR cell: `app=web,tier in (a,b)`, or `<none>`.
+fn selector_cell(sel: Option<&Value>) -> String {
+    let s = crate::selector::label_selector_string(sel);
+    if s.is_empty() {
         "<none>".into()
     } else {
-        parts.join(",")
+        s
     }
 }
 
@@ -208,7 +190,7 @@ pub(super) fn cells(kind: Kind, obj: &Value, age: String) -> Vec<Value> {
         json!(age),
         json!(names.join(",")),
         json!(images.join(",")),
-        json!(selector_string(obj.pointer("/spec/selector"))),
+        json!(selector_cell(obj.pointer("/spec/selector"))),
     ]);
     cells
 }

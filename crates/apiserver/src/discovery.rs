@@ -1,0 +1,176 @@
+//! Discovery: `/version`, `/api`, `/apis`, the per-group resource lists, and the small
+//! OpenAPI v3 documents that tell kubectl the server validates fields itself.
+
+use berth_core::resources::{self, Resource, RESOURCES};
+use serde_json::{json, Value};
+
+/// The Kubernetes version Berth reports: kubectl's dispatcher picks its v1.32 client by it.
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "32",
+        "gitVersion": concat!("v1.32.0-berth.", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "rust",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        }),
+    })
+}
+
+const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+fn api_resources(group: &str, version: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+        let mut entry = json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind_name,
+            "verbs": VERBS,
+        });
+        if !r.short_names.is_empty() {
+            entry["shortNames"] = json!(r.short_names);
+        }
+        if !r.categories.is_empty() {
+            entry["categories"] = json!(r.categories);
+        }
+        out.push(entry);
+        if r.status {
+            out.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind_name, "verbs": ["get", "patch", "update"]}));
+        }
+        if r.scale {
+            out.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+        }
+        if r.kind == resources::Kind::Pod {
+            out.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
+        }
+    }
+    out
+}
+
+/// `/api/v1` or `/apis/<group>/<version>`.
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if !RESOURCES.iter().any(|r| r.group == group && r.version == version) {
+        return None;
+    }
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": gv,
+        "resources": api_resources(group, version),
+    }))
+}
+
+/// `/api`.
+pub fn core_versions() -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+    })
+}
+
+fn group_entry(group: &str, version: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+/// `/apis`.
+pub fn groups() -> Value {
+    let groups: Vec<Value> = resources::groups().into_iter().map(|(g, v)| group_entry(g, v)).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/<group>`.
+pub fn group(name: &str) -> Option<Value> {
+    resources::groups()
+        .into_iter()
+        .find(|(g, _)| *g == name)
+        .map(|(g, v)| {
+            let mut e = group_entry(g, v);
+            e["kind"] = json!("APIGroup");
+            e["apiVersion"] = json!("v1");
+            e
+        })
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// `/openapi/v3`: one entry per served group-version.
+pub fn openapi_v3_root() -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut gvs: Vec<(&str, &str)> = vec![("", "v1")];
+    gvs.extend(resources::groups());
+    for (g, v) in gvs {
+        let p = gv_path(g, v);
+        let url = format!("/openapi/v3/{p}?hash={}", env!("CARGO_PKG_VERSION").replace('.', ""));
+        paths.insert(p, json!({"serverRelativeURL": url}));
+    }
+    json!({"paths": paths})
+}
+
+fn params() -> Value {
+    json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+    ])
+}
+
+fn object_path(r: &Resource) -> String {
+    let base = format!("/{}", gv_path(r.group, r.version));
+    if r.namespaced {
+        format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+    } else {
+        format!("{base}/{}/{{name}}", r.plural)
+    }
+}
+
+/// `/openapi/v3/<api/v1 | apis/group/version>`: the write operations of each kind, marked
+/// with their group-version-kind and the parameters the server honours.
+pub fn openapi_v3_group(path: &str) -> Option<Value> {
+    let (group, version) = match path.split('/').collect::<Vec<_>>().as_slice() {
+        ["api", v] => ("", *v),
+        ["apis", g, v] => (*g, *v),
+        _ => return None,
+    };
+    let mut paths = serde_json::Map::new();
+    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind_name});
+        let op = |verb: &str| {
+            json!({
+                "operationId": format!("{verb}{}", r.kind_name),
+                "x-kubernetes-action": verb,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params(),
+                "responses": {"200": {"description": "OK"}},
+            })
+        };
+        paths.insert(object_path(r), json!({"put": op("put"), "patch": op("patch"), "delete": op("delete")}));
+        let collection = object_path(r).trim_end_matches("/{name}").to_string();
+        paths.insert(collection, json!({"post": op("post")}));
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Berth", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

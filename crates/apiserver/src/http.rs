@@ -1,0 +1,368 @@
+//! The HTTP layer: one routing function, request parsing into a typed [`Action`], and
+//! rendering of the result. No Kubernetes semantics live here; they are the registry's.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use berth_core::resources::{self, Kind, Resource};
+use serde_json::{json, Value};
+
+use crate::auth::{self, Identity, Tokens};
+use crate::discovery;
+use crate::format::{self, Shape};
+use crate::registry::{
+    DeleteOptions, FieldValidation, ListParams, Part, PatchType, Registry, WatchEvent, WriteOptions,
+};
+use crate::status::ApiError;
+
+/// Largest request body accepted, as Kubernetes' 3 MiB.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub struct AppState {
+    pub registry: Registry,
+    pub tokens: Tokens,
+    pub bookmark_every: Duration,
+}
+
+/// Every request enters here.
+pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match route(&app, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(%method, %path, code = e.code.as_u16(), reason = e.reason, "request refused");
+            e.into_response()
+        }
+    }
+}
+
+fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let mut resp = (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(body).unwrap_or_default(),
+    )
+        .into_response();
+    for w in warnings {
+        let text = format!("299 - {:?}", w);
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+fn ok(body: &Value) -> Result<Response, ApiError> {
+    Ok(json_response(StatusCode::OK, body, &[]))
+}
+
+async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_string();
+    let identity = auth::authenticate(&app.tokens, req.headers())?;
+    if identity == Identity::Anonymous && !auth::is_public(&path) {
+        return Err(ApiError::unauthorized());
+    }
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    match segs.as_slice() {
+        ["version"] if read_only => ok(&discovery::version()),
+        ["healthz" | "livez"] if read_only => Ok((StatusCode::OK, "ok").into_response()),
+        ["readyz"] if read_only => match app.registry.store().current_revision().await {
+            Ok(_) => Ok((StatusCode::OK, "ok").into_response()),
+            Err(e) => Err(ApiError::internal(format!("store not ready: {e}"))),
+        },
+        ["api"] if read_only => ok(&discovery::core_versions()),
+        ["apis"] if read_only => ok(&discovery::groups()),
+        ["api", v] if read_only => discovery::resource_list("", v).map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
+        ["apis", g] if read_only => discovery::group(g).map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
+        ["apis", g, v] if read_only => discovery::resource_list(g, v).map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
+        ["openapi", "v3"] if read_only => ok(&discovery::openapi_v3_root()),
+        ["openapi", "v3", rest @ ..] if read_only => discovery::openapi_v3_group(&rest.join("/"))
+            .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
+        ["api", v, rest @ ..] => {
+            let (v, rest) = (v.to_string(), rest.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            resource(app, &identity, "", &v, &rest, req).await
+        }
+        ["apis", g, v, rest @ ..] => {
+            let (g, v) = (g.to_string(), v.to_string());
+            let rest = rest.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            resource(app, &identity, &g, &v, &rest, req).await
+        }
+        _ if !read_only && segs.first().is_some_and(|s| ["version", "healthz", "livez", "readyz", "api", "apis", "openapi"].contains(s)) => {
+            Err(ApiError::method_not_allowed(req.method().as_str(), &path))
+        }
+        _ => Err(ApiError::path_not_found(&path)),
+    }
+}
+
+/// Where in the resource tree a request points.
+#[derive(Debug)]
+struct Target {
+    res: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+    watch: bool,
+}
+
+fn parse_target(group: &str, version: &str, segs: &[String]) -> Result<Target, ApiError> {
+    let full = || format!("/{}/{}", if group.is_empty() { "api".to_string() } else { format!("apis/{group}") }, version);
+    let not_found = || ApiError::path_not_found(&format!("{}/{}", full(), segs.join("/")));
+    let (watch, segs) = match segs.first().map(String::as_str) {
+        Some("watch") => (true, &segs[1..]),
+        _ => (false, segs),
+    };
+    let find = |plural: &str| resources::find(group, version, plural);
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let t = |res: &'static Resource, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
+        res,
+        namespace: ns.map(String::from),
+        name: name.map(String::from),
+        sub: sub.map(String::from),
+        watch,
+    };
+    let target = match s.as_slice() {
+        ["namespaces", ns, plural, rest @ ..] if find(plural).is_some_and(|r| r.namespaced) => {
+            let res = find(plural).expect("checked");
+            match rest {
+                [] => t(res, Some(ns), None, None),
+                [name] => t(res, Some(ns), Some(name), None),
+                [name, sub] => t(res, Some(ns), Some(name), Some(sub)),
+                _ => return Err(not_found()),
+            }
+        }
+        [plural, rest @ ..] => {
+            let res = find(plural).ok_or_else(not_found)?;
+            match rest {
+                [] => t(res, None, None, None),
+                [name] if !res.namespaced => t(res, None, Some(name), None),
+                [name, sub] if !res.namespaced => t(res, None, Some(name), Some(sub)),
+                _ => return Err(not_found()),
+            }
+        }
+        _ => return Err(not_found()),
+    };
+    Ok(target)
+}
+
+/// What a request asks of the registry.
+enum Action {
+    Get,
+    List,
+    Watch,
+    Create(Value),
+    Update(Value, Part),
+    Patch(PatchType, Value, Part),
+    Delete(DeleteOptions),
+    DeleteCollection(DeleteOptions),
+    GetScale,
+    UpdateScale(Value),
+    PatchScale(PatchType, Value),
+    Bind(Value),
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Parse a body as JSON or YAML (by content type) into a JSON value.
+fn parse_body(ct: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request body is empty: send the object as JSON or YAML"));
+    }
+    match ct {
+        "application/yaml" | "application/apply-patch+yaml" => serde_saphyr::from_slice::<Value>(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the YAML body could not be parsed: {e}"))),
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(bytes),
+        _ => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the JSON body could not be parsed: {e}"))),
+    }
+}
+
+fn patch_type(ct: &str) -> Result<PatchType, ApiError> {
+    match ct {
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+        "application/apply-patch+yaml" | "application/apply-patch+cbor" => Ok(PatchType::Apply),
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::too_large(MAX_BODY))
+}
+
+async fn resource(
+    app: &Arc<AppState>,
+    who: &Identity,
+    group: &str,
+    version: &str,
+    segs: &[String],
+    req: Request,
+) -> Result<Response, ApiError> {
+    let target = parse_target(group, version, segs)?;
+    let res = target.res;
+    let method = req.method().clone();
+    auth::authorize(who, &method, res.kind, target.sub.as_deref())?;
+    let Query(q): Query<HashMap<String, String>> =
+        Query::try_from_uri(req.uri()).map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(String::from);
+    let shape = Shape::from_accept(accept.as_deref(), q.get("includeObject").map(String::as_str));
+    let ct = content_type(req.headers());
+    let path = req.uri().path().to_string();
+    let bytes = read_body(req.into_body()).await?;
+    let body = || parse_body(&ct, &bytes);
+    let delete_opts = || -> Result<DeleteOptions, ApiError> {
+        let mut opts: DeleteOptions = if bytes.iter().all(u8::is_ascii_whitespace) {
+            DeleteOptions::default()
+        } else {
+            serde_json::from_value(parse_body(&ct, &bytes)?)
+                .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        };
+        if let Some(g) = q.get("gracePeriodSeconds") {
+            opts.grace_period_seconds = Some(g.parse().map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
+        }
+        if let Some(p) = q.get("propagationPolicy") {
+            opts.propagation_policy = Some(p.clone());
+        }
+        if q.get("dryRun").is_some_and(|d| d == "All") {
+            opts.dry_run = vec!["All".into()];
+        }
+        Ok(opts)
+    };
+    let sub = target.sub.as_deref();
+    let is_watch = target.watch || q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let action = match (&method, target.name.is_some(), sub) {
+        (&Method::GET, false, None) if is_watch => Action::Watch,
+        (&Method::GET, false, None) => Action::List,
+        (&Method::POST, false, None) => Action::Create(body()?),
+        (&Method::DELETE, false, None) => Action::DeleteCollection(delete_opts()?),
+        (&Method::GET, true, None | Some("status")) if !is_watch => Action::Get,
+        (&Method::PUT, true, None) => Action::Update(body()?, Part::Main),
+        (&Method::PUT, true, Some("status")) if res.status => Action::Update(body()?, Part::Status),
+        (&Method::PATCH, true, None) => Action::Patch(patch_type(&ct)?, body()?, Part::Main),
+        (&Method::PATCH, true, Some("status")) if res.status => Action::Patch(patch_type(&ct)?, body()?, Part::Status),
+        (&Method::DELETE, true, None) => Action::Delete(delete_opts()?),
+        (&Method::GET, true, Some("scale")) if res.scale => Action::GetScale,
+        (&Method::PUT, true, Some("scale")) if res.scale => Action::UpdateScale(body()?),
+        (&Method::PATCH, true, Some("scale")) if res.scale => Action::PatchScale(patch_type(&ct)?, body()?),
+        (&Method::POST, true, Some("binding")) if res.kind == Kind::Pod => Action::Bind(body()?),
+        (_, true, Some(s @ ("log" | "exec" | "attach" | "portforward" | "proxy"))) if res.kind == Kind::Pod => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("pods/{s} needs a node agent running the pod; none serves this pod yet"),
+            ))
+        }
+        (_, _, Some(s)) if !matches!(s, "status" | "scale" | "binding") => return Err(ApiError::path_not_found(&path)),
+        _ => return Err(ApiError::method_not_allowed(method.as_str(), &path)),
+    };
+    let ns = target.namespace.as_deref();
+    let name = target.name.as_deref().unwrap_or("");
+    let write = WriteOptions {
+        dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
+        validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+        field_manager: q.get("fieldManager").cloned(),
+    };
+    let reg = &app.registry;
+    match action {
+        Action::Get => ok(&format::object(res, reg.get(res, ns, name).await?, shape)),
+        Action::List => {
+            let params = ListParams::from_query(res, &q)?;
+            ok(&format::list(res, reg.list(res, ns, &params).await?, shape))
+        }
+        Action::Watch => {
+            let params = ListParams::from_query(res, &q)?;
+            let rx = reg.watch(res, ns, params, app.bookmark_every).await?;
+            Ok(watch_response(res, rx, shape))
+        }
+        Action::Create(body) => {
+            let out = reg.create(res, ns, body, &write).await?;
+            Ok(json_response(StatusCode::CREATED, &format::object(res, out.object, shape), &out.warnings))
+        }
+        Action::Update(body, part) => {
+            let out = reg.update(res, ns, name, body, part, &write).await?;
+            let code = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(json_response(code, &format::object(res, out.object, shape), &out.warnings))
+        }
+        Action::Patch(kind, body, part) => {
+            if kind == PatchType::Apply && write.field_manager.as_deref().unwrap_or("").is_empty() {
+                return Err(ApiError::bad_request("PATCH requests with application/apply-patch+yaml need a fieldManager query parameter"));
+            }
+            let out = reg.patch(res, ns, name, kind, &body, part, &write).await?;
+            let code = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(json_response(code, &format::object(res, out.object, shape), &out.warnings))
+        }
+        Action::Delete(opts) => {
+            let (obj, gone) = reg.delete(res, ns, name, &opts).await?;
+            let code = if gone { StatusCode::OK } else { StatusCode::ACCEPTED };
+            Ok(json_response(code, &format::object(res, obj, shape), &[]))
+        }
+        Action::DeleteCollection(opts) => {
+            let params = ListParams::from_query(res, &q)?;
+            let items = reg.delete_collection(res, ns, &params, &opts).await?;
+            let listed = crate::registry::ListResult { items, resource_version: 0, continue_token: None };
+            ok(&format::list(res, listed, Shape::Object))
+        }
+        Action::GetScale => ok(&reg.get_scale(res, ns, name).await?),
+        Action::UpdateScale(body) => ok(&reg.update_scale(res, ns, name, Some(&body), None, &write).await?),
+        Action::PatchScale(kind, body) => ok(&reg.update_scale(res, ns, name, None, Some((kind, &body)), &write).await?),
+        Action::Bind(body) => Ok(json_response(StatusCode::CREATED, &reg.bind(ns, name, &body).await?, &[])),
+    }
+}
+
+/// Stream watch events as one JSON object per line.
+fn watch_response(res: &'static Resource, rx: tokio::sync::mpsc::Receiver<WatchEvent>, shape: Shape) -> Response {
+    let stream = futures::stream::unfold(rx, move |mut rx| async move {
+        let ev = rx.recv().await?;
+        let object = match (ev.kind, shape) {
+            ("ERROR" | "BOOKMARK", _) => ev.object,
+            (_, shape) => format::object(res, ev.object, shape),
+        };
+        let mut line = serde_json::to_vec(&json!({"type": ev.kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(p: &str) -> Vec<String> {
+        p.split('/').map(String::from).collect()
+    }
+
+    #[test]
+    fn targets_parse_like_kubernetes_paths() {
+        let t = parse_target("apps", "v1", &segs("namespaces/default/deployments/web/scale")).unwrap();
+        assert_eq!((t.res.plural, t.namespace.as_deref(), t.name.as_deref(), t.sub.as_deref()),
+            ("deployments", Some("default"), Some("web"), Some("scale")));
+        let t = parse_target("", "v1", &segs("namespaces/kube-system")).unwrap();
+        assert_eq!((t.res.plural, t.name.as_deref()), ("namespaces", Some("kube-system")));
+        let t = parse_target("", "v1", &segs("namespaces/x/status")).unwrap();
+        assert_eq!((t.res.plural, t.sub.as_deref()), ("namespaces", Some("status")));
+        let t = parse_target("", "v1", &segs("pods")).unwrap();
+        assert!(t.namespace.is_none() && t.name.is_none());
+        assert!(parse_target("", "v1", &segs("widgets")).is_err());
+        assert!(parse_target("apps", "v1", &segs("pods")).is_err());
+        assert!(parse_target("", "v1", &segs("pods/x")).is_err());
+    }
+}

@@ -1,0 +1,597 @@
+//! The registry: Kubernetes' REST semantics over the store, with no HTTP in sight.
+//!
+//! ```text
+//!  handler ─▶ Registry::{create, update, patch, delete, get, list, watch}
+//!               │ check type and namespace ─▶ decode against the schema (typed)
+//!               │ system fields (uid, creationTimestamp, generation, deletionTimestamp)
+//!               │ status split ─▶ defaults ─▶ kind hooks (service IPs, namespaces)
+//!               │ validate ─▶ Store (compare-and-swap on resourceVersion)
+//! ```
+//!
+//! Objects are stored as JSON without `resourceVersion`; it is the key's `mod_revision` and
+//! is put back on every read, as Kubernetes does over etcd.
+
+mod delete;
+mod list;
+mod namespace;
+mod service;
+mod subresource;
+
+use std::sync::Arc;
+
+use berth_core::kinds;
+use berth_core::patch;
+use berth_core::resources::{self, Kind, Resource};
+use berth_core::typed;
+use berth_store::{KeyValue, Revision, Store, StoreError};
+use jiff::Timestamp;
+use serde_json::{json, Value};
+
+use crate::status::ApiError;
+
+pub use delete::DeleteOptions;
+pub use list::{ListParams, ListResult, WatchEvent};
+
+/// How strictly unknown fields are treated (`?fieldValidation=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    Ignore,
+    #[default]
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn parse(v: Option<&str>) -> Result<Self, ApiError> {
+        match v {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter {other:?} is not supported: use Ignore, Warn or Strict"
+            ))),
+        }
+    }
+}
+
+/// Options every write takes.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub validation: FieldValidation,
+    pub field_manager: Option<String>,
+}
+
+/// The result of a write: the object as stored, whether it was created, and warnings for
+/// the `Warning` header.
+#[derive(Debug)]
+pub struct Outcome {
+    pub object: Value,
+    pub created: bool,
+    pub warnings: Vec<String>,
+}
+
+/// The patch formats (`Content-Type` of a PATCH).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    Json,
+    Merge,
+    Strategic,
+    Apply,
+}
+
+/// Which part of an object a write addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The main resource: status changes are ignored where a status subresource exists.
+    Main,
+    /// The `status` subresource: only status changes are kept.
+    Status,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    pub(crate) store: Arc<dyn Store>,
+    /// Serialises allocation of service cluster IPs and node ports.
+    alloc: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The current time, to the second, as Kubernetes writes timestamps.
+pub(crate) fn now() -> String {
+    Timestamp::from_second(Timestamp::now().as_second())
+        .expect("now is in range")
+        .to_string()
+}
+
+fn meta(obj: &Value, field: &str) -> Option<Value> {
+    obj.get("metadata").and_then(|m| m.get(field)).cloned()
+}
+
+fn meta_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"].as_object_mut().expect("metadata is an object")
+}
+
+pub(crate) fn name_of(obj: &Value) -> &str {
+    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+}
+
+fn rv_of(obj: &Value) -> Option<Revision> {
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .and_then(|s| s.parse().ok())
+}
+
+/// The stored value with `resourceVersion` restored.
+pub(crate) fn from_kv(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
+    meta_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    Ok(obj)
+}
+
+fn to_bytes(obj: &Value) -> Vec<u8> {
+    let mut obj = obj.clone();
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+        m.remove("selfLink");
+    }
+    serde_json::to_vec(&obj).expect("a JSON value serializes")
+}
+
+/// Everything of an object except metadata and status: what `generation` tracks.
+fn spec_part(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        for k in ["metadata", "status", "apiVersion", "kind"] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
+/// Kinds that `PUT` may create (Kubernetes' `AllowCreateOnUpdate`).
+fn create_on_update(kind: Kind) -> bool {
+    matches!(kind, Kind::Endpoints | Kind::Event | Kind::Lease)
+}
+
+const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn generate_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| NAME_CHARS[rng.random_range(0..NAME_CHARS.len())] as char)
+        .collect()
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Registry {
+            store,
+            alloc: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// The store underneath (for the health check and the benchmark).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) async fn get_kv(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Option<KeyValue>, ApiError> {
+        self.store
+            .get(&res.key(ns, name))
+            .await
+            .map_err(|e| ApiError::from_store(res, name, e))
+    }
+
+    pub async fn get(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        match self.get_kv(res, ns, name).await? {
+            Some(kv) => from_kv(&kv),
+            None => Err(ApiError::not_found(res, name)),
+        }
+    }
+
+    /// Check `apiVersion`, `kind` and namespace of a body against the request, decode it
+    /// against the schema, and return it in canonical form.
+    fn admit_body(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        mut body: Value,
+        validation: FieldValidation,
+        warnings: &mut Vec<String>,
+    ) -> Result<Value, ApiError> {
+        let Some(map) = body.as_object_mut() else {
+            return Err(ApiError::bad_request(format!(
+                "the body of a {} must be a JSON object",
+                res.kind_name
+            )));
+        };
+        let want_version = res.api_version();
+        match map.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => {
+                map.insert("apiVersion".into(), json!(want_version));
+            }
+            Some(v) if v == want_version => {}
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({want_version})"
+                )))
+            }
+        }
+        match map.get("kind").and_then(Value::as_str) {
+            None | Some("") => {
+                map.insert("kind".into(), json!(res.kind_name));
+            }
+            Some(k) if k == res.kind_name => {}
+            Some(k) => {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({}); post it to its own resource path",
+                    res.kind_name
+                )))
+            }
+        }
+        let m = meta_mut(&mut body);
+        if res.namespaced {
+            let url_ns = ns.unwrap_or("default");
+            match m.get("namespace").and_then(Value::as_str) {
+                None | Some("") => {
+                    m.insert("namespace".into(), json!(url_ns));
+                }
+                Some(n) if n == url_ns => {}
+                Some(n) => {
+                    return Err(ApiError::bad_request(format!(
+                        "the namespace of the provided object ({n}) does not match the namespace sent on the request ({url_ns})"
+                    )))
+                }
+            }
+        } else {
+            m.remove("namespace");
+        }
+        let decoded = typed::decode(res.kind, body).map_err(|e| {
+            let name = String::new();
+            if e.reason == berth_core::validation::Reason::TypeInvalid {
+                ApiError::bad_request(format!(
+                    "{} in body: {}: {}",
+                    res.kind_name, e.path, e.detail
+                ))
+            } else {
+                ApiError::invalid(res, &name, &[e])
+            }
+        })?;
+        if !decoded.unknown_fields.is_empty() {
+            let msgs: Vec<String> = decoded
+                .unknown_fields
+                .iter()
+                .map(|f| format!("unknown field {f:?}"))
+                .collect();
+            match validation {
+                FieldValidation::Strict => {
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {}",
+                        msgs.join(", ")
+                    )))
+                }
+                FieldValidation::Warn => warnings.extend(msgs),
+                FieldValidation::Ignore => {}
+            }
+        }
+        Ok(decoded.object)
+    }
+
+    /// `POST`: create an object.
+    pub async fn create(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Outcome, ApiError> {
+        let mut warnings = Vec::new();
+        let mut obj = self.admit_body(res, ns, body, opts.validation, &mut warnings)?;
+        let m = meta_mut(&mut obj);
+        let has_name = m.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        if !has_name {
+            if let Some(prefix) = m.get("generateName").and_then(Value::as_str) {
+                let name = format!("{prefix}{}", generate_suffix());
+                m.insert("name".into(), json!(name));
+            }
+        }
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(now()));
+        for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+            m.remove(f);
+        }
+        if res.generation {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
+        // Status is the system's to write, except where the writer is the status's owner
+        // from the start (a node registering itself).
+        if res.status && res.kind != Kind::Node {
+            if let Some(o) = obj.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        kinds::default(res.kind, &mut obj);
+        let ns_name = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(String::from);
+        if res.namespaced {
+            self.check_namespace_open(res, ns_name.as_deref().unwrap_or("default"), name_of(&obj))
+                .await?;
+        }
+        let errs = kinds::validate(res, &obj);
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(res, name_of(&obj), &errs));
+        }
+        let _alloc_guard;
+        if res.kind == Kind::Service {
+            _alloc_guard = self.alloc.lock().await;
+            service::allocate(self, &mut obj, None).await?;
+        }
+        let name = name_of(&obj).to_string();
+        if opts.dry_run {
+            return Ok(Outcome {
+                object: obj,
+                created: true,
+                warnings,
+            });
+        }
+        let kv = self
+            .store
+            .create(&res.key(ns_name.as_deref(), &name), to_bytes(&obj))
+            .await
+            .map_err(|e| ApiError::from_store(res, &name, e))?;
+        meta_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        Ok(Outcome {
+            object: obj,
+            created: true,
+            warnings,
+        })
+    }
+
+    /// `PUT`: replace an object (or its status), honouring a `resourceVersion` precondition.
+    pub async fn update(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+        part: Part,
+        opts: &WriteOptions,
+    ) -> Result<Outcome, ApiError> {
+        let body_name = body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        if body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let current = self.get_kv(res, ns, name).await?;
+        let Some(current) = current else {
+            if create_on_update(res.kind) && part == Part::Main {
+                return self.create(res, ns, body, opts).await;
+            }
+            return Err(ApiError::not_found(res, name));
+        };
+        let mut warnings = Vec::new();
+        let new = self.admit_body(res, ns, body, opts.validation, &mut warnings)?;
+        if let Some(rv) = rv_of(&new) {
+            if rv != current.mod_revision {
+                return Err(ApiError::modified(res, name));
+            }
+        }
+        let mut out = self.write_update(res, &current, new, part, opts).await?;
+        out.warnings = warnings;
+        Ok(out)
+    }
+
+    /// Carry system fields over from `current`, apply defaults and validation, and write
+    /// `new` if anything changed.
+    pub(crate) async fn write_update(
+        &self,
+        res: &Resource,
+        current: &KeyValue,
+        mut new: Value,
+        part: Part,
+        opts: &WriteOptions,
+    ) -> Result<Outcome, ApiError> {
+        let old = from_kv(current)?;
+        let name = name_of(&old).to_string();
+        if part == Part::Status {
+            // Only status changes: everything else stays as stored.
+            let status = new.get("status").cloned();
+            new = old.clone();
+            match status {
+                Some(s) => new["status"] = s,
+                None => {
+                    new.as_object_mut().map(|o| o.remove("status"));
+                }
+            }
+        } else if res.status {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    new.as_object_mut().map(|o| o.remove("status"));
+                }
+            }
+        }
+        {
+            let m = meta_mut(&mut new);
+            for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+                match meta(&old, f) {
+                    Some(v) => m.insert(f.into(), v),
+                    None => m.remove(f),
+                };
+            }
+            m.remove("managedFields");
+            m.remove("selfLink");
+        }
+        kinds::default(res.kind, &mut new);
+        if res.generation {
+            let mut changed = spec_part(&old) != spec_part(&new);
+            if res.kind == Kind::Deployment {
+                changed |= meta(&old, "annotations") != meta(&new, "annotations");
+            }
+            if changed {
+                let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+                meta_mut(&mut new).insert("generation".into(), json!(g + 1));
+            }
+        }
+        let mut errs = kinds::validate(res, &new);
+        errs.extend(kinds::validate_update(res, &old, &new));
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(res, &name, &errs));
+        }
+        let _alloc_guard;
+        if res.kind == Kind::Service {
+            _alloc_guard = self.alloc.lock().await;
+            service::allocate(self, &mut new, Some(&old)).await?;
+        }
+        meta_mut(&mut new).insert("resourceVersion".into(), json!(current.mod_revision.to_string()));
+        // A write that changes nothing is not a write: resourceVersion stays.
+        if new == old || opts.dry_run {
+            return Ok(Outcome {
+                object: new,
+                created: false,
+                warnings: Vec::new(),
+            });
+        }
+        // The last finalizer gone from an object being deleted: it goes now.
+        let finalizers_empty = new
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty());
+        if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty && delete::finalizers_done(res, &new) {
+            let kv = self
+                .store
+                .delete(&current.key, Some(current.mod_revision))
+                .await
+                .map_err(|e| ApiError::from_store(res, &name, e))?;
+            meta_mut(&mut new).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+            return Ok(Outcome {
+                object: new,
+                created: false,
+                warnings: Vec::new(),
+            });
+        }
+        let kv = self
+            .store
+            .update(&current.key, to_bytes(&new), current.mod_revision)
+            .await
+            .map_err(|e| ApiError::from_store(res, &name, e))?;
+        meta_mut(&mut new).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        Ok(Outcome {
+            object: new,
+            created: false,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// `PATCH`: apply a patch to the stored object and write it, retrying on a concurrent
+    /// write unless the patch itself pins a `resourceVersion`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchType,
+        body: &Value,
+        part: Part,
+        opts: &WriteOptions,
+    ) -> Result<Outcome, ApiError> {
+        for _ in 0..8 {
+            let Some(current) = self.get_kv(res, ns, name).await? else {
+                if kind == PatchType::Apply && part == Part::Main {
+                    let mut obj = body.clone();
+                    meta_mut(&mut obj).insert("name".into(), json!(name));
+                    return self.create(res, ns, obj, opts).await;
+                }
+                return Err(ApiError::not_found(res, name));
+            };
+            let mut obj = from_kv(&current)?;
+            apply_patch(&mut obj, kind, body)?;
+            let mut warnings = Vec::new();
+            let obj = self.admit_body(res, ns, obj, opts.validation, &mut warnings)?;
+            if name_of(&obj) != name {
+                return Err(ApiError::bad_request(format!(
+                    "the patch may not change metadata.name (from {name} to {})",
+                    name_of(&obj)
+                )));
+            }
+            let pinned = rv_of(&obj);
+            if pinned.is_some_and(|rv| rv != current.mod_revision) {
+                return Err(ApiError::modified(res, name));
+            }
+            match self.write_update(res, &current, obj, part, opts).await {
+                Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+                Ok(mut out) => {
+                    out.warnings = warnings;
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::modified(res, name))
+    }
+
+    /// Refuse new objects in a namespace that is missing or terminating.
+    async fn check_namespace_open(&self, res: &Resource, ns: &str, name: &str) -> Result<(), ApiError> {
+        let nsres = resources::of_kind(Kind::Namespace);
+        match self.get_kv(nsres, None, ns).await? {
+            None => Err(ApiError::not_found(nsres, ns)),
+            Some(kv) => {
+                let obj = from_kv(&kv)?;
+                if obj.pointer("/metadata/deletionTimestamp").is_some() {
+                    Err(ApiError::forbidden(format!(
+                        "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        res.qualified()
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Create the namespaces every cluster starts with, if they are missing.
+    pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        let nsres = resources::of_kind(Kind::Namespace);
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match self.create(nsres, None, body, &WriteOptions::default()).await {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        namespace::resume_terminating(self).await
+    }
+}
+
+/// Apply a patch of the given type to a JSON object.
+pub fn apply_patch(obj: &mut Value, kind: PatchType, body: &Value) -> Result<(), ApiError> {
+    let bad = |e: patch::PatchError| ApiError::bad_request(format!("{e:#}"));
+    match kind {
+        PatchType::Json => patch::json_patch(obj, body).map_err(bad),
+        PatchType::Merge => patch::merge_patch(obj, body).map_err(bad),
+        PatchType::Strategic | PatchType::Apply => patch::strategic_merge(obj, body).map_err(bad),
+    }
+}
+
+/// Map a store error for a list or watch (no single object named).
+pub(crate) fn store_err(res: &Resource, e: StoreError) -> ApiError {
+    ApiError::from_store(res, "", e)
+}

@@ -1,0 +1,56 @@
+pub mod kubeconfig;
+pub mod server;
+pub mod token;
+pub mod up;
+
+use std::path::PathBuf;
+
+/// The data dir when none is given: `$BERTH_DATA_DIR`, else `~/.berth`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BERTH_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".berth")
+}
+
+/// Arguments every server-side command shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Where state, TLS material and tokens live.
+    #[arg(long, default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+    /// Address to serve the Kubernetes API on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: std::net::SocketAddr,
+    /// Extra DNS names or IPs for the server certificate.
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<String>,
+    /// Watch events kept for clients to resume from; older resourceVersions answer 410.
+    #[arg(long, default_value_t = 100_000)]
+    pub watch_history: usize,
+    /// Seconds between BOOKMARK events on idle watches.
+    #[arg(long, default_value_t = 10)]
+    pub bookmark_seconds: u64,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> berth_apiserver::Config {
+        let mut cfg = berth_apiserver::Config::new(self.data_dir.clone());
+        cfg.listen = self.listen;
+        cfg.tls_sans = self.tls_sans.clone();
+        cfg.watch_history = self.watch_history;
+        cfg.bookmark_every = std::time::Duration::from_secs(self.bookmark_seconds.max(1));
+        cfg
+    }
+}
+
+/// Wait for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

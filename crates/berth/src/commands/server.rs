@@ -1,0 +1,23 @@
+//! `berth server`: the API server on this machine's store.
+
+use anyhow::Context;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub serve: super::ServeArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let server = berth_apiserver::start(args.serve.config())
+        .await
+        .with_context(|| format!("starting the API server in {}", args.serve.data_dir.display()))?;
+    println!("berth server listening on {}", server.url());
+    println!(
+        "node-join token: berth token --data-dir {} --node",
+        args.serve.data_dir.display()
+    );
+    super::shutdown_signal().await;
+    server.shutdown();
+    Ok(())
+}
