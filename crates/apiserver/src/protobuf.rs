@@ -1,10 +1,306 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), as kubectl's generators
-//! send them.
+//! (`kubectl create namespace|deployment|service|configmap|secret`) send them: the `k8s\0`
+//! envelope around a `runtime.Unknown` whose `raw` is the object.
+//!
+//! Berth answers JSON and stores JSON, so a protobuf body is decoded with `k8s-pb`'s types and
+//! mapped onto the JSON field names. The mapping covers every field those generators set;
+//! other kinds are refused with 415 and a pointer to JSON.
 
-use serde_json::Value;
+use k8s_pb::api::apps::v1 as apps;
+use k8s_pb::api::core::v1 as core;
+use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+use k8s_pb::apimachinery::pkg::runtime::Unknown;
+use prost::Message;
+use serde_json::{json, Map, Value};
 
 use crate::status::ApiError;
 
-pub fn decode(_bytes: &[u8]) -> Result<Value, ApiError> {
-    Err(ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf"))
+const MAGIC: &[u8] = b"k8s\0";
+
+fn bad(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("the protobuf body could not be decoded as {what}: {e}"))
+}
+
+/// Decode a protobuf body into the JSON object it stands for.
+pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
+    let body = bytes
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| bad("a Kubernetes object", "missing the k8s\\0 envelope prefix"))?;
+    let unknown = Unknown::decode(body).map_err(|e| bad("runtime.Unknown", e))?;
+    let tm = unknown.type_meta.unwrap_or_default();
+    let api_version = tm.api_version.unwrap_or_default();
+    let kind = tm.kind.unwrap_or_default();
+    let raw = unknown.raw.unwrap_or_default();
+    let mut obj = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => {
+            let ns = core::Namespace::decode(&raw[..]).map_err(|e| bad("Namespace", e))?;
+            json!({"metadata": object_meta(ns.metadata)})
+        }
+        ("v1", "ConfigMap") => {
+            let cm = core::ConfigMap::decode(&raw[..]).map_err(|e| bad("ConfigMap", e))?;
+            let mut o = json!({"metadata": object_meta(cm.metadata), "data": cm.data});
+            if !cm.binary_data.is_empty() {
+                o["binaryData"] = bytes_map(cm.binary_data);
+            }
+            put(&mut o, "immutable", cm.immutable.map(Value::Bool));
+            o
+        }
+        ("v1", "Secret") => {
+            let s = core::Secret::decode(&raw[..]).map_err(|e| bad("Secret", e))?;
+            let mut o = json!({"metadata": object_meta(s.metadata), "data": bytes_map(s.data)});
+            if !s.string_data.is_empty() {
+                o["stringData"] = json!(s.string_data);
+            }
+            put_str(&mut o, "type", s.r#type);
+            put(&mut o, "immutable", s.immutable.map(Value::Bool));
+            o
+        }
+        ("v1", "Service") => {
+            let s = core::Service::decode(&raw[..]).map_err(|e| bad("Service", e))?;
+            json!({"metadata": object_meta(s.metadata), "spec": service_spec(s.spec.unwrap_or_default())})
+        }
+        ("apps/v1", "Deployment") => {
+            let d = apps::Deployment::decode(&raw[..]).map_err(|e| bad("Deployment", e))?;
+            json!({"metadata": object_meta(d.metadata), "spec": deployment_spec(d.spec.unwrap_or_default())})
+        }
+        _ => {
+            return Err(ApiError::unsupported_media_type(&format!(
+                "application/vnd.kubernetes.protobuf for {api_version} {kind}: send it as JSON (kubectl apply -f, or -o json | kubectl create -f -)"
+            )))
+        }
+    };
+    obj["apiVersion"] = json!(api_version);
+    obj["kind"] = json!(kind);
+    Ok(obj)
+}
+
+fn put(obj: &mut Value, key: &str, v: Option<Value>) {
+    if let (Some(v), Some(m)) = (v, obj.as_object_mut()) {
+        m.insert(key.to_string(), v);
+    }
+}
+
+/// Go's protobuf encoder writes every non-pointer string, empty or not: empty means unset.
+fn put_str(obj: &mut Value, key: &str, v: Option<String>) {
+    put(obj, key, v.filter(|s| !s.is_empty()).map(Value::String));
+}
+
+fn put_list<T>(obj: &mut Value, key: &str, items: Vec<T>, f: impl Fn(T) -> Value) {
+    if !items.is_empty() {
+        put(obj, key, Some(Value::Array(items.into_iter().map(f).collect())));
+    }
+}
+
+fn put_map(obj: &mut Value, key: &str, m: std::collections::BTreeMap<String, String>) {
+    if !m.is_empty() {
+        put(obj, key, Some(json!(m)));
+    }
+}
+
+fn bytes_map(m: std::collections::BTreeMap<String, Vec<u8>>) -> Value {
+    use base64::Engine;
+    let out: Map<String, Value> = m
+        .into_iter()
+        .map(|(k, v)| (k, json!(base64::engine::general_purpose::STANDARD.encode(v))))
+        .collect();
+    Value::Object(out)
+}
+
+fn object_meta(m: Option<meta::ObjectMeta>) -> Value {
+    let m = m.unwrap_or_default();
+    let mut o = json!({});
+    put_str(&mut o, "name", m.name);
+    put_str(&mut o, "generateName", m.generate_name);
+    put_str(&mut o, "namespace", m.namespace);
+    put_map(&mut o, "labels", m.labels);
+    put_map(&mut o, "annotations", m.annotations);
+    put_list(&mut o, "finalizers", m.finalizers, Value::String);
+    o
+}
+
+fn label_selector(s: Option<meta::LabelSelector>) -> Option<Value> {
+    let s = s?;
+    let mut o = json!({});
+    put_map(&mut o, "matchLabels", s.match_labels);
+    put_list(&mut o, "matchExpressions", s.match_expressions, |e| {
+        json!({"key": e.key, "operator": e.operator, "values": e.values})
+    });
+    Some(o)
+}
+
+fn int_or_string(v: k8s_pb::apimachinery::pkg::util::intstr::IntOrString) -> Value {
+    match (v.r#type, v.int_val, v.str_val) {
+        (Some(1), _, Some(s)) => json!(s),
+        (_, Some(i), _) => json!(i),
+        (_, _, Some(s)) => json!(s),
+        _ => json!(0),
+    }
+}
+
+fn quantities(m: std::collections::BTreeMap<String, k8s_pb::apimachinery::pkg::api::resource::Quantity>) -> Value {
+    let out: Map<String, Value> = m.into_iter().map(|(k, q)| (k, json!(q.string.unwrap_or_default()))).collect();
+    Value::Object(out)
+}
+
+fn container(c: core::Container) -> Value {
+    let mut o = json!({});
+    put_str(&mut o, "name", c.name);
+    put_str(&mut o, "image", c.image);
+    put_list(&mut o, "command", c.command, Value::String);
+    put_list(&mut o, "args", c.args, Value::String);
+    put_str(&mut o, "workingDir", c.working_dir);
+    put_list(&mut o, "ports", c.ports, |p| {
+        let mut po = json!({});
+        put_str(&mut po, "name", p.name);
+        put(&mut po, "containerPort", p.container_port.map(|v| json!(v)));
+        put(&mut po, "hostPort", p.host_port.filter(|v| *v != 0).map(|v| json!(v)));
+        put_str(&mut po, "protocol", p.protocol);
+        po
+    });
+    put_list(&mut o, "env", c.env, |e| {
+        let mut eo = json!({});
+        put_str(&mut eo, "name", e.name);
+        put_str(&mut eo, "value", e.value);
+        eo
+    });
+    if let Some(r) = c.resources {
+        let mut ro = json!({});
+        if !r.limits.is_empty() {
+            ro["limits"] = quantities(r.limits);
+        }
+        if !r.requests.is_empty() {
+            ro["requests"] = quantities(r.requests);
+        }
+        o["resources"] = ro;
+    }
+    put_str(&mut o, "imagePullPolicy", c.image_pull_policy);
+    put(&mut o, "stdin", c.stdin.map(Value::Bool));
+    put(&mut o, "tty", c.tty.map(Value::Bool));
+    o
+}
+
+fn pod_spec(s: core::PodSpec) -> Value {
+    let mut o = json!({});
+    put_list(&mut o, "containers", s.containers, container);
+    put_list(&mut o, "initContainers", s.init_containers, container);
+    put_str(&mut o, "restartPolicy", s.restart_policy);
+    put_map(&mut o, "nodeSelector", s.node_selector);
+    put_str(&mut o, "serviceAccountName", s.service_account_name);
+    put(&mut o, "terminationGracePeriodSeconds", s.termination_grace_period_seconds.map(|v| json!(v)));
+    o
+}
+
+fn deployment_spec(s: apps::DeploymentSpec) -> Value {
+    let mut o = json!({});
+    put(&mut o, "replicas", s.replicas.map(|v| json!(v)));
+    put(&mut o, "selector", label_selector(s.selector));
+    if let Some(t) = s.template {
+        o["template"] = json!({
+            "metadata": object_meta(t.metadata),
+            "spec": pod_spec(t.spec.unwrap_or_default()),
+        });
+    }
+    if let Some(st) = s.strategy {
+        let mut so = json!({});
+        put_str(&mut so, "type", st.r#type);
+        if let Some(ru) = st.rolling_update {
+            let mut ro = json!({});
+            put(&mut ro, "maxUnavailable", ru.max_unavailable.map(int_or_string));
+            put(&mut ro, "maxSurge", ru.max_surge.map(int_or_string));
+            so["rollingUpdate"] = ro;
+        }
+        o["strategy"] = so;
+    }
+    put(&mut o, "minReadySeconds", s.min_ready_seconds.map(|v| json!(v)));
+    put(&mut o, "revisionHistoryLimit", s.revision_history_limit.map(|v| json!(v)));
+    put(&mut o, "paused", s.paused.map(Value::Bool));
+    put(&mut o, "progressDeadlineSeconds", s.progress_deadline_seconds.map(|v| json!(v)));
+    o
+}
+
+fn service_spec(s: core::ServiceSpec) -> Value {
+    let mut o = json!({});
+    put_list(&mut o, "ports", s.ports, |p| {
+        let mut po = json!({});
+        put_str(&mut po, "name", p.name);
+        put_str(&mut po, "protocol", p.protocol);
+        put(&mut po, "port", p.port.map(|v| json!(v)));
+        put(&mut po, "targetPort", p.target_port.map(int_or_string));
+        put(&mut po, "nodePort", p.node_port.filter(|v| *v != 0).map(|v| json!(v)));
+        po
+    });
+    put_map(&mut o, "selector", s.selector);
+    put_str(&mut o, "clusterIP", s.cluster_ip);
+    put_str(&mut o, "type", s.r#type);
+    put_str(&mut o, "externalName", s.external_name);
+    put_list(&mut o, "externalIPs", s.external_ips, Value::String);
+    put_str(&mut o, "sessionAffinity", s.session_affinity);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let unknown = Unknown {
+            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
+                api_version: Some(api_version.into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        };
+        let mut out = MAGIC.to_vec();
+        out.extend(unknown.encode_to_vec());
+        out
+    }
+
+    #[test]
+    fn deployment_from_the_generator_decodes() {
+        let d = apps::Deployment {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("web".into()),
+                labels: [("app".to_string(), "web".to_string())].into(),
+                ..Default::default()
+            }),
+            spec: Some(apps::DeploymentSpec {
+                replicas: Some(2),
+                selector: Some(meta::LabelSelector {
+                    match_labels: [("app".to_string(), "web".to_string())].into(),
+                    ..Default::default()
+                }),
+                template: Some(core::PodTemplateSpec {
+                    metadata: Some(meta::ObjectMeta {
+                        labels: [("app".to_string(), "web".to_string())].into(),
+                        ..Default::default()
+                    }),
+                    spec: Some(core::PodSpec {
+                        containers: vec![core::Container {
+                            name: Some("nginx".into()),
+                            image: Some("nginx:1".into()),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let obj = decode(&envelope("apps/v1", "Deployment", d.encode_to_vec())).unwrap();
+        assert_eq!(obj["kind"], "Deployment");
+        assert_eq!(obj["spec"]["replicas"], 2);
+        assert_eq!(obj["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1");
+        assert_eq!(obj["spec"]["selector"]["matchLabels"]["app"], "web");
+    }
+
+    #[test]
+    fn garbage_is_a_bad_request_not_a_panic() {
+        assert_eq!(decode(b"nope").unwrap_err().code.as_u16(), 400);
+        assert_eq!(decode(b"k8s\0\xff\xff\xff").unwrap_err().code.as_u16(), 400);
+        let other = envelope("batch/v1", "Job", vec![]);
+        assert_eq!(decode(&other).unwrap_err().code.as_u16(), 415);
+    }
 }

@@ -59,7 +59,11 @@ pub fn default(kind: Kind, obj: &mut Value) {
         Kind::ReplicaSet => apps::default_replicaset(obj),
         Kind::Service => service::default_service(obj),
         Kind::Namespace => misc::default_namespace(obj),
-        Kind::Secret => default_field(obj, "type", json!("Opaque")),
+        Kind::Secret => {
+            if str_at(obj, "/type").is_empty() {
+                obj["type"] = json!("Opaque");
+            }
+        }
         Kind::HorizontalPodAutoscaler => misc::default_hpa(obj),
         Kind::Node
         | Kind::Endpoints
