@@ -82,7 +82,11 @@ pub enum Identity {
 
 /// Compare in constant time, so a wrong token learns nothing from timing.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Identify the caller from its `Authorization` header. A present but wrong token is a 401.

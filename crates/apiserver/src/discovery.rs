@@ -23,11 +23,23 @@ pub fn version() -> Value {
     })
 }
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 fn api_resources(group: &str, version: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -57,10 +69,17 @@ fn api_resources(group: &str, version: &str) -> Vec<Value> {
 
 /// `/api/v1` or `/apis/<group>/<version>`.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    if !RESOURCES.iter().any(|r| r.group == group && r.version == version) {
+    if !RESOURCES
+        .iter()
+        .any(|r| r.group == group && r.version == version)
+    {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     Some(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -85,7 +104,10 @@ fn group_entry(group: &str, version: &str) -> Value {
 
 /// `/apis`.
 pub fn groups() -> Value {
-    let groups: Vec<Value> = resources::groups().into_iter().map(|(g, v)| group_entry(g, v)).collect();
+    let groups: Vec<Value> = resources::groups()
+        .into_iter()
+        .map(|(g, v)| group_entry(g, v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -117,7 +139,10 @@ pub fn openapi_v3_root() -> Value {
     gvs.extend(resources::groups());
     for (g, v) in gvs {
         let p = gv_path(g, v);
-        let url = format!("/openapi/v3/{p}?hash={}", env!("CARGO_PKG_VERSION").replace('.', ""));
+        let url = format!(
+            "/openapi/v3/{p}?hash={}",
+            env!("CARGO_PKG_VERSION").replace('.', "")
+        );
         paths.insert(p, json!({"serverRelativeURL": url}));
     }
     json!({"paths": paths})
@@ -149,7 +174,10 @@ pub fn openapi_v3_group(path: &str) -> Option<Value> {
         _ => return None,
     };
     let mut paths = serde_json::Map::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind_name});
         let op = |verb: &str| {
             json!({
@@ -160,7 +188,10 @@ pub fn openapi_v3_group(path: &str) -> Option<Value> {
                 "responses": {"200": {"description": "OK"}},
             })
         };
-        paths.insert(object_path(r), json!({"put": op("put"), "patch": op("patch"), "delete": op("delete")}));
+        paths.insert(
+            object_path(r),
+            json!({"put": op("put"), "patch": op("patch"), "delete": op("delete")}),
+        );
         let collection = object_path(r).trim_end_matches("/{name}").to_string();
         paths.insert(collection, json!({"post": op("post")}));
     }

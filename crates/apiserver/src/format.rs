@@ -38,12 +38,17 @@ impl Shape {
         };
         for alt in accept.split(',') {
             let params: Vec<&str> = alt.split(';').map(str::trim).collect();
-            let get = |k: &str| params.iter().find_map(|p| p.strip_prefix(k).and_then(|r| r.strip_prefix('=')));
+            let get = |k: &str| {
+                params
+                    .iter()
+                    .find_map(|p| p.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            };
             match (get("as"), get("g")) {
                 (Some("Table"), Some("meta.k8s.io")) => return Shape::Table { include },
-                (Some("PartialObjectMetadata" | "PartialObjectMetadataList"), Some("meta.k8s.io")) => {
-                    return Shape::PartialMetadata
-                }
+                (
+                    Some("PartialObjectMetadata" | "PartialObjectMetadataList"),
+                    Some("meta.k8s.io"),
+                ) => return Shape::PartialMetadata,
                 (None, _) => return Shape::Object,
                 _ => continue,
             }
@@ -71,7 +76,13 @@ fn row(res: &Resource, obj: &Value, include: Include, now: Timestamp) -> Value {
 }
 
 /// A Table of `objects`.
-pub fn table(res: &Resource, objects: &[Value], rv: Option<String>, cont: Option<String>, include: Include) -> Value {
+pub fn table(
+    res: &Resource,
+    objects: &[Value],
+    rv: Option<String>,
+    cont: Option<String>,
+    include: Include,
+) -> Value {
     let now = Timestamp::now();
     let rows: Vec<Value> = objects.iter().map(|o| row(res, o, include, now)).collect();
     let mut meta = json!({});
@@ -95,7 +106,10 @@ pub fn object(res: &Resource, obj: Value, shape: Shape) -> Value {
     match shape {
         Shape::Object => obj,
         Shape::Table { include } => {
-            let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(String::from);
             table(res, &[obj], rv, None, include)
         }
         Shape::PartialMetadata => partial(&obj),
@@ -106,7 +120,9 @@ pub fn object(res: &Resource, obj: Value, shape: Shape) -> Value {
 pub fn list(res: &Resource, listed: ListResult, shape: Shape) -> Value {
     let rv = listed.resource_version.to_string();
     match shape {
-        Shape::Table { include } => table(res, &listed.items, Some(rv), listed.continue_token, include),
+        Shape::Table { include } => {
+            table(res, &listed.items, Some(rv), listed.continue_token, include)
+        }
         Shape::PartialMetadata => {
             let items: Vec<Value> = listed.items.iter().map(partial).collect();
             let mut meta = json!({"resourceVersion": rv});
@@ -137,8 +153,16 @@ mod tests {
     #[test]
     fn accept_picks_the_first_shape_berth_serves() {
         let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
-        assert_eq!(Shape::from_accept(Some(kubectl), None), Shape::Table { include: Include::Metadata });
-        assert_eq!(Shape::from_accept(Some("application/json"), None), Shape::Object);
+        assert_eq!(
+            Shape::from_accept(Some(kubectl), None),
+            Shape::Table {
+                include: Include::Metadata
+            }
+        );
+        assert_eq!(
+            Shape::from_accept(Some("application/json"), None),
+            Shape::Object
+        );
         assert_eq!(Shape::from_accept(None, None), Shape::Object);
         let typed = "application/vnd.kubernetes.protobuf,application/json";
         assert_eq!(Shape::from_accept(Some(typed), None), Shape::Object);

@@ -69,7 +69,11 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
     if identity == Identity::Anonymous && !auth::is_public(&path) {
         return Err(ApiError::unauthorized());
     }
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     match segs.as_slice() {
         ["version"] if read_only => ok(&discovery::version()),
@@ -80,14 +84,21 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         },
         ["api"] if read_only => ok(&discovery::core_versions()),
         ["apis"] if read_only => ok(&discovery::groups()),
-        ["api", v] if read_only => discovery::resource_list("", v).map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
-        ["apis", g] if read_only => discovery::group(g).map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
-        ["apis", g, v] if read_only => discovery::resource_list(g, v).map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
+        ["api", v] if read_only => discovery::resource_list("", v)
+            .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
+        ["apis", g] if read_only => {
+            discovery::group(g).map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b))
+        }
+        ["apis", g, v] if read_only => discovery::resource_list(g, v)
+            .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
         ["openapi", "v3"] if read_only => ok(&discovery::openapi_v3_root()),
         ["openapi", "v3", rest @ ..] if read_only => discovery::openapi_v3_group(&rest.join("/"))
             .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
         ["api", v, rest @ ..] => {
-            let (v, rest) = (v.to_string(), rest.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            let (v, rest) = (
+                v.to_string(),
+                rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            );
             resource(app, &identity, "", &v, &rest, req).await
         }
         ["apis", g, v, rest @ ..] => {
@@ -95,7 +106,14 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
             let rest = rest.iter().map(|s| s.to_string()).collect::<Vec<_>>();
             resource(app, &identity, &g, &v, &rest, req).await
         }
-        _ if !read_only && segs.first().is_some_and(|s| ["version", "healthz", "livez", "readyz", "api", "apis", "openapi"].contains(s)) => {
+        _ if !read_only
+            && segs.first().is_some_and(|s| {
+                [
+                    "version", "healthz", "livez", "readyz", "api", "apis", "openapi",
+                ]
+                .contains(s)
+            }) =>
+        {
             Err(ApiError::method_not_allowed(req.method().as_str(), &path))
         }
         _ => Err(ApiError::path_not_found(&path)),
@@ -113,7 +131,17 @@ struct Target {
 }
 
 fn parse_target(group: &str, version: &str, segs: &[String]) -> Result<Target, ApiError> {
-    let full = || format!("/{}/{}", if group.is_empty() { "api".to_string() } else { format!("apis/{group}") }, version);
+    let full = || {
+        format!(
+            "/{}/{}",
+            if group.is_empty() {
+                "api".to_string()
+            } else {
+                format!("apis/{group}")
+            },
+            version
+        )
+    };
     let not_found = || ApiError::path_not_found(&format!("{}/{}", full(), segs.join("/")));
     let (watch, segs) = match segs.first().map(String::as_str) {
         Some("watch") => (true, &segs[1..]),
@@ -121,13 +149,14 @@ fn parse_target(group: &str, version: &str, segs: &[String]) -> Result<Target, A
     };
     let find = |plural: &str| resources::find(group, version, plural);
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let t = |res: &'static Resource, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
-        res,
-        namespace: ns.map(String::from),
-        name: name.map(String::from),
-        sub: sub.map(String::from),
-        watch,
-    };
+    let t =
+        |res: &'static Resource, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
+            res,
+            namespace: ns.map(String::from),
+            name: name.map(String::from),
+            sub: sub.map(String::from),
+            watch,
+        };
     let target = match s.as_slice() {
         ["namespaces", ns, plural, rest @ ..] if find(plural).is_some_and(|r| r.namespaced) => {
             let res = find(plural).expect("checked");
@@ -172,18 +201,29 @@ fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
 /// Parse a body as JSON or YAML (by content type) into a JSON value.
 fn parse_body(ct: &str, bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("the request body is empty: send the object as JSON or YAML"));
+        return Err(ApiError::bad_request(
+            "the request body is empty: send the object as JSON or YAML",
+        ));
     }
     match ct {
-        "application/yaml" | "application/apply-patch+yaml" => serde_saphyr::from_slice::<Value>(bytes)
-            .map_err(|e| ApiError::bad_request(format!("the YAML body could not be parsed: {e}"))),
+        "application/yaml" | "application/apply-patch+yaml" => {
+            serde_saphyr::from_slice::<Value>(bytes).map_err(|e| {
+                ApiError::bad_request(format!("the YAML body could not be parsed: {e}"))
+            })
+        }
         "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(bytes),
         _ => serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("the JSON body could not be parsed: {e}"))),
@@ -218,10 +258,17 @@ async fn resource(
     let res = target.res;
     let method = req.method().clone();
     auth::authorize(who, &method, res.kind, target.sub.as_deref())?;
-    let Query(q): Query<HashMap<String, String>> =
-        Query::try_from_uri(req.uri()).map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(String::from);
-    let shape = Shape::from_accept(accept.as_deref(), q.get("includeObject").map(String::as_str));
+    let Query(q): Query<HashMap<String, String>> = Query::try_from_uri(req.uri())
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let shape = Shape::from_accept(
+        accept.as_deref(),
+        q.get("includeObject").map(String::as_str),
+    );
     let ct = content_type(req.headers());
     let path = req.uri().path().to_string();
     let bytes = read_body(req.into_body()).await?;
@@ -234,7 +281,10 @@ async fn resource(
                 .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
         };
         if let Some(g) = q.get("gracePeriodSeconds") {
-            opts.grace_period_seconds = Some(g.parse().map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
+            opts.grace_period_seconds = Some(
+                g.parse()
+                    .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
+            );
         }
         if let Some(p) = q.get("propagationPolicy") {
             opts.propagation_policy = Some(p.clone());
@@ -255,20 +305,28 @@ async fn resource(
         (&Method::PUT, true, None) => Action::Update(body()?, Part::Main),
         (&Method::PUT, true, Some("status")) if res.status => Action::Update(body()?, Part::Status),
         (&Method::PATCH, true, None) => Action::Patch(patch_type(&ct)?, body()?, Part::Main),
-        (&Method::PATCH, true, Some("status")) if res.status => Action::Patch(patch_type(&ct)?, body()?, Part::Status),
+        (&Method::PATCH, true, Some("status")) if res.status => {
+            Action::Patch(patch_type(&ct)?, body()?, Part::Status)
+        }
         (&Method::DELETE, true, None) => Action::Delete(delete_opts()?),
         (&Method::GET, true, Some("scale")) if res.scale => Action::GetScale,
         (&Method::PUT, true, Some("scale")) if res.scale => Action::UpdateScale(body()?),
-        (&Method::PATCH, true, Some("scale")) if res.scale => Action::PatchScale(patch_type(&ct)?, body()?),
+        (&Method::PATCH, true, Some("scale")) if res.scale => {
+            Action::PatchScale(patch_type(&ct)?, body()?)
+        }
         (&Method::POST, true, Some("binding")) if res.kind == Kind::Pod => Action::Bind(body()?),
-        (_, true, Some(s @ ("log" | "exec" | "attach" | "portforward" | "proxy"))) if res.kind == Kind::Pod => {
+        (_, true, Some(s @ ("log" | "exec" | "attach" | "portforward" | "proxy")))
+            if res.kind == Kind::Pod =>
+        {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "NotFound",
                 format!("pods/{s} needs a node agent running the pod; none serves this pod yet"),
             ))
         }
-        (_, _, Some(s)) if !matches!(s, "status" | "scale" | "binding") => return Err(ApiError::path_not_found(&path)),
+        (_, _, Some(s)) if !matches!(s, "status" | "scale" | "binding") => {
+            return Err(ApiError::path_not_found(&path))
+        }
         _ => return Err(ApiError::method_not_allowed(method.as_str(), &path)),
     };
     let ns = target.namespace.as_deref();
@@ -292,53 +350,97 @@ async fn resource(
         }
         Action::Create(body) => {
             let out = reg.create(res, ns, body, &write).await?;
-            Ok(json_response(StatusCode::CREATED, &format::object(res, out.object, shape), &out.warnings))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &format::object(res, out.object, shape),
+                &out.warnings,
+            ))
         }
         Action::Update(body, part) => {
             let out = reg.update(res, ns, name, body, part, &write).await?;
-            let code = if out.created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok(json_response(code, &format::object(res, out.object, shape), &out.warnings))
+            let code = if out.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(
+                code,
+                &format::object(res, out.object, shape),
+                &out.warnings,
+            ))
         }
         Action::Patch(kind, body, part) => {
             if kind == PatchType::Apply && write.field_manager.as_deref().unwrap_or("").is_empty() {
                 return Err(ApiError::bad_request("PATCH requests with application/apply-patch+yaml need a fieldManager query parameter"));
             }
             let out = reg.patch(res, ns, name, kind, &body, part, &write).await?;
-            let code = if out.created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok(json_response(code, &format::object(res, out.object, shape), &out.warnings))
+            let code = if out.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(
+                code,
+                &format::object(res, out.object, shape),
+                &out.warnings,
+            ))
         }
         Action::Delete(opts) => {
             let (obj, gone) = reg.delete(res, ns, name, &opts).await?;
-            let code = if gone { StatusCode::OK } else { StatusCode::ACCEPTED };
+            let code = if gone {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
             Ok(json_response(code, &format::object(res, obj, shape), &[]))
         }
         Action::DeleteCollection(opts) => {
             let params = ListParams::from_query(res, &q)?;
             let items = reg.delete_collection(res, ns, &params, &opts).await?;
-            let listed = crate::registry::ListResult { items, resource_version: 0, continue_token: None };
+            let listed = crate::registry::ListResult {
+                items,
+                resource_version: 0,
+                continue_token: None,
+            };
             ok(&format::list(res, listed, Shape::Object))
         }
         Action::GetScale => ok(&reg.get_scale(res, ns, name).await?),
-        Action::UpdateScale(body) => ok(&reg.update_scale(res, ns, name, Some(&body), None, &write).await?),
-        Action::PatchScale(kind, body) => ok(&reg.update_scale(res, ns, name, None, Some((kind, &body)), &write).await?),
-        Action::Bind(body) => Ok(json_response(StatusCode::CREATED, &reg.bind(ns, name, &body).await?, &[])),
+        Action::UpdateScale(body) => ok(&reg
+            .update_scale(res, ns, name, Some(&body), None, &write)
+            .await?),
+        Action::PatchScale(kind, body) => ok(&reg
+            .update_scale(res, ns, name, None, Some((kind, &body)), &write)
+            .await?),
+        Action::Bind(body) => Ok(json_response(
+            StatusCode::CREATED,
+            &reg.bind(ns, name, &body).await?,
+            &[],
+        )),
     }
 }
 
 /// Stream watch events as one JSON object per line.
-fn watch_response(res: &'static Resource, rx: tokio::sync::mpsc::Receiver<WatchEvent>, shape: Shape) -> Response {
+fn watch_response(
+    res: &'static Resource,
+    rx: tokio::sync::mpsc::Receiver<WatchEvent>,
+    shape: Shape,
+) -> Response {
     let stream = futures::stream::unfold(rx, move |mut rx| async move {
         let ev = rx.recv().await?;
         let object = match (ev.kind, shape) {
             ("ERROR" | "BOOKMARK", _) => ev.object,
             (_, shape) => format::object(res, ev.object, shape),
         };
-        let mut line = serde_json::to_vec(&json!({"type": ev.kind, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": ev.kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
     });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -352,13 +454,31 @@ mod tests {
 
     #[test]
     fn targets_parse_like_kubernetes_paths() {
-        let t = parse_target("apps", "v1", &segs("namespaces/default/deployments/web/scale")).unwrap();
-        assert_eq!((t.res.plural, t.namespace.as_deref(), t.name.as_deref(), t.sub.as_deref()),
-            ("deployments", Some("default"), Some("web"), Some("scale")));
+        let t = parse_target(
+            "apps",
+            "v1",
+            &segs("namespaces/default/deployments/web/scale"),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                t.res.plural,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.sub.as_deref()
+            ),
+            ("deployments", Some("default"), Some("web"), Some("scale"))
+        );
         let t = parse_target("", "v1", &segs("namespaces/kube-system")).unwrap();
-        assert_eq!((t.res.plural, t.name.as_deref()), ("namespaces", Some("kube-system")));
+        assert_eq!(
+            (t.res.plural, t.name.as_deref()),
+            ("namespaces", Some("kube-system"))
+        );
         let t = parse_target("", "v1", &segs("namespaces/x/status")).unwrap();
-        assert_eq!((t.res.plural, t.sub.as_deref()), ("namespaces", Some("status")));
+        assert_eq!(
+            (t.res.plural, t.sub.as_deref()),
+            ("namespaces", Some("status"))
+        );
         let t = parse_target("", "v1", &segs("pods")).unwrap();
         assert!(t.namespace.is_none() && t.name.is_none());
         assert!(parse_target("", "v1", &segs("widgets")).is_err());

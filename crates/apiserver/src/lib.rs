@@ -62,7 +62,9 @@ pub enum StartError {
     Tls(#[source] tls::TlsError),
     #[error("loading the tokens failed")]
     Tokens(#[source] auth::TokenError),
-    #[error("listening on {addr} failed (is another server using the port? pick another with --listen)")]
+    #[error(
+        "listening on {addr} failed (is another server using the port? pick another with --listen)"
+    )]
     Listen {
         addr: SocketAddr,
         #[source]
@@ -103,7 +105,11 @@ impl Server {
 }
 
 fn sans(cfg: &Config) -> Vec<String> {
-    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut sans = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
         let h = h.trim();
         if !h.is_empty() {
@@ -122,23 +128,30 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
     let store = Arc::new(
         SqliteStore::open(
             cfg.data_dir.join("state.db"),
-            SqliteOptions { history: cfg.watch_history },
+            SqliteOptions {
+                history: cfg.watch_history,
+            },
         )
         .map_err(StartError::Store)?,
     );
     let files = tls::TlsFiles::in_dir(&cfg.data_dir);
     let ca_pem = tls::ensure(&files, &sans(&cfg)).map_err(StartError::Tls)?;
     let tls_config = tls::server_config(&files).map_err(StartError::Tls)?;
-    let tokens = Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(StartError::Tokens)?;
+    let tokens =
+        Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(StartError::Tokens)?;
     let registry = Registry::new(store.clone() as Arc<dyn Store>);
     registry.bootstrap().await.map_err(StartError::Bootstrap)?;
 
     let listener = TcpListener::bind(cfg.listen)
         .await
-        .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+        .map_err(|source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
     let state = Arc::new(http::AppState {
         registry: registry.clone(),
         tokens: tokens.clone(),
@@ -169,14 +182,24 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
                 };
                 let service = TowerToHyperService::new(app);
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
+                {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
         }
     });
     tracing::info!(%addr, "API server listening");
-    Ok(Server { addr, ca_pem, tokens, registry, accept, store })
+    Ok(Server {
+        addr,
+        ca_pem,
+        tokens,
+        registry,
+        accept,
+        store,
+    })
 }
 
 /// A kubeconfig for `server` with the cluster CA and `token`, current context `berth`.

@@ -18,7 +18,9 @@ use crate::status::ApiError;
 const MAGIC: &[u8] = b"k8s\0";
 
 fn bad(what: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(format!("the protobuf body could not be decoded as {what}: {e}"))
+    ApiError::bad_request(format!(
+        "the protobuf body could not be decoded as {what}: {e}"
+    ))
 }
 
 /// Decode a protobuf body into the JSON object it stands for.
@@ -87,7 +89,11 @@ fn put_str(obj: &mut Value, key: &str, v: Option<String>) {
 
 fn put_list<T>(obj: &mut Value, key: &str, items: Vec<T>, f: impl Fn(T) -> Value) {
     if !items.is_empty() {
-        put(obj, key, Some(Value::Array(items.into_iter().map(f).collect())));
+        put(
+            obj,
+            key,
+            Some(Value::Array(items.into_iter().map(f).collect())),
+        );
     }
 }
 
@@ -101,7 +107,12 @@ fn bytes_map(m: std::collections::BTreeMap<String, Vec<u8>>) -> Value {
     use base64::Engine;
     let out: Map<String, Value> = m
         .into_iter()
-        .map(|(k, v)| (k, json!(base64::engine::general_purpose::STANDARD.encode(v))))
+        .map(|(k, v)| {
+            (
+                k,
+                json!(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
         .collect();
     Value::Object(out)
 }
@@ -122,9 +133,12 @@ fn label_selector(s: Option<meta::LabelSelector>) -> Option<Value> {
     let s = s?;
     let mut o = json!({});
     put_map(&mut o, "matchLabels", s.match_labels);
-    put_list(&mut o, "matchExpressions", s.match_expressions, |e| {
-        json!({"key": e.key, "operator": e.operator, "values": e.values})
-    });
+    put_list(
+        &mut o,
+        "matchExpressions",
+        s.match_expressions,
+        |e| json!({"key": e.key, "operator": e.operator, "values": e.values}),
+    );
     Some(o)
 }
 
@@ -137,8 +151,13 @@ fn int_or_string(v: k8s_pb::apimachinery::pkg::util::intstr::IntOrString) -> Val
     }
 }
 
-fn quantities(m: std::collections::BTreeMap<String, k8s_pb::apimachinery::pkg::api::resource::Quantity>) -> Value {
-    let out: Map<String, Value> = m.into_iter().map(|(k, q)| (k, json!(q.string.unwrap_or_default()))).collect();
+fn quantities(
+    m: std::collections::BTreeMap<String, k8s_pb::apimachinery::pkg::api::resource::Quantity>,
+) -> Value {
+    let out: Map<String, Value> = m
+        .into_iter()
+        .map(|(k, q)| (k, json!(q.string.unwrap_or_default())))
+        .collect();
     Value::Object(out)
 }
 
@@ -153,7 +172,11 @@ fn container(c: core::Container) -> Value {
         let mut po = json!({});
         put_str(&mut po, "name", p.name);
         put(&mut po, "containerPort", p.container_port.map(|v| json!(v)));
-        put(&mut po, "hostPort", p.host_port.filter(|v| *v != 0).map(|v| json!(v)));
+        put(
+            &mut po,
+            "hostPort",
+            p.host_port.filter(|v| *v != 0).map(|v| json!(v)),
+        );
         put_str(&mut po, "protocol", p.protocol);
         po
     });
@@ -186,7 +209,11 @@ fn pod_spec(s: core::PodSpec) -> Value {
     put_str(&mut o, "restartPolicy", s.restart_policy);
     put_map(&mut o, "nodeSelector", s.node_selector);
     put_str(&mut o, "serviceAccountName", s.service_account_name);
-    put(&mut o, "terminationGracePeriodSeconds", s.termination_grace_period_seconds.map(|v| json!(v)));
+    put(
+        &mut o,
+        "terminationGracePeriodSeconds",
+        s.termination_grace_period_seconds.map(|v| json!(v)),
+    );
     o
 }
 
@@ -205,16 +232,32 @@ fn deployment_spec(s: apps::DeploymentSpec) -> Value {
         put_str(&mut so, "type", st.r#type);
         if let Some(ru) = st.rolling_update {
             let mut ro = json!({});
-            put(&mut ro, "maxUnavailable", ru.max_unavailable.map(int_or_string));
+            put(
+                &mut ro,
+                "maxUnavailable",
+                ru.max_unavailable.map(int_or_string),
+            );
             put(&mut ro, "maxSurge", ru.max_surge.map(int_or_string));
             so["rollingUpdate"] = ro;
         }
         o["strategy"] = so;
     }
-    put(&mut o, "minReadySeconds", s.min_ready_seconds.map(|v| json!(v)));
-    put(&mut o, "revisionHistoryLimit", s.revision_history_limit.map(|v| json!(v)));
+    put(
+        &mut o,
+        "minReadySeconds",
+        s.min_ready_seconds.map(|v| json!(v)),
+    );
+    put(
+        &mut o,
+        "revisionHistoryLimit",
+        s.revision_history_limit.map(|v| json!(v)),
+    );
     put(&mut o, "paused", s.paused.map(Value::Bool));
-    put(&mut o, "progressDeadlineSeconds", s.progress_deadline_seconds.map(|v| json!(v)));
+    put(
+        &mut o,
+        "progressDeadlineSeconds",
+        s.progress_deadline_seconds.map(|v| json!(v)),
+    );
     o
 }
 
@@ -226,7 +269,11 @@ fn service_spec(s: core::ServiceSpec) -> Value {
         put_str(&mut po, "protocol", p.protocol);
         put(&mut po, "port", p.port.map(|v| json!(v)));
         put(&mut po, "targetPort", p.target_port.map(int_or_string));
-        put(&mut po, "nodePort", p.node_port.filter(|v| *v != 0).map(|v| json!(v)));
+        put(
+            &mut po,
+            "nodePort",
+            p.node_port.filter(|v| *v != 0).map(|v| json!(v)),
+        );
         po
     });
     put_map(&mut o, "selector", s.selector);
@@ -292,7 +339,10 @@ mod tests {
         let obj = decode(&envelope("apps/v1", "Deployment", d.encode_to_vec())).unwrap();
         assert_eq!(obj["kind"], "Deployment");
         assert_eq!(obj["spec"]["replicas"], 2);
-        assert_eq!(obj["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1");
+        assert_eq!(
+            obj["spec"]["template"]["spec"]["containers"][0]["image"],
+            "nginx:1"
+        );
         assert_eq!(obj["spec"]["selector"]["matchLabels"]["app"], "web");
     }
 

@@ -92,7 +92,11 @@ impl ApiError {
         let message = if msgs.len() == 1 {
             format!("{} {name:?} is invalid: {}", res.qualified_kind(), msgs[0])
         } else {
-            format!("{} {name:?} is invalid: [{}]", res.qualified_kind(), msgs.join(", "))
+            format!(
+                "{} {name:?} is invalid: [{}]",
+                res.qualified_kind(),
+                msgs.join(", ")
+            )
         };
         let causes: Vec<Value> = errs
             .iter()
@@ -102,7 +106,9 @@ impl ApiError {
             code: StatusCode::UNPROCESSABLE_ENTITY,
             reason: "Invalid",
             message,
-            details: Some(json!({"name": name, "group": res.group, "kind": res.kind_name, "causes": causes})),
+            details: Some(
+                json!({"name": name, "group": res.group, "kind": res.kind_name, "causes": causes}),
+            ),
         }
     }
 
@@ -118,7 +124,9 @@ impl ApiError {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!("the server does not allow this method on the requested resource ({method} {path})"),
+            format!(
+                "the server does not allow this method on the requested resource ({method} {path})"
+            ),
         )
     }
 
@@ -152,9 +160,9 @@ impl ApiError {
             StoreError::AlreadyExists { .. } => Self::already_exists(res, name),
             StoreError::NotFound { .. } => Self::not_found(res, name),
             StoreError::Conflict { .. } => Self::modified(res, name),
-            StoreError::Compacted { requested, oldest } => Self::expired(format!(
-                "too old resource version: {requested} ({oldest})"
-            )),
+            StoreError::Compacted { requested, oldest } => {
+                Self::expired(format!("too old resource version: {requested} ({oldest})"))
+            }
             StoreError::FutureRevision { requested, current } => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "Timeout",

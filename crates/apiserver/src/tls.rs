@@ -107,7 +107,8 @@ pub fn ensure(files: &TlsFiles, sans: &[String]) -> Result<String, TlsError> {
     if !files.cert.exists() || !files.key.exists() || !covered {
         let ca_key = KeyPair::from_pem(&read(&files.ca_key)?).map_err(TlsError::Generate)?;
         let issuer = Issuer::new(ca_params()?, ca_key);
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(TlsError::Generate)?;
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(TlsError::Generate)?;
         params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
@@ -127,7 +128,9 @@ pub fn ensure(files: &TlsFiles, sans: &[String]) -> Result<String, TlsError> {
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().map_err(TlsError::Generate)?;
-        let cert = params.signed_by(&key, &issuer).map_err(TlsError::Generate)?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(TlsError::Generate)?;
         write(&files.key, &key.serialize_pem(), true)?;
         write(&files.cert, &cert.pem(), false)?;
         write(&files.sans, &wanted.join("\n"), false)?;

@@ -57,9 +57,20 @@ fn version_and_api_resources() {
     assert!(out.contains("Server Version: v1.32"), "{out}");
     let out = b.kubectl_ok(&["api-resources"]);
     for needle in [
-        "pods", "po", "deployments", "deploy", "apps/v1", "leases", "coordination.k8s.io/v1",
-        "horizontalpodautoscalers", "autoscaling/v2", "endpointslices", "discovery.k8s.io/v1",
-        "events", "secrets", "namespaces",
+        "pods",
+        "po",
+        "deployments",
+        "deploy",
+        "apps/v1",
+        "leases",
+        "coordination.k8s.io/v1",
+        "horizontalpodautoscalers",
+        "autoscaling/v2",
+        "endpointslices",
+        "discovery.k8s.io/v1",
+        "events",
+        "secrets",
+        "namespaces",
     ] {
         assert!(out.contains(needle), "api-resources lacks {needle}:\n{out}");
     }
@@ -76,53 +87,112 @@ fn client_side_apply_patches_and_bumps_generation_then_server_side_apply() {
     let b = Berth::up(&[]);
     b.kubectl_ok(&["create", "namespace", "shop"]);
     let out = b.kubectl_stdin(&["apply", "-n", "shop", "-f", "-"], APP);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("deployment.apps/app created"), "{stdout}");
-    assert!(out.stderr.is_empty(), "apply warned: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(jsonpath(&b, &["deploy", "app", "-n", "shop"], "{.metadata.generation}"), "1");
+    assert!(
+        out.stderr.is_empty(),
+        "apply warned: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        jsonpath(
+            &b,
+            &["deploy", "app", "-n", "shop"],
+            "{.metadata.generation}"
+        ),
+        "1"
+    );
 
     // The same file again changes nothing.
     let out = b.kubectl_stdin(&["apply", "-n", "shop", "-f", "-"], APP);
     assert!(String::from_utf8_lossy(&out.stdout).contains("deployment.apps/app unchanged"));
-    assert_eq!(jsonpath(&b, &["deploy", "app", "-n", "shop"], "{.metadata.generation}"), "1");
+    assert_eq!(
+        jsonpath(
+            &b,
+            &["deploy", "app", "-n", "shop"],
+            "{.metadata.generation}"
+        ),
+        "1"
+    );
 
     // A changed image is a strategic-merge PATCH that bumps generation.
     let changed = APP.replace("busybox:1.36", "busybox:1.37");
     let out = b.kubectl_stdin(&["apply", "-n", "shop", "-f", "-"], &changed);
     assert!(String::from_utf8_lossy(&out.stdout).contains("deployment.apps/app configured"));
     assert_eq!(
-        jsonpath(&b, &["deploy", "app", "-n", "shop"], "{.metadata.generation} {.spec.template.spec.containers[0].image}"),
+        jsonpath(
+            &b,
+            &["deploy", "app", "-n", "shop"],
+            "{.metadata.generation} {.spec.template.spec.containers[0].image}"
+        ),
         "2 busybox:1.37"
     );
     // Defaults were applied as Kubernetes does.
     assert_eq!(
-        jsonpath(&b, &["deploy", "app", "-n", "shop"], "{.spec.strategy.type} {.spec.template.spec.containers[0].imagePullPolicy}"),
+        jsonpath(
+            &b,
+            &["deploy", "app", "-n", "shop"],
+            "{.spec.strategy.type} {.spec.template.spec.containers[0].imagePullPolicy}"
+        ),
         "RollingUpdate IfNotPresent"
     );
 
     let ssa = APP.replace("replicas: 2", "replicas: 4");
     let out = b.kubectl_stdin(&["apply", "--server-side", "-n", "shop", "-f", "-"], &ssa);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("serverside-applied"));
-    assert_eq!(jsonpath(&b, &["deploy", "app", "-n", "shop"], "{.spec.replicas}"), "4");
+    assert_eq!(
+        jsonpath(&b, &["deploy", "app", "-n", "shop"], "{.spec.replicas}"),
+        "4"
+    );
 
     // Server-side apply also creates.
     let new_cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fresh\ndata:\n  k: v\n";
     b.kubectl_stdin(&["apply", "--server-side", "-n", "shop", "-f", "-"], new_cm);
-    assert_eq!(jsonpath(&b, &["cm", "fresh", "-n", "shop"], "{.data.k}"), "v");
+    assert_eq!(
+        jsonpath(&b, &["cm", "fresh", "-n", "shop"], "{.data.k}"),
+        "v"
+    );
 }
 
 #[test]
 fn generators_create_from_protobuf() {
     let b = Berth::up(&[]);
-    b.kubectl_ok(&["create", "deployment", "web", "--image=nginx:1.25", "--replicas=3"]);
+    b.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.25",
+        "--replicas=3",
+    ]);
     b.kubectl_ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
     b.kubectl_ok(&["create", "configmap", "cfg", "--from-literal=a=b"]);
     b.kubectl_ok(&["create", "secret", "generic", "s", "--from-literal=x=y"]);
-    assert_eq!(jsonpath(&b, &["deploy", "web"], "{.spec.replicas} {.spec.template.spec.containers[0].image}"), "3 nginx:1.25");
-    assert_eq!(jsonpath(&b, &["svc", "web"], "{.spec.ports[0].targetPort}"), "8080");
-    assert_eq!(jsonpath(&b, &["secret", "s"], "{.type} {.data.x}"), "Opaque eQ==");
+    assert_eq!(
+        jsonpath(
+            &b,
+            &["deploy", "web"],
+            "{.spec.replicas} {.spec.template.spec.containers[0].image}"
+        ),
+        "3 nginx:1.25"
+    );
+    assert_eq!(
+        jsonpath(&b, &["svc", "web"], "{.spec.ports[0].targetPort}"),
+        "8080"
+    );
+    assert_eq!(
+        jsonpath(&b, &["secret", "s"], "{.type} {.data.x}"),
+        "Opaque eQ=="
+    );
 }
 
 #[test]
@@ -134,14 +204,39 @@ fn get_output_formats_look_like_kubernetes() {
     assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
     assert!(table.contains("0/2"), "{table}");
     let wide = b.kubectl_ok(&["get", "deploy", "-o", "wide"]);
-    assert!(wide.lines().next().unwrap().contains("CONTAINERS   IMAGES         SELECTOR"), "{wide}");
-    assert!(wide.contains("busybox:1.36") && wide.contains("app=app"), "{wide}");
+    assert!(
+        wide.lines()
+            .next()
+            .unwrap()
+            .contains("CONTAINERS   IMAGES         SELECTOR"),
+        "{wide}"
+    );
+    assert!(
+        wide.contains("busybox:1.36") && wide.contains("app=app"),
+        "{wide}"
+    );
     let svc = b.kubectl_ok(&["get", "svc", "app"]);
     let header: Vec<&str> = svc.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]);
-    assert!(svc.contains("ClusterIP") && svc.contains("80/TCP") && svc.contains("10."), "{svc}");
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    assert!(
+        svc.contains("ClusterIP") && svc.contains("80/TCP") && svc.contains("10."),
+        "{svc}"
+    );
     let yaml = b.kubectl_ok(&["get", "cm", "app-config", "-o", "yaml"]);
-    assert!(yaml.contains("greeting: hello") && yaml.contains("resourceVersion:"), "{yaml}");
+    assert!(
+        yaml.contains("greeting: hello") && yaml.contains("resourceVersion:"),
+        "{yaml}"
+    );
     let json = b.kubectl_ok(&["get", "deploy", "app", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["kind"], "Deployment");
@@ -151,7 +246,10 @@ fn get_output_formats_look_like_kubernetes() {
         assert!(names.contains(n), "{names}");
     }
     let all_ns = b.kubectl_ok(&["get", "cm", "-A"]);
-    assert!(all_ns.lines().next().unwrap().starts_with("NAMESPACE"), "{all_ns}");
+    assert!(
+        all_ns.lines().next().unwrap().starts_with("NAMESPACE"),
+        "{all_ns}"
+    );
     let labels = b.kubectl_ok(&["get", "deploy", "--show-labels"]);
     assert!(labels.contains("app=app"), "{labels}");
     let selected = b.kubectl_ok(&["get", "deploy", "-l", "app=app", "-o", "name"]);
@@ -166,8 +264,19 @@ fn watch_sees_a_change_made_by_another_client() {
     b.kubectl_ok(&["create", "configmap", "watched", "--from-literal=a=1"]);
     let mut watch = std::process::Command::new("kubectl")
         .env("KUBECONFIG", b.kubeconfig())
-        .args(["--cache-dir", &b.dir.path().join("kube-cache-w").display().to_string()])
-        .args(["get", "cm", "watched", "-w", "-o", "jsonpath={.data.a}{\"\\n\"}", "--request-timeout=8s"])
+        .args([
+            "--cache-dir",
+            &b.dir.path().join("kube-cache-w").display().to_string(),
+        ])
+        .args([
+            "get",
+            "cm",
+            "watched",
+            "-w",
+            "-o",
+            "jsonpath={.data.a}{\"\\n\"}",
+            "--request-timeout=8s",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -178,10 +287,16 @@ fn watch_sees_a_change_made_by_another_client() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let _ = watch.kill();
     let out = watch.wait_with_output().unwrap();
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
     assert!(lines.len() >= 2, "watch printed {lines:?}");
     assert_eq!(lines[0], "1");
-    assert!(lines[1..].iter().any(|l| l == "2"), "the watch missed the patch: {lines:?}");
+    assert!(
+        lines[1..].iter().any(|l| l == "2"),
+        "the watch missed the patch: {lines:?}"
+    );
 }
 
 #[test]
@@ -189,12 +304,28 @@ fn describe_label_annotate_scale_delete_and_events() {
     let b = Berth::up(&[]);
     b.kubectl_stdin(&["apply", "-f", "-"], APP);
     let d = b.kubectl_ok(&["describe", "deploy", "app"]);
-    assert!(d.contains("Name:") && d.contains("app") && d.contains("Replicas:") && d.contains("busybox:1.36"), "{d}");
+    assert!(
+        d.contains("Name:")
+            && d.contains("app")
+            && d.contains("Replicas:")
+            && d.contains("busybox:1.36"),
+        "{d}"
+    );
     b.kubectl_ok(&["label", "deploy", "app", "tier=web"]);
     b.kubectl_ok(&["annotate", "deploy", "app", "owner=team-a"]);
-    assert_eq!(jsonpath(&b, &["deploy", "app"], "{.metadata.labels.tier} {.metadata.annotations.owner}"), "web team-a");
-    let bad = b.kubectl(&["label", "deploy", "app", "tier=also", ]);
-    assert!(!bad.status.success(), "relabelling without --overwrite must fail");
+    assert_eq!(
+        jsonpath(
+            &b,
+            &["deploy", "app"],
+            "{.metadata.labels.tier} {.metadata.annotations.owner}"
+        ),
+        "web team-a"
+    );
+    let bad = b.kubectl(&["label", "deploy", "app", "tier=also"]);
+    assert!(
+        !bad.status.success(),
+        "relabelling without --overwrite must fail"
+    );
     b.kubectl_ok(&["scale", "deploy", "app", "--replicas=5"]);
     assert_eq!(jsonpath(&b, &["deploy", "app"], "{.spec.replicas}"), "5");
 
@@ -207,15 +338,28 @@ fn describe_label_annotate_scale_delete_and_events() {
     b.kubectl_stdin(&["create", "-f", "-"], &event.replace("UID", &uid));
     let ev = b.kubectl_ok(&["get", "events"]);
     let header: Vec<&str> = ev.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]);
-    assert!(ev.contains("deployment/app") && ev.contains("ScalingReplicaSet"), "{ev}");
+    assert_eq!(
+        header,
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    );
+    assert!(
+        ev.contains("deployment/app") && ev.contains("ScalingReplicaSet"),
+        "{ev}"
+    );
     let d = b.kubectl_ok(&["describe", "deploy", "app"]);
-    assert!(d.contains("Scaled up replica set app-1 to 5"), "describe shows the event:\n{d}");
+    assert!(
+        d.contains("Scaled up replica set app-1 to 5"),
+        "describe shows the event:\n{d}"
+    );
 
     let out = b.kubectl_ok(&["delete", "deploy", "app"]);
     assert!(out.contains("deleted"), "{out}");
     let gone = b.kubectl(&["get", "deploy", "app"]);
-    assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"), "{}", String::from_utf8_lossy(&gone.stderr));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
     b.kubectl_ok(&["create", "namespace", "tmp"]);
     b.kubectl_ok(&["create", "configmap", "x", "-n", "tmp"]);
     b.kubectl_ok(&["delete", "namespace", "tmp", "--timeout=20s"]);
@@ -226,15 +370,30 @@ fn describe_label_annotate_scale_delete_and_events() {
 #[test]
 fn bad_input_gets_a_status_and_stores_nothing() {
     let b = Berth::up(&[]);
-    let out = b.kubectl_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n");
+    let out = b.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n",
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Invalid") && err.contains("metadata.name"), "{err}");
-    let out = b.kubectl_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ok\nbogus: 1\n");
+    assert!(
+        err.contains("Invalid") && err.contains("metadata.name"),
+        "{err}"
+    );
+    let out = b.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ok\nbogus: 1\n",
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown field") && err.contains("bogus"), "{err}");
-    let out = b.kubectl_stdin(&["apply", "-f", "-"], "apiVersion: widgets.example.com/v1\nkind: Widget\nmetadata:\n  name: w\n");
+    assert!(
+        err.contains("unknown field") && err.contains("bogus"),
+        "{err}"
+    );
+    let out = b.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: widgets.example.com/v1\nkind: Widget\nmetadata:\n  name: w\n",
+    );
     assert!(!out.status.success());
     let names = b.kubectl_ok(&["get", "cm", "-o", "name"]);
     assert!(names.trim().is_empty(), "nothing was stored: {names}");

@@ -51,8 +51,13 @@ enum ListStrategy {
 fn list_strategy(field: &str, sample: Option<&Value>) -> ListStrategy {
     use ListStrategy::*;
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env"
-        | "imagePullSecrets" | "resourceClaims" => MergeKey("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "resourceClaims" => MergeKey("name"),
         "volumeMounts" => MergeKey("mountPath"),
         "volumeDevices" => MergeKey("devicePath"),
         "hostAliases" => MergeKey("ip"),
@@ -118,9 +123,7 @@ fn merge_map(target: &mut Value, patch: &Map<String, Value>) -> Result<(), Patch
             continue;
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(list)), Value::Array(remove)) =
-                (target.get_mut(field), v)
-            {
+            if let (Some(Value::Array(list)), Value::Array(remove)) = (target.get_mut(field), v) {
                 list.retain(|item| !remove.contains(item));
             }
             continue;
@@ -278,13 +281,20 @@ mod tests {
         let mut target = json!({"args": ["x"], "metadata": {"finalizers": ["f1"]}});
         let patch = json!({"args": ["y"], "metadata": {"finalizers": ["f2"]}});
         strategic_merge(&mut target, &patch).unwrap();
-        assert_eq!(target, json!({"args": ["y"], "metadata": {"finalizers": ["f1", "f2"]}}));
+        assert_eq!(
+            target,
+            json!({"args": ["y"], "metadata": {"finalizers": ["f1", "f2"]}})
+        );
     }
 
     #[test]
     fn ports_merge_on_the_right_key() {
         let mut svc = json!({"ports": [{"port": 80, "name": "http"}]});
-        strategic_merge(&mut svc, &json!({"ports": [{"port": 443, "name": "https"}]})).unwrap();
+        strategic_merge(
+            &mut svc,
+            &json!({"ports": [{"port": 443, "name": "https"}]}),
+        )
+        .unwrap();
         assert_eq!(svc["ports"].as_array().unwrap().len(), 2);
     }
 }

@@ -124,7 +124,15 @@ pub static RESOURCES: &[Resource] = &[
     Resource {
         short_names: &["ns"],
         status: true,
-        ..res(Kind::Namespace, "", "v1", "Namespace", "namespaces", "namespace", false)
+        ..res(
+            Kind::Namespace,
+            "",
+            "v1",
+            "Namespace",
+            "namespaces",
+            "namespace",
+            false,
+        )
     },
     Resource {
         short_names: &["po"],
@@ -141,11 +149,27 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["svc"],
         categories: &["all"],
         status: true,
-        ..res(Kind::Service, "", "v1", "Service", "services", "service", true)
+        ..res(
+            Kind::Service,
+            "",
+            "v1",
+            "Service",
+            "services",
+            "service",
+            true,
+        )
     },
     Resource {
         short_names: &["ep"],
-        ..res(Kind::Endpoints, "", "v1", "Endpoints", "endpoints", "endpoints", true)
+        ..res(
+            Kind::Endpoints,
+            "",
+            "v1",
+            "Endpoints",
+            "endpoints",
+            "endpoints",
+            true,
+        )
     },
     Resource {
         short_names: &["ev"],
@@ -153,7 +177,15 @@ pub static RESOURCES: &[Resource] = &[
     },
     Resource {
         short_names: &["cm"],
-        ..res(Kind::ConfigMap, "", "v1", "ConfigMap", "configmaps", "configmap", true)
+        ..res(
+            Kind::ConfigMap,
+            "",
+            "v1",
+            "ConfigMap",
+            "configmaps",
+            "configmap",
+            true,
+        )
     },
     res(Kind::Secret, "", "v1", "Secret", "secrets", "secret", true),
     Resource {
@@ -162,7 +194,15 @@ pub static RESOURCES: &[Resource] = &[
         status: true,
         scale: true,
         generation: true,
-        ..res(Kind::Deployment, "apps", "v1", "Deployment", "deployments", "deployment", true)
+        ..res(
+            Kind::Deployment,
+            "apps",
+            "v1",
+            "Deployment",
+            "deployments",
+            "deployment",
+            true,
+        )
     },
     Resource {
         short_names: &["rs"],
@@ -170,9 +210,25 @@ pub static RESOURCES: &[Resource] = &[
         status: true,
         scale: true,
         generation: true,
-        ..res(Kind::ReplicaSet, "apps", "v1", "ReplicaSet", "replicasets", "replicaset", true)
+        ..res(
+            Kind::ReplicaSet,
+            "apps",
+            "v1",
+            "ReplicaSet",
+            "replicasets",
+            "replicaset",
+            true,
+        )
     },
-    res(Kind::Lease, "coordination.k8s.io", "v1", "Lease", "leases", "lease", true),
+    res(
+        Kind::Lease,
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+    ),
     Resource {
         short_names: &["hpa"],
         categories: &["all"],
@@ -239,7 +295,10 @@ mod tests {
     #[test]
     fn keys_follow_group_plural_namespace_name() {
         let deploy = find("apps", "v1", "deployments").unwrap();
-        assert_eq!(deploy.key(Some("ns1"), "web"), "/registry/apps/deployments/ns1/web");
+        assert_eq!(
+            deploy.key(Some("ns1"), "web"),
+            "/registry/apps/deployments/ns1/web"
+        );
         let node = find("", "v1", "nodes").unwrap();
         assert_eq!(node.key(Some("ignored"), "n1"), "/registry/core/nodes/n1");
         assert_eq!(deploy.api_version(), "apps/v1");

@@ -122,12 +122,20 @@ impl Selector {
             } else if let Some((k, v)) = req.split_once('>') {
                 Requirement {
                     key: check_key(req, k)?,
-                    op: Op::Gt(v.trim().parse().map_err(|_| err(req, "expected an integer after >"))?),
+                    op: Op::Gt(
+                        v.trim()
+                            .parse()
+                            .map_err(|_| err(req, "expected an integer after >"))?,
+                    ),
                 }
             } else if let Some((k, v)) = req.split_once('<') {
                 Requirement {
                     key: check_key(req, k)?,
-                    op: Op::Lt(v.trim().parse().map_err(|_| err(req, "expected an integer after <"))?),
+                    op: Op::Lt(
+                        v.trim()
+                            .parse()
+                            .map_err(|_| err(req, "expected an integer after <"))?,
+                    ),
                 }
             } else if let Some(idx) = req.find(" notin ").or_else(|| req.find(" notin(")) {
                 Requirement {
@@ -206,8 +214,12 @@ impl Selector {
                 Op::NotIn(set) => !v.is_some_and(|v| set.iter().any(|s| s == v)),
                 Op::Exists => v.is_some(),
                 Op::DoesNotExist => v.is_none(),
-                Op::Gt(n) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > *n),
-                Op::Lt(n) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < *n),
+                Op::Gt(n) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v > *n),
+                Op::Lt(n) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v < *n),
             }
         })
     }
@@ -236,12 +248,14 @@ pub fn label_selector_string(sel: Option<&Value>) -> String {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        parts.push(match e.get("operator").and_then(Value::as_str).unwrap_or("") {
-            "In" => format!("{key} in ({})", values.join(",")),
-            "NotIn" => format!("{key} notin ({})", values.join(",")),
-            "Exists" => key.to_string(),
-            _ => format!("!{key}"),
-        });
+        parts.push(
+            match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+                "In" => format!("{key} in ({})", values.join(",")),
+                "NotIn" => format!("{key} notin ({})", values.join(",")),
+                "Exists" => key.to_string(),
+                _ => format!("!{key}"),
+            },
+        );
     }
     parts.join(",")
 }
@@ -269,7 +283,10 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 (f, v, true)
             } else {
-                return Err(err(part, "expected field=value, field==value or field!=value"));
+                return Err(err(
+                    part,
+                    "expected field=value, field==value or field!=value",
+                ));
             };
             requirements.push(FieldRequirement {
                 field: field.trim().to_string(),
@@ -322,12 +339,16 @@ mod tests {
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn parses_every_operator() {
-        let s = Selector::parse("app=web,tier in (a, b),env notin (prod),!legacy,team,x!=y,n>3").unwrap();
+        let s = Selector::parse("app=web,tier in (a, b),env notin (prod),!legacy,team,x!=y,n>3")
+            .unwrap();
         assert_eq!(s.requirements.len(), 7);
         assert!(matches!(s.requirements[1].op, Op::In(ref v) if v == &["a", "b"]));
         let l = labels(&[("app", "web"), ("tier", "b"), ("team", "t"), ("n", "4")]);
@@ -347,8 +368,12 @@ mod tests {
     #[test]
     fn field_selectors_read_dotted_paths() {
         let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}});
-        assert!(FieldSelector::parse("metadata.name=p,spec.nodeName!=").unwrap().matches(&pod));
-        assert!(!FieldSelector::parse("spec.nodeName=").unwrap().matches(&pod));
+        assert!(FieldSelector::parse("metadata.name=p,spec.nodeName!=")
+            .unwrap()
+            .matches(&pod));
+        assert!(!FieldSelector::parse("spec.nodeName=")
+            .unwrap()
+            .matches(&pod));
         assert!(FieldSelector::parse("status.phase=").unwrap().matches(&pod));
         assert!(FieldSelector::parse("nonsense").is_err());
     }

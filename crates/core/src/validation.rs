@@ -50,7 +50,11 @@ impl FieldError {
         }
     }
 
-    pub fn invalid(path: impl Into<String>, value: impl fmt::Display, detail: impl Into<String>) -> Self {
+    pub fn invalid(
+        path: impl Into<String>,
+        value: impl fmt::Display,
+        detail: impl Into<String>,
+    ) -> Self {
         FieldError {
             path: path.into(),
             reason: Reason::Invalid,
@@ -58,7 +62,11 @@ impl FieldError {
         }
     }
 
-    pub fn not_supported(path: impl Into<String>, value: impl fmt::Display, allowed: &[&str]) -> Self {
+    pub fn not_supported(
+        path: impl Into<String>,
+        value: impl fmt::Display,
+        allowed: &[&str],
+    ) -> Self {
         let allowed: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
         FieldError {
             path: path.into(),
@@ -204,7 +212,11 @@ pub fn qualified_name(key: &str) -> Option<String> {
 }
 
 /// Check a string map of labels at `path`.
-pub fn labels(path: &str, labels: &serde_json::Map<String, serde_json::Value>, errs: &mut Vec<FieldError>) {
+pub fn labels(
+    path: &str,
+    labels: &serde_json::Map<String, serde_json::Value>,
+    errs: &mut Vec<FieldError>,
+) {
     for (k, v) in labels {
         if let Some(why) = qualified_name(k) {
             errs.push(FieldError::invalid(path, k, why));
@@ -215,7 +227,11 @@ pub fn labels(path: &str, labels: &serde_json::Map<String, serde_json::Value>, e
                     errs.push(FieldError::invalid(format!("{path}[{k}]"), v, why));
                 }
             }
-            None => errs.push(FieldError::invalid(format!("{path}[{k}]"), v, "must be a string")),
+            None => errs.push(FieldError::invalid(
+                format!("{path}[{k}]"),
+                v,
+                "must be a string",
+            )),
         }
     }
 }

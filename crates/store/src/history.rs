@@ -32,12 +32,7 @@ struct Inner {
 impl History {
     /// A history holding at most `capacity` events, starting after `compacted` with `events`
     /// (oldest first) already committed, and `latest` the store's current revision.
-    pub fn new(
-        capacity: usize,
-        compacted: Revision,
-        events: Vec<Event>,
-        latest: Revision,
-    ) -> Self {
+    pub fn new(capacity: usize, compacted: Revision, events: Vec<Event>, latest: Revision) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         let mut inner = Inner {
             events: events.into_iter().map(Arc::new).collect(),

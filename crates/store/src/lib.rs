@@ -97,7 +97,9 @@ pub enum StoreError {
         expected: Revision,
         actual: Revision,
     },
-    #[error("revision {requested} has been compacted; the oldest revision still served is {oldest}")]
+    #[error(
+        "revision {requested} has been compacted; the oldest revision still served is {oldest}"
+    )]
     Compacted {
         requested: Revision,
         oldest: Revision,
@@ -145,8 +147,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delete `key`, if given only when its `mod_revision` is still `expected`. Returns the
     /// deleted value with `mod_revision` set to the delete's revision.
-    async fn delete(&self, key: &str, expected: Option<Revision>)
-        -> Result<KeyValue, StoreError>;
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError>;
 
     /// Every change to keys under `prefix` with a revision greater than `after`, then live
     /// changes as they commit.

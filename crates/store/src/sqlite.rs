@@ -531,11 +531,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete(
-        &self,
-        key: &str,
-        expected: Option<Revision>,
-    ) -> Result<KeyValue, StoreError> {
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
         self.submit(Op::Delete {
             key: key.to_string(),
             expected,

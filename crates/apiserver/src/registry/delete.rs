@@ -72,12 +72,19 @@ impl Registry {
             };
             let mut obj = from_kv(&current)?;
             if let Some(pre) = &opts.preconditions {
-                let uid = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+                let uid = obj
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 if pre.uid.as_deref().is_some_and(|u| u != uid) {
-                    return Err(ApiError::conflict(res, name, &format!(
+                    return Err(ApiError::conflict(
+                        res,
+                        name,
+                        &format!(
                         "Precondition failed: UID in precondition: {}, UID in object meta: {uid}",
                         pre.uid.as_deref().unwrap_or("")
-                    )));
+                    ),
+                    ));
                 }
                 if pre
                     .resource_version
@@ -135,7 +142,8 @@ impl Registry {
                     .await;
                 match out {
                     Ok(kv) => {
-                        meta_mut(&mut marked).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                        meta_mut(&mut marked)
+                            .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                         if res.kind == Kind::Namespace {
                             namespace::spawn_finalizer(self.clone(), name.to_string());
                         }
@@ -145,9 +153,14 @@ impl Registry {
                     Err(e) => return Err(ApiError::from_store(res, name, e)),
                 }
             }
-            match self.store.delete(&current.key, Some(current.mod_revision)).await {
+            match self
+                .store
+                .delete(&current.key, Some(current.mod_revision))
+                .await
+            {
                 Ok(kv) => {
-                    meta_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                    meta_mut(&mut obj)
+                        .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                     return Ok((obj, true));
                 }
                 Err(berth_store::StoreError::Conflict { .. }) => continue,
@@ -192,11 +205,18 @@ impl Registry {
                 return Ok(());
             };
             let mut obj = from_kv(&current)?;
-            let pointer = if spec_finalizer { "/spec/finalizers" } else { "/metadata/finalizers" };
+            let pointer = if spec_finalizer {
+                "/spec/finalizers"
+            } else {
+                "/metadata/finalizers"
+            };
             if let Some(list) = obj.pointer_mut(pointer).and_then(Value::as_array_mut) {
                 list.retain(|f| f != finalizer);
             }
-            match self.write_update(res, &current, obj, Part::Main, &WriteOptions::default()).await {
+            match self
+                .write_update(res, &current, obj, Part::Main, &WriteOptions::default())
+                .await
+            {
                 Err(e) if e.reason == "Conflict" => continue,
                 other => return other.map(|_| ()),
             }
@@ -210,8 +230,14 @@ fn graceful_period(res: &Resource, obj: &Value, opts: &DeleteOptions) -> Option<
     if res.kind != Kind::Pod {
         return None;
     }
-    let on_node = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-    let phase = obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+    let on_node = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let phase = obj
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if !on_node || matches!(phase, "Succeeded" | "Failed") {
         return None;
     }

@@ -38,17 +38,25 @@ impl ListParams {
     /// Parse and check the query of a list or watch on `res`.
     pub fn from_query(res: &Resource, q: &HashMap<String, String>) -> Result<Self, ApiError> {
         let labels = match q.get("labelSelector") {
-            Some(s) => Selector::parse(s).map_err(|e| ApiError::bad_request(format!("invalid labelSelector: {e}")))?,
+            Some(s) => Selector::parse(s)
+                .map_err(|e| ApiError::bad_request(format!("invalid labelSelector: {e}")))?,
             None => Selector::default(),
         };
         let fields = match q.get("fieldSelector") {
-            Some(s) => FieldSelector::parse(s).map_err(|e| ApiError::bad_request(format!("invalid fieldSelector: {e}")))?,
+            Some(s) => FieldSelector::parse(s)
+                .map_err(|e| ApiError::bad_request(format!("invalid fieldSelector: {e}")))?,
             None => FieldSelector::default(),
         };
         let allowed = kinds::field_labels(res.kind);
         for r in &fields.requirements {
-            if r.field != "metadata.name" && r.field != "metadata.namespace" && !allowed.contains(&r.field.as_str()) {
-                let mut all = vec!["\"metadata.name\"".to_string(), "\"metadata.namespace\"".to_string()];
+            if r.field != "metadata.name"
+                && r.field != "metadata.namespace"
+                && !allowed.contains(&r.field.as_str())
+            {
+                let mut all = vec![
+                    "\"metadata.name\"".to_string(),
+                    "\"metadata.namespace\"".to_string(),
+                ];
                 all.extend(allowed.iter().map(|a| format!("{a:?}")));
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {} (supported for {}: {})",
@@ -67,9 +75,16 @@ impl ListParams {
         let timeout = match q.get("timeoutSeconds").map(|t| t.parse::<u64>()) {
             None => None,
             Some(Ok(s)) => Some(Duration::from_secs(s)),
-            Some(Err(_)) => return Err(ApiError::bad_request("timeoutSeconds must be a non-negative integer")),
+            Some(Err(_)) => {
+                return Err(ApiError::bad_request(
+                    "timeoutSeconds must be a non-negative integer",
+                ))
+            }
         };
-        let rv_match = q.get("resourceVersionMatch").filter(|s| !s.is_empty()).cloned();
+        let rv_match = q
+            .get("resourceVersionMatch")
+            .filter(|s| !s.is_empty())
+            .cloned();
         if let Some(m) = &rv_match {
             if m != "Exact" && m != "NotOlderThan" {
                 return Err(ApiError::bad_request(format!(
@@ -137,10 +152,23 @@ fn decode_continue(token: &str, prefix: &str) -> Result<String, ApiError> {
 }
 
 impl Registry {
-    pub async fn list(&self, res: &Resource, ns: Option<&str>, p: &ListParams) -> Result<ListResult, ApiError> {
+    pub async fn list(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        p: &ListParams,
+    ) -> Result<ListResult, ApiError> {
         let prefix = res.namespace_prefix(ns);
-        let current = self.store.current_revision().await.map_err(|e| store_err(res, e))?;
-        if let Some(rv) = p.resource_version.as_deref().and_then(|v| v.parse::<Revision>().ok()) {
+        let current = self
+            .store
+            .current_revision()
+            .await
+            .map_err(|e| store_err(res, e))?;
+        if let Some(rv) = p
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<Revision>().ok())
+        {
             let exact = p.resource_version_match.as_deref() == Some("Exact");
             if exact && rv != current {
                 return Err(ApiError::expired(format!(
@@ -168,7 +196,11 @@ impl Registry {
                 .filter(|o| p.matches(o))
                 .into_iter()
                 .collect();
-            return Ok(ListResult { items, resource_version: current, continue_token: None });
+            return Ok(ListResult {
+                items,
+                resource_version: current,
+                continue_token: None,
+            });
         }
         let mut items = Vec::new();
         let mut revision = None;
@@ -176,7 +208,13 @@ impl Registry {
         loop {
             let page = self
                 .store
-                .list(&prefix, ListOptions { start_after: start_after.clone(), limit: chunk })
+                .list(
+                    &prefix,
+                    ListOptions {
+                        start_after: start_after.clone(),
+                        limit: chunk,
+                    },
+                )
                 .await
                 .map_err(|e| store_err(res, e))?;
             revision.get_or_insert(page.revision);
@@ -191,7 +229,10 @@ impl Registry {
                 if p.limit.is_some_and(|l| items.len() >= l) {
                     let more = page.more || i + 1 < n;
                     let token = more.then(|| {
-                        encode_continue(start_after.as_deref().unwrap_or(""), revision.unwrap_or(current))
+                        encode_continue(
+                            start_after.as_deref().unwrap_or(""),
+                            revision.unwrap_or(current),
+                        )
                     });
                     return Ok(ListResult {
                         items,
@@ -204,7 +245,11 @@ impl Registry {
                 break;
             }
         }
-        Ok(ListResult { items, resource_version: revision.unwrap_or(current), continue_token: None })
+        Ok(ListResult {
+            items,
+            resource_version: revision.unwrap_or(current),
+            continue_token: None,
+        })
     }
 
     /// Start a watch. The receiver yields events until the timeout, a compaction (an
@@ -218,7 +263,11 @@ impl Registry {
     ) -> Result<mpsc::Receiver<WatchEvent>, ApiError> {
         let prefix = res.namespace_prefix(ns);
         let (tx, rx) = mpsc::channel(256);
-        let requested = p.resource_version.as_deref().and_then(|v| v.parse::<Revision>().ok()).unwrap_or(0);
+        let requested = p
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<Revision>().ok())
+            .unwrap_or(0);
         // "" and "0" mean: the current state first, then changes.
         let mut initial = Vec::new();
         let start = if requested == 0 || p.send_initial_events {
@@ -236,8 +285,13 @@ impl Registry {
         let stream = match self.store.watch(&prefix, start).await {
             Ok(s) => s,
             Err(berth_store::StoreError::Compacted { requested, oldest }) => {
-                let status = ApiError::expired(format!("too old resource version: {requested} ({oldest})")).to_status();
-                let _ = tx.try_send(WatchEvent { kind: "ERROR", object: status });
+                let status =
+                    ApiError::expired(format!("too old resource version: {requested} ({oldest})"))
+                        .to_status();
+                let _ = tx.try_send(WatchEvent {
+                    kind: "ERROR",
+                    object: status,
+                });
                 return Ok(rx);
             }
             Err(e) => return Err(store_err(res, e)),
@@ -250,14 +304,28 @@ impl Registry {
             let mut latest = start;
             let mut bookmarked = start;
             for object in initial {
-                if tx.send(WatchEvent { kind: "ADDED", object }).await.is_err() {
+                if tx
+                    .send(WatchEvent {
+                        kind: "ADDED",
+                        object,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
             if p.send_initial_events && p.allow_bookmarks {
                 let mut b = bookmark(res, start);
                 b["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-                if tx.send(WatchEvent { kind: "BOOKMARK", object: b }).await.is_err() {
+                if tx
+                    .send(WatchEvent {
+                        kind: "BOOKMARK",
+                        object: b,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -287,7 +355,12 @@ impl Registry {
                     Some(Ok(WatchItem::Event(e))) => e,
                     Some(Err(e)) => {
                         let status = ApiError::from_store(res, "", e).to_status();
-                        let _ = tx.send(WatchEvent { kind: "ERROR", object: status }).await;
+                        let _ = tx
+                            .send(WatchEvent {
+                                kind: "ERROR",
+                                object: status,
+                            })
+                            .await;
                         return;
                     }
                 };
@@ -295,7 +368,10 @@ impl Registry {
                 let Ok(mut object) = serde_json::from_slice::<Value>(&event.kv.value) else {
                     continue;
                 };
-                meta_mut(&mut object).insert("resourceVersion".into(), json!(event.revision().to_string()));
+                meta_mut(&mut object).insert(
+                    "resourceVersion".into(),
+                    json!(event.revision().to_string()),
+                );
                 if !p.matches(&object) {
                     continue;
                 }

@@ -111,11 +111,15 @@ fn meta_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    obj["metadata"].as_object_mut().expect("metadata is an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
 }
 
 pub(crate) fn name_of(obj: &Value) -> &str {
-    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 fn rv_of(obj: &Value) -> Option<Revision> {
@@ -193,7 +197,12 @@ impl Registry {
             .map_err(|e| ApiError::from_store(res, name, e))
     }
 
-    pub async fn get(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub async fn get(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         match self.get_kv(res, ns, name).await? {
             Some(kv) => from_kv(&kv),
             None => Err(ApiError::not_found(res, name)),
@@ -299,7 +308,10 @@ impl Registry {
         let mut warnings = Vec::new();
         let mut obj = self.admit_body(res, ns, body, opts.validation, &mut warnings)?;
         let m = meta_mut(&mut obj);
-        let has_name = m.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        let has_name = m
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
         if !has_name {
             if let Some(prefix) = m.get("generateName").and_then(Value::as_str) {
                 let name = format!("{prefix}{}", generate_suffix());
@@ -308,7 +320,13 @@ impl Registry {
         }
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(now()));
-        for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+        for f in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ] {
             m.remove(f);
         }
         if res.generation {
@@ -372,7 +390,10 @@ impl Registry {
         part: Part,
         opts: &WriteOptions,
     ) -> Result<Outcome, ApiError> {
-        let body_name = body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let body_name = body
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if body_name != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
@@ -429,7 +450,15 @@ impl Registry {
         }
         {
             let m = meta_mut(&mut new);
-            for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+                "name",
+            ] {
                 match meta(&old, f) {
                     Some(v) => m.insert(f.into(), v),
                     None => m.remove(f),
@@ -445,7 +474,10 @@ impl Registry {
                 changed |= meta(&old, "annotations") != meta(&new, "annotations");
             }
             if changed {
-                let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+                let g = old
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
                 meta_mut(&mut new).insert("generation".into(), json!(g + 1));
             }
         }
@@ -459,7 +491,10 @@ impl Registry {
             _alloc_guard = self.alloc.lock().await;
             service::allocate(self, &mut new, Some(&old)).await?;
         }
-        meta_mut(&mut new).insert("resourceVersion".into(), json!(current.mod_revision.to_string()));
+        meta_mut(&mut new).insert(
+            "resourceVersion".into(),
+            json!(current.mod_revision.to_string()),
+        );
         // A write that changes nothing is not a write: resourceVersion stays.
         if new == old || opts.dry_run {
             return Ok(Outcome {
@@ -473,7 +508,10 @@ impl Registry {
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_none_or(|f| f.is_empty());
-        if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty && delete::finalizers_done(res, &new) {
+        if new.pointer("/metadata/deletionTimestamp").is_some()
+            && finalizers_empty
+            && delete::finalizers_done(res, &new)
+        {
             let kv = self
                 .store
                 .delete(&current.key, Some(current.mod_revision))
@@ -548,7 +586,12 @@ impl Registry {
     }
 
     /// Refuse new objects in a namespace that is missing or terminating.
-    async fn check_namespace_open(&self, res: &Resource, ns: &str, name: &str) -> Result<(), ApiError> {
+    async fn check_namespace_open(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
         let nsres = resources::of_kind(Kind::Namespace);
         match self.get_kv(nsres, None, ns).await? {
             None => Err(ApiError::not_found(nsres, ns)),
@@ -571,7 +614,10 @@ impl Registry {
         let nsres = resources::of_kind(Kind::Namespace);
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match self.create(nsres, None, body, &WriteOptions::default()).await {
+            match self
+                .create(nsres, None, body, &WriteOptions::default())
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),

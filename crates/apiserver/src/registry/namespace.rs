@@ -34,7 +34,10 @@ async fn finalize(registry: &Registry, ns: &str) -> Result<bool, ApiError> {
             remaining += 1;
             let name = super::name_of(item);
             if item.pointer("/metadata/deletionTimestamp").is_none() {
-                match registry.delete(res, Some(ns), name, &DeleteOptions::default()).await {
+                match registry
+                    .delete(res, Some(ns), name, &DeleteOptions::default())
+                    .await
+                {
                     Ok((_, true)) => remaining -= 1,
                     Ok((_, false)) => {}
                     Err(e) if e.reason == "NotFound" => remaining -= 1,

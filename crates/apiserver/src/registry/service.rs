@@ -25,18 +25,31 @@ fn in_cidr(ip: Ipv4Addr) -> bool {
 
 /// Fill in `spec.clusterIP(s)` and node ports for a service being created (`old` None) or
 /// updated, refusing addresses and ports already taken.
-pub(crate) async fn allocate(reg: &Registry, svc: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+pub(crate) async fn allocate(
+    reg: &Registry,
+    svc: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
     let res = resources::of_kind(Kind::Service);
     let name = super::name_of(svc).to_string();
     let uid = svc.pointer("/metadata/uid").cloned();
     let all = reg.list(res, None, &ListParams::default()).await?;
     let mut used_ips = HashSet::new();
     let mut used_ports = HashSet::new();
-    for other in all.items.iter().filter(|o| o.pointer("/metadata/uid") != uid.as_ref()) {
+    for other in all
+        .items
+        .iter()
+        .filter(|o| o.pointer("/metadata/uid") != uid.as_ref())
+    {
         if let Some(ip) = other.pointer("/spec/clusterIP").and_then(Value::as_str) {
             used_ips.insert(ip.to_string());
         }
-        for p in other.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+        for p in other
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
                 used_ports.insert(np);
             }
@@ -45,7 +58,11 @@ pub(crate) async fn allocate(reg: &Registry, svc: &mut Value, old: Option<&Value
     let Some(spec) = svc.get_mut("spec") else {
         return Ok(());
     };
-    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
     if ty == "ExternalName" {
         return Ok(());
     }
@@ -53,7 +70,11 @@ pub(crate) async fn allocate(reg: &Registry, svc: &mut Value, old: Option<&Value
         .and_then(|o| o.pointer("/spec/clusterIP"))
         .and_then(Value::as_str)
         .map(String::from);
-    let wanted = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+    let wanted = spec
+        .get("clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let ip = match (wanted.as_str(), old_ip) {
         ("", Some(old)) => old,
         ("None", _) => "None".to_string(),
@@ -82,11 +103,15 @@ pub(crate) async fn allocate(reg: &Registry, svc: &mut Value, old: Option<&Value
                 )]));
             }
             if used_ips.contains(given) {
-                return Err(ApiError::invalid(res, &name, &[FieldError::invalid(
-                    "spec.clusterIPs",
-                    given,
-                    "failed to allocate IP: provided IP is already allocated",
-                )]));
+                return Err(ApiError::invalid(
+                    res,
+                    &name,
+                    &[FieldError::invalid(
+                        "spec.clusterIPs",
+                        given,
+                        "failed to allocate IP: provided IP is already allocated",
+                    )],
+                ));
             }
             given.to_string()
         }
@@ -102,34 +127,35 @@ pub(crate) async fn allocate(reg: &Registry, svc: &mut Value, old: Option<&Value
         let ports = spec.get_mut("ports").and_then(Value::as_array_mut);
         for (i, p) in ports.into_iter().flatten().enumerate() {
             let given = p.get("nodePort").and_then(Value::as_i64).unwrap_or(0);
-            let port = if given != 0 {
-                if !NODE_PORTS.contains(&given) || used_ports.contains(&given) {
-                    return Err(ApiError::invalid(res, &name, &[FieldError::invalid(
+            let port =
+                if given != 0 {
+                    if !NODE_PORTS.contains(&given) || used_ports.contains(&given) {
+                        return Err(ApiError::invalid(res, &name, &[FieldError::invalid(
                         format!("spec.ports[{i}].nodePort"),
                         given,
                         "provided port is already allocated or outside the range 30000-32767",
                     )]));
-                }
-                given
-            } else if let Some(kept) = old_ports
-                .iter()
-                .find(|o| o.get("port") == p.get("port"))
-                .and_then(|o| o.get("nodePort"))
-                .and_then(Value::as_i64)
-            {
-                kept
-            } else {
-                let mut rng = rand::rng();
-                let mut pick = None;
-                for _ in 0..4096 {
-                    let c = rng.random_range(NODE_PORTS);
-                    if !used_ports.contains(&c) {
-                        pick = Some(c);
-                        break;
                     }
-                }
-                pick.ok_or_else(|| ApiError::internal("no free node port in 30000-32767"))?
-            };
+                    given
+                } else if let Some(kept) = old_ports
+                    .iter()
+                    .find(|o| o.get("port") == p.get("port"))
+                    .and_then(|o| o.get("nodePort"))
+                    .and_then(Value::as_i64)
+                {
+                    kept
+                } else {
+                    let mut rng = rand::rng();
+                    let mut pick = None;
+                    for _ in 0..4096 {
+                        let c = rng.random_range(NODE_PORTS);
+                        if !used_ports.contains(&c) {
+                            pick = Some(c);
+                            break;
+                        }
+                    }
+                    pick.ok_or_else(|| ApiError::internal("no free node port in 30000-32767"))?
+                };
             used_ports.insert(port);
             p["nodePort"] = json!(port);
         }

@@ -1,8 +1,8 @@
 //! The `scale` subresource (autoscaling/v1 Scale over `spec.replicas`) and pod `binding`.
 
 use berth_core::resources::{self, Kind, Resource};
-use berth_core::FieldError;
 use berth_core::selector::label_selector_string;
+use berth_core::FieldError;
 use serde_json::{json, Value};
 
 use super::{apply_patch, from_kv, meta_mut, now, Part, PatchType, Registry, WriteOptions};
@@ -26,7 +26,12 @@ fn scale_of(obj: &Value) -> Value {
 }
 
 impl Registry {
-    pub async fn get_scale(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub async fn get_scale(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         Ok(scale_of(&self.get(res, ns, name).await?))
     }
 
@@ -59,7 +64,11 @@ impl Registry {
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
                 .map(String::from);
-            if scale.is_some() && pinned.as_deref().is_some_and(|rv| rv != current.mod_revision.to_string()) {
+            if scale.is_some()
+                && pinned
+                    .as_deref()
+                    .is_some_and(|rv| rv != current.mod_revision.to_string())
+            {
                 return Err(ApiError::modified(res, name));
             }
             let replicas = wanted.pointer_mut("/spec/replicas").map(Value::take);
@@ -67,16 +76,27 @@ impl Registry {
                 Some(Value::Number(n)) if n.as_i64().is_some_and(|r| r >= 0) => n,
                 other => {
                     let shown = other.unwrap_or(Value::Null);
-                    let scale_res = super::Resource { kind_name: "Scale", group: "autoscaling", ..*res };
-                    return Err(ApiError::invalid(&scale_res, name, &[FieldError::invalid(
-                        "spec.replicas",
-                        shown,
-                        "must be greater than or equal to 0",
-                    )]));
+                    let scale_res = super::Resource {
+                        kind_name: "Scale",
+                        group: "autoscaling",
+                        ..*res
+                    };
+                    return Err(ApiError::invalid(
+                        &scale_res,
+                        name,
+                        &[FieldError::invalid(
+                            "spec.replicas",
+                            shown,
+                            "must be greater than or equal to 0",
+                        )],
+                    ));
                 }
             };
             obj["spec"]["replicas"] = Value::Number(replicas);
-            match self.write_update(res, &current, obj, Part::Main, opts).await {
+            match self
+                .write_update(res, &current, obj, Part::Main, opts)
+                .await
+            {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
                 Err(e) if e.reason == "Conflict" && scale.is_none() => continue,
                 Err(e) => return Err(e),
@@ -87,12 +107,27 @@ impl Registry {
     }
 
     /// `POST pods/<name>/binding`: set `spec.nodeName` once and mark the pod scheduled.
-    pub async fn bind(&self, ns: Option<&str>, name: &str, binding: &Value) -> Result<Value, ApiError> {
+    pub async fn bind(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        binding: &Value,
+    ) -> Result<Value, ApiError> {
         let res = resources::of_kind(Kind::Pod);
-        let target_kind = binding.pointer("/target/kind").and_then(Value::as_str).unwrap_or("Node");
-        let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or("");
+        let target_kind = binding
+            .pointer("/target/kind")
+            .and_then(Value::as_str)
+            .unwrap_or("Node");
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if target_kind != "Node" || node.is_empty() {
-            return Err(ApiError::invalid(res, name, &[FieldError::required("target.name")]));
+            return Err(ApiError::invalid(
+                res,
+                name,
+                &[FieldError::required("target.name")],
+            ));
         }
         for _ in 0..8 {
             let Some(current) = self.get_kv(res, ns, name).await? else {
@@ -101,24 +136,49 @@ impl Registry {
             let mut pod = from_kv(&current)?;
             if let Some(uid) = binding.pointer("/metadata/uid").and_then(Value::as_str) {
                 if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-                    return Err(ApiError::conflict(res, name, "the pod's UID does not match the binding's"));
+                    return Err(ApiError::conflict(
+                        res,
+                        name,
+                        "the pod's UID does not match the binding's",
+                    ));
                 }
             }
             if pod.pointer("/metadata/deletionTimestamp").is_some() {
-                return Err(ApiError::conflict(res, name, "pod is being deleted, cannot be assigned to a host"));
+                return Err(ApiError::conflict(
+                    res,
+                    name,
+                    "pod is being deleted, cannot be assigned to a host",
+                ));
             }
-            let existing = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+            let existing = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if !existing.is_empty() {
-                return Err(ApiError::conflict(res, name, &format!("pod {name} is already assigned to node {existing:?}")));
+                return Err(ApiError::conflict(
+                    res,
+                    name,
+                    &format!("pod {name} is already assigned to node {existing:?}"),
+                ));
             }
             pod["spec"]["nodeName"] = json!(node);
-            let conds = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
-            let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+            let conds = pod["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut conds: Vec<Value> = conds
+                .into_iter()
+                .filter(|c| c["type"] != "PodScheduled")
+                .collect();
             conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
             pod["status"]["conditions"] = json!(conds);
             meta_mut(&mut pod).remove("resourceVersion");
             // Binding writes spec and status together: write the stored object directly.
-            match self.store.update(&current.key, super::to_bytes(&pod), current.mod_revision).await {
+            match self
+                .store
+                .update(&current.key, super::to_bytes(&pod), current.mod_revision)
+                .await
+            {
                 Ok(_) => return Ok(crate::status::success(201, None)),
                 Err(berth_store::StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(ApiError::from_store(res, name, e)),

@@ -13,10 +13,19 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let tokens = berth_apiserver::Tokens::load_or_create(&args.data_dir.join("tokens.json"))
-        .context("reading the tokens (has `berth up` or `berth server` run with this --data-dir?)")?;
+        .context(
+            "reading the tokens (has `berth up` or `berth server` run with this --data-dir?)",
+        )?;
     let ca_path = berth_apiserver::tls::TlsFiles::in_dir(&args.data_dir).ca_cert;
-    let ca = std::fs::read_to_string(&ca_path)
-        .with_context(|| format!("reading the cluster CA {} (start the server once first)", ca_path.display()))?;
-    print!("{}", berth_apiserver::kubeconfig(&args.server, &ca, &tokens.admin));
+    let ca = std::fs::read_to_string(&ca_path).with_context(|| {
+        format!(
+            "reading the cluster CA {} (start the server once first)",
+            ca_path.display()
+        )
+    })?;
+    print!(
+        "{}",
+        berth_apiserver::kubeconfig(&args.server, &ca, &tokens.admin)
+    );
     Ok(())
 }

@@ -10,7 +10,9 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("BERTH_DATA_DIR") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".berth")
 }
 

@@ -11,7 +11,12 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let server = berth_apiserver::start(args.serve.config())
         .await
-        .with_context(|| format!("starting the API server in {}", args.serve.data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "starting the API server in {}",
+                args.serve.data_dir.display()
+            )
+        })?;
     println!("berth server listening on {}", server.url());
     println!(
         "node-join token: berth token --data-dir {} --node",

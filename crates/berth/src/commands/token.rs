@@ -14,6 +14,13 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let tokens = berth_apiserver::Tokens::load_or_create(&args.data_dir.join("tokens.json"))
         .context("reading the tokens")?;
-    println!("{}", if args.node { tokens.node_join } else { tokens.admin });
+    println!(
+        "{}",
+        if args.node {
+            tokens.node_join
+        } else {
+            tokens.admin
+        }
+    );
     Ok(())
 }

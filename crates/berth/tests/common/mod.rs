@@ -32,7 +32,10 @@ fn start(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
     let url = loop {
-        assert!(Instant::now() < deadline, "berth up did not come up within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "berth up did not come up within 30 s"
+        );
         let line = lines
             .next()
             .expect("berth up exited before printing its URL")
@@ -53,7 +56,13 @@ impl Berth {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, url) = start(dir.path(), "127.0.0.1:0", &extra);
         let listen = url.trim_start_matches("https://").to_string();
-        Berth { child: Some(child), dir, listen, url, extra }
+        Berth {
+            child: Some(child),
+            dir,
+            listen,
+            url,
+            extra,
+        }
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -98,11 +107,21 @@ impl Berth {
 
     /// Run kubectl against this server; panics with a how-to if kubectl is missing.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        kubectl_with(&self.kubeconfig(), &self.dir.path().join("kube-cache"), args, None)
+        kubectl_with(
+            &self.kubeconfig(),
+            &self.dir.path().join("kube-cache"),
+            args,
+            None,
+        )
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        kubectl_with(&self.kubeconfig(), &self.dir.path().join("kube-cache"), args, Some(stdin))
+        kubectl_with(
+            &self.kubeconfig(),
+            &self.dir.path().join("kube-cache"),
+            args,
+            Some(stdin),
+        )
     }
 
     /// Run kubectl and return stdout, failing the test (with stderr) if it fails.
@@ -141,7 +160,11 @@ pub fn kubectl_with(kubeconfig: &Path, cache: &Path, args: &[&str], stdin: Optio
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => panic!(
@@ -151,7 +174,12 @@ pub fn kubectl_with(kubeconfig: &Path, cache: &Path, args: &[&str], stdin: Optio
     };
     if let Some(input) = stdin {
         use std::io::Write;
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
     child.wait_with_output().expect("kubectl ran")
 }
@@ -167,7 +195,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -40,8 +40,7 @@ fn validate_int_or_percent(path: &str, v: Option<&Value>, errs: &mut Vec<FieldEr
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n >= 0) => {}
         Some(Value::String(s))
-            if s
-                .strip_suffix('%')
+            if s.strip_suffix('%')
                 .and_then(|p| p.parse::<u32>().ok())
                 .is_some_and(|p| p <= 100) => {}
         Some(other) => errs.push(FieldError::invalid(
@@ -68,7 +67,11 @@ pub(super) fn validate_workload(kind: Kind, obj: &Value, errs: &mut Vec<FieldErr
                 .ok()
                 .and_then(|s| Selector::from_label_selector(&s).ok());
             match parsed {
-                None => errs.push(FieldError::invalid("spec.selector", sel, "invalid label selector")),
+                None => errs.push(FieldError::invalid(
+                    "spec.selector",
+                    sel,
+                    "invalid label selector",
+                )),
                 Some(s) if s.is_empty() => errs.push(FieldError::invalid(
                     "spec.selector",
                     sel,
@@ -144,7 +147,10 @@ pub(super) fn columns(kind: Kind) -> Vec<Column> {
         cols.extend([
             int_col("Desired", "Number of desired pods."),
             int_col("Current", "Number of actual replicas."),
-            int_col("Ready", "The number of ready replicas for this replica set."),
+            int_col(
+                "Ready",
+                "The number of ready replicas for this replica set.",
+            ),
         ]);
     }
     cols.extend([

@@ -39,12 +39,23 @@ pub(super) fn validate_hpa(obj: &Value, errs: &mut Vec<FieldError>) {
         }
     }
     let max = int_at(obj, "/spec/maxReplicas");
-    let min = obj.pointer("/spec/minReplicas").and_then(Value::as_i64).unwrap_or(1);
+    let min = obj
+        .pointer("/spec/minReplicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     if max < 1 {
-        errs.push(FieldError::invalid("spec.maxReplicas", max, "must be greater than or equal to 1"));
+        errs.push(FieldError::invalid(
+            "spec.maxReplicas",
+            max,
+            "must be greater than or equal to 1",
+        ));
     }
     if min < 1 {
-        errs.push(FieldError::invalid("spec.minReplicas", min, "must be greater than or equal to 1"));
+        errs.push(FieldError::invalid(
+            "spec.minReplicas",
+            min,
+            "must be greater than or equal to 1",
+        ));
     }
     if min > max && max >= 1 {
         errs.push(FieldError::invalid(
@@ -65,7 +76,8 @@ pub(super) fn validate_data_keys(obj: &Value, errs: &mut Vec<FieldError>) {
         for k in map.keys() {
             let ok = !k.is_empty()
                 && k.len() <= 253
-                && k.bytes().all(|c| c.is_ascii_alphanumeric() || b"-._".contains(&c))
+                && k.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-._".contains(&c))
                 && k != "."
                 && k != "..";
             if !ok {
@@ -85,11 +97,7 @@ pub(super) fn validate_data_keys(obj: &Value, errs: &mut Vec<FieldError>) {
 
 pub(super) fn columns(kind: Kind) -> Vec<Column> {
     match kind {
-        Kind::Namespace => vec![
-            NAME,
-            col("Status", "The status of the namespace"),
-            AGE,
-        ],
+        Kind::Namespace => vec![NAME, col("Status", "The status of the namespace"), AGE],
         Kind::ConfigMap => vec![NAME, int_col("Data", "Number of data entries."), AGE],
         Kind::Secret => vec![
             NAME,
@@ -97,11 +105,7 @@ pub(super) fn columns(kind: Kind) -> Vec<Column> {
             int_col("Data", "The number of entries in the secret"),
             AGE,
         ],
-        Kind::Endpoints => vec![
-            NAME,
-            col("Endpoints", "Endpoints of the service"),
-            AGE,
-        ],
+        Kind::Endpoints => vec![NAME, col("Endpoints", "Endpoints of the service"), AGE],
         Kind::EndpointSlice => vec![
             NAME,
             col("AddressType", "The IP protocol for this slice"),
@@ -111,21 +115,29 @@ pub(super) fn columns(kind: Kind) -> Vec<Column> {
         ],
         Kind::Event => vec![
             col("Last Seen", "Time when last this event was observed"),
-            col("Type", "Type of this event (Normal, Warning), new types could be added in the future."),
-            col("Reason", "Reason is why the action was taken. It is human-readable."),
+            col(
+                "Type",
+                "Type of this event (Normal, Warning), new types could be added in the future.",
+            ),
+            col(
+                "Reason",
+                "Reason is why the action was taken. It is human-readable.",
+            ),
             col("Object", "The object this Event is about."),
-            wide("Subobject", "The subobject (for example a container) this Event is about."),
+            wide(
+                "Subobject",
+                "The subobject (for example a container) this Event is about.",
+            ),
             wide("Source", "The component reporting this event."),
-            col("Message", "A human-readable description of the status of this operation."),
+            col(
+                "Message",
+                "A human-readable description of the status of this operation.",
+            ),
             wide("First Seen", "The first time the event was observed"),
             wide("Count", "The number of times this event has occurred."),
             wide("Name", "Name of the event"),
         ],
-        Kind::Lease => vec![
-            NAME,
-            col("Holder", "The holder of the lease"),
-            AGE,
-        ],
+        Kind::Lease => vec![NAME, col("Holder", "The holder of the lease"), AGE],
         Kind::HorizontalPodAutoscaler => vec![
             NAME,
             col("Reference", "The reference to the autoscaled resource"),
@@ -158,7 +170,9 @@ fn hpa_targets(obj: &Value) -> String {
         .iter()
         .map(|m| {
             let name = str_at(m, "/resource/name");
-            let target = m.pointer("/resource/target/averageUtilization").and_then(Value::as_i64);
+            let target = m
+                .pointer("/resource/target/averageUtilization")
+                .and_then(Value::as_i64);
             let cur = current
                 .iter()
                 .find(|c| str_at(c, "/resource/name") == name)
@@ -187,7 +201,12 @@ pub(super) fn cells(kind: Kind, obj: &Value, age: String, now: Timestamp) -> Vec
     match kind {
         Kind::Namespace => vec![name, json!(str_at(obj, "/status/phase")), json!(age)],
         Kind::ConfigMap => vec![name, json!(count("data") + count("binaryData")), json!(age)],
-        Kind::Secret => vec![name, json!(str_at(obj, "/type")), json!(count("data")), json!(age)],
+        Kind::Secret => vec![
+            name,
+            json!(str_at(obj, "/type")),
+            json!(count("data")),
+            json!(age),
+        ],
         Kind::Endpoints => {
             let mut addrs = Vec::new();
             for subset in arr_at(obj, "/subsets") {
@@ -218,7 +237,11 @@ pub(super) fn cells(kind: Kind, obj: &Value, age: String, now: Timestamp) -> Vec
             vec![
                 name,
                 json!(str_at(obj, "/addressType")),
-                json!(if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") }),
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }),
                 json!(endpoints_cell(addrs)),
                 json!(age),
             ]
@@ -233,10 +256,14 @@ pub(super) fn cells(kind: Kind, obj: &Value, age: String, now: Timestamp) -> Vec
             .iter()
             .map(|p| str_at(obj, p))
             .find(|s| !s.is_empty());
-            let first = ["/firstTimestamp", "/eventTime", "/metadata/creationTimestamp"]
-                .iter()
-                .map(|p| str_at(obj, p))
-                .find(|s| !s.is_empty());
+            let first = [
+                "/firstTimestamp",
+                "/eventTime",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .map(|p| str_at(obj, p))
+            .find(|s| !s.is_empty());
             let object = format!(
                 "{}/{}",
                 str_at(obj, "/involvedObject/kind").to_lowercase(),
@@ -244,9 +271,17 @@ pub(super) fn cells(kind: Kind, obj: &Value, age: String, now: Timestamp) -> Vec
             );
             let source = {
                 let c = str_at(obj, "/source/component");
-                let c = if c.is_empty() { str_at(obj, "/reportingComponent") } else { c };
+                let c = if c.is_empty() {
+                    str_at(obj, "/reportingComponent")
+                } else {
+                    c
+                };
                 let h = str_at(obj, "/source/host");
-                if h.is_empty() { c.to_string() } else { format!("{c}, {h}") }
+                if h.is_empty() {
+                    c.to_string()
+                } else {
+                    format!("{c}, {h}")
+                }
             };
             let count = obj.get("count").and_then(Value::as_i64).unwrap_or(1);
             vec![
@@ -262,11 +297,7 @@ pub(super) fn cells(kind: Kind, obj: &Value, age: String, now: Timestamp) -> Vec
                 name,
             ]
         }
-        Kind::Lease => vec![
-            name,
-            json!(str_at(obj, "/spec/holderIdentity")),
-            json!(age),
-        ],
+        Kind::Lease => vec![name, json!(str_at(obj, "/spec/holderIdentity")), json!(age)],
         Kind::HorizontalPodAutoscaler => vec![
             name,
             json!(format!(
@@ -275,7 +306,11 @@ pub(super) fn cells(kind: Kind, obj: &Value, age: String, now: Timestamp) -> Vec
                 str_at(obj, "/spec/scaleTargetRef/name")
             )),
             json!(hpa_targets(obj)),
-            json!(obj.pointer("/spec/minReplicas").and_then(Value::as_i64).unwrap_or(1).to_string()),
+            json!(obj
+                .pointer("/spec/minReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+                .to_string()),
             json!(int_at(obj, "/spec/maxReplicas")),
             json!(int_at(obj, "/status/currentReplicas")),
             json!(age),

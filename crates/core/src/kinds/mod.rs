@@ -112,7 +112,9 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<FieldErr
             if old.get("immutable") == Some(&Value::Bool(true))
                 && (old.get("data") != new.get("data")
                     || old.get("binaryData") != new.get("binaryData")
-                    || old.get("stringData").is_some_and(|_| new.get("stringData").is_some()))
+                    || old
+                        .get("stringData")
+                        .is_some_and(|_| new.get("stringData").is_some()))
             {
                 errs.push(FieldError::forbidden(
                     "data",
@@ -149,7 +151,10 @@ fn validate_meta(res: &Resource, obj: &Value) -> Vec<FieldError> {
     if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
         validation::labels("metadata.labels", labels, &mut errs);
     }
-    if let Some(ann) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
+    if let Some(ann) = obj
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
         let mut total = 0;
         for (k, v) in ann {
             if let Some(why) = validation::qualified_name(k) {

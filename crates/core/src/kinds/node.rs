@@ -69,7 +69,11 @@ pub(super) fn cells(node: &Value, age: String) -> Vec<Value> {
     };
     let info = |f: &str| {
         let v = str_at(node, &format!("/status/nodeInfo/{f}"));
-        if v.is_empty() { "<unknown>".to_string() } else { v.to_string() }
+        if v.is_empty() {
+            "<unknown>".to_string()
+        } else {
+            v.to_string()
+        }
     };
     vec![
         json!(str_at(node, "/metadata/name")),

@@ -17,7 +17,11 @@ fn default_container(c: &mut Value) {
     let last = image.rsplit('/').next().unwrap_or("");
     let tagged = last.contains(':') && !last.ends_with(":latest");
     let digest = image.contains('@');
-    let policy = if tagged || digest { "IfNotPresent" } else { "Always" };
+    let policy = if tagged || digest {
+        "IfNotPresent"
+    } else {
+        "Always"
+    };
     default_field(c, "imagePullPolicy", json!(policy));
     default_field(c, "resources", json!({}));
     if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
@@ -44,9 +48,15 @@ pub fn default_pod_spec(spec: &mut Value) {
     if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
         for v in vols {
             if v.get("emptyDir").is_none()
-                && ["configMap", "secret", "hostPath", "persistentVolumeClaim", "projected"]
-                    .iter()
-                    .all(|k| v.get(*k).is_none())
+                && [
+                    "configMap",
+                    "secret",
+                    "hostPath",
+                    "persistentVolumeClaim",
+                    "projected",
+                ]
+                .iter()
+                .all(|k| v.get(*k).is_none())
             {
                 default_field(v, "emptyDir", json!({}));
             }
@@ -93,7 +103,12 @@ fn qos_class(pod: &Value) -> &'static str {
     }
 }
 
-fn validate_containers(path: &str, list: &[Value], names: &mut HashSet<String>, errs: &mut Vec<FieldError>) {
+fn validate_containers(
+    path: &str,
+    list: &[Value],
+    names: &mut HashSet<String>,
+    errs: &mut Vec<FieldError>,
+) {
     for (i, c) in list.iter().enumerate() {
         let at = format!("{path}[{i}]");
         let name = str_at(c, "/name");
@@ -167,21 +182,34 @@ pub fn validate_pod_spec(path: &str, spec: &Value, errs: &mut Vec<FieldError>) {
     let dns = str_at(spec, "/dnsPolicy");
     let dns_ok = ["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"];
     if !dns.is_empty() && !dns_ok.contains(&dns) {
-        errs.push(FieldError::not_supported(format!("{path}.dnsPolicy"), dns, &dns_ok));
+        errs.push(FieldError::not_supported(
+            format!("{path}.dnsPolicy"),
+            dns,
+            &dns_ok,
+        ));
     }
     let mut vol_names = HashSet::new();
     for (i, v) in arr_at(spec, "/volumes").iter().enumerate() {
         let n = str_at(v, "/name");
         if let Some(why) = validation::dns1123_label(n) {
-            errs.push(FieldError::invalid(format!("{path}.volumes[{i}].name"), n, why));
+            errs.push(FieldError::invalid(
+                format!("{path}.volumes[{i}].name"),
+                n,
+                why,
+            ));
         } else if !vol_names.insert(n) {
-            errs.push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), n));
+            errs.push(FieldError::duplicate(
+                format!("{path}.volumes[{i}].name"),
+                n,
+            ));
         }
     }
     if let Some(sel) = spec.get("nodeSelector").and_then(Value::as_object) {
         validation::labels(&format!("{path}.nodeSelector"), sel, errs);
     }
-    let grace = spec.get("terminationGracePeriodSeconds").and_then(Value::as_i64);
+    let grace = spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64);
     if grace.is_some_and(|g| g < 0) {
         errs.push(FieldError::invalid(
             format!("{path}.terminationGracePeriodSeconds"),
@@ -295,7 +323,8 @@ pub fn pod_status_reason(pod: &Value) -> String {
                 } else {
                     format!("ExitCode:{}", int_at(t, "/exitCode"))
                 };
-            } else if c.pointer("/state/running").is_some() && c.get("ready") == Some(&json!(true)) {
+            } else if c.pointer("/state/running").is_some() && c.get("ready") == Some(&json!(true))
+            {
                 has_running = true;
             }
         }
@@ -316,7 +345,10 @@ pub fn pod_status_reason(pod: &Value) -> String {
 pub(super) fn cells(pod: &Value, age: String) -> Vec<Value> {
     let statuses = arr_at(pod, "/status/containerStatuses");
     let total = arr_at(pod, "/spec/containers").len();
-    let ready = statuses.iter().filter(|c| c.get("ready") == Some(&json!(true))).count();
+    let ready = statuses
+        .iter()
+        .filter(|c| c.get("ready") == Some(&json!(true)))
+        .count();
     let restarts: i64 = statuses.iter().map(|c| int_at(c, "/restartCount")).sum();
     let ip = str_at(pod, "/status/podIP");
     let node = str_at(pod, "/spec/nodeName");
@@ -330,12 +362,20 @@ pub(super) fn cells(pod: &Value, age: String) -> Vec<Value> {
             .iter()
             .filter(|g| {
                 let t = str_at(g, "/conditionType");
-                conds.iter().any(|c| str_at(c, "/type") == t && str_at(c, "/status") == "True")
+                conds
+                    .iter()
+                    .any(|c| str_at(c, "/type") == t && str_at(c, "/status") == "True")
             })
             .count();
         format!("{met}/{}", gates.len())
     };
-    let or_none = |s: &str| if s.is_empty() { "<none>".to_string() } else { s.to_string() };
+    let or_none = |s: &str| {
+        if s.is_empty() {
+            "<none>".to_string()
+        } else {
+            s.to_string()
+        }
+    };
     vec![
         json!(str_at(pod, "/metadata/name")),
         json!(format!("{ready}/{total}")),
@@ -362,7 +402,10 @@ mod tests {
         default_pod(&mut pod);
         assert_eq!(pod["spec"]["restartPolicy"], "Always");
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
-        assert_eq!(pod["spec"]["containers"][1]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            pod["spec"]["containers"][1]["imagePullPolicy"],
+            "IfNotPresent"
+        );
         assert_eq!(pod["spec"]["containers"][1]["ports"][0]["protocol"], "TCP");
         assert_eq!(pod["status"]["phase"], "Pending");
         assert_eq!(pod["status"]["qosClass"], "BestEffort");
@@ -385,6 +428,9 @@ mod tests {
         let mut errs = Vec::new();
         validate_pod_spec("spec", &spec, &mut errs);
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["spec.containers[0].image", "spec.containers[1].name"]);
+        assert_eq!(
+            paths,
+            ["spec.containers[0].image", "spec.containers[1].name"]
+        );
     }
 }

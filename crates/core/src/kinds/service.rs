@@ -78,7 +78,10 @@ pub(super) fn validate_service(obj: &Value, errs: &mut Vec<FieldError>) {
             ));
         }
         if !seen.insert((port, proto)) {
-            errs.push(FieldError::duplicate(format!("{at}"), format!("{port}/{proto}")));
+            errs.push(FieldError::duplicate(
+                format!("{at}"),
+                format!("{port}/{proto}"),
+            ));
         }
         match p.get("targetPort") {
             Some(Value::Number(n)) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => {
@@ -114,7 +117,11 @@ pub(super) fn validate_service_update(old: &Value, new: &Value, errs: &mut Vec<F
     let old_ip = str_at(old, "/spec/clusterIP");
     let new_ip = str_at(new, "/spec/clusterIP");
     if !old_ip.is_empty() && !new_ip.is_empty() && old_ip != new_ip {
-        errs.push(FieldError::invalid("spec.clusterIP", new_ip, "field is immutable"));
+        errs.push(FieldError::invalid(
+            "spec.clusterIP",
+            new_ip,
+            "field is immutable",
+        ));
     }
 }
 
@@ -180,9 +187,17 @@ pub(super) fn cells(svc: &Value, age: String) -> Vec<Value> {
     vec![
         json!(str_at(svc, "/metadata/name")),
         json!(ty),
-        json!(if cluster_ip.is_empty() { "<none>" } else { cluster_ip }),
+        json!(if cluster_ip.is_empty() {
+            "<none>"
+        } else {
+            cluster_ip
+        }),
         json!(external),
-        json!(if ports.is_empty() { "<none>".to_string() } else { ports.join(",") }),
+        json!(if ports.is_empty() {
+            "<none>".to_string()
+        } else {
+            ports.join(",")
+        }),
         json!(age),
         json!(selector),
     ]

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs every test with nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v kubectl >/dev/null 2>&1 || {
+  echo "kubectl is missing: the end-to-end tests need kubectl v1.32 on PATH" >&2
+  echo "install it from https://kubernetes.io/docs/tasks/tools/ (it is not in Debian's archive)" >&2
+  exit 1
+}
+if ! docker info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
+fi
+command -v busybox >/dev/null 2>&1 || need_apt+=(busybox-static)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+if ! docker info >/dev/null 2>&1 && command -v dockerd >/dev/null 2>&1; then
+  (dockerd >/tmp/berth-dockerd.log 2>&1 &)
+  for _ in $(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
+command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+
+cargo nextest run --workspace --no-fail-fast "$@"
