@@ -30,6 +30,11 @@ pub struct AppState {
     pub bookmark_every: Duration,
 }
 
+/// The one routing table: everything goes to [`handle`], which routes by path.
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(state)
+}
+
 /// Every request enters here.
 pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let method = req.method().clone();

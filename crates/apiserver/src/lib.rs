@@ -157,7 +157,7 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         tokens: tokens.clone(),
         bookmark_every: cfg.bookmark_every,
     });
-    let app = axum::Router::new().fallback(http::handle).with_state(state);
+    let app = http::router(state);
     let acceptor = TlsAcceptor::from(tls_config);
     let accept = tokio::spawn(async move {
         loop {

@@ -45,7 +45,7 @@ async fn acknowledged_writes_survive_kill_9() {
     // Let the writers get going, then pull the plug mid-stream.
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if acked.lock().unwrap().len() >= 300 {
+        if acked.lock().unwrap().len() >= 1000 {
             break;
         }
     }
@@ -54,7 +54,7 @@ async fn acknowledged_writes_survive_kill_9() {
         let _ = w.await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 300);
+    assert!(acked.len() >= 1000);
 
     b.restart();
     let stored: BTreeMap<String, String> = api
