@@ -1,0 +1,211 @@
+//! `berth-bench apiserver`: durable creates/s through the HTTPS API with 1 and 50 clients
+//! (p50/p99 latency), against the store alone as the baseline measured in the same run; and
+//! watch fan-out: the time until 100 watchers have all seen one write.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use berth_store::{SqliteOptions, SqliteStore, Store};
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+
+#[derive(Parser)]
+struct Cli {
+    /// Which benchmark: `apiserver`.
+    which: String,
+    /// Creates per run.
+    #[arg(long, default_value_t = 20_000)]
+    creates: usize,
+    /// Watchers for the fan-out figure.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+struct Run {
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn report(label: &str, r: &Run) {
+    println!(
+        "{label:<44} {:>9.0} creates/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
+        r.per_sec,
+        r.p50.as_secs_f64() * 1e3,
+        r.p99.as_secs_f64() * 1e3
+    );
+}
+
+/// `total` creates split over `clients` concurrent loops, each timed.
+async fn run_concurrent<F, Fut>(clients: usize, total: usize, make: F) -> anyhow::Result<Run>
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let per = total / clients;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let t = Instant::now();
+                make(c, i).await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    Ok(Run {
+        per_sec: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&all, 0.50),
+        p99: percentile(&all, 0.99),
+    })
+}
+
+async fn store_baseline(clients: usize, total: usize) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(SqliteStore::open(dir.path().join("b.db"), SqliteOptions::default())?);
+    let value = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x","namespace":"default","uid":"00000000-0000-0000-0000-000000000000","creationTimestamp":"2026-01-01T00:00:00Z"},"data":{"k":"v"}}"#;
+    run_concurrent(clients, total, move |c, i| {
+        let store = store.clone();
+        async move {
+            store.create(&format!("/registry/core/configmaps/default/c{c}-{i}"), value.to_vec()).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn api_creates(api: Api<ConfigMap>, tag: &str, clients: usize, total: usize) -> anyhow::Result<Run> {
+    let tag = tag.to_string();
+    run_concurrent(clients, total, move |c, i| {
+        let api = api.clone();
+        let tag = tag.clone();
+        async move {
+            let cm = ConfigMap {
+                metadata: kube::api::ObjectMeta { name: Some(format!("{tag}-{c}-{i}")), ..Default::default() },
+                data: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
+                ..Default::default()
+            };
+            api.create(&PostParams::default(), &cm).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn client(server: &berth_apiserver::Server, dir: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin))?;
+    let kc = kube::config::Kubeconfig::read_from(&path)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = berth_apiserver::Config::new(dir.path().to_path_buf());
+    cfg.listen = "127.0.0.1:0".parse()?;
+    let server = berth_apiserver::start(cfg).await.context("starting the API server")?;
+    let api: Api<ConfigMap> = Api::namespaced(client(&server, dir.path()).await?, "default");
+    println!("berth-bench apiserver: {} creates per run, SQLite WAL synchronous=FULL, {} CPUs", cli.creates, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!();
+    let single_n = (cli.creates / 10).max(500);
+    let base1 = store_baseline(1, single_n).await?;
+    report("store alone, 1 writer (baseline)", &base1);
+    let api1 = api_creates(api.clone(), "one", 1, single_n).await?;
+    report("HTTPS API, 1 client", &api1);
+    let base50 = store_baseline(50, cli.creates).await?;
+    report("store alone, 50 writers (baseline)", &base50);
+    let api50 = api_creates(api.clone(), "fifty", 50, cli.creates).await?;
+    report("HTTPS API, 50 clients", &api50);
+    println!();
+    println!("API / store: {:.2} with 1 client, {:.2} with 50", api1.per_sec / base1.per_sec, api50.per_sec / base50.per_sec);
+    println!("50 clients / 1 client through the API: {:.1}x (group commit shares fsyncs)", api50.per_sec / api1.per_sec);
+    println!("etcd's published figure for comparison (not measured here): 583 creates/s with one client");
+
+    // Watch fan-out.
+    let mut fanout = Vec::new();
+    for round in 0..5 {
+        let rv = api.list(&kube::api::ListParams::default().limit(1)).await?.metadata.resource_version.unwrap_or_default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let mut handles = Vec::new();
+        let target = format!("fan-{round}");
+        for _ in 0..cli.watchers {
+            let api = api.clone();
+            let tx = tx.clone();
+            let rv = rv.clone();
+            let target = target.clone();
+            let stream = api.watch(&WatchParams::default().timeout(60), &rv).await?;
+            handles.push(tokio::spawn(async move {
+                let mut stream = stream.boxed();
+                while let Some(ev) = stream.next().await {
+                    if let Ok(WatchEvent::Added(cm)) = ev {
+                        if cm.metadata.name.as_deref() == Some(target.as_str()) {
+                            let _ = tx.send(Instant::now());
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        api.create(&PostParams::default(), &ConfigMap {
+            metadata: kube::api::ObjectMeta { name: Some(target), ..Default::default() },
+            ..Default::default()
+        })
+        .await?;
+        let mut last = start;
+        let mut seen = 0;
+        while let Some(t) = rx.recv().await {
+            seen += 1;
+            last = last.max(t);
+        }
+        anyhow::ensure!(seen == cli.watchers, "only {seen} of {} watchers saw the write", cli.watchers);
+        fanout.push(last - start);
+        for h in handles {
+            h.abort();
+        }
+    }
+    fanout.sort();
+    println!();
+    println!(
+        "watch fan-out, {} watchers, write -> all have seen it: p50 {:.2} ms, max {:.2} ms (5 rounds)",
+        cli.watchers,
+        percentile(&fanout, 0.5).as_secs_f64() * 1e3,
+        fanout.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    server.shutdown();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.which.as_str() {
+        "apiserver" => apiserver(&cli).await,
+        other => anyhow::bail!("unknown benchmark {other:?}: try `apiserver`"),
+    }
+}
