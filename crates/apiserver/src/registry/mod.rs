@@ -94,6 +94,9 @@ pub struct Registry {
     pub(crate) store: Arc<dyn Store>,
     /// Serialises allocation of service cluster IPs and node ports.
     alloc: Arc<tokio::sync::Mutex<()>>,
+    /// Namespace name -> terminating, kept from a watch (as Kubernetes' namespace lifecycle
+    /// admission keeps an informer), so creates need not read the store. A miss reads it.
+    namespaces: Arc<std::sync::RwLock<std::collections::HashMap<String, bool>>>,
 }
 
 /// The current time, to the second, as Kubernetes writes timestamps.
@@ -177,6 +180,7 @@ impl Registry {
         Registry {
             store,
             alloc: Arc::new(tokio::sync::Mutex::new(())),
+            namespaces: Arc::default(),
         }
     }
 
@@ -623,7 +627,8 @@ impl Registry {
                 Err(e) => return Err(e),
             }
         }
-        namespace::resume_terminating(self).await
+        namespace::resume_terminating(self).await?;
+        namespace::spawn_cache(self.clone(), self.namespaces.clone()).await
     }
 }
 
