@@ -84,26 +84,42 @@ where
 
 async fn store_baseline(clients: usize, total: usize) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
-    let store = Arc::new(SqliteStore::open(dir.path().join("b.db"), SqliteOptions::default())?);
+    let store = Arc::new(SqliteStore::open(
+        dir.path().join("b.db"),
+        SqliteOptions::default(),
+    )?);
     let value = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x","namespace":"default","uid":"00000000-0000-0000-0000-000000000000","creationTimestamp":"2026-01-01T00:00:00Z"},"data":{"k":"v"}}"#;
     run_concurrent(clients, total, move |c, i| {
         let store = store.clone();
         async move {
-            store.create(&format!("/registry/core/configmaps/default/c{c}-{i}"), value.to_vec()).await?;
+            store
+                .create(
+                    &format!("/registry/core/configmaps/default/c{c}-{i}"),
+                    value.to_vec(),
+                )
+                .await?;
             Ok(())
         }
     })
     .await
 }
 
-async fn api_creates(api: Api<ConfigMap>, tag: &str, clients: usize, total: usize) -> anyhow::Result<Run> {
+async fn api_creates(
+    api: Api<ConfigMap>,
+    tag: &str,
+    clients: usize,
+    total: usize,
+) -> anyhow::Result<Run> {
     let tag = tag.to_string();
     run_concurrent(clients, total, move |c, i| {
         let api = api.clone();
         let tag = tag.clone();
         async move {
             let cm = ConfigMap {
-                metadata: kube::api::ObjectMeta { name: Some(format!("{tag}-{c}-{i}")), ..Default::default() },
+                metadata: kube::api::ObjectMeta {
+                    name: Some(format!("{tag}-{c}-{i}")),
+                    ..Default::default()
+                },
                 data: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
                 ..Default::default()
             };
@@ -114,9 +130,15 @@ async fn api_creates(api: Api<ConfigMap>, tag: &str, clients: usize, total: usiz
     .await
 }
 
-async fn client(server: &berth_apiserver::Server, dir: &std::path::Path) -> anyhow::Result<kube::Client> {
+async fn client(
+    server: &berth_apiserver::Server,
+    dir: &std::path::Path,
+) -> anyhow::Result<kube::Client> {
     let path = dir.join("kubeconfig");
-    std::fs::write(&path, berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin))?;
+    std::fs::write(
+        &path,
+        berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin),
+    )?;
     let kc = kube::config::Kubeconfig::read_from(&path)?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     Ok(kube::Client::try_from(cfg)?)
@@ -126,9 +148,17 @@ async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut cfg = berth_apiserver::Config::new(dir.path().to_path_buf());
     cfg.listen = "127.0.0.1:0".parse()?;
-    let server = berth_apiserver::start(cfg).await.context("starting the API server")?;
+    let server = berth_apiserver::start(cfg)
+        .await
+        .context("starting the API server")?;
     let api: Api<ConfigMap> = Api::namespaced(client(&server, dir.path()).await?, "default");
-    println!("berth-bench apiserver: {} creates per run, SQLite WAL synchronous=FULL, {} CPUs", cli.creates, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "berth-bench apiserver: {} creates per run, SQLite WAL synchronous=FULL, {} CPUs",
+        cli.creates,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     println!();
     let single_n = (cli.creates / 10).max(500);
     let base1 = store_baseline(1, single_n).await?;
@@ -140,14 +170,28 @@ async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
     let api50 = api_creates(api.clone(), "fifty", 50, cli.creates).await?;
     report("HTTPS API, 50 clients", &api50);
     println!();
-    println!("API / store: {:.2} with 1 client, {:.2} with 50", api1.per_sec / base1.per_sec, api50.per_sec / base50.per_sec);
-    println!("50 clients / 1 client through the API: {:.1}x (group commit shares fsyncs)", api50.per_sec / api1.per_sec);
-    println!("etcd's published figure for comparison (not measured here): 583 creates/s with one client");
+    println!(
+        "API / store: {:.2} with 1 client, {:.2} with 50",
+        api1.per_sec / base1.per_sec,
+        api50.per_sec / base50.per_sec
+    );
+    println!(
+        "50 clients / 1 client through the API: {:.1}x (group commit shares fsyncs)",
+        api50.per_sec / api1.per_sec
+    );
+    println!(
+        "etcd's published figure for comparison (not measured here): 583 creates/s with one client"
+    );
 
     // Watch fan-out.
     let mut fanout = Vec::new();
     for round in 0..5 {
-        let rv = api.list(&kube::api::ListParams::default().limit(1)).await?.metadata.resource_version.unwrap_or_default();
+        let rv = api
+            .list(&kube::api::ListParams::default().limit(1))
+            .await?
+            .metadata
+            .resource_version
+            .unwrap_or_default();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
         let mut handles = Vec::new();
         let target = format!("fan-{round}");
@@ -172,10 +216,16 @@ async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
         drop(tx);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let start = Instant::now();
-        api.create(&PostParams::default(), &ConfigMap {
-            metadata: kube::api::ObjectMeta { name: Some(target), ..Default::default() },
-            ..Default::default()
-        })
+        api.create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(target),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
         .await?;
         let mut last = start;
         let mut seen = 0;
@@ -183,7 +233,11 @@ async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
             seen += 1;
             last = last.max(t);
         }
-        anyhow::ensure!(seen == cli.watchers, "only {seen} of {} watchers saw the write", cli.watchers);
+        anyhow::ensure!(
+            seen == cli.watchers,
+            "only {seen} of {} watchers saw the write",
+            cli.watchers
+        );
         fanout.push(last - start);
         for h in handles {
             h.abort();

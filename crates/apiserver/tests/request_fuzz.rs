@@ -39,8 +39,10 @@ fn segment() -> impl Strategy<Value = String> {
 
 fn body() -> impl Strategy<Value = Vec<u8>> {
     let json_value = any::<Vec<(String, i64)>>().prop_map(|kv| {
-        let map: serde_json::Map<String, serde_json::Value> =
-            kv.into_iter().map(|(k, v)| (k, serde_json::json!(v))).collect();
+        let map: serde_json::Map<String, serde_json::Value> = kv
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::json!(v)))
+            .collect();
         serde_json::Value::Object(map)
     });
     prop_oneof![

@@ -76,7 +76,10 @@ pub(crate) async fn resume_terminating(registry: &Registry) -> Result<(), ApiErr
 type NamespaceCache = std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, bool>>>;
 
 /// Load every namespace into `cache` and return a watch from the revision listed.
-async fn fill(registry: &Registry, cache: &NamespaceCache) -> Result<berth_store::WatchStream, ApiError> {
+async fn fill(
+    registry: &Registry,
+    cache: &NamespaceCache,
+) -> Result<berth_store::WatchStream, ApiError> {
     let nsres = resources::of_kind(Kind::Namespace);
     let listed = registry.list(nsres, None, &ListParams::default()).await?;
     {
