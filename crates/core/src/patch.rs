@@ -219,7 +219,7 @@ fn merge_list(field: &str, current: Option<Value>, patch: &[Value]) -> Result<Va
 
 /// Order `list` as `order` names its items (by merge key, or by value for scalars); items the
 /// order does not mention keep their relative place after the ordered ones.
-fn reorder(field: &str, list: &mut Vec<Value>, order: &[Value]) {
+fn reorder(field: &str, list: &mut [Value], order: &[Value]) {
     let key = match list_strategy(field, order.first().or(list.first())) {
         ListStrategy::MergeKey(k) => Some(k),
         _ => None,

@@ -97,30 +97,29 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
 pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     match res.kind {
-        Kind::Deployment | Kind::ReplicaSet => {
-            if old.pointer("/spec/selector") != new.pointer("/spec/selector") {
-                errs.push(FieldError::invalid(
-                    "spec.selector",
-                    new.pointer("/spec/selector").unwrap_or(&Value::Null),
-                    "field is immutable",
-                ));
-            }
+        Kind::Deployment | Kind::ReplicaSet
+            if old.pointer("/spec/selector") != new.pointer("/spec/selector") =>
+        {
+            errs.push(FieldError::invalid(
+                "spec.selector",
+                new.pointer("/spec/selector").unwrap_or(&Value::Null),
+                "field is immutable",
+            ));
         }
         Kind::Service => service::validate_service_update(old, new, &mut errs),
         Kind::Pod => pod::validate_pod_update(old, new, &mut errs),
-        Kind::ConfigMap | Kind::Secret => {
+        Kind::ConfigMap | Kind::Secret
             if old.get("immutable") == Some(&Value::Bool(true))
                 && (old.get("data") != new.get("data")
                     || old.get("binaryData") != new.get("binaryData")
                     || old
                         .get("stringData")
-                        .is_some_and(|_| new.get("stringData").is_some()))
-            {
-                errs.push(FieldError::forbidden(
-                    "data",
-                    "field is immutable when `immutable` is set",
-                ));
-            }
+                        .is_some_and(|_| new.get("stringData").is_some())) =>
+        {
+            errs.push(FieldError::forbidden(
+                "data",
+                "field is immutable when `immutable` is set",
+            ));
         }
         _ => {}
     }

@@ -79,7 +79,7 @@ pub(super) fn validate_service(obj: &Value, errs: &mut Vec<FieldError>) {
         }
         if !seen.insert((port, proto)) {
             errs.push(FieldError::duplicate(
-                format!("{at}"),
+                at.to_string(),
                 format!("{port}/{proto}"),
             ));
         }
