@@ -115,7 +115,7 @@ pub fn is_public(path: &str) -> bool {
 }
 
 /// May `who` perform `method` on `kind` (and `subresource`)? Agents read everything and
-/// write what a node writes: Nodes, Leases, Events, pod status. (Per-node scoping of those
+/// write what a node writes: Nodes, Leases, Events, pod status, pod deletion. (Per-node scoping of those
 /// writes comes with the agent.)
 pub fn authorize(
     who: &Identity,
@@ -129,7 +129,9 @@ pub fn authorize(
         Identity::Node => {
             let read = matches!(*method, Method::GET | Method::HEAD);
             let node_write = matches!(kind, Kind::Node | Kind::Lease | Kind::Event)
-                || (kind == Kind::Pod && subresource == Some("status"));
+                || (kind == Kind::Pod && subresource == Some("status"))
+                // The agent finishes a graceful delete once the pod's containers are gone.
+                || (kind == Kind::Pod && subresource.is_none() && *method == Method::DELETE);
             if read || node_write {
                 Ok(())
             } else {

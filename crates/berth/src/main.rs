@@ -26,6 +26,8 @@ enum Command {
     Up(commands::up::Args),
     /// Run the API server (and, as they land, the scheduler and controllers).
     Server(commands::server::Args),
+    /// Join a cluster as a node and run the pods bound to it.
+    Agent(commands::agent::Args),
     /// Print a kubeconfig for the admin of a data dir.
     Kubeconfig(commands::kubeconfig::Args),
     /// Print the admin or node-join token of a data dir.
@@ -48,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Up(args) => commands::up::run(args).await,
             Command::Server(args) => commands::server::run(args).await,
+            Command::Agent(args) => commands::agent::run(args).await,
             Command::Kubeconfig(args) => commands::kubeconfig::run(args),
             Command::Token(args) => commands::token::run(args),
         }

@@ -8,6 +8,7 @@
 
 pub mod kinds;
 pub mod patch;
+pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod table;

@@ -1,3 +1,4 @@
+pub mod agent;
 pub mod kubeconfig;
 pub mod server;
 pub mod token;

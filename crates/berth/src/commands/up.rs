@@ -2,10 +2,28 @@
 
 use anyhow::Context;
 
+use super::agent::{hostname, RuntimeKind};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpRuntime {
+    /// Docker when an engine answers, else no local node.
+    Auto,
+    Docker,
+    Mock,
+    /// Run no agent on this machine.
+    None,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub serve: super::ServeArgs,
+    /// The runtime of the in-process agent.
+    #[arg(long, value_enum, default_value_t = UpRuntime::Auto)]
+    pub runtime: UpRuntime,
+    /// The local node's name (default: this host's name).
+    #[arg(long)]
+    pub node_name: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -15,9 +33,43 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let path = args.serve.data_dir.join("kubeconfig");
     let config = berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin);
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+
+    let node = args.node_name.clone().unwrap_or_else(hostname);
+    let kind = match args.runtime {
+        UpRuntime::Docker => Some(RuntimeKind::Docker),
+        UpRuntime::Mock => Some(RuntimeKind::Mock),
+        UpRuntime::None => None,
+        UpRuntime::Auto => match super::agent::runtime(RuntimeKind::Docker, &node).await {
+            Ok(_) => Some(RuntimeKind::Docker),
+            Err(e) => {
+                eprintln!("no local node: {e:#} (pods will wait for an agent to join)");
+                None
+            }
+        },
+    };
+    if let Some(kind) = kind {
+        let agent_args = super::agent::Args {
+            server: server.url(),
+            token: server.tokens.node_join.clone(),
+            ca_file: Default::default(),
+            name: Some(node.clone()),
+            address: "127.0.0.1".into(),
+            runtime: kind,
+            lease_seconds: 2,
+            data_dir: args.serve.data_dir.join("agent"),
+        };
+        std::fs::create_dir_all(&agent_args.data_dir)?;
+        let cfg = super::agent::config(&agent_args, server.ca_pem.clone());
+        let rt = super::agent::runtime(kind, &node).await?;
+        tokio::spawn(async move {
+            if let Err(e) = berth_agent::run(cfg, rt).await {
+                eprintln!("the local agent stopped: {e:#}");
+            }
+        });
+    }
     println!("Berth is up: Kubernetes API at {}", server.url());
     println!("export KUBECONFIG={}", path.display());
-    println!("Then try: kubectl get namespaces");
+    println!("Then try: kubectl get nodes,pods");
     super::shutdown_signal().await;
     server.shutdown();
     Ok(())

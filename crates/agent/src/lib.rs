@@ -1,0 +1,192 @@
+//! Berth's node agent: it makes a host part of the cluster.
+//!
+//! Start at [`run`]: it registers the Node ([`node`]), renews its Lease, watches the pods
+//! bound to it and drives each toward its spec every tick ([`pods::PodSync`]) through a
+//! [`runtime::Runtime`] driver (`docker`, or `mock` for tests). The agent is an API client
+//! like any other: it holds the node-join token and talks HTTPS to the server.
+//!
+//! ```text
+//!  reflector(pods, spec.nodeName=me) ──▶ every tick / on change:
+//!        runtime.list() ──▶ PodSync::sync(pod) for each pod ──▶ PATCH pods/<name>/status
+//!                      └─▶ remove_orphans (containers of pods that are gone)
+//!  every lease_every: PATCH lease;  every 10 s: PATCH nodes/<name>/status
+//! ```
+
+pub mod node;
+pub mod pods;
+pub mod runtime;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+
+pub use pods::Backoff;
+pub use runtime::Runtime;
+
+/// How to run an agent.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `https://host:port` of the API server.
+    pub server: String,
+    /// The node-join token.
+    pub token: String,
+    /// The cluster CA (PEM) the server's certificate is checked against.
+    pub ca_pem: String,
+    pub node_name: String,
+    /// The address other hosts reach this node on.
+    pub address: String,
+    /// Where the agent keeps its files (for ephemeral-storage capacity).
+    pub data_dir: std::path::PathBuf,
+    pub lease_every: Duration,
+    pub lease_duration: Duration,
+    pub sync_every: Duration,
+    pub backoff: Backoff,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the server URL {url:?} is not valid")]
+    Url { url: String },
+    #[error("building the API client failed")]
+    Client(#[source] kube::Error),
+    #[error("registering node {node} failed (is the token a node-join token for this server?)")]
+    Register {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// An API client for `cfg.server`, verifying its certificate against `cfg.ca_pem`.
+pub fn client(cfg: &Config) -> Result<kube::Client, AgentError> {
+    let url: http::Uri = cfg.server.parse().map_err(|_| AgentError::Url { url: cfg.server.clone() })?;
+    let mut kc = kube::Config::new(url);
+    kc.root_cert = Some(pem_certs(&cfg.ca_pem));
+    kc.auth_info.token = Some(cfg.token.clone().into());
+    kc.default_namespace = "default".into();
+    kube::Client::try_from(kc).map_err(AgentError::Client)
+}
+
+/// DER certificates from a PEM bundle.
+fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut inside = false;
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN CERTIFICATE") {
+            inside = true;
+            cur.clear();
+        } else if line.starts_with("-----END CERTIFICATE") {
+            inside = false;
+            if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(cur.trim()) {
+                out.push(der);
+            }
+        } else if inside {
+            cur.push_str(line.trim());
+        }
+    }
+    out
+}
+
+/// Run the agent until the process ends.
+pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentError> {
+    let client = client(&cfg)?;
+    let cap = node::Capacity::of_host(&cfg.data_dir);
+    let status = || node::node_status(&cap, &cfg.address, &cfg.node_name, &runtime.version());
+    node::register(&client, &cfg.node_name, runtime.name(), status())
+        .await
+        .map_err(|source| AgentError::Register { node: cfg.node_name.clone(), source })?;
+    tracing::info!(node = %cfg.node_name, runtime = runtime.name(), "node registered");
+
+    // Lease renewal and node heartbeat.
+    {
+        let client = client.clone();
+        let name = cfg.node_name.clone();
+        let every = cfg.lease_every;
+        let duration = cfg.lease_duration.as_secs().max(1) as i32;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = node::renew_lease(&client, &name, duration).await {
+                    tracing::warn!(node = %name, error = %e, "lease renewal failed");
+                }
+            }
+        });
+    }
+    {
+        let client = client.clone();
+        let name = cfg.node_name.clone();
+        let cap = cap.clone();
+        let address = cfg.address.clone();
+        let version = runtime.version();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let status = node::node_status(&cap, &address, &name, &version);
+                if let Err(e) = node::heartbeat(&client, &name, status).await {
+                    tracing::warn!(node = %name, error = %e, "node status update failed");
+                }
+            }
+        });
+    }
+
+    // Pods bound to this node.
+    let api: kube::Api<Pod> = kube::Api::all(client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
+    let (reader, writer) = reflector::store();
+    let changed = Arc::new(tokio::sync::Notify::new());
+    {
+        let changed = changed.clone();
+        let stream = reflector(writer, watcher(api, wc)).default_backoff();
+        tokio::spawn(async move {
+            let mut stream = stream.boxed();
+            while let Some(ev) = stream.next().await {
+                if let Err(e) = ev {
+                    tracing::warn!(error = %e, "pod watch failed; retrying");
+                }
+                changed.notify_one();
+            }
+        });
+    }
+    // Never act on an empty view: it would look like every pod had gone.
+    let _ = reader.wait_until_ready().await;
+    let sync = Arc::new(pods::PodSync::new(runtime.clone(), client.clone(), cfg.node_name.clone(), cfg.backoff));
+    loop {
+        tick(&sync, &reader).await;
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(cfg.sync_every) => {}
+        }
+    }
+}
+
+/// One pass over every pod of the node.
+async fn tick(sync: &Arc<pods::PodSync>, reader: &reflector::Store<Pod>) {
+    let observed = match sync.runtime.list().await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing the runtime failed");
+            return;
+        }
+    };
+    let pods = reader.state();
+    let live: Vec<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+    let work = pods.iter().map(|pod| {
+        let sync = sync.clone();
+        let observed = &observed;
+        async move {
+            if let Err(e) = sync.sync(pod, observed).await {
+                tracing::warn!(pod = ?pod.metadata.name, error = %format!("{e:#}"), "pod sync failed");
+            }
+        }
+    });
+    futures::future::join_all(work).await;
+    sync.remove_orphans(&live, &observed).await;
+}

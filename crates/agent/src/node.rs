@@ -1,0 +1,164 @@
+//! The node's own objects: its Node (capacity read from the host, conditions, addresses) and
+//! its Lease in `kube-node-lease`, renewed on an interval.
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+
+/// What the host offers.
+#[derive(Debug, Clone)]
+pub struct Capacity {
+    pub cpus: usize,
+    pub memory_kib: u64,
+    pub ephemeral_kib: u64,
+    pub pods: u32,
+}
+
+impl Capacity {
+    /// Read from this host: CPUs, `/proc/meminfo`, and the filesystem of `dir`.
+    pub fn of_host(dir: &std::path::Path) -> Capacity {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let memory_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0);
+        let ephemeral_kib = disk_kib(dir).unwrap_or(0);
+        Capacity { cpus, memory_kib, ephemeral_kib, pods: 110 }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "cpu": self.cpus.to_string(),
+            "memory": format!("{}Ki", self.memory_kib),
+            "ephemeral-storage": format!("{}Ki", self.ephemeral_kib),
+            "pods": self.pods.to_string(),
+        })
+    }
+}
+
+fn disk_kib(dir: &std::path::Path) -> Option<u64> {
+    // `df -k` keeps this free of unsafe statvfs calls.
+    let out = std::process::Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1)?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn now() -> String {
+    Timestamp::from_second(Timestamp::now().as_second()).expect("now").to_string()
+}
+
+/// The Node's status: conditions, capacity, addresses, node info.
+pub fn node_status(cap: &Capacity, address: &str, name: &str, runtime_version: &str) -> Value {
+    let t = now();
+    let cond = |ty: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": ty, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": t, "lastTransitionTime": t})
+    };
+    json!({
+        "capacity": cap.to_json(),
+        "allocatable": cap.to_json(),
+        "conditions": [
+            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "berth agent has sufficient memory available"),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "berth agent has no disk pressure"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID", "berth agent has sufficient PID available"),
+            cond("Ready", "True", "KubeletReady", "berth agent is posting ready status"),
+        ],
+        "addresses": [
+            {"type": "InternalIP", "address": address},
+            {"type": "Hostname", "address": name},
+        ],
+        "nodeInfo": {
+            "kubeletVersion": "v1.32.0-berth",
+            "kubeProxyVersion": "",
+            "containerRuntimeVersion": runtime_version,
+            "osImage": os_image(),
+            "kernelVersion": kernel(),
+            "operatingSystem": "linux",
+            "architecture": arch(),
+            "machineID": "", "systemUUID": "", "bootID": "",
+        },
+    })
+}
+
+/// Create the Node, or take over an existing one of the same name.
+pub async fn register(client: &kube::Client, name: &str, runtime: &str, status: Value) -> Result<(), kube::Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": arch(),
+            "berth.dev/runtime": runtime,
+        }},
+        "spec": {},
+        "status": status.clone(),
+    }))
+    .expect("a valid Node");
+    match api.create(&PostParams::default(), &node).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+                .await
+                .map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Refresh the Node's conditions and heartbeat.
+pub async fn heartbeat(client: &kube::Client, name: &str, status: Value) -> Result<(), kube::Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+        .await
+        .map(|_| ())
+}
+
+/// Create or renew the node's Lease.
+pub async fn renew_lease(client: &kube::Client, name: &str, duration_secs: i32) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let micro = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let body = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": duration_secs, "renewTime": micro}});
+    match api.patch(name, &PatchParams::default(), &Patch::Merge(body.clone())).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let mut lease = body;
+            lease["metadata"] = json!({"name": name, "namespace": "kube-node-lease"});
+            let lease: Lease = serde_json::from_value(lease).expect("a valid Lease");
+            api.create(&PostParams::default(), &lease).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,502 @@
+//! Running pods: one level-triggered `sync` per pod per tick, from the pod's spec and what
+//! the runtime holds, to runtime actions and the pod's status.
+//!
+//! ```text
+//!  pod (from the API) ──┐
+//!                       ├─▶ sync: deleting? stop (grace) ▸ remove ▸ delete pod (grace 0)
+//!  runtime.list() ──────┘         sandbox missing? create
+//!                                 init containers in order, then each container:
+//!                                   none yet -> start attempt 0
+//!                                   exited   -> restart per restartPolicy after back-off
+//!                                 status (phase, conditions, containerStatuses) -> patch
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_core::quantity;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::{json, Value};
+
+use crate::runtime::{
+    ContainerConfig, Observed, ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime,
+    RuntimeError, State,
+};
+
+/// Crash-loop back-off: `base` doubling per restart, at most five minutes, reset after ten
+/// minutes of running.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+            reset_after: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before restart number `restarts + 1`, given how long the last run lasted.
+    pub fn delay(&self, restarts: u32, ran_for: Duration) -> Duration {
+        if ran_for >= self.reset_after {
+            return self.base;
+        }
+        let factor = 2u32.saturating_pow(restarts.min(16));
+        (self.base * factor).min(self.max)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("runtime operation for pod {pod} failed")]
+    Runtime {
+        pod: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("API call {operation} for pod {pod} failed")]
+    Api {
+        pod: String,
+        operation: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Runs the pods bound to one node.
+pub struct PodSync {
+    pub runtime: Arc<dyn Runtime>,
+    pub client: kube::Client,
+    pub node: String,
+    pub backoff: Backoff,
+    /// The last start failure per (pod uid, container), shown as the waiting reason.
+    start_errors: Mutex<HashMap<(String, String), (String, String)>>,
+    /// The status last written per pod uid, to skip writes that change nothing.
+    written: Mutex<HashMap<String, Value>>,
+}
+
+fn pod_ref(pod: &Pod) -> PodRef {
+    PodRef {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// The runtime's view of one container spec: its attempts, newest last.
+fn attempts<'a>(obs: &'a Observed, uid: &str, name: &str) -> Vec<&'a ObservedContainer> {
+    let mut v: Vec<_> = obs
+        .containers
+        .iter()
+        .filter(|c| c.pod_uid == uid && c.name == name)
+        .collect();
+    v.sort_by_key(|c| c.attempt);
+    v
+}
+
+/// What to run for a container spec.
+pub fn container_config(c: &Container, attempt: u32) -> ContainerConfig {
+    let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let env = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    ContainerConfig {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        command: c.command.clone(),
+        args: c.args.clone(),
+        env,
+        working_dir: c.working_dir.clone(),
+        cpu_millis: limits.and_then(|l| l.get("cpu")).and_then(|q| quantity::cpu_millis(&q.0)),
+        memory_bytes: limits.and_then(|l| l.get("memory")).and_then(|q| quantity::bytes(&q.0)),
+        pull_policy: PullPolicy::parse(c.image_pull_policy.as_deref()),
+        attempt,
+    }
+}
+
+fn ts(t: Timestamp) -> String {
+    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+}
+
+fn terminated(c: &ObservedContainer) -> Option<Value> {
+    let State::Exited { exit_code, started_at, finished_at, oom_killed } = &c.state else {
+        return None;
+    };
+    let reason = if *oom_killed {
+        "OOMKilled"
+    } else if *exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    Some(json!({"terminated": {
+        "exitCode": exit_code,
+        "reason": reason,
+        "startedAt": started_at.map(ts),
+        "finishedAt": ts(*finished_at),
+        "containerID": format!("docker://{}", c.id),
+    }}))
+}
+
+/// Should an exited container run again under `policy`?
+fn restarts(policy: &str, exit_code: i64) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => exit_code != 0,
+        _ => true,
+    }
+}
+
+/// One container's decision this tick.
+enum Step {
+    /// Start attempt `n`.
+    Start(u32),
+    /// Nothing to do now.
+    Wait,
+}
+
+impl PodSync {
+    pub fn new(runtime: Arc<dyn Runtime>, client: kube::Client, node: String, backoff: Backoff) -> Self {
+        PodSync {
+            runtime,
+            client,
+            node,
+            backoff,
+            start_errors: Mutex::default(),
+            written: Mutex::default(),
+        }
+    }
+
+    fn rt(&self, pod: &PodRef) -> impl FnOnce(RuntimeError) -> SyncError + '_ {
+        let name = format!("{}/{}", pod.namespace, pod.name);
+        move |source| SyncError::Runtime { pod: name, source }
+    }
+
+    /// Decide what one container needs, and the status to show for it.
+    fn step(&self, pod: &PodRef, policy: &str, spec: &Container, obs: &Observed, now: Timestamp) -> (Step, Value) {
+        let tries = attempts(obs, &pod.uid, &spec.name);
+        let restart_count = tries.last().map(|c| c.attempt).unwrap_or(0);
+        let last_state = tries.len().checked_sub(2).and_then(|i| terminated(tries[i]));
+        let image = spec.image.clone().unwrap_or_default();
+        let mut status = json!({
+            "name": spec.name, "image": image, "imageID": "", "restartCount": restart_count,
+            "ready": false, "started": false, "lastState": last_state.unwrap_or(json!({})),
+        });
+        let waiting = |reason: &str, message: Option<String>| {
+            let mut w = json!({"reason": reason});
+            if let Some(m) = message {
+                w["message"] = json!(m);
+            }
+            json!({"waiting": w})
+        };
+        let key = (pod.uid.clone(), spec.name.clone());
+        let start_error = self.start_errors.lock().expect("errors").get(&key).cloned();
+        let Some(latest) = tries.last() else {
+            status["state"] = match start_error {
+                Some((reason, message)) => waiting(&reason, Some(message)),
+                None => waiting("ContainerCreating", None),
+            };
+            return (Step::Start(0), status);
+        };
+        status["containerID"] = json!(format!("docker://{}", latest.id));
+        status["imageID"] = json!(latest.image_id);
+        match &latest.state {
+            State::Created => {
+                status["state"] = waiting("ContainerCreating", None);
+                (Step::Wait, status)
+            }
+            State::Running { started_at } => {
+                status["state"] = json!({"running": {"startedAt": ts(*started_at)}});
+                status["ready"] = json!(true);
+                status["started"] = json!(true);
+                (Step::Wait, status)
+            }
+            State::Exited { exit_code, started_at, finished_at, .. } => {
+                if !restarts(policy, *exit_code) {
+                    status["state"] = terminated(latest).unwrap_or_default();
+                    return (Step::Wait, status);
+                }
+                let ran = started_at
+                    .map(|s| finished_at.duration_since(s).unsigned_abs())
+                    .unwrap_or_default();
+                let delay = self.backoff.delay(latest.attempt, ran);
+                let due = finished_at
+                    .checked_add(SignedDuration::try_from(delay).unwrap_or_default())
+                    .unwrap_or(*finished_at);
+                status["lastState"] = terminated(latest).unwrap_or_default();
+                if now >= due {
+                    status["state"] = waiting("ContainerCreating", None);
+                    (Step::Start(latest.attempt + 1), status)
+                } else {
+                    let msg = format!(
+                        "back-off {}s restarting failed container={} pod={}_{}({})",
+                        delay.as_secs(),
+                        spec.name,
+                        pod.name,
+                        pod.namespace,
+                        pod.uid
+                    );
+                    status["state"] = waiting("CrashLoopBackOff", Some(msg));
+                    (Step::Wait, status)
+                }
+            }
+        }
+    }
+
+    async fn start(&self, pod: &PodRef, sandbox: &ObservedSandbox, spec: &Container, attempt: u32) {
+        let config = container_config(spec, attempt);
+        let key = (pod.uid.clone(), spec.name.clone());
+        let result = match self.runtime.ensure_image(&config.image, config.pull_policy).await {
+            Ok(()) => self.runtime.start_container(pod, &sandbox.id, &config).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let mut errors = self.start_errors.lock().expect("errors");
+        match result {
+            Ok(()) => {
+                errors.remove(&key);
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.name, container = %spec.name, error = %e, "container did not start");
+                errors.insert(key, (e.reason().to_string(), e.to_string()));
+            }
+        }
+    }
+
+    /// Stop and remove everything of a pod, then let the API delete it.
+    async fn finish_deletion(&self, pod: &Pod, r: &PodRef, obs: &Observed) -> Result<(), SyncError> {
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30)
+            .max(0) as u64;
+        let ids: Vec<&ObservedContainer> = obs.containers.iter().filter(|c| c.pod_uid == r.uid).collect();
+        let stops = ids
+            .iter()
+            .filter(|c| matches!(c.state, State::Running { .. }))
+            .map(|c| self.runtime.stop(&c.id, Duration::from_secs(grace)));
+        for res in futures::future::join_all(stops).await {
+            res.map_err(self.rt(r))?;
+        }
+        for c in &ids {
+            self.runtime.remove(&c.id).await.map_err(self.rt(r))?;
+        }
+        for s in obs.sandboxes.iter().filter(|s| s.pod_uid == r.uid) {
+            self.runtime.stop(&s.id, Duration::from_secs(1)).await.map_err(self.rt(r))?;
+            self.runtime.remove(&s.id).await.map_err(self.rt(r))?;
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions { uid: Some(r.uid.clone()), resource_version: None }),
+            ..Default::default()
+        };
+        match api.delete(&r.name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(source) => {
+                return Err(SyncError::Api { pod: r.name.clone(), operation: "delete pod", source });
+            }
+        }
+        self.forget(&r.uid);
+        Ok(())
+    }
+
+    /// Drop what the agent remembers about a pod that is gone.
+    pub fn forget(&self, uid: &str) {
+        self.written.lock().expect("written").remove(uid);
+        self.start_errors.lock().expect("errors").retain(|(u, _), _| u != uid);
+    }
+
+    /// Bring one pod one step closer to its spec, and report its status.
+    pub async fn sync(&self, pod: &Pod, obs: &Observed) -> Result<(), SyncError> {
+        let r = pod_ref(pod);
+        if pod.metadata.deletion_timestamp.is_some() {
+            return self.finish_deletion(pod, &r, obs).await;
+        }
+        let Some(spec) = pod.spec.as_ref() else { return Ok(()) };
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        if matches!(phase, "Succeeded" | "Failed") {
+            return Ok(());
+        }
+        let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+        let now = Timestamp::now();
+        let sandbox = match obs.sandboxes.iter().find(|s| s.pod_uid == r.uid && s.running) {
+            Some(s) => s.clone(),
+            None => {
+                // A sandbox that died takes its containers' namespace with it: start over.
+                for old in obs.sandboxes.iter().filter(|s| s.pod_uid == r.uid) {
+                    self.runtime.remove(&old.id).await.map_err(self.rt(&r))?;
+                }
+                self.runtime.create_sandbox(&r).await.map_err(self.rt(&r))?
+            }
+        };
+
+        // Init containers run one at a time, in order, each to success.
+        let mut init_statuses = Vec::new();
+        let mut initialized = true;
+        for c in spec.init_containers.iter().flatten() {
+            let (step, status) = self.step(&r, "OnFailure", c, obs, now);
+            let done = attempts(obs, &r.uid, &c.name)
+                .last()
+                .is_some_and(|l| matches!(l.state, State::Exited { exit_code: 0, .. }));
+            init_statuses.push(status);
+            if done {
+                continue;
+            }
+            initialized = false;
+            if let Step::Start(n) = step {
+                self.start(&r, &sandbox, c, n).await;
+            }
+            break;
+        }
+
+        let mut statuses = Vec::new();
+        for c in &spec.containers {
+            let (step, mut status) = self.step(&r, policy, c, obs, now);
+            if !initialized {
+                status["state"] = json!({"waiting": {"reason": "PodInitializing"}});
+            } else if let Step::Start(n) = step {
+                self.start(&r, &sandbox, c, n).await;
+            }
+            statuses.push(status);
+        }
+        let status = pod_status(pod, &sandbox, &init_statuses, &statuses, initialized, now);
+        self.write_status(&r, status).await
+    }
+
+    async fn write_status(&self, r: &PodRef, status: Value) -> Result<(), SyncError> {
+        if self.written.lock().expect("written").get(&r.uid) == Some(&status) {
+            return Ok(());
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
+        let patch = Patch::Merge(json!({"status": status}));
+        match api.patch_status(&r.name, &PatchParams::default(), &patch).await {
+            Ok(_) => {
+                self.written.lock().expect("written").insert(r.uid.clone(), status);
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(source) => Err(SyncError::Api { pod: r.name.clone(), operation: "patch status", source }),
+        }
+    }
+
+    /// Stop and remove what belongs to no pod of this node any more.
+    pub async fn remove_orphans(&self, live: &[String], obs: &Observed) {
+        let orphan = |uid: &String| !live.contains(uid);
+        for c in obs.containers.iter().filter(|c| orphan(&c.pod_uid)) {
+            let _ = self.runtime.stop(&c.id, Duration::from_secs(2)).await;
+            let _ = self.runtime.remove(&c.id).await;
+        }
+        for s in obs.sandboxes.iter().filter(|s| orphan(&s.pod_uid)) {
+            let _ = self.runtime.stop(&s.id, Duration::from_secs(1)).await;
+            let _ = self.runtime.remove(&s.id).await;
+            self.forget(&s.pod_uid);
+        }
+    }
+}
+
+/// The pod's status from its containers' statuses, as Kubernetes computes phase and
+/// conditions.
+fn pod_status(
+    pod: &Pod,
+    sandbox: &ObservedSandbox,
+    init: &[Value],
+    containers: &[Value],
+    initialized: bool,
+    now: Timestamp,
+) -> Value {
+    let state = |s: &Value, k: &str| s.get("state").and_then(|st| st.get(k)).is_some();
+    let all_terminated = containers.iter().all(|s| state(s, "terminated"));
+    let any_running = containers.iter().any(|s| state(s, "running"));
+    let all_ready = !containers.is_empty() && containers.iter().all(|s| s["ready"] == json!(true));
+    let phase = if all_terminated && !containers.is_empty() {
+        let ok = containers
+            .iter()
+            .all(|s| s.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0));
+        if ok { "Succeeded" } else { "Failed" }
+    } else if initialized && (any_running || containers.iter().any(|s| s.get("lastState").is_some_and(|l| l.get("terminated").is_some()))) {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let old = pod.status.as_ref();
+    let old_conditions: Vec<Value> = old
+        .and_then(|s| s.conditions.as_ref())
+        .map(|c| c.iter().filter_map(|c| serde_json::to_value(c).ok()).collect())
+        .unwrap_or_default();
+    let cond = |ty: &str, ok: bool| {
+        let status = if ok { "True" } else { "False" };
+        // Keep the transition time while the status holds.
+        let since = old_conditions
+            .iter()
+            .find(|c| c["type"] == ty && c["status"] == status)
+            .and_then(|c| c.get("lastTransitionTime").cloned())
+            .unwrap_or(json!(ts(now)));
+        json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
+    };
+    let ready = all_ready && phase == "Running";
+    let conditions = vec![
+        cond("PodReadyToStartContainers", true),
+        cond("Initialized", initialized),
+        cond("Ready", ready),
+        cond("ContainersReady", ready),
+        cond("PodScheduled", true),
+    ];
+    let start = old
+        .and_then(|s| s.start_time.as_ref())
+        .and_then(|t| serde_json::to_value(t).ok())
+        .unwrap_or(json!(ts(now)));
+    let mut status = json!({
+        "phase": phase,
+        "conditions": conditions,
+        "containerStatuses": containers,
+        "startTime": start,
+        "qosClass": old.and_then(|s| s.qos_class.clone()),
+    });
+    if !init.is_empty() {
+        status["initContainerStatuses"] = json!(init);
+    }
+    if let Some(ip) = &sandbox.ip {
+        status["podIP"] = json!(ip);
+        status["podIPs"] = json!([{"ip": ip}]);
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_minutes_and_resets() {
+        let b = Backoff::default();
+        let short = Duration::from_secs(1);
+        assert_eq!(b.delay(0, short), Duration::from_secs(10));
+        assert_eq!(b.delay(1, short), Duration::from_secs(20));
+        assert_eq!(b.delay(3, short), Duration::from_secs(80));
+        assert_eq!(b.delay(10, short), Duration::from_secs(300));
+        assert_eq!(b.delay(10, Duration::from_secs(601)), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn restart_policy_decides_restarts() {
+        assert!(restarts("Always", 0));
+        assert!(restarts("OnFailure", 1));
+        assert!(!restarts("OnFailure", 0));
+        assert!(!restarts("Never", 1));
+    }
+}

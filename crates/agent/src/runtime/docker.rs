@@ -1,0 +1,337 @@
+//! The Docker Engine driver (bollard). Each pod gets a pause container that holds its network
+//! namespace; the pod's containers join it (`--network container:<pause>`), so they reach
+//! each other on `localhost`. The pause image is made on first use by importing the host's
+//! static busybox (Debian's `busybox-static`): no registry is needed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use jiff::Timestamp;
+
+use super::{
+    ContainerConfig, Observed, ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime,
+    RuntimeError, State,
+};
+
+const DRIVER: &str = "docker";
+/// The image every sandbox runs.
+pub const PAUSE_IMAGE: &str = "berth/pause:1";
+
+const L_NODE: &str = "berth.node";
+const L_POD_UID: &str = "berth.pod.uid";
+const L_POD_NAME: &str = "berth.pod.name";
+const L_POD_NS: &str = "berth.pod.namespace";
+const L_CONTAINER: &str = "berth.container.name";
+const L_ATTEMPT: &str = "berth.container.attempt";
+const L_SANDBOX: &str = "berth.sandbox";
+
+fn err(operation: &'static str) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
+    move |e| RuntimeError::Driver {
+        driver: DRIVER,
+        operation,
+        source: Box::new(e),
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+    )
+}
+
+/// The sandbox's address on its (first) network.
+fn sandbox_ip(settings: Option<bollard::models::NetworkSettings>) -> Option<String> {
+    settings?
+        .networks?
+        .into_values()
+        .filter_map(|n| n.ip_address)
+        .find(|ip| !ip.is_empty())
+}
+
+pub struct DockerRuntime {
+    docker: Docker,
+    node: String,
+    version: String,
+    /// Where to find a static busybox for the pause image.
+    busybox: std::path::PathBuf,
+}
+
+impl DockerRuntime {
+    /// Connect to the local engine (negotiating the API version) for node `node`.
+    pub async fn connect(node: &str) -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults().map_err(err("connect"))?;
+        let docker = docker.negotiate_version().await.map_err(err("negotiate API version"))?;
+        let v = docker.version().await.map_err(err("read version"))?;
+        let busybox = std::env::var_os("BERTH_BUSYBOX")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/bin/busybox".into());
+        Ok(DockerRuntime {
+            docker,
+            node: node.to_string(),
+            version: format!("docker://{}", v.version.unwrap_or_default()),
+            busybox,
+        })
+    }
+
+    fn labels(&self, pod: &PodRef) -> HashMap<String, String> {
+        HashMap::from([
+            (L_NODE.to_string(), self.node.clone()),
+            (L_POD_UID.to_string(), pod.uid.clone()),
+            (L_POD_NAME.to_string(), pod.name.clone()),
+            (L_POD_NS.to_string(), pod.namespace.clone()),
+        ])
+    }
+
+    fn container_name(&self, pod: &PodRef, suffix: &str) -> String {
+        let uid: String = pod.uid.chars().take(8).collect();
+        format!("berth_{}_{}_{}_{uid}_{suffix}", self.node, pod.namespace, pod.name)
+    }
+
+    /// Import the pause image from a static busybox if it is missing.
+    async fn ensure_pause_image(&self) -> Result<(), RuntimeError> {
+        if self.docker.inspect_image(PAUSE_IMAGE).await.is_ok() {
+            return Ok(());
+        }
+        let binary = std::fs::read(&self.busybox).map_err(|e| RuntimeError::ImagePull {
+            image: PAUSE_IMAGE.into(),
+            message: format!(
+                "the pause image is made from a static busybox at {} ({e}); install Debian's \
+                 busybox-static or set BERTH_BUSYBOX",
+                self.busybox.display()
+            ),
+        })?;
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(binary.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        tar.append_data(&mut header, "busybox", &binary[..])
+            .map_err(|e| RuntimeError::Driver { driver: DRIVER, operation: "build pause image", source: Box::new(e) })?;
+        let body = tar
+            .into_inner()
+            .map_err(|e| RuntimeError::Driver { driver: DRIVER, operation: "build pause image", source: Box::new(e) })?;
+        let opts = CreateImageOptionsBuilder::new()
+            .from_src("-")
+            .repo("berth/pause")
+            .tag("1")
+            .build();
+        let mut stream = self
+            .docker
+            .create_image(Some(opts), Some(bollard::body_full(body.into())), None);
+        while let Some(item) = stream.next().await {
+            item.map_err(err("import pause image"))?;
+        }
+        Ok(())
+    }
+
+    fn state_of(s: Option<&bollard::models::ContainerState>) -> State {
+        let parse = |t: Option<&String>| t.and_then(|t| t.parse::<Timestamp>().ok());
+        let Some(s) = s else { return State::Created };
+        let started = parse(s.started_at.as_ref()).filter(|t| t.as_second() > 0);
+        if s.running == Some(true) {
+            return State::Running {
+                started_at: started.unwrap_or_else(Timestamp::now),
+            };
+        }
+        match parse(s.finished_at.as_ref()).filter(|t| t.as_second() > 0) {
+            Some(finished_at) => State::Exited {
+                exit_code: s.exit_code.unwrap_or(0),
+                started_at: started,
+                finished_at,
+                oom_killed: s.oom_killed == Some(true),
+            },
+            None => State::Created,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        DRIVER
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError> {
+        let present = self.docker.inspect_image(image).await.is_ok();
+        match (present, policy) {
+            (true, PullPolicy::IfNotPresent | PullPolicy::Never) => Ok(()),
+            (false, PullPolicy::Never) => Err(RuntimeError::ImageNeverPull { image: image.into() }),
+            (present, _) => {
+                let opts = CreateImageOptionsBuilder::new().from_image(image).build();
+                let mut stream = self.docker.create_image(Some(opts), None, None);
+                let mut failure = None;
+                while let Some(item) = stream.next().await {
+                    if let Err(e) = item {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                }
+                match failure {
+                    None => Ok(()),
+                    // `Always` with no registry reachable: a local copy serves. Berth runs
+                    // without a registry, so this is the common case, not an error.
+                    Some(_) if present => Ok(()),
+                    Some(message) => Err(RuntimeError::ImagePull { image: image.into(), message }),
+                }
+            }
+        }
+    }
+
+    async fn create_sandbox(&self, pod: &PodRef) -> Result<ObservedSandbox, RuntimeError> {
+        self.ensure_pause_image().await?;
+        let mut labels = self.labels(pod);
+        labels.insert(L_SANDBOX.into(), "true".into());
+        let name = self.container_name(pod, "pause");
+        let body = ContainerCreateBody {
+            image: Some(PAUSE_IMAGE.into()),
+            cmd: Some(vec!["/busybox".into(), "sleep".into(), "2147483647".into()]),
+            hostname: Some(pod.name.chars().take(63).collect()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                init: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = match self.docker.create_container(Some(opts), body).await {
+            Ok(c) => c.id,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {
+                // Left over from a crash between create and start: start it.
+                name.clone()
+            }
+            Err(e) => return Err(err("create sandbox")(e)),
+        };
+        self.docker
+            .start_container(&created, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(err("start sandbox"))?;
+        let info = self
+            .docker
+            .inspect_container(&created, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+            .map_err(err("inspect sandbox"))?;
+        let ip = sandbox_ip(info.network_settings);
+        Ok(ObservedSandbox {
+            id: info.id.unwrap_or(created),
+            pod_uid: pod.uid.clone(),
+            ip,
+            running: true,
+        })
+    }
+
+    async fn start_container(
+        &self,
+        pod: &PodRef,
+        sandbox_id: &str,
+        c: &ContainerConfig,
+    ) -> Result<String, RuntimeError> {
+        let mut labels = self.labels(pod);
+        labels.insert(L_CONTAINER.into(), c.name.clone());
+        labels.insert(L_ATTEMPT.into(), c.attempt.to_string());
+        let name = self.container_name(pod, &format!("{}_{}", c.name, c.attempt));
+        let env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let ns = format!("container:{sandbox_id}");
+        let body = ContainerCreateBody {
+            image: Some(c.image.clone()),
+            entrypoint: c.command.clone(),
+            // With a command and no args, the image's cmd must not be appended.
+            cmd: c.args.clone().or_else(|| c.command.as_ref().map(|_| Vec::new())),
+            env: Some(env),
+            working_dir: c.working_dir.clone(),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some(ns.clone()),
+                ipc_mode: Some(ns),
+                memory: c.memory_bytes.map(|m| m as i64),
+                nano_cpus: c.cpu_millis.map(|m| (m * 1_000_000) as i64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        let id = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| RuntimeError::Start { container: c.name.clone(), message: e.to_string() })?
+            .id;
+        if let Err(e) = self
+            .docker
+            .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+        {
+            // Keep the failed container: it records the attempt (and its exit) for status.
+            return Err(RuntimeError::Start { container: c.name.clone(), message: e.to_string() });
+        }
+        Ok(id)
+    }
+
+    async fn list(&self) -> Result<Observed, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{L_NODE}={}", self.node)])]);
+        let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let summaries = self.docker.list_containers(Some(opts)).await.map_err(err("list containers"))?;
+        let mut observed = Observed::default();
+        for s in summaries {
+            let Some(id) = s.id else { continue };
+            let labels = s.labels.unwrap_or_default();
+            let Some(uid) = labels.get(L_POD_UID).cloned() else { continue };
+            let info = match self
+                .docker
+                .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+                .await
+            {
+                Ok(i) => i,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(err("inspect container")(e)),
+            };
+            if labels.contains_key(L_SANDBOX) {
+                let running = info.state.as_ref().and_then(|s| s.running) == Some(true);
+                let ip = sandbox_ip(info.network_settings);
+                observed.sandboxes.push(ObservedSandbox { id, pod_uid: uid, ip, running });
+            } else {
+                observed.containers.push(ObservedContainer {
+                    id,
+                    pod_uid: uid,
+                    name: labels.get(L_CONTAINER).cloned().unwrap_or_default(),
+                    attempt: labels.get(L_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0),
+                    image: s.image.unwrap_or_default(),
+                    image_id: info.image.unwrap_or_default(),
+                    state: Self::state_of(info.state.as_ref()),
+                });
+            }
+        }
+        Ok(observed)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let opts = StopContainerOptionsBuilder::new().t(grace.as_secs() as i32).build();
+        match self.docker.stop_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(err("stop container")(e)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(err("remove container")(e)),
+        }
+    }
+}

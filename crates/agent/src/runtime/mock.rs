@@ -1,0 +1,154 @@
+//! The mock driver: no processes, behaviour read from each container's environment, for
+//! tests. `MOCK_RUN_FOR=<seconds>` exits after that long (default: runs until stopped),
+//! `MOCK_EXIT_CODE=<n>` is the exit code (default 0), `MOCK_START_ERROR=<message>` fails the
+//! start. Images whose name starts with `missing/` are absent from the node.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::{
+    ContainerConfig, Observed, ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime,
+    RuntimeError, State,
+};
+
+#[derive(Debug, Clone)]
+struct Entry {
+    container: ObservedContainer,
+    run_for: Option<f64>,
+    exit_code: i64,
+}
+
+#[derive(Default)]
+pub struct MockRuntime {
+    sandboxes: Mutex<Vec<ObservedSandbox>>,
+    containers: Mutex<Vec<Entry>>,
+    next_id: Mutex<u64>,
+}
+
+impl MockRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn id(&self, prefix: &str) -> String {
+        let mut n = self.next_id.lock().expect("mock id");
+        *n += 1;
+        format!("{prefix}{:060}", *n)
+    }
+
+    /// The state now, for an entry whose behaviour says when it exits.
+    fn refresh(e: &mut Entry, now: Timestamp) {
+        if let (State::Running { started_at }, Some(secs)) = (&e.container.state, e.run_for) {
+            let end = started_at.checked_add(SignedDuration::from_secs_f64(secs)).unwrap_or(now);
+            if end <= now {
+                e.container.state = State::Exited {
+                    exit_code: e.exit_code,
+                    started_at: Some(*started_at),
+                    finished_at: end,
+                    oom_killed: false,
+                };
+            }
+        }
+    }
+}
+
+fn env<'a>(c: &'a ContainerConfig, key: &str) -> Option<&'a str> {
+    c.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+#[async_trait::async_trait]
+impl Runtime for MockRuntime {
+    fn name(&self) -> &'static str {
+        "mock"
+    }
+
+    fn version(&self) -> String {
+        "mock://1".into()
+    }
+
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError> {
+        if !image.starts_with("missing/") {
+            return Ok(());
+        }
+        match policy {
+            PullPolicy::Never => Err(RuntimeError::ImageNeverPull { image: image.into() }),
+            _ => Err(RuntimeError::ImagePull {
+                image: image.into(),
+                message: "no registry serves it (mock)".into(),
+            }),
+        }
+    }
+
+    async fn create_sandbox(&self, pod: &PodRef) -> Result<ObservedSandbox, RuntimeError> {
+        let n = self.sandboxes.lock().expect("mock").len();
+        let sb = ObservedSandbox {
+            id: self.id("s"),
+            pod_uid: pod.uid.clone(),
+            ip: Some(format!("10.244.0.{}", n % 250 + 2)),
+            running: true,
+        };
+        self.sandboxes.lock().expect("mock").push(sb.clone());
+        Ok(sb)
+    }
+
+    async fn start_container(&self, pod: &PodRef, _sandbox: &str, c: &ContainerConfig) -> Result<String, RuntimeError> {
+        if let Some(msg) = env(c, "MOCK_START_ERROR") {
+            return Err(RuntimeError::Start { container: c.name.clone(), message: msg.into() });
+        }
+        let id = self.id("c");
+        let entry = Entry {
+            container: ObservedContainer {
+                id: id.clone(),
+                pod_uid: pod.uid.clone(),
+                name: c.name.clone(),
+                attempt: c.attempt,
+                image: c.image.clone(),
+                image_id: format!("mock://{}", c.image),
+                state: State::Running { started_at: Timestamp::now() },
+            },
+            run_for: env(c, "MOCK_RUN_FOR").and_then(|v| v.parse().ok()),
+            exit_code: env(c, "MOCK_EXIT_CODE").and_then(|v| v.parse().ok()).unwrap_or(0),
+        };
+        self.containers.lock().expect("mock").push(entry);
+        Ok(id)
+    }
+
+    async fn list(&self) -> Result<Observed, RuntimeError> {
+        let now = Timestamp::now();
+        let mut containers = self.containers.lock().expect("mock");
+        for e in containers.iter_mut() {
+            Self::refresh(e, now);
+        }
+        Ok(Observed {
+            sandboxes: self.sandboxes.lock().expect("mock").clone(),
+            containers: containers.iter().map(|e| e.container.clone()).collect(),
+        })
+    }
+
+    async fn stop(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        let now = Timestamp::now();
+        for e in self.containers.lock().expect("mock").iter_mut().filter(|e| e.container.id == id) {
+            Self::refresh(e, now);
+            if let State::Running { started_at } = e.container.state {
+                e.container.state = State::Exited {
+                    exit_code: 137,
+                    started_at: Some(started_at),
+                    finished_at: now,
+                    oom_killed: false,
+                };
+            }
+        }
+        for s in self.sandboxes.lock().expect("mock").iter_mut().filter(|s| s.id == id) {
+            s.running = false;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.containers.lock().expect("mock").retain(|e| e.container.id != id);
+        self.sandboxes.lock().expect("mock").retain(|s| s.id != id);
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! The `Runtime` trait every driver implements, and the types it speaks.
+//!
+//! A pod is a *sandbox* (the thing that owns the pod's network namespace) plus containers that
+//! join it. Drivers label everything they create with the pod's uid, the container name and
+//! the attempt number, so `list` can rebuild the agent's view after a restart (adoption).
+
+pub mod docker;
+pub mod mock;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+/// Which pod a sandbox or container belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn parse(s: Option<&str>) -> PullPolicy {
+        match s {
+            Some("Never") => PullPolicy::Never,
+            Some("Always") => PullPolicy::Always,
+            _ => PullPolicy::IfNotPresent,
+        }
+    }
+}
+
+/// What to run in one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub image: String,
+    /// Overrides the image's entrypoint when set (Kubernetes `command`).
+    pub command: Option<Vec<String>>,
+    /// Overrides the image's cmd when set (Kubernetes `args`).
+    pub args: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    /// CPU limit in millicores.
+    pub cpu_millis: Option<u64>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    pub pull_policy: PullPolicy,
+    /// 0 for the first run, +1 for each restart.
+    pub attempt: u32,
+}
+
+/// A container's state as the runtime sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Running {
+        started_at: Timestamp,
+    },
+    Exited {
+        exit_code: i64,
+        started_at: Option<Timestamp>,
+        finished_at: Timestamp,
+        oom_killed: bool,
+    },
+}
+
+/// A container found in the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub pod_uid: String,
+    pub name: String,
+    pub attempt: u32,
+    pub image: String,
+    pub image_id: String,
+    pub state: State,
+}
+
+/// A sandbox found in the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedSandbox {
+    pub id: String,
+    pub pod_uid: String,
+    pub ip: Option<String>,
+    pub running: bool,
+}
+
+/// Everything this node's runtime holds for Berth.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub sandboxes: Vec<ObservedSandbox>,
+    pub containers: Vec<ObservedContainer>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image is not on this node and the policy forbids pulling.
+    #[error("container image {image:?} is not present with pull policy of Never")]
+    ImageNeverPull { image: String },
+    /// The image could not be pulled (Berth has no registry here).
+    #[error("failed to pull image {image:?}: {message}")]
+    ImagePull { image: String, message: String },
+    /// The container could not be created or started (bad command, ...).
+    #[error("failed to start container {container:?}: {message}")]
+    Start { container: String, message: String },
+    #[error("{driver} driver: {operation} failed")]
+    Driver {
+        driver: &'static str,
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the {driver} driver does not support {what}")]
+    NotSupported { driver: &'static str, what: &'static str },
+}
+
+impl RuntimeError {
+    /// The `waiting.reason` Kubernetes shows for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RuntimeError::ImageNeverPull { .. } => "ErrImageNeverPull",
+            RuntimeError::ImagePull { .. } => "ErrImagePull",
+            RuntimeError::Start { .. } => "CreateContainerError",
+            RuntimeError::Driver { .. } | RuntimeError::NotSupported { .. } => "RunContainerError",
+        }
+    }
+}
+
+/// A container runtime driver.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// `docker`, `mock`, ...
+    fn name(&self) -> &'static str;
+
+    /// What the node reports as `containerRuntimeVersion`.
+    fn version(&self) -> String;
+
+    /// Make sure `image` is on this node, as `policy` allows.
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError>;
+
+    /// Create and start the pod's sandbox.
+    async fn create_sandbox(&self, pod: &PodRef) -> Result<ObservedSandbox, RuntimeError>;
+
+    /// Create and start a container inside a sandbox; returns its id.
+    async fn start_container(
+        &self,
+        pod: &PodRef,
+        sandbox_id: &str,
+        config: &ContainerConfig,
+    ) -> Result<String, RuntimeError>;
+
+    /// Everything Berth created on this node.
+    async fn list(&self) -> Result<Observed, RuntimeError>;
+
+    /// Stop a container or sandbox: SIGTERM, then SIGKILL after `grace`.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Remove a stopped container or sandbox.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+}

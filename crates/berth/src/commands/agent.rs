@@ -1,0 +1,92 @@
+//! `berth agent`: join a cluster and run the pods bound to this host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_agent::runtime::{docker::DockerRuntime, mock::MockRuntime};
+use berth_agent::Runtime;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// The Docker Engine on this host.
+    Docker,
+    /// No containers at all: behaviour from each container's MOCK_* environment (tests).
+    Mock,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The API server, `https://host:port`.
+    #[arg(long)]
+    pub server: String,
+    /// The node-join token (`berth token --node` on the server).
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The cluster CA to verify the server with (the server's `<data-dir>/pki/ca.pem`).
+    #[arg(long)]
+    pub ca_file: std::path::PathBuf,
+    /// The node's name (default: this host's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The address other hosts reach this node on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
+    pub runtime: RuntimeKind,
+    /// Seconds between Lease renewals.
+    #[arg(long, default_value_t = 2)]
+    pub lease_seconds: u64,
+    /// Where the agent keeps its files.
+    #[arg(long, default_value_os_t = super::default_data_dir().join("agent"))]
+    pub data_dir: std::path::PathBuf,
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "berth-node".into())
+}
+
+/// The runtime driver for `kind`, connected.
+pub async fn runtime(kind: RuntimeKind, node: &str) -> anyhow::Result<Arc<dyn Runtime>> {
+    Ok(match kind {
+        RuntimeKind::Docker => Arc::new(
+            DockerRuntime::connect(node)
+                .await
+                .context("connecting to the Docker engine (is dockerd running and /var/run/docker.sock readable?)")?,
+        ),
+        RuntimeKind::Mock => Arc::new(MockRuntime::new()),
+    })
+}
+
+pub fn config(args: &Args, ca_pem: String) -> berth_agent::Config {
+    let lease_every = Duration::from_secs(args.lease_seconds.max(1));
+    berth_agent::Config {
+        server: args.server.clone(),
+        token: args.token.clone(),
+        ca_pem,
+        node_name: args.name.clone().unwrap_or_else(hostname),
+        address: args.address.clone(),
+        data_dir: args.data_dir.clone(),
+        lease_every,
+        lease_duration: lease_every * 4,
+        sync_every: Duration::from_secs(1),
+        backoff: berth_agent::Backoff::default(),
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let ca = std::fs::read_to_string(&args.ca_file)
+        .with_context(|| format!("reading the cluster CA {}", args.ca_file.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let cfg = config(&args, ca);
+    let rt = runtime(args.runtime, &cfg.node_name).await?;
+    tokio::select! {
+        r = berth_agent::run(cfg, rt) => r.context("running the agent"),
+        _ = super::shutdown_signal() => Ok(()),
+    }
+}
