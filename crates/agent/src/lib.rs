@@ -62,7 +62,9 @@ pub enum AgentError {
 
 /// An API client for `cfg.server`, verifying its certificate against `cfg.ca_pem`.
 pub fn client(cfg: &Config) -> Result<kube::Client, AgentError> {
-    let url: http::Uri = cfg.server.parse().map_err(|_| AgentError::Url { url: cfg.server.clone() })?;
+    let url: http::Uri = cfg.server.parse().map_err(|_| AgentError::Url {
+        url: cfg.server.clone(),
+    })?;
     let mut kc = kube::Config::new(url);
     kc.root_cert = Some(pem_certs(&cfg.ca_pem));
     kc.auth_info.token = Some(cfg.token.clone().into());
@@ -99,7 +101,10 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     let status = || node::node_status(&cap, &cfg.address, &cfg.node_name, &runtime.version());
     node::register(&client, &cfg.node_name, runtime.name(), status())
         .await
-        .map_err(|source| AgentError::Register { node: cfg.node_name.clone(), source })?;
+        .map_err(|source| AgentError::Register {
+            node: cfg.node_name.clone(),
+            source,
+        })?;
     tracing::info!(node = %cfg.node_name, runtime = runtime.name(), "node registered");
 
     // Lease renewal and node heartbeat.
@@ -157,7 +162,12 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     }
     // Never act on an empty view: it would look like every pod had gone.
     let _ = reader.wait_until_ready().await;
-    let sync = Arc::new(pods::PodSync::new(runtime.clone(), client.clone(), cfg.node_name.clone(), cfg.backoff));
+    let sync = Arc::new(pods::PodSync::new(
+        runtime.clone(),
+        client.clone(),
+        cfg.node_name.clone(),
+        cfg.backoff,
+    ));
     loop {
         tick(&sync, &reader).await;
         tokio::select! {

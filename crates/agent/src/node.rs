@@ -19,7 +19,9 @@ pub struct Capacity {
 impl Capacity {
     /// Read from this host: CPUs, `/proc/meminfo`, and the filesystem of `dir`.
     pub fn of_host(dir: &std::path::Path) -> Capacity {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let memory_kib = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|m| {
@@ -30,7 +32,12 @@ impl Capacity {
             })
             .unwrap_or(0);
         let ephemeral_kib = disk_kib(dir).unwrap_or(0);
-        Capacity { cpus, memory_kib, ephemeral_kib, pods: 110 }
+        Capacity {
+            cpus,
+            memory_kib,
+            ephemeral_kib,
+            pods: 110,
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -45,7 +52,11 @@ impl Capacity {
 
 fn disk_kib(dir: &std::path::Path) -> Option<u64> {
     // `df -k` keeps this free of unsafe statvfs calls.
-    let out = std::process::Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let out = std::process::Command::new("df")
+        .arg("-Pk")
+        .arg(dir)
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().nth(1)?.split_whitespace().nth(1)?.parse().ok()
 }
@@ -76,7 +87,9 @@ pub fn arch() -> &'static str {
 }
 
 fn now() -> String {
-    Timestamp::from_second(Timestamp::now().as_second()).expect("now").to_string()
+    Timestamp::from_second(Timestamp::now().as_second())
+        .expect("now")
+        .to_string()
 }
 
 /// The Node's status: conditions, capacity, addresses, node info.
@@ -113,7 +126,12 @@ pub fn node_status(cap: &Capacity, address: &str, name: &str, runtime_version: &
 }
 
 /// Create the Node, or take over an existing one of the same name.
-pub async fn register(client: &kube::Client, name: &str, runtime: &str, status: Value) -> Result<(), kube::Error> {
+pub async fn register(
+    client: &kube::Client,
+    name: &str,
+    runtime: &str,
+    status: Value,
+) -> Result<(), kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
@@ -129,29 +147,49 @@ pub async fn register(client: &kube::Client, name: &str, runtime: &str, status: 
     .expect("a valid Node");
     match api.create(&PostParams::default(), &node).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-                .await
-                .map(|_| ())
-        }
+        Err(kube::Error::Api(e)) if e.code == 409 => api
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+            .map(|_| ()),
         Err(e) => Err(e),
     }
 }
 
 /// Refresh the Node's conditions and heartbeat.
-pub async fn heartbeat(client: &kube::Client, name: &str, status: Value) -> Result<(), kube::Error> {
+pub async fn heartbeat(
+    client: &kube::Client,
+    name: &str,
+    status: Value,
+) -> Result<(), kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-        .await
-        .map(|_| ())
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Create or renew the node's Lease.
-pub async fn renew_lease(client: &kube::Client, name: &str, duration_secs: i32) -> Result<(), kube::Error> {
+pub async fn renew_lease(
+    client: &kube::Client,
+    name: &str,
+    duration_secs: i32,
+) -> Result<(), kube::Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let micro = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let micro = Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
     let body = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": duration_secs, "renewTime": micro}});
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(body.clone())).await {
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(body.clone()))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => {
             let mut lease = body;

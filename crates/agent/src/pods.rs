@@ -83,12 +83,18 @@ pub struct PodSync {
     start_errors: Mutex<HashMap<(String, String), (String, String)>>,
     /// The status last written per pod uid, to skip writes that change nothing.
     written: Mutex<HashMap<String, Value>>,
+    /// Pods whose graceful stop is under way (it runs beside the ticks, not inside one).
+    deleting: Mutex<std::collections::HashSet<String>>,
 }
 
 fn pod_ref(pod: &Pod) -> PodRef {
     PodRef {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
-        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         name: pod.metadata.name.clone().unwrap_or_default(),
     }
 }
@@ -120,19 +126,31 @@ pub fn container_config(c: &Container, attempt: u32) -> ContainerConfig {
         args: c.args.clone(),
         env,
         working_dir: c.working_dir.clone(),
-        cpu_millis: limits.and_then(|l| l.get("cpu")).and_then(|q| quantity::cpu_millis(&q.0)),
-        memory_bytes: limits.and_then(|l| l.get("memory")).and_then(|q| quantity::bytes(&q.0)),
+        cpu_millis: limits
+            .and_then(|l| l.get("cpu"))
+            .and_then(|q| quantity::cpu_millis(&q.0)),
+        memory_bytes: limits
+            .and_then(|l| l.get("memory"))
+            .and_then(|q| quantity::bytes(&q.0)),
         pull_policy: PullPolicy::parse(c.image_pull_policy.as_deref()),
         attempt,
     }
 }
 
 fn ts(t: Timestamp) -> String {
-    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+    Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .to_string()
 }
 
 fn terminated(c: &ObservedContainer) -> Option<Value> {
-    let State::Exited { exit_code, started_at, finished_at, oom_killed } = &c.state else {
+    let State::Exited {
+        exit_code,
+        started_at,
+        finished_at,
+        oom_killed,
+    } = &c.state
+    else {
         return None;
     };
     let reason = if *oom_killed {
@@ -169,7 +187,12 @@ enum Step {
 }
 
 impl PodSync {
-    pub fn new(runtime: Arc<dyn Runtime>, client: kube::Client, node: String, backoff: Backoff) -> Self {
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        client: kube::Client,
+        node: String,
+        backoff: Backoff,
+    ) -> Self {
         PodSync {
             runtime,
             client,
@@ -177,6 +200,7 @@ impl PodSync {
             backoff,
             start_errors: Mutex::default(),
             written: Mutex::default(),
+            deleting: Mutex::default(),
         }
     }
 
@@ -186,10 +210,20 @@ impl PodSync {
     }
 
     /// Decide what one container needs, and the status to show for it.
-    fn step(&self, pod: &PodRef, policy: &str, spec: &Container, obs: &Observed, now: Timestamp) -> (Step, Value) {
+    fn step(
+        &self,
+        pod: &PodRef,
+        policy: &str,
+        spec: &Container,
+        obs: &Observed,
+        now: Timestamp,
+    ) -> (Step, Value) {
         let tries = attempts(obs, &pod.uid, &spec.name);
         let restart_count = tries.last().map(|c| c.attempt).unwrap_or(0);
-        let last_state = tries.len().checked_sub(2).and_then(|i| terminated(tries[i]));
+        let last_state = tries
+            .len()
+            .checked_sub(2)
+            .and_then(|i| terminated(tries[i]));
         let image = spec.image.clone().unwrap_or_default();
         let mut status = json!({
             "name": spec.name, "image": image, "imageID": "", "restartCount": restart_count,
@@ -224,7 +258,12 @@ impl PodSync {
                 status["started"] = json!(true);
                 (Step::Wait, status)
             }
-            State::Exited { exit_code, started_at, finished_at, .. } => {
+            State::Exited {
+                exit_code,
+                started_at,
+                finished_at,
+                ..
+            } => {
                 if !restarts(policy, *exit_code) {
                     status["state"] = terminated(latest).unwrap_or_default();
                     return (Step::Wait, status);
@@ -259,8 +298,16 @@ impl PodSync {
     async fn start(&self, pod: &PodRef, sandbox: &ObservedSandbox, spec: &Container, attempt: u32) {
         let config = container_config(spec, attempt);
         let key = (pod.uid.clone(), spec.name.clone());
-        let result = match self.runtime.ensure_image(&config.image, config.pull_policy).await {
-            Ok(()) => self.runtime.start_container(pod, &sandbox.id, &config).await.map(|_| ()),
+        let result = match self
+            .runtime
+            .ensure_image(&config.image, config.pull_policy)
+            .await
+        {
+            Ok(()) => self
+                .runtime
+                .start_container(pod, &sandbox.id, &config)
+                .await
+                .map(|_| ()),
             Err(e) => Err(e),
         };
         let mut errors = self.start_errors.lock().expect("errors");
@@ -276,14 +323,26 @@ impl PodSync {
     }
 
     /// Stop and remove everything of a pod, then let the API delete it.
-    async fn finish_deletion(&self, pod: &Pod, r: &PodRef, obs: &Observed) -> Result<(), SyncError> {
+    async fn finish_deletion(
+        &self,
+        pod: &Pod,
+        r: &PodRef,
+        obs: &Observed,
+    ) -> Result<(), SyncError> {
         let grace = pod
             .metadata
             .deletion_grace_period_seconds
-            .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .or(pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30)
             .max(0) as u64;
-        let ids: Vec<&ObservedContainer> = obs.containers.iter().filter(|c| c.pod_uid == r.uid).collect();
+        let ids: Vec<&ObservedContainer> = obs
+            .containers
+            .iter()
+            .filter(|c| c.pod_uid == r.uid)
+            .collect();
         let stops = ids
             .iter()
             .filter(|c| matches!(c.state, State::Running { .. }))
@@ -295,20 +354,30 @@ impl PodSync {
             self.runtime.remove(&c.id).await.map_err(self.rt(r))?;
         }
         for s in obs.sandboxes.iter().filter(|s| s.pod_uid == r.uid) {
-            self.runtime.stop(&s.id, Duration::from_secs(1)).await.map_err(self.rt(r))?;
+            self.runtime
+                .stop(&s.id, Duration::from_secs(1))
+                .await
+                .map_err(self.rt(r))?;
             self.runtime.remove(&s.id).await.map_err(self.rt(r))?;
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
         let params = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(r.uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(r.uid.clone()),
+                resource_version: None,
+            }),
             ..Default::default()
         };
         match api.delete(&r.name, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(source) => {
-                return Err(SyncError::Api { pod: r.name.clone(), operation: "delete pod", source });
+                return Err(SyncError::Api {
+                    pod: r.name.clone(),
+                    operation: "delete pod",
+                    source,
+                });
             }
         }
         self.forget(&r.uid);
@@ -318,23 +387,51 @@ impl PodSync {
     /// Drop what the agent remembers about a pod that is gone.
     pub fn forget(&self, uid: &str) {
         self.written.lock().expect("written").remove(uid);
-        self.start_errors.lock().expect("errors").retain(|(u, _), _| u != uid);
+        self.start_errors
+            .lock()
+            .expect("errors")
+            .retain(|(u, _), _| u != uid);
     }
 
     /// Bring one pod one step closer to its spec, and report its status.
-    pub async fn sync(&self, pod: &Pod, obs: &Observed) -> Result<(), SyncError> {
+    pub async fn sync(self: &Arc<Self>, pod: &Pod, obs: &Observed) -> Result<(), SyncError> {
         let r = pod_ref(pod);
         if pod.metadata.deletion_timestamp.is_some() {
-            return self.finish_deletion(pod, &r, obs).await;
+            if self
+                .deleting
+                .lock()
+                .expect("deleting")
+                .insert(r.uid.clone())
+            {
+                let this = self.clone();
+                let (pod, obs) = (pod.clone(), obs.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = this.finish_deletion(&pod, &r, &obs).await {
+                        tracing::warn!(pod = %r.name, error = %e, "finishing the deletion failed; will retry");
+                    }
+                    this.deleting.lock().expect("deleting").remove(&r.uid);
+                });
+            }
+            return Ok(());
         }
-        let Some(spec) = pod.spec.as_ref() else { return Ok(()) };
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let Some(spec) = pod.spec.as_ref() else {
+            return Ok(());
+        };
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Pending");
         if matches!(phase, "Succeeded" | "Failed") {
             return Ok(());
         }
         let policy = spec.restart_policy.as_deref().unwrap_or("Always");
         let now = Timestamp::now();
-        let sandbox = match obs.sandboxes.iter().find(|s| s.pod_uid == r.uid && s.running) {
+        let sandbox = match obs
+            .sandboxes
+            .iter()
+            .find(|s| s.pod_uid == r.uid && s.running)
+        {
             Some(s) => s.clone(),
             None => {
                 // A sandbox that died takes its containers' namespace with it: start over.
@@ -384,13 +481,23 @@ impl PodSync {
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
         let patch = Patch::Merge(json!({"status": status}));
-        match api.patch_status(&r.name, &PatchParams::default(), &patch).await {
+        match api
+            .patch_status(&r.name, &PatchParams::default(), &patch)
+            .await
+        {
             Ok(_) => {
-                self.written.lock().expect("written").insert(r.uid.clone(), status);
+                self.written
+                    .lock()
+                    .expect("written")
+                    .insert(r.uid.clone(), status);
                 Ok(())
             }
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(source) => Err(SyncError::Api { pod: r.name.clone(), operation: "patch status", source }),
+            Err(source) => Err(SyncError::Api {
+                pod: r.name.clone(),
+                operation: "patch status",
+                source,
+            }),
         }
     }
 
@@ -424,11 +531,23 @@ fn pod_status(
     let any_running = containers.iter().any(|s| state(s, "running"));
     let all_ready = !containers.is_empty() && containers.iter().all(|s| s["ready"] == json!(true));
     let phase = if all_terminated && !containers.is_empty() {
-        let ok = containers
-            .iter()
-            .all(|s| s.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0));
-        if ok { "Succeeded" } else { "Failed" }
-    } else if initialized && (any_running || containers.iter().any(|s| s.get("lastState").is_some_and(|l| l.get("terminated").is_some()))) {
+        let ok = containers.iter().all(|s| {
+            s.pointer("/state/terminated/exitCode")
+                .and_then(Value::as_i64)
+                == Some(0)
+        });
+        if ok {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if initialized
+        && (any_running
+            || containers.iter().any(|s| {
+                s.get("lastState")
+                    .is_some_and(|l| l.get("terminated").is_some())
+            }))
+    {
         "Running"
     } else {
         "Pending"
@@ -436,7 +555,11 @@ fn pod_status(
     let old = pod.status.as_ref();
     let old_conditions: Vec<Value> = old
         .and_then(|s| s.conditions.as_ref())
-        .map(|c| c.iter().filter_map(|c| serde_json::to_value(c).ok()).collect())
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| serde_json::to_value(c).ok())
+                .collect()
+        })
         .unwrap_or_default();
     let cond = |ty: &str, ok: bool| {
         let status = if ok { "True" } else { "False" };
@@ -489,7 +612,10 @@ mod tests {
         assert_eq!(b.delay(1, short), Duration::from_secs(20));
         assert_eq!(b.delay(3, short), Duration::from_secs(80));
         assert_eq!(b.delay(10, short), Duration::from_secs(300));
-        assert_eq!(b.delay(10, Duration::from_secs(601)), Duration::from_secs(10));
+        assert_eq!(
+            b.delay(10, Duration::from_secs(601)),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

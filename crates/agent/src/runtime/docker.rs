@@ -43,7 +43,10 @@ fn err(operation: &'static str) -> impl FnOnce(bollard::errors::Error) -> Runtim
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
-        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
     )
 }
 
@@ -68,7 +71,10 @@ impl DockerRuntime {
     /// Connect to the local engine (negotiating the API version) for node `node`.
     pub async fn connect(node: &str) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults().map_err(err("connect"))?;
-        let docker = docker.negotiate_version().await.map_err(err("negotiate API version"))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(err("negotiate API version"))?;
         let v = docker.version().await.map_err(err("read version"))?;
         let busybox = std::env::var_os("BERTH_BUSYBOX")
             .map(std::path::PathBuf::from)
@@ -92,7 +98,10 @@ impl DockerRuntime {
 
     fn container_name(&self, pod: &PodRef, suffix: &str) -> String {
         let uid: String = pod.uid.chars().take(8).collect();
-        format!("berth_{}_{}_{}_{uid}_{suffix}", self.node, pod.namespace, pod.name)
+        format!(
+            "berth_{}_{}_{}_{uid}_{suffix}",
+            self.node, pod.namespace, pod.name
+        )
     }
 
     /// Import the pause image from a static busybox if it is missing.
@@ -114,18 +123,24 @@ impl DockerRuntime {
         header.set_mode(0o755);
         header.set_cksum();
         tar.append_data(&mut header, "busybox", &binary[..])
-            .map_err(|e| RuntimeError::Driver { driver: DRIVER, operation: "build pause image", source: Box::new(e) })?;
-        let body = tar
-            .into_inner()
-            .map_err(|e| RuntimeError::Driver { driver: DRIVER, operation: "build pause image", source: Box::new(e) })?;
+            .map_err(|e| RuntimeError::Driver {
+                driver: DRIVER,
+                operation: "build pause image",
+                source: Box::new(e),
+            })?;
+        let body = tar.into_inner().map_err(|e| RuntimeError::Driver {
+            driver: DRIVER,
+            operation: "build pause image",
+            source: Box::new(e),
+        })?;
         let opts = CreateImageOptionsBuilder::new()
             .from_src("-")
             .repo("berth/pause")
             .tag("1")
             .build();
-        let mut stream = self
-            .docker
-            .create_image(Some(opts), Some(bollard::body_full(body.into())), None);
+        let mut stream =
+            self.docker
+                .create_image(Some(opts), Some(bollard::body_full(body.into())), None);
         while let Some(item) = stream.next().await {
             item.map_err(err("import pause image"))?;
         }
@@ -167,7 +182,9 @@ impl Runtime for DockerRuntime {
         let present = self.docker.inspect_image(image).await.is_ok();
         match (present, policy) {
             (true, PullPolicy::IfNotPresent | PullPolicy::Never) => Ok(()),
-            (false, PullPolicy::Never) => Err(RuntimeError::ImageNeverPull { image: image.into() }),
+            (false, PullPolicy::Never) => Err(RuntimeError::ImageNeverPull {
+                image: image.into(),
+            }),
             (present, _) => {
                 let opts = CreateImageOptionsBuilder::new().from_image(image).build();
                 let mut stream = self.docker.create_image(Some(opts), None, None);
@@ -183,7 +200,10 @@ impl Runtime for DockerRuntime {
                     // `Always` with no registry reachable: a local copy serves. Berth runs
                     // without a registry, so this is the common case, not an error.
                     Some(_) if present => Ok(()),
-                    Some(message) => Err(RuntimeError::ImagePull { image: image.into(), message }),
+                    Some(message) => Err(RuntimeError::ImagePull {
+                        image: image.into(),
+                        message,
+                    }),
                 }
             }
         }
@@ -200,7 +220,7 @@ impl Runtime for DockerRuntime {
             hostname: Some(pod.name.chars().take(63).collect()),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                init: Some(false),
+                ipc_mode: Some("shareable".into()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -208,19 +228,27 @@ impl Runtime for DockerRuntime {
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = match self.docker.create_container(Some(opts), body).await {
             Ok(c) => c.id,
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
                 // Left over from a crash between create and start: start it.
                 name.clone()
             }
             Err(e) => return Err(err("create sandbox")(e)),
         };
         self.docker
-            .start_container(&created, None::<bollard::query_parameters::StartContainerOptions>)
+            .start_container(
+                &created,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
             .await
             .map_err(err("start sandbox"))?;
         let info = self
             .docker
-            .inspect_container(&created, None::<bollard::query_parameters::InspectContainerOptions>)
+            .inspect_container(
+                &created,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
             .await
             .map_err(err("inspect sandbox"))?;
         let ip = sandbox_ip(info.network_settings);
@@ -248,7 +276,10 @@ impl Runtime for DockerRuntime {
             image: Some(c.image.clone()),
             entrypoint: c.command.clone(),
             // With a command and no args, the image's cmd must not be appended.
-            cmd: c.args.clone().or_else(|| c.command.as_ref().map(|_| Vec::new())),
+            cmd: c
+                .args
+                .clone()
+                .or_else(|| c.command.as_ref().map(|_| Vec::new())),
             env: Some(env),
             working_dir: c.working_dir.clone(),
             labels: Some(labels),
@@ -266,31 +297,54 @@ impl Runtime for DockerRuntime {
             .docker
             .create_container(Some(opts), body)
             .await
-            .map_err(|e| RuntimeError::Start { container: c.name.clone(), message: e.to_string() })?
+            .map_err(|e| RuntimeError::Start {
+                container: c.name.clone(),
+                message: e.to_string(),
+            })?
             .id;
         if let Err(e) = self
             .docker
-            .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
+            .start_container(
+                &id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
             .await
         {
-            // Keep the failed container: it records the attempt (and its exit) for status.
-            return Err(RuntimeError::Start { container: c.name.clone(), message: e.to_string() });
+            // A container that never ran is no attempt: remove it so the next try starts clean.
+            let _ = self.remove(&id).await;
+            return Err(RuntimeError::Start {
+                container: c.name.clone(),
+                message: e.to_string(),
+            });
         }
         Ok(id)
     }
 
     async fn list(&self) -> Result<Observed, RuntimeError> {
-        let filters = HashMap::from([("label".to_string(), vec![format!("{L_NODE}={}", self.node)])]);
-        let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-        let summaries = self.docker.list_containers(Some(opts)).await.map_err(err("list containers"))?;
+        let filters =
+            HashMap::from([("label".to_string(), vec![format!("{L_NODE}={}", self.node)])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(err("list containers"))?;
         let mut observed = Observed::default();
         for s in summaries {
             let Some(id) = s.id else { continue };
             let labels = s.labels.unwrap_or_default();
-            let Some(uid) = labels.get(L_POD_UID).cloned() else { continue };
+            let Some(uid) = labels.get(L_POD_UID).cloned() else {
+                continue;
+            };
             let info = match self
                 .docker
-                .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+                .inspect_container(
+                    &id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
                 .await
             {
                 Ok(i) => i,
@@ -300,13 +354,21 @@ impl Runtime for DockerRuntime {
             if labels.contains_key(L_SANDBOX) {
                 let running = info.state.as_ref().and_then(|s| s.running) == Some(true);
                 let ip = sandbox_ip(info.network_settings);
-                observed.sandboxes.push(ObservedSandbox { id, pod_uid: uid, ip, running });
+                observed.sandboxes.push(ObservedSandbox {
+                    id,
+                    pod_uid: uid,
+                    ip,
+                    running,
+                });
             } else {
                 observed.containers.push(ObservedContainer {
                     id,
                     pod_uid: uid,
                     name: labels.get(L_CONTAINER).cloned().unwrap_or_default(),
-                    attempt: labels.get(L_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0),
+                    attempt: labels
+                        .get(L_ATTEMPT)
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or(0),
                     image: s.image.unwrap_or_default(),
                     image_id: info.image.unwrap_or_default(),
                     state: Self::state_of(info.state.as_ref()),
@@ -317,17 +379,24 @@ impl Runtime for DockerRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let opts = StopContainerOptionsBuilder::new().t(grace.as_secs() as i32).build();
+        let opts = StopContainerOptionsBuilder::new()
+            .t(grace.as_secs() as i32)
+            .build();
         match self.docker.stop_container(id, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
             Err(e) => Err(err("stop container")(e)),
         }
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
         match self.docker.remove_container(id, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),

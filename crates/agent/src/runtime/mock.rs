@@ -41,7 +41,9 @@ impl MockRuntime {
     /// The state now, for an entry whose behaviour says when it exits.
     fn refresh(e: &mut Entry, now: Timestamp) {
         if let (State::Running { started_at }, Some(secs)) = (&e.container.state, e.run_for) {
-            let end = started_at.checked_add(SignedDuration::from_secs_f64(secs)).unwrap_or(now);
+            let end = started_at
+                .checked_add(SignedDuration::from_secs_f64(secs))
+                .unwrap_or(now);
             if end <= now {
                 e.container.state = State::Exited {
                     exit_code: e.exit_code,
@@ -55,7 +57,10 @@ impl MockRuntime {
 }
 
 fn env<'a>(c: &'a ContainerConfig, key: &str) -> Option<&'a str> {
-    c.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    c.env
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 #[async_trait::async_trait]
@@ -73,7 +78,9 @@ impl Runtime for MockRuntime {
             return Ok(());
         }
         match policy {
-            PullPolicy::Never => Err(RuntimeError::ImageNeverPull { image: image.into() }),
+            PullPolicy::Never => Err(RuntimeError::ImageNeverPull {
+                image: image.into(),
+            }),
             _ => Err(RuntimeError::ImagePull {
                 image: image.into(),
                 message: "no registry serves it (mock)".into(),
@@ -93,9 +100,17 @@ impl Runtime for MockRuntime {
         Ok(sb)
     }
 
-    async fn start_container(&self, pod: &PodRef, _sandbox: &str, c: &ContainerConfig) -> Result<String, RuntimeError> {
+    async fn start_container(
+        &self,
+        pod: &PodRef,
+        _sandbox: &str,
+        c: &ContainerConfig,
+    ) -> Result<String, RuntimeError> {
         if let Some(msg) = env(c, "MOCK_START_ERROR") {
-            return Err(RuntimeError::Start { container: c.name.clone(), message: msg.into() });
+            return Err(RuntimeError::Start {
+                container: c.name.clone(),
+                message: msg.into(),
+            });
         }
         let id = self.id("c");
         let entry = Entry {
@@ -106,10 +121,14 @@ impl Runtime for MockRuntime {
                 attempt: c.attempt,
                 image: c.image.clone(),
                 image_id: format!("mock://{}", c.image),
-                state: State::Running { started_at: Timestamp::now() },
+                state: State::Running {
+                    started_at: Timestamp::now(),
+                },
             },
             run_for: env(c, "MOCK_RUN_FOR").and_then(|v| v.parse().ok()),
-            exit_code: env(c, "MOCK_EXIT_CODE").and_then(|v| v.parse().ok()).unwrap_or(0),
+            exit_code: env(c, "MOCK_EXIT_CODE")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         };
         self.containers.lock().expect("mock").push(entry);
         Ok(id)
@@ -129,7 +148,13 @@ impl Runtime for MockRuntime {
 
     async fn stop(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
         let now = Timestamp::now();
-        for e in self.containers.lock().expect("mock").iter_mut().filter(|e| e.container.id == id) {
+        for e in self
+            .containers
+            .lock()
+            .expect("mock")
+            .iter_mut()
+            .filter(|e| e.container.id == id)
+        {
             Self::refresh(e, now);
             if let State::Running { started_at } = e.container.state {
                 e.container.state = State::Exited {
@@ -140,14 +165,23 @@ impl Runtime for MockRuntime {
                 };
             }
         }
-        for s in self.sandboxes.lock().expect("mock").iter_mut().filter(|s| s.id == id) {
+        for s in self
+            .sandboxes
+            .lock()
+            .expect("mock")
+            .iter_mut()
+            .filter(|s| s.id == id)
+        {
             s.running = false;
         }
         Ok(())
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        self.containers.lock().expect("mock").retain(|e| e.container.id != id);
+        self.containers
+            .lock()
+            .expect("mock")
+            .retain(|e| e.container.id != id);
         self.sandboxes.lock().expect("mock").retain(|s| s.id != id);
         Ok(())
     }

@@ -119,7 +119,10 @@ pub enum RuntimeError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("the {driver} driver does not support {what}")]
-    NotSupported { driver: &'static str, what: &'static str },
+    NotSupported {
+        driver: &'static str,
+        what: &'static str,
+    },
 }
 
 impl RuntimeError {
