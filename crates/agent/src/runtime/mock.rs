@@ -112,6 +112,12 @@ impl Runtime for MockRuntime {
                 message: msg.into(),
             });
         }
+        self.ensure_image(&c.image, PullPolicy::Never)
+            .await
+            .map_err(|e| RuntimeError::Start {
+                container: c.name.clone(),
+                message: e.to_string(),
+            })?;
         let id = self.id("c");
         let entry = Entry {
             container: ObservedContainer {
@@ -184,5 +190,36 @@ impl Runtime for MockRuntime {
             .retain(|e| e.container.id != id);
         self.sandboxes.lock().expect("mock").retain(|s| s.id != id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, env: &[(&str, &str)]) -> ContainerConfig {
+        ContainerConfig {
+            name: name.into(),
+            image: "mock/app:1".into(),
+            command: None,
+            args: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            working_dir: None,
+            cpu_millis: None,
+            memory_bytes: None,
+            pull_policy: PullPolicy::IfNotPresent,
+            attempt: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn mock_passes_the_conformance_suite() {
+        let rt = MockRuntime::new();
+        let runs = config("runs", &[]);
+        let exits = config("exits", &[("MOCK_RUN_FOR", "0.2"), ("MOCK_EXIT_CODE", "3")]);
+        crate::runtime::conformance::check(&rt, "uid-mock", runs, exits).await;
     }
 }

@@ -4,6 +4,7 @@
 //! join it. Drivers label everything they create with the pod's uid, the container name and
 //! the attempt number, so `list` can rebuild the agent's view after a restart (adoption).
 
+pub mod conformance;
 pub mod docker;
 pub mod mock;
 

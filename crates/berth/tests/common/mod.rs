@@ -202,3 +202,132 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A unique suffix for Docker object names in this test run.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the docker CLI is needed for this test ({e}): install docker.io and start dockerd"
+            )
+        })
+}
+
+/// Fail with a how-to unless a Docker engine answers.
+pub fn require_docker() {
+    let out = docker(&["info", "--format", "{{.ServerVersion}}"]);
+    assert!(
+        out.status.success(),
+        "this test needs a running Docker engine: `apt-get install docker.io && dockerd &` ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A local image with Debian's static busybox (httpd, sh, wget, cat, ...) and a web root
+/// `/www/index.html` saying `hello-berth`. Removed on drop.
+pub struct BusyboxImage {
+    pub tag: String,
+}
+
+impl BusyboxImage {
+    pub fn build() -> BusyboxImage {
+        require_docker();
+        let busybox = std::env::var("BERTH_BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
+        assert!(
+            Path::new(&busybox).exists(),
+            "this test needs a static busybox at {busybox}: `apt-get install busybox-static`"
+        );
+        let root = tempfile::tempdir().expect("temp dir");
+        let bin = root.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(&busybox, bin.join("busybox")).unwrap();
+        for applet in [
+            "sh", "httpd", "cat", "echo", "sleep", "wget", "ls", "kill", "date", "true", "false",
+        ] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        std::fs::create_dir_all(root.path().join("www")).unwrap();
+        std::fs::write(root.path().join("www/index.html"), "hello-berth\n").unwrap();
+        let tag = format!("berth-test/{}:1", unique("busybox"));
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(root.path())
+            .args(["-c", "."])
+            .output()
+            .expect("tar");
+        let mut import = Command::new("docker")
+            .args([
+                "import",
+                "--change",
+                "ENV PATH=/bin",
+                "--change",
+                r#"CMD ["/bin/sh"]"#,
+                "-",
+                &tag,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("docker import");
+        {
+            use std::io::Write;
+            import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+        }
+        assert!(
+            import.wait().unwrap().success(),
+            "docker import of the test image failed"
+        );
+        BusyboxImage { tag }
+    }
+}
+
+impl Drop for BusyboxImage {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", "-f", &self.tag]);
+    }
+}
+
+/// Containers Berth made for node `node`: (id, name, state).
+pub fn node_containers(node: &str) -> Vec<(String, String, String)> {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=berth.node={node}"),
+        "--format",
+        "{{.ID}} {{.Names}} {{.State}}",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Remove every container Berth made for `node` (test cleanup).
+pub fn remove_node_containers(node: &str) {
+    let ids: Vec<String> = node_containers(node).into_iter().map(|c| c.0).collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids.iter().map(String::as_str));
+        let _ = docker(&args);
+    }
+}

@@ -1,0 +1,254 @@
+//! The node agent on a real Docker engine, driven by kubectl through `berth up`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{node_containers, remove_node_containers, unique, Berth, BusyboxImage};
+
+struct Node {
+    name: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        remove_node_containers(&self.name);
+    }
+}
+
+fn up(node: &str) -> Berth {
+    Berth::up(&["--runtime", "docker", "--node-name", node])
+}
+
+fn wait_for(
+    b: &Berth,
+    secs: u64,
+    what: &str,
+    args: &[&str],
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = b.kubectl(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && want(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn two_container_pod_shares_localhost_and_is_deleted_with_its_containers() {
+    let image = BusyboxImage::build();
+    let node = Node { name: unique("n") };
+    let b = up(&node.name);
+    wait_for(&b, 20, "the node", &["get", "nodes", "-o", "name"], |s| {
+        s.contains(&node.name)
+    });
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"web"}},"spec":{{
+          "nodeName":"{node}","terminationGracePeriodSeconds":3,"containers":[
+          {{"name":"httpd","image":"{img}","command":["/bin/httpd","-f","-p","8080","-h","/www"]}},
+          {{"name":"client","image":"{img}","command":["/bin/sh","-c","while true; do wget -qO- http://localhost:8080/ && sleep 1; done"]}}]}}}}"#,
+        node = node.name,
+        img = image.tag
+    );
+    b.kubectl_stdin(&["create", "-f", "-"], &pod);
+    wait_for(
+        &b,
+        30,
+        "the pod to run",
+        &[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.status.phase} {.status.podIP}",
+        ],
+        |s| s.starts_with("Running ") && s.len() > 8,
+    );
+    let table = b.kubectl_ok(&["get", "pod", "web"]);
+    assert!(
+        table.contains("2/2") && table.contains("Running"),
+        "{table}"
+    );
+    // The client reaches httpd over localhost: its output says so.
+    let client = node_containers(&node.name)
+        .into_iter()
+        .find(|c| c.1.contains("_client_"))
+        .expect("client container");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let logs = std::process::Command::new("docker")
+            .args(["logs", &client.0])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&logs.stdout).contains("hello-berth") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second container never reached the first on localhost"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        node_containers(&node.name).len(),
+        3,
+        "pause + two containers"
+    );
+
+    // httpd ignores SIGTERM as PID 1: the delete takes the 3 s grace period, then SIGKILL.
+    let start = Instant::now();
+    b.kubectl_ok(&["delete", "pod", "web", "--timeout=30s"]);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(15), "delete took {took:?}");
+    assert!(
+        node_containers(&node.name).is_empty(),
+        "containers left: {:?}",
+        node_containers(&node.name)
+    );
+}
+
+#[test]
+fn crash_loop_backs_off_and_missing_image_says_so() {
+    let image = BusyboxImage::build();
+    let node = Node { name: unique("n") };
+    let b = up(&node.name);
+    wait_for(&b, 20, "the node", &["get", "nodes", "-o", "name"], |s| {
+        s.contains(&node.name)
+    });
+    // Three documents, not a v1 List: kubectl validates a List against OpenAPI v2 in
+    // protobuf, which Berth does not serve.
+    let pods = format!(
+        r#"---
+{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"crash"}},"spec":{{"nodeName":"{node}",
+            "containers":[{{"name":"c","image":"{img}","command":["/bin/sh","-c","exit 1"]}}]}}}}
+---
+{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"noimg"}},"spec":{{"nodeName":"{node}",
+            "containers":[{{"name":"c","image":"berth-test/absent:1","imagePullPolicy":"Never"}}]}}}}
+---
+{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"once"}},"spec":{{"nodeName":"{node}","restartPolicy":"Never",
+            "containers":[{{"name":"c","image":"{img}","command":["/bin/sh","-c","exit 3"]}}]}}}}"#,
+        node = node.name,
+        img = image.tag
+    );
+    let out = b.kubectl_stdin(&["create", "-f", "-"], &pods);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = wait_for(&b, 30, "CrashLoopBackOff", &["get", "pod", "crash"], |s| {
+        s.contains("CrashLoopBackOff")
+    });
+    assert!(status.contains("0/1"), "{status}");
+    let msg = b.kubectl_ok(&[
+        "get",
+        "pod",
+        "crash",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].state.waiting.message}",
+    ]);
+    assert!(
+        msg.starts_with("back-off 10s restarting failed container=c"),
+        "{msg}"
+    );
+    let last = b.kubectl_ok(&[
+        "get",
+        "pod",
+        "crash",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}",
+    ]);
+    assert_eq!(last, "1");
+    // After the first 10 s back-off it restarts, and the next wait doubles.
+    wait_for(
+        &b,
+        40,
+        "the second back-off",
+        &[
+            "get",
+            "pod",
+            "crash",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.message}",
+        ],
+        |s| s.starts_with("back-off 20s"),
+    );
+    let restarts = b.kubectl_ok(&[
+        "get",
+        "pod",
+        "crash",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].restartCount}",
+    ]);
+    assert_eq!(restarts, "1");
+
+    let noimg = b.kubectl_ok(&["get", "pod", "noimg", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"]);
+    assert!(
+        noimg.starts_with("ErrImageNeverPull: ") && noimg.contains("berth-test/absent:1"),
+        "{noimg}"
+    );
+    let table = b.kubectl_ok(&["get", "pod", "noimg"]);
+    assert!(table.contains("ErrImageNeverPull"), "{table}");
+
+    let once = wait_for(
+        &b,
+        30,
+        "the Never pod to fail",
+        &["get", "pod", "once", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Failed",
+    );
+    assert_eq!(once, "Failed");
+    let table = b.kubectl_ok(&["get", "pod", "once"]);
+    assert!(table.contains("Error"), "{table}");
+}
+
+#[test]
+fn a_restarted_agent_adopts_running_pods() {
+    let image = BusyboxImage::build();
+    let node = Node { name: unique("n") };
+    let mut b = up(&node.name);
+    wait_for(&b, 20, "the node", &["get", "nodes", "-o", "name"], |s| {
+        s.contains(&node.name)
+    });
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"steady"}},"spec":{{"nodeName":"{node}",
+          "containers":[{{"name":"c","image":"{img}","command":["/bin/sleep","3600"]}}]}}}}"#,
+        node = node.name,
+        img = image.tag
+    );
+    b.kubectl_stdin(&["create", "-f", "-"], &pod);
+    wait_for(
+        &b,
+        30,
+        "the pod to run",
+        &["get", "pod", "steady", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Running",
+    );
+    let id_before = b.kubectl_ok(&[
+        "get",
+        "pod",
+        "steady",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ]);
+    let containers_before = node_containers(&node.name);
+
+    b.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    let id_after = b.kubectl_ok(&["get", "pod", "steady", "-o", "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount} {.status.phase}"]);
+    assert_eq!(id_after, format!("{id_before} 0 Running"));
+    assert_eq!(
+        node_containers(&node.name),
+        containers_before,
+        "no container was replaced"
+    );
+}
