@@ -14,6 +14,7 @@
 
 pub mod node;
 pub mod pods;
+pub mod probes;
 pub mod runtime;
 
 use std::sync::Arc;

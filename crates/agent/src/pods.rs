@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{json, Value};
 
+use crate::probes::Verdict;
 use crate::runtime::{
     ContainerConfig, Observed, ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime,
     RuntimeError, State,
@@ -85,6 +86,7 @@ pub struct PodSync {
     written: Mutex<HashMap<String, Value>>,
     /// Pods whose graceful stop is under way (it runs beside the ticks, not inside one).
     deleting: Mutex<std::collections::HashSet<String>>,
+    prober: crate::probes::Prober,
 }
 
 fn pod_ref(pod: &Pod) -> PodRef {
@@ -201,6 +203,7 @@ impl PodSync {
             start_errors: Mutex::default(),
             written: Mutex::default(),
             deleting: Mutex::default(),
+            prober: Default::default(),
         }
     }
 
@@ -216,6 +219,7 @@ impl PodSync {
         policy: &str,
         spec: &Container,
         obs: &Observed,
+        verdicts: &HashMap<String, Verdict>,
         now: Timestamp,
     ) -> (Step, Value) {
         let tries = attempts(obs, &pod.uid, &spec.name);
@@ -253,9 +257,10 @@ impl PodSync {
                 (Step::Wait, status)
             }
             State::Running { started_at } => {
+                let verdict = verdicts.get(&latest.id);
                 status["state"] = json!({"running": {"startedAt": ts(*started_at)}});
-                status["ready"] = json!(true);
-                status["started"] = json!(true);
+                status["ready"] = json!(verdict.is_none_or(|v| v.ready));
+                status["started"] = json!(verdict.is_none_or(|v| v.started));
                 (Step::Wait, status)
             }
             State::Exited {
@@ -446,7 +451,7 @@ impl PodSync {
         let mut init_statuses = Vec::new();
         let mut initialized = true;
         for c in spec.init_containers.iter().flatten() {
-            let (step, status) = self.step(&r, "OnFailure", c, obs, now);
+            let (step, status) = self.step(&r, "OnFailure", c, obs, &HashMap::new(), now);
             let done = attempts(obs, &r.uid, &c.name)
                 .last()
                 .is_some_and(|l| matches!(l.state, State::Exited { exit_code: 0, .. }));
@@ -461,9 +466,42 @@ impl PodSync {
             break;
         }
 
+        // Probes of running containers; a failed liveness (or startup) probe stops the
+        // container, and the restart policy takes it from there.
+        let mut verdicts = HashMap::new();
+        for c in &spec.containers {
+            let Some(latest) = attempts(obs, &r.uid, &c.name).last().copied() else {
+                continue;
+            };
+            let State::Running { started_at } = latest.state else {
+                continue;
+            };
+            let v = self
+                .prober
+                .check(
+                    &*self.runtime,
+                    c,
+                    &latest.id,
+                    started_at,
+                    sandbox.ip.as_deref(),
+                    now,
+                )
+                .await;
+            if let Some(why) = &v.kill {
+                tracing::info!(pod = %r.name, container = %c.name, reason = %why, "restarting container");
+                let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64;
+                let rt = self.runtime.clone();
+                let id = latest.id.clone();
+                tokio::spawn(async move {
+                    let _ = rt.stop(&id, Duration::from_secs(grace)).await;
+                });
+            }
+            verdicts.insert(latest.id.clone(), v);
+        }
+
         let mut statuses = Vec::new();
         for c in &spec.containers {
-            let (step, mut status) = self.step(&r, policy, c, obs, now);
+            let (step, mut status) = self.step(&r, policy, c, obs, &verdicts, now);
             if !initialized {
                 status["state"] = json!({"waiting": {"reason": "PodInitializing"}});
             } else if let Step::Start(n) = step {
@@ -503,6 +541,13 @@ impl PodSync {
 
     /// Stop and remove what belongs to no pod of this node any more.
     pub async fn remove_orphans(&self, live: &[String], obs: &Observed) {
+        let running: Vec<&str> = obs
+            .containers
+            .iter()
+            .filter(|c| matches!(c.state, State::Running { .. }))
+            .map(|c| c.id.as_str())
+            .collect();
+        self.prober.retain(&running);
         let orphan = |uid: &String| !live.contains(uid);
         for c in obs.containers.iter().filter(|c| orphan(&c.pod_uid)) {
             let _ = self.runtime.stop(&c.id, Duration::from_secs(2)).await;

@@ -252,3 +252,60 @@ fn a_restarted_agent_adopts_running_pods() {
         "no container was replaced"
     );
 }
+
+#[test]
+fn readiness_probe_gates_ready_and_failing_liveness_restarts() {
+    let image = BusyboxImage::build();
+    let node = Node { name: unique("n") };
+    let b = up(&node.name);
+    wait_for(&b, 20, "the node", &["get", "nodes", "-o", "name"], |s| {
+        s.contains(&node.name)
+    });
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"probed"}},"spec":{{"nodeName":"{node}",
+          "terminationGracePeriodSeconds":1,"containers":[
+          {{"name":"web","image":"{img}","command":["/bin/sh","-c","sleep 2; exec /bin/httpd -f -p 8080 -h /www"],
+            "ports":[{{"name":"http","containerPort":8080}}],
+            "readinessProbe":{{"httpGet":{{"path":"/","port":"http"}},"periodSeconds":1}}}},
+          {{"name":"flaky","image":"{img}","command":["/bin/sh","-c","echo ok > /tmp/healthy; sleep 3; rm /tmp/healthy; sleep 3600"],
+            "livenessProbe":{{"exec":{{"command":["/bin/cat","/tmp/healthy"]}},"periodSeconds":1,"failureThreshold":2}}}}]}}}}"#,
+        node = node.name,
+        img = image.tag
+    );
+    let out = b.kubectl_stdin(&["create", "-f", "-"], &pod);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Running but not ready until httpd answers the probe.
+    wait_for(
+        &b,
+        30,
+        "web to be ready",
+        &[
+            "get",
+            "pod",
+            "probed",
+            "-o",
+            r#"jsonpath={.status.containerStatuses[?(@.name=="web")].ready}"#,
+        ],
+        |s| s == "true",
+    );
+    // The liveness probe fails once /tmp/healthy is gone: the container restarts.
+    wait_for(
+        &b,
+        40,
+        "flaky to restart",
+        &[
+            "get",
+            "pod",
+            "probed",
+            "-o",
+            r#"jsonpath={.status.containerStatuses[?(@.name=="flaky")].restartCount}"#,
+        ],
+        |s| s.parse::<u32>().is_ok_and(|n| n >= 1),
+    );
+    let table = b.kubectl_ok(&["get", "pod", "probed"]);
+    assert!(table.contains("probed"), "{table}");
+}

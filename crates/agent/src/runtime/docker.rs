@@ -392,6 +392,43 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                bollard::exec::CreateExecOptions {
+                    cmd: Some(command.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(err("create exec"))?;
+        match self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(err("start exec"))?
+        {
+            bollard::exec::StartExecResults::Attached { mut output, .. } => {
+                while let Some(chunk) = output.next().await {
+                    if chunk.is_err() {
+                        break;
+                    }
+                }
+            }
+            bollard::exec::StartExecResults::Detached => {}
+        }
+        let info = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(err("inspect exec"))?;
+        Ok(info.exit_code.unwrap_or(-1))
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let opts = RemoveContainerOptionsBuilder::new()
             .force(true)

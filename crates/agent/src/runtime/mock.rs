@@ -183,6 +183,25 @@ impl Runtime for MockRuntime {
         Ok(())
     }
 
+    /// Exit code 1 for the command `false`, else 0, in a running container.
+    async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
+        let running =
+            self.containers.lock().expect("mock").iter().any(|e| {
+                e.container.id == id && matches!(e.container.state, State::Running { .. })
+            });
+        if !running {
+            return Err(RuntimeError::Start {
+                container: id.into(),
+                message: "container is not running".into(),
+            });
+        }
+        Ok(if command.first().map(String::as_str) == Some("false") {
+            1
+        } else {
+            0
+        })
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.containers
             .lock()

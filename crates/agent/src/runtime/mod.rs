@@ -169,4 +169,13 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Remove a stopped container or sandbox.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Run `command` in a running container and return its exit code (exec probes).
+    async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
+        let _ = (id, command);
+        Err(RuntimeError::NotSupported {
+            driver: self.name(),
+            what: "exec",
+        })
+    }
 }

@@ -1,0 +1,290 @@
+//! Health probes: startup, liveness and readiness, each httpGet, tcpSocket or exec, with
+//! Kubernetes' timing (initialDelaySeconds, periodSeconds, timeoutSeconds, successThreshold,
+//! failureThreshold). State is per container id, so a restarted container starts over.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::runtime::Runtime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Track {
+    last_run: Option<Timestamp>,
+    successes: i32,
+    failures: i32,
+    /// The probe's verdict so far: None until thresholds are met either way.
+    ok: Option<bool>,
+    last_message: String,
+}
+
+/// What the prober concluded for one container this tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub started: bool,
+    pub ready: bool,
+    /// Set when liveness (or startup) failed past its threshold: restart the container.
+    pub kill: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Prober {
+    tracks: Mutex<HashMap<(String, Kind), Track>>,
+}
+
+/// The outcome of one probe run.
+async fn run_once(
+    rt: &dyn Runtime,
+    probe: &Probe,
+    container: &Container,
+    container_id: &str,
+    pod_ip: Option<&str>,
+) -> Result<(), String> {
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    let port_of = |p: &IntOrString| -> Result<u16, String> {
+        match p {
+            IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid probe port {n}")),
+            IntOrString::String(name) => container
+                .ports
+                .iter()
+                .flatten()
+                .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+                .and_then(|cp| u16::try_from(cp.container_port).ok())
+                .ok_or_else(|| {
+                    format!("the probe names port {name:?}, which the container does not declare")
+                }),
+        }
+    };
+    if let Some(http) = &probe.http_get {
+        let port = port_of(&http.port)?;
+        let host = http
+            .host
+            .clone()
+            .or(pod_ip.map(String::from))
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let path = http.path.clone().unwrap_or_else(|| "/".into());
+        let fut = async {
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| e.to_string())?;
+            let req = format!(
+                "GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: berth-probe/1\r\n\r\n"
+            );
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 256];
+            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+            let line = String::from_utf8_lossy(&buf[..n]);
+            let code: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or("no HTTP status line")?;
+            if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("HTTP probe failed with statuscode: {code}"))
+            }
+        };
+        return tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or_else(|_| Err("probe timed out".into()));
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        let port = port_of(&tcp.port)?;
+        let host = tcp
+            .host
+            .clone()
+            .or(pod_ip.map(String::from))
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let fut = tokio::net::TcpStream::connect((host.as_str(), port));
+        return match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
+            Err(_) => Err("probe timed out".into()),
+        };
+    }
+    if let Some(exec) = &probe.exec {
+        let cmd = exec.command.clone().unwrap_or_default();
+        return match tokio::time::timeout(timeout, rt.exec_status(container_id, &cmd)).await {
+            Ok(Ok(0)) => Ok(()),
+            Ok(Ok(code)) => Err(format!("command {cmd:?} exited with {code}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("probe timed out".into()),
+        };
+    }
+    Err("the probe has no handler: set httpGet, tcpSocket or exec".into())
+}
+
+impl Prober {
+    /// Run the container's probes that are due and return the verdict.
+    pub async fn check(
+        &self,
+        rt: &dyn Runtime,
+        container: &Container,
+        container_id: &str,
+        started_at: Timestamp,
+        pod_ip: Option<&str>,
+        now: Timestamp,
+    ) -> Verdict {
+        let mut verdict = Verdict {
+            started: true,
+            ready: true,
+            kill: None,
+        };
+        let startup = container.startup_probe.as_ref();
+        if let Some(p) = startup {
+            let ok = self
+                .run(
+                    rt,
+                    Kind::Startup,
+                    p,
+                    container,
+                    container_id,
+                    started_at,
+                    pod_ip,
+                    now,
+                )
+                .await;
+            match ok {
+                Some(true) => {}
+                Some(false) => {
+                    verdict.kill = Some(format!(
+                        "Startup probe failed: {}",
+                        self.message(container_id, Kind::Startup)
+                    ));
+                    verdict.started = false;
+                    verdict.ready = false;
+                    return verdict;
+                }
+                None => {
+                    verdict.started = false;
+                    verdict.ready = false;
+                    return verdict;
+                }
+            }
+        }
+        if let Some(p) = &container.liveness_probe {
+            if self
+                .run(
+                    rt,
+                    Kind::Liveness,
+                    p,
+                    container,
+                    container_id,
+                    started_at,
+                    pod_ip,
+                    now,
+                )
+                .await
+                == Some(false)
+            {
+                verdict.kill = Some(format!(
+                    "Liveness probe failed: {}",
+                    self.message(container_id, Kind::Liveness)
+                ));
+            }
+        }
+        if let Some(p) = &container.readiness_probe {
+            verdict.ready = self
+                .run(
+                    rt,
+                    Kind::Readiness,
+                    p,
+                    container,
+                    container_id,
+                    started_at,
+                    pod_ip,
+                    now,
+                )
+                .await
+                == Some(true);
+        }
+        verdict
+    }
+
+    fn message(&self, id: &str, kind: Kind) -> String {
+        self.tracks
+            .lock()
+            .expect("probe tracks")
+            .get(&(id.to_string(), kind))
+            .map(|t| t.last_message.clone())
+            .unwrap_or_default()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        rt: &dyn Runtime,
+        kind: Kind,
+        p: &Probe,
+        container: &Container,
+        id: &str,
+        started_at: Timestamp,
+        pod_ip: Option<&str>,
+        now: Timestamp,
+    ) -> Option<bool> {
+        let key = (id.to_string(), kind);
+        let track = self
+            .tracks
+            .lock()
+            .expect("probe tracks")
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        let delay = p.initial_delay_seconds.unwrap_or(0).max(0) as i64;
+        let period = p.period_seconds.unwrap_or(10).max(1) as i64;
+        let due = now.as_second() >= started_at.as_second() + delay
+            && track
+                .last_run
+                .is_none_or(|t| now.as_second() - t.as_second() >= period);
+        if !due {
+            return track.ok;
+        }
+        let result = run_once(rt, p, container, id, pod_ip).await;
+        let mut tracks = self.tracks.lock().expect("probe tracks");
+        let t = tracks.entry(key).or_default();
+        t.last_run = Some(now);
+        let success_threshold = p.success_threshold.unwrap_or(1).max(1);
+        let failure_threshold = p.failure_threshold.unwrap_or(3).max(1);
+        match result {
+            Ok(()) => {
+                t.successes += 1;
+                t.failures = 0;
+                if t.successes >= success_threshold {
+                    t.ok = Some(true);
+                }
+            }
+            Err(msg) => {
+                t.failures += 1;
+                t.successes = 0;
+                t.last_message = msg;
+                if t.failures >= failure_threshold {
+                    t.ok = Some(false);
+                }
+            }
+        }
+        t.ok
+    }
+
+    /// Forget probes of containers that no longer run.
+    pub fn retain(&self, live_ids: &[&str]) {
+        self.tracks
+            .lock()
+            .expect("probe tracks")
+            .retain(|(id, _), _| live_ids.contains(&id.as_str()));
+    }
+}
