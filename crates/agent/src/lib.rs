@@ -61,16 +61,38 @@ pub enum AgentError {
     },
 }
 
-/// An API client for `cfg.server`, verifying its certificate against `cfg.ca_pem`.
-pub fn client(cfg: &Config) -> Result<kube::Client, AgentError> {
+/// An API client for `cfg.server` with `token`, verifying the server against `cfg.ca_pem`.
+fn client_with(cfg: &Config, token: &str) -> Result<kube::Client, AgentError> {
     let url: http::Uri = cfg.server.parse().map_err(|_| AgentError::Url {
         url: cfg.server.clone(),
     })?;
     let mut kc = kube::Config::new(url);
     kc.root_cert = Some(pem_certs(&cfg.ca_pem));
-    kc.auth_info.token = Some(cfg.token.clone().into());
+    kc.auth_info.token = Some(token.to_string().into());
     kc.default_namespace = "default".into();
     kube::Client::try_from(kc).map_err(AgentError::Client)
+}
+
+/// Trade the node-join token for this node's own token, and return a client that uses it.
+pub async fn node_client(cfg: &Config) -> Result<kube::Client, AgentError> {
+    let join = client_with(cfg, &cfg.token)?;
+    let body = serde_json::to_vec(&serde_json::json!({"nodeName": cfg.node_name})).expect("json");
+    let req = http::Request::post("/berth/v1/nodetoken")
+        .header("content-type", "application/json")
+        .body(body)
+        .expect("a valid request");
+    let answer = join
+        .request::<serde_json::Value>(req)
+        .await
+        .map_err(|source| AgentError::Register {
+            node: cfg.node_name.clone(),
+            source,
+        })?;
+    let token = answer
+        .get("token")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    client_with(cfg, token)
 }
 
 /// DER certificates from a PEM bundle.
@@ -97,7 +119,7 @@ fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
 
 /// Run the agent until the process ends.
 pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentError> {
-    let client = client(&cfg)?;
+    let client = node_client(&cfg).await?;
     let cap = node::Capacity::of_host(&cfg.data_dir);
     let status = || node::node_status(&cap, &cfg.address, &cfg.node_name, &runtime.version());
     node::register(&client, &cfg.node_name, runtime.name(), status())

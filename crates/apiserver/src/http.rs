@@ -96,6 +96,9 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         }
         ["apis", g, v] if read_only => discovery::resource_list(g, v)
             .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
+        ["berth", "v1", "nodetoken"] if *req.method() == Method::POST => {
+            node_token(app, &identity, req).await
+        }
         ["openapi", "v3"] if read_only => ok(&discovery::openapi_v3_root()),
         ["openapi", "v3", rest @ ..] if read_only => discovery::openapi_v3_group(&rest.join("/"))
             .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
@@ -122,6 +125,62 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
             Err(ApiError::method_not_allowed(req.method().as_str(), &path))
         }
         _ => Err(ApiError::path_not_found(&path)),
+    }
+}
+
+/// `POST /berth/v1/nodetoken {"nodeName": "n1"}`: trade the node-join token for the token
+/// of one node, which may write only that node's objects.
+async fn node_token(
+    app: &Arc<AppState>,
+    who: &Identity,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if !matches!(who, Identity::Admin | Identity::Bootstrap) {
+        return Err(ApiError::forbidden(
+            "a node token is issued for the node-join token or the admin only",
+        ));
+    }
+    let body = parse_body("application/json", &read_body(req.into_body()).await?)?;
+    let name = body.get("nodeName").and_then(Value::as_str).unwrap_or("");
+    if let Some(why) = berth_core::validation::dns1123_subdomain(name) {
+        return Err(ApiError::bad_request(format!(
+            "nodeName {name:?} is not a valid node name: {why}"
+        )));
+    }
+    ok(&json!({"nodeName": name, "token": app.tokens.node_token(name)}))
+}
+
+/// Enforce what a node may touch: its own Node and Lease, pods bound to it.
+async fn check_node_scope(
+    reg: &Registry,
+    scope: &auth::NodeScope,
+    who: &Identity,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let Identity::Node(node) = who else {
+        return Ok(());
+    };
+    let allowed = match scope {
+        auth::NodeScope::Any => true,
+        // Collections (deletecollection) are never one node's.
+        _ if name.is_empty() => false,
+        auth::NodeScope::OwnName => name == node,
+        auth::NodeScope::PodOnNode => match reg.get(res, ns, name).await {
+            Ok(pod) => pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str()),
+            // Let the registry answer NotFound as it would to anyone.
+            Err(e) if e.reason == "NotFound" => true,
+            Err(e) => return Err(e),
+        },
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "node {node:?} may not modify {} {name:?}: it is not this node's",
+            res.qualified()
+        )))
     }
 }
 
@@ -262,7 +321,13 @@ async fn resource(
     let target = parse_target(group, version, segs)?;
     let res = target.res;
     let method = req.method().clone();
-    auth::authorize(who, &method, res.kind, target.sub.as_deref())?;
+    let node_scope = auth::authorize(
+        who,
+        &method,
+        res.kind,
+        target.sub.as_deref(),
+        target.namespace.as_deref(),
+    )?;
     let Query(q): Query<HashMap<String, String>> = Query::try_from_uri(req.uri())
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let accept = req
@@ -342,6 +407,16 @@ async fn resource(
         field_manager: q.get("fieldManager").cloned(),
     };
     let reg = &app.registry;
+    if let Some(scope) = &node_scope {
+        let subject = match &action {
+            Action::Create(body) => body
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            _ => name,
+        };
+        check_node_scope(reg, scope, who, res, ns, subject).await?;
+    }
     match action {
         Action::Get => ok(&format::object(res, reg.get(res, ns, name).await?, shape)),
         Action::List => {

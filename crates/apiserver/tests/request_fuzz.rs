@@ -126,7 +126,7 @@ thread_local! {
             registry.bootstrap().await.unwrap();
             router(Arc::new(AppState {
                 registry,
-                tokens: Tokens { admin: TOKEN.into(), node_join: "node".into() },
+                tokens: Tokens { admin: TOKEN.into(), node_join: "node".into(), node_secret: "secret".into() },
                 bookmark_every: Duration::from_secs(1),
             }))
         });

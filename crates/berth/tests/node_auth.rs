@@ -1,0 +1,114 @@
+//! Node authorization: the join token buys a node token, and a node token writes only its
+//! own Node and Lease and the pods bound to it (403 otherwise).
+
+mod common;
+
+use common::Berth;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+async fn client_with_token(b: &Berth, token: &str) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(b.kubeconfig()).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    cfg.auth_info.token = Some(token.to_string().into());
+    kube::Client::try_from(cfg).unwrap()
+}
+
+fn code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn node_tokens_are_scoped_to_their_node() {
+    let b = Berth::up(&["--runtime", "none"]);
+    let join = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["token", "--node", "--data-dir"])
+        .arg(b.dir.path())
+        .output()
+        .unwrap();
+    let join = String::from_utf8(join.stdout).unwrap().trim().to_string();
+
+    // The join token reads nothing; it buys a node token.
+    let bootstrap = client_with_token(&b, &join).await;
+    let pods: Api<Pod> = Api::namespaced(bootstrap.clone(), "default");
+    assert_eq!(code(pods.list(&Default::default()).await.unwrap_err()), 403);
+    let req = http::Request::post("/berth/v1/nodetoken")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&json!({"nodeName": "na"})).unwrap())
+        .unwrap();
+    let answer: serde_json::Value = bootstrap.request(req).await.unwrap();
+    let token = answer["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("node:na:"));
+
+    let na = client_with_token(&b, &token).await;
+    let nodes: Api<Node> = Api::all(na.clone());
+    let node =
+        |name: &str| serde_json::from_value::<Node>(json!({"metadata": {"name": name}})).unwrap();
+    nodes
+        .create(&PostParams::default(), &node("na"))
+        .await
+        .expect("its own Node");
+    assert_eq!(
+        code(
+            nodes
+                .create(&PostParams::default(), &node("nb"))
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(na.clone(), "default");
+    let cm = serde_json::from_value::<ConfigMap>(json!({"metadata": {"name": "x"}})).unwrap();
+    assert_eq!(
+        code(cms.create(&PostParams::default(), &cm).await.unwrap_err()),
+        403
+    );
+
+    // Pods: only the status of pods bound to this node.
+    let admin: Api<Pod> = Api::namespaced(b.client().await, "default");
+    for (name, on) in [("mine", "na"), ("theirs", "nb")] {
+        let pod = serde_json::from_value::<Pod>(json!({"metadata": {"name": name},
+            "spec": {"nodeName": on, "containers": [{"name": "c", "image": "x:1"}]}}))
+        .unwrap();
+        admin.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(na, "default");
+    let status = Patch::Merge(json!({"status": {"phase": "Running"}}));
+    pods.patch_status("mine", &PatchParams::default(), &status)
+        .await
+        .expect("its own pod");
+    assert_eq!(
+        code(
+            pods.patch_status("theirs", &PatchParams::default(), &status)
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    assert_eq!(
+        code(
+            pods.delete("theirs", &Default::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    assert_eq!(
+        admin
+            .get("theirs")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            .as_deref(),
+        Some("Pending"),
+        "nothing changed on the other node's pod"
+    );
+}
