@@ -74,6 +74,15 @@ pub enum SyncError {
     },
 }
 
+/// A container that could not be started: why, when, and how many times in a row.
+#[derive(Debug, Clone)]
+struct StartFailure {
+    reason: String,
+    message: String,
+    at: Timestamp,
+    count: u32,
+}
+
 /// Runs the pods bound to one node.
 pub struct PodSync {
     pub runtime: Arc<dyn Runtime>,
@@ -81,7 +90,7 @@ pub struct PodSync {
     pub node: String,
     pub backoff: Backoff,
     /// The last start failure per (pod uid, container), shown as the waiting reason.
-    start_errors: Mutex<HashMap<(String, String), (String, String)>>,
+    start_errors: Mutex<HashMap<(String, String), StartFailure>>,
     /// The status last written per pod uid, to skip writes that change nothing.
     written: Mutex<HashMap<String, Value>>,
     /// Pods whose graceful stop is under way (it runs beside the ticks, not inside one).
@@ -243,11 +252,25 @@ impl PodSync {
         let key = (pod.uid.clone(), spec.name.clone());
         let start_error = self.start_errors.lock().expect("errors").get(&key).cloned();
         let Some(latest) = tries.last() else {
-            status["state"] = match start_error {
-                Some((reason, message)) => waiting(&reason, Some(message)),
-                None => waiting("ContainerCreating", None),
+            let Some(failure) = start_error else {
+                status["state"] = waiting("ContainerCreating", None);
+                return (Step::Start(0), status);
             };
-            return (Step::Start(0), status);
+            status["state"] = waiting(&failure.reason, Some(failure.message.clone()));
+            // Failed starts are retried with the same back-off as crashes.
+            let delay = self
+                .backoff
+                .delay(failure.count.saturating_sub(1), Duration::ZERO);
+            let due = failure
+                .at
+                .checked_add(SignedDuration::try_from(delay).unwrap_or_default())
+                .unwrap_or(failure.at);
+            let step = if now >= due {
+                Step::Start(0)
+            } else {
+                Step::Wait
+            };
+            return (step, status);
         };
         status["containerID"] = json!(format!("docker://{}", latest.id));
         status["imageID"] = json!(latest.image_id);
@@ -321,8 +344,17 @@ impl PodSync {
                 errors.remove(&key);
             }
             Err(e) => {
-                tracing::warn!(pod = %pod.name, container = %spec.name, error = %e, "container did not start");
-                errors.insert(key, (e.reason().to_string(), e.to_string()));
+                let count = errors.get(&key).map_or(0, |f| f.count) + 1;
+                if count == 1 {
+                    tracing::warn!(pod = %pod.name, container = %spec.name, error = %e, "container did not start");
+                }
+                let failure = StartFailure {
+                    reason: e.reason().to_string(),
+                    message: e.to_string(),
+                    at: Timestamp::now(),
+                    count,
+                };
+                errors.insert(key, failure);
             }
         }
     }
