@@ -44,6 +44,11 @@ pub struct Prober {
     tracks: Mutex<HashMap<(String, Kind), Track>>,
 }
 
+/// Where a network probe connects: its `host`, else the pod's IP.
+fn target_host(host: Option<&str>, pod_ip: Option<&str>) -> String {
+    host.or(pod_ip).unwrap_or("127.0.0.1").to_string()
+}
+
 /// The outcome of one probe run.
 async fn run_once(
     rt: &dyn Runtime,
@@ -69,11 +74,7 @@ async fn run_once(
     };
     if let Some(http) = &probe.http_get {
         let port = port_of(&http.port)?;
-        let host = http
-            .host
-            .clone()
-            .or(pod_ip.map(String::from))
-            .unwrap_or_else(|| "127.0.0.1".into());
+        let host = target_host(http.host.as_deref(), pod_ip);
         let path = http.path.clone().unwrap_or_else(|| "/".into());
         let fut = async {
             let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
@@ -105,11 +106,7 @@ async fn run_once(
     }
     if let Some(tcp) = &probe.tcp_socket {
         let port = port_of(&tcp.port)?;
-        let host = tcp
-            .host
-            .clone()
-            .or(pod_ip.map(String::from))
-            .unwrap_or_else(|| "127.0.0.1".into());
+        let host = target_host(tcp.host.as_deref(), pod_ip);
         let fut = tokio::net::TcpStream::connect((host.as_str(), port));
         return match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(_)) => Ok(()),

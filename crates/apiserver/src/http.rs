@@ -428,41 +428,24 @@ async fn resource(
             let rx = reg.watch(res, ns, params, app.bookmark_every).await?;
             Ok(watch_response(res, rx, shape))
         }
-        Action::Create(body) => {
-            let out = reg.create(res, ns, body, &write).await?;
-            Ok(json_response(
-                StatusCode::CREATED,
-                &format::object(res, out.object, shape),
-                &out.warnings,
-            ))
-        }
-        Action::Update(body, part) => {
-            let out = reg.update(res, ns, name, body, part, &write).await?;
-            let code = if out.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok(json_response(
-                code,
-                &format::object(res, out.object, shape),
-                &out.warnings,
-            ))
-        }
+        Action::Create(body) => Ok(outcome(
+            res,
+            reg.create(res, ns, body, &write).await?,
+            shape,
+        )),
+        Action::Update(body, part) => Ok(outcome(
+            res,
+            reg.update(res, ns, name, body, part, &write).await?,
+            shape,
+        )),
         Action::Patch(kind, body, part) => {
             if kind == PatchType::Apply && write.field_manager.as_deref().unwrap_or("").is_empty() {
                 return Err(ApiError::bad_request("PATCH requests with application/apply-patch+yaml need a fieldManager query parameter"));
             }
-            let out = reg.patch(res, ns, name, kind, &body, part, &write).await?;
-            let code = if out.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok(json_response(
-                code,
-                &format::object(res, out.object, shape),
-                &out.warnings,
+            Ok(outcome(
+                res,
+                reg.patch(res, ns, name, kind, &body, part, &write).await?,
+                shape,
             ))
         }
         Action::Delete(opts) => {
@@ -497,6 +480,16 @@ async fn resource(
             &[],
         )),
     }
+}
+
+/// A write's answer: 201 when it created, 200 otherwise, with its warnings.
+fn outcome(res: &Resource, out: crate::registry::Outcome, shape: Shape) -> Response {
+    let code = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    json_response(code, &format::object(res, out.object, shape), &out.warnings)
 }
 
 /// Stream watch events as one JSON object per line.

@@ -68,37 +68,25 @@ async fn list_and_watch() {
     assert_eq!(seen, ["ADDED new", "DELETED c0"]);
 }
 
+/// A config map as (name, value of `v`).
+fn entry(c: &ConfigMap) -> (String, String) {
+    let v = c
+        .data
+        .as_ref()
+        .and_then(|d| d.get("v"))
+        .cloned()
+        .unwrap_or_default();
+    (c.metadata.name.clone().unwrap(), v)
+}
+
 /// The reflector's view: name -> value.
 fn view(store: &reflector::Store<ConfigMap>) -> BTreeMap<String, String> {
-    store
-        .state()
-        .iter()
-        .map(|c| {
-            let v = c
-                .data
-                .as_ref()
-                .and_then(|d| d.get("v"))
-                .cloned()
-                .unwrap_or_default();
-            (c.metadata.name.clone().unwrap(), v)
-        })
-        .collect()
+    store.state().iter().map(|c| entry(c)).collect()
 }
 
 async fn server_view(api: &Api<ConfigMap>) -> BTreeMap<String, String> {
     let list = api.list(&ListParams::default()).await.unwrap();
-    list.items
-        .into_iter()
-        .map(|c| {
-            let v = c
-                .data
-                .as_ref()
-                .and_then(|d| d.get("v"))
-                .cloned()
-                .unwrap_or_default();
-            (c.metadata.name.unwrap(), v)
-        })
-        .collect()
+    list.items.iter().map(entry).collect()
 }
 
 /// Run a reflector on default/configmaps and count how often it (re)lists.
