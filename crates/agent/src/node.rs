@@ -86,15 +86,9 @@ pub fn arch() -> &'static str {
     }
 }
 
-fn now() -> String {
-    Timestamp::from_second(Timestamp::now().as_second())
-        .expect("now")
-        .to_string()
-}
-
 /// The Node's status: conditions, capacity, addresses, node info.
 pub fn node_status(cap: &Capacity, address: &str, name: &str, runtime_version: &str) -> Value {
-    let t = now();
+    let t = crate::pods::ts(Timestamp::now());
     let cond = |ty: &str, status: &str, reason: &str, message: &str| {
         json!({"type": ty, "status": status, "reason": reason, "message": message,
                "lastHeartbeatTime": t, "lastTransitionTime": t})

@@ -148,7 +148,8 @@ pub fn container_config(c: &Container, attempt: u32) -> ContainerConfig {
     }
 }
 
-fn ts(t: Timestamp) -> String {
+/// A timestamp as Kubernetes writes one: RFC 3339, whole seconds.
+pub(crate) fn ts(t: Timestamp) -> String {
     Timestamp::from_second(t.as_second())
         .unwrap_or(t)
         .to_string()
@@ -510,14 +511,14 @@ impl PodSync {
             };
             let v = self
                 .prober
-                .check(
-                    &*self.runtime,
-                    c,
-                    &latest.id,
+                .check(&crate::probes::Subject {
+                    rt: &*self.runtime,
+                    container: c,
+                    id: &latest.id,
                     started_at,
-                    sandbox.ip.as_deref(),
+                    pod_ip: sandbox.ip.as_deref(),
                     now,
-                )
+                })
                 .await;
             if let Some(why) = &v.kill {
                 tracing::info!(pod = %r.name, container = %c.name, reason = %why, "restarting container");

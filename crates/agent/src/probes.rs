@@ -49,14 +49,20 @@ fn target_host(host: Option<&str>, pod_ip: Option<&str>) -> String {
     host.or(pod_ip).unwrap_or("127.0.0.1").to_string()
 }
 
+/// The running container a prober looks at, at `now`.
+pub struct Subject<'a> {
+    pub rt: &'a dyn Runtime,
+    pub container: &'a Container,
+    /// The runtime's id of this run of the container.
+    pub id: &'a str,
+    pub started_at: Timestamp,
+    pub pod_ip: Option<&'a str>,
+    pub now: Timestamp,
+}
+
 /// The outcome of one probe run.
-async fn run_once(
-    rt: &dyn Runtime,
-    probe: &Probe,
-    container: &Container,
-    container_id: &str,
-    pod_ip: Option<&str>,
-) -> Result<(), String> {
+async fn run_once(s: &Subject<'_>, probe: &Probe) -> Result<(), String> {
+    let (container, pod_ip) = (s.container, s.pod_ip);
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     let port_of = |p: &IntOrString| -> Result<u16, String> {
         match p {
@@ -116,7 +122,7 @@ async fn run_once(
     }
     if let Some(exec) = &probe.exec {
         let cmd = exec.command.clone().unwrap_or_default();
-        return match tokio::time::timeout(timeout, rt.exec_status(container_id, &cmd)).await {
+        return match tokio::time::timeout(timeout, s.rt.exec_status(s.id, &cmd)).await {
             Ok(Ok(0)) => Ok(()),
             Ok(Ok(code)) => Err(format!("command {cmd:?} exited with {code}")),
             Ok(Err(e)) => Err(e.to_string()),
@@ -128,87 +134,38 @@ async fn run_once(
 
 impl Prober {
     /// Run the container's probes that are due and return the verdict.
-    pub async fn check(
-        &self,
-        rt: &dyn Runtime,
-        container: &Container,
-        container_id: &str,
-        started_at: Timestamp,
-        pod_ip: Option<&str>,
-        now: Timestamp,
-    ) -> Verdict {
+    pub async fn check(&self, s: &Subject<'_>) -> Verdict {
         let mut verdict = Verdict {
             started: true,
             ready: true,
             kill: None,
         };
-        let startup = container.startup_probe.as_ref();
-        if let Some(p) = startup {
-            let ok = self
-                .run(
-                    rt,
-                    Kind::Startup,
-                    p,
-                    container,
-                    container_id,
-                    started_at,
-                    pod_ip,
-                    now,
-                )
-                .await;
-            match ok {
+        if let Some(p) = &s.container.startup_probe {
+            match self.run(s, Kind::Startup, p).await {
                 Some(true) => {}
-                Some(false) => {
-                    verdict.kill = Some(format!(
-                        "Startup probe failed: {}",
-                        self.message(container_id, Kind::Startup)
-                    ));
+                failed_or_pending => {
                     verdict.started = false;
                     verdict.ready = false;
-                    return verdict;
-                }
-                None => {
-                    verdict.started = false;
-                    verdict.ready = false;
+                    if failed_or_pending == Some(false) {
+                        verdict.kill = Some(format!(
+                            "Startup probe failed: {}",
+                            self.message(s.id, Kind::Startup)
+                        ));
+                    }
                     return verdict;
                 }
             }
         }
-        if let Some(p) = &container.liveness_probe {
-            if self
-                .run(
-                    rt,
-                    Kind::Liveness,
-                    p,
-                    container,
-                    container_id,
-                    started_at,
-                    pod_ip,
-                    now,
-                )
-                .await
-                == Some(false)
-            {
+        if let Some(p) = &s.container.liveness_probe {
+            if self.run(s, Kind::Liveness, p).await == Some(false) {
                 verdict.kill = Some(format!(
                     "Liveness probe failed: {}",
-                    self.message(container_id, Kind::Liveness)
+                    self.message(s.id, Kind::Liveness)
                 ));
             }
         }
-        if let Some(p) = &container.readiness_probe {
-            verdict.ready = self
-                .run(
-                    rt,
-                    Kind::Readiness,
-                    p,
-                    container,
-                    container_id,
-                    started_at,
-                    pod_ip,
-                    now,
-                )
-                .await
-                == Some(true);
+        if let Some(p) = &s.container.readiness_probe {
+            verdict.ready = self.run(s, Kind::Readiness, p).await == Some(true);
         }
         verdict
     }
@@ -222,18 +179,8 @@ impl Prober {
             .unwrap_or_default()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run(
-        &self,
-        rt: &dyn Runtime,
-        kind: Kind,
-        p: &Probe,
-        container: &Container,
-        id: &str,
-        started_at: Timestamp,
-        pod_ip: Option<&str>,
-        now: Timestamp,
-    ) -> Option<bool> {
+    async fn run(&self, s: &Subject<'_>, kind: Kind, p: &Probe) -> Option<bool> {
+        let (id, started_at, now) = (s.id, s.started_at, s.now);
         let key = (id.to_string(), kind);
         let track = self
             .tracks
@@ -251,7 +198,7 @@ impl Prober {
         if !due {
             return track.ok;
         }
-        let result = run_once(rt, p, container, id, pod_ip).await;
+        let result = run_once(s, p).await;
         let mut tracks = self.tracks.lock().expect("probe tracks");
         let t = tracks.entry(key).or_default();
         t.last_run = Some(now);

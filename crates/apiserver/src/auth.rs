@@ -42,17 +42,11 @@ fn new_token() -> String {
 }
 
 fn write_tokens(path: &Path, tokens: &Tokens) -> Result<(), TokenError> {
-    let io = |source| TokenError::Io {
+    let body = serde_json::to_vec_pretty(tokens).expect("tokens serialize");
+    crate::write_file(path, &body, true).map_err(|source| TokenError::Io {
         path: path.display().to_string(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let body = serde_json::to_vec_pretty(tokens).expect("tokens serialize");
-    std::fs::write(path, body).map_err(io)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+    })
 }
 
 impl Tokens {

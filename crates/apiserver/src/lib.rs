@@ -202,6 +202,23 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
     })
 }
 
+/// Write a file in the data dir, creating its directory; `private` files are mode 0600.
+pub(crate) fn write_file(
+    path: &std::path::Path,
+    contents: &[u8],
+    private: bool,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, contents)?;
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 /// A kubeconfig for `server` with the cluster CA and `token`, current context `berth`.
 pub fn kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
     use base64::Engine;

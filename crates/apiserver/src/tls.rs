@@ -56,19 +56,10 @@ fn read(path: &Path) -> Result<String, TlsError> {
 }
 
 fn write(path: &Path, contents: &str, private: bool) -> Result<(), TlsError> {
-    let io = |source| TlsError::Io {
+    crate::write_file(path, contents.as_bytes(), private).map_err(|source| TlsError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    std::fs::write(path, contents).map_err(io)?;
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
-    Ok(())
+    })
 }
 
 fn ca_params() -> Result<CertificateParams, TlsError> {

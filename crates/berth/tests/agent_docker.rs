@@ -16,8 +16,17 @@ impl Drop for Node {
     }
 }
 
-fn up(node: &str) -> Berth {
-    Berth::up(&["--runtime", "docker", "--node-name", node])
+/// A test image, a fresh node name, and `berth up` with a Docker agent registered as that
+/// node. Bound as `let (image, node, b) = start();`, the server goes first on drop, then the
+/// node's containers, then the image.
+fn start() -> (BusyboxImage, Node, Berth) {
+    let image = BusyboxImage::build();
+    let node = Node { name: unique("n") };
+    let b = Berth::up(&["--runtime", "docker", "--node-name", &node.name]);
+    wait_for(&b, 20, "the node", &["get", "nodes", "-o", "name"], |s| {
+        s.contains(&node.name)
+    });
+    (image, node, b)
 }
 
 fn wait_for(
@@ -45,12 +54,7 @@ fn wait_for(
 
 #[test]
 fn two_container_pod_shares_localhost_and_is_deleted_with_its_containers() {
-    let image = BusyboxImage::build();
-    let node = Node { name: unique("n") };
-    let b = up(&node.name);
-    wait_for(&b, 20, "the node", &["get", "nodes", "-o", "name"], |s| {
-        s.contains(&node.name)
-    });
+    let (image, node, b) = start();
     let pod = format!(
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"web"}},"spec":{{
           "nodeName":"{node}","terminationGracePeriodSeconds":3,"containers":[
@@ -118,12 +122,7 @@ fn two_container_pod_shares_localhost_and_is_deleted_with_its_containers() {
 
 #[test]
 fn crash_loop_backs_off_and_missing_image_says_so() {
-    let image = BusyboxImage::build();
-    let node = Node { name: unique("n") };
-    let b = up(&node.name);
-    wait_for(&b, 20, "the node", &["get", "nodes", "-o", "name"], |s| {
-        s.contains(&node.name)
-    });
+    let (image, node, b) = start();
     // Three documents, not a v1 List: kubectl validates a List against OpenAPI v2 in
     // protobuf, which Berth does not serve.
     let pods = format!(
@@ -213,12 +212,7 @@ fn crash_loop_backs_off_and_missing_image_says_so() {
 
 #[test]
 fn a_restarted_agent_adopts_running_pods() {
-    let image = BusyboxImage::build();
-    let node = Node { name: unique("n") };
-    let mut b = up(&node.name);
-    wait_for(&b, 20, "the node", &["get", "nodes", "-o", "name"], |s| {
-        s.contains(&node.name)
-    });
+    let (image, node, mut b) = start();
     let pod = format!(
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"steady"}},"spec":{{"nodeName":"{node}",
           "containers":[{{"name":"c","image":"{img}","command":["/bin/sleep","3600"]}}]}}}}"#,
@@ -255,12 +249,7 @@ fn a_restarted_agent_adopts_running_pods() {
 
 #[test]
 fn readiness_probe_gates_ready_and_failing_liveness_restarts() {
-    let image = BusyboxImage::build();
-    let node = Node { name: unique("n") };
-    let b = up(&node.name);
-    wait_for(&b, 20, "the node", &["get", "nodes", "-o", "name"], |s| {
-        s.contains(&node.name)
-    });
+    let (image, node, b) = start();
     let pod = format!(
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"probed"}},"spec":{{"nodeName":"{node}",
           "terminationGracePeriodSeconds":1,"containers":[

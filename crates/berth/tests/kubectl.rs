@@ -367,34 +367,34 @@ fn describe_label_annotate_scale_delete_and_events() {
     assert!(!ns.contains("namespace/tmp"), "{ns}");
 }
 
+/// Apply `yaml` and expect kubectl to fail with stderr naming each of `needles`.
+fn refused(b: &Berth, yaml: &str, needles: &[&str]) {
+    let out = b.kubectl_stdin(&["apply", "-f", "-"], yaml);
+    assert!(!out.status.success(), "kubectl accepted:\n{yaml}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for n in needles {
+        assert!(err.contains(n), "{err}");
+    }
+}
+
 #[test]
 fn bad_input_gets_a_status_and_stores_nothing() {
     let b = Berth::up(&[]);
-    let out = b.kubectl_stdin(
-        &["apply", "-f", "-"],
+    refused(
+        &b,
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n",
+        &["Invalid", "metadata.name"],
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("Invalid") && err.contains("metadata.name"),
-        "{err}"
-    );
-    let out = b.kubectl_stdin(
-        &["apply", "-f", "-"],
+    refused(
+        &b,
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ok\nbogus: 1\n",
+        &["unknown field", "bogus"],
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("unknown field") && err.contains("bogus"),
-        "{err}"
-    );
-    let out = b.kubectl_stdin(
-        &["apply", "-f", "-"],
+    refused(
+        &b,
         "apiVersion: widgets.example.com/v1\nkind: Widget\nmetadata:\n  name: w\n",
+        &[],
     );
-    assert!(!out.status.success());
     let names = b.kubectl_ok(&["get", "cm", "-o", "name"]);
     assert!(names.trim().is_empty(), "nothing was stored: {names}");
 }

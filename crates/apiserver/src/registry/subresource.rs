@@ -97,8 +97,10 @@ impl Registry {
                 .write_update(res, &current, obj, Part::Main, opts)
                 .await
             {
-                Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
-                Err(e) if e.reason == "Conflict" && scale.is_none() => continue,
+                // A PATCH, or a PUT that pinned no resourceVersion, retries on a fresh read.
+                Err(e) if e.reason == "Conflict" && (pinned.is_none() || scale.is_none()) => {
+                    continue
+                }
                 Err(e) => return Err(e),
                 Ok(out) => return Ok(scale_of(&out.object)),
             }
