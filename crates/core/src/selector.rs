@@ -205,23 +205,27 @@ impl Selector {
     }
 
     fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
-        self.requirements.iter().all(|r| {
-            let v = get(&r.key);
-            match &r.op {
-                Op::Eq(want) => v == Some(want.as_str()),
-                Op::NotEq(want) => v != Some(want.as_str()),
-                Op::In(set) => v.is_some_and(|v| set.iter().any(|s| s == v)),
-                Op::NotIn(set) => !v.is_some_and(|v| set.iter().any(|s| s == v)),
-                Op::Exists => v.is_some(),
-                Op::DoesNotExist => v.is_none(),
-                Op::Gt(n) => v
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .is_some_and(|v| v > *n),
-                Op::Lt(n) => v
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .is_some_and(|v| v < *n),
-            }
-        })
+        self.requirements.iter().all(|r| r.matches(get(&r.key)))
+    }
+}
+
+impl Requirement {
+    /// Does the value of this requirement's key (`None`: the key is absent) satisfy it?
+    pub fn matches(&self, v: Option<&str>) -> bool {
+        match &self.op {
+            Op::Eq(want) => v == Some(want.as_str()),
+            Op::NotEq(want) => v != Some(want.as_str()),
+            Op::In(set) => v.is_some_and(|v| set.iter().any(|s| s == v)),
+            Op::NotIn(set) => !v.is_some_and(|v| set.iter().any(|s| s == v)),
+            Op::Exists => v.is_some(),
+            Op::DoesNotExist => v.is_none(),
+            Op::Gt(n) => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v > *n),
+            Op::Lt(n) => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v < *n),
+        }
     }
 }
 

@@ -1,0 +1,457 @@
+//! The scheduler's loop: an API client that watches nodes, namespaces and pods, keeps the
+//! [`Snapshot`] and the [`Queue`] current, decides with [`schedule`], and binds through
+//! `pods/<name>/binding`.
+//!
+//! A pod is *assumed* onto its node in the snapshot as soon as it is decided, so the next
+//! decision already sees it; the bind goes out concurrently. A refused bind takes the pod back
+//! out: if someone else bound it (409) or it is gone (404) it is dropped, otherwise it is
+//! decided again on the snapshot as it is then. A pod that fits nowhere gets
+//! `PodScheduled=False` (reason `Unschedulable`) and a `FailedScheduling` Event, and is parked
+//! in the queue until the cluster changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::model::{NodeInfo, PodInfo};
+use crate::queue::{Key, Queue};
+use crate::schedule::{schedule, spec_error, Placement, Profile};
+use crate::snapshot::Snapshot;
+
+/// How to run the scheduler.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub profile: Profile,
+    /// Pods whose `spec.schedulerName` is this are ours.
+    pub scheduler_name: String,
+    /// Binds in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            profile: Profile::default(),
+            scheduler_name: "default-scheduler".into(),
+            concurrency: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("watching {what} stopped for good")]
+    WatchEnded { what: &'static str },
+}
+
+/// A pod waiting for a node.
+#[derive(Debug)]
+struct Waiting {
+    info: Arc<PodInfo>,
+    /// Why it fits nowhere, as last reported (so the same news is not written twice).
+    reported: Option<String>,
+}
+
+enum Change {
+    Pod(Event<Pod>),
+    Node(Event<Node>),
+    Namespace(Event<Namespace>),
+}
+
+struct Bound {
+    key: Key,
+    uid: String,
+    node: String,
+    result: Result<(), kube::Error>,
+}
+
+fn key_of(pod: &Pod) -> Key {
+    (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn changes<K>(
+    api: Api<K>,
+    wrap: fn(Event<K>) -> Change,
+) -> impl Stream<Item = Result<Change, watcher::Error>> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |e| e.map(wrap))
+}
+
+struct Loop {
+    client: kube::Client,
+    cfg: Config,
+    snapshot: Snapshot,
+    queue: Queue<Waiting>,
+    /// Decided and being bound: uid by key.
+    in_flight: HashMap<Key, String>,
+    /// Bound by us, the watch not yet caught up: uid by key.
+    bound: HashMap<Key, String>,
+    /// Keys seen during a relist (a watch restart), to drop what vanished meanwhile.
+    relist: Option<Vec<Key>>,
+    results_tx: mpsc::Sender<Bound>,
+    events: mpsc::Sender<Value>,
+}
+
+/// Run the scheduler until its watches end for good.
+pub async fn run(client: kube::Client, cfg: Config) -> Result<(), SchedulerError> {
+    let mut changes = futures::stream::select_all([
+        changes(Api::<Node>::all(client.clone()), Change::Node).boxed(),
+        changes(Api::<Namespace>::all(client.clone()), Change::Namespace).boxed(),
+        changes(Api::<Pod>::all(client.clone()), Change::Pod).boxed(),
+    ]);
+    let (results_tx, mut results) = mpsc::channel(cfg.concurrency.max(1) * 2);
+    let (events, events_rx) = mpsc::channel(4096);
+    tokio::spawn(record_events(client.clone(), events_rx));
+    let mut l = Loop {
+        client,
+        cfg,
+        snapshot: Snapshot::new(),
+        queue: Queue::new(),
+        in_flight: HashMap::new(),
+        bound: HashMap::new(),
+        relist: None,
+        results_tx,
+        events,
+    };
+    let mut next_tick: Option<Instant> = None;
+    loop {
+        l.decide();
+        let wake = next_tick.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            change = changes.next() => match change {
+                Some(Ok(c)) => l.apply(c),
+                Some(Err(e)) => tracing::warn!(error = %e, "scheduler watch failed; retrying"),
+                None => return Err(SchedulerError::WatchEnded { what: "the cluster" }),
+            },
+            Some(done) = results.recv() => l.bind_done(done),
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        next_tick = l.queue.tick(Instant::now());
+    }
+}
+
+impl Loop {
+    /// Decide on waiting pods while there is room for more binds in flight.
+    fn decide(&mut self) {
+        while self.in_flight.len() < self.cfg.concurrency {
+            let Some((key, waiting)) = self.queue.pop() else {
+                return;
+            };
+            let info = waiting.info.clone();
+            match schedule(&self.snapshot, &info, &self.cfg.profile) {
+                Placement::Node(node) => {
+                    self.snapshot.place(info.clone(), &node);
+                    self.in_flight.insert(key.clone(), info.uid.clone());
+                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
+                    let tx = self.results_tx.clone();
+                    tokio::spawn(async move {
+                        let binding = json!({
+                            "apiVersion": "v1", "kind": "Binding",
+                            "metadata": {"name": key.1, "uid": info.uid},
+                            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                        });
+                        let result = api
+                            .create_subresource::<_, Value>(
+                                "binding",
+                                &key.1,
+                                &PostParams::default(),
+                                &binding,
+                            )
+                            .await
+                            .map(|_| ());
+                        let uid = info.uid.clone();
+                        let _ = tx
+                            .send(Bound {
+                                key,
+                                uid,
+                                node,
+                                result,
+                            })
+                            .await;
+                    });
+                }
+                Placement::Unschedulable(d) => {
+                    let message = d.to_string();
+                    self.unschedulable(key, message);
+                }
+            }
+        }
+    }
+
+    fn unschedulable(&mut self, key: Key, message: String) {
+        let Some(w) = self.queue.get_mut(&key) else {
+            return;
+        };
+        let news = w.reported.as_deref() != Some(message.as_str());
+        w.reported = Some(message.clone());
+        let uid = w.info.uid.clone();
+        self.queue.park(key.clone(), Instant::now());
+        if !news {
+            return;
+        }
+        tracing::info!(pod = %format!("{}/{}", key.0, key.1), %message, "unschedulable");
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
+        let now = jiff::Timestamp::now().to_string();
+        let status = json!({"status": {"conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": message, "lastProbeTime": null, "lastTransitionTime": now,
+        }]}});
+        let name = key.1.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
+                .await
+            {
+                tracing::debug!(error = %e, pod = %name, "could not mark pod unschedulable");
+            }
+        });
+        let _ = self
+            .events
+            .try_send(event(&key, &uid, "Warning", "FailedScheduling", &message));
+    }
+
+    fn bind_done(&mut self, done: Bound) {
+        let Bound {
+            key,
+            uid,
+            node,
+            result,
+        } = done;
+        self.in_flight.remove(&key);
+        match result {
+            Ok(()) => {
+                self.queue.remove(&key);
+                self.bound.insert(key.clone(), uid.clone());
+                let msg = format!("Successfully assigned {}/{} to {node}", key.0, key.1);
+                let _ = self
+                    .events
+                    .try_send(event(&key, &uid, "Normal", "Scheduled", &msg));
+            }
+            Err(e) => {
+                self.snapshot.remove_pod(&key.0, &key.1);
+                let code = match &e {
+                    kube::Error::Api(s) => s.code,
+                    _ => 0,
+                };
+                if code == 404 || code == 409 {
+                    // Bound by someone else, or gone: the watch tells the rest.
+                    tracing::debug!(pod = %key.1, error = %e, "bind refused; dropping");
+                    self.queue.remove(&key);
+                } else {
+                    tracing::warn!(pod = %key.1, error = %e, "bind failed; will retry");
+                    self.queue.retry(key, Instant::now());
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Pod(e) => self.pod_event(e),
+            Change::Node(e) => match e {
+                Event::Apply(n) | Event::InitApply(n) => {
+                    let info = NodeInfo::from_node(&n);
+                    if self.snapshot.node(&info.name).map(|s| &s.info) != Some(&info) {
+                        self.snapshot.upsert_node(info);
+                        self.queue.cluster_changed();
+                    }
+                }
+                Event::Delete(n) => {
+                    self.snapshot
+                        .remove_node(n.metadata.name.as_deref().unwrap_or_default());
+                }
+                Event::Init | Event::InitDone => {}
+            },
+            Change::Namespace(e) => match e {
+                Event::Apply(n) | Event::InitApply(n) => {
+                    let labels = n.metadata.labels.clone().unwrap_or_default();
+                    self.snapshot
+                        .set_namespace(n.metadata.name.as_deref().unwrap_or_default(), labels);
+                    self.queue.cluster_changed();
+                }
+                Event::Delete(n) => self
+                    .snapshot
+                    .remove_namespace(n.metadata.name.as_deref().unwrap_or_default()),
+                Event::Init | Event::InitDone => {}
+            },
+        }
+    }
+
+    fn pod_event(&mut self, e: Event<Pod>) {
+        match e {
+            Event::Init => self.relist = Some(Vec::new()),
+            Event::InitApply(p) => {
+                if let Some(seen) = self.relist.as_mut() {
+                    seen.push(key_of(&p));
+                }
+                self.pod_applied(&p);
+            }
+            Event::InitDone => {
+                // Pods that vanished while the watch was down.
+                if let Some(seen) = self.relist.take() {
+                    let seen: std::collections::HashSet<Key> = seen.into_iter().collect();
+                    let mut gone: Vec<Key> = Vec::new();
+                    self.snapshot.for_each_matching(
+                        &berth_core::selector::Selector::default(),
+                        |p| {
+                            let k = (p.pod.namespace.clone(), p.pod.name.clone());
+                            if !seen.contains(&k) {
+                                gone.push(k);
+                            }
+                        },
+                    );
+                    for k in gone {
+                        if !self.in_flight.contains_key(&k) {
+                            self.snapshot.remove_pod(&k.0, &k.1);
+                        }
+                    }
+                    self.queue.cluster_changed();
+                }
+            }
+            Event::Apply(p) => self.pod_applied(&p),
+            Event::Delete(p) => {
+                let key = key_of(&p);
+                self.queue.remove(&key);
+                self.bound.remove(&key);
+                if self.snapshot.remove_pod(&key.0, &key.1).is_some() {
+                    self.queue.cluster_changed();
+                }
+            }
+        }
+    }
+
+    fn pod_applied(&mut self, pod: &Pod) {
+        let key = key_of(pod);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let node = spec
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty());
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let finished = matches!(phase, Some("Succeeded") | Some("Failed"));
+        match node {
+            Some(node) => {
+                self.bound.remove(&key);
+                self.queue.remove(&key);
+                if finished {
+                    if self.snapshot.remove_pod(&key.0, &key.1).is_some() {
+                        self.queue.cluster_changed();
+                    }
+                    return;
+                }
+                let known = self
+                    .snapshot
+                    .placement_of(&key.0, &key.1)
+                    .is_some_and(|p| p.node_name == node && p.pod.uid == uid);
+                if !known {
+                    if let Ok(info) = PodInfo::from_pod(pod) {
+                        self.snapshot.place(Arc::new(info), &node);
+                    }
+                }
+            }
+            None => {
+                let ours = spec
+                    .and_then(|s| s.scheduler_name.as_deref())
+                    .unwrap_or("default-scheduler")
+                    == self.cfg.scheduler_name;
+                let deleting = pod.metadata.deletion_timestamp.is_some();
+                if !ours || deleting || finished {
+                    self.queue.remove(&key);
+                    return;
+                }
+                if self.in_flight.get(&key) == Some(&uid) || self.bound.get(&key) == Some(&uid) {
+                    return;
+                }
+                match PodInfo::from_pod(pod) {
+                    Ok(info) => {
+                        let reported = self.queue.get_mut(&key).and_then(|w| w.reported.take());
+                        self.queue.add(
+                            key,
+                            Waiting {
+                                info: Arc::new(info),
+                                reported,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let placement = spec_error(self.snapshot.nodes().len(), format!("{e}"));
+                        if let Placement::Unschedulable(d) = placement {
+                            self.queue.add(
+                                key.clone(),
+                                Waiting {
+                                    info: Arc::new(PodInfo {
+                                        namespace: key.0.clone(),
+                                        name: key.1.clone(),
+                                        uid,
+                                        ..Default::default()
+                                    }),
+                                    reported: None,
+                                },
+                            );
+                            self.unschedulable(key, d.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A core/v1 Event about a pod, from the scheduler.
+fn event(key: &Key, uid: &str, type_: &str, reason: &str, message: &str) -> Value {
+    let now = jiff::Timestamp::now();
+    json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {
+            "name": format!("{}.{:x}", key.1, now.as_nanosecond()),
+            "namespace": key.0,
+        },
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": key.0, "name": key.1, "uid": uid},
+        "type": type_, "reason": reason, "message": message,
+        "source": {"component": "default-scheduler"},
+        "reportingComponent": "default-scheduler",
+        "firstTimestamp": now.to_string(), "lastTimestamp": now.to_string(), "count": 1,
+    })
+}
+
+/// Write Events a few at a time; when the scheduler outpaces the writes the channel fills and
+/// further Events are dropped, as Kubernetes' event broadcaster drops them.
+async fn record_events(client: kube::Client, rx: mpsc::Receiver<Value>) {
+    let stream = tokio_stream_from(rx);
+    stream
+        .for_each_concurrent(8, |ev| {
+            let ns = ev["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
+            let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+            async move {
+                let Ok(ev) = serde_json::from_value(ev) else {
+                    return;
+                };
+                if let Err(e) = api.create(&PostParams::default(), &ev).await {
+                    tracing::debug!(error = %e, "could not record an event");
+                }
+            }
+        })
+        .await;
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

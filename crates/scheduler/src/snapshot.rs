@@ -1,0 +1,355 @@
+//! The cluster as placement sees it: nodes, the pods placed on them, and the indexes that keep
+//! a decision cheap at thousands of nodes (pods by label, node counts per topology domain).
+//!
+//! The snapshot is plain data, updated in place as pods are placed and removed; it never does
+//! IO and never reads the clock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use berth_core::selector::{Op, Selector};
+
+use crate::model::{HostPort, NodeInfo, PodInfo, Resources};
+
+/// A node with what is placed on it.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    pub info: NodeInfo,
+    /// Sum of placed pods' requests (pods: how many).
+    pub requested: Resources,
+    /// Sum of placed pods' requests with non-zero defaults, for scoring.
+    pub score_requested: Resources,
+    pub host_ports: Vec<HostPort>,
+    /// Ids of the pods placed here.
+    pub pods: Vec<usize>,
+}
+
+/// A pod in the snapshot, and where it is.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub pod: Arc<PodInfo>,
+    pub node_name: String,
+    /// Index into the snapshot's nodes, `None` while that node is not known.
+    pub node: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    nodes: Vec<NodeState>,
+    node_index: HashMap<String, usize>,
+    pods: Vec<Option<Placed>>,
+    free: Vec<usize>,
+    pod_index: HashMap<(String, String), usize>,
+    /// `key=value` -> pods carrying that label.
+    by_label: HashMap<String, HashSet<usize>>,
+    /// Pods with required anti-affinity terms (checked against every incoming pod).
+    with_anti: HashSet<usize>,
+    /// Topology key -> value -> how many nodes carry it.
+    domains: HashMap<String, HashMap<String, u32>>,
+    namespaces: HashMap<String, BTreeMap<String, String>>,
+}
+
+fn label_key(k: &str, v: &str) -> String {
+    let mut s = String::with_capacity(k.len() + v.len() + 1);
+    s.push_str(k);
+    s.push('=');
+    s.push_str(v);
+    s
+}
+
+impl Snapshot {
+    pub fn new() -> Snapshot {
+        Snapshot::default()
+    }
+
+    pub fn nodes(&self) -> &[NodeState] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.node_index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    pub fn node_at(&self, i: usize) -> &NodeState {
+        &self.nodes[i]
+    }
+
+    pub fn pod(&self, id: usize) -> Option<&Placed> {
+        self.pods.get(id).and_then(Option::as_ref)
+    }
+
+    /// Where a pod is placed, if it is in the snapshot.
+    pub fn placement_of(&self, namespace: &str, name: &str) -> Option<&Placed> {
+        let id = self
+            .pod_index
+            .get(&(namespace.to_string(), name.to_string()))?;
+        self.pod(*id)
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pod_index.len()
+    }
+
+    pub fn namespace_labels(&self, ns: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(ns)
+    }
+
+    pub fn set_namespace(&mut self, name: &str, labels: BTreeMap<String, String>) {
+        self.namespaces.insert(name.to_string(), labels);
+    }
+
+    pub fn remove_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    /// Pods with required anti-affinity terms.
+    pub fn pods_with_anti_affinity(&self) -> impl Iterator<Item = &Placed> {
+        self.with_anti.iter().filter_map(|id| self.pod(*id))
+    }
+
+    /// Topology values of `key` and how many nodes carry each.
+    pub fn domains(&self, key: &str) -> Option<&HashMap<String, u32>> {
+        self.domains.get(key)
+    }
+
+    /// Add a node, or replace what is known about it (its pods stay placed on it).
+    pub fn upsert_node(&mut self, info: NodeInfo) {
+        if let Some(&i) = self.node_index.get(&info.name) {
+            let old = std::mem::replace(&mut self.nodes[i].info, info);
+            self.count_domains(&old.labels, -1);
+            let labels = self.nodes[i].info.labels.clone();
+            self.count_domains(&labels, 1);
+            return;
+        }
+        let i = self.nodes.len();
+        self.count_domains(&info.labels, 1);
+        self.node_index.insert(info.name.clone(), i);
+        self.nodes.push(NodeState {
+            info,
+            requested: Resources::default(),
+            score_requested: Resources::default(),
+            host_ports: Vec::new(),
+            pods: Vec::new(),
+        });
+        // Pods that named this node before it was known now count against it.
+        let waiting: Vec<usize> = self
+            .pods
+            .iter()
+            .enumerate()
+            .filter_map(|(id, p)| {
+                let p = p.as_ref()?;
+                (p.node.is_none() && p.node_name == self.nodes[i].info.name).then_some(id)
+            })
+            .collect();
+        for id in waiting {
+            self.attach(id, i);
+        }
+    }
+
+    /// Forget a node; its pods stay in the snapshot, waiting for a node of that name.
+    pub fn remove_node(&mut self, name: &str) {
+        let Some(i) = self.node_index.remove(name) else {
+            return;
+        };
+        let gone = self.nodes.swap_remove(i);
+        self.count_domains(&gone.info.labels, -1);
+        for id in &gone.pods {
+            if let Some(p) = self.pods[*id].as_mut() {
+                p.node = None;
+            }
+        }
+        if i < self.nodes.len() {
+            self.node_index.insert(self.nodes[i].info.name.clone(), i);
+            for id in self.nodes[i].pods.clone() {
+                if let Some(p) = self.pods[id].as_mut() {
+                    p.node = Some(i);
+                }
+            }
+        }
+    }
+
+    fn count_domains(&mut self, labels: &BTreeMap<String, String>, delta: i32) {
+        for (k, v) in labels {
+            let values = self.domains.entry(k.clone()).or_default();
+            let n = values.entry(v.clone()).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                values.remove(v);
+                if values.is_empty() {
+                    self.domains.remove(k);
+                }
+            }
+        }
+    }
+
+    /// Place a pod on a node (by name), replacing any earlier placement of the same pod.
+    pub fn place(&mut self, pod: Arc<PodInfo>, node_name: &str) -> usize {
+        self.remove_pod(&pod.namespace, &pod.name);
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.pods.push(None);
+                self.pods.len() - 1
+            }
+        };
+        for (k, v) in &pod.labels {
+            self.by_label.entry(label_key(k, v)).or_default().insert(id);
+        }
+        if !pod.anti_affinity.is_empty() {
+            self.with_anti.insert(id);
+        }
+        self.pod_index
+            .insert((pod.namespace.clone(), pod.name.clone()), id);
+        self.pods[id] = Some(Placed {
+            pod,
+            node_name: node_name.to_string(),
+            node: None,
+        });
+        if let Some(&i) = self.node_index.get(node_name) {
+            self.attach(id, i);
+        }
+        id
+    }
+
+    fn attach(&mut self, id: usize, i: usize) {
+        let p = self.pods[id].as_mut().expect("attached pod exists");
+        p.node = Some(i);
+        let pod = p.pod.clone();
+        let n = &mut self.nodes[i];
+        n.requested.add(&pod.requests);
+        n.score_requested.add(&pod.score_requests);
+        n.score_requested.pods += 1;
+        n.host_ports.extend(pod.host_ports.iter().cloned());
+        n.pods.push(id);
+    }
+
+    /// Take a pod out of the snapshot (deleted, finished, or a bind that failed).
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Option<Placed> {
+        let id = self
+            .pod_index
+            .remove(&(namespace.to_string(), name.to_string()))?;
+        let placed = self.pods[id].take()?;
+        self.free.push(id);
+        self.with_anti.remove(&id);
+        for (k, v) in &placed.pod.labels {
+            let key = label_key(k, v);
+            if let Some(set) = self.by_label.get_mut(&key) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.by_label.remove(&key);
+                }
+            }
+        }
+        if let Some(i) = placed.node {
+            let n = &mut self.nodes[i];
+            n.requested.sub(&placed.pod.requests);
+            n.score_requested.sub(&placed.pod.score_requests);
+            n.score_requested.pods = n.score_requested.pods.saturating_sub(1);
+            for hp in &placed.pod.host_ports {
+                if let Some(at) = n.host_ports.iter().position(|h| h == hp) {
+                    n.host_ports.swap_remove(at);
+                }
+            }
+            n.pods.retain(|p| *p != id);
+        }
+        Some(placed)
+    }
+
+    /// Every placed pod that `selector` matches, found through the label index when the
+    /// selector pins a value (`app=web`, `app in (a,b)`), by a full scan otherwise.
+    pub fn for_each_matching(&self, selector: &Selector, mut f: impl FnMut(&Placed)) {
+        let pinned = selector.requirements.iter().find_map(|r| match &r.op {
+            Op::Eq(v) => Some((r.key.as_str(), std::slice::from_ref(v))),
+            Op::In(vs) => Some((r.key.as_str(), vs.as_slice())),
+            _ => None,
+        });
+        match pinned {
+            Some((key, values)) => {
+                for v in values {
+                    let Some(ids) = self.by_label.get(&label_key(key, v)) else {
+                        continue;
+                    };
+                    for id in ids {
+                        if let Some(p) = self.pod(*id) {
+                            if selector.matches(&p.pod.labels) {
+                                f(p)
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                for p in self.pods.iter().flatten() {
+                    if selector.matches(&p.pod.labels) {
+                        f(p)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The value of `key` on the node a placed pod is on.
+    pub fn domain_of(&self, p: &Placed, key: &str) -> Option<&str> {
+        let i = p.node?;
+        self.nodes[i].info.labels.get(key).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, zone: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            labels: [("zone".to_string(), zone.to_string())].into(),
+            allocatable: Resources {
+                cpu: 1000,
+                memory: 1 << 30,
+                ephemeral: 0,
+                pods: 10,
+            },
+            ..Default::default()
+        }
+    }
+
+    fn pod(name: &str, app: &str) -> Arc<PodInfo> {
+        Arc::new(PodInfo {
+            namespace: "default".into(),
+            name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            requests: Resources {
+                cpu: 100,
+                pods: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn placing_and_removing_keeps_node_sums_and_indexes() {
+        let mut s = Snapshot::new();
+        s.upsert_node(node("a", "z1"));
+        s.upsert_node(node("b", "z1"));
+        s.place(pod("p1", "web"), "a");
+        s.place(pod("p2", "web"), "a");
+        s.place(pod("p3", "db"), "c");
+        assert_eq!(s.node("a").unwrap().requested.cpu, 200);
+        assert_eq!(s.domains("zone").unwrap()["z1"], 2);
+        let mut seen = 0;
+        s.for_each_matching(&Selector::parse("app=web").unwrap(), |_| seen += 1);
+        assert_eq!(seen, 2);
+        // p3's node arrives late; p3 then counts against it.
+        s.upsert_node(node("c", "z2"));
+        assert_eq!(s.node("c").unwrap().requested.cpu, 100);
+        s.remove_node("a");
+        assert_eq!(s.node("c").unwrap().pods.len(), 1);
+        assert!(s.placement_of("default", "p1").unwrap().node.is_none());
+        s.remove_pod("default", "p3");
+        assert_eq!(s.node("c").unwrap().requested.cpu, 0);
+        let mut seen = 0;
+        s.for_each_matching(&Selector::parse("app").unwrap(), |_| seen += 1);
+        assert_eq!(seen, 2);
+    }
+}
