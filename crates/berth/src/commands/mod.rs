@@ -57,3 +57,50 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// How the in-process scheduler scores nodes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulerScoring {
+    /// Spread pods over the emptiest nodes (Kubernetes' default).
+    Spread,
+    /// Pack pods onto the fullest nodes that fit.
+    Binpack,
+}
+
+/// Control-plane loops that run beside the API server, as API clients of it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControlArgs {
+    /// Scheduler profile: `spread` (least allocated) or `binpack` (most allocated).
+    #[arg(long, value_enum, default_value_t = SchedulerScoring::Spread)]
+    pub scheduler_scoring: SchedulerScoring,
+}
+
+/// Start the scheduler and the other control loops against `server` with the admin token.
+pub async fn start_control_plane(
+    server: &berth_apiserver::Server,
+    args: &ControlArgs,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let yaml = berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin);
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).context("reading our kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("building the control plane's API client")?;
+    let client = kube::Client::try_from(config).context("building the control plane's API client")?;
+    let cfg = berth_scheduler::binder::Config {
+        profile: berth_scheduler::Profile {
+            scoring: match args.scheduler_scoring {
+                SchedulerScoring::Spread => berth_scheduler::Scoring::LeastAllocated,
+                SchedulerScoring::Binpack => berth_scheduler::Scoring::MostAllocated,
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    tokio::spawn(async move {
+        if let Err(e) = berth_scheduler::binder::run(client, cfg).await {
+            tracing::error!(error = %format!("{e:#}"), "the scheduler stopped");
+        }
+    });
+    Ok(())
+}

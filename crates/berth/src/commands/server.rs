@@ -6,6 +6,8 @@ use anyhow::Context;
 pub struct Args {
     #[command(flatten)]
     pub serve: super::ServeArgs,
+    #[command(flatten)]
+    pub control: super::ControlArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -17,6 +19,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.serve.data_dir.display()
             )
         })?;
+    super::start_control_plane(&server, &args.control).await?;
     println!("berth server listening on {}", server.url());
     println!(
         "node-join token: berth token --data-dir {} --node",

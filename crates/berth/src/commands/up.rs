@@ -18,6 +18,8 @@ pub enum UpRuntime {
 pub struct Args {
     #[command(flatten)]
     pub serve: super::ServeArgs,
+    #[command(flatten)]
+    pub control: super::ControlArgs,
     /// The runtime of the in-process agent.
     #[arg(long, value_enum, default_value_t = UpRuntime::Auto)]
     pub runtime: UpRuntime,
@@ -30,6 +32,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let server = berth_apiserver::start(args.serve.config())
         .await
         .with_context(|| format!("starting Berth in {}", args.serve.data_dir.display()))?;
+    super::start_control_plane(&server, &args.control).await?;
     let path = args.serve.data_dir.join("kubeconfig");
     let config = berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin);
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
