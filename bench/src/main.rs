@@ -1,6 +1,9 @@
 //! `berth-bench apiserver`: durable creates/s through the HTTPS API with 1 and 50 clients
 //! (p50/p99 latency), against the store alone as the baseline measured in the same run; and
 //! watch fan-out: the time until 100 watchers have all seen one write.
+//! `berth-bench scheduler`: see [`scheduler`].
+
+mod scheduler;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 #[derive(Parser)]
 struct Cli {
-    /// Which benchmark: `apiserver`.
+    /// Which benchmark: `apiserver` or `scheduler`.
     which: String,
     /// Creates per run.
     #[arg(long, default_value_t = 20_000)]
@@ -27,6 +30,12 @@ struct Cli {
     /// Watchers for the fan-out figure.
     #[arg(long, default_value_t = 100)]
     watchers: usize,
+    /// Nodes for the scheduler benchmark.
+    #[arg(long, default_value_t = 5_000)]
+    nodes: usize,
+    /// Scheduler benchmark: the pure decision only, no API.
+    #[arg(long)]
+    decide_only: bool,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -264,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.which.as_str() {
         "apiserver" => apiserver(&cli).await,
-        other => anyhow::bail!("unknown benchmark {other:?}: try `apiserver`"),
+        "scheduler" => scheduler::run(cli.nodes, !cli.decide_only).await,
+        other => anyhow::bail!("unknown benchmark {other:?}: try `apiserver` or `scheduler`"),
     }
 }

@@ -82,7 +82,11 @@ async fn pods_land_where_kubernetes_would_put_them() {
     ]
     .concat();
     let out = b.kubectl_stdin(&["create", "-f", "-"], &pods);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     assert_eq!(node_of(&b, "zoned").await, "nb1");
     let mut hosts = Vec::new();
@@ -112,13 +116,25 @@ async fn pods_land_where_kubernetes_would_put_them() {
 #[tokio::test]
 async fn an_unschedulable_pod_says_why_and_schedules_when_room_appears() {
     let b = Berth::up(&["--runtime", "none"]);
-    let nodes = [node_yaml("small-1", "a", "1"), node_yaml("small-2", "a", "1")].concat();
+    let nodes = [
+        node_yaml("small-1", "a", "1"),
+        node_yaml("small-2", "a", "1"),
+    ]
+    .concat();
     b.kubectl_stdin(&["create", "-f", "-"], &nodes);
     b.kubectl_ok(&["taint", "node", "small-2", "gpu=yes:NoSchedule"]);
-    let out = b.kubectl_stdin(&["create", "-f", "-"], &pod_yaml("big", "app: big", "4", ""));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = b.kubectl_stdin(
+        &["create", "-f", "-"],
+        &pod_yaml("big", "app: big", "4", ""),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let want = "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {gpu: yes}.";
+    let want =
+        "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {gpu: yes}.";
     let described = eventually(20, "the FailedScheduling reason in describe", || async {
         let d = b.kubectl_ok(&["describe", "pod", "big"]);
         (d.contains("FailedScheduling") && d.contains(want)).then_some(d)

@@ -153,6 +153,7 @@ impl Loop {
                 return;
             };
             let info = waiting.info.clone();
+            self.snapshot.track(&info);
             match schedule(&self.snapshot, &info, &self.cfg.profile) {
                 Placement::Node(node) => {
                     self.snapshot.place(info.clone(), &node);

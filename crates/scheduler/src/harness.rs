@@ -73,6 +73,7 @@ impl Harness {
         let mut bound = 0;
         while let Some((key, pod)) = self.queue.pop() {
             let pod = pod.clone();
+            self.snapshot.track(&pod);
             let placement = schedule(&self.snapshot, &pod, &self.profile);
             match &placement {
                 Placement::Node(node) => {

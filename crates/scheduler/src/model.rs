@@ -131,7 +131,7 @@ impl NodeTerm {
 }
 
 /// The namespaces a pod affinity term looks in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Namespaces {
     pub listed: Vec<String>,
     /// `namespaceSelector`; an empty selector means every namespace.
@@ -153,7 +153,7 @@ impl Namespaces {
 
 /// A pod (anti-)affinity term: pods matching `selector` in `namespaces`, counted per value of
 /// the nodes' `topology_key` label.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PodTerm {
     pub selector: Selector,
     pub namespaces: Namespaces,

@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::model::{Effect, NodeInfo, PodInfo, Spread, Taint};
-use crate::snapshot::{NodeState, Snapshot};
+use crate::model::{Effect, NodeInfo, PodInfo, PodTerm, Spread, Taint};
+use crate::snapshot::{spread_term, NodeState, Snapshot};
 
 /// How a scheduler profile scores resource use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,10 +121,41 @@ pub enum Placement {
 
 const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
+/// Matching pods per topology value: borrowed from the snapshot's tracked terms, or counted
+/// for this decision alone.
+enum Counts<'a> {
+    Tracked(&'a HashMap<String, u32>),
+    Counted(HashMap<String, u32>),
+}
+
+impl Counts<'_> {
+    fn of<'a>(snap: &'a Snapshot, term: &PodTerm) -> Counts<'a> {
+        match snap.term_counts(term) {
+            Some(c) => Counts::Tracked(c),
+            None => Counts::Counted(snap.count_matching(term)),
+        }
+    }
+
+    fn map(&self) -> &HashMap<String, u32> {
+        match self {
+            Counts::Tracked(c) => c,
+            Counts::Counted(c) => c,
+        }
+    }
+
+    fn get(&self, v: &str) -> u32 {
+        self.map().get(v).copied().unwrap_or(0)
+    }
+
+    fn in_domain(&self, labels: &BTreeMap<String, String>, key: &str) -> u32 {
+        labels.get(key).map_or(0, |v| self.get(v))
+    }
+}
+
 /// Per-constraint state of a topology spread.
 struct SpreadState<'a> {
     c: &'a Spread,
-    counts: HashMap<&'a str, u32>,
+    counts: Counts<'a>,
     min: u32,
     self_match: u32,
 }
@@ -133,86 +164,43 @@ struct SpreadState<'a> {
 struct Prepared<'a> {
     pod: &'a PodInfo,
     snap: &'a Snapshot,
-    /// Topology key -> values where an existing pod's required anti-affinity forbids this pod.
-    existing_anti: HashMap<&'a str, HashSet<&'a str>>,
-    /// Per own anti-affinity term: values holding a matching pod.
-    own_anti: Vec<HashSet<&'a str>>,
+    /// Existing pods' required anti-affinity terms that this pod matches: (topology key,
+    /// the domains those pods are in).
+    existing_anti: Vec<(&'a str, &'a HashMap<String, u32>)>,
+    /// Per own anti-affinity term: matching pods per value.
+    own_anti: Vec<Counts<'a>>,
     /// Per own affinity term: matching pods per value.
-    own_affinity: Vec<HashMap<&'a str, u32>>,
+    own_affinity: Vec<Counts<'a>>,
     /// No pod matches any affinity term, but the pod matches all of its own: the first of a
     /// group may go anywhere.
     affinity_self_ok: bool,
     spread: Vec<SpreadState<'a>>,
-    preferred_affinity: Vec<HashMap<&'a str, u32>>,
-    preferred_anti: Vec<HashMap<&'a str, u32>>,
-}
-
-fn count_domains<'a>(
-    snap: &'a Snapshot,
-    pod: &PodInfo,
-    term: &'a crate::model::PodTerm,
-) -> HashMap<&'a str, u32> {
-    let mut counts = HashMap::new();
-    snap.for_each_matching(&term.selector, |p| {
-        if !term
-            .namespaces
-            .covers(&p.pod.namespace, snap.namespace_labels(&p.pod.namespace))
-        {
-            return;
-        }
-        if p.pod.namespace == pod.namespace && p.pod.name == pod.name {
-            return;
-        }
-        if let Some(v) = snap.domain_of(p, &term.topology_key) {
-            *counts.entry(v).or_insert(0) += 1;
-        }
-    });
-    counts
+    preferred_affinity: Vec<Counts<'a>>,
+    preferred_anti: Vec<Counts<'a>>,
 }
 
 impl<'a> Prepared<'a> {
     fn new(snap: &'a Snapshot, pod: &'a PodInfo) -> Prepared<'a> {
         let own_ns = snap.namespace_labels(&pod.namespace);
-        let mut existing_anti: HashMap<&str, HashSet<&str>> = HashMap::new();
-        for p in snap.pods_with_anti_affinity() {
-            for t in &p.pod.anti_affinity {
-                if t.matches(pod, own_ns) {
-                    if let Some(v) = snap.domain_of(p, &t.topology_key) {
-                        existing_anti
-                            .entry(t.topology_key.as_str())
-                            .or_default()
-                            .insert(v);
-                    }
-                }
-            }
-        }
-        let own_anti = pod
-            .anti_affinity
-            .iter()
-            .map(|t| count_domains(snap, pod, t).into_keys().collect())
+        let existing_anti = snap
+            .anti_affinity_groups()
+            .filter(|(t, _)| t.matches(pod, own_ns))
+            .map(|(t, domains)| (t.topology_key.as_str(), domains))
             .collect();
-        let own_affinity: Vec<HashMap<&str, u32>> = pod
-            .affinity
-            .iter()
-            .map(|t| count_domains(snap, pod, t))
-            .collect();
-        let affinity_self_ok = own_affinity.iter().all(HashMap::is_empty)
+        let counts = |terms: &mut dyn Iterator<Item = &'a PodTerm>| -> Vec<Counts<'a>> {
+            terms.map(|t| Counts::of(snap, t)).collect()
+        };
+        let own_anti = counts(&mut pod.anti_affinity.iter());
+        let own_affinity = counts(&mut pod.affinity.iter());
+        let affinity_self_ok = own_affinity.iter().all(|c| c.map().is_empty())
             && pod.affinity.iter().all(|t| t.matches(pod, own_ns));
         let spread = pod
             .spread
             .iter()
             .map(|c| Self::spread_state(snap, pod, c))
             .collect();
-        let preferred_affinity = pod
-            .preferred_affinity
-            .iter()
-            .map(|(_, t)| count_domains(snap, pod, t))
-            .collect();
-        let preferred_anti = pod
-            .preferred_anti_affinity
-            .iter()
-            .map(|(_, t)| count_domains(snap, pod, t))
-            .collect();
+        let preferred_affinity = counts(&mut pod.preferred_affinity.iter().map(|(_, t)| t));
+        let preferred_anti = counts(&mut pod.preferred_anti_affinity.iter().map(|(_, t)| t));
         Prepared {
             pod,
             snap,
@@ -230,35 +218,44 @@ impl<'a> Prepared<'a> {
         let restricts = (c.honor_affinity
             && (!pod.node_selector.is_empty() || pod.node_affinity.is_some()))
             || c.honor_taints;
+        let self_match = u32::from(c.selector.matches(&pod.labels));
+        if !restricts {
+            // Every node with the key counts: the snapshot knows the domains, and the
+            // tracked term the counts.
+            let domains = snap.domains(&c.topology_key).map_or(0, HashMap::len);
+            let counts = Counts::of(snap, &spread_term(pod, c));
+            let map = counts.map();
+            let min = if (domains as u32) < c.min_domains || map.len() < domains {
+                0
+            } else {
+                map.values().copied().min().unwrap_or(0)
+            };
+            return SpreadState {
+                c,
+                counts,
+                min,
+                self_match,
+            };
+        }
         let eligible = |n: &NodeInfo| {
             n.labels.contains_key(&c.topology_key)
                 && (!c.honor_affinity || pod.admits_node(&n.name, &n.labels))
                 && (!c.honor_taints || pod.untolerated(&n.taints).is_none())
         };
-        // The domains the constraint spreads over.
-        let domains: HashSet<&str> = if restricts {
-            snap.nodes()
-                .iter()
-                .filter(|n| eligible(&n.info))
-                .filter_map(|n| n.info.labels.get(&c.topology_key).map(String::as_str))
-                .collect()
-        } else {
-            snap.domains(&c.topology_key)
-                .into_iter()
-                .flat_map(|d| d.keys().map(String::as_str))
-                .collect()
-        };
-        let mut counts: HashMap<&str, u32> = HashMap::new();
+        let domains: HashSet<&str> = snap
+            .nodes()
+            .iter()
+            .filter(|n| eligible(&n.info))
+            .filter_map(|n| n.info.labels.get(&c.topology_key).map(String::as_str))
+            .collect();
+        let mut counts: HashMap<String, u32> = HashMap::new();
         snap.for_each_matching(&c.selector, |p| {
-            if p.pod.namespace != pod.namespace || (p.pod.name == pod.name) || p.node.is_none() {
+            let Some(i) = p.node.filter(|_| p.pod.namespace == pod.namespace) else {
                 return;
-            }
-            let node = &snap.node_at(p.node.unwrap()).info;
-            if restricts && !eligible(node) {
-                return;
-            }
-            if let Some(v) = node.labels.get(&c.topology_key) {
-                *counts.entry(v.as_str()).or_insert(0) += 1;
+            };
+            let node = &snap.node_at(i).info;
+            if let Some(v) = node.labels.get(&c.topology_key).filter(|_| eligible(node)) {
+                *counts.entry(v.clone()).or_insert(0) += 1;
             }
         });
         let min = if (domains.len() as u32) < c.min_domains || counts.len() < domains.len() {
@@ -268,9 +265,9 @@ impl<'a> Prepared<'a> {
         };
         SpreadState {
             c,
-            counts,
+            counts: Counts::Counted(counts),
             min,
-            self_match: u32::from(c.selector.matches(&pod.labels)),
+            self_match,
         }
     }
 
@@ -340,7 +337,7 @@ impl<'a> Prepared<'a> {
                 reasons.push(Reason::SpreadMissingLabel);
                 return false;
             };
-            let here = s.counts.get(v.as_str()).copied().unwrap_or(0);
+            let here = s.counts.get(v);
             if here + s.self_match > s.min + s.c.max_skew {
                 reasons.push(Reason::Spread);
                 return false;
@@ -354,7 +351,7 @@ impl<'a> Prepared<'a> {
                         reasons.push(Reason::PodAffinity);
                         return false;
                     }
-                    Some(v) => all_exist &= counts.get(v.as_str()).is_some_and(|c| *c > 0),
+                    Some(v) => all_exist &= counts.get(v) > 0,
                 }
             }
             if !all_exist && !self.affinity_self_ok {
@@ -362,21 +359,17 @@ impl<'a> Prepared<'a> {
                 return false;
             }
         }
-        for (t, values) in pod.anti_affinity.iter().zip(&self.own_anti) {
-            if info
-                .labels
-                .get(&t.topology_key)
-                .is_some_and(|v| values.contains(v.as_str()))
-            {
+        for (t, counts) in pod.anti_affinity.iter().zip(&self.own_anti) {
+            if counts.in_domain(&info.labels, &t.topology_key) > 0 {
                 reasons.push(Reason::PodAntiAffinity);
                 return false;
             }
         }
-        for (key, values) in &self.existing_anti {
+        for (key, domains) in &self.existing_anti {
             if info
                 .labels
                 .get(*key)
-                .is_some_and(|v| values.contains(v.as_str()))
+                .is_some_and(|v| domains.contains_key(v))
             {
                 reasons.push(Reason::ExistingAntiAffinity);
                 return false;
@@ -434,13 +427,7 @@ impl<'a> Prepared<'a> {
                     })
                     .count() as i64,
             );
-            let in_domain = |key: &str, counts: &HashMap<&str, u32>| {
-                labels
-                    .get(key)
-                    .and_then(|v| counts.get(v.as_str()))
-                    .copied()
-                    .unwrap_or(0) as i64
-            };
+            let in_domain = |key: &str, counts: &Counts| counts.in_domain(labels, key) as i64;
             let mut ip = 0;
             for ((w, t), c) in pod.preferred_affinity.iter().zip(&self.preferred_affinity) {
                 ip += w * in_domain(&t.topology_key, c);
@@ -453,9 +440,7 @@ impl<'a> Prepared<'a> {
             let mut sp = Some(0);
             for s in self.spread.iter().filter(|s| !s.c.hard) {
                 sp = match (sp, labels.get(&s.c.topology_key)) {
-                    (Some(sum), Some(v)) => {
-                        Some(sum + s.counts.get(v.as_str()).copied().unwrap_or(0) as i64)
-                    }
+                    (Some(sum), Some(v)) => Some(sum + s.counts.get(v) as i64),
                     _ => None,
                 };
             }

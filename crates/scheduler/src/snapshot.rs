@@ -5,11 +5,15 @@
 //! IO and never reads the clock.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Tracked terms kept at most; past it the cache starts over (terms come from templates, so
+/// a cluster has few).
+const MAX_TRACKED: usize = 4096;
 use std::sync::Arc;
 
 use berth_core::selector::{Op, Selector};
 
-use crate::model::{HostPort, NodeInfo, PodInfo, Resources};
+use crate::model::{HostPort, Namespaces, NodeInfo, PodInfo, PodTerm, Resources};
 
 /// A node with what is placed on it.
 #[derive(Debug, Clone)]
@@ -42,8 +46,12 @@ pub struct Snapshot {
     pod_index: HashMap<(String, String), usize>,
     /// `key=value` -> pods carrying that label.
     by_label: HashMap<String, HashSet<usize>>,
-    /// Pods with required anti-affinity terms (checked against every incoming pod).
-    with_anti: HashSet<usize>,
+    /// Required anti-affinity terms of placed pods -> the domains their carriers are in
+    /// (checked against every incoming pod).
+    anti_groups: HashMap<PodTerm, HashMap<String, u32>>,
+    /// Terms registered by [`Snapshot::track`] -> matching placed pods per domain, kept
+    /// current as pods come and go.
+    tracked: HashMap<PodTerm, HashMap<String, u32>>,
     /// Topology key -> value -> how many nodes carry it.
     domains: HashMap<String, HashMap<String, u32>>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
@@ -95,6 +103,10 @@ impl Snapshot {
     }
 
     pub fn set_namespace(&mut self, name: &str, labels: BTreeMap<String, String>) {
+        if self.namespaces.get(name) != Some(&labels) {
+            // Terms with namespace selectors may now match other pods.
+            self.tracked.clear();
+        }
         self.namespaces.insert(name.to_string(), labels);
     }
 
@@ -102,9 +114,52 @@ impl Snapshot {
         self.namespaces.remove(name);
     }
 
-    /// Pods with required anti-affinity terms.
-    pub fn pods_with_anti_affinity(&self) -> impl Iterator<Item = &Placed> {
-        self.with_anti.iter().filter_map(|id| self.pod(*id))
+    /// Required anti-affinity terms of placed pods, with the domains their carriers are in.
+    pub fn anti_affinity_groups(&self) -> impl Iterator<Item = (&PodTerm, &HashMap<String, u32>)> {
+        self.anti_groups.iter()
+    }
+
+    /// Matching placed pods per domain for a term registered with [`Snapshot::track`].
+    pub fn term_counts(&self, term: &PodTerm) -> Option<&HashMap<String, u32>> {
+        self.tracked.get(term)
+    }
+
+    /// Keep counts for every term of `pod` (affinity, anti-affinity, spread), so that
+    /// deciding on it and on pods like it costs a lookup instead of a scan.
+    pub fn track(&mut self, pod: &PodInfo) {
+        let terms = pod
+            .affinity
+            .iter()
+            .chain(&pod.anti_affinity)
+            .chain(pod.preferred_affinity.iter().map(|(_, t)| t))
+            .chain(pod.preferred_anti_affinity.iter().map(|(_, t)| t))
+            .cloned()
+            .chain(pod.spread.iter().map(|c| spread_term(pod, c)));
+        for term in terms {
+            if self.tracked.contains_key(&term) {
+                continue;
+            }
+            if self.tracked.len() >= MAX_TRACKED {
+                self.tracked.clear();
+            }
+            let counts = self.count_matching(&term);
+            self.tracked.insert(term, counts);
+        }
+    }
+
+    /// Placed pods matching `term` per value of its topology key, by scanning.
+    pub fn count_matching(&self, term: &PodTerm) -> HashMap<String, u32> {
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        self.for_each_matching(&term.selector, |p| {
+            let ns = self.namespace_labels(&p.pod.namespace);
+            if !term.namespaces.covers(&p.pod.namespace, ns) {
+                return;
+            }
+            if let Some(v) = self.domain_of(p, &term.topology_key) {
+                *counts.entry(v.to_string()).or_insert(0) += 1;
+            }
+        });
+        counts
     }
 
     /// Topology values of `key` and how many nodes carry each.
@@ -115,10 +170,17 @@ impl Snapshot {
     /// Add a node, or replace what is known about it (its pods stay placed on it).
     pub fn upsert_node(&mut self, info: NodeInfo) {
         if let Some(&i) = self.node_index.get(&info.name) {
+            let relabelled = self.nodes[i].info.labels != info.labels;
+            if relabelled {
+                self.adjust_node(i, -1);
+            }
             let old = std::mem::replace(&mut self.nodes[i].info, info);
-            self.count_domains(&old.labels, -1);
-            let labels = self.nodes[i].info.labels.clone();
-            self.count_domains(&labels, 1);
+            if relabelled {
+                self.adjust_node(i, 1);
+                self.count_domains(&old.labels, -1);
+                let labels = self.nodes[i].info.labels.clone();
+                self.count_domains(&labels, 1);
+            }
             return;
         }
         let i = self.nodes.len();
@@ -151,6 +213,7 @@ impl Snapshot {
         let Some(i) = self.node_index.remove(name) else {
             return;
         };
+        self.adjust_node(i, -1);
         let gone = self.nodes.swap_remove(i);
         self.count_domains(&gone.info.labels, -1);
         for id in &gone.pods {
@@ -195,9 +258,6 @@ impl Snapshot {
         for (k, v) in &pod.labels {
             self.by_label.entry(label_key(k, v)).or_default().insert(id);
         }
-        if !pod.anti_affinity.is_empty() {
-            self.with_anti.insert(id);
-        }
         self.pod_index
             .insert((pod.namespace.clone(), pod.name.clone()), id);
         self.pods[id] = Some(Placed {
@@ -221,6 +281,45 @@ impl Snapshot {
         n.score_requested.pods += 1;
         n.host_ports.extend(pod.host_ports.iter().cloned());
         n.pods.push(id);
+        self.adjust(&pod, i, 1);
+    }
+
+    /// Count (or uncount) a pod on node `i` in the tracked terms and anti-affinity groups.
+    fn adjust(&mut self, pod: &PodInfo, i: usize, delta: i32) {
+        let labels = &self.nodes[i].info.labels;
+        let ns = self.namespaces.get(&pod.namespace);
+        let bump = |counts: &mut HashMap<String, u32>, v: &String| {
+            let n = counts.entry(v.clone()).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                counts.remove(v);
+            }
+        };
+        for (term, counts) in self.tracked.iter_mut() {
+            if let Some(v) = labels.get(&term.topology_key) {
+                if term.matches(pod, ns) {
+                    bump(counts, v);
+                }
+            }
+        }
+        for term in &pod.anti_affinity {
+            if let Some(v) = labels.get(&term.topology_key) {
+                let counts = self.anti_groups.entry(term.clone()).or_default();
+                bump(counts, v);
+                if counts.is_empty() {
+                    self.anti_groups.remove(term);
+                }
+            }
+        }
+    }
+
+    /// Count (or uncount) every pod on node `i`.
+    fn adjust_node(&mut self, i: usize, delta: i32) {
+        for id in self.nodes[i].pods.clone() {
+            if let Some(pod) = self.pods[id].as_ref().map(|p| p.pod.clone()) {
+                self.adjust(&pod, i, delta);
+            }
+        }
     }
 
     /// Take a pod out of the snapshot (deleted, finished, or a bind that failed).
@@ -230,7 +329,6 @@ impl Snapshot {
             .remove(&(namespace.to_string(), name.to_string()))?;
         let placed = self.pods[id].take()?;
         self.free.push(id);
-        self.with_anti.remove(&id);
         for (k, v) in &placed.pod.labels {
             let key = label_key(k, v);
             if let Some(set) = self.by_label.get_mut(&key) {
@@ -241,6 +339,7 @@ impl Snapshot {
             }
         }
         if let Some(i) = placed.node {
+            self.adjust(&placed.pod, i, -1);
             let n = &mut self.nodes[i];
             n.requested.sub(&placed.pod.requests);
             n.score_requested.sub(&placed.pod.score_requests);
@@ -292,6 +391,18 @@ impl Snapshot {
     pub fn domain_of(&self, p: &Placed, key: &str) -> Option<&str> {
         let i = p.node?;
         self.nodes[i].info.labels.get(key).map(String::as_str)
+    }
+}
+
+/// The term a spread constraint counts by: its selector, in the pod's own namespace.
+pub fn spread_term(pod: &PodInfo, c: &crate::model::Spread) -> PodTerm {
+    PodTerm {
+        selector: c.selector.clone(),
+        namespaces: Namespaces {
+            listed: vec![pod.namespace.clone()],
+            selector: None,
+        },
+        topology_key: c.topology_key.clone(),
     }
 }
 

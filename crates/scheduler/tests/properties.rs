@@ -25,21 +25,26 @@ struct GenPod {
     cpu_m: u32,
     mem_mi: u32,
     app: u8,
-    anti: Option<bool>, // Some(true): per hostname, Some(false): per zone
+    anti: Option<bool>,         // Some(true): per hostname, Some(false): per zone
     spread: Option<(u8, bool)>, // (maxSkew, per zone?)
     tolerates: bool,
 }
 
 fn gen_node() -> impl Strategy<Value = GenNode> {
-    (1u32..8, 1u32..16, 1u32..12, 0u8..3, prop::bool::weighted(0.2)).prop_map(
-        |(cpu, mem_gi, pods, zone, tainted)| GenNode {
+    (
+        1u32..8,
+        1u32..16,
+        1u32..12,
+        0u8..3,
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(cpu, mem_gi, pods, zone, tainted)| GenNode {
             cpu,
             mem_gi,
             pods,
             zone,
             tainted,
-        },
-    )
+        })
 }
 
 fn gen_pod() -> impl Strategy<Value = GenPod> {
@@ -130,31 +135,44 @@ fn violates(snap: &Snapshot, pod: &PodInfo, node: &str) -> Option<String> {
             if t.selector.matches(&other.labels)
                 && label(on, &t.topology_key) == label(node, &t.topology_key)
             {
-                return Some(format!("anti-affinity: {} shares {} with {}", pod.name, t.topology_key, other.name));
+                return Some(format!(
+                    "anti-affinity: {} shares {} with {}",
+                    pod.name, t.topology_key, other.name
+                ));
             }
         }
         for t in &other.anti_affinity {
             if t.selector.matches(&pod.labels)
                 && label(on, &t.topology_key) == label(node, &t.topology_key)
             {
-                return Some(format!("{}'s anti-affinity: {} shares {}", other.name, pod.name, t.topology_key));
+                return Some(format!(
+                    "{}'s anti-affinity: {} shares {}",
+                    other.name, pod.name, t.topology_key
+                ));
             }
         }
     }
     for c in pod.spread.iter().filter(|c| c.hard) {
         let mut counts: HashMap<String, u32> = HashMap::new();
         for n in snap.nodes() {
-            counts.entry(n.info.labels[&c.topology_key].clone()).or_insert(0);
+            counts
+                .entry(n.info.labels[&c.topology_key].clone())
+                .or_insert(0);
         }
         for (other, on) in &placed {
             if c.selector.matches(&other.labels) {
-                *counts.get_mut(&label(on, &c.topology_key).unwrap()).unwrap() += 1;
+                *counts
+                    .get_mut(&label(on, &c.topology_key).unwrap())
+                    .unwrap() += 1;
             }
         }
         let min = counts.values().copied().min().unwrap();
         let here = counts[&label(node, &c.topology_key).unwrap()] + 1;
         if here - min > c.max_skew {
-            return Some(format!("spread: {here} in {node}'s domain, min {min}, maxSkew {}", c.max_skew));
+            return Some(format!(
+                "spread: {here} in {node}'s domain, min {min}, maxSkew {}",
+                c.max_skew
+            ));
         }
     }
     None
@@ -168,6 +186,7 @@ proptest! {
         nodes in prop::collection::vec(gen_node(), 1..12),
         pods in prop::collection::vec(gen_pod(), 1..30),
         pack in any::<bool>(),
+        track in any::<bool>(),
     ) {
         let profile = Profile {
             scoring: if pack { Scoring::MostAllocated } else { Scoring::LeastAllocated },
@@ -179,6 +198,12 @@ proptest! {
         }
         for (i, g) in pods.iter().enumerate() {
             let pod = pod_info(i, g);
+            if track {
+                // Tracked counts must agree with counting afresh.
+                let fresh = schedule(&snap, &pod, &profile);
+                snap.track(&pod);
+                prop_assert_eq!(&fresh, &schedule(&snap, &pod, &profile));
+            }
             let placement = schedule(&snap, &pod, &profile);
             // Deterministic: the same snapshot (or a copy of it) gives the same answer.
             prop_assert_eq!(&placement, &schedule(&snap.clone(), &pod, &profile));

@@ -82,11 +82,13 @@ pub async fn start_control_plane(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let yaml = berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin);
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).context("reading our kubeconfig")?;
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&yaml).context("reading our kubeconfig")?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .context("building the control plane's API client")?;
-    let client = kube::Client::try_from(config).context("building the control plane's API client")?;
+    let client =
+        kube::Client::try_from(config).context("building the control plane's API client")?;
     let cfg = berth_scheduler::binder::Config {
         profile: berth_scheduler::Profile {
             scoring: match args.scheduler_scoring {

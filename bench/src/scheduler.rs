@@ -1,0 +1,272 @@
+//! `berth-bench scheduler`: kube-scheduler's scheduler_perf cases at 5,000 nodes, as pods/s
+//! for the pure decision and end to end (decide + bind through the HTTPS API and the store).
+//! The baseline, measured in the same run, is the same scheduler made to filter and score
+//! every node (`percentageOfNodesToScore: 100`), which is what a naive scheduler does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use berth_scheduler::{schedule, NodeInfo, Placement, PodInfo, Profile, Snapshot};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use serde_json::{json, Value};
+
+const ZONES: usize = 10;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Case {
+    Basic,
+    AntiAffinity,
+    Spread,
+    PreferredNodeAffinity,
+}
+
+impl Case {
+    fn label(self) -> &'static str {
+        match self {
+            Case::Basic => "(a) basic pods",
+            Case::AntiAffinity => "(b) required pod anti-affinity (hostname)",
+            Case::Spread => "(c) topology spread, zone + hostname, DoNotSchedule",
+            Case::PreferredNodeAffinity => "(d) preferred node affinity",
+        }
+    }
+
+    /// Pods measured, pods placed before measuring.
+    fn sizes(self) -> (usize, usize) {
+        match self {
+            Case::Basic => (10_000, 1_000),
+            Case::AntiAffinity => (2_000, 1_000),
+            Case::Spread => (5_000, 1_000),
+            Case::PreferredNodeAffinity => (10_000, 1_000),
+        }
+    }
+
+    fn goal(self) -> Option<(f64, &'static str)> {
+        match self {
+            Case::Basic => Some((10_000.0, "680-810")),
+            Case::AntiAffinity => Some((2_000.0, "60")),
+            Case::Spread => Some((5_000.0, "460")),
+            Case::PreferredNodeAffinity => None,
+        }
+    }
+}
+
+/// A scheduler_perf-style node: 4 cpu, 32Gi, 110 pods, a hostname and one of ten zones.
+pub fn node(i: usize) -> Value {
+    let name = format!("node-{i:05}");
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name,
+            "topology.kubernetes.io/zone": format!("zone-{}", i % ZONES),
+        }},
+        "status": {
+            "capacity": {"cpu": "4", "memory": "32Gi", "pods": "110"},
+            "allocatable": {"cpu": "4", "memory": "32Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    })
+}
+
+pub fn pod(case: Case, name: &str) -> Value {
+    let mut spec = json!({"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10",
+        "resources": {"requests": {"cpu": "100m", "memory": "500Mi"}}}]});
+    let labels = json!({"app": "bench", "color": "green"});
+    match case {
+        Case::Basic => {}
+        Case::AntiAffinity => {
+            spec["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"color": "green"}}, "topologyKey": "kubernetes.io/hostname"}]}});
+        }
+        Case::Spread => {
+            spec["topologySpreadConstraints"] = json!([
+                {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+                 "labelSelector": {"matchLabels": {"color": "green"}}},
+                {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+                 "labelSelector": {"matchLabels": {"color": "green"}}},
+            ]);
+        }
+        Case::PreferredNodeAffinity => {
+            spec["affinity"] = json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "preference": {"matchExpressions": [
+                    {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-1", "zone-2"]}]}}]}});
+        }
+    }
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "labels": labels},
+           "spec": spec})
+}
+
+fn node_info(i: usize) -> NodeInfo {
+    NodeInfo::from_node(&serde_json::from_value::<Node>(node(i)).expect("node"))
+}
+
+fn pod_info(case: Case, name: &str) -> PodInfo {
+    PodInfo::from_pod(&serde_json::from_value::<Pod>(pod(case, name)).expect("pod"))
+        .expect("compiles")
+}
+
+/// Decide and place `measured` pods on `nodes` nodes after `init` pods; pods/s.
+fn decide(case: Case, nodes: usize, init: usize, measured: usize, profile: &Profile) -> f64 {
+    let mut snap = Snapshot::new();
+    for i in 0..nodes {
+        snap.upsert_node(node_info(i));
+    }
+    let place =
+        |snap: &mut Snapshot, name: String| match schedule(snap, &pod_info(case, &name), profile) {
+            Placement::Node(n) => {
+                snap.place(Arc::new(pod_info(case, &name)), &n);
+            }
+            Placement::Unschedulable(d) => panic!("{name}: {d}"),
+        };
+    for i in 0..init {
+        place(&mut snap, format!("init-{i}"));
+    }
+    let pods: Vec<PodInfo> = (0..measured)
+        .map(|i| pod_info(case, &format!("p-{i}")))
+        .collect();
+    let start = Instant::now();
+    for p in pods {
+        snap.track(&p);
+        match schedule(&snap, &p, profile) {
+            Placement::Node(n) => {
+                snap.place(Arc::new(p), &n);
+            }
+            Placement::Unschedulable(d) => panic!("{}: {d}", p.name),
+        }
+    }
+    measured as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn create_all(api: &Api<DynamicObject>, objs: Vec<Value>) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(objs)
+        .map(|o| {
+            let api = api.clone();
+            async move {
+                let o: DynamicObject = serde_json::from_value(o)?;
+                api.create(&PostParams::default(), &o)
+                    .await
+                    .map(|_| ())
+                    .context("create")
+            }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+fn core(kind: &str) -> ApiResource {
+    ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: kind.into(),
+        plural: format!("{}s", kind.to_lowercase()),
+    }
+}
+
+/// Decide + bind through the API: create the nodes and (unscheduled) pods, then start the
+/// scheduler and time it until every pod is bound. Returns pods/s.
+async fn end_to_end(case: Case, nodes: usize, pods: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = berth_apiserver::Config::new(dir.path().to_path_buf());
+    cfg.listen = "127.0.0.1:0".parse()?;
+    let server = berth_apiserver::start(cfg)
+        .await
+        .context("starting the API server")?;
+    let client = crate::client(&server, dir.path()).await?;
+    let nodes_api: Api<DynamicObject> = Api::all_with(client.clone(), &core("Node"));
+    create_all(&nodes_api, (0..nodes).map(node).collect()).await?;
+    let pods_api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &core("Pod"));
+    let unscheduled = (0..pods).map(|i| {
+        let mut p = pod(case, &format!("p-{i}"));
+        p["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove("uid");
+        p
+    });
+    create_all(&pods_api, unscheduled.collect()).await?;
+    let typed: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let start = Instant::now();
+    let sched = tokio::spawn(berth_scheduler::binder::run(
+        client.clone(),
+        Default::default(),
+    ));
+    loop {
+        let left = typed
+            .list_metadata(&ListParams::default().fields("spec.nodeName=").limit(1))
+            .await?;
+        if left.items.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(300),
+            "scheduling took over 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = pods as f64 / start.elapsed().as_secs_f64();
+    sched.abort();
+    server.shutdown();
+    Ok(rate)
+}
+
+pub async fn run(nodes: usize, end_to_end_too: bool) -> anyhow::Result<()> {
+    println!(
+        "berth-bench scheduler: {nodes} nodes (4 cpu, 32Gi, 110 pods, {ZONES} zones), {} CPUs",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!("baseline: the same scheduler filtering and scoring every node (percentageOfNodesToScore 100)");
+    println!();
+    let full = Profile {
+        percentage_of_nodes_to_score: Some(100),
+        ..Default::default()
+    };
+    let cases = [
+        Case::Basic,
+        Case::AntiAffinity,
+        Case::Spread,
+        Case::PreferredNodeAffinity,
+    ];
+    for case in cases {
+        let (measured, init) = case.sizes();
+        let ours = decide(case, nodes, init, measured, &Profile::default());
+        let base = decide(case, nodes, init, measured.min(2_000), &full);
+        let mut line = format!(
+            "{:<52} decide {:>9.0} pods/s   full-scan baseline {:>8.0} pods/s ({:.1}x)",
+            case.label(),
+            ours,
+            base,
+            ours / base
+        );
+        if end_to_end_too {
+            let e2e = end_to_end(case, nodes, measured).await?;
+            line.push_str(&format!("   end to end {e2e:>7.0} pods/s"));
+            if let Some((goal, kube)) = case.goal() {
+                line.push_str(&format!(
+                    " (goal {goal:.0}; kube-scheduler's published floor {kube})"
+                ));
+            }
+        }
+        println!("{line}");
+    }
+    println!();
+    println!("cost per pod as the cluster grows, (a) basic pods, pure decision:");
+    for n in [500, 5_000, 20_000] {
+        let rate = decide(Case::Basic, n, 1_000, 10_000, &Profile::default());
+        let base = decide(Case::Basic, n, 1_000, 2_000, &full);
+        println!(
+            "  {n:>6} nodes: {:>7.1} us/pod (full scan {:>8.1} us/pod)",
+            1e6 / rate,
+            1e6 / base
+        );
+    }
+    Ok(())
+}
