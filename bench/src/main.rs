@@ -36,6 +36,9 @@ struct Cli {
     /// Scheduler benchmark: the pure decision only, no API.
     #[arg(long)]
     decide_only: bool,
+    /// Scheduler benchmark: which cases (a, b, c, d) and whether the scaling figures (s).
+    #[arg(long, default_value = "abcds")]
+    cases: String,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -273,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.which.as_str() {
         "apiserver" => apiserver(&cli).await,
-        "scheduler" => scheduler::run(cli.nodes, !cli.decide_only).await,
+        "scheduler" => scheduler::run(cli.nodes, !cli.decide_only, &cli.cases).await,
         other => anyhow::bail!("unknown benchmark {other:?}: try `apiserver` or `scheduler`"),
     }
 }

@@ -8,7 +8,9 @@
 //!    -> score the feasible ones (each plugin 0..100, weighted) -> highest wins
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::model::{Effect, NodeInfo, PodInfo, PodTerm, Spread, Taint};
 use crate::snapshot::{spread_term, NodeState, Snapshot};
@@ -248,7 +250,7 @@ impl<'a> Prepared<'a> {
             .filter(|n| eligible(&n.info))
             .filter_map(|n| n.info.labels.get(&c.topology_key).map(String::as_str))
             .collect();
-        let mut counts: HashMap<String, u32> = HashMap::new();
+        let mut counts: HashMap<String, u32> = HashMap::default();
         snap.for_each_matching(&c.selector, |p| {
             let Some(i) = p.node.filter(|_| p.pod.namespace == pod.namespace) else {
                 return;

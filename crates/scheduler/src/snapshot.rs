@@ -4,7 +4,9 @@
 //! The snapshot is plain data, updated in place as pods are placed and removed; it never does
 //! IO and never reads the clock.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// Tracked terms kept at most; past it the cache starts over (terms come from templates, so
 /// a cluster has few).
@@ -149,7 +151,7 @@ impl Snapshot {
 
     /// Placed pods matching `term` per value of its topology key, by scanning.
     pub fn count_matching(&self, term: &PodTerm) -> HashMap<String, u32> {
-        let mut counts: HashMap<String, u32> = HashMap::new();
+        let mut counts: HashMap<String, u32> = HashMap::default();
         self.for_each_matching(&term.selector, |p| {
             let ns = self.namespace_labels(&p.pod.namespace);
             if !term.namespaces.covers(&p.pod.namespace, ns) {
