@@ -415,19 +415,21 @@ impl Loop {
 
 /// A core/v1 Event about a pod, from the scheduler.
 fn event(key: &Key, uid: &str, type_: &str, reason: &str, message: &str) -> Value {
-    let now = jiff::Timestamp::now();
-    json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {
-            "name": format!("{}.{:x}", key.1, now.as_nanosecond()),
-            "namespace": key.0,
-        },
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": key.0, "name": key.1, "uid": uid},
-        "type": type_, "reason": reason, "message": message,
-        "source": {"component": "default-scheduler"},
-        "reportingComponent": "default-scheduler",
-        "firstTimestamp": now.to_string(), "lastTimestamp": now.to_string(), "count": 1,
-    })
+    let about = berth_core::events::Involved {
+        api_version: "v1",
+        kind: "Pod",
+        namespace: &key.0,
+        name: &key.1,
+        uid,
+    };
+    berth_core::events::event(
+        about,
+        type_,
+        reason,
+        message,
+        "default-scheduler",
+        jiff::Timestamp::now(),
+    )
 }
 
 /// Write Events a few at a time; when the scheduler outpaces the writes the channel fills and

@@ -99,6 +99,12 @@ pub async fn start_control_plane(
         },
         ..Default::default()
     };
+    let controllers = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = berth_controllers::run(controllers).await {
+            tracing::error!(error = %format!("{e:#}"), "the controllers stopped");
+        }
+    });
     tokio::spawn(async move {
         if let Err(e) = berth_scheduler::binder::run(client, cfg).await {
             tracing::error!(error = %format!("{e:#}"), "the scheduler stopped");

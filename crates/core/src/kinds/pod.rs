@@ -9,7 +9,21 @@ use super::{arr_at, child, default_field, int_at, str_at};
 use crate::table::{col, wide, Column, AGE, NAME};
 use crate::validation::{self, FieldError};
 
+/// Drop `false` from fields Kubernetes declares as plain `bool` with `omitempty`: there,
+/// false and absent are one value, and JSON never shows it. Keeping both spellings would make
+/// one template look like two (a Deployment's revision would change for nothing).
+fn drop_false(obj: &mut Value, fields: &[&str]) {
+    if let Some(o) = obj.as_object_mut() {
+        for f in fields {
+            if o.get(*f) == Some(&Value::Bool(false)) {
+                o.remove(*f);
+            }
+        }
+    }
+}
+
 fn default_container(c: &mut Value) {
+    drop_false(c, &["stdin", "stdinOnce", "tty"]);
     default_field(c, "terminationMessagePath", json!("/dev/termination-log"));
     default_field(c, "terminationMessagePolicy", json!("File"));
     let image = str_at(c, "/image").to_string();
@@ -33,6 +47,7 @@ fn default_container(c: &mut Value) {
 
 /// Defaults of a pod spec, as on a Pod or inside a workload's template.
 pub fn default_pod_spec(spec: &mut Value) {
+    drop_false(spec, &["hostNetwork", "hostPID", "hostIPC"]);
     default_field(spec, "restartPolicy", json!("Always"));
     default_field(spec, "terminationGracePeriodSeconds", json!(30));
     default_field(spec, "dnsPolicy", json!("ClusterFirst"));

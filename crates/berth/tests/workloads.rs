@@ -1,0 +1,159 @@
+//! Deployments and ReplicaSets in a live `berth up`, driven by kubectl: pods from templates,
+//! rolling updates, rollback, scaling, and placement of replicas by the scheduler.
+
+mod common;
+
+use common::{eventually, Berth};
+
+fn node_yaml(name: &str) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+  labels: {{kubernetes.io/hostname: {name}}}
+status:
+  allocatable: {{cpu: "4", memory: 8Gi, pods: "110"}}
+  conditions: [{{type: Ready, status: "True"}}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_deployment_with_required_anti_affinity_spreads_over_hosts() {
+    let b = Berth::up(&["--runtime", "none"]);
+    let nodes = ["h1", "h2", "h3"].map(node_yaml).concat();
+    b.kubectl_stdin(&["create", "-f", "-"], &nodes);
+    let deploy = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: spread}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: spread}}
+  template:
+    metadata: {labels: {app: spread}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: spread}}
+            topologyKey: kubernetes.io/hostname
+      containers: [{name: c, image: busybox}]
+"#;
+    let out = b.kubectl_stdin(&["apply", "-f", "-"], deploy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hosts = eventually(30, "3 replicas on 3 hosts", || async {
+        let out = b.kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=spread",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ]);
+        let mut hosts: Vec<String> = out.split_whitespace().map(String::from).collect();
+        hosts.sort();
+        (hosts.len() == 3).then_some(hosts)
+    })
+    .await;
+    assert_eq!(hosts, ["h1", "h2", "h3"]);
+    // The pods belong to a ReplicaSet that belongs to the Deployment.
+    let owner = b.kubectl_ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=spread",
+        "-o",
+        "jsonpath={.items[0].metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(owner, "spread");
+}
+
+#[tokio::test]
+async fn rolling_update_rollback_and_scale_with_kubectl() {
+    let node = common::unique("wl");
+    let b = Berth::up(&["--runtime", "mock", "--node-name", &node]);
+    b.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=3",
+    ]);
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let first_rs = b.kubectl_ok(&["get", "rs", "-l", "app=web", "-o", "name"]);
+
+    b.kubectl_ok(&["set", "image", "deploy/web", "busybox=busybox:2"]);
+    let status = b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    eventually(30, "old pods to go", || async {
+        let images = b.kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ]);
+        (images.split_whitespace().collect::<Vec<_>>() == ["busybox:2"; 3]).then_some(())
+    })
+    .await;
+    let history = b.kubectl_ok(&["rollout", "history", "deploy/web"]);
+    assert!(
+        history.contains("1 ") && history.contains("2 "),
+        "{history}"
+    );
+
+    // Undo returns to the first template, on the first ReplicaSet, as revision 3.
+    b.kubectl_ok(&["rollout", "undo", "deploy/web"]);
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let image = b.kubectl_ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(image, "busybox");
+    let first = first_rs.trim().trim_start_matches("replicaset.apps/");
+    let rev = b.kubectl_ok(&[
+        "get",
+        "rs",
+        first,
+        "-o",
+        "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+    ]);
+    assert_eq!(rev, "3", "the first ReplicaSet is reused");
+    assert_eq!(
+        b.kubectl_ok(&["get", "rs", "-l", "app=web", "-o", "name"])
+            .lines()
+            .count(),
+        2
+    );
+
+    b.kubectl_ok(&["scale", "deploy/web", "--replicas=5"]);
+    eventually(30, "5 available replicas", || async {
+        let n = b.kubectl_ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.status.availableReplicas}",
+        ]);
+        (n == "5").then_some(())
+    })
+    .await;
+    let events = b.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=ScalingReplicaSet",
+    ]);
+    assert!(events.contains("Scaled up replica set"), "{events}");
+}

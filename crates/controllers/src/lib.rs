@@ -1,0 +1,162 @@
+//! Berth's workload controllers: API clients that keep the cluster at its declared state.
+//!
+//! Start at [`run`]: it fills shared caches (reflectors over pods, replica sets and nodes),
+//! then runs one kube-runtime `Controller` per kind. Each controller is one file with one
+//! `reconcile(object, ctx) -> Result<Action, Error>`: level-triggered, idempotent, told
+//! nothing about why it runs.
+//!
+//! ```text
+//!  Deployment ──reconcile──▶ ReplicaSets (one per template, pod-template-hash)
+//!                               │  rolling update: surge the new, drain the old
+//!  ReplicaSet ──reconcile──▶ Pods (create in growing batches, delete ranked victims)
+//! ```
+
+pub mod deployment;
+pub mod replicaset;
+mod util;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {name}: {why}")]
+    Invalid {
+        what: &'static str,
+        name: String,
+        why: String,
+    },
+    #[error("{action} failed")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the {what} cache never filled")]
+    Cache { what: &'static str },
+}
+
+/// Creations and deletions a controller has asked for but not yet seen in its cache; until
+/// they show up (or a minute passes) it does not count pods again, so a lagging cache never
+/// makes it create twice.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    creates: HashSet<String>,
+    deletes: HashSet<String>,
+    since: Instant,
+}
+
+const EXPECTATION_TTL: Duration = Duration::from_secs(60);
+
+impl Expectations {
+    pub fn expect(&self, owner: &str, creates: Vec<String>, deletes: Vec<String>) {
+        let mut map = self.pending.lock().expect("expectations lock");
+        let p = map.entry(owner.to_string()).or_insert_with(|| Pending {
+            creates: HashSet::new(),
+            deletes: HashSet::new(),
+            since: Instant::now(),
+        });
+        p.creates.extend(creates);
+        p.deletes.extend(deletes);
+        p.since = Instant::now();
+    }
+
+    /// Have all expected changes for `owner` shown up in `present` (names in the cache)?
+    pub fn satisfied(&self, owner: &str, present: &HashSet<String>) -> bool {
+        let mut map = self.pending.lock().expect("expectations lock");
+        let Some(p) = map.get_mut(owner) else {
+            return true;
+        };
+        p.creates.retain(|n| !present.contains(n));
+        p.deletes.retain(|n| present.contains(n));
+        if (p.creates.is_empty() && p.deletes.is_empty()) || p.since.elapsed() > EXPECTATION_TTL {
+            map.remove(owner);
+            return true;
+        }
+        false
+    }
+}
+
+/// What every reconcile can reach.
+pub struct Context {
+    pub client: kube::Client,
+    pub pods: Store<Pod>,
+    pub replicasets: Store<ReplicaSet>,
+    pub nodes: Store<Node>,
+    pub expectations: Expectations,
+}
+
+/// A cache of every `K` and the stream of changes that fills it; whoever polls the stream
+/// keeps the cache current and hears of each change after the cache has it.
+fn cache<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    (reader, stream)
+}
+
+/// Run the controllers until the process ends.
+pub async fn run(client: kube::Client) -> Result<(), Error> {
+    let (pods, pod_changes) = cache(Api::<Pod>::all(client.clone()));
+    let (replicasets, rs_changes) = cache(Api::<ReplicaSet>::all(client.clone()));
+    let (nodes, node_changes) = cache(Api::<Node>::all(client.clone()));
+    tokio::spawn(node_changes.for_each(|_| async {}));
+    let ctx = Arc::new(Context {
+        client,
+        pods,
+        replicasets,
+        nodes,
+        expectations: Expectations::default(),
+    });
+    futures::join!(
+        replicaset::controller(ctx.clone(), pod_changes),
+        deployment::controller(ctx.clone(), rs_changes)
+    );
+    Ok(())
+}
+
+impl Context {
+    /// Wait until every cache has been filled once (reconciles must not act on an empty view).
+    pub async fn synced(&self) -> Result<(), Error> {
+        self.pods
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::Cache { what: "pod" })?;
+        self.replicasets
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::Cache { what: "replicaset" })?;
+        self.nodes
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::Cache { what: "node" })
+    }
+}
