@@ -292,8 +292,9 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         let mine = meta.annotations.as_ref().and_then(|a| a.get(REVISION));
         if mine != Some(&rev) {
             let patch = json!({"metadata": {"annotations": {REVISION: rev}}});
+            // Through status, as Kubernetes does it, so `generation` does not move.
             Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(api_err(format!(
                     "annotating deployment {ns}/{name} with its revision"

@@ -435,9 +435,20 @@ impl Registry {
         let old = from_kv(current)?;
         let name = name_of(&old).to_string();
         if part == Part::Status {
-            // Only status changes: everything else stays as stored.
+            // Only status changes, and annotations as Kubernetes' status strategies allow
+            // (the deployment controller writes its revision annotation this way, so that
+            // `generation` stays put); everything else stays as stored.
             let status = new.get("status").cloned();
+            let annotations = new.pointer("/metadata/annotations").cloned();
             new = old.clone();
+            match annotations {
+                Some(a) => {
+                    meta_mut(&mut new).insert("annotations".into(), a);
+                }
+                None => {
+                    meta_mut(&mut new).remove("annotations");
+                }
+            }
             match status {
                 Some(s) => new["status"] = s,
                 None => {
@@ -472,7 +483,7 @@ impl Registry {
             m.remove("selfLink");
         }
         kinds::default(res.kind, &mut new);
-        if res.generation {
+        if res.generation && part != Part::Status {
             let mut changed = spec_part(&old) != spec_part(&new);
             if res.kind == Kind::Deployment {
                 changed |= meta(&old, "annotations") != meta(&new, "annotations");
