@@ -157,3 +157,65 @@ async fn rolling_update_rollback_and_scale_with_kubectl() {
     ]);
     assert!(events.contains("Scaled up replica set"), "{events}");
 }
+
+#[tokio::test]
+async fn deleting_a_deployment_cascades_unless_told_to_orphan() {
+    let node = common::unique("gc");
+    let b = Berth::up(&["--runtime", "mock", "--node-name", &node]);
+    let count = |what: &str, label: &str| {
+        b.kubectl_ok(&["get", what, "-l", label, "-o", "name"])
+            .lines()
+            .count()
+    };
+    for name in ["bg", "fg", "keep"] {
+        b.kubectl_ok(&[
+            "create",
+            "deployment",
+            name,
+            "--image=busybox",
+            "--replicas=2",
+        ]);
+        b.kubectl_ok(&[
+            "rollout",
+            "status",
+            &format!("deploy/{name}"),
+            "--timeout=60s",
+        ]);
+    }
+
+    b.kubectl_ok(&["delete", "deploy", "bg"]);
+    b.kubectl_ok(&[
+        "delete",
+        "deploy",
+        "fg",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    b.kubectl_ok(&["delete", "deploy", "keep", "--cascade=orphan"]);
+    for gone in ["app=bg", "app=fg"] {
+        eventually(
+            30,
+            &format!("the pods and replica sets of {gone} to go"),
+            || async { (count("rs", gone) == 0 && count("pods", gone) == 0).then_some(()) },
+        )
+        .await;
+    }
+    eventually(30, "the foreground-deleted deployment to go", || async {
+        let out = b.kubectl(&["get", "deploy", "fg"]);
+        (!out.status.success()).then_some(())
+    })
+    .await;
+    // Orphaned: the replica set and its pods stay, without an owner.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(count("rs", "app=keep"), 1);
+    assert_eq!(count("pods", "app=keep"), 2);
+    let owners = b.kubectl_ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=keep",
+        "-o",
+        "jsonpath={.items[0].metadata.ownerReferences}",
+    ]);
+    assert_eq!(owners, "");
+}

@@ -9,9 +9,11 @@
 //!  Deployment ──reconcile──▶ ReplicaSets (one per template, pod-template-hash)
 //!                               │  rolling update: surge the new, drain the old
 //!  ReplicaSet ──reconcile──▶ Pods (create in growing batches, delete ranked victims)
+//!  gc (sweep every second) ──▶ deletes what lost its owners; foreground / orphan finalizers
 //! ```
 
 pub mod deployment;
+pub mod gc;
 pub mod replicaset;
 mod util;
 
@@ -20,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -95,6 +97,7 @@ pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
     pub replicasets: Store<ReplicaSet>,
+    pub deployments: Store<Deployment>,
     pub nodes: Store<Node>,
     pub expectations: Expectations,
 }
@@ -128,17 +131,21 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     let (pods, pod_changes) = cache(Api::<Pod>::all(client.clone()));
     let (replicasets, rs_changes) = cache(Api::<ReplicaSet>::all(client.clone()));
     let (nodes, node_changes) = cache(Api::<Node>::all(client.clone()));
+    let (deployments, deployment_changes) = cache(Api::<Deployment>::all(client.clone()));
     tokio::spawn(node_changes.for_each(|_| async {}));
+    tokio::spawn(deployment_changes.for_each(|_| async {}));
     let ctx = Arc::new(Context {
         client,
         pods,
         replicasets,
+        deployments,
         nodes,
         expectations: Expectations::default(),
     });
     futures::join!(
         replicaset::controller(ctx.clone(), pod_changes),
-        deployment::controller(ctx.clone(), rs_changes)
+        deployment::controller(ctx.clone(), rs_changes),
+        gc::run(ctx.clone())
     );
     Ok(())
 }
@@ -154,6 +161,10 @@ impl Context {
             .wait_until_ready()
             .await
             .map_err(|_| Error::Cache { what: "replicaset" })?;
+        self.deployments
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::Cache { what: "deployment" })?;
         self.nodes
             .wait_until_ready()
             .await
