@@ -16,6 +16,7 @@ pub mod node;
 pub mod pods;
 pub mod probes;
 pub mod runtime;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub struct Config {
     pub node_name: String,
     /// The address other hosts reach this node on.
     pub address: String,
+    /// Where the agent serves logs to the API server (port 0: any free port).
+    pub listen: std::net::SocketAddr,
     /// Where the agent keeps its files (for ephemeral-storage capacity).
     pub data_dir: std::path::PathBuf,
     pub lease_every: Duration,
@@ -53,6 +56,8 @@ pub enum AgentError {
     Url { url: String },
     #[error("building the API client failed")]
     Client(#[source] kube::Error),
+    #[error("starting the agent's HTTPS endpoint failed")]
+    Serve(#[source] server::ServeError),
     #[error("registering node {node} failed (is the token a node-join token for this server?)")]
     Register {
         node: String,
@@ -117,18 +122,69 @@ fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
     out
 }
 
+/// Ask the API server for this node's serving certificate and proxy token.
+async fn serving(client: &kube::Client, cfg: &Config) -> Result<server::Serving, AgentError> {
+    let body = serde_json::to_vec(&serde_json::json!({"address": cfg.address})).expect("json");
+    let req = http::Request::post("/berth/v1/nodecert")
+        .header("content-type", "application/json")
+        .body(body)
+        .expect("a valid request");
+    let answer = client
+        .request::<serde_json::Value>(req)
+        .await
+        .map_err(|source| AgentError::Register {
+            node: cfg.node_name.clone(),
+            source,
+        })?;
+    let field = |k: &str| {
+        answer
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(server::Serving {
+        cert_pem: field("cert"),
+        key_pem: field("key"),
+        proxy_token: field("proxyToken"),
+    })
+}
+
 /// Run the agent until the process ends.
 pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentError> {
     let client = node_client(&cfg).await?;
+    let serving = serving(&client, &cfg).await?;
+
+    // Pods bound to this node.
+    let api: kube::Api<Pod> = kube::Api::all(client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
+    let (reader, writer) = reflector::store();
+    let changed = Arc::new(tokio::sync::Notify::new());
+    {
+        let changed = changed.clone();
+        let stream = reflector(writer, watcher(api, wc)).default_backoff();
+        tokio::spawn(async move {
+            let mut stream = stream.boxed();
+            while let Some(ev) = stream.next().await {
+                if let Err(e) = ev {
+                    tracing::warn!(error = %e, "pod watch failed; retrying");
+                }
+                changed.notify_one();
+            }
+        });
+    }
+    let port = server::serve(cfg.listen, &serving, runtime.clone(), reader.clone())
+        .map_err(AgentError::Serve)?;
+
     let cap = node::Capacity::of_host(&cfg.data_dir);
-    let status = || node::node_status(&cap, &cfg.address, &cfg.node_name, &runtime.version());
+    let status = || node::node_status(&cap, &cfg.address, port, &cfg.node_name, &runtime.version());
     node::register(&client, &cfg.node_name, runtime.name(), status())
         .await
         .map_err(|source| AgentError::Register {
             node: cfg.node_name.clone(),
             source,
         })?;
-    tracing::info!(node = %cfg.node_name, runtime = runtime.name(), "node registered");
+    tracing::info!(node = %cfg.node_name, runtime = runtime.name(), port, "node registered");
 
     // Lease renewal and node heartbeat.
     {
@@ -157,7 +213,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let status = node::node_status(&cap, &address, &name, &version);
+                let status = node::node_status(&cap, &address, port, &name, &version);
                 if let Err(e) = node::heartbeat(&client, &name, status).await {
                     tracing::warn!(node = %name, error = %e, "node status update failed");
                 }
@@ -165,24 +221,6 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         });
     }
 
-    // Pods bound to this node.
-    let api: kube::Api<Pod> = kube::Api::all(client.clone());
-    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
-    let (reader, writer) = reflector::store();
-    let changed = Arc::new(tokio::sync::Notify::new());
-    {
-        let changed = changed.clone();
-        let stream = reflector(writer, watcher(api, wc)).default_backoff();
-        tokio::spawn(async move {
-            let mut stream = stream.boxed();
-            while let Some(ev) = stream.next().await {
-                if let Err(e) = ev {
-                    tracing::warn!(error = %e, "pod watch failed; retrying");
-                }
-                changed.notify_one();
-            }
-        });
-    }
     // Never act on an empty view: it would look like every pod had gone.
     let _ = reader.wait_until_ready().await;
     let sync = Arc::new(pods::PodSync::new(

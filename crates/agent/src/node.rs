@@ -87,7 +87,13 @@ pub fn arch() -> &'static str {
 }
 
 /// The Node's status: conditions, capacity, addresses, node info.
-pub fn node_status(cap: &Capacity, address: &str, name: &str, runtime_version: &str) -> Value {
+pub fn node_status(
+    cap: &Capacity,
+    address: &str,
+    port: u16,
+    name: &str,
+    runtime_version: &str,
+) -> Value {
     let t = crate::pods::ts(Timestamp::now());
     let cond = |ty: &str, status: &str, reason: &str, message: &str| {
         json!({"type": ty, "status": status, "reason": reason, "message": message,
@@ -106,6 +112,7 @@ pub fn node_status(cap: &Capacity, address: &str, name: &str, runtime_version: &
             {"type": "InternalIP", "address": address},
             {"type": "Hostname", "address": name},
         ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
         "nodeInfo": {
             "kubeletVersion": "v1.32.0-berth",
             "kubeProxyVersion": "",

@@ -82,10 +82,19 @@ impl Tokens {
     /// buys one (see the `nodetoken` endpoint); it lets its holder write only that node's
     /// objects.
     pub fn node_token(&self, name: &str) -> String {
+        format!("node:{name}:{}", self.mac(name))
+    }
+
+    /// The token the API server shows an agent when it proxies to it (logs): the agent
+    /// learns it with its serving certificate and accepts nothing else.
+    pub fn proxy_token(&self, node: &str) -> String {
+        format!("proxy:{node}:{}", self.mac(&format!("proxy/{node}")))
+    }
+
+    fn mac(&self, what: &str) -> String {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.node_secret.as_bytes());
-        let tag = ring::hmac::sign(&key, name.as_bytes());
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("node:{name}:{hex}")
+        let tag = ring::hmac::sign(&key, what.as_bytes());
+        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

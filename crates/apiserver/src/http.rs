@@ -28,6 +28,10 @@ pub struct AppState {
     pub registry: Registry,
     pub tokens: Tokens,
     pub bookmark_every: Duration,
+    /// Where the cluster CA lives (to sign agents' serving certificates).
+    pub pki: crate::tls::TlsFiles,
+    /// Calls to agents (logs).
+    pub proxy: crate::proxy::NodeProxy,
 }
 
 /// The one routing table: everything goes to [`handle`], which routes by path.
@@ -99,6 +103,21 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         ["berth", "v1", "nodetoken"] if *req.method() == Method::POST => {
             node_token(app, &identity, req).await
         }
+        ["berth", "v1", "nodecert"] if *req.method() == Method::POST => {
+            node_cert(app, &identity, req).await
+        }
+        ["api", "v1", "namespaces", ns, "pods", name, "log"] if read_only => {
+            if identity != Identity::Admin {
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{name}\" is forbidden: only the admin may read logs"
+                )));
+            }
+            let Query(query): Query<Vec<(String, String)>> = Query::try_from_uri(req.uri())
+                .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+            app.proxy
+                .pod_log(&app.registry, &app.tokens, ns, name, &query)
+                .await
+        }
         ["openapi", "v3"] if read_only => ok(&discovery::openapi_v3_root()),
         ["openapi", "v3", rest @ ..] if read_only => discovery::openapi_v3_group(&rest.join("/"))
             .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
@@ -148,6 +167,33 @@ async fn node_token(
         )));
     }
     ok(&json!({"nodeName": name, "token": app.tokens.node_token(name)}))
+}
+
+/// `POST /berth/v1/nodecert {"address": "10.0.0.5"}`: a node's serving certificate (signed by
+/// the cluster CA for its name and address) and the token the API server will show it.
+async fn node_cert(
+    app: &Arc<AppState>,
+    who: &Identity,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Identity::Node(node) = who else {
+        return Err(ApiError::forbidden(
+            "a serving certificate is issued to a node, with its node token",
+        ));
+    };
+    let body = parse_body("application/json", &read_body(req.into_body()).await?)?;
+    let address = body.get("address").and_then(Value::as_str).unwrap_or("");
+    if address.parse::<std::net::IpAddr>().is_err()
+        && berth_core::validation::dns1123_subdomain(address).is_some()
+    {
+        return Err(ApiError::bad_request(format!(
+            "address {address:?} is neither an IP address nor a DNS name"
+        )));
+    }
+    let sans = vec![node.clone(), address.to_string()];
+    let (cert, key) = crate::tls::sign_leaf(&app.pki, &format!("berth-node-{node}"), &sans)
+        .map_err(|e| ApiError::internal(format!("signing a certificate for node {node}: {e:#}")))?;
+    ok(&json!({"cert": cert, "key": key, "proxyToken": app.tokens.proxy_token(node)}))
 }
 
 /// Enforce what a node may touch: its own Node and Lease, pods bound to it.

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod format;
 pub mod http;
 mod protobuf;
+pub mod proxy;
 pub mod registry;
 pub mod status;
 pub mod tls;
@@ -156,6 +157,8 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         registry: registry.clone(),
         tokens: tokens.clone(),
         bookmark_every: cfg.bookmark_every,
+        pki: tls::TlsFiles::in_dir(&cfg.data_dir),
+        proxy: proxy::NodeProxy::new(&ca_pem),
     });
     let app = http::router(state);
     let acceptor = TlsAcceptor::from(tls_config);

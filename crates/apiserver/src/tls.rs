@@ -96,37 +96,47 @@ pub fn ensure(files: &TlsFiles, sans: &[String]) -> Result<String, TlsError> {
     let have: Vec<&str> = have.lines().collect();
     let covered = wanted.iter().all(|s| have.contains(&s.as_str()));
     if !files.cert.exists() || !files.key.exists() || !covered {
-        let ca_key = KeyPair::from_pem(&read(&files.ca_key)?).map_err(TlsError::Generate)?;
-        let issuer = Issuer::new(ca_params()?, ca_key);
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).map_err(TlsError::Generate)?;
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "berth-apiserver");
-        params.subject_alt_names = wanted
-            .iter()
-            .map(|s| match s.parse::<std::net::IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => s
-                    .clone()
-                    .try_into()
-                    .map(SanType::DnsName)
-                    .map_err(TlsError::Generate),
-            })
-            .collect::<Result<_, _>>()?;
-        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().map_err(TlsError::Generate)?;
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(TlsError::Generate)?;
-        write(&files.key, &key.serialize_pem(), true)?;
-        write(&files.cert, &cert.pem(), false)?;
+        let (cert, key) = sign_leaf(files, "berth-apiserver", &wanted)?;
+        write(&files.key, &key, true)?;
+        write(&files.cert, &cert, false)?;
         write(&files.sans, &wanted.join("\n"), false)?;
     }
     read(&files.ca_cert)
+}
+
+/// A serving certificate for `common_name` covering `sans` (names or IPs), signed by the
+/// cluster CA: (certificate PEM, key PEM).
+pub fn sign_leaf(
+    files: &TlsFiles,
+    common_name: &str,
+    sans: &[String],
+) -> Result<(String, String), TlsError> {
+    let ca_key = KeyPair::from_pem(&read(&files.ca_key)?).map_err(TlsError::Generate)?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(TlsError::Generate)?;
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => s
+                .clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(TlsError::Generate),
+        })
+        .collect::<Result<_, _>>()?;
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().map_err(TlsError::Generate)?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(TlsError::Generate)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// A rustls server configuration from the files, offering HTTP/2 and HTTP/1.1.

@@ -128,7 +128,7 @@ fn crash_loop_backs_off_and_missing_image_says_so() {
     let pods = format!(
         r#"---
 {{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"crash"}},"spec":{{"nodeName":"{node}",
-            "containers":[{{"name":"c","image":"{img}","command":["/bin/sh","-c","exit 1"]}}]}}}}
+            "containers":[{{"name":"c","image":"{img}","command":["/bin/sh","-c","echo about to fail; exit 1"]}}]}}}}
 ---
 {{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"noimg"}},"spec":{{"nodeName":"{node}",
             "containers":[{{"name":"c","image":"berth-test/absent:1","imagePullPolicy":"Never"}}]}}}}
@@ -189,6 +189,12 @@ fn crash_loop_backs_off_and_missing_image_says_so() {
         "jsonpath={.status.containerStatuses[0].restartCount}",
     ]);
     assert_eq!(restarts, "1");
+    // Both the last attempt and the one before it left their output.
+    assert_eq!(b.kubectl_ok(&["logs", "crash"]).trim(), "about to fail");
+    assert_eq!(
+        b.kubectl_ok(&["logs", "crash", "--previous"]).trim(),
+        "about to fail"
+    );
 
     let noimg = b.kubectl_ok(&["get", "pod", "noimg", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"]);
     assert!(
@@ -297,4 +303,84 @@ fn readiness_probe_gates_ready_and_failing_liveness_restarts() {
     );
     let table = b.kubectl_ok(&["get", "pod", "probed"]);
     assert!(table.contains("probed"), "{table}");
+}
+
+#[test]
+fn kubectl_logs_reads_follows_tails_and_shows_the_previous_container() {
+    let (image, node, b) = start();
+    // One container counts lines; the other says one thing and sleeps.
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"talker"}},"spec":{{
+          "nodeName":"{node}","terminationGracePeriodSeconds":1,"containers":[
+          {{"name":"main","image":"{img}","command":["/bin/sh","-c",
+            "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"]}},
+          {{"name":"side","image":"{img}","command":["/bin/sh","-c","echo side says hi; sleep 3600"]}}]}}}}"#,
+        node = node.name,
+        img = image.tag
+    );
+    b.kubectl_stdin(&["create", "-f", "-"], &pod);
+    wait_for(
+        &b,
+        30,
+        "a few lines",
+        &["logs", "talker", "-c", "main"],
+        |s| s.contains("line 3"),
+    );
+    // Two containers and none named: kubectl picks the first and says so.
+    let out = b.kubectl(&["logs", "talker"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Defaulted container \"main\""), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("line 0"));
+    assert_eq!(
+        b.kubectl_ok(&["logs", "talker", "-c", "side"]).trim(),
+        "side says hi"
+    );
+    let tail = b.kubectl_ok(&["logs", "talker", "-c", "main", "--tail=2"]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+    let stamped = b.kubectl_ok(&["logs", "talker", "-c", "side", "--timestamps"]);
+    assert!(
+        stamped.starts_with("20") && stamped.contains("Z side says hi"),
+        "{stamped}"
+    );
+
+    // -f keeps streaming new lines.
+    let mut follow = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", b.kubeconfig())
+        .args(["logs", "-f", "talker", "-c", "main", "--tail=1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(6)
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reader.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "kubectl logs -f did not stream 6 lines"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = follow.kill();
+    let lines = reader.join().unwrap();
+    let numbers: Vec<u64> = lines
+        .iter()
+        .map(|l| l.trim_start_matches("line ").parse().unwrap())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive lines while following: {lines:?}"
+    );
+
+    // No previous container yet.
+    let out = b.kubectl(&["logs", "talker", "-c", "main", "--previous"]);
+    assert!(!out.status.success());
+    drop(image);
 }

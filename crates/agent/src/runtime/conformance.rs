@@ -92,6 +92,25 @@ pub async fn check(
         other => panic!("{other:?}"),
     }
 
+    // Logs: an exited container's output can be read to its end; a tail of 0 is empty.
+    use futures::StreamExt;
+    let short_id = short.as_str();
+    let read = |opts: super::LogOptions| async move {
+        let mut stream = rt.logs(short_id, &opts).await.expect("logs");
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.expect("a log chunk"));
+        }
+        out
+    };
+    let _all = read(super::LogOptions::default()).await;
+    let none = read(super::LogOptions {
+        tail: Some(0),
+        ..Default::default()
+    })
+    .await;
+    assert!(none.is_empty(), "tail 0 gave {none:?}");
+
     // Stop ends a running container within its grace; remove forgets it.
     let t = Instant::now();
     rt.stop(&long, Duration::from_secs(2)).await.expect("stop");

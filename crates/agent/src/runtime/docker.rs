@@ -392,6 +392,31 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn logs(
+        &self,
+        id: &str,
+        opts: &super::LogOptions,
+    ) -> Result<super::LogStream, RuntimeError> {
+        let options = bollard::query_parameters::LogsOptions {
+            follow: opts.follow,
+            stdout: true,
+            stderr: true,
+            since: opts.since.unwrap_or(0).clamp(0, i32::MAX as i64) as i32,
+            until: 0,
+            timestamps: opts.timestamps,
+            tail: opts
+                .tail
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "all".into()),
+        };
+        let stream = self
+            .docker
+            .logs(id, Some(options))
+            .map(|chunk| chunk.map(|out| out.into_bytes()).map_err(err("read logs")))
+            .boxed();
+        Ok(stream)
+    }
+
     async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
         let exec = self
             .docker

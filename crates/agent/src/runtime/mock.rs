@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
+use futures::StreamExt;
+
 use super::{
     ContainerConfig, Observed, ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime,
     RuntimeError, State,
@@ -181,6 +183,36 @@ impl Runtime for MockRuntime {
             s.running = false;
         }
         Ok(())
+    }
+
+    /// One line per container: `<name> attempt <n> started` (the tail of it, if asked).
+    async fn logs(
+        &self,
+        id: &str,
+        opts: &super::LogOptions,
+    ) -> Result<super::LogStream, RuntimeError> {
+        let line = self
+            .containers
+            .lock()
+            .expect("mock")
+            .iter()
+            .find(|e| e.container.id == id)
+            .map(|e| {
+                format!(
+                    "{} attempt {} started\n",
+                    e.container.name, e.container.attempt
+                )
+            })
+            .ok_or_else(|| RuntimeError::Start {
+                container: id.into(),
+                message: "no such container".into(),
+            })?;
+        let lines = if opts.tail == Some(0) {
+            vec![]
+        } else {
+            vec![Ok(bytes::Bytes::from(line))]
+        };
+        Ok(futures::stream::iter(lines).boxed())
     }
 
     /// Exit code 1 for the command `false`, else 0, in a running container.

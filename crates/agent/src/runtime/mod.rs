@@ -138,6 +138,22 @@ impl RuntimeError {
     }
 }
 
+/// What `kubectl logs` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep streaming as the container writes.
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail: Option<u64>,
+    /// Only lines written at or after this Unix time (seconds).
+    pub since: Option<i64>,
+    /// Prefix each line with its RFC 3339 time.
+    pub timestamps: bool,
+}
+
+/// A container's output, stdout and stderr interleaved as written.
+pub type LogStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
+
 /// A container runtime driver.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
@@ -169,6 +185,15 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Remove a stopped container or sandbox.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// A container's output (a capability: drivers without it say `NotSupported`).
+    async fn logs(&self, id: &str, opts: &LogOptions) -> Result<LogStream, RuntimeError> {
+        let _ = (id, opts);
+        Err(RuntimeError::NotSupported {
+            driver: self.name(),
+            what: "logs",
+        })
+    }
 
     /// Run `command` in a running container and return its exit code (exec probes).
     async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {

@@ -34,6 +34,9 @@ pub struct Args {
     pub address: String,
     #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
     pub runtime: RuntimeKind,
+    /// Where to serve logs to the API server (HTTPS, cluster-CA certificate; port 0: any).
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    pub listen: std::net::SocketAddr,
     /// Seconds between Lease renewals.
     #[arg(long, default_value_t = 2)]
     pub lease_seconds: u64,
@@ -70,6 +73,7 @@ pub fn config(args: &Args, ca_pem: String) -> berth_agent::Config {
         ca_pem,
         node_name: args.name.clone().unwrap_or_else(hostname),
         address: args.address.clone(),
+        listen: args.listen,
         data_dir: args.data_dir.clone(),
         lease_every,
         lease_duration: lease_every * 4,

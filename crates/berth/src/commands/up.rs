@@ -57,6 +57,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ca_file: Default::default(),
             name: Some(node.clone()),
             address: "127.0.0.1".into(),
+            listen: "127.0.0.1:0".parse().expect("an address"),
             runtime: kind,
             lease_seconds: 2,
             data_dir: args.serve.data_dir.join("agent"),
