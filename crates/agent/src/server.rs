@@ -4,6 +4,9 @@
 //! for this node (so nobody else can read the node's logs).
 //!
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&sinceSeconds&sinceTime&timestamps&previous`
+//! `GET /exec/{namespace}/{pod}/{container}?command=..&stdin&tty` (WebSocket,
+//! `v5.channel.k8s.io` or `v4.channel.k8s.io`: each binary message starts with its channel:
+//! 0 stdin, 1 stdout, 2 stderr, 3 the final status, 4 terminal size; v5 adds 255 to close one)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,6 +98,10 @@ pub fn serve(
             "/containerLogs/{namespace}/{pod}/{container}",
             axum::routing::get(container_logs),
         )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            axum::routing::get(exec),
+        )
         .with_state(state);
     let server = axum_server::from_tcp_rustls(
         listener,
@@ -112,44 +119,60 @@ fn refuse(code: StatusCode, message: String) -> Response {
     (code, message).into_response()
 }
 
-async fn container_logs(
-    State(state): State<Arc<AgentState>>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
+/// Check the caller is the API server, and find the attempts of a container, newest first.
+async fn attempts(
+    state: &AgentState,
+    headers: &HeaderMap,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<Vec<crate::runtime::ObservedContainer>, Response> {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if presented != Some(state.token.as_str()) {
-        return refuse(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+        return Err(refuse(StatusCode::UNAUTHORIZED, "Unauthorized".into()));
     }
     let Some(uid) = state
         .pods
         .state()
         .iter()
         .find(|p| {
-            p.metadata.namespace.as_deref() == Some(namespace.as_str())
-                && p.metadata.name.as_deref() == Some(pod.as_str())
+            p.metadata.namespace.as_deref() == Some(namespace)
+                && p.metadata.name.as_deref() == Some(pod)
         })
         .and_then(|p| p.metadata.uid.clone())
     else {
-        return refuse(
+        return Err(refuse(
             StatusCode::NOT_FOUND,
             format!("pod {namespace}/{pod} is not on this node"),
-        );
+        ));
     };
-    let observed = match state.runtime.list().await {
-        Ok(o) => o,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-    };
+    let observed = state
+        .runtime
+        .list()
+        .await
+        .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let mut attempts: Vec<_> = observed
         .containers
-        .iter()
+        .into_iter()
         .filter(|c| c.pod_uid == uid && c.name == container)
         .collect();
     attempts.sort_by_key(|c| std::cmp::Reverse(c.attempt));
+    Ok(attempts)
+}
+
+async fn container_logs(
+    State(state): State<Arc<AgentState>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let attempts = match attempts(&state, &headers, &namespace, &pod, &container).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
     let previous = q.get("previous").is_some_and(|v| v == "true");
     let Some(target) = attempts.get(usize::from(previous)) else {
         let what = if previous {
@@ -184,4 +207,137 @@ async fn container_logs(
         }
         Err(e) => refuse(StatusCode::BAD_REQUEST, format!("{e:#}")),
     }
+}
+
+fn flag(q: &[(String, String)], name: &str) -> bool {
+    q.iter()
+        .any(|(k, v)| k == name && (v == "true" || v == "1"))
+}
+
+async fn exec(
+    State(state): State<Arc<AgentState>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let attempts = match attempts(&state, &headers, &namespace, &pod, &container).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    let Some(target) = attempts
+        .first()
+        .filter(|c| matches!(c.state, crate::runtime::State::Running { .. }))
+    else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running in pod {pod}"),
+        );
+    };
+    let command: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if command.is_empty() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one command for the container".into(),
+        );
+    }
+    let (tty, stdin) = (flag(&q, "tty"), flag(&q, "stdin"));
+    let session = match state.runtime.exec(&target.id, &command, tty, stdin).await {
+        Ok(s) => s,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    };
+    ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
+        .on_upgrade(move |socket| pump(socket, session, command))
+}
+
+/// Carry an exec session over a channel-multiplexed WebSocket until the command ends, then
+/// send its status on channel 3.
+async fn pump(
+    socket: axum::extract::ws::WebSocket,
+    session: crate::runtime::ExecSession,
+    command: Vec<String>,
+) {
+    use axum::extract::ws::Message;
+    use futures::SinkExt;
+    use tokio::io::AsyncWriteExt;
+    let crate::runtime::ExecSession {
+        mut output,
+        input,
+        resize,
+        exit,
+    } = session;
+    let (mut tx, mut rx) = socket.split();
+    let input_task = tokio::spawn(async move {
+        let mut input = input;
+        while let Some(Ok(msg)) = rx.next().await {
+            let data = match msg {
+                Message::Binary(b) => b,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            match data.first() {
+                Some(0) => {
+                    if let Some(w) = input.as_mut() {
+                        if w.write_all(&data[1..]).await.is_err() {
+                            input = None;
+                        }
+                    }
+                }
+                Some(4) => {
+                    let size: serde_json::Value =
+                        serde_json::from_slice(&data[1..]).unwrap_or_default();
+                    let w = size["Width"].as_u64().unwrap_or(80) as u16;
+                    let h = size["Height"].as_u64().unwrap_or(24) as u16;
+                    resize(w, h).await;
+                }
+                // v5: the client closed a stream; stdin is the only one it writes.
+                Some(255) if data.get(1) == Some(&0) => {
+                    if let Some(mut w) = input.take() {
+                        let _ = w.shutdown().await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    while let Some(chunk) = output.next().await {
+        let Ok((channel, bytes)) = chunk else {
+            break;
+        };
+        let mut frame = Vec::with_capacity(bytes.len() + 1);
+        frame.push(match channel {
+            crate::runtime::Channel::Stdout => 1,
+            crate::runtime::Channel::Stderr => 2,
+        });
+        frame.extend_from_slice(&bytes);
+        if tx.send(Message::Binary(frame.into())).await.is_err() {
+            break;
+        }
+    }
+    let status = match exit.await {
+        Ok(0) => serde_json::json!({"metadata": {}, "status": "Success"}),
+        Ok(code) => serde_json::json!({
+            "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+            "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"),
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        }),
+        Err(e) => serde_json::json!({
+            "metadata": {}, "status": "Failure", "reason": "InternalError",
+            "message": format!("{e:#}"),
+        }),
+    };
+    let mut frame = vec![3u8];
+    frame.extend_from_slice(status.to_string().as_bytes());
+    let _ = tx.send(Message::Binary(frame.into())).await;
+    let _ = tx
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
+    input_task.abort();
 }

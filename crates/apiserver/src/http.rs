@@ -106,6 +106,24 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         ["berth", "v1", "nodecert"] if *req.method() == Method::POST => {
             node_cert(app, &identity, req).await
         }
+        ["api", "v1", "namespaces", ns, "pods", name, "exec" | "attach"]
+            if matches!(*req.method(), Method::GET | Method::POST) =>
+        {
+            if identity != Identity::Admin {
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{name}\" is forbidden: only the admin may exec into pods"
+                )));
+            }
+            if segs[6] == "attach" {
+                return Err(ApiError::bad_request(
+                    "attach is not supported yet; use exec",
+                ));
+            }
+            let (ns, name) = (ns.to_string(), name.to_string());
+            app.proxy
+                .pod_exec(&app.registry, &app.tokens, &ns, &name, req)
+                .await
+        }
         ["api", "v1", "namespaces", ns, "pods", name, "log"] if read_only => {
             if identity != Identity::Admin {
                 return Err(ApiError::forbidden(format!(

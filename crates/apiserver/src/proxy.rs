@@ -25,7 +25,28 @@ type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 /// An HTTPS client that trusts only the cluster CA.
 pub struct NodeProxy {
     client: Client<Https, Body>,
+    tls: Arc<rustls::ClientConfig>,
 }
+
+/// Where a pod's container runs: the container's name, the node, and its agent's endpoint.
+struct Target {
+    container: String,
+    node: String,
+    address: String,
+    port: u16,
+}
+
+impl Target {
+    fn host(&self) -> String {
+        match self.address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => self.address.clone(),
+        }
+    }
+}
+
+/// The WebSocket subprotocols Berth speaks for exec and attach, best first.
+const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 /// The query parameters `kubectl logs` sends that the agent understands.
 const LOG_PARAMS: &[&str] = &[
@@ -49,53 +70,49 @@ impl NodeProxy {
             .expect("ring supports the default protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let tls = Arc::new(tls);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config((*tls).clone())
             .https_only()
             .enable_http1()
             .build();
         NodeProxy {
             client: Client::builder(TokioExecutor::new()).build(https),
+            tls,
         }
     }
 
-    /// `GET pods/<name>/log`: find the container and the node, and stream from its agent.
-    pub async fn pod_log(
-        &self,
+    /// Find the container (the one named in `container=`, or the only one) and its node.
+    async fn target(
         registry: &Registry,
-        tokens: &Tokens,
         ns: &str,
         name: &str,
         query: &[(String, String)],
-    ) -> Result<Response, ApiError> {
+    ) -> Result<Target, ApiError> {
         let pods = resources::of_kind(Kind::Pod);
         let pod = registry.get(pods, Some(ns), name).await?;
-        let containers: Vec<&str> = pod
-            .pointer("/spec/containers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.get("name").and_then(Value::as_str))
-            .collect();
-        let inits: Vec<&str> = pod
-            .pointer("/spec/initContainers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.get("name").and_then(Value::as_str))
-            .collect();
+        let names = |path: &str| -> Vec<String> {
+            pod.pointer(path)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("name").and_then(Value::as_str))
+                .map(String::from)
+                .collect()
+        };
+        let (containers, inits) = (names("/spec/containers"), names("/spec/initContainers"));
         let asked = query
             .iter()
             .find(|(k, _)| k == "container")
-            .map(|(_, v)| v.as_str());
+            .map(|(_, v)| v.clone());
         let container = match (asked, containers.as_slice()) {
-            (Some(c), _) if containers.contains(&c) || inits.contains(&c) => c.to_string(),
+            (Some(c), _) if containers.contains(&c) || inits.contains(&c) => c,
             (Some(c), _) => {
                 return Err(ApiError::bad_request(format!(
                     "container {c} is not valid for pod {name}"
                 )))
             }
-            (None, [only]) => only.to_string(),
+            (None, [only]) => only.clone(),
             (None, _) => {
                 return Err(ApiError::bad_request(format!(
                     "a container name must be specified for pod {name}, choose one of: [{}]",
@@ -123,17 +140,32 @@ impl NodeProxy {
         let port = node
             .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
             .and_then(Value::as_u64)
-            .filter(|p| *p > 0);
+            .filter(|p| *p > 0 && *p <= u16::MAX as u64);
         let (Some(address), Some(port)) = (address, port) else {
             return Err(ApiError::bad_request(format!(
-                "node {node_name} has no agent endpoint to read logs from (no InternalIP \
-                 address or kubelet port in its status)"
+                "node {node_name} has no agent endpoint (no InternalIP address or kubelet \
+                 port in its status)"
             )));
         };
-        let host = match address.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-            _ => address.to_string(),
-        };
+        Ok(Target {
+            container,
+            node: node_name.to_string(),
+            address: address.to_string(),
+            port: port as u16,
+        })
+    }
+
+    /// `GET pods/<name>/log`: stream from the agent of the pod's node.
+    pub async fn pod_log(
+        &self,
+        registry: &Registry,
+        tokens: &Tokens,
+        ns: &str,
+        name: &str,
+        query: &[(String, String)],
+    ) -> Result<Response, ApiError> {
+        let t = Self::target(registry, ns, name, query).await?;
+        let (host, port, container, node_name) = (t.host(), t.port, &t.container, &t.node);
         let mut url = format!("https://{host}:{port}/containerLogs/{ns}/{name}/{container}");
         let params: Vec<String> = query
             .iter()
@@ -175,6 +207,168 @@ impl NodeProxy {
             Body::new(resp.into_body()),
         )
             .into_response())
+    }
+}
+
+impl NodeProxy {
+    /// `pods/<name>/exec`: a WebSocket from the client, another to the agent of the pod's
+    /// node, and every message carried across unchanged (the channel protocol is the
+    /// agent's business).
+    pub async fn pod_exec(
+        &self,
+        registry: &Registry,
+        tokens: &Tokens,
+        ns: &str,
+        name: &str,
+        req: axum::extract::Request,
+    ) -> Result<Response, ApiError> {
+        use axum::extract::FromRequestParts;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let (mut parts, _) = req.into_parts();
+        let axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>> =
+            axum::extract::Query::try_from_uri(&parts.uri)
+                .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+        let offered: Vec<String> = parts
+            .headers
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_string())
+            .collect();
+        let ws = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "exec and attach need a WebSocket upgrade (v5.channel.k8s.io or \
+                     v4.channel.k8s.io); SPDY is not supported",
+                )
+            })?;
+        let protocol = EXEC_PROTOCOLS
+            .iter()
+            .find(|p| offered.iter().any(|o| o == *p))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "none of the offered WebSocket protocols {offered:?} is supported: use {}",
+                    EXEC_PROTOCOLS.join(" or ")
+                ))
+            })?;
+        let t = Self::target(registry, ns, name, &query).await?;
+        let mut params: Vec<String> = query
+            .iter()
+            .filter(|(k, _)| ["command", "stdin", "stdout", "stderr", "tty"].contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        if params.is_empty() {
+            params.push(String::new());
+        }
+        let url = format!(
+            "wss://{}:{}/exec/{ns}/{name}/{}?{}",
+            t.host(),
+            t.port,
+            t.container,
+            params.join("&")
+        );
+        let unreachable = |e: String| {
+            ApiError::internal(format!(
+                "reaching the agent of node {} at {}:{} failed: {e}",
+                t.node, t.address, t.port
+            ))
+        };
+        let mut agent_req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| unreachable(e.to_string()))?;
+        let h = agent_req.headers_mut();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", tokens.proxy_token(&t.node))
+                .parse()
+                .map_err(|_| unreachable("a bad token".into()))?,
+        );
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static(protocol),
+        );
+        let tcp = tokio::net::TcpStream::connect((t.address.as_str(), t.port))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let server_name = rustls::pki_types::ServerName::try_from(t.address.clone())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (agent, resp) = match tokio_tungstenite::client_async(agent_req, tls).await {
+            Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                return Err(match resp.status().as_u16() {
+                    404 => ApiError::new(resp.status(), "NotFound", body),
+                    _ => ApiError::bad_request(body),
+                });
+            }
+            Err(e) => return Err(unreachable(e.to_string())),
+        };
+        let _ = resp;
+        Ok(ws
+            .protocols([*protocol])
+            .on_upgrade(move |client| pipe(client, agent)))
+    }
+}
+
+/// Carry WebSocket messages both ways until either side closes.
+async fn pipe<S>(client: axum::extract::ws::WebSocket, agent: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use axum::extract::ws::Message as C;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as A;
+    let (mut client_tx, mut client_rx) = client.split();
+    let (mut agent_tx, mut agent_rx) = agent.split();
+    let up = async {
+        while let Some(Ok(msg)) = client_rx.next().await {
+            let out = match msg {
+                C::Binary(b) => A::Binary(b),
+                C::Text(t) => A::Text(t.as_str().into()),
+                C::Close(_) => break,
+                _ => continue,
+            };
+            if agent_tx.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = agent_tx.close().await;
+    };
+    let down = async {
+        while let Some(Ok(msg)) = agent_rx.next().await {
+            let out = match msg {
+                A::Binary(b) => C::Binary(b),
+                A::Text(t) => C::Text(t.as_str().into()),
+                A::Close(_) => break,
+                _ => continue,
+            };
+            if client_tx.send(out).await.is_err() {
+                break;
+            }
+        }
+        // A normal closure (1000): clients take a close without a code as an error.
+        let _ = client_tx
+            .send(C::Close(Some(axum::extract::ws::CloseFrame {
+                code: axum::extract::ws::close_code::NORMAL,
+                reason: "".into(),
+            })))
+            .await;
+    };
+    // The agent ends the session (after the status on channel 3); the client may hang up.
+    tokio::select! {
+        _ = down => {}
+        _ = up => {}
     }
 }
 

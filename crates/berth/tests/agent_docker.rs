@@ -306,7 +306,7 @@ fn readiness_probe_gates_ready_and_failing_liveness_restarts() {
 }
 
 #[test]
-fn kubectl_logs_reads_follows_tails_and_shows_the_previous_container() {
+fn kubectl_logs_and_exec_reach_the_containers() {
     let (image, node, b) = start();
     // One container counts lines; the other says one thing and sleeps.
     let pod = format!(
@@ -382,5 +382,33 @@ fn kubectl_logs_reads_follows_tails_and_shows_the_previous_container() {
     // No previous container yet.
     let out = b.kubectl(&["logs", "talker", "-c", "main", "--previous"]);
     assert!(!out.status.success());
+
+    // exec: stdout, stderr and the exit code come back apart.
+    let out = b.kubectl(&[
+        "exec",
+        "talker",
+        "-c",
+        "side",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+    // exec -i: stdin reaches the command, and its end ends `cat`.
+    let out = b.kubectl_stdin(
+        &["exec", "-i", "talker", "-c", "side", "--", "cat"],
+        "piped through\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped through\n");
+    let hostname = b.kubectl_ok(&["exec", "talker", "-c", "main", "--", "cat", "/etc/hostname"]);
+    assert!(!hostname.trim().is_empty());
     drop(image);
 }

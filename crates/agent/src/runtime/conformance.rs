@@ -92,8 +92,26 @@ pub async fn check(
         other => panic!("{other:?}"),
     }
 
-    // Logs: an exited container's output can be read to its end; a tail of 0 is empty.
+    // Exec, attached: output on stdout, then the exit code.
     use futures::StreamExt;
+    let session = rt
+        .exec(
+            &long,
+            &["/busybox".into(), "echo".into(), "conformance".into()],
+            false,
+            false,
+        )
+        .await
+        .expect("exec");
+    let printed: Vec<u8> = session
+        .output
+        .filter_map(|c| async move { c.ok().map(|(_, b)| b.to_vec()) })
+        .concat()
+        .await;
+    assert_eq!(String::from_utf8_lossy(&printed), "conformance\n");
+    assert_eq!(session.exit.await.expect("exit code"), 0);
+
+    // Logs: an exited container's output can be read to its end; a tail of 0 is empty.
     let short_id = short.as_str();
     let read = |opts: super::LogOptions| async move {
         let mut stream = rt.logs(short_id, &opts).await.expect("logs");

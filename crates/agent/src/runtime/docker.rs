@@ -12,7 +12,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 
 use super::{
@@ -415,6 +415,101 @@ impl Runtime for DockerRuntime {
             .map(|chunk| chunk.map(|out| out.into_bytes()).map_err(err("read logs")))
             .boxed();
         Ok(stream)
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        tty: bool,
+        stdin: bool,
+    ) -> Result<super::ExecSession, RuntimeError> {
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                bollard::exec::CreateExecOptions {
+                    cmd: Some(command.to_vec()),
+                    attach_stdin: Some(stdin),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(tty),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(err("create exec"))?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(bollard::exec::StartExecOptions {
+                    detach: false,
+                    tty,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(err("start exec"))?;
+        let bollard::exec::StartExecResults::Attached { output, input } = started else {
+            return Err(RuntimeError::Start {
+                container: id.into(),
+                message: "the exec started detached".into(),
+            });
+        };
+        let output = output
+            .filter_map(|chunk| async move {
+                match chunk {
+                    Ok(bollard::container::LogOutput::StdErr { message }) => {
+                        Some(Ok((super::Channel::Stderr, message)))
+                    }
+                    Ok(bollard::container::LogOutput::StdOut { message })
+                    | Ok(bollard::container::LogOutput::Console { message }) => {
+                        Some(Ok((super::Channel::Stdout, message)))
+                    }
+                    Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                    Err(e) => Some(Err(err("read exec output")(e))),
+                }
+            })
+            .boxed();
+        let (docker, exec_id) = (self.docker.clone(), exec.id.clone());
+        let resize = Box::new(move |width: u16, height: u16| {
+            let (docker, exec_id) = (docker.clone(), exec_id.clone());
+            async move {
+                let _ = docker
+                    .resize_exec(
+                        &exec_id,
+                        bollard::query_parameters::ResizeExecOptions {
+                            h: height as i32,
+                            w: width as i32,
+                        },
+                    )
+                    .await;
+            }
+            .boxed()
+        });
+        let (docker, exec_id) = (self.docker.clone(), exec.id.clone());
+        let exit = async move {
+            // The output has ended; the exit code may take a moment to be recorded.
+            for _ in 0..50 {
+                let info = docker
+                    .inspect_exec(&exec_id)
+                    .await
+                    .map_err(err("inspect exec"))?;
+                if info.running != Some(true) {
+                    return Ok(info.exit_code.unwrap_or(0));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(0)
+        }
+        .boxed();
+        Ok(super::ExecSession {
+            output,
+            input: stdin.then_some(input),
+            resize,
+            exit,
+        })
     }
 
     async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use super::{
     ContainerConfig, Observed, ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime,
@@ -213,6 +213,37 @@ impl Runtime for MockRuntime {
             vec![Ok(bytes::Bytes::from(line))]
         };
         Ok(futures::stream::iter(lines).boxed())
+    }
+
+    /// `echo a b` (or `busybox echo a b`) prints `a b`; `false` exits 1; anything else prints
+    /// nothing and exits 0.
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        _tty: bool,
+        _stdin: bool,
+    ) -> Result<super::ExecSession, RuntimeError> {
+        let code = self.exec_status(id, command).await?;
+        let command = match command.split_first() {
+            Some((first, rest)) if first.ends_with("busybox") => rest,
+            _ => command,
+        };
+        let out = match command.split_first() {
+            Some((first, rest)) if first == "echo" => format!("{}\n", rest.join(" ")),
+            _ => String::new(),
+        };
+        let chunks = if out.is_empty() {
+            vec![]
+        } else {
+            vec![Ok((super::Channel::Stdout, bytes::Bytes::from(out)))]
+        };
+        Ok(super::ExecSession {
+            output: futures::stream::iter(chunks).boxed(),
+            input: None,
+            resize: Box::new(|_, _| futures::future::ready(()).boxed()),
+            exit: futures::future::ready(Ok(code)).boxed(),
+        })
     }
 
     /// Exit code 1 for the command `false`, else 0, in a running container.

@@ -154,6 +154,22 @@ pub struct LogOptions {
 /// A container's output, stdout and stderr interleaved as written.
 pub type LogStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
 
+/// Which stream a piece of exec output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Stdout,
+    Stderr,
+}
+
+/// A command running in a container, attached: its output, its input (if asked for), a way
+/// to resize its terminal, and its exit code once the output has ended.
+pub struct ExecSession {
+    pub output: futures::stream::BoxStream<'static, Result<(Channel, bytes::Bytes), RuntimeError>>,
+    pub input: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    pub resize: Box<dyn Fn(u16, u16) -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
+    pub exit: futures::future::BoxFuture<'static, Result<i64, RuntimeError>>,
+}
+
 /// A container runtime driver.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
@@ -192,6 +208,21 @@ pub trait Runtime: Send + Sync + 'static {
         Err(RuntimeError::NotSupported {
             driver: self.name(),
             what: "logs",
+        })
+    }
+
+    /// Run `command` in a running container, attached (`kubectl exec`).
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        tty: bool,
+        stdin: bool,
+    ) -> Result<ExecSession, RuntimeError> {
+        let _ = (id, command, tty, stdin);
+        Err(RuntimeError::NotSupported {
+            driver: self.name(),
+            what: "exec",
         })
     }
 
