@@ -12,6 +12,7 @@
 //!  every lease_every: PATCH lease;  every 10 s: PATCH nodes/<name>/status
 //! ```
 
+pub mod config;
 pub mod node;
 pub mod pods;
 pub mod probes;
@@ -228,6 +229,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         client.clone(),
         cfg.node_name.clone(),
         cfg.backoff,
+        cfg.data_dir.clone(),
     ));
     loop {
         tick(&sync, &reader).await;

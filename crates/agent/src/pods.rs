@@ -89,6 +89,8 @@ pub struct PodSync {
     pub client: kube::Client,
     pub node: String,
     pub backoff: Backoff,
+    /// Where pod volumes live (`<data dir>/pods/<uid>`).
+    pub data_dir: std::path::PathBuf,
     /// The last start failure per (pod uid, container), shown as the waiting reason.
     start_errors: Mutex<HashMap<(String, String), StartFailure>>,
     /// The status last written per pod uid, to skip writes that change nothing.
@@ -136,6 +138,7 @@ pub fn container_config(c: &Container, attempt: u32) -> ContainerConfig {
         command: c.command.clone(),
         args: c.args.clone(),
         env,
+        mounts: vec![],
         working_dir: c.working_dir.clone(),
         cpu_millis: limits
             .and_then(|l| l.get("cpu"))
@@ -204,12 +207,14 @@ impl PodSync {
         client: kube::Client,
         node: String,
         backoff: Backoff,
+        data_dir: std::path::PathBuf,
     ) -> Self {
         PodSync {
             runtime,
             client,
             node,
             backoff,
+            data_dir,
             start_errors: Mutex::default(),
             written: Mutex::default(),
             deleting: Mutex::default(),
@@ -324,14 +329,47 @@ impl PodSync {
         }
     }
 
-    async fn start(&self, pod: &PodRef, sandbox: &ObservedSandbox, spec: &Container, attempt: u32) {
-        let config = container_config(spec, attempt);
-        let key = (pod.uid.clone(), spec.name.clone());
-        let result = match self
-            .runtime
-            .ensure_image(&config.image, config.pull_policy)
+    /// Environment and mounts from outside the spec (ConfigMaps, Secrets, volumes).
+    async fn resolve(
+        &self,
+        full: &Pod,
+        sandbox: &ObservedSandbox,
+        spec: &Container,
+        config: &mut ContainerConfig,
+    ) -> Result<(), RuntimeError> {
+        let failed = |e: crate::config::ConfigError| RuntimeError::Config {
+            container: spec.name.clone(),
+            message: e.to_string(),
+        };
+        config.env = crate::config::environment(&self.client, full, spec, sandbox.ip.as_deref())
             .await
-        {
+            .map_err(failed)?;
+        config.mounts = crate::config::mounts(&self.client, full, spec, &self.data_dir)
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    async fn start(
+        &self,
+        full: &Pod,
+        pod: &PodRef,
+        sandbox: &ObservedSandbox,
+        spec: &Container,
+        attempt: u32,
+    ) {
+        let mut config = container_config(spec, attempt);
+        let key = (pod.uid.clone(), spec.name.clone());
+        let resolved = self.resolve(full, sandbox, spec, &mut config).await;
+        let result = match resolved {
+            Err(e) => Err(e),
+            Ok(()) => {
+                self.runtime
+                    .ensure_image(&config.image, config.pull_policy)
+                    .await
+            }
+        };
+        let result = match result {
             Ok(()) => self
                 .runtime
                 .start_container(pod, &sandbox.id, &config)
@@ -398,6 +436,7 @@ impl PodSync {
                 .map_err(self.rt(r))?;
             self.runtime.remove(&s.id).await.map_err(self.rt(r))?;
         }
+        self.remove_volumes(&r.uid);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
         let params = DeleteParams {
             grace_period_seconds: Some(0),
@@ -494,7 +533,7 @@ impl PodSync {
             }
             initialized = false;
             if let Step::Start(n) = step {
-                self.start(&r, &sandbox, c, n).await;
+                self.start(pod, &r, &sandbox, c, n).await;
             }
             break;
         }
@@ -538,7 +577,7 @@ impl PodSync {
             if !initialized {
                 status["state"] = json!({"waiting": {"reason": "PodInitializing"}});
             } else if let Step::Start(n) = step {
-                self.start(&r, &sandbox, c, n).await;
+                self.start(pod, &r, &sandbox, c, n).await;
             }
             statuses.push(status);
         }
@@ -590,6 +629,17 @@ impl PodSync {
             let _ = self.runtime.stop(&s.id, Duration::from_secs(1)).await;
             let _ = self.runtime.remove(&s.id).await;
             self.forget(&s.pod_uid);
+            self.remove_volumes(&s.pod_uid);
+        }
+    }
+
+    /// The pod's emptyDir, configMap and secret volumes go with it (hostPath ones stay).
+    fn remove_volumes(&self, uid: &str) {
+        let dir = crate::config::pod_dir(&self.data_dir, uid);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(pod.uid = uid, error = %e, "could not remove the pod's volumes");
+            }
         }
     }
 }

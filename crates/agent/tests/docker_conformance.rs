@@ -11,6 +11,7 @@ fn config(name: &str, command: &[&str]) -> ContainerConfig {
         command: Some(command.iter().map(|s| s.to_string()).collect()),
         args: None,
         env: vec![],
+        mounts: vec![],
         working_dir: None,
         cpu_millis: Some(500),
         memory_bytes: Some(64 << 20),

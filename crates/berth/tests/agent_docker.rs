@@ -412,3 +412,112 @@ fn kubectl_logs_and_exec_reach_the_containers() {
     assert!(!hostname.trim().is_empty());
     drop(image);
 }
+
+#[test]
+fn env_and_volumes_come_from_configmaps_secrets_and_the_pod() {
+    let (image, node, b) = start();
+    let objects = format!(
+        r#"---
+{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"settings"}},"data":{{"MODE":"fast","app.conf":"port=80\n"}}}}
+---
+{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"creds"}},"stringData":{{"PASSWORD":"hunter2"}}}}
+---
+{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"configured"}},"spec":{{"nodeName":"{node}",
+  "terminationGracePeriodSeconds":1,
+  "volumes":[{{"name":"conf","configMap":{{"name":"settings"}}}},
+             {{"name":"secret","secret":{{"secretName":"creds"}}}},
+             {{"name":"scratch","emptyDir":{{}}}}],
+  "containers":[
+    {{"name":"main","image":"{img}","command":["/bin/sh","-c","echo shared > /scratch/note; sleep 3600"],
+      "env":[{{"name":"MODE","valueFrom":{{"configMapKeyRef":{{"name":"settings","key":"MODE"}}}}}},
+             {{"name":"PASSWORD","valueFrom":{{"secretKeyRef":{{"name":"creds","key":"PASSWORD"}}}}}},
+             {{"name":"POD","valueFrom":{{"fieldRef":{{"fieldPath":"metadata.name"}}}}}}],
+      "envFrom":[{{"configMapRef":{{"name":"settings"}},"prefix":"CM_"}}],
+      "volumeMounts":[{{"name":"conf","mountPath":"/etc/app"}},{{"name":"secret","mountPath":"/etc/creds"}},
+                      {{"name":"scratch","mountPath":"/scratch"}}]}},
+    {{"name":"reader","image":"{img}","command":["/bin/sh","-c","sleep 3600"],
+      "volumeMounts":[{{"name":"scratch","mountPath":"/data"}}]}}]}}}}
+---
+{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"needs-missing"}},"spec":{{"nodeName":"{node}",
+  "terminationGracePeriodSeconds":1,
+  "containers":[{{"name":"c","image":"{img}","command":["/bin/sh","-c","sleep 3600"],
+    "env":[{{"name":"X","valueFrom":{{"configMapKeyRef":{{"name":"absent","key":"X"}}}}}}]}}]}}}}"#,
+        node = node.name,
+        img = image.tag
+    );
+    let out = b.kubectl_stdin(&["create", "-f", "-"], &objects);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &b,
+        30,
+        "the configured pod to run",
+        &["get", "pod", "configured", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Running",
+    );
+    let exec = |container: &str, script: &str| {
+        b.kubectl_ok(&[
+            "exec",
+            "configured",
+            "-c",
+            container,
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+    };
+    assert_eq!(
+        exec("main", "echo $MODE $PASSWORD $POD $CM_MODE"),
+        "fast hunter2 configured fast\n"
+    );
+    assert_eq!(
+        exec("main", "cat /etc/app/app.conf /etc/creds/PASSWORD"),
+        "port=80\nhunter2"
+    );
+    assert_eq!(exec("reader", "cat /data/note"), "shared\n");
+    // configMap and secret volumes are read-only.
+    let out = b.kubectl(&[
+        "exec",
+        "configured",
+        "-c",
+        "main",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > /etc/app/new",
+    ]);
+    assert!(!out.status.success());
+
+    // A missing ConfigMap says so, and the pod starts once it exists.
+    let waiting = wait_for(
+        &b,
+        30,
+        "CreateContainerConfigError",
+        &["get", "pod", "needs-missing", "-o",
+          "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"],
+        |s| s.starts_with("CreateContainerConfigError"),
+    );
+    assert!(
+        waiting.contains("configmap \"absent\" not found"),
+        "{waiting}"
+    );
+    b.kubectl_ok(&["create", "configmap", "absent", "--from-literal=X=1"]);
+    wait_for(
+        &b,
+        40,
+        "the pod to start once its ConfigMap exists",
+        &[
+            "get",
+            "pod",
+            "needs-missing",
+            "-o",
+            "jsonpath={.status.phase}",
+        ],
+        |s| s == "Running",
+    );
+    drop(image);
+}

@@ -286,6 +286,15 @@ impl Runtime for DockerRuntime {
             host_config: Some(HostConfig {
                 network_mode: Some(ns.clone()),
                 ipc_mode: Some(ns),
+                binds: Some(
+                    c.mounts
+                        .iter()
+                        .map(|m| {
+                            let mode = if m.read_only { ":ro" } else { "" };
+                            format!("{}:{}{mode}", m.host_path, m.container_path)
+                        })
+                        .collect(),
+                ),
                 memory: c.memory_bytes.map(|m| m as i64),
                 nano_cpus: c.cpu_millis.map(|m| (m * 1_000_000) as i64),
                 ..Default::default()

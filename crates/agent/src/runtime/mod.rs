@@ -38,6 +38,14 @@ impl PullPolicy {
     }
 }
 
+/// A host path mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: String,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
 /// What to run in one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerConfig {
@@ -48,6 +56,7 @@ pub struct ContainerConfig {
     /// Overrides the image's cmd when set (Kubernetes `args`).
     pub args: Option<Vec<String>>,
     pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
     pub working_dir: Option<String>,
     /// CPU limit in millicores.
     pub cpu_millis: Option<u64>,
@@ -109,6 +118,10 @@ pub enum RuntimeError {
     /// The image could not be pulled (Berth has no registry here).
     #[error("failed to pull image {image:?}: {message}")]
     ImagePull { image: String, message: String },
+    /// What the container needs from outside its spec is missing (a ConfigMap, a Secret, a
+    /// key, a volume).
+    #[error("{message}")]
+    Config { container: String, message: String },
     /// The container could not be created or started (bad command, ...).
     #[error("failed to start container {container:?}: {message}")]
     Start { container: String, message: String },
@@ -133,6 +146,7 @@ impl RuntimeError {
             RuntimeError::ImageNeverPull { .. } => "ErrImageNeverPull",
             RuntimeError::ImagePull { .. } => "ErrImagePull",
             RuntimeError::Start { .. } => "CreateContainerError",
+            RuntimeError::Config { .. } => "CreateContainerConfigError",
             RuntimeError::Driver { .. } | RuntimeError::NotSupported { .. } => "RunContainerError",
         }
     }
