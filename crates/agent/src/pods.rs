@@ -419,10 +419,54 @@ impl PodSync {
             .iter()
             .filter(|c| c.pod_uid == r.uid)
             .collect();
+        // preStop hooks first, inside the grace period; then SIGTERM with what is left.
+        let began = std::time::Instant::now();
+        let limit = Duration::from_secs(grace);
+        let pod_ip = obs
+            .sandboxes
+            .iter()
+            .find(|s| s.pod_uid == r.uid)
+            .and_then(|s| s.ip.clone());
+        let specs: Vec<Container> = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let hooks = ids.iter().filter_map(|c| {
+            let State::Running { started_at } = c.state else {
+                return None;
+            };
+            let spec = specs.iter().find(|s| s.name == c.name)?;
+            let hook = spec.lifecycle.as_ref()?.pre_stop.clone()?;
+            let (pod_ip, rt) = (pod_ip.clone(), self.runtime.clone());
+            Some(async move {
+                let subject = crate::probes::Subject {
+                    rt: rt.as_ref(),
+                    container: spec,
+                    id: &c.id,
+                    started_at,
+                    pod_ip: pod_ip.as_deref(),
+                    now: Timestamp::now(),
+                };
+                let run = crate::probes::pre_stop(&subject, &hook, limit);
+                match tokio::time::timeout(limit, run).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(container = %c.name, error = %e, "preStop hook failed")
+                    }
+                    Err(_) => tracing::warn!(container = %c.name, "preStop hook ran out of time"),
+                }
+            })
+        });
+        futures::future::join_all(hooks).await;
+        // Kubernetes gives at least 2 s after a hook that used up the grace period.
+        let left = limit
+            .saturating_sub(began.elapsed())
+            .max(Duration::from_secs(2).min(limit));
         let stops = ids
             .iter()
             .filter(|c| matches!(c.state, State::Running { .. }))
-            .map(|c| self.runtime.stop(&c.id, Duration::from_secs(grace)));
+            .map(|c| self.runtime.stop(&c.id, left));
         for res in futures::future::join_all(stops).await {
             res.map_err(self.rt(r))?;
         }

@@ -60,6 +60,29 @@ pub struct Subject<'a> {
     pub now: Timestamp,
 }
 
+/// Run a container's `preStop` hook within `limit`; a hook's failure is only reported, as
+/// Kubernetes does (the container is stopped either way).
+pub async fn pre_stop(
+    s: &Subject<'_>,
+    hook: &k8s_openapi::api::core::v1::LifecycleHandler,
+    limit: Duration,
+) -> Result<(), String> {
+    if let Some(sleep) = &hook.sleep {
+        let d = Duration::from_secs(sleep.seconds.max(0) as u64).min(limit);
+        tokio::time::sleep(d).await;
+        return Ok(());
+    }
+    // The handler types are a probe's; run it as one with the time that is left.
+    let as_probe = Probe {
+        exec: hook.exec.clone(),
+        http_get: hook.http_get.clone(),
+        tcp_socket: hook.tcp_socket.clone(),
+        timeout_seconds: Some(limit.as_secs().max(1) as i32),
+        ..Default::default()
+    };
+    run_once(s, &as_probe).await
+}
+
 /// The outcome of one probe run.
 async fn run_once(s: &Subject<'_>, probe: &Probe) -> Result<(), String> {
     let (container, pod_ip) = (s.container, s.pod_ip);

@@ -521,3 +521,38 @@ fn env_and_volumes_come_from_configmaps_secrets_and_the_pod() {
     );
     drop(image);
 }
+
+#[test]
+fn a_prestop_hook_runs_before_the_container_is_stopped() {
+    let (image, node, b) = start();
+    let out_dir = tempfile::tempdir().unwrap();
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"stopper"}},"spec":{{"nodeName":"{node}",
+          "terminationGracePeriodSeconds":5,
+          "volumes":[{{"name":"out","hostPath":{{"path":"{dir}","type":"DirectoryOrCreate"}}}}],
+          "containers":[{{"name":"c","image":"{img}","command":["/bin/sh","-c","sleep 3600"],
+            "volumeMounts":[{{"name":"out","mountPath":"/out"}}],
+            "lifecycle":{{"preStop":{{"exec":{{"command":["/bin/sh","-c","echo stopping > /out/prestop"]}}}}}}}}]}}}}"#,
+        node = node.name,
+        img = image.tag,
+        dir = out_dir.path().display()
+    );
+    b.kubectl_stdin(&["create", "-f", "-"], &pod);
+    wait_for(
+        &b,
+        30,
+        "the pod to run",
+        &["get", "pod", "stopper", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Running",
+    );
+    let t = Instant::now();
+    b.kubectl_ok(&["delete", "pod", "stopper", "--timeout=30s"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "deletion took {:?}",
+        t.elapsed()
+    );
+    let written = std::fs::read_to_string(out_dir.path().join("prestop")).unwrap_or_default();
+    assert_eq!(written, "stopping\n");
+    drop(image);
+}

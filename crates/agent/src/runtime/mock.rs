@@ -289,6 +289,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            mounts: vec![],
             working_dir: None,
             cpu_millis: None,
             memory_bytes: None,
