@@ -109,6 +109,21 @@ fn pod_ref(pod: &Pod) -> PodRef {
             .clone()
             .unwrap_or_else(|| "default".into()),
         name: pod.metadata.name.clone().unwrap_or_default(),
+        host_ports: pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let host_port = u16::try_from(p.host_port?).ok().filter(|p| *p > 0)?;
+                Some(crate::runtime::HostPort {
+                    container_port: u16::try_from(p.container_port).ok()?,
+                    host_port,
+                    protocol: p.protocol.as_deref().unwrap_or("TCP").to_lowercase(),
+                    host_ip: p.host_ip.clone().unwrap_or_default(),
+                })
+            })
+            .collect(),
     }
 }
 

@@ -31,6 +31,7 @@ async fn docker_passes_the_conformance_suite() {
     // The pause image is made on the first sandbox; make one so the test image exists.
     let warm = berth_agent::runtime::PodRef {
         uid: format!("warm-{node}"),
+        host_ports: vec![],
         namespace: "c".into(),
         name: "warm".into(),
     };

@@ -556,3 +556,51 @@ fn a_prestop_hook_runs_before_the_container_is_stopped() {
     assert_eq!(written, "stopping\n");
     drop(image);
 }
+
+#[test]
+fn a_host_port_reaches_the_pod_from_the_host() {
+    let (image, node, b) = start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"published"}},"spec":{{"nodeName":"{node}",
+          "terminationGracePeriodSeconds":1,
+          "containers":[{{"name":"httpd","image":"{img}","command":["/bin/httpd","-f","-p","8080","-h","/www"],
+            "ports":[{{"containerPort":8080,"hostPort":{port}}}]}}]}}}}"#,
+        node = node.name,
+        img = image.tag
+    );
+    b.kubectl_stdin(&["create", "-f", "-"], &pod);
+    wait_for(
+        &b,
+        30,
+        "the pod to run",
+        &["get", "pod", "published", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Running",
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        use std::io::{Read, Write};
+        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        match got {
+            Ok(text) if text.starts_with("HTTP/1.") => break text,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no answer on host port {port}: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert!(body.contains("200 OK"), "{body}");
+    drop(image);
+}

@@ -36,6 +36,7 @@ pub async fn check(
 ) {
     let pod = PodRef {
         uid: pod_uid.into(),
+        host_ports: vec![],
         namespace: "conformance".into(),
         name: "pod".into(),
     };

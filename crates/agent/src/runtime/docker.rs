@@ -219,8 +219,28 @@ impl Runtime for DockerRuntime {
             cmd: Some(vec!["/busybox".into(), "sleep".into(), "2147483647".into()]),
             hostname: Some(pod.name.chars().take(63).collect()),
             labels: Some(labels),
+            exposed_ports: (!pod.host_ports.is_empty()).then(|| {
+                pod.host_ports
+                    .iter()
+                    .map(|p| format!("{}/{}", p.container_port, p.protocol))
+                    .collect()
+            }),
             host_config: Some(HostConfig {
                 ipc_mode: Some("shareable".into()),
+                port_bindings: (!pod.host_ports.is_empty()).then(|| {
+                    let mut map: HashMap<String, Option<Vec<bollard::models::PortBinding>>> =
+                        HashMap::new();
+                    for p in &pod.host_ports {
+                        map.entry(format!("{}/{}", p.container_port, p.protocol))
+                            .or_default()
+                            .get_or_insert_with(Vec::new)
+                            .push(bollard::models::PortBinding {
+                                host_ip: (!p.host_ip.is_empty()).then(|| p.host_ip.clone()),
+                                host_port: Some(p.host_port.to_string()),
+                            });
+                    }
+                    map
+                }),
                 ..Default::default()
             }),
             ..Default::default()

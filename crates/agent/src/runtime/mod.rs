@@ -18,6 +18,20 @@ pub struct PodRef {
     pub uid: String,
     pub namespace: String,
     pub name: String,
+    /// Ports of the pod's containers published on the host (`hostPort`); the sandbox, which
+    /// holds the network namespace, carries them.
+    pub host_ports: Vec<HostPort>,
+}
+
+/// A container port published on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub container_port: u16,
+    pub host_port: u16,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// Empty: every host address.
+    pub host_ip: String,
 }
 
 /// `imagePullPolicy`.
