@@ -174,8 +174,14 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             }
         });
     }
-    let port = server::serve(cfg.listen, &serving, runtime.clone(), reader.clone())
-        .map_err(AgentError::Serve)?;
+    let port = server::serve(
+        cfg.listen,
+        &cfg.node_name,
+        &serving,
+        runtime.clone(),
+        reader.clone(),
+    )
+    .map_err(AgentError::Serve)?;
 
     let cap = node::Capacity::of_host(&cfg.data_dir);
     let status = || node::node_status(&cap, &cfg.address, port, &cfg.node_name, &runtime.version());

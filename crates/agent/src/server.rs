@@ -4,6 +4,7 @@
 //! for this node (so nobody else can read the node's logs).
 //!
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&sinceSeconds&sinceTime&timestamps&previous`
+//! `GET /stats/summary` (the kubelet's Summary API shape: node and container CPU and memory)
 //! `GET /exec/{namespace}/{pod}/{container}?command=..&stdin&tty` (WebSocket,
 //! `v5.channel.k8s.io` or `v4.channel.k8s.io`: each binary message starts with its channel:
 //! 0 stdin, 1 stdout, 2 stderr, 3 the final status, 4 terminal size; v5 adds 255 to close one)
@@ -48,6 +49,53 @@ struct AgentState {
     runtime: Arc<dyn Runtime>,
     pods: Store<Pod>,
     token: String,
+    node: String,
+    /// The last CPU sample per container id (and "" for the node), for rates.
+    samples: std::sync::Mutex<HashMap<String, (jiff::Timestamp, u64)>>,
+}
+
+impl AgentState {
+    /// CPU use in nanocores since the previous sample of `key` (or since `since`, the first
+    /// time), remembering this one.
+    fn rate(&self, key: &str, now: jiff::Timestamp, cpu_nanos: u64, since: jiff::Timestamp) -> u64 {
+        let mut samples = self.samples.lock().expect("samples");
+        let (t0, c0) = samples.get(key).copied().unwrap_or((since, 0));
+        samples.insert(key.to_string(), (now, cpu_nanos));
+        let dt = (now.as_nanosecond() - t0.as_nanosecond()).max(1) as u128;
+        (cpu_nanos.saturating_sub(c0) as u128 * 1_000_000_000 / dt) as u64
+    }
+}
+
+/// The host's CPU time used (ns, all cores) and memory (total, available), from /proc.
+fn host_usage() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, t)| t)
+        .sum();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |name: &str| {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    // USER_HZ is 100 on Linux: a tick is 10 ms.
+    (busy * 10_000_000, kib("MemTotal:"), kib("MemAvailable:"))
 }
 
 fn tls_config(s: &Serving) -> Result<Arc<rustls::ServerConfig>, ServeError> {
@@ -79,6 +127,7 @@ fn tls_config(s: &Serving) -> Result<Arc<rustls::ServerConfig>, ServeError> {
 /// Start serving on `addr` (port 0: any); returns the port.
 pub fn serve(
     addr: std::net::SocketAddr,
+    node: &str,
     serving: &Serving,
     runtime: Arc<dyn Runtime>,
     pods: Store<Pod>,
@@ -92,6 +141,12 @@ pub fn serve(
         runtime,
         pods,
         token: serving.proxy_token.clone(),
+        node: node.to_string(),
+        // The node's first sample, so that its first rate covers the time since start.
+        samples: std::sync::Mutex::new(HashMap::from([(
+            String::new(),
+            (jiff::Timestamp::now(), host_usage().0),
+        )])),
     });
     let app = axum::Router::new()
         .route(
@@ -102,6 +157,7 @@ pub fn serve(
             "/exec/{namespace}/{pod}/{container}",
             axum::routing::get(exec),
         )
+        .route("/stats/summary", axum::routing::get(summary))
         .with_state(state);
     let server = axum_server::from_tcp_rustls(
         listener,
@@ -119,6 +175,77 @@ fn refuse(code: StatusCode, message: String) -> Response {
     (code, message).into_response()
 }
 
+fn authorized(state: &AgentState, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    presented == Some(state.token.as_str())
+}
+
+/// `GET /stats/summary`: CPU and memory of the node and of each running container, in the
+/// shape of the kubelet's Summary API (what metrics-server reads).
+async fn summary(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    let now = jiff::Timestamp::now();
+    let observed = match state.runtime.list().await {
+        Ok(o) => o,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    };
+    let usage = |cores: u64, total: u64, memory: u64| {
+        (
+            serde_json::json!({"time": now.to_string(), "usageNanoCores": cores, "usageCoreNanoSeconds": total}),
+            serde_json::json!({"time": now.to_string(), "workingSetBytes": memory, "usageBytes": memory}),
+        )
+    };
+    let mut pods = Vec::new();
+    for pod in state.pods.state() {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let (mut pod_cores, mut pod_cpu, mut pod_mem) = (0u64, 0u64, 0u64);
+        let mut containers = Vec::new();
+        for c in observed.containers.iter().filter(|c| c.pod_uid == uid) {
+            let crate::runtime::State::Running { started_at } = c.state else {
+                continue;
+            };
+            let Ok(st) = state.runtime.stats(&c.id).await else {
+                continue;
+            };
+            let cores = state.rate(&c.id, now, st.cpu_nanos, started_at);
+            pod_cores += cores;
+            pod_cpu += st.cpu_nanos;
+            pod_mem += st.working_set_bytes;
+            let (cpu, memory) = usage(cores, st.cpu_nanos, st.working_set_bytes);
+            containers.push(serde_json::json!({
+                "name": c.name, "startTime": started_at.to_string(), "cpu": cpu, "memory": memory,
+            }));
+        }
+        if containers.is_empty() {
+            continue;
+        }
+        let (cpu, memory) = usage(pod_cores, pod_cpu, pod_mem);
+        pods.push(serde_json::json!({
+            "podRef": {"name": pod.metadata.name, "namespace": pod.metadata.namespace, "uid": uid},
+            "containers": containers, "cpu": cpu, "memory": memory,
+        }));
+    }
+    state
+        .samples
+        .lock()
+        .expect("samples")
+        .retain(|id, _| id.is_empty() || observed.containers.iter().any(|c| &c.id == id));
+    let (host_cpu, total, available) = host_usage();
+    let cores = state.rate("", now, host_cpu, now);
+    let (cpu, mut memory) = usage(cores, host_cpu, total.saturating_sub(available));
+    memory["availableBytes"] = available.into();
+    axum::Json(serde_json::json!({
+        "node": {"nodeName": state.node, "cpu": cpu, "memory": memory},
+        "pods": pods,
+    }))
+    .into_response()
+}
+
 /// Check the caller is the API server, and find the attempts of a container, newest first.
 async fn attempts(
     state: &AgentState,
@@ -127,11 +254,7 @@ async fn attempts(
     pod: &str,
     container: &str,
 ) -> Result<Vec<crate::runtime::ObservedContainer>, Response> {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented != Some(state.token.as_str()) {
+    if !authorized(state, headers) {
         return Err(refuse(StatusCode::UNAUTHORIZED, "Unauthorized".into()));
     }
     let Some(uid) = state

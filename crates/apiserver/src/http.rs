@@ -124,6 +124,21 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
                 .pod_exec(&app.registry, &app.tokens, &ns, &name, req)
                 .await
         }
+        ["api", "v1", "nodes", node, "proxy", rest @ ..] if read_only => {
+            if identity != Identity::Admin {
+                return Err(ApiError::forbidden(format!(
+                    "nodes \"{node}\" is forbidden: only the admin may use the node proxy"
+                )));
+            }
+            let mut path = format!("/{}", rest.join("/"));
+            if let Some(q) = req.uri().query() {
+                path.push('?');
+                path.push_str(q);
+            }
+            app.proxy
+                .node_get(&app.registry, &app.tokens, node, &path)
+                .await
+        }
         ["api", "v1", "namespaces", ns, "pods", name, "log"] if read_only => {
             if identity != Identity::Admin {
                 return Err(ApiError::forbidden(format!(

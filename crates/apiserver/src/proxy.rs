@@ -1,5 +1,6 @@
 //! What the API server asks of agents on a client's behalf: container logs
-//! (`GET pods/<name>/log`), streamed from the agent of the pod's node.
+//! (`GET pods/<name>/log`), exec (`pods/<name>/exec`, WebSocket) and the node's own
+//! endpoints (`GET nodes/<name>/proxy/stats/summary`).
 //!
 //! Both ends are checked: the agent's certificate must be signed by the cluster CA for the
 //! node's address (issued by `POST /berth/v1/nodecert`), and the API server presents the
@@ -127,6 +128,20 @@ impl NodeProxy {
             .ok_or_else(|| {
                 ApiError::bad_request(format!("pod {name} does not have a host assigned"))
             })?;
+        let (address, port) = Self::agent_endpoint(registry, node_name).await?;
+        Ok(Target {
+            container,
+            node: node_name.to_string(),
+            address,
+            port,
+        })
+    }
+
+    /// The address and port of a node's agent, from the Node's status.
+    async fn agent_endpoint(
+        registry: &Registry,
+        node_name: &str,
+    ) -> Result<(String, u16), ApiError> {
         let node = registry
             .get(resources::of_kind(Kind::Node), None, node_name)
             .await?;
@@ -141,41 +156,25 @@ impl NodeProxy {
             .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
             .and_then(Value::as_u64)
             .filter(|p| *p > 0 && *p <= u16::MAX as u64);
-        let (Some(address), Some(port)) = (address, port) else {
-            return Err(ApiError::bad_request(format!(
+        match (address, port) {
+            (Some(a), Some(p)) => Ok((a.to_string(), p as u16)),
+            _ => Err(ApiError::bad_request(format!(
                 "node {node_name} has no agent endpoint (no InternalIP address or kubelet \
                  port in its status)"
-            )));
-        };
-        Ok(Target {
-            container,
-            node: node_name.to_string(),
-            address: address.to_string(),
-            port: port as u16,
-        })
+            ))),
+        }
     }
 
-    /// `GET pods/<name>/log`: stream from the agent of the pod's node.
-    pub async fn pod_log(
+    /// GET `path` (with its query) from a node's agent, streaming the answer back.
+    async fn get_from_agent(
         &self,
-        registry: &Registry,
         tokens: &Tokens,
-        ns: &str,
-        name: &str,
-        query: &[(String, String)],
+        node_name: &str,
+        host: &str,
+        port: u16,
+        path: &str,
     ) -> Result<Response, ApiError> {
-        let t = Self::target(registry, ns, name, query).await?;
-        let (host, port, container, node_name) = (t.host(), t.port, &t.container, &t.node);
-        let mut url = format!("https://{host}:{port}/containerLogs/{ns}/{name}/{container}");
-        let params: Vec<String> = query
-            .iter()
-            .filter(|(k, _)| LOG_PARAMS.contains(&k.as_str()))
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect();
-        if !params.is_empty() {
-            url.push('?');
-            url.push_str(&params.join("&"));
-        }
+        let url = format!("https://{host}:{port}{path}");
         let req = http::Request::get(&url)
             .header(
                 http::header::AUTHORIZATION,
@@ -202,11 +201,60 @@ impl NodeProxy {
                 _ => ApiError::bad_request(message),
             });
         }
+        let content_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or(http::HeaderValue::from_static("text/plain"));
         Ok((
-            [(http::header::CONTENT_TYPE, "text/plain")],
+            [(http::header::CONTENT_TYPE, content_type)],
             Body::new(resp.into_body()),
         )
             .into_response())
+    }
+
+    /// `GET nodes/<name>/proxy/<path>`: what the node's agent serves (`stats/summary`).
+    pub async fn node_get(
+        &self,
+        registry: &Registry,
+        tokens: &Tokens,
+        node_name: &str,
+        path_and_query: &str,
+    ) -> Result<Response, ApiError> {
+        let (address, port) = Self::agent_endpoint(registry, node_name).await?;
+        let t = Target {
+            container: String::new(),
+            node: node_name.to_string(),
+            address,
+            port,
+        };
+        self.get_from_agent(tokens, node_name, &t.host(), port, path_and_query)
+            .await
+    }
+
+    /// `GET pods/<name>/log`: stream from the agent of the pod's node.
+    pub async fn pod_log(
+        &self,
+        registry: &Registry,
+        tokens: &Tokens,
+        ns: &str,
+        name: &str,
+        query: &[(String, String)],
+    ) -> Result<Response, ApiError> {
+        let t = Self::target(registry, ns, name, query).await?;
+        let (host, port, container, node_name) = (t.host(), t.port, &t.container, &t.node);
+        let mut path = format!("/containerLogs/{ns}/{name}/{container}");
+        let params: Vec<String> = query
+            .iter()
+            .filter(|(k, _)| LOG_PARAMS.contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        if !params.is_empty() {
+            path.push('?');
+            path.push_str(&params.join("&"));
+        }
+        self.get_from_agent(tokens, node_name, &host, port, &path)
+            .await
     }
 }
 

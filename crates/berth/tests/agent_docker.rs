@@ -314,7 +314,8 @@ fn kubectl_logs_and_exec_reach_the_containers() {
           "nodeName":"{node}","terminationGracePeriodSeconds":1,"containers":[
           {{"name":"main","image":"{img}","command":["/bin/sh","-c",
             "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"]}},
-          {{"name":"side","image":"{img}","command":["/bin/sh","-c","echo side says hi; sleep 3600"]}}]}}}}"#,
+          {{"name":"side","image":"{img}","command":["/bin/sh","-c","echo side says hi; sleep 3600"]}},
+          {{"name":"burn","image":"{img}","command":["/bin/sh","-c","while :; do :; done"]}}]}}}}"#,
         node = node.name,
         img = image.tag
     );
@@ -410,6 +411,54 @@ fn kubectl_logs_and_exec_reach_the_containers() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "piped through\n");
     let hostname = b.kubectl_ok(&["exec", "talker", "-c", "main", "--", "cat", "/etc/hostname"]);
     assert!(!hostname.trim().is_empty());
+
+    // Stats, through the node proxy in the kubelet's Summary API shape: the busy loop uses
+    // a good share of a core, and every container some memory.
+    let summary_path = format!("/api/v1/nodes/{}/proxy/stats/summary", node.name);
+    let summary = || -> serde_json::Value {
+        serde_json::from_str(&b.kubectl_ok(&["get", "--raw", &summary_path])).unwrap()
+    };
+    wait_for(
+        &b,
+        30,
+        "all three containers",
+        &["get", "pod", "talker"],
+        |s| s.contains("3/3"),
+    );
+    summary();
+    std::thread::sleep(Duration::from_secs(2));
+    let s = summary();
+    assert!(
+        s["node"]["cpu"]["usageNanoCores"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+    let pod = s["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == "talker")
+        .unwrap_or_else(|| panic!("talker is not in {s}"));
+    let container = |name: &str| {
+        pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in {pod}"))
+            .clone()
+    };
+    let burn = container("burn");
+    let cores = burn["cpu"]["usageNanoCores"].as_u64().unwrap();
+    assert!(
+        cores > 100_000_000,
+        "a busy loop used only {cores} nanocores: {burn}"
+    );
+    assert!(
+        container("side")["memory"]["workingSetBytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     drop(image);
 }
 

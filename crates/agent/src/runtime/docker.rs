@@ -446,6 +446,44 @@ impl Runtime for DockerRuntime {
         Ok(stream)
     }
 
+    async fn stats(&self, id: &str) -> Result<super::ContainerStats, RuntimeError> {
+        let opts = bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut stream = self.docker.stats(id, Some(opts));
+        let s = match stream.next().await {
+            Some(r) => r.map_err(err("read stats"))?,
+            None => {
+                return Err(RuntimeError::Start {
+                    container: id.into(),
+                    message: "no stats for the container".into(),
+                })
+            }
+        };
+        let cpu_nanos = s
+            .cpu_stats
+            .as_ref()
+            .and_then(|c| c.cpu_usage.as_ref())
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0);
+        let mem = s.memory_stats.as_ref();
+        let usage = mem.and_then(|m| m.usage).unwrap_or(0);
+        // cgroup v2 calls the reclaimable cache inactive_file; v1 total_inactive_file.
+        let inactive = mem
+            .and_then(|m| m.stats.as_ref())
+            .and_then(|st| {
+                st.get("inactive_file")
+                    .or_else(|| st.get("total_inactive_file"))
+            })
+            .copied()
+            .unwrap_or(0);
+        Ok(super::ContainerStats {
+            cpu_nanos,
+            working_set_bytes: usage.saturating_sub(inactive),
+        })
+    }
+
     async fn exec(
         &self,
         id: &str,

@@ -215,6 +215,28 @@ impl Runtime for MockRuntime {
         Ok(futures::stream::iter(lines).boxed())
     }
 
+    /// A running mock container uses 1 ms of CPU per second it has run and 1 MiB.
+    async fn stats(&self, id: &str) -> Result<super::ContainerStats, RuntimeError> {
+        let containers = self.containers.lock().expect("mock");
+        let e = containers
+            .iter()
+            .find(|e| e.container.id == id)
+            .ok_or_else(|| RuntimeError::Start {
+                container: id.into(),
+                message: "no such container".into(),
+            })?;
+        let ran = match e.container.state {
+            State::Running { started_at } => {
+                (Timestamp::now().as_millisecond() - started_at.as_millisecond()).max(0) as u64
+            }
+            _ => 0,
+        };
+        Ok(super::ContainerStats {
+            cpu_nanos: ran * 1_000,
+            working_set_bytes: 1 << 20,
+        })
+    }
+
     /// `echo a b` (or `busybox echo a b`) prints `a b`; `false` exits 1; anything else prints
     /// nothing and exits 0.
     async fn exec(

@@ -182,6 +182,15 @@ pub struct LogOptions {
 /// A container's output, stdout and stderr interleaved as written.
 pub type LogStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
 
+/// A container's resource use, cumulative where the kernel counts that way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContainerStats {
+    /// CPU time used since the container started, in nanoseconds.
+    pub cpu_nanos: u64,
+    /// Memory in use that the kernel cannot drop: usage less inactive file cache.
+    pub working_set_bytes: u64,
+}
+
 /// Which stream a piece of exec output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
@@ -236,6 +245,15 @@ pub trait Runtime: Send + Sync + 'static {
         Err(RuntimeError::NotSupported {
             driver: self.name(),
             what: "logs",
+        })
+    }
+
+    /// A running container's CPU and memory use.
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::NotSupported {
+            driver: self.name(),
+            what: "stats",
         })
     }
 
