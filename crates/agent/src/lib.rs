@@ -184,7 +184,17 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     .map_err(AgentError::Serve)?;
 
     let cap = node::Capacity::of_host(&cfg.data_dir);
-    let status = || node::node_status(&cap, &cfg.address, port, &cfg.node_name, &runtime.version());
+    let status = || {
+        let pressure = node::Pressure::of_host(&cfg.data_dir);
+        node::node_status(
+            &cap,
+            &pressure,
+            &cfg.address,
+            port,
+            &cfg.node_name,
+            &runtime.version(),
+        )
+    };
     node::register(&client, &cfg.node_name, runtime.name(), status())
         .await
         .map_err(|source| AgentError::Register {
@@ -214,13 +224,15 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let name = cfg.node_name.clone();
         let cap = cap.clone();
         let address = cfg.address.clone();
+        let data_dir = cfg.data_dir.clone();
         let version = runtime.version();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let status = node::node_status(&cap, &address, port, &name, &version);
+                let pressure = node::Pressure::of_host(&data_dir);
+                let status = node::node_status(&cap, &pressure, &address, port, &name, &version);
                 if let Err(e) = node::heartbeat(&client, &name, status).await {
                     tracing::warn!(node = %name, error = %e, "node status update failed");
                 }

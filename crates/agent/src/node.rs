@@ -50,7 +50,8 @@ impl Capacity {
     }
 }
 
-fn disk_kib(dir: &std::path::Path) -> Option<u64> {
+/// Size and available space of the filesystem holding `dir`, in KiB.
+fn df_kib(dir: &std::path::Path) -> Option<(u64, u64)> {
     // `df -k` keeps this free of unsafe statvfs calls.
     let out = std::process::Command::new("df")
         .arg("-Pk")
@@ -58,7 +59,67 @@ fn disk_kib(dir: &std::path::Path) -> Option<u64> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().nth(1)?.split_whitespace().nth(1)?.parse().ok()
+    let fields: Vec<u64> = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some((*fields.first()?, *fields.get(2)?))
+}
+
+fn disk_kib(dir: &std::path::Path) -> Option<u64> {
+    df_kib(dir).map(|(size, _)| size)
+}
+
+/// The host under pressure, judged by the kubelet's default hard eviction thresholds:
+/// less than 100Mi of memory available, less than 10% of the data dir's filesystem free,
+/// fewer than 5% of process ids left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory: Option<String>,
+    pub disk: Option<String>,
+    pub pids: Option<String>,
+}
+
+impl Pressure {
+    pub fn of_host(dir: &std::path::Path) -> Pressure {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let available_kib = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok());
+        let memory = available_kib
+            .filter(|kib| *kib < 100 * 1024)
+            .map(|kib| format!("only {kib}Ki of memory available (threshold 100Mi)"));
+        let disk = df_kib(dir)
+            .filter(|(size, avail)| *size > 0 && avail * 10 < *size)
+            .map(|(size, avail)| {
+                format!("only {avail}Ki of {size}Ki free on the node filesystem (threshold 10%)")
+            });
+        let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(u64::MAX);
+        let processes = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .bytes()
+                            .all(|b| b.is_ascii_digit())
+                    })
+                    .count() as u64
+            })
+            .unwrap_or(0);
+        let pids = (processes * 20 > pid_max.saturating_mul(19))
+            .then(|| format!("{processes} of {pid_max} process ids in use (threshold 95%)"));
+        Pressure { memory, disk, pids }
+    }
 }
 
 fn os_image() -> String {
@@ -89,6 +150,7 @@ pub fn arch() -> &'static str {
 /// The Node's status: conditions, capacity, addresses, node info.
 pub fn node_status(
     cap: &Capacity,
+    pressure: &Pressure,
     address: &str,
     port: u16,
     name: &str,
@@ -103,9 +165,18 @@ pub fn node_status(
         "capacity": cap.to_json(),
         "allocatable": cap.to_json(),
         "conditions": [
-            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "berth agent has sufficient memory available"),
-            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "berth agent has no disk pressure"),
-            cond("PIDPressure", "False", "KubeletHasSufficientPID", "berth agent has sufficient PID available"),
+            match &pressure.memory {
+                Some(why) => cond("MemoryPressure", "True", "KubeletHasInsufficientMemory", why),
+                None => cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "berth agent has sufficient memory available"),
+            },
+            match &pressure.disk {
+                Some(why) => cond("DiskPressure", "True", "KubeletHasDiskPressure", why),
+                None => cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "berth agent has no disk pressure"),
+            },
+            match &pressure.pids {
+                Some(why) => cond("PIDPressure", "True", "KubeletHasInsufficientPID", why),
+                None => cond("PIDPressure", "False", "KubeletHasSufficientPID", "berth agent has sufficient PID available"),
+            },
             cond("Ready", "True", "KubeletReady", "berth agent is posting ready status"),
         ],
         "addresses": [

@@ -186,6 +186,19 @@ fn taints_cordons_and_readiness() {
     h.run(Instant::now());
     assert_eq!(h.node_of("p"), Some("ok"));
 
+    // A node under memory pressure keeps new pods away.
+    let n = json!({"metadata": {"name": "full"}, "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "10"},
+        "conditions": [{"type": "Ready", "status": "True"}, {"type": "MemoryPressure", "status": "True"}]}});
+    let mut h = harness(vec![NodeInfo::from_node(
+        &serde_json::from_value(n).unwrap(),
+    )]);
+    h.submit(pod("p", json!({}), json!({})));
+    h.run(Instant::now());
+    assert_eq!(
+        h.why("p").unwrap(),
+        "0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/memory-pressure: }."
+    );
+
     // A node that is not Ready carries the not-ready taint.
     let n = json!({"metadata": {"name": "down"}, "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "10"},
         "conditions": [{"type": "Ready", "status": "Unknown"}]}});
