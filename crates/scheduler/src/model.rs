@@ -600,8 +600,8 @@ pub const VIRTUAL_LABEL: (&str, &str) = ("type", "virtual-kubelet");
 pub struct NodeInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// The node's taints, plus `node.kubernetes.io/not-ready` and
-    /// `node.kubernetes.io/unschedulable` where its state implies them.
+    /// The node's taints, plus `node.kubernetes.io/not-ready` and the pressure taints where
+    /// its conditions imply them (`unschedulable` is its own filter).
     pub taints: Vec<Taint>,
     pub allocatable: Resources,
     pub unschedulable: bool,
@@ -631,6 +631,25 @@ impl NodeInfo {
             .into_iter()
             .flatten()
             .any(|c| c.type_ == "Ready" && c.status == "True");
+        // Pressure keeps new pods away, as the taints Kubernetes' node controller adds do.
+        for (cond, key) in [
+            ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+            ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+            ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+        ] {
+            let under = status
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == cond && c.status == "True");
+            if under && !taints.iter().any(|t| t.key == key) {
+                taints.push(Taint {
+                    key: key.into(),
+                    value: String::new(),
+                    effect: Effect::NoSchedule,
+                });
+            }
+        }
         if !ready
             && !taints
                 .iter()
