@@ -18,7 +18,7 @@ use std::time::Duration;
 use berth_core::quantity;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Container, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{json, Value};
 
 use crate::probes::Verdict;
@@ -98,6 +98,8 @@ pub struct PodSync {
     /// Pods whose graceful stop is under way (it runs beside the ticks, not inside one).
     deleting: Mutex<std::collections::HashSet<String>>,
     prober: crate::probes::Prober,
+    /// Back-offs already announced with an Event: (pod uid, container, attempt).
+    announced: Mutex<std::collections::HashSet<(String, String, u32)>>,
 }
 
 fn pod_ref(pod: &Pod) -> PodRef {
@@ -234,7 +236,33 @@ impl PodSync {
             written: Mutex::default(),
             deleting: Mutex::default(),
             prober: Default::default(),
+            announced: Mutex::default(),
         }
+    }
+
+    /// Record an Event about a pod from this node's agent, in the background (a failure to
+    /// record is only logged).
+    fn event(&self, pod: &PodRef, type_: &str, reason: &str, message: String) {
+        let about = berth_core::events::Involved {
+            api_version: "v1",
+            kind: "Pod",
+            namespace: &pod.namespace,
+            name: &pod.name,
+            uid: &pod.uid,
+        };
+        let mut ev =
+            berth_core::events::event(about, type_, reason, &message, "kubelet", Timestamp::now());
+        ev["source"]["host"] = json!(self.node);
+        let api: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &pod.namespace);
+        tokio::spawn(async move {
+            let Ok(ev) = serde_json::from_value(ev) else {
+                return;
+            };
+            if let Err(e) = api.create(&PostParams::default(), &ev).await {
+                tracing::debug!(error = %e, "could not record an event");
+            }
+        });
     }
 
     fn rt(&self, pod: &PodRef) -> impl FnOnce(RuntimeError) -> SyncError + '_ {
@@ -337,6 +365,19 @@ impl PodSync {
                         pod.namespace,
                         pod.uid
                     );
+                    let first = self.announced.lock().expect("announced").insert((
+                        pod.uid.clone(),
+                        spec.name.clone(),
+                        latest.attempt,
+                    ));
+                    if first {
+                        self.event(
+                            pod,
+                            "Warning",
+                            "BackOff",
+                            format!("Back-off restarting failed container {}", spec.name),
+                        );
+                    }
                     status["state"] = waiting("CrashLoopBackOff", Some(msg));
                     (Step::Wait, status)
                 }
@@ -396,11 +437,18 @@ impl PodSync {
         match result {
             Ok(()) => {
                 errors.remove(&key);
+                self.event(
+                    pod,
+                    "Normal",
+                    "Started",
+                    format!("Started container {}", spec.name),
+                );
             }
             Err(e) => {
                 let count = errors.get(&key).map_or(0, |f| f.count) + 1;
                 if count == 1 {
                     tracing::warn!(pod = %pod.name, container = %spec.name, error = %e, "container did not start");
+                    self.event(pod, "Warning", "Failed", format!("Error: {e}"));
                 }
                 let failure = StartFailure {
                     reason: e.reason().to_string(),
@@ -474,6 +522,17 @@ impl PodSync {
             })
         });
         futures::future::join_all(hooks).await;
+        for c in ids
+            .iter()
+            .filter(|c| matches!(c.state, State::Running { .. }))
+        {
+            self.event(
+                r,
+                "Normal",
+                "Killing",
+                format!("Stopping container {}", c.name),
+            );
+        }
         // Kubernetes gives at least 2 s after a hook that used up the grace period.
         let left = limit
             .saturating_sub(began.elapsed())
@@ -527,6 +586,10 @@ impl PodSync {
             .lock()
             .expect("errors")
             .retain(|(u, _), _| u != uid);
+        self.announced
+            .lock()
+            .expect("announced")
+            .retain(|(u, _, _)| u != uid);
     }
 
     /// Bring one pod one step closer to its spec, and report its status.
@@ -620,6 +683,13 @@ impl PodSync {
                 .await;
             if let Some(why) = &v.kill {
                 tracing::info!(pod = %r.name, container = %c.name, reason = %why, "restarting container");
+                self.event(&r, "Warning", "Unhealthy", why.clone());
+                self.event(
+                    &r,
+                    "Normal",
+                    "Killing",
+                    format!("Container {} failed a probe, will be restarted", c.name),
+                );
                 let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64;
                 let rt = self.runtime.clone();
                 let id = latest.id.clone();

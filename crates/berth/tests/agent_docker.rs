@@ -189,6 +189,18 @@ fn crash_loop_backs_off_and_missing_image_says_so() {
         "jsonpath={.status.containerStatuses[0].restartCount}",
     ]);
     assert_eq!(restarts, "1");
+    // The agent's Events tell the story in `kubectl describe`.
+    let described = b.kubectl_ok(&["describe", "pod", "crash"]);
+    for want in [
+        "Started",
+        "BackOff",
+        "Back-off restarting failed container c",
+    ] {
+        assert!(
+            described.contains(want),
+            "{want} missing from:\n{described}"
+        );
+    }
     // Both the last attempt and the one before it left their output.
     assert_eq!(b.kubectl_ok(&["logs", "crash"]).trim(), "about to fail");
     assert_eq!(
