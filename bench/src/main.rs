@@ -1,8 +1,9 @@
 //! `berth-bench apiserver`: durable creates/s through the HTTPS API with 1 and 50 clients
 //! (p50/p99 latency), against the store alone as the baseline measured in the same run; and
 //! watch fan-out: the time until 100 watchers have all seen one write.
-//! `berth-bench scheduler`: see [`scheduler`].
+//! `berth-bench scheduler`: see [`scheduler`]. `berth-bench agent`: see [`agent`].
 
+mod agent;
 mod scheduler;
 
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 #[derive(Parser)]
 struct Cli {
-    /// Which benchmark: `apiserver` or `scheduler`.
+    /// Which benchmark: `apiserver`, `scheduler` or `agent`.
     which: String,
     /// Creates per run.
     #[arg(long, default_value_t = 20_000)]
@@ -277,6 +278,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.which.as_str() {
         "apiserver" => apiserver(&cli).await,
         "scheduler" => scheduler::run(cli.nodes, !cli.decide_only, &cli.cases).await,
-        other => anyhow::bail!("unknown benchmark {other:?}: try `apiserver` or `scheduler`"),
+        "agent" => agent::run(20, 20).await,
+        other => {
+            anyhow::bail!("unknown benchmark {other:?}: try `apiserver`, `scheduler` or `agent`")
+        }
     }
 }
