@@ -95,15 +95,17 @@ pub async fn check(
 
     // Exec, attached: output on stdout, then the exit code.
     use futures::StreamExt;
-    let session = rt
-        .exec(
-            &long,
-            &["/busybox".into(), "echo".into(), "conformance".into()],
-            false,
-            false,
-        )
-        .await
-        .expect("exec");
+    // `echo` as the running container has it: through busybox if that is how it runs.
+    let mut echo: Vec<String> = runs
+        .command
+        .iter()
+        .flatten()
+        .take(1)
+        .filter(|c| c.ends_with("busybox"))
+        .cloned()
+        .collect();
+    echo.extend(["echo".to_string(), "conformance".to_string()]);
+    let session = rt.exec(&long, &echo, false, false).await.expect("exec");
     let printed: Vec<u8> = session
         .output
         .filter_map(|c| async move { c.ok().map(|(_, b)| b.to_vec()) })

@@ -7,6 +7,7 @@
 pub mod conformance;
 pub mod docker;
 pub mod mock;
+pub mod process;
 
 use std::time::Duration;
 

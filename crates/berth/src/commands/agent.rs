@@ -4,13 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_agent::runtime::{docker::DockerRuntime, mock::MockRuntime};
+use berth_agent::runtime::{docker::DockerRuntime, mock::MockRuntime, process::ProcessRuntime};
 use berth_agent::Runtime;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuntimeKind {
     /// The Docker Engine on this host.
     Docker,
+    /// Host processes, one process group per container: for machines without Docker.
+    /// `image` is `host` or a directory of programs; see docs/architecture.md.
+    Process,
     /// No containers at all: behaviour from each container's MOCK_* environment (tests).
     Mock,
 }
@@ -54,12 +57,20 @@ pub fn hostname() -> String {
 }
 
 /// The runtime driver for `kind`, connected.
-pub async fn runtime(kind: RuntimeKind, node: &str) -> anyhow::Result<Arc<dyn Runtime>> {
+pub async fn runtime(
+    kind: RuntimeKind,
+    node: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn Runtime>> {
     Ok(match kind {
         RuntimeKind::Docker => Arc::new(
             DockerRuntime::connect(node)
                 .await
                 .context("connecting to the Docker engine (is dockerd running and /var/run/docker.sock readable?)")?,
+        ),
+        RuntimeKind::Process => Arc::new(
+            ProcessRuntime::new(data_dir)
+                .with_context(|| format!("preparing the process runtime in {}", data_dir.display()))?,
         ),
         RuntimeKind::Mock => Arc::new(MockRuntime::new()),
     })
@@ -88,7 +99,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let cfg = config(&args, ca);
-    let rt = runtime(args.runtime, &cfg.node_name).await?;
+    let rt = runtime(args.runtime, &cfg.node_name, &args.data_dir).await?;
     tokio::select! {
         r = berth_agent::run(cfg, rt) => r.context("running the agent"),
         _ = super::shutdown_signal() => Ok(()),

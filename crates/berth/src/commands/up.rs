@@ -6,9 +6,10 @@ use super::agent::{hostname, RuntimeKind};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpRuntime {
-    /// Docker when an engine answers, else no local node.
+    /// Docker when an engine answers, else host processes.
     Auto,
     Docker,
+    Process,
     Mock,
     /// Run no agent on this machine.
     None,
@@ -38,17 +39,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
 
     let node = args.node_name.clone().unwrap_or_else(hostname);
+    let agent_dir = args.serve.data_dir.join("agent");
     let kind = match args.runtime {
         UpRuntime::Docker => Some(RuntimeKind::Docker),
+        UpRuntime::Process => Some(RuntimeKind::Process),
         UpRuntime::Mock => Some(RuntimeKind::Mock),
         UpRuntime::None => None,
-        UpRuntime::Auto => match super::agent::runtime(RuntimeKind::Docker, &node).await {
-            Ok(_) => Some(RuntimeKind::Docker),
-            Err(e) => {
-                eprintln!("no local node: {e:#} (pods will wait for an agent to join)");
-                None
+        UpRuntime::Auto => {
+            match super::agent::runtime(RuntimeKind::Docker, &node, &agent_dir).await {
+                Ok(_) => Some(RuntimeKind::Docker),
+                Err(e) => {
+                    eprintln!(
+                        "no Docker engine ({e:#}): the local node runs pods as host processes"
+                    );
+                    Some(RuntimeKind::Process)
+                }
             }
-        },
+        }
     };
     if let Some(kind) = kind {
         let agent_args = super::agent::Args {
@@ -60,11 +67,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             listen: "127.0.0.1:0".parse().expect("an address"),
             runtime: kind,
             lease_seconds: 2,
-            data_dir: args.serve.data_dir.join("agent"),
+            data_dir: agent_dir.clone(),
         };
         std::fs::create_dir_all(&agent_args.data_dir)?;
         let cfg = super::agent::config(&agent_args, server.ca_pem.clone());
-        let rt = super::agent::runtime(kind, &node).await?;
+        let rt = super::agent::runtime(kind, &node, &agent_dir).await?;
         tokio::spawn(async move {
             if let Err(e) = berth_agent::run(cfg, rt).await {
                 eprintln!("the local agent stopped: {e:#}");

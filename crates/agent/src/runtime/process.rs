@@ -1,0 +1,590 @@
+//! The `process` driver: pods as host process groups, for machines without a container
+//! engine.
+//!
+//! How a container spec maps onto a host process:
+//! - `image` is `host` (the host's own programs) or the name of a directory under
+//!   `<data dir>/process/images/<name>` whose `bin/` goes first on `PATH`; anything else is
+//!   `ErrImageNeverPull`/`ErrImagePull` with a message saying so.
+//! - `command` + `args` is the program and its arguments (required: there is no image
+//!   entrypoint); `env` is the whole environment besides `PATH` and `HOME`.
+//! - Each container runs in its own process group, in its own working directory
+//!   (`.../containers/<id>/work`, or `workingDir`), with stdout and stderr in one log file.
+//! - There is no network namespace: pods share the host's network, and the pod IP is
+//!   127.0.0.1. Volumes are not mounted (the driver says so at start); CPU and memory limits
+//!   are not enforced, and stats cover each container's leading process.
+//!
+//! State lives on disk (`state.json` and an `exit` file per container), so a restarted agent
+//! adopts running processes; a process that ended while no agent watched reports exit code
+//! 255.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use jiff::Timestamp;
+use serde_json::{json, Value};
+
+use super::{
+    Channel, ContainerConfig, ContainerStats, ExecSession, LogOptions, LogStream, Observed,
+    ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime, RuntimeError, State,
+};
+
+const DRIVER: &str = "process";
+
+pub struct ProcessRuntime {
+    root: PathBuf,
+}
+
+fn io(operation: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    move |e| RuntimeError::Driver {
+        driver: DRIVER,
+        operation,
+        source: Box::new(e),
+    }
+}
+
+/// `/proc/<pid>/stat` field 22: when the process started, in ticks since boot (tells a live
+/// process from a later one that reuses its pid).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn alive(pid: u32, ticks: u64) -> bool {
+    start_ticks(pid) == Some(ticks)
+}
+
+fn signal(pgid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), "--", &format!("-{pgid}")])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl ProcessRuntime {
+    pub fn new(data_dir: &Path) -> Result<Self, RuntimeError> {
+        let root = data_dir.join("process");
+        std::fs::create_dir_all(root.join("pods")).map_err(io("create the state dir"))?;
+        std::fs::create_dir_all(root.join("images")).map_err(io("create the images dir"))?;
+        Ok(ProcessRuntime { root })
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join("pods").join(safe(uid))
+    }
+
+    /// The directory of a container id (`<pod uid>~<name>~<attempt>`).
+    fn container_dir(&self, id: &str) -> Option<PathBuf> {
+        let (uid, rest) = id.split_once('~')?;
+        Some(self.pod_dir(uid).join("containers").join(safe(rest)))
+    }
+
+    fn image_bin(&self, image: &str) -> Option<Option<PathBuf>> {
+        if image == "host" {
+            return Some(None);
+        }
+        let dir = self.root.join("images").join(safe(image)).join("bin");
+        dir.is_dir().then_some(Some(dir))
+    }
+
+    fn read_state(dir: &Path) -> Option<Value> {
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()
+    }
+
+    fn observe(dir: &Path) -> Option<ObservedContainer> {
+        let st = Self::read_state(dir)?;
+        let started_at: Timestamp = st["startedAt"].as_str()?.parse().ok()?;
+        let pid = st["pid"].as_u64()? as u32;
+        let ticks = st["ticks"].as_u64()?;
+        let exit: Option<Value> = std::fs::read(dir.join("exit"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let state = match exit {
+            Some(e) => State::Exited {
+                exit_code: e["code"].as_i64().unwrap_or(255),
+                started_at: Some(started_at),
+                finished_at: e["at"]
+                    .as_str()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(started_at),
+                oom_killed: false,
+            },
+            None if alive(pid, ticks) => State::Running { started_at },
+            None => State::Exited {
+                exit_code: 255,
+                started_at: Some(started_at),
+                finished_at: started_at,
+                oom_killed: false,
+            },
+        };
+        Some(ObservedContainer {
+            id: st["id"].as_str()?.to_string(),
+            pod_uid: st["podUid"].as_str()?.to_string(),
+            name: st["name"].as_str()?.to_string(),
+            attempt: st["attempt"].as_u64()? as u32,
+            image: st["image"].as_str().unwrap_or_default().to_string(),
+            image_id: st["image"].as_str().unwrap_or_default().to_string(),
+            state,
+        })
+    }
+
+    /// The environment and working directory a container (and an exec in it) runs with.
+    fn environment(&self, st: &Value) -> (Vec<(String, String)>, PathBuf) {
+        let mut path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+        if let Some(Some(bin)) = st["image"].as_str().and_then(|i| self.image_bin(i)) {
+            path = format!("{}:{path}", bin.display());
+        }
+        let mut env = vec![("PATH".to_string(), path)];
+        for pair in st["env"].as_array().into_iter().flatten() {
+            if let (Some(k), Some(v)) = (pair[0].as_str(), pair[1].as_str()) {
+                env.push((k.into(), v.into()));
+            }
+        }
+        let work = PathBuf::from(st["workDir"].as_str().unwrap_or("/"));
+        env.push(("HOME".into(), work.display().to_string()));
+        (env, work)
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        DRIVER
+    }
+
+    fn version(&self) -> String {
+        "process://berth".into()
+    }
+
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError> {
+        if self.image_bin(image).is_some() {
+            return Ok(());
+        }
+        let message = format!(
+            "the process runtime runs programs from the host: use image \"host\", or put the \
+             programs in {}/bin",
+            self.root.join("images").join(safe(image)).display()
+        );
+        Err(match policy {
+            PullPolicy::Never => RuntimeError::ImageNeverPull {
+                image: image.into(),
+            },
+            _ => RuntimeError::ImagePull {
+                image: image.into(),
+                message,
+            },
+        })
+    }
+
+    async fn create_sandbox(&self, pod: &PodRef) -> Result<ObservedSandbox, RuntimeError> {
+        let dir = self.pod_dir(&pod.uid);
+        std::fs::create_dir_all(dir.join("containers")).map_err(io("create the pod dir"))?;
+        let st = json!({"podUid": pod.uid, "namespace": pod.namespace, "name": pod.name});
+        std::fs::write(dir.join("sandbox.json"), st.to_string())
+            .map_err(io("write the pod state"))?;
+        Ok(ObservedSandbox {
+            id: format!("{}~sandbox", pod.uid),
+            pod_uid: pod.uid.clone(),
+            ip: Some("127.0.0.1".into()),
+            running: true,
+        })
+    }
+
+    async fn start_container(
+        &self,
+        pod: &PodRef,
+        _sandbox_id: &str,
+        c: &ContainerConfig,
+    ) -> Result<String, RuntimeError> {
+        let start_err = |message: String| RuntimeError::Start {
+            container: c.name.clone(),
+            message,
+        };
+        let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
+        argv.extend(c.args.clone().unwrap_or_default());
+        if argv.is_empty() {
+            return Err(start_err(
+                "the process runtime needs a command: there is no image entrypoint".into(),
+            ));
+        }
+        if self.image_bin(&c.image).is_none() {
+            return Err(start_err(format!(
+                "image {:?} is not present for the process runtime",
+                c.image
+            )));
+        }
+        if !c.mounts.is_empty() {
+            return Err(start_err("the process runtime cannot mount volumes".into()));
+        }
+        let id = format!("{}~{}~{}", pod.uid, c.name, c.attempt);
+        let dir = self.container_dir(&id).expect("a container id");
+        let work = match &c.working_dir {
+            Some(w) => PathBuf::from(w),
+            None => dir.join("work"),
+        };
+        std::fs::create_dir_all(&work).map_err(io("create the working dir"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log"))
+            .map_err(io("open the log"))?;
+        let mut st = json!({
+            "id": id, "podUid": pod.uid, "name": c.name, "attempt": c.attempt, "image": c.image,
+            "env": c.env, "workDir": work,
+        });
+        let (env, work) = self.environment(&st);
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .envs(env)
+            .current_dir(&work)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(io("open the log"))?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| start_err(format!("exec {:?}: {e}", argv[0])))?;
+        let pid = child.id().unwrap_or(0);
+        st["pid"] = json!(pid);
+        st["ticks"] = json!(start_ticks(pid).unwrap_or(0));
+        st["startedAt"] = json!(Timestamp::now().to_string());
+        std::fs::write(dir.join("state.json"), st.to_string())
+            .map_err(io("write the container state"))?;
+        // Whoever started it records how it ended.
+        tokio::spawn(async move {
+            if let Ok(status) = child.wait().await {
+                use std::os::unix::process::ExitStatusExt;
+                let code = status
+                    .code()
+                    .map(i64::from)
+                    .or_else(|| status.signal().map(|s| 128 + s as i64))
+                    .unwrap_or(255);
+                let exit = json!({"code": code, "at": Timestamp::now().to_string()});
+                let _ = std::fs::write(dir.join("exit"), exit.to_string());
+            }
+        });
+        Ok(id)
+    }
+
+    async fn list(&self) -> Result<Observed, RuntimeError> {
+        let mut out = Observed::default();
+        let Ok(pods) = std::fs::read_dir(self.root.join("pods")) else {
+            return Ok(out);
+        };
+        for pod in pods.flatten() {
+            let sandbox: Option<Value> = std::fs::read(pod.path().join("sandbox.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(uid) = sandbox.as_ref().and_then(|s| s["podUid"].as_str()) {
+                out.sandboxes.push(ObservedSandbox {
+                    id: format!("{uid}~sandbox"),
+                    pod_uid: uid.to_string(),
+                    ip: Some("127.0.0.1".into()),
+                    running: true,
+                });
+            }
+            let Ok(containers) = std::fs::read_dir(pod.path().join("containers")) else {
+                continue;
+            };
+            for c in containers.flatten() {
+                if let Some(o) = Self::observe(&c.path()) {
+                    out.containers.push(o);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        if id.ends_with("~sandbox") {
+            return Ok(());
+        }
+        let Some(dir) = self.container_dir(id) else {
+            return Ok(());
+        };
+        let Some(st) = Self::read_state(&dir) else {
+            return Ok(());
+        };
+        let pid = st["pid"].as_u64().unwrap_or(0) as u32;
+        let ticks = st["ticks"].as_u64().unwrap_or(0);
+        if pid == 0 || !alive(pid, ticks) {
+            return Ok(());
+        }
+        signal(pid, "TERM");
+        let deadline = std::time::Instant::now() + grace;
+        while alive(pid, ticks) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if alive(pid, ticks) {
+            signal(pid, "KILL");
+            for _ in 0..100 {
+                if !alive(pid, ticks) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Give the waiting task a moment to record the exit.
+        for _ in 0..50 {
+            if dir.join("exit").exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !dir.join("exit").exists() {
+            let exit = json!({"code": 137, "at": Timestamp::now().to_string()});
+            let _ = std::fs::write(dir.join("exit"), exit.to_string());
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        if let Some(uid) = id.strip_suffix("~sandbox") {
+            let dir = self.pod_dir(uid);
+            return match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io("remove the pod dir")(e))
+                }
+                _ => Ok(()),
+            };
+        }
+        if let Some(dir) = self.container_dir(id) {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(io("remove the container dir")(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn logs(&self, id: &str, opts: &LogOptions) -> Result<LogStream, RuntimeError> {
+        let dir = self
+            .container_dir(id)
+            .filter(|d| d.join("log").exists())
+            .ok_or_else(|| RuntimeError::Start {
+                container: id.into(),
+                message: "no such container".into(),
+            })?;
+        let text = std::fs::read(dir.join("log")).map_err(io("read the log"))?;
+        let mut start = 0;
+        if let Some(n) = opts.tail {
+            let ends: Vec<usize> = text
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i + 1)
+                .collect();
+            let lines = ends.len();
+            start = if n as usize >= lines {
+                0
+            } else {
+                ends[lines - n as usize - 1]
+            };
+        }
+        let first = bytes::Bytes::copy_from_slice(&text[start..]);
+        if !opts.follow {
+            return Ok(futures::stream::iter([Ok(first)]).boxed());
+        }
+        // Follow: poll the file for what was appended until the container has exited.
+        let rest = futures::stream::unfold((false, text.len()), move |(done, offset)| {
+            let dir = dir.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let exited = dir.join("exit").exists();
+                    let data = std::fs::read(dir.join("log")).unwrap_or_default();
+                    if data.len() > offset {
+                        let chunk = bytes::Bytes::copy_from_slice(&data[offset..]);
+                        return Some((Ok(chunk), (exited, data.len())));
+                    }
+                    if exited || !dir.exists() {
+                        return None;
+                    }
+                }
+            }
+        });
+        Ok(futures::stream::iter([Ok(first)]).chain(rest).boxed())
+    }
+
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        let st = self
+            .container_dir(id)
+            .and_then(|d| Self::read_state(&d))
+            .ok_or_else(|| RuntimeError::Start {
+                container: id.into(),
+                message: "no such container".into(),
+            })?;
+        let pid = st["pid"].as_u64().unwrap_or(0);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .rsplit_once(')')
+            .map(|(_, a)| {
+                a.split_whitespace()
+                    .filter_map(|f| f.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // utime and stime (fields 14 and 15 of the line, in 10 ms ticks).
+        let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+        let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(ContainerStats {
+            cpu_nanos: ticks * 10_000_000,
+            working_set_bytes: rss_kib * 1024,
+        })
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        _tty: bool,
+        stdin: bool,
+    ) -> Result<ExecSession, RuntimeError> {
+        let st = self
+            .container_dir(id)
+            .and_then(|d| Self::read_state(&d))
+            .ok_or_else(|| RuntimeError::Start {
+                container: id.into(),
+                message: "no such container".into(),
+            })?;
+        let (env, work) = self.environment(&st);
+        let Some((program, args)) = command.split_first() else {
+            return Err(RuntimeError::Start {
+                container: id.into(),
+                message: "an empty command".into(),
+            });
+        };
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .current_dir(work)
+            .stdin(if stdin {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| RuntimeError::Start {
+                container: id.into(),
+                message: format!("exec {program:?}: {e}"),
+            })?;
+        let lines = |r: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>, ch: Channel| {
+            let reader = r.expect("piped");
+            tokio_util_stream(reader)
+                .map(move |b| b.map(|b| (ch, b)).map_err(io("read exec output")))
+        };
+        let out = lines(
+            child.stdout.take().map(|s| Box::new(s) as _),
+            Channel::Stdout,
+        );
+        let err = lines(
+            child.stderr.take().map(|s| Box::new(s) as _),
+            Channel::Stderr,
+        );
+        let input = child
+            .stdin
+            .take()
+            .map(|i| Box::pin(i) as std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>);
+        let child = Arc::new(tokio::sync::Mutex::new(child));
+        let exit = async move {
+            let status = child
+                .lock()
+                .await
+                .wait()
+                .await
+                .map_err(io("wait for exec"))?;
+            Ok(status.code().map(i64::from).unwrap_or(255))
+        }
+        .boxed();
+        Ok(ExecSession {
+            output: futures::stream::select(out, err).boxed(),
+            input,
+            resize: Box::new(|_, _| futures::future::ready(()).boxed()),
+            exit,
+        })
+    }
+
+    async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
+        let session = self.exec(id, command, false, false).await?;
+        session.output.for_each(|_| async {}).await;
+        session.exit.await
+    }
+}
+
+/// The bytes of a reader as a stream of chunks.
+fn tokio_util_stream(
+    r: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
+    use tokio::io::AsyncReadExt;
+    futures::stream::unfold(Some(r), |r| async move {
+        let mut r = r?;
+        let mut buf = vec![0u8; 8192];
+        match r.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(r)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, command: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            name: name.into(),
+            image: "host".into(),
+            command: Some(command.iter().map(|s| s.to_string()).collect()),
+            args: None,
+            env: vec![("GREETING".into(), "hi".into())],
+            mounts: vec![],
+            working_dir: None,
+            cpu_millis: None,
+            memory_bytes: None,
+            pull_policy: PullPolicy::IfNotPresent,
+            attempt: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn process_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        let runs = config("runs", &["sleep", "300"]);
+        let exits = config("exits", &["sh", "-c", "echo bye; exit 3"]);
+        crate::runtime::conformance::check(&rt, "uid-process", runs, exits).await;
+    }
+}

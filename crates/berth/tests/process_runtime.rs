@@ -1,0 +1,71 @@
+//! `berth up --runtime process`: pods as host processes, driven by kubectl, no Docker needed.
+
+mod common;
+
+use common::{eventually, Berth};
+
+#[tokio::test]
+async fn pods_run_as_host_processes_with_logs_exec_and_graceful_delete() {
+    let node = common::unique("proc");
+    let b = Berth::up(&["--runtime", "process", "--node-name", &node]);
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: counter}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: host
+    command: ["sh", "-c", "echo started as $GREETING; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]
+    env: [{name: GREETING, value: hello}]
+"#;
+    let out = b.kubectl_stdin(&["apply", "-f", "-"], pod);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(30, "the pod to run", || async {
+        let phase = b.kubectl_ok(&["get", "pod", "counter", "-o", "jsonpath={.status.phase}"]);
+        (phase == "Running").then_some(())
+    })
+    .await;
+    let logs = eventually(20, "a few ticks", || async {
+        let l = b.kubectl_ok(&["logs", "counter"]);
+        l.contains("tick 3").then_some(l)
+    })
+    .await;
+    assert!(logs.starts_with("started as hello\n"), "{logs}");
+    assert_eq!(
+        b.kubectl_ok(&["logs", "counter", "--tail=1"])
+            .lines()
+            .count(),
+        1
+    );
+    let out = b.kubectl(&[
+        "exec",
+        "counter",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING from exec; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from exec\n");
+
+    // An image the process runtime does not have says what to do.
+    let bad = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"nginx"},"spec":{"containers":[{"name":"c","image":"nginx","command":["nginx"]}]}}"#;
+    b.kubectl_stdin(&["create", "-f", "-"], bad);
+    let msg = eventually(30, "the image error", || async {
+        let m = b.kubectl_ok(&["get", "pod", "nginx", "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"]);
+        m.starts_with("ErrImagePull").then_some(m)
+    })
+    .await;
+    assert!(msg.contains("use image \"host\""), "{msg}");
+
+    b.kubectl_ok(&["delete", "pod", "counter", "nginx", "--timeout=30s"]);
+    let left = b.kubectl_ok(&["get", "pods", "-o", "name"]);
+    assert!(left.trim().is_empty(), "{left}");
+}
