@@ -80,7 +80,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("Berth is up: Kubernetes API at {}", server.url());
     println!("export KUBECONFIG={}", path.display());
-    println!("Then try: kubectl get nodes,pods");
+    // A demo that works with what this machine has: no registry is needed.
+    let demo = match kind {
+        Some(RuntimeKind::Docker) => Some("--image=berth/pause:1 -- /busybox sh -c"),
+        Some(RuntimeKind::Process) => Some("--image=host -- sh -c"),
+        _ => None,
+    };
+    match demo {
+        Some(image) => println!(
+            "Then try: kubectl create deployment hello {image} 'while true; do echo hello from $(hostname); sleep 5; done' \\\n  && kubectl rollout status deploy/hello && kubectl get pods -o wide && kubectl logs deploy/hello"
+        ),
+        None => println!("Then try: kubectl get nodes,pods"),
+    }
     super::shutdown_signal().await;
     server.shutdown();
     Ok(())
