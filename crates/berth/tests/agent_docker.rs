@@ -382,6 +382,7 @@ fn kubectl_logs_and_exec_reach_the_containers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = follow.kill();
+    let _ = follow.wait();
     let lines = reader.join().unwrap();
     let numbers: Vec<u64> = lines
         .iter()

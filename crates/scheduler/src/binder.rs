@@ -61,9 +61,9 @@ struct Waiting {
 }
 
 enum Change {
-    Pod(Event<Pod>),
-    Node(Event<Node>),
-    Namespace(Event<Namespace>),
+    Pod(Box<Event<Pod>>),
+    Node(Box<Event<Node>>),
+    Namespace(Box<Event<Namespace>>),
 }
 
 struct Bound {
@@ -110,9 +110,18 @@ struct Loop {
 /// Run the scheduler until its watches end for good.
 pub async fn run(client: kube::Client, cfg: Config) -> Result<(), SchedulerError> {
     let mut changes = futures::stream::select_all([
-        changes(Api::<Node>::all(client.clone()), Change::Node).boxed(),
-        changes(Api::<Namespace>::all(client.clone()), Change::Namespace).boxed(),
-        changes(Api::<Pod>::all(client.clone()), Change::Pod).boxed(),
+        changes(Api::<Node>::all(client.clone()), |e| {
+            Change::Node(Box::new(e))
+        })
+        .boxed(),
+        changes(Api::<Namespace>::all(client.clone()), |e| {
+            Change::Namespace(Box::new(e))
+        })
+        .boxed(),
+        changes(Api::<Pod>::all(client.clone()), |e| {
+            Change::Pod(Box::new(e))
+        })
+        .boxed(),
     ]);
     let (results_tx, mut results) = mpsc::channel(cfg.concurrency.max(1) * 2);
     let (events, events_rx) = mpsc::channel(4096);
@@ -263,8 +272,8 @@ impl Loop {
 
     fn apply(&mut self, change: Change) {
         match change {
-            Change::Pod(e) => self.pod_event(e),
-            Change::Node(e) => match e {
+            Change::Pod(e) => self.pod_event(*e),
+            Change::Node(e) => match *e {
                 Event::Apply(n) | Event::InitApply(n) => {
                     let info = NodeInfo::from_node(&n);
                     if self.snapshot.node(&info.name).map(|s| &s.info) != Some(&info) {
@@ -278,7 +287,7 @@ impl Loop {
                 }
                 Event::Init | Event::InitDone => {}
             },
-            Change::Namespace(e) => match e {
+            Change::Namespace(e) => match *e {
                 Event::Apply(n) | Event::InitApply(n) => {
                     let labels = n.metadata.labels.clone().unwrap_or_default();
                     self.snapshot
