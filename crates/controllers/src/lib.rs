@@ -10,10 +10,12 @@
 //!                               │  rolling update: surge the new, drain the old
 //!  ReplicaSet ──reconcile──▶ Pods (create in growing batches, delete ranked victims)
 //!  gc (sweep every second) ──▶ deletes what lost its owners; foreground / orphan finalizers
+//!  nodelifecycle (sweep every second) ──▶ Lease ran out: NotReady, unreachable taint, evict
 //! ```
 
 pub mod deployment;
 pub mod gc;
+pub mod nodelifecycle;
 pub mod replicaset;
 mod util;
 
@@ -132,6 +134,13 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     let (replicasets, rs_changes) = cache(Api::<ReplicaSet>::all(client.clone()));
     let (nodes, node_changes) = cache(Api::<Node>::all(client.clone()));
     let (deployments, deployment_changes) = cache(Api::<Deployment>::all(client.clone()));
+    let (leases, lease_changes) = cache(
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+            client.clone(),
+            "kube-node-lease",
+        ),
+    );
+    tokio::spawn(lease_changes.for_each(|_| async {}));
     tokio::spawn(node_changes.for_each(|_| async {}));
     tokio::spawn(deployment_changes.for_each(|_| async {}));
     let ctx = Arc::new(Context {
@@ -145,7 +154,8 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     futures::join!(
         replicaset::controller(ctx.clone(), pod_changes),
         deployment::controller(ctx.clone(), rs_changes),
-        gc::run(ctx.clone())
+        gc::run(ctx.clone()),
+        nodelifecycle::run(ctx.clone(), leases)
     );
     Ok(())
 }

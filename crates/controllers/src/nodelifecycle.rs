@@ -1,0 +1,289 @@
+//! Node lifecycle: a node whose Lease has run out is marked `Ready=Unknown` and tainted
+//! `node.kubernetes.io/unreachable:NoExecute`, and the pods on it that do not tolerate that
+//! are deleted, so their controllers replace them elsewhere. A node that renews its Lease
+//! again loses the taint (its agent reports `Ready=True` itself).
+//!
+//! A Lease runs out `leaseDurationSeconds` after its last renewal (the agent picks the
+//! duration: four renewal intervals). When more than half of the nodes are out at once,
+//! which looks more like the control plane being cut off than like the nodes dying,
+//! eviction slows to one node every 30 s instead of emptying the cluster.
+//!
+//! Sweeps the caches once a second; each sweep is idempotent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use serde_json::json;
+
+use crate::{Context, Error};
+
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// In a suspected partition, evict one node's pods this often at most.
+const PARTITION_EVICTION_EVERY: Duration = Duration::from_secs(30);
+
+fn api_err(action: String) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Api { action, source }
+}
+
+/// Has the node's Lease run out at `now`? A node without a Lease yet is given the benefit of
+/// the doubt.
+pub fn expired(lease: Option<&Lease>, now: jiff::Timestamp) -> bool {
+    let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
+        return false;
+    };
+    let (Some(renewed), Some(secs)) = (spec.renew_time.as_ref(), spec.lease_duration_seconds)
+    else {
+        return false;
+    };
+    renewed.0.as_millisecond() + i64::from(secs) * 1000 < now.as_millisecond()
+}
+
+fn tainted(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == UNREACHABLE))
+}
+
+/// Does the pod tolerate the unreachable taint (for now: tolerations with seconds count
+/// from when the taint was added)?
+fn tolerates(pod: &Pod, tainted_for: Duration) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|t| {
+            let key_ok = match t.key.as_deref() {
+                None | Some("") => t.operator.as_deref() == Some("Exists"),
+                Some(k) => k == UNREACHABLE,
+            };
+            let effect_ok = matches!(t.effect.as_deref(), None | Some("") | Some("NoExecute"));
+            let time_ok = t
+                .toleration_seconds
+                .is_none_or(|s| tainted_for < Duration::from_secs(s.max(0) as u64));
+            key_ok && effect_ok && time_ok
+        })
+}
+
+pub async fn run(ctx: Arc<Context>, leases: Store<Lease>) {
+    if let Err(e) = ctx.synced().await {
+        tracing::error!(error = %e, "node lifecycle");
+        return;
+    }
+    let _ = leases.wait_until_ready().await;
+    let mut last_partition_eviction: Option<Instant> = None;
+    loop {
+        if let Err(e) = sweep(&ctx, &leases, &mut last_partition_eviction).await {
+            tracing::warn!(error = %format!("{e:#}"), "node lifecycle sweep");
+        }
+        tokio::time::sleep(SWEEP_EVERY).await;
+    }
+}
+
+async fn sweep(
+    ctx: &Context,
+    leases: &Store<Lease>,
+    last_partition_eviction: &mut Option<Instant>,
+) -> Result<(), Error> {
+    let now = jiff::Timestamp::now();
+    let nodes = ctx.nodes.state();
+    let lease_of = |name: &str| {
+        leases.state().into_iter().find(|l| {
+            l.metadata.name.as_deref() == Some(name)
+                && l.metadata.namespace.as_deref() == Some("kube-node-lease")
+        })
+    };
+    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    let mut down = Vec::new();
+    for node in &nodes {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        // Virtual nodes keep no Lease of an agent's kind; they manage themselves.
+        let lease = lease_of(&name);
+        if expired(lease.as_deref(), now) {
+            down.push(node.clone());
+            if !tainted(node) {
+                mark_unreachable(&nodes_api, node, now).await?;
+                crate::util::record(
+                    &ctx.client,
+                    berth_core::events::Involved {
+                        api_version: "v1",
+                        kind: "Node",
+                        namespace: "default",
+                        name: &name,
+                        uid: node.metadata.uid.as_deref().unwrap_or_default(),
+                    },
+                    "Normal",
+                    "NodeNotReady",
+                    &format!("Node {name} status is now: NodeNotReady (its Lease ran out)"),
+                    "node-controller",
+                );
+            }
+        } else if tainted(node) && lease.is_some() {
+            let taints: Vec<_> = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| t.key != UNREACHABLE)
+                .collect();
+            nodes_api
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"taints": taints}})),
+                )
+                .await
+                .map_err(api_err(format!("untainting node {name}")))?;
+            tracing::info!(node = %name, "node is reachable again");
+        }
+    }
+    // Eviction; slowed down when most of the cluster looks unreachable at once.
+    let partition = !nodes.is_empty() && down.len() * 2 > nodes.len();
+    let mut evict_from = down;
+    if partition {
+        let due = last_partition_eviction.is_none_or(|t| t.elapsed() >= PARTITION_EVICTION_EVERY);
+        if !due {
+            return Ok(());
+        }
+        evict_from.truncate(1);
+    }
+    let mut evicted_any = false;
+    for node in evict_from {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let since = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|t| t.key == UNREACHABLE)
+            .and_then(|t| t.time_added.as_ref())
+            .map(|t| {
+                Duration::from_millis((now.as_millisecond() - t.0.as_millisecond()).max(0) as u64)
+            })
+            .unwrap_or_default();
+        for pod in ctx.pods.state() {
+            let on_node =
+                pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str());
+            if !on_node || pod.metadata.deletion_timestamp.is_some() || tolerates(&pod, since) {
+                continue;
+            }
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let pod_name = pod.metadata.name.clone().unwrap_or_default();
+            match Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                .delete(&pod_name, &DeleteParams::default())
+                .await
+            {
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => return Err(api_err(format!("evicting pod {ns}/{pod_name}"))(e)),
+            }
+            evicted_any = true;
+            tracing::info!(node = %name, pod = %format!("{ns}/{pod_name}"), "evicted from an unreachable node");
+            crate::util::record(
+                &ctx.client,
+                berth_core::events::Involved {
+                    api_version: "v1",
+                    kind: "Pod",
+                    namespace: &ns,
+                    name: &pod_name,
+                    uid: pod.metadata.uid.as_deref().unwrap_or_default(),
+                },
+                "Normal",
+                "TaintManagerEviction",
+                &format!("Marking for deletion Pod {ns}/{pod_name}: node {name} is unreachable"),
+                "node-controller",
+            );
+        }
+    }
+    if partition && evicted_any {
+        *last_partition_eviction = Some(Instant::now());
+    }
+    Ok(())
+}
+
+/// `Ready=Unknown` and the unreachable taint.
+async fn mark_unreachable(api: &Api<Node>, node: &Node, now: jiff::Timestamp) -> Result<(), Error> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let mut taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    taints.push(
+        serde_json::from_value(
+            json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": now.to_string()}),
+        )
+        .expect("a taint"),
+    );
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"taints": taints}})),
+    )
+    .await
+    .map_err(api_err(format!("tainting node {name}")))?;
+    let conditions: Vec<serde_json::Value> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let mut v = serde_json::to_value(&c).unwrap_or_default();
+            if c.type_ == "Ready" {
+                v["status"] = json!("Unknown");
+                v["reason"] = json!("NodeStatusUnknown");
+                v["message"] = json!("Kubelet stopped posting node status.");
+                v["lastTransitionTime"] = json!(now.to_string());
+            }
+            v
+        })
+        .collect();
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"status": {"conditions": conditions}})),
+    )
+    .await
+    .map_err(api_err(format!("marking node {name} not ready")))?;
+    tracing::warn!(node = %name, "node's Lease ran out: NotReady, tainted unreachable");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(renewed_ms_ago: i64, secs: i32) -> Lease {
+        let t = jiff::Timestamp::now() - jiff::SignedDuration::from_millis(renewed_ms_ago);
+        serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {
+            "renewTime": t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(), "leaseDurationSeconds": secs}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_lease_runs_out_after_its_duration() {
+        let now = jiff::Timestamp::now();
+        assert!(!expired(None, now));
+        assert!(!expired(Some(&lease(1_000, 4)), now));
+        assert!(expired(Some(&lease(5_000, 4)), now));
+    }
+
+    #[test]
+    fn tolerations_with_seconds_run_out() {
+        let pod: Pod = serde_json::from_value(json!({"spec": {"containers": [], "tolerations": [
+            {"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 10}]}}))
+        .unwrap();
+        assert!(tolerates(&pod, Duration::from_secs(5)));
+        assert!(!tolerates(&pod, Duration::from_secs(11)));
+        let plain: Pod = serde_json::from_value(json!({"spec": {"containers": []}})).unwrap();
+        assert!(!tolerates(&plain, Duration::ZERO));
+    }
+}
