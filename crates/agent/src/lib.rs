@@ -203,19 +203,51 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         })?;
     tracing::info!(node = %cfg.node_name, runtime = runtime.name(), port, "node registered");
 
-    // Lease renewal and node heartbeat.
+    // Lease renewal, and fencing: past half the Lease's duration without a renewal the
+    // server may soon evict this node's pods and start replacements, so the agent stops
+    // them first and starts nothing until a renewal succeeds again.
+    let last_renewed = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+    let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let client = client.clone();
         let name = cfg.node_name.clone();
         let every = cfg.lease_every;
         let duration = cfg.lease_duration.as_secs().max(1) as i32;
+        let (last_renewed, fenced) = (last_renewed.clone(), fenced.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                if let Err(e) = node::renew_lease(&client, &name, duration).await {
-                    tracing::warn!(node = %name, error = %e, "lease renewal failed");
+                let sent = std::time::Instant::now();
+                let renewal = node::renew_lease(&client, &name, duration);
+                match tokio::time::timeout(every.max(Duration::from_secs(1)), renewal).await {
+                    Ok(Ok(())) => {
+                        *last_renewed.lock().expect("lease clock") = sent;
+                        if fenced.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                            tracing::warn!(node = %name, "lease renewed: no longer fenced");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(node = %name, error = %e, "lease renewal failed"),
+                    Err(_) => tracing::warn!(node = %name, "lease renewal timed out"),
                 }
+            }
+        });
+    }
+    {
+        let runtime = runtime.clone();
+        let name = cfg.node_name.clone();
+        let fence_after = cfg.lease_duration / 2;
+        let (last_renewed, fenced) = (last_renewed.clone(), fenced.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let since = last_renewed.lock().expect("lease clock").elapsed();
+                if since < fence_after || fenced.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::warn!(node = %name, ?since, "no lease renewal: fencing, stopping every container");
+                fence(runtime.as_ref()).await;
             }
         });
     }
@@ -250,7 +282,12 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         cfg.data_dir.clone(),
     ));
     loop {
-        tick(&sync, &reader).await;
+        if fenced.load(std::sync::atomic::Ordering::SeqCst) {
+            // Keep what is stopped stopped (a running container may have raced the fence).
+            fence(runtime.as_ref()).await;
+        } else {
+            tick(&sync, &reader).await;
+        }
         tokio::select! {
             _ = changed.notified() => {}
             _ = tokio::time::sleep(cfg.sync_every) => {}
@@ -259,6 +296,19 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
 }
 
 /// One pass over every pod of the node.
+/// Stop every running container at once, with a short grace.
+async fn fence(runtime: &dyn Runtime) {
+    let Ok(observed) = runtime.list().await else {
+        return;
+    };
+    let stops = observed
+        .containers
+        .iter()
+        .filter(|c| matches!(c.state, runtime::State::Running { .. }))
+        .map(|c| runtime.stop(&c.id, Duration::from_millis(500)));
+    futures::future::join_all(stops).await;
+}
+
 async fn tick(sync: &Arc<pods::PodSync>, reader: &reflector::Store<Pod>) {
     let observed = match sync.runtime.list().await {
         Ok(o) => o,
