@@ -40,8 +40,9 @@ pub struct Args {
     /// Where to serve logs to the API server (HTTPS, cluster-CA certificate; port 0: any).
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub listen: std::net::SocketAddr,
-    /// Seconds between Lease renewals.
-    #[arg(long, default_value_t = 2)]
+    /// Seconds between Lease renewals. The Lease lasts four of them; the agent fences itself
+    /// (stops its pods) after two without a renewal; the server evicts after four.
+    #[arg(long, default_value_t = 1)]
     pub lease_seconds: u64,
     /// Where the agent keeps its files.
     #[arg(long, default_value_os_t = super::default_data_dir().join("agent"))]

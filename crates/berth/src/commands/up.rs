@@ -66,7 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             address: "127.0.0.1".into(),
             listen: "127.0.0.1:0".parse().expect("an address"),
             runtime: kind,
-            lease_seconds: 2,
+            lease_seconds: 1,
             data_dir: agent_dir.clone(),
         };
         std::fs::create_dir_all(&agent_args.data_dir)?;
