@@ -16,12 +16,16 @@ use serde_json::json;
 const IMAGE: &str = "berth/pause:1";
 
 fn pod(name: &str, node: &str) -> Pod {
+    pod_of(name, node, IMAGE, &["/busybox", "sleep", "3600"])
+}
+
+fn pod_of(name: &str, node: &str, image: &str, command: &[&str]) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name},
         "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
-                 "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "Never",
-                                 "command": ["/busybox", "sleep", "3600"]}]},
+                 "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                                 "command": command}]},
     }))
     .expect("a pod")
 }
@@ -55,8 +59,14 @@ fn remove_node_containers(node: &str) {
 }
 
 async fn create_to_running(api: &Api<Pod>, name: &str, node: &str) -> anyhow::Result<Duration> {
+    create_pod_to_running(api, pod(name, node)).await
+}
+
+async fn create_pod_to_running(api: &Api<Pod>, pod: Pod) -> anyhow::Result<Duration> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let name = name.as_str();
     let t = Instant::now();
-    api.create(&PostParams::default(), &pod(name, node)).await?;
+    api.create(&PostParams::default(), &pod).await?;
     tokio::time::timeout(
         Duration::from_secs(60),
         await_condition(api.clone(), name, conditions::is_pod_running()),
@@ -176,6 +186,71 @@ async fn latency(runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pods as host processes (the process runtime), against spawning the same process.
+async fn process_latency(runs: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = berth_apiserver::Config::new(dir.path().to_path_buf());
+    cfg.listen = "127.0.0.1:0".parse()?;
+    let server = berth_apiserver::start(cfg).await?;
+    let client = crate::client(&server, dir.path()).await?;
+    let node = format!("bench-proc-{}", std::process::id());
+    let agent_dir = dir.path().join("agent");
+    let runtime = Arc::new(berth_agent::runtime::process::ProcessRuntime::new(
+        &agent_dir,
+    )?);
+    let agent_cfg = berth_agent::Config {
+        server: server.url(),
+        token: server.tokens.node_join.clone(),
+        ca_pem: server.ca_pem.clone(),
+        node_name: node.clone(),
+        address: "127.0.0.1".into(),
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: agent_dir,
+        lease_every: Duration::from_secs(1),
+        lease_duration: Duration::from_secs(4),
+        sync_every: Duration::from_secs(1),
+        backoff: Default::default(),
+    };
+    let agent = tokio::spawn(berth_agent::run(agent_cfg, runtime));
+    let api: Api<Pod> = Api::namespaced(client, "default");
+    let command = ["sleep", "3600"];
+    create_pod_to_running(&api, pod_of("warm-up", &node, "host", &command)).await?;
+    let mut berth = Vec::new();
+    for i in 0..runs {
+        let p = pod_of(&format!("q-{i}"), &node, "host", &command);
+        berth.push(create_pod_to_running(&api, p).await?);
+    }
+    let mut spawn = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let mut child = std::process::Command::new("sleep").arg("3600").spawn()?;
+        spawn.push(t.elapsed());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for i in 0..runs {
+        let _ = api
+            .delete(&format!("q-{i}"), &DeleteParams::default())
+            .await;
+    }
+    let _ = api.delete("warm-up", &DeleteParams::default()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    agent.abort();
+    server.shutdown();
+    let (b50, s50) = (percentile(&mut berth, 0.5), percentile(&mut spawn, 0.5));
+    println!("pod POST -> Running, {runs} pods one at a time (process runtime):");
+    println!(
+        "  berth (API server + agent, host process):                    p50 {:7.1} ms  max {:7.1} ms",
+        ms(b50),
+        ms(*berth.last().unwrap())
+    );
+    println!(
+        "  spawning the same process (baseline):                        p50 {:7.3} ms",
+        ms(s50)
+    );
+    Ok(())
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -261,6 +336,8 @@ pub async fn run(runs: usize, pods: usize) -> anyhow::Result<()> {
             .unwrap_or(1)
     );
     latency(runs).await?;
+    println!();
+    process_latency(runs).await?;
     println!();
     memory(pods).await
 }

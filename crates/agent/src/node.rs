@@ -157,11 +157,13 @@ pub fn node_status(
     runtime_version: &str,
 ) -> Value {
     let t = crate::pods::ts(Timestamp::now());
+    // The process runtime runs pods without cgroups: say so where users look.
+    let unlimited = runtime_version.starts_with("process://");
     let cond = |ty: &str, status: &str, reason: &str, message: &str| {
         json!({"type": ty, "status": status, "reason": reason, "message": message,
                "lastHeartbeatTime": t, "lastTransitionTime": t})
     };
-    json!({
+    let mut status = json!({
         "capacity": cap.to_json(),
         "allocatable": cap.to_json(),
         "conditions": [
@@ -194,7 +196,18 @@ pub fn node_status(
             "architecture": arch(),
             "machineID": "", "systemUUID": "", "bootID": "",
         },
-    })
+    });
+    if unlimited {
+        if let Some(conds) = status["conditions"].as_array_mut() {
+            conds.push(cond(
+                "ResourceLimitsEnforced",
+                "False",
+                "ProcessRuntimeWithoutCgroups",
+                "the process runtime does not enforce CPU or memory limits on this node",
+            ));
+        }
+    }
+    status
 }
 
 /// Create the Node, or take over an existing one of the same name.
