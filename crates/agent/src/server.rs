@@ -45,24 +45,34 @@ pub enum ServeError {
     },
 }
 
+/// A CPU sample: when, the cumulative CPU time, and the rate it gave.
+type Sample = (jiff::Timestamp, u64, Option<u64>);
+
 struct AgentState {
     runtime: Arc<dyn Runtime>,
     pods: Store<Pod>,
     token: String,
     node: String,
-    /// The last CPU sample per container id (and "" for the node), for rates.
-    samples: std::sync::Mutex<HashMap<String, (jiff::Timestamp, u64)>>,
+    /// The last CPU sample per container id (and "" for the node), and the rate it gave.
+    samples: std::sync::Mutex<HashMap<String, Sample>>,
 }
 
 impl AgentState {
     /// CPU use in nanocores since the previous sample of `key` (or since `since`, the first
-    /// time), remembering this one.
+    /// time), remembering this one. Samples less than a second apart are too noisy to divide:
+    /// those get the rate last computed.
     fn rate(&self, key: &str, now: jiff::Timestamp, cpu_nanos: u64, since: jiff::Timestamp) -> u64 {
         let mut samples = self.samples.lock().expect("samples");
-        let (t0, c0) = samples.get(key).copied().unwrap_or((since, 0));
-        samples.insert(key.to_string(), (now, cpu_nanos));
+        let (t0, c0, last) = samples.get(key).copied().unwrap_or((since, 0, None));
         let dt = (now.as_nanosecond() - t0.as_nanosecond()).max(1) as u128;
-        (cpu_nanos.saturating_sub(c0) as u128 * 1_000_000_000 / dt) as u64
+        if dt < 1_000_000_000 {
+            if let Some(rate) = last {
+                return rate;
+            }
+        }
+        let rate = (cpu_nanos.saturating_sub(c0) as u128 * 1_000_000_000 / dt) as u64;
+        samples.insert(key.to_string(), (now, cpu_nanos, Some(rate)));
+        rate
     }
 }
 
@@ -145,7 +155,7 @@ pub fn serve(
         // The node's first sample, so that its first rate covers the time since start.
         samples: std::sync::Mutex::new(HashMap::from([(
             String::new(),
-            (jiff::Timestamp::now(), host_usage().0),
+            (jiff::Timestamp::now(), host_usage().0, None),
         )])),
     });
     let app = axum::Router::new()
@@ -205,11 +215,21 @@ async fn summary(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Re
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let (mut pod_cores, mut pod_cpu, mut pod_mem) = (0u64, 0u64, 0u64);
         let mut containers = Vec::new();
-        for c in observed.containers.iter().filter(|c| c.pod_uid == uid) {
-            let crate::runtime::State::Running { started_at } = c.state else {
-                continue;
-            };
-            let Ok(st) = state.runtime.stats(&c.id).await else {
+        // The pod's running containers, their stats read at once.
+        let running: Vec<_> = observed
+            .containers
+            .iter()
+            .filter(|c| c.pod_uid == uid)
+            .filter_map(|c| match c.state {
+                crate::runtime::State::Running { started_at } => Some((c, started_at)),
+                _ => None,
+            })
+            .collect();
+        let stats =
+            futures::future::join_all(running.iter().map(|(c, _)| state.runtime.stats(&c.id)))
+                .await;
+        for ((c, started_at), st) in running.into_iter().zip(stats) {
+            let Ok(st) = st else {
                 continue;
             };
             let cores = state.rate(&c.id, now, st.cpu_nanos, started_at);

@@ -69,6 +69,9 @@ fn api_resources(group: &str, version: &str) -> Vec<Value> {
 
 /// `/api/v1` or `/apis/<group>/<version>`.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (crate::metrics::GROUP, crate::metrics::VERSION) {
+        return Some(crate::metrics::resource_list());
+    }
     if !RESOURCES
         .iter()
         .any(|r| r.group == group && r.version == version)
@@ -106,6 +109,7 @@ fn group_entry(group: &str, version: &str) -> Value {
 pub fn groups() -> Value {
     let groups: Vec<Value> = resources::groups()
         .into_iter()
+        .chain([(crate::metrics::GROUP, crate::metrics::VERSION)])
         .map(|(g, v)| group_entry(g, v))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
@@ -115,6 +119,7 @@ pub fn groups() -> Value {
 pub fn group(name: &str) -> Option<Value> {
     resources::groups()
         .into_iter()
+        .chain([(crate::metrics::GROUP, crate::metrics::VERSION)])
         .find(|(g, _)| *g == name)
         .map(|(g, v)| {
             let mut e = group_entry(g, v);

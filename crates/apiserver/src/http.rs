@@ -52,7 +52,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response 
     }
 }
 
-fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+pub(crate) fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
     let mut resp = (
         code,
         [(header::CONTENT_TYPE, "application/json")],
@@ -97,6 +97,16 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
             .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
         ["apis", g] if read_only => {
             discovery::group(g).map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b))
+        }
+        ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] if read_only && !rest.is_empty() => {
+            match rest {
+                ["nodes"] => crate::metrics::nodes(app, None).await,
+                ["nodes", n] => crate::metrics::nodes(app, Some(n)).await,
+                ["pods"] => crate::metrics::pods(app, None, None).await,
+                ["namespaces", ns, "pods"] => crate::metrics::pods(app, Some(ns), None).await,
+                ["namespaces", ns, "pods", n] => crate::metrics::pods(app, Some(ns), Some(n)).await,
+                _ => Err(ApiError::path_not_found(&path)),
+            }
         }
         ["apis", g, v] if read_only => discovery::resource_list(g, v)
             .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),

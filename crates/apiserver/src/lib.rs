@@ -10,6 +10,7 @@ pub mod auth;
 pub mod discovery;
 pub mod format;
 pub mod http;
+pub mod metrics;
 mod protobuf;
 pub mod proxy;
 pub mod registry;

@@ -472,6 +472,21 @@ fn kubectl_logs_and_exec_reach_the_containers() {
             .unwrap()
             > 0
     );
+    // The same figures through metrics.k8s.io, as `kubectl top` reads them.
+    let top = b.kubectl_ok(&["top", "pod", "talker", "--containers"]);
+    let burn_line = top
+        .lines()
+        .find(|l| l.contains(" burn "))
+        .unwrap_or_else(|| panic!("{top}"));
+    let millicores: u64 = burn_line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|c| c.strip_suffix('m'))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{burn_line}"));
+    assert!((100..=2100).contains(&millicores), "{top}");
+    let nodes = b.kubectl_ok(&["top", "node", &node.name]);
+    assert!(nodes.contains(&node.name), "{nodes}");
     drop(image);
 }
 
