@@ -1,7 +1,8 @@
-//! `berth-bench agent`: how long a pod takes from `POST` to `Running` on the Docker engine
-//! through the API server and the agent, against the engine alone (create + start of the same
-//! container, and the `docker run -d` command) measured in the same run; and the resident
-//! memory of `berth up` idle and with 20 running pods.
+//! `berth-bench agent`: how long a pod takes from `POST` to `Running` (p50, p99 over 100
+//! pods) on the Docker engine through the API server and the agent, against the engine alone
+//! (create + start of the same container, and the `docker run -d` command) measured in the
+//! same run; the same on the process runtime against spawning the process; and the resident
+//! memory of a `berth agent` and of the control plane, idle and with 20 running pods.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,21 +163,26 @@ async fn latency(runs: usize) -> anyhow::Result<()> {
         percentile(&mut engine, 0.5),
         percentile(&mut cli, 0.5),
     );
+    let (b99, e99, c99) = (
+        percentile(&mut berth, 0.99),
+        percentile(&mut engine, 0.99),
+        percentile(&mut cli, 0.99),
+    );
     println!("pod POST -> Running, {runs} pods one at a time (Docker engine, image present):");
     println!(
-        "  berth (API server + agent, pause container + app container): p50 {:7.1} ms  max {:7.1} ms",
+        "  berth (API server + agent, pause container + app container): p50 {:7.1} ms  p99 {:7.1} ms",
         ms(b50),
-        ms(*berth.last().unwrap())
+        ms(b99)
     );
     println!(
-        "  engine API create + start (one container, baseline):         p50 {:7.1} ms  max {:7.1} ms",
+        "  engine API create + start (one container, baseline):         p50 {:7.1} ms  p99 {:7.1} ms",
         ms(e50),
-        ms(*engine.last().unwrap())
+        ms(e99)
     );
     println!(
-        "  `docker run -d` (one container, CLI, baseline):              p50 {:7.1} ms  max {:7.1} ms",
+        "  `docker run -d` (one container, CLI, baseline):              p50 {:7.1} ms  p99 {:7.1} ms",
         ms(c50),
-        ms(*cli.last().unwrap())
+        ms(c99)
     );
     println!(
         "  berth / engine API: {:.2}x   berth / docker run: {:.2}x  (a pod is two containers)",
@@ -238,11 +244,12 @@ async fn process_latency(runs: usize) -> anyhow::Result<()> {
     agent.abort();
     server.shutdown();
     let (b50, s50) = (percentile(&mut berth, 0.5), percentile(&mut spawn, 0.5));
+    let b99 = percentile(&mut berth, 0.99);
     println!("pod POST -> Running, {runs} pods one at a time (process runtime):");
     println!(
-        "  berth (API server + agent, host process):                    p50 {:7.1} ms  max {:7.1} ms",
+        "  berth (API server + agent, host process):                    p50 {:7.1} ms  p99 {:7.1} ms",
         ms(b50),
-        ms(*berth.last().unwrap())
+        ms(b99)
     );
     println!(
         "  spawning the same process (baseline):                        p50 {:7.3} ms",
@@ -261,7 +268,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Resident memory of a `berth up` process, idle and with `pods` running pods.
+/// Resident memory of `berth up` (control plane, no local node) and of a `berth agent`
+/// process on Docker, idle and with `pods` running pods.
 async fn memory(pods: usize) -> anyhow::Result<()> {
     let bin = std::env::var("BERTH_BIN").unwrap_or_else(|_| "target/release/berth".into());
     anyhow::ensure!(
@@ -273,15 +281,8 @@ async fn memory(pods: usize) -> anyhow::Result<()> {
         .local_addr()?
         .port();
     let node = format!("bench-rss-{}", std::process::id());
-    let mut child = std::process::Command::new(&bin)
-        .args([
-            "up",
-            "--runtime",
-            "docker",
-            "--node-name",
-            &node,
-            "--listen",
-        ])
+    let mut server = std::process::Command::new(&bin)
+        .args(["up", "--runtime", "none", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.path())
@@ -294,11 +295,48 @@ async fn memory(pods: usize) -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "berth up did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle = rss_kib(child.id());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let token = std::process::Command::new(&bin)
+        .args(["token", "--node", "--data-dir"])
+        .arg(dir.path())
+        .output()?;
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let agent_dir = dir.path().join("agent-data");
+    let mut agent = std::process::Command::new(&bin)
+        .args([
+            "agent",
+            "--server",
+            &format!("https://127.0.0.1:{port}"),
+            "--token",
+            &token,
+        ])
+        .arg("--ca-file")
+        .arg(dir.path().join("pki/ca.pem"))
+        .args([
+            "--name",
+            &node,
+            "--runtime",
+            "docker",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let api: Api<Pod> = Api::namespaced(kube::Client::try_from(cfg)?, "default");
+    let client = kube::Client::try_from(cfg)?;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes.get_opt(&node).await?.is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "the agent did not register");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (server_idle, agent_idle) = (rss_kib(server.id()), rss_kib(agent.id()));
+    let api: Api<Pod> = Api::namespaced(client, "default");
     for i in 0..pods {
         api.create(&PostParams::default(), &pod(&format!("r-{i}"), &node))
             .await?;
@@ -312,18 +350,23 @@ async fn memory(pods: usize) -> anyhow::Result<()> {
         .context("pods did not all run within 120 s")??;
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let busy = rss_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let (server_busy, agent_busy) = (rss_kib(server.id()), rss_kib(agent.id()));
+    for child in [&mut agent, &mut server] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     remove_node_containers(&node);
-    println!("resident memory of `berth up` (API server, store, scheduler, controllers, agent):");
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!("resident memory (VmRSS):");
     println!(
-        "  idle, no pods:           {:6.1} MiB",
-        idle as f64 / 1024.0
+        "  `berth agent` (docker): idle {:6.1} MiB, with {pods} running pods {:6.1} MiB",
+        mib(agent_idle),
+        mib(agent_busy)
     );
     println!(
-        "  {pods} running pods, idle:   {:6.1} MiB",
-        busy as f64 / 1024.0
+        "  `berth up --runtime none` (API server, store, scheduler, controllers): idle {:6.1} MiB, with {pods} pods {:6.1} MiB",
+        mib(server_idle),
+        mib(server_busy)
     );
     Ok(())
 }

@@ -278,7 +278,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.which.as_str() {
         "apiserver" => apiserver(&cli).await,
         "scheduler" => scheduler::run(cli.nodes, !cli.decide_only, &cli.cases).await,
-        "agent" => agent::run(20, 20).await,
+        "agent" => agent::run(100, 20).await,
         other => {
             anyhow::bail!("unknown benchmark {other:?}: try `apiserver`, `scheduler` or `agent`")
         }
