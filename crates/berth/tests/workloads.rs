@@ -219,3 +219,38 @@ async fn deleting_a_deployment_cascades_unless_told_to_orphan() {
     ]);
     assert_eq!(owners, "");
 }
+
+#[tokio::test]
+async fn rollout_pause_resume_and_restart_with_kubectl() {
+    let node = common::unique("pr");
+    let b = Berth::up(&["--runtime", "mock", "--node-name", &node]);
+    let sets = || {
+        b.kubectl_ok(&["get", "rs", "-l", "app=web", "-o", "name"])
+            .lines()
+            .count()
+    };
+    b.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=2",
+    ]);
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    b.kubectl_ok(&["rollout", "pause", "deploy/web"]);
+    b.kubectl_ok(&["set", "image", "deploy/web", "busybox=busybox:9"]);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(sets(), 1, "a paused deployment does not roll out");
+    b.kubectl_ok(&["rollout", "resume", "deploy/web"]);
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert_eq!(sets(), 2);
+    b.kubectl_ok(&["rollout", "restart", "deploy/web"]);
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert_eq!(
+        sets(),
+        3,
+        "a restart is a new template, so a new ReplicaSet"
+    );
+    let history = b.kubectl_ok(&["rollout", "history", "deploy/web"]);
+    assert!(history.contains("3 "), "{history}");
+}
