@@ -65,6 +65,15 @@ pub struct DockerRuntime {
     version: String,
     /// Where to find a static busybox for the pause image.
     busybox: std::path::PathBuf,
+    /// What `inspect` last said of each container, keyed by id, with the list state it was
+    /// read in: `list` inspects again only containers whose state changed.
+    inspected: std::sync::Mutex<HashMap<String, (String, Inspected)>>,
+}
+
+#[derive(Debug, Clone)]
+enum Inspected {
+    Sandbox(ObservedSandbox),
+    Container(ObservedContainer),
 }
 
 impl DockerRuntime {
@@ -84,6 +93,7 @@ impl DockerRuntime {
             node: node.to_string(),
             version: format!("docker://{}", v.version.unwrap_or_default()),
             busybox,
+            inspected: Default::default(),
         })
     }
 
@@ -362,12 +372,33 @@ impl Runtime for DockerRuntime {
             .await
             .map_err(err("list containers"))?;
         let mut observed = Observed::default();
+        let mut seen = std::collections::HashSet::new();
         for s in summaries {
             let Some(id) = s.id else { continue };
             let labels = s.labels.unwrap_or_default();
             let Some(uid) = labels.get(L_POD_UID).cloned() else {
                 continue;
             };
+            seen.insert(id.clone());
+            let state_key = format!("{:?}", s.state);
+            let cached = self
+                .inspected
+                .lock()
+                .expect("inspect cache")
+                .get(&id)
+                .filter(|(k, _)| *k == state_key)
+                .map(|(_, i)| i.clone());
+            match cached {
+                Some(Inspected::Sandbox(sb)) => {
+                    observed.sandboxes.push(sb);
+                    continue;
+                }
+                Some(Inspected::Container(c)) => {
+                    observed.containers.push(c);
+                    continue;
+                }
+                None => {}
+            }
             let info = match self
                 .docker
                 .inspect_container(
@@ -380,18 +411,20 @@ impl Runtime for DockerRuntime {
                 Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(err("inspect container")(e)),
             };
-            if labels.contains_key(L_SANDBOX) {
+            let found = if labels.contains_key(L_SANDBOX) {
                 let running = info.state.as_ref().and_then(|s| s.running) == Some(true);
                 let ip = sandbox_ip(info.network_settings);
-                observed.sandboxes.push(ObservedSandbox {
-                    id,
+                let sb = ObservedSandbox {
+                    id: id.clone(),
                     pod_uid: uid,
                     ip,
                     running,
-                });
+                };
+                observed.sandboxes.push(sb.clone());
+                Inspected::Sandbox(sb)
             } else {
-                observed.containers.push(ObservedContainer {
-                    id,
+                let c = ObservedContainer {
+                    id: id.clone(),
                     pod_uid: uid,
                     name: labels.get(L_CONTAINER).cloned().unwrap_or_default(),
                     attempt: labels
@@ -401,9 +434,19 @@ impl Runtime for DockerRuntime {
                     image: s.image.unwrap_or_default(),
                     image_id: info.image.unwrap_or_default(),
                     state: Self::state_of(info.state.as_ref()),
-                });
-            }
+                };
+                observed.containers.push(c.clone());
+                Inspected::Container(c)
+            };
+            self.inspected
+                .lock()
+                .expect("inspect cache")
+                .insert(id, (state_key, found));
         }
+        self.inspected
+            .lock()
+            .expect("inspect cache")
+            .retain(|id, _| seen.contains(id));
         Ok(observed)
     }
 
