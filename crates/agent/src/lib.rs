@@ -79,21 +79,31 @@ fn client_with(cfg: &Config, token: &str) -> Result<kube::Client, AgentError> {
     kube::Client::try_from(kc).map_err(AgentError::Client)
 }
 
-/// Trade the node-join token for this node's own token, and return a client that uses it.
-pub async fn node_client(cfg: &Config) -> Result<kube::Client, AgentError> {
-    let join = client_with(cfg, &cfg.token)?;
-    let body = serde_json::to_vec(&serde_json::json!({"nodeName": cfg.node_name})).expect("json");
-    let req = http::Request::post("/berth/v1/nodetoken")
+/// `POST` a JSON body to one of Berth's own endpoints (`/berth/v1/...`) while joining.
+async fn post_berth(
+    client: &kube::Client,
+    cfg: &Config,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, AgentError> {
+    let req = http::Request::post(path)
         .header("content-type", "application/json")
-        .body(body)
+        .body(serde_json::to_vec(body).expect("json"))
         .expect("a valid request");
-    let answer = join
+    client
         .request::<serde_json::Value>(req)
         .await
         .map_err(|source| AgentError::Register {
             node: cfg.node_name.clone(),
             source,
-        })?;
+        })
+}
+
+/// Trade the node-join token for this node's own token, and return a client that uses it.
+pub async fn node_client(cfg: &Config) -> Result<kube::Client, AgentError> {
+    let join = client_with(cfg, &cfg.token)?;
+    let body = serde_json::json!({"nodeName": cfg.node_name});
+    let answer = post_berth(&join, cfg, "/berth/v1/nodetoken", &body).await?;
     let token = answer
         .get("token")
         .and_then(serde_json::Value::as_str)
@@ -125,18 +135,8 @@ fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
 
 /// Ask the API server for this node's serving certificate and proxy token.
 async fn serving(client: &kube::Client, cfg: &Config) -> Result<server::Serving, AgentError> {
-    let body = serde_json::to_vec(&serde_json::json!({"address": cfg.address})).expect("json");
-    let req = http::Request::post("/berth/v1/nodecert")
-        .header("content-type", "application/json")
-        .body(body)
-        .expect("a valid request");
-    let answer = client
-        .request::<serde_json::Value>(req)
-        .await
-        .map_err(|source| AgentError::Register {
-            node: cfg.node_name.clone(),
-            source,
-        })?;
+    let body = serde_json::json!({"address": cfg.address});
+    let answer = post_berth(client, cfg, "/berth/v1/nodecert", &body).await?;
     let field = |k: &str| {
         answer
             .get(k)

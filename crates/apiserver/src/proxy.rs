@@ -39,10 +39,15 @@ struct Target {
 
 impl Target {
     fn host(&self) -> String {
-        match self.address.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-            _ => self.address.clone(),
-        }
+        url_host(&self.address)
+    }
+}
+
+/// An address as it goes in a URL's host (IPv6 in brackets).
+fn url_host(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => address.to_string(),
     }
 }
 
@@ -222,13 +227,7 @@ impl NodeProxy {
         path_and_query: &str,
     ) -> Result<Response, ApiError> {
         let (address, port) = Self::agent_endpoint(registry, node_name).await?;
-        let t = Target {
-            container: String::new(),
-            node: node_name.to_string(),
-            address,
-            port,
-        };
-        self.get_from_agent(tokens, node_name, &t.host(), port, path_and_query)
+        self.get_from_agent(tokens, node_name, &url_host(&address), port, path_and_query)
             .await
     }
 

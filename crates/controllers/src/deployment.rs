@@ -21,7 +21,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use crate::util::{controlled_by, controller_ref};
+use crate::util::{api_err, controlled_by, controller_ref, involved};
 use crate::{Context, Error};
 
 const COMPONENT: &str = "deployment-controller";
@@ -115,20 +115,6 @@ fn scaled(v: Option<&IntOrString>, total: i32, default_pct: i32, round_up: bool)
     (if round_up { (x + 99) / 100 } else { x / 100 }) as i32
 }
 
-fn involved(d: &Deployment) -> berth_core::events::Involved<'_> {
-    berth_core::events::Involved {
-        api_version: "apps/v1",
-        kind: "Deployment",
-        namespace: d.metadata.namespace.as_deref().unwrap_or("default"),
-        name: d.metadata.name.as_deref().unwrap_or_default(),
-        uid: d.metadata.uid.as_deref().unwrap_or_default(),
-    }
-}
-
-fn api_err(action: String) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error::Api { action, source }
-}
-
 pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.synced().await?;
     let meta = &d.metadata;
@@ -211,7 +197,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                     )))?;
                 crate::util::record(
                     &ctx.client,
-                    involved(&d),
+                    involved("Deployment", &d.metadata),
                     "Normal",
                     "DeploymentRollback",
                     &format!("Rolled back deployment {name} to replica set {rs_name}"),
@@ -269,7 +255,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                 Ok(created) => {
                     crate::util::record(
                         &ctx.client,
-                        involved(&d),
+                        involved("Deployment", &d.metadata),
                         "Normal",
                         "ScalingReplicaSet",
                         &format!("Scaled up replica set {rs_name} from 0 to {start}"),
@@ -369,7 +355,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         let verb = if *target > from { "up" } else { "down" };
         crate::util::record(
             &ctx.client,
-            involved(&d),
+            involved("Deployment", &d.metadata),
             "Normal",
             "ScalingReplicaSet",
             &format!("Scaled {verb} replica set {rs_name} from {from} to {target}"),

@@ -19,16 +19,13 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use serde_json::json;
 
+use crate::util::api_err;
 use crate::{Context, Error};
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// In a suspected partition, evict one node's pods this often at most.
 const PARTITION_EVICTION_EVERY: Duration = Duration::from_secs(30);
-
-fn api_err(action: String) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error::Api { action, source }
-}
 
 /// Has the node's Lease run out at `now`? A node without a Lease yet is given the benefit of
 /// the doubt.

@@ -18,7 +18,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use crate::util::{controlled_by, controller_ref, is_active, ready_since};
+use crate::util::{api_err, controlled_by, controller_ref, involved, is_active, ready_since};
 use crate::{Context, Error};
 
 const COMPONENT: &str = "replicaset-controller";
@@ -56,10 +56,6 @@ pub fn pods_of(ctx: &Context, ns: &str, uid: &str) -> Vec<Arc<Pod>> {
         .into_iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(ns) && controlled_by(&p.metadata, uid))
         .collect()
-}
-
-fn api_err(action: String) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error::Api { action, source }
 }
 
 pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -109,7 +105,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             }
             crate::util::record(
                 &ctx.client,
-                involved(&rs),
+                involved("ReplicaSet", &rs.metadata),
                 "Normal",
                 "SuccessfulDelete",
                 &format!("Deleted {} pod(s): {}", victims.len(), victims.join(", ")),
@@ -173,16 +169,6 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     })
 }
 
-fn involved(rs: &ReplicaSet) -> berth_core::events::Involved<'_> {
-    berth_core::events::Involved {
-        api_version: "apps/v1",
-        kind: "ReplicaSet",
-        namespace: rs.metadata.namespace.as_deref().unwrap_or("default"),
-        name: rs.metadata.name.as_deref().unwrap_or_default(),
-        uid: rs.metadata.uid.as_deref().unwrap_or_default(),
-    }
-}
-
 /// A pod from the set's template, owned by the set.
 fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, Error> {
     let name = rs.metadata.name.clone().unwrap_or_default();
@@ -240,7 +226,7 @@ async fn create_pods(
     if !created.is_empty() {
         crate::util::record(
             &ctx.client,
-            involved(rs),
+            involved("ReplicaSet", &rs.metadata),
             "Normal",
             "SuccessfulCreate",
             &format!("Created {} pod(s): {}", created.len(), created.join(", ")),
@@ -251,7 +237,7 @@ async fn create_pods(
         let ns = rs.metadata.namespace.clone().unwrap_or_default();
         crate::util::record(
             &ctx.client,
-            involved(rs),
+            involved("ReplicaSet", &rs.metadata),
             "Warning",
             "FailedCreate",
             &format!("Error creating: {e}"),

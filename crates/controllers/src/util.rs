@@ -78,3 +78,19 @@ pub fn record(
         }
     });
 }
+
+/// An API failure, named by what was being done.
+pub fn api_err(action: String) -> impl FnOnce(kube::Error) -> crate::Error {
+    move |source| crate::Error::Api { action, source }
+}
+
+/// What an Event about an `apps/v1` object of `kind` refers to.
+pub fn involved<'a>(kind: &'a str, meta: &'a ObjectMeta) -> berth_core::events::Involved<'a> {
+    berth_core::events::Involved {
+        api_version: "apps/v1",
+        kind,
+        namespace: meta.namespace.as_deref().unwrap_or("default"),
+        name: meta.name.as_deref().unwrap_or_default(),
+        uid: meta.uid.as_deref().unwrap_or_default(),
+    }
+}
