@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
-use kube::Api;
+use k8s_openapi::api::core::v1::{Container, Pod, Volume};
+
+use crate::host::{HostError, PodHost, SourceKind};
 
 use crate::runtime::Mount;
 
@@ -32,7 +33,7 @@ pub enum ConfigError {
         kind: &'static str,
         name: String,
         #[source]
-        source: kube::Error,
+        source: HostError,
     },
     #[error("preparing volume {volume} at {path} failed")]
     Io {
@@ -45,53 +46,25 @@ pub enum ConfigError {
     Unsupported { what: String },
 }
 
-/// The data of a ConfigMap or Secret, as text keyed by name; `None` if it does not exist.
+/// The data of a ConfigMap or Secret, as bytes keyed by name; `None` if it does not exist.
 async fn source(
-    client: &kube::Client,
+    host: &dyn PodHost,
     ns: &str,
     kind: &'static str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError> {
-    let api_err = |source| ConfigError::Api {
-        kind,
-        name: name.to_string(),
-        source,
-    };
-    if kind == "configmap" {
-        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .get_opt(name)
-            .await
-            .map_err(api_err)?;
-        Ok(cm.map(|cm| {
-            let mut out: BTreeMap<String, Vec<u8>> = cm
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect();
-            for (k, v) in cm.binary_data.unwrap_or_default() {
-                out.insert(k, v.0);
-            }
-            out
-        }))
+    let which = if kind == "configmap" {
+        SourceKind::ConfigMap
     } else {
-        let s = Api::<Secret>::namespaced(client.clone(), ns)
-            .get_opt(name)
-            .await
-            .map_err(api_err)?;
-        Ok(s.map(|s| {
-            let mut out: BTreeMap<String, Vec<u8>> = s
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            for (k, v) in s.string_data.unwrap_or_default() {
-                out.insert(k, v.into_bytes());
-            }
-            out
-        }))
-    }
+        SourceKind::Secret
+    };
+    host.source(ns, which, name)
+        .await
+        .map_err(|source| ConfigError::Api {
+            kind,
+            name: name.to_string(),
+            source,
+        })
 }
 
 /// A pod field for `valueFrom.fieldRef`.
@@ -131,7 +104,7 @@ fn field(pod: &Pod, path: &str, pod_ip: Option<&str>) -> Option<String> {
 
 /// The container's environment, in order: `envFrom` sources first, then `env`.
 pub async fn environment(
-    client: &kube::Client,
+    host: &dyn PodHost,
     pod: &Pod,
     c: &Container,
     pod_ip: Option<&str>,
@@ -145,7 +118,7 @@ pub async fn environment(
             (None, Some(r)) => ("secret", r.name.clone(), r.optional.unwrap_or(false)),
             (None, None) => continue,
         };
-        match source(client, &ns, kind, &name).await? {
+        match source(host, &ns, kind, &name).await? {
             Some(data) => {
                 for (k, v) in data {
                     env.push((format!("{prefix}{k}"), String::from_utf8_lossy(&v).into()));
@@ -175,7 +148,7 @@ pub async fn environment(
                     _ => None,
                 };
                 if let Some((kind, name, key, optional)) = key_ref {
-                    match source(client, &ns, kind, &name).await? {
+                    match source(host, &ns, kind, &name).await? {
                         Some(data) => match data.get(&key) {
                             Some(v) => String::from_utf8_lossy(v).into_owned(),
                             None if optional => continue,
@@ -222,7 +195,7 @@ fn io(volume: &str, path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError {
 
 /// Make one volume ready on the host; returns its host path.
 async fn prepare(
-    client: &kube::Client,
+    host: &dyn PodHost,
     ns: &str,
     dir: &Path,
     v: &Volume,
@@ -255,7 +228,7 @@ async fn prepare(
             ),
         });
     };
-    let data = match source(client, ns, kind, &name).await? {
+    let data = match source(host, ns, kind, &name).await? {
         Some(d) => d,
         None if optional.unwrap_or(false) => BTreeMap::new(),
         None => return Err(ConfigError::Missing { kind, name }),
@@ -297,7 +270,7 @@ async fn prepare(
 
 /// The container's mounts, preparing the volumes they name.
 pub async fn mounts(
-    client: &kube::Client,
+    host: &dyn PodHost,
     pod: &Pod,
     c: &Container,
     data_dir: &Path,
@@ -318,7 +291,7 @@ pub async fn mounts(
             .ok_or_else(|| ConfigError::NoVolume {
                 mount: m.name.clone(),
             })?;
-        let mut host = prepare(client, &ns, &dir, v).await?;
+        let mut host = prepare(host, &ns, &dir, v).await?;
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             if sub.split('/').any(|p| p == "..") {
                 return Err(ConfigError::Unsupported {

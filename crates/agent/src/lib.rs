@@ -13,6 +13,7 @@
 //! ```
 
 pub mod config;
+pub mod host;
 pub mod node;
 pub mod pods;
 pub mod probes;
@@ -276,8 +277,10 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     let _ = reader.wait_until_ready().await;
     let sync = Arc::new(pods::PodSync::new(
         runtime.clone(),
-        client.clone(),
-        cfg.node_name.clone(),
+        Arc::new(host::ApiHost {
+            client: client.clone(),
+            node: cfg.node_name.clone(),
+        }),
         cfg.backoff,
         cfg.data_dir.clone(),
     ));

@@ -18,9 +18,9 @@ use std::time::Duration;
 use berth_core::quantity;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Container, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{json, Value};
 
+use crate::host::{HostError, PodHost};
 use crate::probes::Verdict;
 use crate::runtime::{
     ContainerConfig, Observed, ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime,
@@ -65,12 +65,11 @@ pub enum SyncError {
         #[source]
         source: RuntimeError,
     },
-    #[error("API call {operation} for pod {pod} failed")]
-    Api {
+    #[error("reporting on pod {pod} failed")]
+    Host {
         pod: String,
-        operation: &'static str,
         #[source]
-        source: kube::Error,
+        source: HostError,
     },
 }
 
@@ -86,8 +85,8 @@ struct StartFailure {
 /// Runs the pods bound to one node.
 pub struct PodSync {
     pub runtime: Arc<dyn Runtime>,
-    pub client: kube::Client,
-    pub node: String,
+    /// Where status and Events go, and configuration comes from.
+    pub host: Arc<dyn PodHost>,
     pub backoff: Backoff,
     /// Where pod volumes live (`<data dir>/pods/<uid>`).
     pub data_dir: std::path::PathBuf,
@@ -221,15 +220,13 @@ enum Step {
 impl PodSync {
     pub fn new(
         runtime: Arc<dyn Runtime>,
-        client: kube::Client,
-        node: String,
+        host: Arc<dyn PodHost>,
         backoff: Backoff,
         data_dir: std::path::PathBuf,
     ) -> Self {
         PodSync {
             runtime,
-            client,
-            node,
+            host,
             backoff,
             data_dir,
             start_errors: Mutex::default(),
@@ -240,29 +237,8 @@ impl PodSync {
         }
     }
 
-    /// Record an Event about a pod from this node's agent, in the background (a failure to
-    /// record is only logged).
     fn event(&self, pod: &PodRef, type_: &str, reason: &str, message: String) {
-        let about = berth_core::events::Involved {
-            api_version: "v1",
-            kind: "Pod",
-            namespace: &pod.namespace,
-            name: &pod.name,
-            uid: &pod.uid,
-        };
-        let mut ev =
-            berth_core::events::event(about, type_, reason, &message, "kubelet", Timestamp::now());
-        ev["source"]["host"] = json!(self.node);
-        let api: Api<k8s_openapi::api::core::v1::Event> =
-            Api::namespaced(self.client.clone(), &pod.namespace);
-        tokio::spawn(async move {
-            let Ok(ev) = serde_json::from_value(ev) else {
-                return;
-            };
-            if let Err(e) = api.create(&PostParams::default(), &ev).await {
-                tracing::debug!(error = %e, "could not record an event");
-            }
-        });
+        self.host.event(pod, type_, reason, message);
     }
 
     fn rt(&self, pod: &PodRef) -> impl FnOnce(RuntimeError) -> SyncError + '_ {
@@ -397,10 +373,10 @@ impl PodSync {
             container: spec.name.clone(),
             message: e.to_string(),
         };
-        config.env = crate::config::environment(&self.client, full, spec, sandbox.ip.as_deref())
+        config.env = crate::config::environment(&*self.host, full, spec, sandbox.ip.as_deref())
             .await
             .map_err(failed)?;
-        config.mounts = crate::config::mounts(&self.client, full, spec, &self.data_dir)
+        config.mounts = crate::config::mounts(&*self.host, full, spec, &self.data_dir)
             .await
             .map_err(failed)?;
         Ok(())
@@ -555,26 +531,13 @@ impl PodSync {
             self.runtime.remove(&s.id).await.map_err(self.rt(r))?;
         }
         self.remove_volumes(&r.uid);
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
-        let params = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(r.uid.clone()),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&r.name, &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(source) => {
-                return Err(SyncError::Api {
-                    pod: r.name.clone(),
-                    operation: "delete pod",
-                    source,
-                });
-            }
-        }
+        self.host
+            .deleted(r)
+            .await
+            .map_err(|source| SyncError::Host {
+                pod: r.name.clone(),
+                source,
+            })?;
         self.forget(&r.uid);
         Ok(())
     }
@@ -718,26 +681,18 @@ impl PodSync {
         if self.written.lock().expect("written").get(&r.uid) == Some(&status) {
             return Ok(());
         }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
-        let patch = Patch::Merge(json!({"status": status}));
-        match api
-            .patch_status(&r.name, &PatchParams::default(), &patch)
+        self.host
+            .write_status(r, &status)
             .await
-        {
-            Ok(_) => {
-                self.written
-                    .lock()
-                    .expect("written")
-                    .insert(r.uid.clone(), status);
-                Ok(())
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(source) => Err(SyncError::Api {
+            .map_err(|source| SyncError::Host {
                 pod: r.name.clone(),
-                operation: "patch status",
                 source,
-            }),
-        }
+            })?;
+        self.written
+            .lock()
+            .expect("written")
+            .insert(r.uid.clone(), status);
+        Ok(())
     }
 
     /// Stop and remove what belongs to no pod of this node any more.

@@ -1,0 +1,179 @@
+//! What running pods needs from the world beside the runtime: where a pod's status and Events
+//! go, where its ConfigMaps and Secrets come from, and what follows once a deleted pod's
+//! containers are gone. The agent answers with the Kubernetes API ([`ApiHost`]); the instances
+//! service, which runs container groups as pods of its own, keeps the answers itself.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use serde_json::{json, Value};
+
+use crate::runtime::PodRef;
+
+/// Which kind of object a pod reads configuration from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    ConfigMap,
+    Secret,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::ConfigMap => "configmap",
+            SourceKind::Secret => "secret",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("API call {operation} failed")]
+    Api {
+        operation: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The pod sync's view of everything that is not the runtime.
+#[async_trait::async_trait]
+pub trait PodHost: Send + Sync + 'static {
+    /// Publish a pod's status (the whole `status` object).
+    async fn write_status(&self, pod: &PodRef, status: &Value) -> Result<(), HostError>;
+
+    /// Record an Event about a pod; best effort, never fails the caller.
+    fn event(&self, pod: &PodRef, type_: &str, reason: &str, message: String);
+
+    /// The data of a ConfigMap or Secret as bytes by key; `None` when it does not exist.
+    async fn source(
+        &self,
+        namespace: &str,
+        kind: SourceKind,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, HostError>;
+
+    /// Everything of a deleting pod has been stopped and removed.
+    async fn deleted(&self, pod: &PodRef) -> Result<(), HostError>;
+}
+
+/// A node agent's host: the Kubernetes API, with the node's credentials.
+pub struct ApiHost {
+    pub client: kube::Client,
+    pub node: String,
+}
+
+#[async_trait::async_trait]
+impl PodHost for ApiHost {
+    async fn write_status(&self, r: &PodRef, status: &Value) -> Result<(), HostError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
+        let patch = Patch::Merge(json!({ "status": status }));
+        match api
+            .patch_status(&r.name, &PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(source) => Err(HostError::Api {
+                operation: "patch pod status",
+                source,
+            }),
+        }
+    }
+
+    fn event(&self, pod: &PodRef, type_: &str, reason: &str, message: String) {
+        let about = berth_core::events::Involved {
+            api_version: "v1",
+            kind: "Pod",
+            namespace: &pod.namespace,
+            name: &pod.name,
+            uid: &pod.uid,
+        };
+        let mut ev =
+            berth_core::events::event(about, type_, reason, &message, "kubelet", Timestamp::now());
+        ev["source"]["host"] = json!(self.node);
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
+        tokio::spawn(async move {
+            let Ok(ev) = serde_json::from_value(ev) else {
+                return;
+            };
+            if let Err(e) = api.create(&PostParams::default(), &ev).await {
+                tracing::debug!(error = %e, "could not record an event");
+            }
+        });
+    }
+
+    async fn source(
+        &self,
+        ns: &str,
+        kind: SourceKind,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, HostError> {
+        let failed = |source| HostError::Api {
+            operation: "read configuration",
+            source,
+        };
+        Ok(match kind {
+            SourceKind::ConfigMap => Api::<ConfigMap>::namespaced(self.client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(failed)?
+                .map(|cm| {
+                    let mut out: BTreeMap<String, Vec<u8>> = cm
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect();
+                    out.extend(
+                        cm.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0)),
+                    );
+                    out
+                }),
+            SourceKind::Secret => Api::<Secret>::namespaced(self.client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(failed)?
+                .map(|s| {
+                    let mut out: BTreeMap<String, Vec<u8>> = s
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    out.extend(
+                        s.string_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_bytes())),
+                    );
+                    out
+                }),
+        })
+    }
+
+    async fn deleted(&self, r: &PodRef) -> Result<(), HostError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(r.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&r.name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(source) => Err(HostError::Api {
+                operation: "delete pod",
+                source,
+            }),
+        }
+    }
+}
