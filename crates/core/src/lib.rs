@@ -6,6 +6,7 @@
 //! [`patch`] for the three patch formats, and [`selector`] for label and field selectors.
 //! Anything that needs the time (an AGE column) takes it as an argument.
 
+pub mod aci;
 pub mod events;
 pub mod kinds;
 pub mod patch;
