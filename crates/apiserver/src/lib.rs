@@ -162,8 +162,27 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         proxy: proxy::NodeProxy::new(&ca_pem),
     });
     let app = http::router(state);
+    let accept = serve_tls(listener, tls_config, app);
+    tracing::info!(%addr, "API server listening");
+    Ok(Server {
+        addr,
+        ca_pem,
+        tokens,
+        registry,
+        accept,
+        store,
+    })
+}
+
+/// Serve `app` over TLS on `listener` (HTTP/1.1 and HTTP/2, upgrades allowed) until the
+/// returned task is aborted.
+pub fn serve_tls(
+    listener: TcpListener,
+    tls_config: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+) -> tokio::task::JoinHandle<()> {
     let acceptor = TlsAcceptor::from(tls_config);
-    let accept = tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -194,24 +213,11 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
                 }
             });
         }
-    });
-    tracing::info!(%addr, "API server listening");
-    Ok(Server {
-        addr,
-        ca_pem,
-        tokens,
-        registry,
-        accept,
-        store,
     })
 }
 
 /// Write a file in the data dir, creating its directory; `private` files are mode 0600.
-pub(crate) fn write_file(
-    path: &std::path::Path,
-    contents: &[u8],
-    private: bool,
-) -> std::io::Result<()> {
+pub fn write_file(path: &std::path::Path, contents: &[u8], private: bool) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

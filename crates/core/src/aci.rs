@@ -829,7 +829,7 @@ pub fn to_pod(
         .iter()
         .map(|v| {
             if v.secret.is_some() {
-                json!({"name": v.name, "secret": {"secretName": v.name}})
+                json!({"name": v.name, "secret": {"secretName": format!("{name}.{}", v.name)}})
             } else if v.git_repo.is_some() {
                 json!({"name": v.name, "hostPath": {"path": vols.git_repo_dir(&v.name)}})
             } else {
@@ -851,7 +851,7 @@ pub fn to_pod(
     })
 }
 
-/// The decoded secret volume `name` of a group, as the pod's Secret of that name.
+/// The decoded secret volume `name` of a group: the pod reads it as Secret `<group>.<volume>`.
 pub fn secret_data(g: &ContainerGroup, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
     use base64::Engine as _;
     let v = g.properties.volumes.iter().find(|v| v.name == name)?;

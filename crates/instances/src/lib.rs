@@ -1,0 +1,104 @@
+//! Berth's container instances service: serverless container groups behind an API shaped
+//! like Azure Container Instances' `containerGroups`, so that Azure's SDK drives it.
+//!
+//! Start at [`service`]: groups are stored in [`db`] (with the per-second meter) and run as
+//! pods by the agent's pod sync on this host's runtime; [`http`] is the ARM-shaped REST API
+//! over it. The wire types and validation are pure and live in `berth_core::aci`.
+
+pub mod db;
+pub mod http;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use berth_agent::runtime::Runtime;
+use tokio::net::TcpListener;
+
+pub use service::{Config as ServiceConfig, Prices, Service};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening the instances service")]
+    Open(#[from] service::OpenError),
+    #[error("preparing TLS in {dir}")]
+    Tls {
+        dir: PathBuf,
+        #[source]
+        source: berth_apiserver::tls::TlsError,
+    },
+    #[error("listening on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Config {
+    pub service: ServiceConfig,
+    pub listen: SocketAddr,
+    /// Where the CA and serving certificate live (shared with the API server in `berth up`).
+    pub pki_dir: PathBuf,
+    /// Names and addresses the serving certificate covers.
+    pub sans: Vec<String>,
+    /// The bearer token clients present.
+    pub token: String,
+    pub page_size: usize,
+}
+
+pub struct Instances {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    pub service: Arc<Service>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Instances {
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn shutdown(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Open the service and serve its API over HTTPS.
+pub async fn start(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<Instances, StartError> {
+    let service = Service::open(cfg.service, runtime)?;
+    let files = berth_apiserver::tls::TlsFiles::in_dir(&cfg.pki_dir);
+    let tls_err = |source| StartError::Tls {
+        dir: cfg.pki_dir.clone(),
+        source,
+    };
+    let ca_pem = berth_apiserver::tls::ensure(&files, &cfg.sans).map_err(tls_err)?;
+    let tls = berth_apiserver::tls::server_config(&files).map_err(tls_err)?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let api = Arc::new(http::Api {
+        service: service.clone(),
+        token: cfg.token,
+        page_size: cfg.page_size.max(1),
+    });
+    let runner = service.spawn_runner();
+    let server = berth_apiserver::serve_tls(listener, tls, http::router(api));
+    tracing::info!(%addr, "instances API listening");
+    Ok(Instances {
+        addr,
+        ca_pem,
+        service,
+        tasks: vec![runner, server],
+    })
+}
