@@ -28,6 +28,8 @@ enum Command {
     Server(commands::server::Args),
     /// Join a cluster as a node and run the pods bound to it.
     Agent(commands::agent::Args),
+    /// Run the container instances service (ACI-shaped container groups) on its own.
+    Instances(commands::instances::Args),
     /// Print a kubeconfig for the admin of a data dir.
     Kubeconfig(commands::kubeconfig::Args),
     /// Print the admin or node-join token of a data dir.
@@ -51,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up(args) => commands::up::run(args).await,
             Command::Server(args) => commands::server::run(args).await,
             Command::Agent(args) => commands::agent::run(args).await,
+            Command::Instances(args) => commands::instances::run(args).await,
             Command::Kubeconfig(args) => commands::kubeconfig::run(args),
             Command::Token(args) => commands::token::run(args),
         }

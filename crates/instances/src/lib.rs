@@ -5,6 +5,7 @@
 //! pods by the agent's pod sync on this host's runtime; [`http`] is the ARM-shaped REST API
 //! over it. The wire types and validation are pure and live in `berth_core::aci`.
 
+pub mod client;
 pub mod db;
 pub mod http;
 pub mod service;

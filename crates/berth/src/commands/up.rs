@@ -24,6 +24,8 @@ pub struct Args {
     /// The runtime of the in-process agent.
     #[arg(long, value_enum, default_value_t = UpRuntime::Auto)]
     pub runtime: UpRuntime,
+    #[command(flatten)]
+    pub instances: super::instances::InstanceArgs,
     /// The local node's name (default: this host's name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -78,7 +80,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         });
     }
+    let instances = match kind {
+        Some(kind @ (RuntimeKind::Docker | RuntimeKind::Process)) => Some(
+            super::instances::start(
+                &args.serve.data_dir,
+                &args.instances,
+                kind,
+                server.tokens.admin.clone(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     println!("Berth is up: Kubernetes API at {}", server.url());
+    if let Some(i) = &instances {
+        println!(
+            "Container instances API at {} (berth container --help)",
+            i.url()
+        );
+    }
     println!("export KUBECONFIG={}", path.display());
     // A demo that works with what this machine has: no registry is needed.
     let demo = match kind {
@@ -94,5 +114,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     super::shutdown_signal().await;
     server.shutdown();
+    if let Some(i) = instances {
+        i.shutdown();
+    }
     Ok(())
 }

@@ -1,0 +1,126 @@
+//! `berth instances`: the container instances service on its own (`berth up` runs it too).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::agent::RuntimeKind;
+
+/// The instances service's settings, shared by `berth instances` and `berth up`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InstanceArgs {
+    /// Address to serve the container groups API on.
+    #[arg(long = "instances-listen", default_value = "127.0.0.1:7443")]
+    pub listen: std::net::SocketAddr,
+    /// The address groups with a Public IP address are reachable on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub public_ip: String,
+    /// DNS zone for `dnsNameLabel` fqdns (`<label>.<location>.<zone>`).
+    #[arg(long, default_value = "instances.berth.local")]
+    pub dns_zone: String,
+    /// A YAML price table: `currency`, `vcpuSecond`, `gbSecond` (default: ACI's Linux rates).
+    #[arg(long)]
+    pub prices: Option<PathBuf>,
+    /// Groups per page of a list answer.
+    #[arg(long, default_value_t = 100)]
+    pub page_size: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where state, TLS material and tokens live.
+    #[arg(long, default_value_os_t = super::default_data_dir())]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub instances: InstanceArgs,
+    /// The runtime groups run on: docker, process or mock.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
+    pub runtime: RuntimeKind,
+}
+
+/// What `berth container` reads to reach the service.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientConfig {
+    pub server: String,
+    pub token: String,
+    pub ca_file: PathBuf,
+}
+
+/// The name the service's containers carry in the runtime (`berth.node` label): one per
+/// data dir, so two services on one Docker engine never take each other's containers.
+fn node_name(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("node-name");
+    if let Ok(name) = std::fs::read_to_string(&path) {
+        return Ok(name.trim().to_string());
+    }
+    let name = format!("berth-instances-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    std::fs::write(&path, &name).with_context(|| format!("writing {}", path.display()))?;
+    Ok(name)
+}
+
+/// Start the service in `data_dir` on `kind`, and write the client config beside it.
+pub async fn start(
+    data_dir: &Path,
+    args: &InstanceArgs,
+    kind: RuntimeKind,
+    token: String,
+) -> anyhow::Result<berth_instances::Instances> {
+    let dir = data_dir.join("instances");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let prices = match &args.prices {
+        None => berth_instances::Prices::default(),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_saphyr::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a price table (currency, vcpuSecond, gbSecond)",
+                    p.display()
+                )
+            })?
+        }
+    };
+    let runtime = super::agent::runtime(kind, &node_name(&dir)?, &dir).await?;
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !args.listen.ip().is_unspecified() {
+        sans.push(args.listen.ip().to_string());
+    }
+    let cfg = berth_instances::Config {
+        service: berth_instances::ServiceConfig {
+            data_dir: dir,
+            public_ip: args.public_ip.clone(),
+            dns_zone: args.dns_zone.clone(),
+            prices,
+            resync: std::time::Duration::from_secs(1),
+        },
+        listen: args.listen,
+        pki_dir: data_dir.to_path_buf(),
+        sans,
+        token: token.clone(),
+        page_size: args.page_size,
+    };
+    let inst = berth_instances::start(cfg, runtime)
+        .await
+        .context("starting the instances service")?;
+    let client = ClientConfig {
+        server: inst.url(),
+        token,
+        ca_file: berth_apiserver::tls::TlsFiles::in_dir(data_dir).ca_cert,
+    };
+    let path = data_dir.join("instances.json");
+    berth_apiserver::write_file(&path, &serde_json::to_vec_pretty(&client)?, true)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(inst)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let tokens = berth_apiserver::auth::Tokens::load_or_create(&args.data_dir.join("tokens.json"))
+        .context("loading the tokens")?;
+    let inst = start(&args.data_dir, &args.instances, args.runtime, tokens.admin).await?;
+    println!("Berth instances: container groups API at {}", inst.url());
+    println!("Try: berth container create --resource-group demo --name hello --image berth/pause:1 --command-line \"/busybox httpd -f -p 8080\" --ports 8080");
+    super::shutdown_signal().await;
+    inst.shutdown();
+    Ok(())
+}
