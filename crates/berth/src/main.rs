@@ -30,6 +30,8 @@ enum Command {
     Agent(commands::agent::Args),
     /// Run the container instances service (ACI-shaped container groups) on its own.
     Instances(commands::instances::Args),
+    /// Manage container groups on the instances service, in the manner of `az container`.
+    Container(commands::container::Args),
     /// Print a kubeconfig for the admin of a data dir.
     Kubeconfig(commands::kubeconfig::Args),
     /// Print the admin or node-join token of a data dir.
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             Command::Server(args) => commands::server::run(args).await,
             Command::Agent(args) => commands::agent::run(args).await,
             Command::Instances(args) => commands::instances::run(args).await,
+            Command::Container(args) => commands::container::run(args).await,
             Command::Kubeconfig(args) => commands::kubeconfig::run(args),
             Command::Token(args) => commands::token::run(args),
         }

@@ -266,9 +266,23 @@ impl Service {
         tokio::spawn(async move {
             loop {
                 svc.tick().await;
+                // While a deployment is under way, look again soon: a container started in
+                // this pass shows as running only in the runtime's next listing.
+                let busy = svc
+                    .shared
+                    .groups
+                    .lock()
+                    .expect("groups")
+                    .values()
+                    .any(|l| !l.stopped && matches!(l.provisioning, "Pending" | "Creating"));
+                let wait = if busy {
+                    Duration::from_millis(20)
+                } else {
+                    svc.cfg.resync
+                };
                 tokio::select! {
                     _ = svc.kick.notified() => {}
-                    _ = tokio::time::sleep(svc.cfg.resync) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         })

@@ -54,7 +54,10 @@ fn node_name(dir: &Path) -> anyhow::Result<String> {
     if let Ok(name) = std::fs::read_to_string(&path) {
         return Ok(name.trim().to_string());
     }
-    let name = format!("berth-instances-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let name = format!(
+        "berth-instances-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     std::fs::write(&path, &name).with_context(|| format!("writing {}", path.display()))?;
     Ok(name)
 }

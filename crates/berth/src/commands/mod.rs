@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod container;
 pub mod instances;
 pub mod kubeconfig;
 pub mod server;
