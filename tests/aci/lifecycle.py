@@ -39,14 +39,14 @@ def main():
     res = ResourceRequirements(requests=ResourceRequests(cpu=0.5, memory_in_gb=0.5))
     web = Container(
         name="web", image=image, resources=res, ports=[ContainerPort(port=port)],
-        command=["/busybox", "sh", "-c", f"mkdir -p /www && echo hello-from-web > /www/index.html && exec /busybox httpd -f -p {port} -h /www"],
+        command=["sh", "-c", f"mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p {port} -h /www"],
         environment_variables=[EnvironmentVariable(name="MODE", value="demo"),
                                EnvironmentVariable(name="TOKEN", secure_value="s3cret")],
     )
     sidecar = Container(
         name="sidecar", image=image, resources=res,
-        command=["/busybox", "sh", "-c",
-                 f"while true; do /busybox wget -q -O - http://127.0.0.1:{port}/ && echo fetched; sleep 1; done"],
+        command=["sh", "-c",
+                 f"while true; do wget -q -O - http://127.0.0.1:{port}/ && echo fetched; sleep 1; done"],
     )
     group = ContainerGroup(
         location="eastus", os_type="Linux", restart_policy="Always", containers=[web, sidecar],

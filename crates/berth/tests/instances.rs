@@ -1,0 +1,392 @@
+//! The container instances service, end to end against the built binary: Azure's own Python
+//! SDK, `berth container`, the meter across a restart, and bad input.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_instances::client::Client;
+use common::{require_docker, BusyboxImage};
+
+/// `berth instances` on a data dir, as a real process.
+struct Instances {
+    child: Child,
+    dir: tempfile::TempDir,
+    listen: String,
+}
+
+fn spawn(dir: &Path, listen: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "instances",
+            "--runtime",
+            "docker",
+            "--instances-listen",
+            listen,
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn berth instances");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("berth instances exited before printing its URL")
+            .unwrap();
+        if let Some(u) = line.strip_prefix("Berth instances: container groups API at ") {
+            break u.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, url.trim_start_matches("https://").to_string())
+}
+
+impl Instances {
+    fn start() -> Instances {
+        require_docker();
+        let dir = tempfile::tempdir().unwrap();
+        let (child, listen) = spawn(dir.path(), "127.0.0.1:0");
+        Instances { child, dir, listen }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("instances.json")
+    }
+
+    /// SIGKILL and start again on the same data dir and address.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, listen) = spawn(self.dir.path(), &self.listen);
+        assert_eq!(listen, self.listen);
+        self.child = child;
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("container")
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .expect("run berth container")
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "berth container {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn client(&self) -> Client {
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.config()).unwrap()).unwrap();
+        let ca = std::fs::read_to_string(cfg["caFile"].as_str().unwrap()).unwrap();
+        Client::new(
+            cfg["server"].as_str().unwrap(),
+            cfg["token"].as_str().unwrap(),
+            &ca,
+        )
+    }
+
+    /// The docker containers this service made (by its node label).
+    fn containers(&self) -> Vec<(String, String, String)> {
+        let node = std::fs::read_to_string(self.dir.path().join("instances/node-name")).unwrap();
+        common::node_containers(node.trim())
+    }
+}
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(node) = std::fs::read_to_string(self.dir.path().join("instances/node-name")) {
+            common::remove_node_containers(node.trim());
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The Python with `azure-mgmt-containerinstance` that `scripts/test.sh` prepares.
+fn sdk_python() -> PathBuf {
+    let python = std::env::var_os("BERTH_ACI_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/aci-venv/bin/python")
+        });
+    let ok = Command::new(&python)
+        .args(["-c", "import azure.mgmt.containerinstance"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "this test needs Python with the Azure SDK at {}: run ./scripts/test.sh (it makes the \
+         venv), or `python3 -m venv target/aci-venv && target/aci-venv/bin/pip install \
+         azure-mgmt-containerinstance`, or set BERTH_ACI_PYTHON",
+        python.display()
+    );
+    python
+}
+
+#[test]
+fn the_azure_sdk_drives_a_group_through_its_life() {
+    let python = sdk_python();
+    let svc = Instances::start();
+    let image = BusyboxImage::build();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/aci/lifecycle.py");
+    let port = free_port().to_string();
+    let out = Command::new(python)
+        .arg(script)
+        .arg(svc.config())
+        .arg(&image.tag)
+        .arg(&port)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "create Succeeded",
+        "get Running",
+        "public-port",
+        "list",
+        "logs",
+        "restart Running",
+        "stop Stopped",
+        "start Running",
+        "delete gone",
+        "bad-input",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok {step}")),
+            "step {step} missing:\n{stdout}"
+        );
+    }
+    assert!(
+        svc.containers().is_empty(),
+        "deleting left containers behind: {:?}",
+        svc.containers()
+    );
+}
+
+fn usage(svc: &Instances, name: &str) -> (f64, f64) {
+    let out = svc.cli_ok(&["usage", "-g", "rg-cli", "-n", name, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = &v["value"][0];
+    (
+        row["vcpuSeconds"].as_f64().unwrap(),
+        row["memoryGbSeconds"].as_f64().unwrap(),
+    )
+}
+
+#[test]
+fn berth_container_runs_a_group_and_bills_only_running_seconds_across_a_restart() {
+    let mut svc = Instances::start();
+    let image = BusyboxImage::build();
+    let began = Instant::now();
+    let created = svc.cli_ok(&[
+        "create",
+        "-g",
+        "rg-cli",
+        "-n",
+        "clock",
+        "--image",
+        &image.tag,
+        "--cpu",
+        "1",
+        "--memory",
+        "2",
+        "--command-line",
+        "sh -c 'while true; do echo tick; sleep 0.2; done'",
+        "-e",
+        "PLAIN=1",
+        "--secure-environment-variables",
+        "HIDDEN=s3cret",
+    ]);
+    assert!(
+        !created.contains("s3cret"),
+        "a secure value came back: {created}"
+    );
+    let list = svc.cli_ok(&["list", "-g", "rg-cli"]);
+    assert!(list.contains("clock") && list.contains("Running"), "{list}");
+    let shown = svc.cli_ok(&["show", "-g", "rg-cli", "-n", "clock", "-o", "yaml"]);
+    assert!(shown.contains("provisioningState: Succeeded"), "{shown}");
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let logs = svc.cli_ok(&["logs", "-g", "rg-cli", "-n", "clock", "--tail", "2"]);
+    assert!(logs.contains("tick"), "logs: {logs:?}");
+    let mut exec = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "container",
+            "exec",
+            "-g",
+            "rg-cli",
+            "-n",
+            "clock",
+            "--exec-command",
+            "sh",
+        ])
+        .arg("--config")
+        .arg(svc.config())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = exec.stdin.take().unwrap();
+        stdin.write_all(b"echo from-exec-$PLAIN; exit\n").unwrap();
+    }
+    let out = exec.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("from-exec-1"),
+        "exec output: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    svc.cli_ok(&["restart", "-g", "rg-cli", "-n", "clock"]);
+
+    // Billing runs from the create request to the stop request.
+    let asked = began.elapsed().as_secs_f64();
+    svc.cli_ok(&["stop", "-g", "rg-cli", "-n", "clock"]);
+    let stopped = began.elapsed().as_secs_f64();
+    let (cpu_s, gb_s) = usage(&svc, "clock");
+    assert!(
+        cpu_s >= asked - 1.0 && cpu_s <= stopped,
+        "stop asked at {asked:.2} s (done at {stopped:.2} s) at 1 vCPU, billed {cpu_s:.2} vCPU-s"
+    );
+    assert!(
+        (gb_s - 2.0 * cpu_s).abs() < 1e-6,
+        "2 GB for {cpu_s} s, billed {gb_s} GB-s"
+    );
+    assert!(svc.containers().is_empty(), "stop left containers running");
+
+    // Stopped time accrues nothing, and the meter survives a restart of the service.
+    std::thread::sleep(Duration::from_millis(1500));
+    svc.restart();
+    let (after, _) = usage(&svc, "clock");
+    assert!(
+        (after - cpu_s).abs() < 1e-6,
+        "stopped and restarted: {cpu_s} became {after}"
+    );
+    let list = svc.cli_ok(&["list"]);
+    assert!(list.contains("clock") && list.contains("Stopped"), "{list}");
+
+    svc.cli_ok(&["start", "-g", "rg-cli", "-n", "clock"]);
+    let list = svc.cli_ok(&["list"]);
+    assert!(list.contains("Running"), "{list}");
+    let refused = svc.cli(&["delete", "-g", "rg-cli", "-n", "clock"]);
+    assert!(!refused.status.success(), "delete without --yes must ask");
+    svc.cli_ok(&["delete", "-g", "rg-cli", "-n", "clock", "--yes"]);
+    assert!(!svc.cli_ok(&["list"]).contains("clock"));
+    let (total, _) = usage(&svc, "clock");
+    assert!(
+        total > after,
+        "the second run was billed too: {after} -> {total}"
+    );
+    assert!(svc.containers().is_empty(), "delete left containers");
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_arm_error_naming_the_field_and_stores_nothing() {
+    let svc = Instances::start();
+    let image = BusyboxImage::build();
+    let c = svc.client();
+    let group = |cpu: f64, ports: &[i64], image: &str| {
+        let mut exposed = ports.to_vec();
+        exposed.dedup();
+        serde_json::json!({"location": "eastus", "properties": {"osType": "Linux",
+            "containers": [{"name": "web", "properties": {"image": image,
+                "ports": exposed.iter().map(|p| serde_json::json!({"port": p})).collect::<Vec<_>>(),
+                "resources": {"requests": {"cpu": cpu, "memoryInGB": 1.0}}}}],
+            "ipAddress": {"type": "Public", "ports": ports.iter().map(|p| serde_json::json!({"port": p})).collect::<Vec<_>>()}}})
+    };
+    let base =
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerInstance/containerGroups";
+    let cases: Vec<(&str, serde_json::Value, &str, &str)> = vec![
+        (
+            "Bad_Name",
+            group(1.0, &[], &image.tag),
+            "InvalidContainerGroupName",
+            "containerGroupName",
+        ),
+        (
+            "zero-cpu",
+            group(0.0, &[], &image.tag),
+            "InvalidContainerResourceRequests",
+            "properties.containers[0].properties.resources.requests.cpu",
+        ),
+        (
+            "huge-cpu",
+            group(100.0, &[], &image.tag),
+            "InvalidContainerResourceRequests",
+            "properties.containers[0].properties.resources.requests.cpu",
+        ),
+        (
+            "port-twice",
+            group(1.0, &[80, 80], &image.tag),
+            "DuplicatePorts",
+            "properties.ipAddress.ports[1].port",
+        ),
+        (
+            "no-image",
+            group(1.0, &[], "berth-test/not-here:1"),
+            "InaccessibleImage",
+            "properties.containers[0].properties.image",
+        ),
+        (
+            "bad-type",
+            serde_json::json!({"location": "eastus", "properties": {"osType": "Linux", "containers": [{"name": "web", "properties": {"image": 7}}]}}),
+            "InvalidRequestContent",
+            "properties.containers[0].properties.image",
+        ),
+    ];
+    for (name, body, code, target) in cases {
+        let err = c
+            .call("PUT", &format!("{base}/{name}"), Some(&body))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{name} was accepted"));
+        let berth_instances::client::ClientError::Arm(e) = err else {
+            panic!("{name}: not an ARM error: {err}")
+        };
+        assert_eq!(
+            (e.status, e.code.as_ref(), e.target.as_deref()),
+            (400, code, Some(target)),
+            "{name}: {}",
+            e.message
+        );
+        assert!(!e.message.is_empty());
+    }
+    let err = c
+        .call("GET", &format!("{base}?api-version=1999-01-01"), None)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, berth_instances::client::ClientError::Arm(e) if e.code == "NoRegisteredProviderFound" && e.target.as_deref() == Some("api-version")),
+        "{err}"
+    );
+    let listed = c.list("s", None).await.unwrap();
+    assert!(listed.is_empty(), "refused groups were stored: {listed:?}");
+    assert!(svc.containers().is_empty());
+}
