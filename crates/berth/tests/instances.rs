@@ -99,10 +99,14 @@ impl Instances {
         )
     }
 
-    /// The docker containers this service made (by its node label).
+    /// The docker containers this service made for groups (by its node label; the warm
+    /// pool's spare sandboxes are not any group's).
     fn containers(&self) -> Vec<(String, String, String)> {
         let node = std::fs::read_to_string(self.dir.path().join("instances/node-name")).unwrap();
         common::node_containers(node.trim())
+            .into_iter()
+            .filter(|(_, name, _)| !name.contains("_warm_"))
+            .collect()
     }
 }
 

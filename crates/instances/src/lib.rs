@@ -61,10 +61,12 @@ impl Instances {
         format!("https://{}", self.addr)
     }
 
-    pub fn shutdown(self) {
+    /// Stop serving and give back the runtime's spare sandboxes; groups keep running.
+    pub async fn shutdown(self) {
         for t in self.tasks {
             t.abort();
         }
+        self.service.runtime().release().await;
     }
 }
 

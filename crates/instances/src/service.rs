@@ -264,8 +264,17 @@ impl Service {
     pub fn spawn_runner(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let svc = self.clone();
         tokio::spawn(async move {
+            let upkeep = Arc::new(tokio::sync::Mutex::new(()));
             loop {
                 svc.tick().await;
+                // Runtime upkeep (refilling the warm pool) beside the passes, never inside.
+                if let Ok(guard) = upkeep.clone().try_lock_owned() {
+                    let rt = svc.runtime.clone();
+                    tokio::spawn(async move {
+                        rt.maintain().await;
+                        drop(guard);
+                    });
+                }
                 // While a deployment is under way, look again soon: a container started in
                 // this pass shows as running only in the runtime's next listing.
                 let busy = svc

@@ -31,6 +31,10 @@ const L_POD_NS: &str = "berth.pod.namespace";
 const L_CONTAINER: &str = "berth.container.name";
 const L_ATTEMPT: &str = "berth.container.attempt";
 const L_SANDBOX: &str = "berth.sandbox";
+/// A sandbox made ahead of any pod (the warm pool). Labels cannot change after creation, so
+/// a claimed one is renamed `claimed_<pod uid>_<node>` and `list` reads its pod from the name.
+const L_WARM: &str = "berth.warm";
+const CLAIMED: &str = "claimed_";
 
 fn err(operation: &'static str) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
     move |e| RuntimeError::Driver {
@@ -48,6 +52,19 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
             ..
         }
     )
+}
+
+/// A short random tag for warm sandbox names.
+fn uuid_like() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
 /// The sandbox's address on its (first) network.
@@ -68,6 +85,11 @@ pub struct DockerRuntime {
     /// What `inspect` last said of each container, keyed by id, with the list state it was
     /// read in: `list` inspects again only containers whose state changed.
     inspected: std::sync::Mutex<HashMap<String, (String, Inspected)>>,
+    /// Ready sandboxes no pod owns yet, and how many to keep (0: no pool).
+    warm: std::sync::Mutex<Vec<ObservedSandbox>>,
+    warm_target: usize,
+    /// One refill at a time.
+    filling: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Clone)]
@@ -94,7 +116,170 @@ impl DockerRuntime {
             version: format!("docker://{}", v.version.unwrap_or_default()),
             busybox,
             inspected: Default::default(),
+            warm: Default::default(),
+            warm_target: 0,
+            filling: Default::default(),
         })
+    }
+
+    /// Keep `n` sandboxes started ahead of need, so a pod without host ports skips making
+    /// one (its network namespace is ready). Sandboxes left warm by an earlier run are
+    /// adopted.
+    pub async fn with_warm_pool(mut self, n: usize) -> Result<Self, RuntimeError> {
+        self.warm_target = n;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{L_NODE}={}", self.node), format!("{L_WARM}=true")],
+        )]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(err("list warm sandboxes"))?;
+        for c in found {
+            let claimed = c
+                .names
+                .iter()
+                .flatten()
+                .any(|n| n.trim_start_matches('/').starts_with(CLAIMED));
+            let (Some(id), false) = (c.id, claimed) else {
+                continue;
+            };
+            if c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
+                let info = self
+                    .docker
+                    .inspect_container(
+                        &id,
+                        None::<bollard::query_parameters::InspectContainerOptions>,
+                    )
+                    .await
+                    .map_err(err("inspect warm sandbox"))?;
+                self.warm.lock().expect("warm").push(ObservedSandbox {
+                    id,
+                    pod_uid: String::new(),
+                    ip: sandbox_ip(info.network_settings),
+                    running: true,
+                });
+            } else {
+                let _ = Runtime::remove(&self, &id).await;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Start a sandbox for `pod`, or (with `pod` None) a warm one for the pool.
+    async fn new_sandbox(&self, pod: Option<&PodRef>) -> Result<ObservedSandbox, RuntimeError> {
+        self.ensure_pause_image().await?;
+        let (labels, name, hostname, host_ports) = match pod {
+            Some(pod) => {
+                let mut labels = self.labels(pod);
+                labels.insert(L_SANDBOX.into(), "true".into());
+                let name = self.container_name(pod, "pause");
+                (
+                    labels,
+                    name,
+                    pod.name.chars().take(63).collect(),
+                    pod.host_ports.clone(),
+                )
+            }
+            None => {
+                let labels = HashMap::from([
+                    (L_NODE.to_string(), self.node.clone()),
+                    (L_SANDBOX.to_string(), "true".to_string()),
+                    (L_WARM.to_string(), "true".to_string()),
+                ]);
+                let tag = uuid_like();
+                let name = format!("berth_{}_warm_{tag}", self.node);
+                (labels, name, format!("sandbox-{tag}"), vec![])
+            }
+        };
+        let body = ContainerCreateBody {
+            image: Some(PAUSE_IMAGE.into()),
+            cmd: Some(vec!["/busybox".into(), "sleep".into(), "2147483647".into()]),
+            hostname: Some(hostname),
+            labels: Some(labels),
+            exposed_ports: (!host_ports.is_empty()).then(|| {
+                host_ports
+                    .iter()
+                    .map(|p| format!("{}/{}", p.container_port, p.protocol))
+                    .collect()
+            }),
+            host_config: Some(HostConfig {
+                ipc_mode: Some("shareable".into()),
+                port_bindings: (!host_ports.is_empty()).then(|| {
+                    let mut map: HashMap<String, Option<Vec<bollard::models::PortBinding>>> =
+                        HashMap::new();
+                    for p in &host_ports {
+                        map.entry(format!("{}/{}", p.container_port, p.protocol))
+                            .or_default()
+                            .get_or_insert_with(Vec::new)
+                            .push(bollard::models::PortBinding {
+                                host_ip: (!p.host_ip.is_empty()).then(|| p.host_ip.clone()),
+                                host_port: Some(p.host_port.to_string()),
+                            });
+                    }
+                    map
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = match self.docker.create_container(Some(opts), body).await {
+            Ok(c) => c.id,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                // Left over from a crash between create and start: start it.
+                name.clone()
+            }
+            Err(e) => return Err(err("create sandbox")(e)),
+        };
+        self.docker
+            .start_container(
+                &created,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(err("start sandbox"))?;
+        let info = self
+            .docker
+            .inspect_container(
+                &created,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(err("inspect sandbox"))?;
+        let ip = sandbox_ip(info.network_settings);
+        Ok(ObservedSandbox {
+            id: info.id.unwrap_or(created),
+            pod_uid: pod.map(|p| p.uid.clone()).unwrap_or_default(),
+            ip,
+            running: true,
+        })
+    }
+
+    /// Take a warm sandbox for `pod`: rename it after the pod, so `list` finds its owner.
+    async fn claim(&self, pod: &PodRef) -> Option<ObservedSandbox> {
+        if !pod.host_ports.is_empty() {
+            return None;
+        }
+        loop {
+            let mut sb = self.warm.lock().expect("warm").pop()?;
+            let name = format!("{CLAIMED}{}_{}", pod.uid, self.node);
+            let opts = bollard::query_parameters::RenameContainerOptionsBuilder::new()
+                .name(&name)
+                .build();
+            if self.docker.rename_container(&sb.id, opts).await.is_ok() {
+                sb.pod_uid = pod.uid.clone();
+                return Some(sb);
+            }
+            // Gone from under us: try the next one.
+        }
     }
 
     fn labels(&self, pod: &PodRef) -> HashMap<String, String> {
@@ -220,74 +405,33 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create_sandbox(&self, pod: &PodRef) -> Result<ObservedSandbox, RuntimeError> {
-        self.ensure_pause_image().await?;
-        let mut labels = self.labels(pod);
-        labels.insert(L_SANDBOX.into(), "true".into());
-        let name = self.container_name(pod, "pause");
-        let body = ContainerCreateBody {
-            image: Some(PAUSE_IMAGE.into()),
-            cmd: Some(vec!["/busybox".into(), "sleep".into(), "2147483647".into()]),
-            hostname: Some(pod.name.chars().take(63).collect()),
-            labels: Some(labels),
-            exposed_ports: (!pod.host_ports.is_empty()).then(|| {
-                pod.host_ports
-                    .iter()
-                    .map(|p| format!("{}/{}", p.container_port, p.protocol))
-                    .collect()
-            }),
-            host_config: Some(HostConfig {
-                ipc_mode: Some("shareable".into()),
-                port_bindings: (!pod.host_ports.is_empty()).then(|| {
-                    let mut map: HashMap<String, Option<Vec<bollard::models::PortBinding>>> =
-                        HashMap::new();
-                    for p in &pod.host_ports {
-                        map.entry(format!("{}/{}", p.container_port, p.protocol))
-                            .or_default()
-                            .get_or_insert_with(Vec::new)
-                            .push(bollard::models::PortBinding {
-                                host_ip: (!p.host_ip.is_empty()).then(|| p.host_ip.clone()),
-                                host_port: Some(p.host_port.to_string()),
-                            });
-                    }
-                    map
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
+        if let Some(sb) = self.claim(pod).await {
+            return Ok(sb);
+        }
+        self.new_sandbox(Some(pod)).await
+    }
+
+    async fn release(&self) {
+        let _one = self.filling.lock().await;
+        let spare: Vec<ObservedSandbox> = std::mem::take(&mut *self.warm.lock().expect("warm"));
+        for sb in spare {
+            let _ = Runtime::remove(self, &sb.id).await;
+        }
+    }
+
+    async fn maintain(&self) {
+        let Ok(_one) = self.filling.try_lock() else {
+            return;
         };
-        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-        let created = match self.docker.create_container(Some(opts), body).await {
-            Ok(c) => c.id,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => {
-                // Left over from a crash between create and start: start it.
-                name.clone()
+        while self.warm.lock().expect("warm").len() < self.warm_target {
+            match self.new_sandbox(None).await {
+                Ok(sb) => self.warm.lock().expect("warm").push(sb),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start a warm sandbox");
+                    return;
+                }
             }
-            Err(e) => return Err(err("create sandbox")(e)),
-        };
-        self.docker
-            .start_container(
-                &created,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(err("start sandbox"))?;
-        let info = self
-            .docker
-            .inspect_container(
-                &created,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .map_err(err("inspect sandbox"))?;
-        let ip = sandbox_ip(info.network_settings);
-        Ok(ObservedSandbox {
-            id: info.id.unwrap_or(created),
-            pod_uid: pod.uid.clone(),
-            ip,
-            running: true,
-        })
+        }
     }
 
     async fn start_container(
@@ -376,8 +520,20 @@ impl Runtime for DockerRuntime {
         for s in summaries {
             let Some(id) = s.id else { continue };
             let labels = s.labels.unwrap_or_default();
-            let Some(uid) = labels.get(L_POD_UID).cloned() else {
-                continue;
+            let claimed = || {
+                s.names.iter().flatten().find_map(|n| {
+                    let rest = n.trim_start_matches('/').strip_prefix(CLAIMED)?;
+                    rest.split('_').next().map(String::from)
+                })
+            };
+            let uid = match labels.get(L_POD_UID) {
+                Some(uid) => uid.clone(),
+                // A warm sandbox belongs to no pod until claimed.
+                None if labels.contains_key(L_WARM) => match claimed() {
+                    Some(uid) => uid,
+                    None => continue,
+                },
+                None => continue,
             };
             seen.insert(id.clone());
             let state_key = format!("{:?}", s.state);

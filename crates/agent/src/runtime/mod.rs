@@ -273,6 +273,12 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
+    /// Background upkeep between sync passes (the Docker driver refills its warm pool).
+    async fn maintain(&self) {}
+
+    /// Give back what `maintain` holds (the warm pool), on a clean shutdown.
+    async fn release(&self) {}
+
     /// Run `command` in a running container and return its exit code (exec probes).
     async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
         let _ = (id, command);

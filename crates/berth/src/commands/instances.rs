@@ -10,8 +10,8 @@ use super::agent::RuntimeKind;
 #[derive(clap::Args, Debug, Clone)]
 pub struct InstanceArgs {
     /// Address to serve the container groups API on.
-    #[arg(long = "instances-listen", default_value = "127.0.0.1:7443")]
-    pub listen: std::net::SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub instances_listen: std::net::SocketAddr,
     /// The address groups with a Public IP address are reachable on.
     #[arg(long, default_value = "127.0.0.1")]
     pub public_ip: String,
@@ -21,6 +21,10 @@ pub struct InstanceArgs {
     /// A YAML price table: `currency`, `vcpuSecond`, `gbSecond` (default: ACI's Linux rates).
     #[arg(long)]
     pub prices: Option<PathBuf>,
+    /// Sandboxes kept started ahead of need on Docker, so a group starts without making one
+    /// (0 turns the pool off).
+    #[arg(long, default_value_t = 4)]
+    pub warm_pool: usize,
     /// Groups per page of a list answer.
     #[arg(long, default_value_t = 100)]
     pub page_size: usize,
@@ -84,10 +88,21 @@ pub async fn start(
             })?
         }
     };
-    let runtime = super::agent::runtime(kind, &node_name(&dir)?, &dir).await?;
+    let node = node_name(&dir)?;
+    let runtime: std::sync::Arc<dyn berth_agent::runtime::Runtime> = match kind {
+        RuntimeKind::Docker => std::sync::Arc::new(
+            berth_agent::runtime::docker::DockerRuntime::connect(&node)
+                .await
+                .context("connecting to the Docker engine (is dockerd running?)")?
+                .with_warm_pool(args.warm_pool)
+                .await
+                .context("adopting the warm pool")?,
+        ),
+        other => super::agent::runtime(other, &node, &dir).await?,
+    };
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    if !args.listen.ip().is_unspecified() {
-        sans.push(args.listen.ip().to_string());
+    if !args.instances_listen.ip().is_unspecified() {
+        sans.push(args.instances_listen.ip().to_string());
     }
     let cfg = berth_instances::Config {
         service: berth_instances::ServiceConfig {
@@ -97,7 +112,7 @@ pub async fn start(
             prices,
             resync: std::time::Duration::from_secs(1),
         },
-        listen: args.listen,
+        listen: args.instances_listen,
         pki_dir: data_dir.to_path_buf(),
         sans,
         token: token.clone(),
@@ -124,6 +139,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("Berth instances: container groups API at {}", inst.url());
     println!("Try: berth container create --resource-group demo --name hello --image berth/pause:1 --command-line \"/busybox httpd -f -p 8080\" --ports 8080");
     super::shutdown_signal().await;
-    inst.shutdown();
+    inst.shutdown().await;
     Ok(())
 }

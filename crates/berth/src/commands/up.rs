@@ -115,7 +115,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     super::shutdown_signal().await;
     server.shutdown();
     if let Some(i) = instances {
-        i.shutdown();
+        i.shutdown().await;
     }
     Ok(())
 }
