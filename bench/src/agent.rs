@@ -41,7 +41,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Remove every container the agent of `node` left (labels `berth.node=<node>`).
-fn remove_node_containers(node: &str) {
+pub(crate) fn remove_node_containers(node: &str) {
     let out = std::process::Command::new("docker")
         .args(["ps", "-aq", "--filter", &format!("label=berth.node={node}")])
         .output();

@@ -4,6 +4,7 @@
 //! `berth-bench scheduler`: see [`scheduler`]. `berth-bench agent`: see [`agent`].
 
 mod agent;
+mod instances;
 mod scheduler;
 
 use std::collections::BTreeMap;
@@ -279,8 +280,11 @@ async fn main() -> anyhow::Result<()> {
         "apiserver" => apiserver(&cli).await,
         "scheduler" => scheduler::run(cli.nodes, !cli.decide_only, &cli.cases).await,
         "agent" => agent::run(100, 20).await,
+        "instances" => instances::run(100).await,
         other => {
-            anyhow::bail!("unknown benchmark {other:?}: try `apiserver`, `scheduler` or `agent`")
+            anyhow::bail!(
+                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` or `instances`"
+            )
         }
     }
 }

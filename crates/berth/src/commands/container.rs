@@ -52,7 +52,7 @@ pub enum Output {
 #[derive(clap::Subcommand, Debug)]
 pub enum Verb {
     /// Create (or update) a container group of one container and wait until it runs.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List container groups (of one resource group with -g).
     List {
         #[arg(long, short = 'g')]
