@@ -57,6 +57,7 @@ async fn run_groups(n: usize, warm: usize, gap: Duration) -> anyhow::Result<Vec<
         sans: vec!["localhost".into(), "127.0.0.1".into()],
         token: "bench-token".into(),
         page_size: 100,
+        dns_listen: None,
     };
     let inst = berth_instances::start(cfg, Arc::new(runtime)).await?;
     let client = Client::new(&inst.url(), "bench-token", &inst.ca_pem);

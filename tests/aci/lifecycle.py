@@ -78,10 +78,15 @@ def main():
     assert b"hello-from-web" in body, body
     step("public-port", f"{got.ip_address.ip}:{port}")
 
-    names = [g.name for g in client.container_groups.list()]
-    assert name in names, names
-    names = [g.name for g in client.container_groups.list_by_resource_group(rg)]
-    assert names == [name], names
+    # A second group, so that listing (one group per page on this service) follows nextLink.
+    other = ContainerGroup(location="eastus", os_type="Linux", restart_policy="Never", containers=[
+        Container(name="once", image=image, resources=res, command=["sh", "-c", "echo done"])])
+    client.container_groups.begin_create_or_update(rg, "other", other).result()
+    names = sorted(g.name for g in client.container_groups.list())
+    assert names == ["other", name], names
+    names = sorted(g.name for g in client.container_groups.list_by_resource_group(rg))
+    assert names == ["other", name], names
+    client.container_groups.begin_delete(rg, "other").result()
     step("list", names)
 
     deadline = time.time() + 20

@@ -27,6 +27,15 @@ fn spawn(dir: &Path, listen: &str) -> (Child, String) {
             "--instances-listen",
             listen,
         ])
+        // One group per page, so that every list follows nextLink.
+        .args([
+            "--page-size",
+            "1",
+            "--warm-pool",
+            "2",
+            "--dns-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(dir)
         .env("BERTH_LOG", "warn")
@@ -393,4 +402,253 @@ async fn bad_input_gets_an_arm_error_naming_the_field_and_stores_nothing() {
     let listed = c.list("s", None).await.unwrap();
     assert!(listed.is_empty(), "refused groups were stored: {listed:?}");
     assert!(svc.containers().is_empty());
+}
+
+/// Wait for a group's operation; panics with the ARM error if it fails.
+async fn deploy(c: &Client, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    let a = c.call("PUT", path, Some(body)).await.expect("PUT accepted");
+    let op = a.operation.expect("an Azure-AsyncOperation header");
+    c.wait(&op, || {}).await.expect("the deployment succeeds");
+    c.call("GET", path, None).await.unwrap().body
+}
+
+#[tokio::test]
+async fn volumes_probes_and_in_place_updates_behave_as_aci_documents() {
+    let svc = Instances::start();
+    let image = BusyboxImage::build();
+    let c = svc.client();
+    // A local git repository for the gitRepo volume.
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(repo.path())
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()
+            .expect("git is needed for gitRepo volumes: apt-get install git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.path().join("README"), "from-the-repo\n").unwrap();
+    git(&["add", "README"]);
+    git(&["commit", "-q", "-m", "one"]);
+
+    let path = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerInstance/containerGroups/vols";
+    let body = |image_cmd: &str, cpu: f64| {
+        serde_json::json!({"location": "eastus", "properties": {"osType": "Linux", "restartPolicy": "Always",
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "creds", "secret": {"key": "c2VjcmV0LXZhbHVl"}},
+                {"name": "src", "gitRepo": {"repository": repo.path().to_string_lossy(), "directory": "."}}],
+            "containers": [
+                {"name": "main", "properties": {"image": image.tag, "ports": [{"port": 8080}],
+                 "command": ["sh", "-c", image_cmd],
+                 "resources": {"requests": {"cpu": cpu, "memoryInGB": 0.5}},
+                 "volumeMounts": [
+                    {"name": "scratch", "mountPath": "/scratch"},
+                    {"name": "creds", "mountPath": "/creds", "readOnly": true},
+                    {"name": "src", "mountPath": "/src"}],
+                 "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                 "livenessProbe": {"exec": {"command": ["cat", "/scratch/alive"]}, "periodSeconds": 1, "failureThreshold": 2}}},
+                {"name": "peer", "properties": {"image": image.tag,
+                 "command": ["sh", "-c", "sleep 1; cat /scratch/shared; sleep 3600"],
+                 "resources": {"requests": {"cpu": 0.5, "memoryInGB": 0.5}},
+                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}}]}})
+    };
+    let first = "cat /creds/key; echo; cat /src/README; echo shared-by-main > /scratch/shared; touch /scratch/alive; mkdir -p /w; echo ok > /w/index.html; exec httpd -f -p 8080 -h /w";
+    let g = deploy(&c, path, &body(first, 0.5)).await;
+    assert_eq!(g["properties"]["provisioningState"], "Succeeded", "{g}");
+    assert_eq!(
+        g["properties"]["volumes"][1]["secret"]["key"], "",
+        "secret volume contents must not come back"
+    );
+
+    let logs = |container: &'static str| {
+        let c = &c;
+        async move {
+            let p = format!("{path}/containers/{container}/logs");
+            c.call("GET", &p, None).await.unwrap().body["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    common::eventually(
+        15,
+        "the secret, the repo and the shared emptyDir to be read",
+        || async {
+            let (m, p) = (logs("main").await, logs("peer").await);
+            (m.contains("secret-value")
+                && m.contains("from-the-repo")
+                && p.contains("shared-by-main"))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // The liveness probe restarts the container once its file is gone.
+    let exec_restart = |g: &serde_json::Value| {
+        g["properties"]["containers"][0]["properties"]["instanceView"]["restartCount"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = exec_restart(&c.call("GET", path, None).await.unwrap().body);
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            "label=berth.container.name=main",
+            "--filter",
+        ])
+        .arg(format!(
+            "label=berth.node={}",
+            std::fs::read_to_string(svc.dir.path().join("instances/node-name"))
+                .unwrap()
+                .trim()
+        ))
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!id.is_empty(), "main is running");
+    let rm = Command::new("docker")
+        .args(["exec", &id, "sh", "-c", "rm /scratch/alive"])
+        .output()
+        .unwrap();
+    assert!(rm.status.success());
+    common::eventually(20, "the liveness probe to restart main", || async {
+        let g = c.call("GET", path, None).await.unwrap().body;
+        (exec_restart(&g) > before).then_some(())
+    })
+    .await;
+
+    // A changed command redeploys in place; a changed cpu is refused as ACI refuses it.
+    let g = deploy(&c, path, &body("echo second-version; touch /scratch/alive; mkdir -p /w; echo ok > /w/index.html; exec httpd -f -p 8080 -h /w", 0.5)).await;
+    assert_eq!(g["properties"]["provisioningState"], "Succeeded");
+    common::eventually(15, "the new command to run", || async {
+        logs("main").await.contains("second-version").then_some(())
+    })
+    .await;
+    let refused = c
+        .call("PUT", path, Some(&body(first, 1.0)))
+        .await
+        .err()
+        .expect("a cpu change is refused");
+    let berth_instances::client::ClientError::Arm(e) = refused else {
+        panic!("{refused}")
+    };
+    assert_eq!(
+        (e.code.as_ref(), e.target.as_deref()),
+        ("InvalidContainerGroupUpdate", Some("properties.containers"))
+    );
+    let g = c.call("GET", path, None).await.unwrap().body;
+    assert_eq!(
+        g["properties"]["containers"][0]["properties"]["resources"]["requests"]["cpu"], 0.5,
+        "the stored group is unchanged"
+    );
+
+    assert!(c
+        .delete(&berth_instances::client::GroupRef {
+            sub: "s".into(),
+            rg: "rg".into(),
+            name: "vols".into()
+        })
+        .await
+        .unwrap());
+    assert!(svc.containers().is_empty());
+}
+
+/// Ask the service's DNS for `name` (A); the response code and the addresses.
+fn dns_query(
+    server: &str,
+    name: &str,
+) -> (hickory_proto::op::ResponseCode, Vec<std::net::Ipv4Addr>) {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use std::str::FromStr;
+    let mut m = Message::new();
+    m.set_id(42)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    socket.send_to(&m.to_vec().unwrap(), server).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = socket.recv(&mut buf).expect("the DNS server answers");
+    let r = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(r.id(), 42);
+    let ips = r
+        .answers()
+        .iter()
+        .filter_map(|a| match a.data() {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    (r.response_code(), ips)
+}
+
+#[tokio::test]
+async fn a_dns_name_label_resolves_while_its_group_runs() {
+    use hickory_proto::op::ResponseCode;
+    let svc = Instances::start();
+    let image = BusyboxImage::build();
+    let c = svc.client();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(svc.config()).unwrap()).unwrap();
+    let dns = cfg["dns"]
+        .as_str()
+        .expect("the client config names the DNS address")
+        .to_string();
+    let port = free_port();
+    let label = format!("web-{}", std::process::id());
+    let path = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerInstance/containerGroups/named";
+    let body = serde_json::json!({"location": "westeurope", "properties": {"osType": "Linux",
+        "containers": [{"name": "web", "properties": {"image": image.tag, "ports": [{"port": port}],
+            "command": ["sh", "-c", format!("mkdir -p /w; echo named > /w/index.html; exec httpd -f -p {port} -h /w")],
+            "resources": {"requests": {"cpu": 0.5, "memoryInGB": 0.5}}}}],
+        "ipAddress": {"type": "Public", "ports": [{"port": port}], "dnsNameLabel": label}}});
+    let g = deploy(&c, path, &body).await;
+    let fqdn = format!("{label}.westeurope.instances.berth.local");
+    assert_eq!(g["properties"]["ipAddress"]["fqdn"], fqdn.as_str());
+    let (code, ips) = dns_query(&dns, &format!("{fqdn}."));
+    assert_eq!(
+        (code, ips.clone()),
+        (ResponseCode::NoError, vec![std::net::Ipv4Addr::LOCALHOST])
+    );
+    // The name leads to the group: fetch through the resolved address.
+    let body = common::eventually(10, "the group's port to answer", || async {
+        let mut s = std::net::TcpStream::connect((ips[0], port)).ok()?;
+        use std::io::{Read, Write};
+        s.write_all(format!("GET / HTTP/1.0\r\nHost: {fqdn}\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.contains("named").then_some(out)
+    })
+    .await;
+    assert!(body.contains("200"), "{body}");
+    assert_eq!(
+        dns_query(&dns, "other.westeurope.instances.berth.local.").0,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(dns_query(&dns, "example.com.").0, ResponseCode::Refused);
+    c.call("POST", &format!("{path}/stop"), None).await.unwrap();
+    assert_eq!(
+        dns_query(&dns, &format!("{fqdn}.")).0,
+        ResponseCode::NXDomain,
+        "a stopped group's name is gone"
+    );
+    c.call("DELETE", path, None).await.unwrap();
 }

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod db;
+pub mod dns;
 pub mod http;
 pub mod service;
 
@@ -47,10 +48,14 @@ pub struct Config {
     /// The bearer token clients present.
     pub token: String,
     pub page_size: usize,
+    /// Where to answer DNS for the zone's `dnsNameLabel`s (UDP); `None`: no DNS.
+    pub dns_listen: Option<SocketAddr>,
 }
 
 pub struct Instances {
     pub addr: SocketAddr,
+    /// Where DNS is answered, if it is.
+    pub dns_addr: Option<SocketAddr>,
     pub ca_pem: String,
     pub service: Arc<Service>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -95,13 +100,26 @@ pub async fn start(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<Instances, 
         token: cfg.token,
         page_size: cfg.page_size.max(1),
     });
-    let runner = service.spawn_runner();
+    let mut tasks = vec![service.spawn_runner()];
+    let mut dns_addr = None;
+    if let Some(at) = cfg.dns_listen {
+        let listen = |source| StartError::Listen { addr: at, source };
+        let socket = tokio::net::UdpSocket::bind(at).await.map_err(listen)?;
+        dns_addr = Some(socket.local_addr().map_err(listen)?);
+        tasks.push(dns::serve(
+            socket,
+            service.clone(),
+            service.dns_zone().to_string(),
+        ));
+    }
     let server = berth_apiserver::serve_tls(listener, tls, http::router(api));
+    tasks.push(server);
     tracing::info!(%addr, "instances API listening");
     Ok(Instances {
         addr,
+        dns_addr,
         ca_pem,
         service,
-        tasks: vec![runner, server],
+        tasks,
     })
 }

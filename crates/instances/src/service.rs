@@ -915,6 +915,30 @@ impl Service {
             .map_err(internal)
     }
 
+    /// The address a running group's `dnsNameLabel` fqdn (lowercase, no trailing dot)
+    /// stands for.
+    pub fn resolve(&self, fqdn: &str) -> Option<std::net::Ipv4Addr> {
+        let groups = self.shared.groups.lock().expect("groups");
+        let held = groups.values().any(|l| {
+            let ip = l.group.properties.ip_address.as_ref();
+            let label = ip.and_then(|i| i.dns_name_label.as_deref());
+            !l.stopped
+                && label.is_some_and(|d| {
+                    format!("{d}.{}.{}", l.group.location, self.cfg.dns_zone)
+                        .eq_ignore_ascii_case(fqdn)
+                })
+        });
+        if held {
+            self.cfg.public_ip.parse().ok()
+        } else {
+            None
+        }
+    }
+
+    pub fn dns_zone(&self) -> &str {
+        &self.cfg.dns_zone
+    }
+
     /// How many groups a subscription holds, for `locations/{l}/usages`.
     pub fn count(&self, sub: &str) -> (usize, f64) {
         let groups = self.shared.groups.lock().expect("groups");

@@ -18,6 +18,9 @@ pub struct InstanceArgs {
     /// DNS zone for `dnsNameLabel` fqdns (`<label>.<location>.<zone>`).
     #[arg(long, default_value = "instances.berth.local")]
     pub dns_zone: String,
+    /// Where to answer DNS (UDP) for `<dnsNameLabel>.<location>.<zone>`.
+    #[arg(long, default_value = "127.0.0.1:8053")]
+    pub dns_listen: std::net::SocketAddr,
     /// A YAML price table: `currency`, `vcpuSecond`, `gbSecond` (default: ACI's Linux rates).
     #[arg(long)]
     pub prices: Option<PathBuf>,
@@ -49,6 +52,9 @@ pub struct ClientConfig {
     pub server: String,
     pub token: String,
     pub ca_file: PathBuf,
+    /// Where the service answers DNS for its zone.
+    #[serde(default)]
+    pub dns: Option<String>,
 }
 
 /// The name the service's containers carry in the runtime (`berth.node` label): one per
@@ -117,6 +123,7 @@ pub async fn start(
         sans,
         token: token.clone(),
         page_size: args.page_size,
+        dns_listen: Some(args.dns_listen),
     };
     let inst = berth_instances::start(cfg, runtime)
         .await
@@ -125,6 +132,7 @@ pub async fn start(
         server: inst.url(),
         token,
         ca_file: berth_apiserver::tls::TlsFiles::in_dir(data_dir).ca_cert,
+        dns: inst.dns_addr.map(|a| a.to_string()),
     };
     let path = data_dir.join("instances.json");
     berth_apiserver::write_file(&path, &serde_json::to_vec_pretty(&client)?, true)
@@ -136,6 +144,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tokens = berth_apiserver::auth::Tokens::load_or_create(&args.data_dir.join("tokens.json"))
         .context("loading the tokens")?;
     let inst = start(&args.data_dir, &args.instances, args.runtime, tokens.admin).await?;
+    if let Some(dns) = inst.dns_addr {
+        println!("DNS for {} at {dns} (udp)", args.instances.dns_zone);
+    }
     println!("Berth instances: container groups API at {}", inst.url());
     println!("Try: berth container create --resource-group demo --name hello --image berth/pause:1 --command-line \"/busybox httpd -f -p 8080\" --ports 8080");
     super::shutdown_signal().await;

@@ -22,7 +22,14 @@ fn start(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
         .arg(dir)
         .arg("--listen")
         .arg(listen)
-        .args(["--instances-listen", "127.0.0.1:0", "--warm-pool", "0"])
+        .args([
+            "--instances-listen",
+            "127.0.0.1:0",
+            "--warm-pool",
+            "0",
+            "--dns-listen",
+            "127.0.0.1:0",
+        ])
         .args(extra)
         .env("BERTH_LOG", "warn")
         .stdout(Stdio::piped())
