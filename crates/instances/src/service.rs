@@ -223,7 +223,10 @@ impl Service {
                     name: row.key.name.clone(),
                     source,
                 })?;
-            let live = svc.live(&row.key, &row.uid, group, row.stopped, "Creating");
+            // A stopped group was deployed before; a running one shows Creating until the
+            // first pass has seen its containers again.
+            let state = if row.stopped { "Succeeded" } else { "Creating" };
+            let live = svc.live(&row.key, &row.uid, group, row.stopped, state);
             svc.shared
                 .groups
                 .lock()
