@@ -79,8 +79,11 @@ async fn run_groups(n: usize, warm: usize, gap: Duration) -> anyhow::Result<Vec<
         refs.push(g);
         tokio::time::sleep(gap.saturating_sub(began.elapsed())).await;
     }
-    for g in &refs {
-        client.delete(g).await?;
+    // Deletes run side by side: each waits out its containers' stop grace.
+    for chunk in refs.chunks(20) {
+        for r in futures::future::join_all(chunk.iter().map(|g| client.delete(g))).await {
+            r?;
+        }
     }
     inst.shutdown().await;
     crate::agent::remove_node_containers(&node);

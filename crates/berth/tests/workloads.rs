@@ -254,3 +254,155 @@ async fn rollout_pause_resume_and_restart_with_kubectl() {
     let history = b.kubectl_ok(&["rollout", "history", "deploy/web"]);
     assert!(history.contains("3 "), "{history}");
 }
+
+/// The image of each pod of app `app`, sorted.
+fn images(b: &Berth, app: &str) -> Vec<String> {
+    let out = b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    let mut v: Vec<String> = out.split_whitespace().map(String::from).collect();
+    v.sort();
+    v
+}
+
+fn condition(b: &Berth, deploy: &str, type_: &str) -> String {
+    b.kubectl_ok(&[
+        "get",
+        "deploy",
+        deploy,
+        "-o",
+        &format!("jsonpath={{.status.conditions[?(@.type==\"{type_}\")].reason}}"),
+    ])
+}
+
+#[tokio::test]
+async fn a_broken_rollout_with_auto_rollback_comes_back_by_itself() {
+    let node = common::unique("ar");
+    let b = Berth::up(&["--runtime", "mock", "--node-name", &node]);
+    b.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=3",
+    ]);
+    b.kubectl_ok(&["annotate", "deploy/web", "berth.dev/auto-rollback=true"]);
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+
+    // An image that is not on the node: the new pods wait in ErrImageNeverPull/ErrImagePull.
+    b.kubectl_ok(&["set", "image", "deploy/web", "busybox=missing/broken:1"]);
+    eventually(30, "the template to come back", || async {
+        let image = b.kubectl_ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ]);
+        (image == "busybox").then_some(())
+    })
+    .await;
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    eventually(30, "only the good pods", || async {
+        (images(&b, "web") == ["busybox"; 3]).then_some(())
+    })
+    .await;
+    let reason = condition(&b, "web", "RolledBack");
+    assert!(
+        reason.starts_with("ErrImage"),
+        "RolledBack reason: {reason:?}"
+    );
+    let describe = b.kubectl_ok(&["describe", "deploy", "web"]);
+    assert!(
+        describe.contains("AutoRollback")
+            && describe.contains("Rolled back from revision 2 to revision 1"),
+        "{describe}"
+    );
+    // The history shows the failed revision and the restored one as the newest.
+    let history = b.kubectl_ok(&["rollout", "history", "deploy/web"]);
+    assert!(
+        history.contains("2 ") && history.contains("3 "),
+        "{history}"
+    );
+
+    // A later good rollout clears the condition.
+    b.kubectl_ok(&["set", "image", "deploy/web", "busybox=busybox:2"]);
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert_eq!(condition(&b, "web", "RolledBack"), "");
+}
+
+#[tokio::test]
+async fn a_stalled_rollout_exceeds_its_progress_deadline_then_rolls_back_when_asked() {
+    let node = common::unique("pd");
+    let b = Berth::up(&["--runtime", "mock", "--node-name", &node]);
+    b.kubectl_ok(&[
+        "create",
+        "deployment",
+        "slow",
+        "--image=busybox",
+        "--replicas=2",
+    ]);
+    b.kubectl_ok(&[
+        "patch",
+        "deploy/slow",
+        "-p",
+        r#"{"spec":{"progressDeadlineSeconds":3}}"#,
+    ]);
+    b.kubectl_ok(&["rollout", "status", "deploy/slow", "--timeout=60s"]);
+
+    // A new template no node can take: its pod stays Pending and the rollout stalls.
+    b.kubectl_ok(&[
+        "patch",
+        "deploy/slow",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"nodeSelector":{"zone":"nowhere"}}}}}"#,
+    ]);
+    let out = b.kubectl(&["rollout", "status", "deploy/slow", "--timeout=60s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exceeded its progress deadline"), "{err}");
+    assert_eq!(
+        condition(&b, "slow", "Progressing"),
+        "ProgressDeadlineExceeded"
+    );
+    // The old pods kept serving all along.
+    assert_eq!(
+        b.kubectl_ok(&[
+            "get",
+            "deploy",
+            "slow",
+            "-o",
+            "jsonpath={.status.availableReplicas}"
+        ]),
+        "2"
+    );
+
+    // Turning auto-rollback on undoes the stalled rollout.
+    b.kubectl_ok(&["annotate", "deploy/slow", "berth.dev/auto-rollback=true"]);
+    b.kubectl_ok(&["rollout", "status", "deploy/slow", "--timeout=60s"]);
+    let selector = b.kubectl_ok(&[
+        "get",
+        "deploy",
+        "slow",
+        "-o",
+        "jsonpath={.spec.template.spec.nodeSelector}",
+    ]);
+    assert_eq!(
+        selector, "",
+        "the template is the one before the stalled rollout"
+    );
+    assert_eq!(
+        condition(&b, "slow", "RolledBack"),
+        "ProgressDeadlineExceeded"
+    );
+    let events = b.kubectl_ok(&["get", "events", "--field-selector", "reason=AutoRollback"]);
+    assert!(
+        events.contains("did not become available within 3s"),
+        "{events}"
+    );
+}

@@ -27,6 +27,15 @@ use crate::{Context, Error};
 const COMPONENT: &str = "deployment-controller";
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const HASH_LABEL: &str = "pod-template-hash";
+/// A Deployment annotated with this set to "true" rolls itself back when a rollout fails.
+pub const AUTO_ROLLBACK: &str = "berth.dev/auto-rollback";
+/// On a ReplicaSet: when its rollout completed.
+const AVAILABLE: &str = "berth.dev/available-since";
+/// On a ReplicaSet that was rolled back from: the reason and the message of its RolledBack
+/// condition.
+const ROLLBACK_REASON: &str = "berth.dev/rollback-reason";
+const ROLLBACK_MESSAGE: &str = "berth.dev/rollback-message";
+const DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 
 pub async fn controller(
     ctx: Arc<Context>,
@@ -390,13 +399,42 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         .and_then(|r| r.metadata.name.clone())
         .unwrap_or_default();
     let complete = updated == replicas && have == replicas && available >= replicas;
-    let now = jiff::Timestamp::now().to_string();
+    let now_ts = jiff::Timestamp::now();
+    let now = now_ts.to_string();
     let old_conditions = d
         .status
         .as_ref()
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
-    let condition = |type_: &str, status: bool, reason: &str, message: String| {
+    // Progress, as Kubernetes counts it: more pods updated, fewer old ones, more ready or
+    // available. Progress moves the Progressing condition's lastUpdateTime; a rollout that
+    // has not moved it for progressDeadlineSeconds has timed out.
+    let old_status = d.status.as_ref();
+    let old_progressing = old_conditions.iter().find(|c| c.type_ == "Progressing");
+    // A new rollout (another new set) starts its clock afresh.
+    let same_rollout = old_progressing
+        .and_then(|c| c.message.as_deref())
+        .is_some_and(|m| m.contains(&format!("\"{new_name}\"")));
+    let progressed = !same_rollout
+        || old_status.is_none_or(|s| {
+            let old_updated = s.updated_replicas.unwrap_or(0);
+            updated > old_updated
+                || have - updated < s.replicas.unwrap_or(0) - old_updated
+                || ready > s.ready_replicas.unwrap_or(0)
+                || available > s.available_replicas.unwrap_or(0)
+        });
+    let deadline = i64::from(spec.progress_deadline_seconds.unwrap_or(600).max(0));
+    let timed_out = !complete
+        && !paused
+        && !progressed
+        && old_progressing.is_some_and(|c| {
+            c.reason.as_deref() == Some(DEADLINE_EXCEEDED)
+                || (c.status == "True"
+                    && c.last_update_time
+                        .as_ref()
+                        .is_some_and(|t| now_ts.as_second() - t.0.as_second() > deadline))
+        });
+    let condition = |type_: &str, status: bool, reason: &str, message: String, touch: bool| {
         let status = if status { "True" } else { "False" };
         let old = old_conditions.iter().find(|c| c.type_ == type_);
         let since = match old {
@@ -408,7 +446,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             _ => now.clone(),
         };
         let updated_at = match old {
-            Some(c) if c.status == status && c.reason.as_deref() == Some(reason) => c
+            Some(c) if !touch && c.status == status && c.reason.as_deref() == Some(reason) => c
                 .last_update_time
                 .as_ref()
                 .map(|t| t.0.to_string())
@@ -419,6 +457,77 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                "lastTransitionTime": since, "lastUpdateTime": updated_at})
     };
     let min_available = replicas - unavailable.min(replicas);
+    let mut conditions = vec![
+        if available >= min_available {
+            condition(
+                "Available",
+                true,
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".into(),
+                false,
+            )
+        } else {
+            condition(
+                "Available",
+                false,
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".into(),
+                false,
+            )
+        },
+        if paused {
+            condition(
+                "Progressing",
+                false,
+                "DeploymentPaused",
+                "Deployment is paused".into(),
+                false,
+            )
+        } else if complete {
+            condition(
+                "Progressing",
+                true,
+                "NewReplicaSetAvailable",
+                format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+                false,
+            )
+        } else if timed_out {
+            condition(
+                "Progressing",
+                false,
+                DEADLINE_EXCEEDED,
+                format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+                false,
+            )
+        } else {
+            condition(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{new_name}\" is progressing."),
+                progressed,
+            )
+        },
+    ];
+    // The rollout before this one was rolled back automatically: say so until the next one.
+    if let Some(rolled) = sets
+        .iter()
+        .rev()
+        .nth(1)
+        .filter(|r| new_rs.as_ref().is_some_and(|n| revision(n) > revision(r)))
+    {
+        let note = |k: &str| {
+            rolled
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .cloned()
+        };
+        if let (Some(reason), Some(message)) = (note(ROLLBACK_REASON), note(ROLLBACK_MESSAGE)) {
+            conditions.push(condition("RolledBack", true, &reason, message, false));
+        }
+    }
     let status = json!({
         "observedGeneration": meta.generation,
         "replicas": have,
@@ -426,20 +535,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         "readyReplicas": ready,
         "availableReplicas": available,
         "unavailableReplicas": (replicas - available).max(0),
-        "conditions": [
-            if available >= min_available {
-                condition("Available", true, "MinimumReplicasAvailable", "Deployment has minimum availability.".into())
-            } else {
-                condition("Available", false, "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into())
-            },
-            if paused {
-                condition("Progressing", false, "DeploymentPaused", "Deployment is paused".into())
-            } else if complete {
-                condition("Progressing", true, "NewReplicaSetAvailable", format!("ReplicaSet \"{new_name}\" has successfully progressed."))
-            } else {
-                condition("Progressing", true, "ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing."))
-            },
-        ],
+        "conditions": conditions,
     });
     let old = d
         .status
@@ -481,9 +577,165 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                 "updating the status of deployment {ns}/{name}"
             )))?;
     }
-    Ok(if changed || !complete {
-        Action::requeue(Duration::from_secs(if changed { 1 } else { 5 }))
+
+    let Some(new_rs) = new_rs else {
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    };
+    if complete {
+        mark_available(&rs_api, &new_rs).await?;
+    } else if auto_rollback_on(&d) && !paused && was_available(&new_rs).is_none() {
+        let why = if timed_out {
+            Some((
+                DEADLINE_EXCEEDED.to_string(),
+                format!("its new pods did not become available within {deadline}s"),
+            ))
+        } else {
+            crash_looping(&ctx, &new_rs)
+        };
+        if let Some((reason, why)) = why {
+            return roll_back(&ctx, &d, &sets, &new_rs, &reason, &why).await;
+        }
+    }
+    Ok(if changed {
+        Action::requeue(Duration::from_secs(1))
+    } else if !complete {
+        // Soon enough to see a crash loop, and a deadline, within a couple of seconds.
+        Action::requeue(Duration::from_secs(2))
     } else {
         Action::requeue(Duration::from_secs(300))
     })
+}
+
+/// Waiting reasons that mean a new pod will not come up by itself soon.
+const BROKEN: &[&str] = &[
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+];
+
+fn auto_rollback_on(d: &Deployment) -> bool {
+    d.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(AUTO_ROLLBACK))
+        .is_some_and(|v| v == "true")
+}
+
+/// When the set's rollout completed, if it ever did.
+fn was_available(rs: &ReplicaSet) -> Option<&String> {
+    rs.metadata.annotations.as_ref()?.get(AVAILABLE)
+}
+
+/// Remember that this set once ran the whole deployment: a target for rolling back, and never
+/// itself rolled back from.
+async fn mark_available(rs_api: &Api<ReplicaSet>, rs: &ReplicaSet) -> Result<(), Error> {
+    if was_available(rs).is_some() {
+        return Ok(());
+    }
+    let rs_name = rs.metadata.name.clone().unwrap_or_default();
+    let patch =
+        json!({"metadata": {"annotations": {AVAILABLE: jiff::Timestamp::now().to_string()}}});
+    rs_api
+        .patch(&rs_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(api_err(format!(
+            "marking replicaset {rs_name} as available"
+        )))?;
+    Ok(())
+}
+
+/// A pod of `rs` whose container waits for a reason that will not clear by itself.
+fn crash_looping(ctx: &Context, rs: &ReplicaSet) -> Option<(String, String)> {
+    let uid = rs.metadata.uid.as_deref()?;
+    ctx.pods.state().iter().find_map(|p| {
+        if !controlled_by(&p.metadata, uid) {
+            return None;
+        }
+        let s = p.status.as_ref()?;
+        let statuses = s
+            .init_container_statuses
+            .iter()
+            .chain(s.container_statuses.iter());
+        statuses.flatten().find_map(|c| {
+            let w = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = w.reason.as_deref().filter(|r| BROKEN.contains(r))?;
+            let pod = p.metadata.name.as_deref().unwrap_or_default();
+            let detail = w
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            Some((
+                reason.to_string(),
+                format!("container {} of pod {pod} is in {reason}{detail}", c.name),
+            ))
+        })
+    })
+}
+
+/// Put back the template of the newest set that was once available, as `kubectl rollout undo`
+/// would, and mark the failed set with why.
+async fn roll_back(
+    ctx: &Context,
+    d: &Deployment,
+    sets: &[Arc<ReplicaSet>],
+    failed: &ReplicaSet,
+    reason: &str,
+    why: &str,
+) -> Result<Action, Error> {
+    let ns = d.metadata.namespace.clone().unwrap_or_default();
+    let name = d.metadata.name.clone().unwrap_or_default();
+    let failed_rev = revision(failed);
+    let Some(target) = sets
+        .iter()
+        .filter(|r| r.metadata.uid != failed.metadata.uid && was_available(r).is_some())
+        .max_by_key(|r| revision(r))
+    else {
+        tracing::debug!(deployment = %name, "no available revision to roll back to");
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    };
+    let Some(template) = target.spec.as_ref().and_then(|s| s.template.as_ref()) else {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    };
+    let target_rev = revision(target);
+    let message = format!("Rolled back from revision {failed_rev} to revision {target_rev}: {why}");
+    let failed_name = failed.metadata.name.clone().unwrap_or_default();
+    let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch =
+        json!({"metadata": {"annotations": {ROLLBACK_REASON: reason, ROLLBACK_MESSAGE: message}}});
+    rs_api
+        .patch(&failed_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(api_err(format!(
+            "marking replicaset {ns}/{failed_name} as rolled back"
+        )))?;
+    // Replace the template whole (a merge would keep what the failed one added), guarded by
+    // the resourceVersion this decision was made on.
+    let mut next = d.clone();
+    next.metadata.managed_fields = None;
+    if let Some(spec) = next.spec.as_mut() {
+        spec.template = without_hash(template);
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    match deployments
+        .replace(&name, &PostParams::default(), &next)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            return Ok(Action::requeue(Duration::from_millis(200)))
+        }
+        Err(e) => return Err(api_err(format!("rolling back deployment {ns}/{name}"))(e)),
+    }
+    crate::util::record(
+        &ctx.client,
+        involved("Deployment", &d.metadata),
+        "Warning",
+        "AutoRollback",
+        &message,
+        COMPONENT,
+    );
+    Ok(Action::requeue(Duration::from_secs(1)))
 }

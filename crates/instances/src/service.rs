@@ -115,6 +115,9 @@ pub struct Service {
     sync: Arc<PodSync>,
     shared: Arc<Shared>,
     tick_lock: tokio::sync::Mutex<()>,
+    /// Groups (by uid) whose containers are being stopped outside the tick lock, so that a
+    /// slow stop never holds up other groups: the runner neither syncs nor reaps them.
+    draining: Mutex<std::collections::HashSet<String>>,
     kick: tokio::sync::Notify,
     cfg: Config,
     ops: Mutex<HashMap<String, Operation>>,
@@ -208,6 +211,7 @@ impl Service {
             sync,
             shared,
             tick_lock: tokio::sync::Mutex::new(()),
+            draining: Mutex::default(),
             kick: tokio::sync::Notify::new(),
             cfg,
             ops: Mutex::default(),
@@ -310,11 +314,12 @@ impl Service {
                 return;
             }
         };
-        let (pods, live): (Vec<Pod>, Vec<String>) = {
+        let draining = self.draining.lock().expect("draining").clone();
+        let (pods, mut live): (Vec<Pod>, Vec<String>) = {
             let groups = self.shared.groups.lock().expect("groups");
             groups
                 .values()
-                .filter(|l| !l.stopped)
+                .filter(|l| !l.stopped && !draining.contains(&l.uid))
                 .map(|l| {
                     let mut pod = l.pod.clone();
                     pod.status = l
@@ -326,6 +331,7 @@ impl Service {
                 .unzip()
         };
         let syncs = pods.iter().map(|p| self.sync.sync(p, &obs));
+        live.extend(draining);
         for res in futures::future::join_all(syncs).await {
             if let Err(e) = res {
                 tracing::warn!(error = %e, "syncing a container group failed");
@@ -334,8 +340,33 @@ impl Service {
         self.sync.remove_orphans(&live, &obs).await;
     }
 
-    /// Stop and remove every container and the sandbox of one group's pod.
+    /// Claim a group's containers for a teardown; called under the tick lock. One operation
+    /// at a time per group, as ARM has it.
+    fn begin_drain(&self, uid: &str, name: &str) -> Result<(), ArmError> {
+        if self
+            .draining
+            .lock()
+            .expect("draining")
+            .insert(uid.to_string())
+        {
+            return Ok(());
+        }
+        Err(ArmError::new(
+            409,
+            "AnotherOperationInProgress",
+            format!("Another operation on container group '{name}' is in progress; retry once it has finished."),
+        ))
+    }
+
+    /// Stop and remove every container and the sandbox of one group's pod, claimed by
+    /// [`Self::begin_drain`]; run without the tick lock, and releases the claim.
     async fn teardown(&self, uid: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let res = self.stop_pod(uid, grace).await;
+        self.draining.lock().expect("draining").remove(uid);
+        res
+    }
+
+    async fn stop_pod(&self, uid: &str, grace: Duration) -> Result<(), RuntimeError> {
         let obs = self.runtime.list().await?;
         let stops = obs
             .containers
@@ -483,14 +514,14 @@ impl Service {
             created_ms: now,
         };
         let _pass = self.tick_lock.lock().await;
-        self.db
-            .put(&row, Some(requests(&group)), now)
-            .map_err(internal)?;
-        if !created && !unchanged {
-            // Redeploying a changed group restarts it in place.
-            self.teardown(&uid, Duration::from_secs(2))
-                .await
-                .map_err(internal)?;
+        // Redeploying a changed, running group restarts it in place.
+        let redeploy = !created && !unchanged && !was_stopped;
+        if redeploy {
+            self.begin_drain(&uid, &key.name)?;
+        }
+        if let Err(e) = self.db.put(&row, Some(requests(&group)), now) {
+            self.draining.lock().expect("draining").remove(&uid);
+            return Err(internal(e));
         }
         let state = if unchanged { None } else { Some("Pending") };
         {
@@ -509,6 +540,11 @@ impl Service {
             }
         }
         drop(_pass);
+        if redeploy {
+            self.teardown(&uid, Duration::from_secs(2))
+                .await
+                .map_err(internal)?;
+        }
         self.shared.bump();
         self.kick.notify_one();
         let op = self.operation(key, &uid);
@@ -690,35 +726,45 @@ impl Service {
         let Some(view) = self.get(key).ok() else {
             return Ok(None);
         };
-        let uid = self.with_live(key, |l| {
-            l.provisioning = "Deleting";
-            l.uid.clone()
-        })?;
+        let uid = self.with_live(key, |l| l.uid.clone())?;
+        self.begin_drain(&uid, &key.name)?;
+        // Billing ends now; the containers go after the lock is released.
+        if let Err(e) = self.db.delete(key, &uid, now_ms()) {
+            self.draining.lock().expect("draining").remove(&uid);
+            return Err(internal(e));
+        }
+        self.shared.groups.lock().expect("groups").remove(key);
+        self.shared.bump();
+        drop(_pass);
         self.teardown(&uid, Duration::from_secs(2))
             .await
             .map_err(internal)?;
-        self.db.delete(key, &uid, now_ms()).map_err(internal)?;
-        self.shared.groups.lock().expect("groups").remove(key);
         let _ = std::fs::remove_dir_all(self.git_root(&uid));
-        self.shared.bump();
         Ok(Some(view))
     }
 
     /// Stop every container of a group; it stays defined, billing ends.
     pub async fn stop(&self, key: &Key) -> Result<(), ArmError> {
         let _pass = self.tick_lock.lock().await;
-        let (uid, res) = self.with_live(key, |l| (l.uid.clone(), requests(&l.group)))?;
-        self.db
-            .set_stopped(key, &uid, true, res, now_ms())
-            .map_err(internal)?;
+        let (uid, res, stopped) =
+            self.with_live(key, |l| (l.uid.clone(), requests(&l.group), l.stopped))?;
+        if stopped {
+            return Ok(());
+        }
+        self.begin_drain(&uid, &key.name)?;
+        if let Err(e) = self.db.set_stopped(key, &uid, true, res, now_ms()) {
+            self.draining.lock().expect("draining").remove(&uid);
+            return Err(internal(e));
+        }
         self.with_live(key, |l| {
             l.stopped = true;
             l.status = None;
         })?;
+        self.shared.bump();
+        drop(_pass);
         self.teardown(&uid, Duration::from_secs(2))
             .await
             .map_err(internal)?;
-        self.shared.bump();
         Ok(())
     }
 
@@ -755,9 +801,7 @@ impl Service {
                 ),
             ));
         }
-        self.teardown(&uid, Duration::from_secs(2))
-            .await
-            .map_err(internal)?;
+        self.begin_drain(&uid, &key.name)?;
         self.with_live(key, |l| {
             l.status = None;
             l.events.entry(String::new()).or_default().push(event(
@@ -766,9 +810,11 @@ impl Service {
                 "Normal",
             ));
         })?;
-        self.shared.bump();
         drop(_pass);
+        let res = self.teardown(&uid, Duration::from_secs(2)).await;
+        self.shared.bump();
         self.kick.notify_one();
+        res.map_err(internal)?;
         Ok(())
     }
 
