@@ -2,8 +2,10 @@
 //! (p50/p99 latency), against the store alone as the baseline measured in the same run; and
 //! watch fan-out: the time until 100 watchers have all seen one write.
 //! `berth-bench scheduler`: see [`scheduler`]. `berth-bench agent`: see [`agent`].
+//! `berth-bench instances`: see [`instances`]. `berth-bench failover`: see [`failover`].
 
 mod agent;
+mod failover;
 mod instances;
 mod scheduler;
 
@@ -24,7 +26,7 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 #[derive(Parser)]
 struct Cli {
-    /// Which benchmark: `apiserver`, `scheduler` or `agent`.
+    /// Which benchmark: `apiserver`, `scheduler`, `agent`, `instances` or `failover`.
     which: String,
     /// Creates per run.
     #[arg(long, default_value_t = 20_000)]
@@ -281,9 +283,10 @@ async fn main() -> anyhow::Result<()> {
         "scheduler" => scheduler::run(cli.nodes, !cli.decide_only, &cli.cases).await,
         "agent" => agent::run(100, 20).await,
         "instances" => instances::run(100).await,
+        "failover" => failover::run(10).await,
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` or `instances`"
+                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent`, `instances` or `failover`"
             )
         }
     }

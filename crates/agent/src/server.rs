@@ -60,19 +60,27 @@ struct AgentState {
 impl AgentState {
     /// CPU use in nanocores since the previous sample of `key` (or since `since`, the first
     /// time), remembering this one. Samples less than a second apart are too noisy to divide:
-    /// those get the rate last computed.
-    fn rate(&self, key: &str, now: jiff::Timestamp, cpu_nanos: u64, since: jiff::Timestamp) -> u64 {
+    /// those get the rate last computed, and `None` when there is none yet (a container that
+    /// has just started would otherwise report its own start-up as load).
+    fn rate(
+        &self,
+        key: &str,
+        now: jiff::Timestamp,
+        cpu_nanos: u64,
+        since: jiff::Timestamp,
+    ) -> Option<u64> {
         let mut samples = self.samples.lock().expect("samples");
         let (t0, c0, last) = samples.get(key).copied().unwrap_or((since, 0, None));
         let dt = (now.as_nanosecond() - t0.as_nanosecond()).max(1) as u128;
         if dt < 1_000_000_000 {
-            if let Some(rate) = last {
-                return rate;
+            if last.is_none() && !samples.contains_key(key) {
+                samples.insert(key.to_string(), (now, cpu_nanos, None));
             }
+            return last;
         }
         let rate = (cpu_nanos.saturating_sub(c0) as u128 * 1_000_000_000 / dt) as u64;
         samples.insert(key.to_string(), (now, cpu_nanos, Some(rate)));
-        rate
+        Some(rate)
     }
 }
 
@@ -232,7 +240,9 @@ async fn summary(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Re
             let Ok(st) = st else {
                 continue;
             };
-            let cores = state.rate(&c.id, now, st.cpu_nanos, started_at);
+            let Some(cores) = state.rate(&c.id, now, st.cpu_nanos, started_at) else {
+                continue;
+            };
             pod_cores += cores;
             pod_cpu += st.cpu_nanos;
             pod_mem += st.working_set_bytes;
@@ -256,7 +266,7 @@ async fn summary(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Re
         .expect("samples")
         .retain(|id, _| id.is_empty() || observed.containers.iter().any(|c| &c.id == id));
     let (host_cpu, total, available) = host_usage();
-    let cores = state.rate("", now, host_cpu, now);
+    let cores = state.rate("", now, host_cpu, now).unwrap_or(0);
     let (cpu, mut memory) = usage(cores, host_cpu, total.saturating_sub(available));
     memory["availableBytes"] = available.into();
     axum::Json(serde_json::json!({

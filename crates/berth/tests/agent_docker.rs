@@ -681,3 +681,109 @@ fn a_host_port_reaches_the_pod_from_the_host() {
     assert!(body.contains("200 OK"), "{body}");
     drop(image);
 }
+
+/// A Deployment that burns CPU while a file on the host exists, and an autoscaler on it: the
+/// load step brings replicas up to the maximum, Ready; the end of the load brings them back
+/// down once the scale-down window has passed.
+#[test]
+fn an_autoscaler_follows_cpu_load_up_and_back_down() {
+    let (image, node, b) = start();
+    let ctl = tempfile::tempdir().expect("temp dir");
+    let deploy = format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"burner"}},"spec":{{
+          "replicas":1,"selector":{{"matchLabels":{{"app":"burner"}}}},
+          "template":{{"metadata":{{"labels":{{"app":"burner"}}}},"spec":{{
+            "nodeName":"{node}","terminationGracePeriodSeconds":1,
+            "volumes":[{{"name":"ctl","hostPath":{{"path":"{dir}"}}}}],
+            "containers":[{{"name":"burn","image":"{img}","imagePullPolicy":"Never",
+              "command":["sh","-c","while :; do if [ -e /ctl/burn ]; then :; else sleep 1; fi; done"],
+              "volumeMounts":[{{"name":"ctl","mountPath":"/ctl"}}],
+              "resources":{{"requests":{{"cpu":"100m"}},"limits":{{"cpu":"200m"}}}}}}]}}}}}}}}"#,
+        node = node.name,
+        dir = ctl.path().display(),
+        img = image.tag
+    );
+    b.kubectl_stdin(&["apply", "-f", "-"], &deploy);
+    let hpa = r#"
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: burner}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: burner}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}
+  behavior:
+    scaleDown: {stabilizationWindowSeconds: 5}
+"#;
+    let out = b.kubectl_stdin(&["apply", "-f", "-"], hpa);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.kubectl_ok(&["rollout", "status", "deploy/burner", "--timeout=60s"]);
+    // Idle, it has a figure and stays at one replica.
+    wait_for(
+        &b,
+        30,
+        "a measured utilization",
+        &["get", "hpa", "burner"],
+        |s| s.contains("cpu: ") && !s.contains("<unknown>"),
+    );
+    assert_eq!(
+        b.kubectl_ok(&["get", "deploy", "burner", "-o", "jsonpath={.spec.replicas}"]),
+        "1"
+    );
+
+    // The load step.
+    let step = Instant::now();
+    std::fs::write(ctl.path().join("burn"), "").unwrap();
+    wait_for(
+        &b,
+        60,
+        "3 ready replicas",
+        &[
+            "get",
+            "deploy",
+            "burner",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ],
+        |s| s == "3",
+    );
+    eprintln!(
+        "load step -> 3 replicas Ready in {:.1} s",
+        step.elapsed().as_secs_f64()
+    );
+    let described = b.kubectl_ok(&["describe", "hpa", "burner"]);
+    assert!(
+        described.contains("SuccessfulRescale") && described.contains("above target"),
+        "{described}"
+    );
+
+    // The load ends: back to one replica, and no sooner than the 5 s window allows.
+    let quiet = Instant::now();
+    std::fs::remove_file(ctl.path().join("burn")).unwrap();
+    wait_for(
+        &b,
+        60,
+        "one replica again",
+        &["get", "deploy", "burner", "-o", "jsonpath={.spec.replicas}"],
+        |s| s == "1",
+    );
+    assert!(
+        quiet.elapsed() >= Duration::from_secs(5),
+        "scaled down {:?} after the load ended, inside the 5 s window",
+        quiet.elapsed()
+    );
+    let events = b.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=SuccessfulRescale",
+    ]);
+    assert!(events.contains("below target"), "{events}");
+}

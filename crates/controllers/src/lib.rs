@@ -11,10 +11,12 @@
 //!  ReplicaSet ──reconcile──▶ Pods (create in growing batches, delete ranked victims)
 //!  gc (sweep every second) ──▶ deletes what lost its owners; foreground / orphan finalizers
 //!  nodelifecycle (sweep every second) ──▶ Lease ran out: NotReady, unreachable taint, evict
+//!  hpa (every second) ──▶ metrics.k8s.io usage / requests ──▶ the target's scale
 //! ```
 
 pub mod deployment;
 pub mod gc;
+pub mod hpa;
 pub mod nodelifecycle;
 pub mod replicaset;
 mod util;
@@ -140,6 +142,10 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
             "kube-node-lease",
         ),
     );
+    let (hpas, hpa_changes) = cache(Api::<
+        k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
+    >::all(client.clone()));
+    tokio::spawn(hpa_changes.for_each(|_| async {}));
     tokio::spawn(lease_changes.for_each(|_| async {}));
     tokio::spawn(node_changes.for_each(|_| async {}));
     tokio::spawn(deployment_changes.for_each(|_| async {}));
@@ -155,6 +161,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         replicaset::controller(ctx.clone(), pod_changes),
         deployment::controller(ctx.clone(), rs_changes),
         gc::run(ctx.clone()),
+        hpa::run(ctx.clone(), hpas),
         nodelifecycle::run(ctx.clone(), leases)
     );
     Ok(())

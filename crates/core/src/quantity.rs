@@ -10,6 +10,19 @@ pub fn cpu_millis(q: &str) -> Option<u64> {
     (v >= 0.0).then(|| (v * 1000.0).round() as u64)
 }
 
+/// CPU in nanocores, as the metrics API writes it: `12345n`, `250u`, `500m`, `2`.
+pub fn cpu_nanos(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let (n, mult) = match q.as_bytes().last()? {
+        b'n' => (&q[..q.len() - 1], 1.0),
+        b'u' => (&q[..q.len() - 1], 1e3),
+        b'm' => (&q[..q.len() - 1], 1e6),
+        _ => (q, 1e9),
+    };
+    let v: f64 = n.parse().ok()?;
+    (v >= 0.0).then(|| (v * mult).round() as u64)
+}
+
 /// Bytes: binary (`Ki`, `Mi`, `Gi`, `Ti`), decimal (`k`, `M`, `G`, `T`) or plain.
 pub fn bytes(q: &str) -> Option<u64> {
     let q = q.trim();
@@ -43,6 +56,10 @@ mod tests {
         assert_eq!(cpu_millis("2"), Some(2000));
         assert_eq!(cpu_millis("0.25"), Some(250));
         assert_eq!(cpu_millis("x"), None);
+        assert_eq!(cpu_nanos("12345n"), Some(12345));
+        assert_eq!(cpu_nanos("250m"), Some(250_000_000));
+        assert_eq!(cpu_nanos("1"), Some(1_000_000_000));
+        assert_eq!(cpu_nanos("n"), None);
         assert_eq!(bytes("128Mi"), Some(134217728));
         assert_eq!(bytes("1G"), Some(1_000_000_000));
         assert_eq!(bytes("1.5Gi"), Some(1610612736));

@@ -60,9 +60,14 @@ fn start(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
 impl Berth {
     /// `berth up` on a fresh data dir and a free port, with extra flags.
     pub fn up(extra: &[&str]) -> Berth {
+        Berth::up_at("127.0.0.1:0", extra)
+    }
+
+    /// `berth up` listening on `listen` (an address of this machine, port 0 for a free one).
+    pub fn up_at(listen: &str, extra: &[&str]) -> Berth {
         let dir = tempfile::tempdir().expect("temp dir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = start(dir.path(), "127.0.0.1:0", &extra);
+        let (child, url) = start(dir.path(), listen, &extra);
         let listen = url.trim_start_matches("https://").to_string();
         Berth {
             child: Some(child),
@@ -222,7 +227,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-fn docker(args: &[&str]) -> Output {
+pub fn docker(args: &[&str]) -> Output {
     Command::new("docker")
         .args(args)
         .output()

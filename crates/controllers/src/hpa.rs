@@ -1,0 +1,1061 @@
+//! The HorizontalPodAutoscaler controller (autoscaling/v2): every second, for each
+//! autoscaler, read its target's `scale`, the usage of the target's pods from
+//! `metrics.k8s.io`, and their requests; compute the replica count as Kubernetes does; damp it
+//! with `behavior` (stabilization windows, rate policies); write the new scale, the status and
+//! an Event.
+//!
+//! The arithmetic is pure (no IO, no clock): [`resource_replicas`] for one metric,
+//! [`Behavior::normalize`] for the damping, each unit tested below. Berth's defaults differ
+//! from Kubernetes' so that a load step is answered in seconds:
+//!
+//! | direction | stabilization | policies (selectPolicy Max) |
+//! |---|---|---|
+//! | up | 0 s | 4 pods per 1 s, 100 % per 1 s |
+//! | down | 30 s | 100 % per 1 s |
+//!
+//! (Kubernetes: up 0 s, 4 pods or 100 % per 15 s; down 300 s.) A `behavior` in the spec
+//! overrides each field it sets. The 30 s window is what keeps it from flapping: a
+//! scale-down takes the highest recommendation of the last 30 s.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_core::quantity;
+use berth_core::selector::Selector;
+use k8s_openapi::api::autoscaling::v2::{
+    HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior, MetricSpec,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::runtime::reflector::Store;
+use serde_json::{json, Value};
+
+use crate::util::api_err;
+use crate::{Context, Error};
+
+const COMPONENT: &str = "horizontal-pod-autoscaler";
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Within 10 % of the target, nothing changes (Kubernetes' default tolerance).
+const TOLERANCE: f64 = 0.1;
+
+// ---- the arithmetic -------------------------------------------------------------------------
+
+/// One pod's figures for one resource: usage and request in the same unit (millicores or
+/// bytes), `None` usage when the metrics API had no sample for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodSample {
+    pub usage: Option<f64>,
+    pub request: f64,
+    pub ready: bool,
+}
+
+/// What one metric asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recommendation {
+    pub replicas: i32,
+    /// Average utilization (percent of request) over the pods with samples, if the target is
+    /// a utilization.
+    pub utilization: Option<i32>,
+    /// Average usage per pod with a sample.
+    pub average: f64,
+}
+
+/// What a Resource metric targets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Percent of the pods' requests.
+    Utilization(i32),
+    /// Usage per pod, in the sample's unit.
+    AverageValue(f64),
+}
+
+/// Kubernetes' replica calculation for a Resource metric. Pods without a sample count as
+/// idle when scaling up and as on target when scaling down; for CPU, pods not yet Ready count
+/// as idle when scaling up (`unready_idle`). A change that the fill-ins reverse, or that
+/// stays within the tolerance, is no change.
+pub fn resource_replicas(
+    current: i32,
+    pods: &[PodSample],
+    target: Target,
+    unready_idle: bool,
+) -> Option<Recommendation> {
+    let ratio_of = |samples: &[(f64, f64)]| -> (f64, f64) {
+        let usage: f64 = samples.iter().map(|s| s.0).sum();
+        let request: f64 = samples.iter().map(|s| s.1).sum();
+        let n = samples.len().max(1) as f64;
+        match target {
+            Target::Utilization(pct) if request > 0.0 => {
+                let util = usage * 100.0 / request;
+                (util / pct.max(1) as f64, util)
+            }
+            Target::Utilization(_) => (0.0, 0.0),
+            Target::AverageValue(v) => ((usage / n) / v.max(f64::MIN_POSITIVE), usage / n),
+        }
+    };
+    let measured: Vec<(f64, f64)> = pods
+        .iter()
+        .filter(|p| p.usage.is_some() && (p.ready || !unready_idle))
+        .map(|p| (p.usage.unwrap_or(0.0), p.request))
+        .collect();
+    if measured.is_empty() {
+        return None;
+    }
+    let (ratio, util) = ratio_of(&measured);
+    let average = measured.iter().map(|s| s.0).sum::<f64>() / measured.len() as f64;
+    let utilization = matches!(target, Target::Utilization(_)).then_some(util.round() as i32);
+    let keep = Recommendation {
+        replicas: current,
+        utilization,
+        average,
+    };
+    let missing: Vec<&PodSample> = pods.iter().filter(|p| p.usage.is_none()).collect();
+    let unready: Vec<&PodSample> = pods
+        .iter()
+        .filter(|p| p.usage.is_some() && !p.ready && unready_idle)
+        .collect();
+    let scale_up_with_unready = !unready.is_empty() && ratio > 1.0;
+    if missing.is_empty() && !scale_up_with_unready {
+        if (1.0 - ratio).abs() <= TOLERANCE {
+            return Some(keep);
+        }
+        return Some(Recommendation {
+            replicas: (ratio * measured.len() as f64).ceil() as i32,
+            ..keep
+        });
+    }
+    // Fill in what is missing the way that argues against the change.
+    let mut filled = measured.clone();
+    for p in &missing {
+        let on_target = match target {
+            Target::Utilization(pct) => p.request * pct as f64 / 100.0,
+            Target::AverageValue(v) => v,
+        };
+        filled.push((if ratio < 1.0 { on_target } else { 0.0 }, p.request));
+    }
+    if scale_up_with_unready {
+        filled.extend(unready.iter().map(|p| (0.0, p.request)));
+    }
+    let (new_ratio, _) = ratio_of(&filled);
+    if (1.0 - new_ratio).abs() <= TOLERANCE
+        || (ratio < 1.0 && new_ratio > 1.0)
+        || (ratio > 1.0 && new_ratio < 1.0)
+    {
+        return Some(keep);
+    }
+    let replicas = (new_ratio * filled.len() as f64).ceil() as i32;
+    if (new_ratio < 1.0 && replicas > current) || (new_ratio > 1.0 && replicas < current) {
+        return Some(keep);
+    }
+    Some(Recommendation { replicas, ..keep })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Select {
+    Max,
+    Min,
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Policy {
+    pods: bool,
+    value: i32,
+    period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Rules {
+    window: Duration,
+    policies: Vec<Policy>,
+    select: Select,
+}
+
+/// `spec.behavior` with Berth's defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Behavior {
+    up: Rules,
+    down: Rules,
+}
+
+/// Recommendations and scale events of one autoscaler, newest last.
+#[derive(Debug, Default)]
+pub struct History {
+    recommendations: Vec<(Instant, i32)>,
+    /// (when, change): positive for a scale up.
+    events: Vec<(Instant, i32)>,
+}
+
+impl History {
+    pub fn record_scale(&mut self, now: Instant, change: i32) {
+        self.events.push((now, change));
+    }
+}
+
+fn rules(given: Option<&HPAScalingRules>, default: Rules) -> Rules {
+    let Some(g) = given else { return default };
+    Rules {
+        window: g
+            .stabilization_window_seconds
+            .map(|s| Duration::from_secs(s.max(0) as u64))
+            .unwrap_or(default.window),
+        policies: match &g.policies {
+            Some(p) if !p.is_empty() => p
+                .iter()
+                .map(|p| Policy {
+                    pods: p.type_ == "Pods",
+                    value: p.value,
+                    period: Duration::from_secs(p.period_seconds.max(1) as u64),
+                })
+                .collect(),
+            _ => default.policies,
+        },
+        select: match g.select_policy.as_deref() {
+            Some("Min") => Select::Min,
+            Some("Disabled") => Select::Disabled,
+            Some(_) => Select::Max,
+            None => default.select,
+        },
+    }
+}
+
+impl Behavior {
+    pub fn from_spec(b: Option<&HorizontalPodAutoscalerBehavior>) -> Behavior {
+        let second = Duration::from_secs(1);
+        let up = Rules {
+            window: Duration::ZERO,
+            policies: vec![
+                Policy {
+                    pods: true,
+                    value: 4,
+                    period: second,
+                },
+                Policy {
+                    pods: false,
+                    value: 100,
+                    period: second,
+                },
+            ],
+            select: Select::Max,
+        };
+        let down = Rules {
+            window: Duration::from_secs(30),
+            policies: vec![Policy {
+                pods: false,
+                value: 100,
+                period: second,
+            }],
+            select: Select::Max,
+        };
+        Behavior {
+            up: rules(b.and_then(|b| b.scale_up.as_ref()), up),
+            down: rules(b.and_then(|b| b.scale_down.as_ref()), down),
+        }
+    }
+
+    /// Damp `desired` (already within min and max): stabilize over the windows, then limit the
+    /// rate by the policies over past scale events; records the recommendation. Returns the
+    /// replica count and, when a rule held it back, the condition reason saying which.
+    pub fn normalize(
+        &self,
+        h: &mut History,
+        now: Instant,
+        current: i32,
+        desired: i32,
+        bounds: (i32, i32),
+    ) -> (i32, Option<&'static str>) {
+        let longest = self.up.window.max(self.down.window);
+        h.recommendations
+            .retain(|(t, _)| now.duration_since(*t) <= longest);
+        let longest_period = self
+            .up
+            .policies
+            .iter()
+            .chain(&self.down.policies)
+            .map(|p| p.period)
+            .max()
+            .unwrap_or_default();
+        h.events
+            .retain(|(t, _)| now.duration_since(*t) <= longest_period);
+        let (mut up_rec, mut down_rec) = (desired, desired);
+        for (t, r) in &h.recommendations {
+            let age = now.duration_since(*t);
+            if age <= self.up.window {
+                up_rec = up_rec.min(*r);
+            }
+            if age <= self.down.window {
+                down_rec = down_rec.max(*r);
+            }
+        }
+        h.recommendations.push((now, desired));
+        let stabilized = current.max(up_rec).min(down_rec);
+        let in_period = |p: &Policy, up: bool| -> i32 {
+            h.events
+                .iter()
+                .filter(|(t, c)| now.duration_since(*t) <= p.period && (*c > 0) == up)
+                .map(|(_, c)| c.abs())
+                .sum()
+        };
+        if stabilized > current {
+            let limit = match self.up.select {
+                Select::Disabled => current,
+                select => {
+                    let proposals = self.up.policies.iter().map(|p| {
+                        let start = current - in_period(p, true) + in_period(p, false);
+                        if p.pods {
+                            start + p.value
+                        } else {
+                            (start as f64 * (1.0 + p.value as f64 / 100.0)).ceil() as i32
+                        }
+                    });
+                    if select == Select::Max {
+                        proposals.max().unwrap_or(current)
+                    } else {
+                        proposals.min().unwrap_or(current)
+                    }
+                }
+            };
+            let limit = limit.min(bounds.1);
+            if stabilized > limit {
+                return (limit, Some("ScaleUpLimit"));
+            }
+        } else if stabilized < current {
+            let limit = match self.down.select {
+                Select::Disabled => current,
+                select => {
+                    let proposals = self.down.policies.iter().map(|p| {
+                        let start = current + in_period(p, false) - in_period(p, true);
+                        if p.pods {
+                            start - p.value
+                        } else {
+                            (start as f64 * (1.0 - p.value as f64 / 100.0)) as i32
+                        }
+                    });
+                    if select == Select::Max {
+                        proposals.min().unwrap_or(current)
+                    } else {
+                        proposals.max().unwrap_or(current)
+                    }
+                }
+            };
+            let limit = limit.max(bounds.0);
+            if stabilized < limit {
+                return (limit, Some("ScaleDownLimit"));
+            }
+        }
+        (stabilized, None)
+    }
+}
+
+// ---- the loop -------------------------------------------------------------------------------
+
+pub async fn run(ctx: Arc<Context>, hpas: Store<HorizontalPodAutoscaler>) {
+    if let Err(e) = ctx.synced().await {
+        tracing::error!(error = %e, "autoscaler");
+        return;
+    }
+    let _ = hpas.wait_until_ready().await;
+    let mut histories: HashMap<String, History> = HashMap::new();
+    loop {
+        let all = hpas.state();
+        histories.retain(|uid, _| all.iter().any(|h| h.metadata.uid.as_deref() == Some(uid)));
+        // One metrics read per namespace per pass.
+        let mut usage: HashMap<String, Result<HashMap<String, PodUsage>, String>> = HashMap::new();
+        for hpa in all
+            .iter()
+            .filter(|h| h.metadata.deletion_timestamp.is_none())
+        {
+            let ns = hpa.metadata.namespace.clone().unwrap_or_default();
+            if !usage.contains_key(&ns) {
+                usage.insert(ns.clone(), pod_metrics(&ctx.client, &ns).await);
+            }
+            let uid = hpa.metadata.uid.clone().unwrap_or_default();
+            let h = histories.entry(uid).or_default();
+            if let Err(e) = reconcile(&ctx, hpa, &usage[&ns], h).await {
+                tracing::warn!(error = %format!("{e:#}"), "autoscaler");
+            }
+        }
+        tokio::time::sleep(SYNC_EVERY).await;
+    }
+}
+
+/// Usage per container of one pod: (cpu nanocores, memory bytes) by container name.
+type PodUsage = HashMap<String, (f64, f64)>;
+
+async fn pod_metrics(client: &kube::Client, ns: &str) -> Result<HashMap<String, PodUsage>, String> {
+    let req = http::Request::get(format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods"))
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    let list: Value = client.request(req).await.map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for item in list["items"].as_array().into_iter().flatten() {
+        let name = item.pointer("/metadata/name").and_then(Value::as_str);
+        let Some(name) = name else { continue };
+        let mut pod = PodUsage::new();
+        for c in item["containers"].as_array().into_iter().flatten() {
+            let q = |k: &str| c.pointer(&format!("/usage/{k}")).and_then(Value::as_str);
+            let cpu = q("cpu").and_then(quantity::cpu_nanos).unwrap_or(0) as f64;
+            let mem = q("memory").and_then(quantity::bytes).unwrap_or(0) as f64;
+            let cname = c["name"].as_str().unwrap_or_default().to_string();
+            pod.insert(cname, (cpu / 1e6, mem));
+        }
+        out.insert(name.to_string(), pod);
+    }
+    Ok(out)
+}
+
+fn is_ready(p: &Pod) -> bool {
+    crate::util::ready_since(p).is_some()
+}
+
+/// The sum of the pod's container requests for `resource`, in millicores or bytes; `Err`
+/// names the first container without one.
+fn pod_request(p: &Pod, resource: &str) -> Result<f64, String> {
+    let mut sum = 0.0;
+    for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
+        let q = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get(resource))
+            .map(|q| q.0.as_str());
+        let v = match (resource, q) {
+            ("cpu", Some(q)) => quantity::cpu_millis(q).map(|m| m as f64),
+            (_, Some(q)) => quantity::bytes(q).map(|b| b as f64),
+            (_, None) => None,
+        };
+        match v {
+            Some(v) => sum += v,
+            None => {
+                return Err(format!(
+                    "missing request for {resource} in container {} of Pod {}",
+                    c.name,
+                    p.metadata.name.as_deref().unwrap_or_default()
+                ))
+            }
+        }
+    }
+    Ok(sum)
+}
+
+fn describe(resource: &str, target: Target) -> String {
+    match target {
+        Target::Utilization(_) => {
+            format!("{resource} resource utilization (percentage of request)")
+        }
+        Target::AverageValue(_) => format!("{resource} resource"),
+    }
+}
+
+/// One Resource metric's target, or why it cannot be used.
+fn resource_target(m: &MetricSpec) -> Result<(String, Target), String> {
+    if m.type_ != "Resource" {
+        return Err(format!(
+            "metrics of type {} are not served; use Resource",
+            m.type_
+        ));
+    }
+    let r = m
+        .resource
+        .as_ref()
+        .ok_or("a Resource metric needs `resource`")?;
+    let t = &r.target;
+    let target = match t.type_.as_str() {
+        "Utilization" => Target::Utilization(t.average_utilization.unwrap_or(80)),
+        "AverageValue" => {
+            let q = t
+                .average_value
+                .as_ref()
+                .map(|q| q.0.as_str())
+                .unwrap_or("0");
+            let v = if r.name == "cpu" {
+                quantity::cpu_millis(q).map(|m| m as f64)
+            } else {
+                quantity::bytes(q).map(|b| b as f64)
+            };
+            Target::AverageValue(v.ok_or_else(|| format!("cannot read averageValue {q:?}"))?)
+        }
+        other => {
+            return Err(format!(
+                "target type {other} is not served for Resource metrics"
+            ))
+        }
+    };
+    Ok((r.name.clone(), target))
+}
+
+fn current_metric(resource: &str, rec: &Recommendation) -> Value {
+    let average = if resource == "cpu" {
+        format!("{}m", rec.average.round() as i64)
+    } else {
+        format!("{}", rec.average.round() as i64)
+    };
+    let mut current = json!({"averageValue": average});
+    if let Some(u) = rec.utilization {
+        current["averageUtilization"] = json!(u);
+    }
+    json!({"type": "Resource", "resource": {"name": resource, "current": current}})
+}
+
+async fn reconcile(
+    ctx: &Context,
+    hpa: &HorizontalPodAutoscaler,
+    usage: &Result<HashMap<String, PodUsage>, String>,
+    history: &mut History,
+) -> Result<(), Error> {
+    let ns = hpa.metadata.namespace.clone().unwrap_or_default();
+    let Some(spec) = hpa.spec.as_ref() else {
+        return Ok(());
+    };
+    let target_ref = &spec.scale_target_ref;
+    let (group, version) = match target_ref
+        .api_version
+        .as_deref()
+        .unwrap_or("apps/v1")
+        .rsplit_once('/')
+    {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (
+            String::new(),
+            target_ref.api_version.clone().unwrap_or("v1".into()),
+        ),
+    };
+    let gvk = GroupVersionKind::gvk(&group, &version, &target_ref.kind);
+    let plural = format!("{}s", target_ref.kind.to_lowercase());
+    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
+    let targets: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+    let reference = format!("{}/{}", target_ref.kind, target_ref.name);
+    let mut conditions: Vec<(&str, bool, &str, String)> = Vec::new();
+    let scale = match targets.get_scale(&target_ref.name).await {
+        Ok(s) => s,
+        Err(e) => {
+            conditions.push((
+                "AbleToScale",
+                false,
+                "FailedGetScale",
+                format!("the HPA controller was unable to get the target's current scale: {e}"),
+            ));
+            return write_status(ctx, hpa, None, None, &[], &conditions, None).await;
+        }
+    };
+    let current = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let (min, max) = (spec.min_replicas.unwrap_or(1), spec.max_replicas);
+    if current == 0 {
+        conditions.push((
+            "AbleToScale",
+            true,
+            "SucceededGetScale",
+            "the HPA controller was able to get the target's current scale".into(),
+        ));
+        conditions.push((
+            "ScalingActive",
+            false,
+            "ScalingDisabled",
+            "scaling is disabled since the replica count of the target is zero".into(),
+        ));
+        return write_status(
+            ctx,
+            hpa,
+            Some(current),
+            Some(current),
+            &[],
+            &conditions,
+            None,
+        )
+        .await;
+    }
+    let selector = scale
+        .status
+        .as_ref()
+        .and_then(|s| s.selector.as_deref())
+        .and_then(|s| Selector::parse(s).ok());
+    let pods: Vec<Arc<Pod>> = match &selector {
+        Some(sel) if !sel.is_empty() => ctx
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && crate::util::is_active(p)
+                    && sel.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+
+    // Each metric's recommendation; the largest wins.
+    let mut best: Option<(i32, String)> = None;
+    let mut currents = Vec::new();
+    let mut failure: Option<(&str, String)> = None;
+    for m in spec.metrics.iter().flatten() {
+        let (resource, target) = match resource_target(m) {
+            Ok(t) => t,
+            Err(why) => {
+                failure = Some(("InvalidMetricSourceType", why));
+                continue;
+            }
+        };
+        let usage = match usage {
+            Ok(u) => u,
+            Err(e) => {
+                failure = Some((
+                    "FailedGetResourceMetric",
+                    format!("unable to get metrics for resource {resource}: {e}"),
+                ));
+                continue;
+            }
+        };
+        let mut samples = Vec::with_capacity(pods.len());
+        for p in &pods {
+            let request = match pod_request(p, &resource) {
+                Ok(r) => r,
+                Err(why) if matches!(target, Target::Utilization(_)) => {
+                    failure = Some((
+                        "FailedGetResourceMetric",
+                        format!("failed to get {resource} utilization: {why}"),
+                    ));
+                    samples.clear();
+                    break;
+                }
+                Err(_) => 0.0,
+            };
+            let pod_name = p.metadata.name.as_deref().unwrap_or_default();
+            let sample = usage.get(pod_name).map(|c| {
+                c.values()
+                    .map(|(cpu, mem)| if resource == "cpu" { *cpu } else { *mem })
+                    .sum::<f64>()
+            });
+            samples.push(PodSample {
+                usage: sample,
+                request,
+                ready: is_ready(p),
+            });
+        }
+        if samples.is_empty() {
+            continue;
+        }
+        let Some(rec) = resource_replicas(current, &samples, target, resource == "cpu") else {
+            failure = Some(("FailedGetResourceMetric", format!("unable to get metrics for resource {resource}: no metrics returned from resource metrics API")));
+            continue;
+        };
+        currents.push(current_metric(&resource, &rec));
+        if best.as_ref().is_none_or(|(r, _)| rec.replicas > *r) {
+            best = Some((rec.replicas, describe(&resource, target)));
+        }
+    }
+    let Some((wanted, why)) = best else {
+        let (reason, message) = failure.unwrap_or((
+            "FailedGetResourceMetric",
+            "no metric could be computed".into(),
+        ));
+        crate::util::record(
+            &ctx.client,
+            involved(hpa),
+            "Warning",
+            reason,
+            &message,
+            COMPONENT,
+        );
+        conditions.push((
+            "AbleToScale",
+            true,
+            "SucceededGetScale",
+            "the HPA controller was able to get the target's current scale".into(),
+        ));
+        conditions.push(("ScalingActive", false, reason, message));
+        return write_status(
+            ctx,
+            hpa,
+            Some(current),
+            Some(current),
+            &[],
+            &conditions,
+            None,
+        )
+        .await;
+    };
+
+    let bounded = wanted.clamp(min, max.max(min));
+    let (mut desired, mut limited) = if current > max {
+        (max, Some("TooManyReplicas"))
+    } else if current < min {
+        (min, Some("TooFewReplicas"))
+    } else {
+        Behavior::from_spec(spec.behavior.as_ref()).normalize(
+            history,
+            Instant::now(),
+            current,
+            bounded,
+            (min, max),
+        )
+    };
+    if limited.is_none() && bounded != wanted {
+        limited = Some(if wanted > max {
+            "TooManyReplicas"
+        } else {
+            "TooFewReplicas"
+        });
+    }
+    desired = desired.clamp(min, max.max(min));
+    conditions.push((
+        "ScalingActive",
+        true,
+        "ValidMetricFound",
+        format!("the HPA was able to successfully calculate a replica count from {why}"),
+    ));
+    conditions.push(match limited {
+        Some(r @ "TooManyReplicas") => (
+            "ScalingLimited",
+            true,
+            r,
+            "the desired replica count is more than the maximum replica count".into(),
+        ),
+        Some(r @ "TooFewReplicas") => (
+            "ScalingLimited",
+            true,
+            r,
+            "the desired replica count is less than the minimum replica count".into(),
+        ),
+        Some(r) => (
+            "ScalingLimited",
+            true,
+            r,
+            "the desired replica count is held back by the behavior's policies".into(),
+        ),
+        None => (
+            "ScalingLimited",
+            false,
+            "DesiredWithinRange",
+            "the desired count is within the acceptable range".into(),
+        ),
+    });
+    let mut scaled_at = None;
+    if desired != current {
+        let patch = json!({"spec": {"replicas": desired}});
+        match targets
+            .patch_scale(
+                &target_ref.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                history.record_scale(Instant::now(), desired - current);
+                let direction = if desired > current { "above" } else { "below" };
+                crate::util::record(
+                    &ctx.client,
+                    involved(hpa),
+                    "Normal",
+                    "SuccessfulRescale",
+                    &format!("New size: {desired}; reason: {why} {direction} target"),
+                    COMPONENT,
+                );
+                conditions.insert(
+                    0,
+                    (
+                        "AbleToScale",
+                        true,
+                        "SucceededRescale",
+                        format!(
+                            "the HPA controller was able to update the target scale to {desired}"
+                        ),
+                    ),
+                );
+                scaled_at = Some(jiff::Timestamp::now().to_string());
+            }
+            Err(e) => {
+                let message = format!(
+                    "the HPA controller was unable to update the target scale of {reference}: {e}"
+                );
+                crate::util::record(
+                    &ctx.client,
+                    involved(hpa),
+                    "Warning",
+                    "FailedRescale",
+                    &message,
+                    COMPONENT,
+                );
+                conditions.insert(0, ("AbleToScale", false, "FailedUpdateScale", message));
+                desired = current;
+            }
+        }
+    } else {
+        conditions.insert(
+            0,
+            (
+                "AbleToScale",
+                true,
+                "ReadyForNewScale",
+                "recommended size matches current size".into(),
+            ),
+        );
+    }
+    write_status(
+        ctx,
+        hpa,
+        Some(current),
+        Some(desired),
+        &currents,
+        &conditions,
+        scaled_at,
+    )
+    .await
+}
+
+fn involved(hpa: &HorizontalPodAutoscaler) -> berth_core::events::Involved<'_> {
+    let m = &hpa.metadata;
+    berth_core::events::Involved {
+        api_version: "autoscaling/v2",
+        kind: "HorizontalPodAutoscaler",
+        namespace: m.namespace.as_deref().unwrap_or("default"),
+        name: m.name.as_deref().unwrap_or_default(),
+        uid: m.uid.as_deref().unwrap_or_default(),
+    }
+}
+
+/// Write the status when something a reader sees changed.
+async fn write_status(
+    ctx: &Context,
+    hpa: &HorizontalPodAutoscaler,
+    current: Option<i32>,
+    desired: Option<i32>,
+    metrics: &[Value],
+    conditions: &[(&str, bool, &str, String)],
+    scaled_at: Option<String>,
+) -> Result<(), Error> {
+    let now = jiff::Timestamp::now().to_string();
+    let old = hpa.status.as_ref();
+    let old_conditions = old.and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let conditions: Vec<Value> = conditions
+        .iter()
+        .map(|(type_, ok, reason, message)| {
+            let status = if *ok { "True" } else { "False" };
+            let since = old_conditions
+                .iter()
+                .find(|c| c.type_ == *type_ && c.status == status)
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0.to_string())
+                .unwrap_or_else(|| now.clone());
+            json!({"type": type_, "status": status, "reason": reason, "message": message,
+                   "lastTransitionTime": since})
+        })
+        .collect();
+    let mut status = json!({
+        "observedGeneration": hpa.metadata.generation,
+        "currentReplicas": current.unwrap_or(0),
+        "desiredReplicas": desired.unwrap_or(0),
+        "currentMetrics": metrics,
+        "conditions": conditions,
+    });
+    match scaled_at {
+        Some(t) => status["lastScaleTime"] = json!(t),
+        None => {
+            if let Some(t) = old.and_then(|s| s.last_scale_time.as_ref()) {
+                status["lastScaleTime"] = json!(t.0.to_string());
+            }
+        }
+    }
+    let before = old
+        .map(|s| serde_json::to_value(s).unwrap_or_default())
+        .unwrap_or_default();
+    let key = |v: &Value| {
+        let conds: Vec<(Value, Value, Value)> = v["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| (c["type"].clone(), c["status"].clone(), c["reason"].clone()))
+            .collect();
+        (
+            v["currentReplicas"].clone(),
+            v["desiredReplicas"].clone(),
+            v["currentMetrics"].clone(),
+            conds,
+            v["observedGeneration"].clone(),
+        )
+    };
+    if key(&before) == key(&status) {
+        return Ok(());
+    }
+    let ns = hpa.metadata.namespace.clone().unwrap_or_default();
+    let name = hpa.metadata.name.clone().unwrap_or_default();
+    Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await
+        .map_err(api_err(format!(
+            "updating the status of autoscaler {ns}/{name}"
+        )))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods(usages: &[Option<f64>], request: f64) -> Vec<PodSample> {
+        usages
+            .iter()
+            .map(|u| PodSample {
+                usage: *u,
+                request,
+                ready: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn utilization_above_target_scales_in_proportion() {
+        // Two pods at 200 % of a 100m request, target 50 %: 8 replicas.
+        let r = resource_replicas(
+            2,
+            &pods(&[Some(200.0), Some(200.0)], 100.0),
+            Target::Utilization(50),
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.replicas, 8);
+        assert_eq!(r.utilization, Some(200));
+    }
+
+    #[test]
+    fn within_tolerance_nothing_changes() {
+        let r = resource_replicas(
+            3,
+            &pods(&[Some(52.0), Some(55.0), Some(53.0)], 100.0),
+            Target::Utilization(50),
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.replicas, 3);
+    }
+
+    #[test]
+    fn a_pod_without_samples_argues_against_the_change() {
+        // Scaling up: the missing pod counts as idle. 2 of 3 at 100 %, target 50: ratio over
+        // three pods is (200/300)/0.5 = 1.33 -> 4, not the 6 the two alone ask for.
+        let r = resource_replicas(
+            3,
+            &pods(&[Some(100.0), Some(100.0), None], 100.0),
+            Target::Utilization(50),
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.replicas, 4);
+        // Scaling down: the missing pod counts as on target, so 2 idle + 1 on target -> 1.
+        let r = resource_replicas(
+            3,
+            &pods(&[Some(0.0), Some(0.0), None], 100.0),
+            Target::Utilization(50),
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.replicas, 1);
+    }
+
+    #[test]
+    fn unready_pods_count_as_idle_when_scaling_up_on_cpu() {
+        let mut p = pods(&[Some(100.0), Some(100.0)], 100.0);
+        p[1].ready = false;
+        // Only the ready pod is measured (200 % of target); with the unready one as idle the
+        // ratio is 1.0: no change.
+        let r = resource_replicas(2, &p, Target::Utilization(50), true).unwrap();
+        assert_eq!(r.replicas, 2);
+    }
+
+    #[test]
+    fn average_value_targets_usage_per_pod() {
+        let r = resource_replicas(
+            2,
+            &pods(&[Some(300.0), Some(300.0)], 0.0),
+            Target::AverageValue(200.0),
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.replicas, 3);
+        assert!(resource_replicas(
+            2,
+            &pods(&[None, None], 0.0),
+            Target::AverageValue(1.0),
+            false
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn scale_up_is_rate_limited_by_its_policies() {
+        let b = Behavior::from_spec(None);
+        let mut h = History::default();
+        let t0 = Instant::now();
+        // From 2, Max(2 + 4 pods, 2 * 200 %) = 6 within one second.
+        assert_eq!(
+            b.normalize(&mut h, t0, 2, 20, (1, 20)),
+            (6, Some("ScaleUpLimit"))
+        );
+        h.record_scale(t0, 4);
+        // Still in the same second: the period started at 2, so the limit stays 6.
+        assert_eq!(
+            b.normalize(&mut h, t0 + Duration::from_millis(500), 6, 20, (1, 20))
+                .0,
+            6
+        );
+        // A second later a new period starts at 6: 12.
+        assert_eq!(
+            b.normalize(&mut h, t0 + Duration::from_millis(1600), 6, 20, (1, 20))
+                .0,
+            12
+        );
+    }
+
+    #[test]
+    fn scale_down_waits_out_its_stabilization_window() {
+        let b = Behavior::from_spec(None);
+        let mut h = History::default();
+        let t0 = Instant::now();
+        assert_eq!(b.normalize(&mut h, t0, 5, 5, (1, 10)).0, 5);
+        // Load drops: the highest recommendation of the last 30 s (5) holds.
+        assert_eq!(
+            b.normalize(&mut h, t0 + Duration::from_secs(10), 5, 1, (1, 10))
+                .0,
+            5
+        );
+        // A brief spike inside the window changes nothing either way.
+        assert_eq!(
+            b.normalize(&mut h, t0 + Duration::from_secs(20), 5, 3, (1, 10))
+                .0,
+            5
+        );
+        // Past the window of the 5, the highest left is 3; then 1 once that one ages out.
+        assert_eq!(
+            b.normalize(&mut h, t0 + Duration::from_secs(31), 5, 1, (1, 10))
+                .0,
+            3
+        );
+        assert_eq!(
+            b.normalize(&mut h, t0 + Duration::from_secs(52), 3, 1, (1, 10))
+                .0,
+            1
+        );
+    }
+
+    #[test]
+    fn a_spec_behavior_overrides_only_what_it_sets() {
+        let spec: HorizontalPodAutoscalerBehavior = serde_json::from_value(json!({
+            "scaleDown": {"stabilizationWindowSeconds": 5},
+            "scaleUp": {"selectPolicy": "Disabled"}
+        }))
+        .unwrap();
+        let b = Behavior::from_spec(Some(&spec));
+        assert_eq!(b.down.window, Duration::from_secs(5));
+        assert_eq!(b.down.policies, Behavior::from_spec(None).down.policies);
+        let mut h = History::default();
+        assert_eq!(
+            b.normalize(&mut h, Instant::now(), 2, 9, (1, 10)),
+            (2, Some("ScaleUpLimit"))
+        );
+    }
+}
