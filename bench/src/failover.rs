@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// The `berth` binary built beside this one.
-fn berth_bin() -> anyhow::Result<PathBuf> {
+pub(crate) fn berth_bin() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("berth");
     anyhow::ensure!(
@@ -28,7 +28,7 @@ fn berth_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -37,19 +37,17 @@ impl Drop for Killed {
     }
 }
 
-/// `berth up` on `dir`, mock runtime; returns the process and its URL.
-fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<(Killed, String)> {
+/// `berth up` on `dir` with `extra` flags; returns the process and its URL.
+pub(crate) fn control_plane(
+    bin: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(Killed, String)> {
     let mut child = Command::new(bin)
         .args(["up", "--data-dir"])
         .arg(dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--runtime",
-            "mock",
-            "--node-name",
-            "stays",
-        ])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
         .args(["--instances-listen", "127.0.0.1:0", "--warm-pool", "0"])
         .args(["--dns-listen", "127.0.0.1:0"])
         .env("BERTH_LOG", "error")
@@ -65,6 +63,13 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<(Killed, String)> {
     };
     std::thread::spawn(move || for _ in lines {});
     Ok((Killed(child), url))
+}
+
+/// A client with the admin kubeconfig `berth up` wrote into `dir`.
+pub(crate) async fn client_for(dir: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(dir.join("kubeconfig"))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 fn ready(n: &Node) -> Option<&str> {
@@ -124,15 +129,17 @@ async fn ready_on(pods: &Api<Pod>, app: &str, node: &str) -> anyhow::Result<usiz
 pub async fn run(trials: usize) -> anyhow::Result<()> {
     let bin = berth_bin()?;
     let dir = tempfile::tempdir()?;
-    let (_server, url) = control_plane(&bin, dir.path())?;
+    let (_server, url) = control_plane(
+        &bin,
+        dir.path(),
+        &["--runtime", "mock", "--node-name", "stays"],
+    )?;
     let token = Command::new(&bin)
         .args(["token", "--node", "--data-dir"])
         .arg(dir.path())
         .output()?;
     let token = String::from_utf8(token.stdout)?.trim().to_string();
-    let kubeconfig = kube::config::Kubeconfig::read_from(dir.path().join("kubeconfig"))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    let client = client_for(dir.path()).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");

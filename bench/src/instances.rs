@@ -125,8 +125,8 @@ fn docker_run(n: usize, gap: Duration) -> anyhow::Result<Vec<Duration>> {
     Ok(took)
 }
 
-pub async fn run(n: usize) -> anyhow::Result<()> {
-    // Make sure the pause image exists (the driver builds it from a static busybox).
+/// Make sure the pause image (a static busybox at `/busybox`) exists: the driver builds it.
+pub(crate) async fn ensure_pause_image() -> anyhow::Result<()> {
     let probe = DockerRuntime::connect("bench-probe").await?;
     berth_agent::runtime::Runtime::ensure_image(
         &probe,
@@ -146,7 +146,11 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     )
     .await?;
     crate::agent::remove_node_containers("bench-probe");
+    Ok(())
+}
 
+pub async fn run(n: usize) -> anyhow::Result<()> {
+    ensure_pause_image().await?;
     let gap = Duration::from_millis(400);
     let mut cli = docker_run(n, gap)?;
     let mut cold = run_groups(n, 0, gap).await?;

@@ -3,8 +3,10 @@
 //! watch fan-out: the time until 100 watchers have all seen one write.
 //! `berth-bench scheduler`: see [`scheduler`]. `berth-bench agent`: see [`agent`].
 //! `berth-bench instances`: see [`instances`]. `berth-bench failover`: see [`failover`].
+//! `berth-bench autoscale`: see [`autoscale`].
 
 mod agent;
+mod autoscale;
 mod failover;
 mod instances;
 mod scheduler;
@@ -26,7 +28,7 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 #[derive(Parser)]
 struct Cli {
-    /// Which benchmark: `apiserver`, `scheduler`, `agent`, `instances` or `failover`.
+    /// Which benchmark: `apiserver`, `scheduler`, `agent`, `instances`, `failover` or `autoscale`.
     which: String,
     /// Creates per run.
     #[arg(long, default_value_t = 20_000)]
@@ -284,9 +286,10 @@ async fn main() -> anyhow::Result<()> {
         "agent" => agent::run(100, 20).await,
         "instances" => instances::run(100).await,
         "failover" => failover::run(10).await,
+        "autoscale" => autoscale::run(5).await,
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent`, `instances` or `failover`"
+                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent`, `instances`, `failover` or `autoscale`"
             )
         }
     }

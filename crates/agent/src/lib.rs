@@ -284,12 +284,21 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         cfg.backoff,
         cfg.data_dir.clone(),
     ));
+    let upkeep = Arc::new(tokio::sync::Mutex::new(()));
     loop {
         if fenced.load(std::sync::atomic::Ordering::SeqCst) {
             // Keep what is stopped stopped (a running container may have raced the fence).
             fence(runtime.as_ref()).await;
         } else {
             tick(&sync, &reader).await;
+            // Runtime upkeep (refilling the warm pool) beside the passes, never inside.
+            if let Ok(guard) = upkeep.clone().try_lock_owned() {
+                let rt = runtime.clone();
+                tokio::spawn(async move {
+                    rt.maintain().await;
+                    drop(guard);
+                });
+            }
         }
         tokio::select! {
             _ = changed.notified() => {}

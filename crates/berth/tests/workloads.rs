@@ -406,3 +406,116 @@ async fn a_stalled_rollout_exceeds_its_progress_deadline_then_rolls_back_when_as
         "{events}"
     );
 }
+
+/// A watcher follows every pod of a 10-replica Deployment through a rolling upgrade and
+/// counts the Ready, not terminating ones after each event: never below
+/// `replicas - maxUnavailable`.
+#[tokio::test]
+async fn a_rolling_upgrade_keeps_replicas_minus_max_unavailable_ready_throughout() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::watcher;
+
+    let node = common::unique("ru");
+    let b = Berth::up(&["--runtime", "mock", "--node-name", &node]);
+    let deploy = |image: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: roll}}
+spec:
+  replicas: 10
+  minReadySeconds: 1
+  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 3, maxUnavailable: 2}}}}
+  selector: {{matchLabels: {{app: roll}}}}
+  template:
+    metadata: {{labels: {{app: roll}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{{name: c, image: "{image}"}}]
+"#
+        )
+    };
+    let out = b.kubectl_stdin(&["apply", "-f", "-"], &deploy("busybox:1"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.kubectl_ok(&["rollout", "status", "deploy/roll", "--timeout=60s"]);
+
+    let pods: kube::Api<Pod> = kube::Api::namespaced(b.client().await, "default");
+    let cfg = watcher::Config::default().labels("app=roll");
+    let mut events = watcher(pods, cfg).boxed();
+    // Pod name -> (Ready and not terminating, image), as of the latest event.
+    type State = std::collections::HashMap<String, (bool, String)>;
+    fn apply(state: &mut State, ev: watcher::Event<Pod>) {
+        let (p, gone) = match ev {
+            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => (p, false),
+            watcher::Event::Delete(p) => (p, true),
+            _ => return,
+        };
+        let name = p.metadata.name.clone().unwrap_or_default();
+        if gone {
+            state.remove(&name);
+            return;
+        }
+        let ready = p.metadata.deletion_timestamp.is_none()
+            && p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let image = p.spec.as_ref().and_then(|s| s.containers[0].image.clone());
+        state.insert(name, (ready, image.unwrap_or_default()));
+    }
+    let ready = |state: &State| state.values().filter(|s| s.0).count();
+    let mut state = State::new();
+    // Take in the steady state first.
+    let steady = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut listed = false;
+        while let Some(ev) = events.next().await {
+            listed |= matches!(ev, Ok(watcher::Event::InitDone));
+            if let Ok(ev) = ev {
+                apply(&mut state, ev);
+            }
+            if listed && ready(&state) == 10 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        steady.is_ok(),
+        "the watcher never saw 10 ready pods: {state:?}"
+    );
+
+    let out = b.kubectl_stdin(&["apply", "-f", "-"], &deploy("busybox:2"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lowest = 10;
+    let mut seen = 0;
+    let done = tokio::time::timeout(std::time::Duration::from_secs(90), async {
+        while let Some(ev) = events.next().await {
+            let Ok(ev) = ev else { continue };
+            seen += 1;
+            apply(&mut state, ev);
+            lowest = lowest.min(ready(&state));
+            let new_ready = state.values().filter(|s| s.0 && s.1 == "busybox:2").count();
+            if new_ready == 10 && state.len() == 10 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "the rollout did not finish: {state:?}");
+    assert!(seen > 20, "the watcher saw the rollout ({seen} events)");
+    assert!(
+        lowest >= 8,
+        "only {lowest} pods were Ready at one point (replicas 10, maxUnavailable 2)"
+    );
+    b.kubectl_ok(&["rollout", "status", "deploy/roll", "--timeout=60s"]);
+}

@@ -10,7 +10,7 @@
 //!                               │  rolling update: surge the new, drain the old
 //!  ReplicaSet ──reconcile──▶ Pods (create in growing batches, delete ranked victims)
 //!  gc (sweep every second) ──▶ deletes what lost its owners; foreground / orphan finalizers
-//!  nodelifecycle (sweep every second) ──▶ Lease ran out: NotReady, unreachable taint, evict
+//!  nodelifecycle (sweep every 250 ms) ──▶ Lease ran out: NotReady, unreachable taint, evict
 //!  hpa (every second) ──▶ metrics.k8s.io usage / requests ──▶ the target's scale
 //! ```
 

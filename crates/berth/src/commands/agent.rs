@@ -44,6 +44,10 @@ pub struct Args {
     /// (stops its pods) after two without a renewal; the server evicts after four.
     #[arg(long, default_value_t = 1)]
     pub lease_seconds: u64,
+    /// Pause containers kept started ahead of need (Docker runtime), so that a pod's sandbox
+    /// is ready when the pod arrives; 0 turns the pool off.
+    #[arg(long, default_value_t = 2)]
+    pub warm_pool: usize,
     /// Where the agent keeps its files.
     #[arg(long, default_value_os_t = super::default_data_dir().join("agent"))]
     pub data_dir: std::path::PathBuf,
@@ -62,12 +66,16 @@ pub async fn runtime(
     kind: RuntimeKind,
     node: &str,
     data_dir: &std::path::Path,
+    warm_pool: usize,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     Ok(match kind {
         RuntimeKind::Docker => Arc::new(
             DockerRuntime::connect(node)
                 .await
-                .context("connecting to the Docker engine (is dockerd running and /var/run/docker.sock readable?)")?,
+                .context("connecting to the Docker engine (is dockerd running and /var/run/docker.sock readable?)")?
+                .with_warm_pool(warm_pool)
+                .await
+                .context("adopting the warm pool")?,
         ),
         RuntimeKind::Process => Arc::new(
             ProcessRuntime::new(data_dir)
@@ -100,7 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let cfg = config(&args, ca);
-    let rt = runtime(args.runtime, &cfg.node_name, &args.data_dir).await?;
+    let rt = runtime(args.runtime, &cfg.node_name, &args.data_dir, args.warm_pool).await?;
     tokio::select! {
         r = berth_agent::run(cfg, rt) => r.context("running the agent"),
         _ = super::shutdown_signal() => Ok(()),

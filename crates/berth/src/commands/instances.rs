@@ -25,7 +25,7 @@ pub struct InstanceArgs {
     #[arg(long)]
     pub prices: Option<PathBuf>,
     /// Sandboxes kept started ahead of need on Docker, so a group starts without making one
-    /// (0 turns the pool off).
+    /// (0 turns the pool off). In `berth up` the local agent keeps as many for its pods.
     #[arg(long, default_value_t = 4)]
     pub warm_pool: usize,
     /// Groups per page of a list answer.
@@ -95,17 +95,7 @@ pub async fn start(
         }
     };
     let node = node_name(&dir)?;
-    let runtime: std::sync::Arc<dyn berth_agent::runtime::Runtime> = match kind {
-        RuntimeKind::Docker => std::sync::Arc::new(
-            berth_agent::runtime::docker::DockerRuntime::connect(&node)
-                .await
-                .context("connecting to the Docker engine (is dockerd running?)")?
-                .with_warm_pool(args.warm_pool)
-                .await
-                .context("adopting the warm pool")?,
-        ),
-        other => super::agent::runtime(other, &node, &dir).await?,
-    };
+    let runtime = super::agent::runtime(kind, &node, &dir, args.warm_pool).await?;
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     if !args.instances_listen.ip().is_unspecified() {
         sans.push(args.instances_listen.ip().to_string());

@@ -48,7 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         UpRuntime::Mock => Some(RuntimeKind::Mock),
         UpRuntime::None => None,
         UpRuntime::Auto => {
-            match super::agent::runtime(RuntimeKind::Docker, &node, &agent_dir).await {
+            match super::agent::runtime(RuntimeKind::Docker, &node, &agent_dir, 0).await {
                 Ok(_) => Some(RuntimeKind::Docker),
                 Err(e) => {
                     eprintln!(
@@ -69,11 +69,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             listen: "127.0.0.1:0".parse().expect("an address"),
             runtime: kind,
             lease_seconds: 1,
+            warm_pool: args.instances.warm_pool,
             data_dir: agent_dir.clone(),
         };
         std::fs::create_dir_all(&agent_args.data_dir)?;
         let cfg = super::agent::config(&agent_args, server.ca_pem.clone());
-        let rt = super::agent::runtime(kind, &node, &agent_dir).await?;
+        let rt = super::agent::runtime(kind, &node, &agent_dir, agent_args.warm_pool).await?;
         tokio::spawn(async move {
             if let Err(e) = berth_agent::run(cfg, rt).await {
                 eprintln!("the local agent stopped: {e:#}");
