@@ -20,6 +20,7 @@ pub mod probes;
 pub mod runtime;
 pub mod server;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -285,12 +286,43 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         cfg.data_dir.clone(),
     ));
     let upkeep = Arc::new(tokio::sync::Mutex::new(()));
+    // Pods fenced while cut off that a fresh read no longer shows as live: the server evicted
+    // them meanwhile, and the cache may not know yet. Their containers stay stopped.
+    let mut evicted: HashSet<String> = HashSet::new();
+    let mut was_fenced = false;
     loop {
         if fenced.load(std::sync::atomic::Ordering::SeqCst) {
             // Keep what is stopped stopped (a running container may have raced the fence).
             fence(runtime.as_ref()).await;
+            was_fenced = true;
         } else {
-            tick(&sync, &reader).await;
+            if was_fenced {
+                match live_pods(&client, &cfg.node_name).await {
+                    Ok(live) => {
+                        evicted = reader
+                            .state()
+                            .iter()
+                            .filter_map(|p| p.metadata.uid.clone())
+                            .filter(|uid| !live.contains(uid))
+                            .collect();
+                        was_fenced = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "back from a fence, but the pods cannot be read yet");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+            // Once the cache shows the eviction (or the pod gone), the pod syncs as usual:
+            // a terminating pod is finished and removed.
+            evicted.retain(|uid| {
+                reader.state().iter().any(|p| {
+                    p.metadata.uid.as_deref() == Some(uid.as_str())
+                        && p.metadata.deletion_timestamp.is_none()
+                })
+            });
+            tick(&sync, &reader, &evicted).await;
             // Runtime upkeep (refilling the warm pool) beside the passes, never inside.
             if let Ok(guard) = upkeep.clone().try_lock_owned() {
                 let rt = runtime.clone();
@@ -307,7 +339,6 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     }
 }
 
-/// One pass over every pod of the node.
 /// Stop every running container at once, with a short grace.
 async fn fence(runtime: &dyn Runtime) {
     let Ok(observed) = runtime.list().await else {
@@ -321,7 +352,23 @@ async fn fence(runtime: &dyn Runtime) {
     futures::future::join_all(stops).await;
 }
 
-async fn tick(sync: &Arc<pods::PodSync>, reader: &reflector::Store<Pod>) {
+/// The uids of this node's pods that are live (not being deleted), read from the API itself.
+async fn live_pods(client: &kube::Client, node: &str) -> Result<HashSet<String>, kube::Error> {
+    let api: kube::Api<Pod> = kube::Api::all(client.clone());
+    let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+    Ok(api
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.uid)
+        .collect())
+}
+
+/// One pass over every pod of the node but those in `held` (their containers are stopped
+/// and removed as orphans).
+async fn tick(sync: &Arc<pods::PodSync>, reader: &reflector::Store<Pod>, held: &HashSet<String>) {
     let observed = match sync.runtime.list().await {
         Ok(o) => o,
         Err(e) => {
@@ -329,7 +376,11 @@ async fn tick(sync: &Arc<pods::PodSync>, reader: &reflector::Store<Pod>) {
             return;
         }
     };
-    let pods = reader.state();
+    let pods: Vec<Arc<Pod>> = reader
+        .state()
+        .into_iter()
+        .filter(|p| !p.metadata.uid.as_ref().is_some_and(|u| held.contains(u)))
+        .collect();
     let live: Vec<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
     let work = pods.iter().map(|pod| {
         let sync = sync.clone();

@@ -296,6 +296,21 @@ spec:
         }
         seen
     };
+    if order.len() != 3 {
+        let logs = docker(&["logs", &second_node]);
+        let said: String = String::from_utf8_lossy(&logs.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&logs.stderr).lines())
+            .filter(|l| !l.contains("kube_client") && !l.contains("renewal failed"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        eprintln!("the cut-off host's agent said:\n{said}");
+        let seq: Vec<String> = lines
+            .iter()
+            .map(|(p, n)| format!("{}:{n}", &p[p.len() - 5..]))
+            .collect();
+        eprintln!("the log: {}", seq.join(" "));
+    }
     assert_eq!(
         order,
         [first_pod.as_str(), second_pod.as_str(), third_pod.as_str()],

@@ -143,9 +143,41 @@ async fn sweep(
             tracing::info!(node = %name, "node is reachable again");
         }
     }
-    // Eviction; slowed down when most of the cluster looks unreachable at once.
+    // Eviction; slowed down when most of the cluster looks unreachable at once. A node whose
+    // pods are all gone or going has nothing left to evict, and never holds up the others.
     let partition = !nodes.is_empty() && down.len() * 2 > nodes.len();
-    let mut evict_from = down;
+    let pods = ctx.pods.state();
+    let mut evict_from: Vec<(String, Vec<Arc<Pod>>)> = down
+        .iter()
+        .map(|node| {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let since = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .into_iter()
+                .flatten()
+                .find(|t| t.key == UNREACHABLE)
+                .and_then(|t| t.time_added.as_ref())
+                .map(|t| {
+                    Duration::from_millis(
+                        (now.as_millisecond() - t.0.as_millisecond()).max(0) as u64
+                    )
+                })
+                .unwrap_or_default();
+            let victims = pods
+                .iter()
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
+                        && p.metadata.deletion_timestamp.is_none()
+                        && !tolerates(p, since)
+                })
+                .cloned()
+                .collect();
+            (name, victims)
+        })
+        .filter(|(_, victims): &(String, Vec<Arc<Pod>>)| !victims.is_empty())
+        .collect();
     if partition {
         let due = last_partition_eviction.is_none_or(|t| t.elapsed() >= PARTITION_EVICTION_EVERY);
         if !due {
@@ -154,26 +186,8 @@ async fn sweep(
         evict_from.truncate(1);
     }
     let mut evicted_any = false;
-    for node in evict_from {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let since = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_ref())
-            .into_iter()
-            .flatten()
-            .find(|t| t.key == UNREACHABLE)
-            .and_then(|t| t.time_added.as_ref())
-            .map(|t| {
-                Duration::from_millis((now.as_millisecond() - t.0.as_millisecond()).max(0) as u64)
-            })
-            .unwrap_or_default();
-        for pod in ctx.pods.state() {
-            let on_node =
-                pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str());
-            if !on_node || pod.metadata.deletion_timestamp.is_some() || tolerates(&pod, since) {
-                continue;
-            }
+    for (name, victims) in evict_from {
+        for pod in victims {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
             match Api::<Pod>::namespaced(ctx.client.clone(), &ns)

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use super::{
@@ -56,11 +57,12 @@ fn alive(pid: u32, ticks: u64) -> bool {
     start_ticks(pid) == Some(ticks)
 }
 
-fn signal(pgid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), "--", &format!("-{pgid}")])
-        .stderr(std::process::Stdio::null())
-        .status();
+/// Send `sig` to the whole process group `pgid` with kill(2) (not a `kill` program: the
+/// host's may not take the same arguments, busybox's refuses `--`).
+fn signal(pgid: u32, sig: Signal) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig);
+    }
 }
 
 fn safe(s: &str) -> String {
@@ -326,13 +328,13 @@ impl Runtime for ProcessRuntime {
         if pid == 0 || !alive(pid, ticks) {
             return Ok(());
         }
-        signal(pid, "TERM");
+        signal(pid, Signal::SIGTERM);
         let deadline = std::time::Instant::now() + grace;
         while alive(pid, ticks) && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if alive(pid, ticks) {
-            signal(pid, "KILL");
+            signal(pid, Signal::SIGKILL);
             for _ in 0..100 {
                 if !alive(pid, ticks) {
                     break;
