@@ -66,7 +66,12 @@ impl Berth {
     /// `berth up` listening on `listen` (an address of this machine, port 0 for a free one).
     pub fn up_at(listen: &str, extra: &[&str]) -> Berth {
         let dir = tempfile::tempdir().expect("temp dir");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // A node name of its own (not the host's), so that its containers can be told apart
+        // from every other test's and removed when it ends.
+        if !extra.iter().any(|a| a == "--node-name") {
+            extra.extend(["--node-name".to_string(), unique("node")]);
+        }
         let (child, url) = start(dir.path(), listen, &extra);
         let listen = url.trim_start_matches("https://").to_string();
         Berth {
@@ -154,6 +159,16 @@ impl Berth {
 impl Drop for Berth {
     fn drop(&mut self) {
         self.kill9();
+        let flag = |name: &str| {
+            let i = self.extra.iter().position(|a| a == name)?;
+            self.extra.get(i + 1).map(String::as_str)
+        };
+        // Only a Docker node leaves containers, and only where the docker CLI runs.
+        let docker_node = matches!(flag("--runtime"), None | Some("docker" | "auto"));
+        let cli = Command::new("docker").arg("--version").output().is_ok();
+        if let (true, true, Some(node)) = (docker_node, cli, flag("--node-name")) {
+            remove_node_containers(node);
+        }
     }
 }
 
