@@ -145,10 +145,6 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     let (hpas, hpa_changes) = cache(Api::<
         k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
     >::all(client.clone()));
-    tokio::spawn(hpa_changes.for_each(|_| async {}));
-    tokio::spawn(lease_changes.for_each(|_| async {}));
-    tokio::spawn(node_changes.for_each(|_| async {}));
-    tokio::spawn(deployment_changes.for_each(|_| async {}));
     let ctx = Arc::new(Context {
         client,
         pods,
@@ -162,6 +158,12 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         deployment::controller(ctx.clone(), rs_changes),
         gc::run(ctx.clone()),
         hpa::run(ctx.clone(), hpas),
+        // The caches without a controller of their own are kept by draining their streams
+        // here, so that dropping this future (a leader stepping down) stops every watch.
+        hpa_changes.for_each(|_| async {}),
+        lease_changes.for_each(|_| async {}),
+        node_changes.for_each(|_| async {}),
+        deployment_changes.for_each(|_| async {}),
         nodelifecycle::run(ctx.clone(), leases)
     );
     Ok(())

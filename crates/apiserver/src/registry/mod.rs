@@ -565,6 +565,16 @@ impl Registry {
         part: Part,
         opts: &WriteOptions,
     ) -> Result<Outcome, ApiError> {
+        // Only a resourceVersion the patch itself names is a precondition; the one the
+        // patched object carries is just the stored one, and a write that loses a race with
+        // another is retried on the newer object, as Kubernetes does.
+        let pinned_by_patch = match kind {
+            PatchType::Json => body.as_array().is_some_and(|ops| {
+                ops.iter()
+                    .any(|op| op.get("path") == Some(&json!("/metadata/resourceVersion")))
+            }),
+            _ => body.pointer("/metadata/resourceVersion").is_some(),
+        };
         for _ in 0..8 {
             let Some(current) = self.get_kv(res, ns, name).await? else {
                 if kind == PatchType::Apply && part == Part::Main {
@@ -589,7 +599,7 @@ impl Registry {
                 return Err(ApiError::modified(res, name));
             }
             match self.write_update(res, &current, obj, part, opts).await {
-                Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+                Err(e) if e.reason == "Conflict" && !pinned_by_patch => continue,
                 Ok(mut out) => {
                     out.warnings = warnings;
                     return Ok(out);
