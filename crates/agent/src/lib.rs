@@ -316,12 +316,15 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             }
             // Once the cache shows the eviction (or the pod gone), the pod syncs as usual:
             // a terminating pod is finished and removed.
-            evicted.retain(|uid| {
-                reader.state().iter().any(|p| {
-                    p.metadata.uid.as_deref() == Some(uid.as_str())
-                        && p.metadata.deletion_timestamp.is_none()
-                })
-            });
+            if !evicted.is_empty() {
+                let cached = reader.state();
+                evicted.retain(|uid| {
+                    cached.iter().any(|p| {
+                        p.metadata.uid.as_deref() == Some(uid.as_str())
+                            && p.metadata.deletion_timestamp.is_none()
+                    })
+                });
+            }
             tick(&sync, &reader, &evicted).await;
             // Runtime upkeep (refilling the warm pool) beside the passes, never inside.
             if let Ok(guard) = upkeep.clone().try_lock_owned() {

@@ -21,7 +21,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use crate::util::{api_err, controlled_by, controller_ref, involved};
+use crate::util::{api_err, controlled_by, controller_ref, involved, status_changed, write_status};
 use crate::{Context, Error};
 
 const COMPONENT: &str = "deployment-controller";
@@ -542,40 +542,23 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         .as_ref()
         .map(|s| serde_json::to_value(s).unwrap_or_default())
         .unwrap_or_default();
-    let same = [
+    let fields = [
         "observedGeneration",
         "replicas",
         "updatedReplicas",
         "readyReplicas",
         "availableReplicas",
         "unavailableReplicas",
-    ]
-    .iter()
-    .all(|k| old.get(*k).unwrap_or(&json!(0)) == status.get(*k).unwrap_or(&json!(0)))
-        && old.get("conditions").map(|c| {
-            c.as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| (c["type"].clone(), c["status"].clone(), c["reason"].clone()))
-                .collect::<Vec<_>>()
-        }) == status.get("conditions").map(|c| {
-            c.as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| (c["type"].clone(), c["status"].clone(), c["reason"].clone()))
-                .collect::<Vec<_>>()
-        });
-    if !same {
-        Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .map_err(api_err(format!(
-                "updating the status of deployment {ns}/{name}"
-            )))?;
+    ];
+    if status_changed(&old, &status, &fields) {
+        let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
+        write_status(
+            &deployments,
+            &name,
+            status,
+            &format!("deployment {ns}/{name}"),
+        )
+        .await?;
     }
 
     let Some(new_rs) = new_rs else {

@@ -32,7 +32,6 @@ use kube::core::GroupVersionKind;
 use kube::runtime::reflector::Store;
 use serde_json::{json, Value};
 
-use crate::util::api_err;
 use crate::{Context, Error};
 
 const COMPONENT: &str = "horizontal-pod-autoscaler";
@@ -805,14 +804,7 @@ async fn reconcile(
 }
 
 fn involved(hpa: &HorizontalPodAutoscaler) -> berth_core::events::Involved<'_> {
-    let m = &hpa.metadata;
-    berth_core::events::Involved {
-        api_version: "autoscaling/v2",
-        kind: "HorizontalPodAutoscaler",
-        namespace: m.namespace.as_deref().unwrap_or("default"),
-        name: m.name.as_deref().unwrap_or_default(),
-        uid: m.uid.as_deref().unwrap_or_default(),
-    }
+    crate::util::involved_in("autoscaling/v2", "HorizontalPodAutoscaler", &hpa.metadata)
 }
 
 /// Write the status when something a reader sees changed.
@@ -860,37 +852,19 @@ async fn write_status(
     let before = old
         .map(|s| serde_json::to_value(s).unwrap_or_default())
         .unwrap_or_default();
-    let key = |v: &Value| {
-        let conds: Vec<(Value, Value, Value)> = v["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| (c["type"].clone(), c["status"].clone(), c["reason"].clone()))
-            .collect();
-        (
-            v["currentReplicas"].clone(),
-            v["desiredReplicas"].clone(),
-            v["currentMetrics"].clone(),
-            conds,
-            v["observedGeneration"].clone(),
-        )
-    };
-    if key(&before) == key(&status) {
+    let fields = [
+        "currentReplicas",
+        "desiredReplicas",
+        "currentMetrics",
+        "observedGeneration",
+    ];
+    if !crate::util::status_changed(&before, &status, &fields) {
         return Ok(());
     }
     let ns = hpa.metadata.namespace.clone().unwrap_or_default();
     let name = hpa.metadata.name.clone().unwrap_or_default();
-    Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns)
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await
-        .map_err(api_err(format!(
-            "updating the status of autoscaler {ns}/{name}"
-        )))?;
-    Ok(())
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
+    crate::util::write_status(&hpas, &name, status, &format!("autoscaler {ns}/{name}")).await
 }
 
 #[cfg(test)]

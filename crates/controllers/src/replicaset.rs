@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -143,25 +143,15 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         .as_ref()
         .map(|s| serde_json::to_value(s).unwrap_or_default())
         .unwrap_or_default();
-    let differs = [
+    let fields = [
         "replicas",
         "readyReplicas",
         "availableReplicas",
         "observedGeneration",
-    ]
-    .iter()
-    .any(|k| current.get(*k).unwrap_or(&json!(0)) != status.get(*k).unwrap_or(&json!(0)));
-    if differs {
-        Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .map_err(api_err(format!(
-                "updating the status of replicaset {ns}/{name}"
-            )))?;
+    ];
+    if crate::util::status_changed(&current, &status, &fields) {
+        let sets = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
+        crate::util::write_status(&sets, &name, status, &format!("replicaset {ns}/{name}")).await?;
     }
     Ok(match soonest {
         Some(s) => Action::requeue(Duration::from_secs(s.max(1) as u64)),

@@ -79,6 +79,46 @@ pub fn record(
     });
 }
 
+/// Does `new` differ from `old` (both serialized statuses) in any of `fields` (absent reads
+/// as 0) or in its conditions' type, status and reason? Timestamps and messages alone never
+/// call for a write.
+pub fn status_changed(old: &serde_json::Value, new: &serde_json::Value, fields: &[&str]) -> bool {
+    let zero = serde_json::json!(0);
+    let conditions =
+        |v: &serde_json::Value| -> Vec<(serde_json::Value, serde_json::Value, serde_json::Value)> {
+            v["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| (c["type"].clone(), c["status"].clone(), c["reason"].clone()))
+                .collect()
+        };
+    fields
+        .iter()
+        .any(|k| old.get(*k).unwrap_or(&zero) != new.get(*k).unwrap_or(&zero))
+        || conditions(old) != conditions(new)
+}
+
+/// Merge `status` into the status subresource of `name`; `what` names it for the error.
+pub async fn write_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: serde_json::Value,
+    what: &str,
+) -> Result<(), crate::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await
+    .map_err(api_err(format!("updating the status of {what}")))?;
+    Ok(())
+}
+
 /// An API failure, named by what was being done.
 pub fn api_err(action: String) -> impl FnOnce(kube::Error) -> crate::Error {
     move |source| crate::Error::Api { action, source }
@@ -86,8 +126,17 @@ pub fn api_err(action: String) -> impl FnOnce(kube::Error) -> crate::Error {
 
 /// What an Event about an `apps/v1` object of `kind` refers to.
 pub fn involved<'a>(kind: &'a str, meta: &'a ObjectMeta) -> berth_core::events::Involved<'a> {
+    involved_in("apps/v1", kind, meta)
+}
+
+/// What an Event about an object of `api_version` and `kind` refers to.
+pub fn involved_in<'a>(
+    api_version: &'a str,
+    kind: &'a str,
+    meta: &'a ObjectMeta,
+) -> berth_core::events::Involved<'a> {
     berth_core::events::Involved {
-        api_version: "apps/v1",
+        api_version,
         kind,
         namespace: meta.namespace.as_deref().unwrap_or("default"),
         name: meta.name.as_deref().unwrap_or_default(),

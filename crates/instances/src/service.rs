@@ -362,8 +362,13 @@ impl Service {
     /// [`Self::begin_drain`]; run without the tick lock, and releases the claim.
     async fn teardown(&self, uid: &str, grace: Duration) -> Result<(), RuntimeError> {
         let res = self.stop_pod(uid, grace).await;
-        self.draining.lock().expect("draining").remove(uid);
+        self.end_drain(uid);
         res
+    }
+
+    /// Give back a claim taken by [`Self::begin_drain`].
+    fn end_drain(&self, uid: &str) {
+        self.draining.lock().expect("draining").remove(uid);
     }
 
     async fn stop_pod(&self, uid: &str, grace: Duration) -> Result<(), RuntimeError> {
@@ -520,7 +525,7 @@ impl Service {
             self.begin_drain(&uid, &key.name)?;
         }
         if let Err(e) = self.db.put(&row, Some(requests(&group)), now) {
-            self.draining.lock().expect("draining").remove(&uid);
+            self.end_drain(&uid);
             return Err(internal(e));
         }
         let state = if unchanged { None } else { Some("Pending") };
@@ -730,7 +735,7 @@ impl Service {
         self.begin_drain(&uid, &key.name)?;
         // Billing ends now; the containers go after the lock is released.
         if let Err(e) = self.db.delete(key, &uid, now_ms()) {
-            self.draining.lock().expect("draining").remove(&uid);
+            self.end_drain(&uid);
             return Err(internal(e));
         }
         self.shared.groups.lock().expect("groups").remove(key);
@@ -753,7 +758,7 @@ impl Service {
         }
         self.begin_drain(&uid, &key.name)?;
         if let Err(e) = self.db.set_stopped(key, &uid, true, res, now_ms()) {
-            self.draining.lock().expect("draining").remove(&uid);
+            self.end_drain(&uid);
             return Err(internal(e));
         }
         self.with_live(key, |l| {
