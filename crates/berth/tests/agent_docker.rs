@@ -138,12 +138,7 @@ fn crash_loop_backs_off_and_missing_image_says_so() {
         node = node.name,
         img = image.tag
     );
-    let out = b.kubectl_stdin(&["create", "-f", "-"], &pods);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["create", "-f", "-"], &pods);
     let status = wait_for(&b, 30, "CrashLoopBackOff", &["get", "pod", "crash"], |s| {
         s.contains("CrashLoopBackOff")
     });
@@ -279,12 +274,7 @@ fn readiness_probe_gates_ready_and_failing_liveness_restarts() {
         node = node.name,
         img = image.tag
     );
-    let out = b.kubectl_stdin(&["create", "-f", "-"], &pod);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["create", "-f", "-"], &pod);
     // Running but not ready until httpd answers the probe.
     wait_for(
         &b,
@@ -412,16 +402,11 @@ fn kubectl_logs_and_exec_reach_the_containers() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
     // exec -i: stdin reaches the command, and its end ends `cat`.
-    let out = b.kubectl_stdin(
+    let piped = b.kubectl_stdin_ok(
         &["exec", "-i", "talker", "-c", "side", "--", "cat"],
         "piped through\n",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped through\n");
+    assert_eq!(piped, "piped through\n");
     let hostname = b.kubectl_ok(&["exec", "talker", "-c", "main", "--", "cat", "/etc/hostname"]);
     assert!(!hostname.trim().is_empty());
 
@@ -522,12 +507,7 @@ fn env_and_volumes_come_from_configmaps_secrets_and_the_pod() {
         node = node.name,
         img = image.tag
     );
-    let out = b.kubectl_stdin(&["create", "-f", "-"], &objects);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["create", "-f", "-"], &objects);
     wait_for(
         &b,
         30,
@@ -703,7 +683,7 @@ fn an_autoscaler_follows_cpu_load_up_and_back_down() {
         dir = ctl.path().display(),
         img = image.tag
     );
-    b.kubectl_stdin(&["apply", "-f", "-"], &deploy);
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &deploy);
     let hpa = r#"
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
@@ -718,12 +698,7 @@ spec:
   behavior:
     scaleDown: {stabilizationWindowSeconds: 5}
 "#;
-    let out = b.kubectl_stdin(&["apply", "-f", "-"], hpa);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], hpa);
     b.kubectl_ok(&["rollout", "status", "deploy/burner", "--timeout=60s"]);
     // Idle, it has a figure and stays at one replica.
     wait_for(

@@ -200,12 +200,7 @@ async fn a_partitioned_node_fences_its_pods_before_they_are_replaced_and_rejoins
         "spec":{{"terminationGracePeriodSeconds":1,"containers":[{{"name":"c","image":"host",
         "command":["sh","-c","while true; do sleep 0.2; done # {marker}"]}}]}}}}}}}}"#
     );
-    let out = b.kubectl_stdin(&["create", "-f", "-"], &deploy);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["create", "-f", "-"], &deploy);
     b.kubectl_ok(&["rollout", "status", "deploy/solo", "--timeout=60s"]);
     assert!(
         running(&marker),

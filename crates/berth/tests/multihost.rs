@@ -223,12 +223,7 @@ spec:
         - name: POD
           valueFrom: {fieldRef: {fieldPath: metadata.name}}
 "#;
-    let out = b.kubectl_stdin(&["apply", "-f", "-"], deploy);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], deploy);
     let (first_node, first_pod) = running_elsewhere(&b, "", 60).await;
     let log = shared.path().join("log");
     eventually(30, "the workload to write", || async {

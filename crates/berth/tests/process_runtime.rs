@@ -20,12 +20,7 @@ spec:
     command: ["sh", "-c", "echo started as $GREETING; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]
     env: [{name: GREETING, value: hello}]
 "#;
-    let out = b.kubectl_stdin(&["apply", "-f", "-"], pod);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], pod);
     eventually(30, "the pod to run", || async {
         let phase = b.kubectl_ok(&["get", "pod", "counter", "-o", "jsonpath={.status.phase}"]);
         (phase == "Running").then_some(())

@@ -81,12 +81,7 @@ async fn pods_land_where_kubernetes_would_put_them() {
         pod_yaml("avoids-taint", "app: t", "100m", ""),
     ]
     .concat();
-    let out = b.kubectl_stdin(&["create", "-f", "-"], &pods);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["create", "-f", "-"], &pods);
 
     assert_eq!(node_of(&b, "zoned").await, "nb1");
     let mut hosts = Vec::new();
@@ -123,14 +118,9 @@ async fn an_unschedulable_pod_says_why_and_schedules_when_room_appears() {
     .concat();
     b.kubectl_stdin(&["create", "-f", "-"], &nodes);
     b.kubectl_ok(&["taint", "node", "small-2", "gpu=yes:NoSchedule"]);
-    let out = b.kubectl_stdin(
+    b.kubectl_stdin_ok(
         &["create", "-f", "-"],
         &pod_yaml("big", "app: big", "4", ""),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 
     let want =

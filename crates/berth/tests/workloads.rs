@@ -42,12 +42,7 @@ spec:
             topologyKey: kubernetes.io/hostname
       containers: [{name: c, image: busybox}]
 "#;
-    let out = b.kubectl_stdin(&["apply", "-f", "-"], deploy);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], deploy);
     let hosts = eventually(30, "3 replicas on 3 hosts", || async {
         let out = b.kubectl_ok(&[
             "get",
@@ -437,12 +432,7 @@ spec:
 "#
         )
     };
-    let out = b.kubectl_stdin(&["apply", "-f", "-"], &deploy("busybox:1"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &deploy("busybox:1"));
     b.kubectl_ok(&["rollout", "status", "deploy/roll", "--timeout=60s"]);
 
     let pods: kube::Api<Pod> = kube::Api::namespaced(b.client().await, "default");
@@ -490,12 +480,7 @@ spec:
         "the watcher never saw 10 ready pods: {state:?}"
     );
 
-    let out = b.kubectl_stdin(&["apply", "-f", "-"], &deploy("busybox:2"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &deploy("busybox:2"));
     let mut lowest = 10;
     let mut seen = 0;
     let done = tokio::time::timeout(std::time::Duration::from_secs(90), async {

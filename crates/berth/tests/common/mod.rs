@@ -142,6 +142,18 @@ impl Berth {
         )
     }
 
+    /// Run kubectl with `stdin` and return stdout, failing the test (with stderr) if it fails.
+    pub fn kubectl_stdin_ok(&self, args: &[&str], stdin: &str) -> String {
+        let out = self.kubectl_stdin(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Run kubectl and return stdout, failing the test (with stderr) if it fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
