@@ -213,6 +213,289 @@ async fn deleting_a_deployment_cascades_unless_told_to_orphan() {
         "jsonpath={.items[0].metadata.ownerReferences}",
     ]);
     assert_eq!(owners, "");
+
+    // Adoption: the same Deployment created again takes the orphaned set back, pods and all,
+    // and a bare pod its selector matches is adopted and counted (so one pod goes).
+    let pods_before = b.kubectl_ok(&["get", "pods", "-l", "app=keep", "-o", "name"]);
+    let hash = b.kubectl_ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=keep",
+        "-o",
+        "jsonpath={.items[0].metadata.labels.pod-template-hash}",
+    ]);
+    b.kubectl_ok(&[
+        "create",
+        "deployment",
+        "keep",
+        "--image=busybox",
+        "--replicas=2",
+    ]);
+    let deploy_uid = b.kubectl_ok(&["get", "deploy", "keep", "-o", "jsonpath={.metadata.uid}"]);
+    eventually(
+        30,
+        "the new deployment to adopt the orphaned set",
+        || async {
+            let owner = b.kubectl_ok(&[
+                "get",
+                "rs",
+                "-l",
+                "app=keep",
+                "-o",
+                "jsonpath={.items[*].metadata.ownerReferences[0].uid}",
+            ]);
+            (owner == deploy_uid).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(count("rs", "app=keep"), 1, "adopted, not replaced");
+    assert_eq!(
+        b.kubectl_ok(&["get", "pods", "-l", "app=keep", "-o", "name"]),
+        pods_before,
+        "the orphaned pods are kept as they were"
+    );
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stray\n  labels: {{app: keep, pod-template-hash: \"{hash}\"}}\nspec:\n  containers: [{{name: c, image: busybox}}]\n"
+        ),
+    );
+    eventually(
+        30,
+        "the stray pod to be adopted and the set back at 2",
+        || async {
+            let owners = b.kubectl_ok(&[
+                "get",
+                "pods",
+                "-l",
+                "app=keep",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.ownerReferences[0].kind}{\" \"}{end}",
+            ]);
+            (owners.split_whitespace().collect::<Vec<_>>() == ["ReplicaSet", "ReplicaSet"])
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// An object owned by `owners` (kind, name, uid), as YAML.
+fn owned(kind: &str, name: &str, owners: &[(&str, &str, &str)], block: bool) -> String {
+    let refs: Vec<String> = owners
+        .iter()
+        .map(|(k, n, uid)| {
+            let api = if *k == "Widget" { "example.com/v1" } else { "v1" };
+            format!(
+                "{{apiVersion: {api}, kind: {k}, name: {n}, uid: \"{uid}\", blockOwnerDeletion: {block}}}"
+            )
+        })
+        .collect();
+    format!(
+        "---\napiVersion: v1\nkind: {kind}\nmetadata:\n  name: {name}\n  ownerReferences: [{}]\n",
+        refs.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn the_garbage_collector_follows_owner_references_of_any_kind() {
+    let node = common::unique("gcany");
+    let b = Berth::up(&["--runtime", "mock", "--node-name", &node]);
+    let uid = |what: &str| b.kubectl_ok(&["get", what, "-o", "jsonpath={.metadata.uid}"]);
+    let exists = |what: &str| b.kubectl(&["get", what]).status.success();
+    for cm in ["owner", "owner2", "fg-owner", "orphan-owner"] {
+        b.kubectl_ok(&["create", "configmap", cm]);
+    }
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &node_yaml("gc-host"));
+    let (owner, owner2, fg, orphan, host) = (
+        uid("cm/owner"),
+        uid("cm/owner2"),
+        uid("cm/fg-owner"),
+        uid("cm/orphan-owner"),
+        uid("node/gc-host"),
+    );
+    let objects = [
+        owned(
+            "Secret",
+            "dep-secret",
+            &[("ConfigMap", "owner", &owner)],
+            false,
+        ),
+        owned(
+            "ConfigMap",
+            "dep-cm",
+            &[("ConfigMap", "owner", &owner)],
+            false,
+        ),
+        owned(
+            "ConfigMap",
+            "shared",
+            &[
+                ("ConfigMap", "owner", &owner),
+                ("ConfigMap", "owner2", &owner2),
+            ],
+            false,
+        ),
+        owned("Secret", "fg-dep", &[("ConfigMap", "fg-owner", &fg)], true),
+        owned(
+            "Secret",
+            "orphan-dep",
+            &[("ConfigMap", "orphan-owner", &orphan)],
+            true,
+        ),
+        // A cluster-scoped owner of a namespaced dependent.
+        owned(
+            "ConfigMap",
+            "node-dep",
+            &[("Node", "gc-host", &host)],
+            false,
+        ),
+        // An owner of a kind nobody serves: never collected on a guess.
+        owned("ConfigMap", "widget-dep", &[("Widget", "w", "0000")], false),
+    ];
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &objects.concat());
+
+    b.kubectl_ok(&["delete", "cm", "owner"]);
+    b.kubectl_ok(&["delete", "node", "gc-host"]);
+    b.kubectl_ok(&[
+        "delete",
+        "cm",
+        "fg-owner",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    b.kubectl_ok(&["delete", "cm", "orphan-owner", "--cascade=orphan"]);
+    eventually(30, "the dependents of deleted owners to go", || async {
+        let gone = [
+            "secret/dep-secret",
+            "cm/dep-cm",
+            "secret/fg-dep",
+            "cm/fg-owner",
+            "cm/node-dep",
+        ];
+        gone.iter().all(|w| !exists(w)).then_some(())
+    })
+    .await;
+    eventually(
+        30,
+        "the dangling reference to go from the shared dependent",
+        || async {
+            let refs = b.kubectl_ok(&[
+                "get",
+                "cm/shared",
+                "-o",
+                "jsonpath={.metadata.ownerReferences[*].name}",
+            ]);
+            (refs == "owner2").then_some(())
+        },
+    )
+    .await;
+    // Sweeps run every second: give them time to do what they must not.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(!exists("cm/orphan-owner"), "the orphaning delete finished");
+    assert!(exists("secret/orphan-dep"), "an orphaned dependent stays");
+    assert_eq!(
+        b.kubectl_ok(&[
+            "get",
+            "secret/orphan-dep",
+            "-o",
+            "jsonpath={.metadata.ownerReferences}"
+        ]),
+        ""
+    );
+    assert!(
+        exists("cm/widget-dep"),
+        "an unresolvable owner is not taken as gone"
+    );
+    assert!(exists("cm/shared") && exists("cm/owner2"));
+}
+
+#[tokio::test]
+async fn the_controllers_run_only_while_this_server_holds_the_leader_lease() {
+    let node = common::unique("lead");
+    let b = Berth::up(&[
+        "--runtime",
+        "mock",
+        "--node-name",
+        &node,
+        "--leader-lease-seconds",
+        "3",
+    ]);
+    // The Lease's holder; empty while there is no Lease yet.
+    let holder = || {
+        let out = b.kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "lease",
+            "berth-control-plane",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let ours = eventually(30, "berth up to take the leader Lease", || async {
+        Some(holder()).filter(|h| !h.is_empty())
+    })
+    .await;
+    // Another candidate takes the Lease and keeps renewing it.
+    let steal = || {
+        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ");
+        b.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "lease",
+            "berth-control-plane",
+            "--type=merge",
+            "-p",
+            &format!(
+                r#"{{"spec":{{"holderIdentity":"thief","leaseDurationSeconds":3,"renewTime":"{now}"}}}}"#
+            ),
+        ])
+    };
+    steal();
+    let stolen = std::time::Instant::now();
+    // Past berth up's own renew round (3/7 s): it must have stepped down by now.
+    while stolen.elapsed() < std::time::Duration::from_secs(2) {
+        steal();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    b.kubectl_ok(&["create", "deployment", "led", "--image=busybox"]);
+    let created = std::time::Instant::now();
+    while created.elapsed() < std::time::Duration::from_secs(4) {
+        steal();
+        assert_eq!(
+            holder(),
+            "thief",
+            "berth up took the Lease back while it was renewed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        b.kubectl_ok(&["get", "rs", "-l", "app=led", "-o", "name"]),
+        "",
+        "a server that does not lead ran the deployment controller"
+    );
+    // The thief stops renewing: once its Lease runs out, berth up leads again and catches up.
+    eventually(30, "berth up to lead again", || async {
+        (holder() == ours).then_some(())
+    })
+    .await;
+    b.kubectl_ok(&["rollout", "status", "deploy/led", "--timeout=60s"]);
+    let transitions = b.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "lease",
+        "berth-control-plane",
+        "-o",
+        "jsonpath={.spec.leaseTransitions}",
+    ]);
+    assert!(
+        transitions.parse::<i32>().unwrap_or(0) >= 1,
+        "{transitions}"
+    );
 }
 
 #[tokio::test]

@@ -21,7 +21,10 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use crate::util::{api_err, controlled_by, controller_ref, involved, status_changed, write_status};
+use crate::util::{
+    api_err, claim, claimable, controlled_by, controller_ref, involved, status_changed,
+    write_status,
+};
 use crate::{Context, Error};
 
 const COMPONENT: &str = "deployment-controller";
@@ -142,16 +145,24 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     })?;
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut sets: Vec<Arc<ReplicaSet>> = ctx
+    let candidates = ctx
         .replicasets
         .state()
         .into_iter()
         .filter(|r| {
-            r.metadata.namespace.as_deref() == Some(ns.as_str())
-                && controlled_by(&r.metadata, &uid)
-                && r.metadata.deletion_timestamp.is_none()
+            r.metadata.namespace.as_deref() == Some(ns.as_str()) && claimable(&r.metadata, &uid)
         })
         .collect();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut sets = claim(
+        &rs_api,
+        ("apps/v1", "Deployment", meta),
+        &deployments,
+        Some(&spec.selector),
+        candidates,
+    )
+    .await?;
+    sets.retain(|r| r.metadata.deletion_timestamp.is_none());
     sets.sort_by_key(|r| revision(r));
     let hash = template_hash(&spec.template);
     let wanted = without_hash(&spec.template);

@@ -1,272 +1,314 @@
 //! The garbage collector: what an owner leaves behind goes with it, as its deletion's
-//! propagation policy says.
+//! propagation policy says, for every kind the API server serves.
 //!
-//! - Background (kubectl's default): the owner is gone at once; every object whose owners
-//!   are all gone (checked against the API, not only the cache) is deleted.
-//! - Foreground (finalizer `foregroundDeletion`): dependents are deleted first, then the
-//!   finalizer is removed and the owner goes.
-//! - Orphan (finalizer `orphan`): the owner reference is taken off every dependent, then the
-//!   finalizer is removed; the dependents stay.
+//! At start the collector asks the API server's discovery for every resource that can be
+//! listed, watched and deleted, and keeps a metadata-only cache of each (`PartialObjectMeta`:
+//! names, uids, owner references, finalizers; never specs). Once a second it sweeps the graph
+//! those caches make:
 //!
-//! Owners Berth knows: Deployments and ReplicaSets; dependents: ReplicaSets and Pods. The
-//! collector sweeps its caches once a second; each sweep is idempotent.
+//! - Background (kubectl's default): an object whose owners are all gone (each absence
+//!   checked against the API, not only the cache) is deleted; one that lost only some of its
+//!   owners has the dangling references taken off and stays.
+//! - Foreground (owner finalizer `foregroundDeletion`): the owner's dependents are deleted
+//!   (in the foreground themselves if they own something), and once none with
+//!   `blockOwnerDeletion` is left the finalizer comes off and the owner goes.
+//! - Orphan (owner finalizer `orphan`): the owner reference is taken off every dependent,
+//!   then the finalizer comes off; the dependents stay.
+//!
+//! Every write names the resourceVersion it was decided on, so a sweep that raced another
+//! writer gets a 409 and the next sweep decides again. Each sweep is idempotent.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::Resource;
+use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams};
+use kube::discovery::{verbs, ApiCapabilities, ApiResource, Discovery, Scope};
+use kube::runtime::reflector::{self, store::Writer, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
 use serde_json::json;
 
-use crate::{Context, Error};
+use crate::util::{api_err, owner_refs_patch};
+use crate::Error;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// An owner as the caches show it.
-struct Owner {
-    kind: &'static str,
-    meta: ObjectMeta,
+type Meta = PartialObjectMeta<DynamicObject>;
+
+/// One served resource and the metadata cache of its objects.
+struct Kind {
+    ar: ApiResource,
+    namespaced: bool,
+    cache: Store<Meta>,
 }
 
-/// A dependent: its kind, namespace, name and owner references.
-struct Dependent {
-    kind: &'static str,
-    meta: ObjectMeta,
-}
-
-impl Dependent {
-    fn refs(&self) -> &[OwnerReference] {
-        self.meta.owner_references.as_deref().unwrap_or_default()
-    }
-}
-
-pub async fn run(ctx: Arc<Context>) {
-    if let Err(e) = ctx.synced().await {
-        tracing::error!(error = %e, "garbage collector");
-        return;
-    }
-    loop {
-        if let Err(e) = sweep(&ctx).await {
-            tracing::warn!(error = %format!("{e:#}"), "garbage collection sweep");
+pub async fn run(client: Client) {
+    let resources = loop {
+        match discover(&client).await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collector: discovery");
+                tokio::time::sleep(SWEEP_EVERY).await;
+            }
         }
-        tokio::time::sleep(SWEEP_EVERY).await;
+    };
+    let mut kinds = Vec::new();
+    let mut watches = Vec::new();
+    for (ar, caps) in resources {
+        let writer = Writer::new(ar.clone());
+        kinds.push(Kind {
+            namespaced: caps.scope == Scope::Namespaced,
+            cache: writer.as_reader(),
+            ar: ar.clone(),
+        });
+        let api = Api::<Meta>::all_with(client.clone(), &ar);
+        watches.push(
+            reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                .default_backoff()
+                .for_each(|_| async {})
+                .boxed(),
+        );
     }
+    tracing::debug!(kinds = kinds.len(), "garbage collector watching");
+    let sweeps = async {
+        loop {
+            if let Err(e) = sweep(&client, &kinds).await {
+                tracing::warn!(error = %format!("{e:#}"), "garbage collection sweep");
+            }
+            tokio::time::sleep(SWEEP_EVERY).await;
+        }
+    };
+    futures::join!(futures::future::join_all(watches), sweeps);
+}
+
+/// Every resource (preferred version of each group) that can be listed, watched and deleted.
+async fn discover(client: &Client) -> Result<Vec<(ApiResource, ApiCapabilities)>, Error> {
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .map_err(api_err("discovering the served resources".to_string()))?;
+    Ok(discovery
+        .groups()
+        .flat_map(|g| g.recommended_resources())
+        .filter(|(_, caps)| {
+            [verbs::LIST, verbs::WATCH, verbs::DELETE]
+                .iter()
+                .all(|v| caps.supports_operation(v))
+        })
+        .collect())
 }
 
 fn has_finalizer(meta: &ObjectMeta, f: &str) -> bool {
     meta.finalizers.iter().flatten().any(|x| x == f)
 }
 
-async fn sweep(ctx: &Context) -> Result<(), Error> {
-    let mut owners: HashMap<String, Owner> = HashMap::new();
-    for d in ctx.deployments.state() {
-        owners.insert(
-            d.metadata.uid.clone().unwrap_or_default(),
-            Owner {
-                kind: "Deployment",
-                meta: d.metadata.clone(),
-            },
-        );
-    }
-    for r in ctx.replicasets.state() {
-        owners.insert(
-            r.metadata.uid.clone().unwrap_or_default(),
-            Owner {
-                kind: "ReplicaSet",
-                meta: r.metadata.clone(),
-            },
-        );
-    }
-    // A pod deleted in the foreground or with orphaning owns nothing; it only needs its
-    // finalizer taken off, which the owner pass below does.
-    for p in ctx.pods.state() {
-        let m = &p.metadata;
-        if m.deletion_timestamp.is_some()
-            && (has_finalizer(m, "foregroundDeletion") || has_finalizer(m, "orphan"))
-        {
-            owners.insert(
-                m.uid.clone().unwrap_or_default(),
-                Owner {
-                    kind: "Pod",
-                    meta: m.clone(),
-                },
-            );
-        }
-    }
-    let dependents: Vec<Dependent> = ctx
-        .replicasets
-        .state()
-        .iter()
-        .map(|r| Dependent {
-            kind: "ReplicaSet",
-            meta: r.metadata.clone(),
-        })
-        .chain(ctx.pods.state().iter().map(|p| Dependent {
-            kind: "Pod",
-            meta: p.metadata.clone(),
-        }))
-        .filter(|d| !d.refs().is_empty())
-        .collect();
+fn refs(meta: &ObjectMeta) -> &[OwnerReference] {
+    meta.owner_references.as_deref().unwrap_or_default()
+}
 
-    // Background: dependents whose owners are all gone.
-    for d in &dependents {
-        if d.meta.deletion_timestamp.is_some() {
+/// One object of the graph: its kind (index into the kinds) and metadata.
+struct Node<'k> {
+    kind: &'k Kind,
+    meta: ObjectMeta,
+}
+
+async fn sweep(client: &Client, kinds: &[Kind]) -> Result<(), Error> {
+    // Kinds whose cache has not filled yet are left out of this sweep: their objects are not
+    // judged, and an owner among them is looked up in the API instead.
+    let nodes: Vec<Node> = kinds
+        .iter()
+        .filter(|k| k.cache.wait_until_ready().now_or_never().is_some())
+        .flat_map(|k| {
+            k.cache.state().into_iter().map(move |o| Node {
+                kind: k,
+                meta: o.metadata.clone(),
+            })
+        })
+        .collect();
+    let mut by_uid: HashMap<&str, &Node> = HashMap::new();
+    let mut dependents: HashMap<&str, Vec<&Node>> = HashMap::new();
+    for n in &nodes {
+        if let Some(uid) = n.meta.uid.as_deref() {
+            by_uid.insert(uid, n);
+        }
+        for r in refs(&n.meta) {
+            dependents.entry(r.uid.as_str()).or_default().push(n);
+        }
+    }
+
+    // Background: dependents that lost owners.
+    for d in &nodes {
+        if d.meta.deletion_timestamp.is_some() || refs(&d.meta).is_empty() {
             continue;
         }
-        let known = d
-            .refs()
-            .iter()
-            .all(|r| matches!(r.kind.as_str(), "Deployment" | "ReplicaSet"));
-        if !known || d.refs().iter().any(|r| owners.contains_key(&r.uid)) {
+        let mut dangling = Vec::new();
+        for r in refs(&d.meta) {
+            let cached = by_uid
+                .get(r.uid.as_str())
+                .is_some_and(|o| o.kind.ar.kind == r.kind);
+            if !cached && !owner_exists(client, kinds, d, r).await? {
+                dangling.push(r.uid.as_str());
+            }
+        }
+        if dangling.is_empty() {
             continue;
         }
-        let ns = d.meta.namespace.clone().unwrap_or_default();
-        let mut all_gone = true;
-        for r in d.refs() {
-            all_gone &= !owner_exists(ctx, &ns, r).await?;
-        }
-        if all_gone {
-            delete(ctx, d, DeleteParams::background()).await?;
+        if dangling.len() == refs(&d.meta).len() {
+            delete(client, d, DeleteParams::background()).await?;
+        } else {
+            let keep: Vec<&OwnerReference> = refs(&d.meta)
+                .iter()
+                .filter(|r| !dangling.contains(&r.uid.as_str()))
+                .collect();
+            set_owner_refs(client, d, keep).await?;
         }
     }
 
     // Foreground and orphan: owners being deleted that wait on their dependents.
-    for (uid, owner) in &owners {
+    for owner in &nodes {
         if owner.meta.deletion_timestamp.is_none() {
             continue;
         }
-        let mine: Vec<&Dependent> = dependents
-            .iter()
-            .filter(|d| d.refs().iter().any(|r| &r.uid == uid))
-            .collect();
+        let uid = owner.meta.uid.as_deref().unwrap_or_default();
+        let mine = dependents.get(uid).map(Vec::as_slice).unwrap_or_default();
         let finalizer = if has_finalizer(&owner.meta, "orphan") {
-            for d in &mine {
-                let refs: Vec<&OwnerReference> =
-                    d.refs().iter().filter(|r| &r.uid != uid).collect();
-                // An empty list is no list (null removes the field), as Kubernetes shows it.
-                let refs = if refs.is_empty() {
-                    json!(null)
-                } else {
-                    json!(refs)
-                };
-                let patch = json!({"metadata": {"ownerReferences": refs}});
-                patch_meta(ctx, d, &patch).await?;
+            for d in mine {
+                let keep: Vec<&OwnerReference> =
+                    refs(&d.meta).iter().filter(|r| r.uid != uid).collect();
+                set_owner_refs(client, d, keep).await?;
             }
             "orphan"
         } else if has_finalizer(&owner.meta, "foregroundDeletion") {
             for d in mine.iter().filter(|d| d.meta.deletion_timestamp.is_none()) {
-                // Pods own nothing: delete them plainly, with no finalizer to clear.
-                let dp = if d.kind == "Pod" {
-                    DeleteParams::background()
-                } else {
+                let owns_something = d
+                    .meta
+                    .uid
+                    .as_deref()
+                    .is_some_and(|u| dependents.contains_key(u));
+                let dp = if owns_something {
                     DeleteParams::foreground()
+                } else {
+                    DeleteParams::background()
                 };
-                delete(ctx, d, dp).await?;
+                delete(client, d, dp).await?;
+            }
+            let blocked = mine.iter().any(|d| {
+                refs(&d.meta)
+                    .iter()
+                    .any(|r| r.uid == uid && r.block_owner_deletion == Some(true))
+            });
+            if blocked {
+                continue;
             }
             "foregroundDeletion"
         } else {
             continue;
         };
-        if mine.is_empty() || finalizer == "orphan" {
-            let rest: Vec<&String> = owner
-                .meta
-                .finalizers
-                .iter()
-                .flatten()
-                .filter(|f| *f != finalizer)
-                .collect();
-            let patch = json!({"metadata": {"finalizers": rest}});
-            let owner_dep = Dependent {
-                kind: owner.kind,
-                meta: owner.meta.clone(),
-            };
-            patch_meta(ctx, &owner_dep, &patch).await?;
-        }
+        let rest: Vec<&String> = owner
+            .meta
+            .finalizers
+            .iter()
+            .flatten()
+            .filter(|f| *f != finalizer)
+            .collect();
+        let patch = json!({"metadata": {
+            "finalizers": rest,
+            "resourceVersion": owner.meta.resource_version,
+        }});
+        patch_meta(client, owner, &patch).await?;
     }
     Ok(())
 }
 
-/// Does the owner a reference names still exist (same uid), asking the API itself?
-async fn owner_exists(ctx: &Context, ns: &str, r: &OwnerReference) -> Result<bool, Error> {
-    let got = match r.kind.as_str() {
-        "Deployment" => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-            .get_opt(&r.name)
-            .await
-            .map(|o| o.map(|o| o.meta().uid.clone())),
-        _ => Api::<ReplicaSet>::namespaced(ctx.client.clone(), ns)
-            .get_opt(&r.name)
-            .await
-            .map(|o| o.map(|o| o.meta().uid.clone())),
+fn dynamic_api(client: &Client, kind: &Kind, ns: Option<&str>) -> Api<DynamicObject> {
+    match ns {
+        Some(ns) if kind.namespaced => Api::namespaced_with(client.clone(), ns, &kind.ar),
+        _ => Api::all_with(client.clone(), &kind.ar),
     }
-    .map_err(|source| Error::Api {
-        action: format!("looking up {} {ns}/{}", r.kind, r.name),
-        source,
-    })?;
-    Ok(got.flatten().as_deref() == Some(r.uid.as_str()))
 }
 
-async fn delete(ctx: &Context, d: &Dependent, dp: DeleteParams) -> Result<(), Error> {
-    let ns = d.meta.namespace.clone().unwrap_or_default();
+fn describe(n: &Node) -> String {
+    match &n.meta.namespace {
+        Some(ns) => format!(
+            "{} {ns}/{}",
+            n.kind.ar.kind,
+            n.meta.name.as_deref().unwrap_or("")
+        ),
+        None => format!(
+            "{} {}",
+            n.kind.ar.kind,
+            n.meta.name.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+/// Does the owner `r` names still exist with the same uid, asking the API itself? An owner
+/// of a kind nobody serves is assumed to exist: the collector never deletes on a guess.
+async fn owner_exists(
+    client: &Client,
+    kinds: &[Kind],
+    d: &Node<'_>,
+    r: &OwnerReference,
+) -> Result<bool, Error> {
+    let Some(kind) = kinds
+        .iter()
+        .find(|k| k.ar.api_version == r.api_version && k.ar.kind == r.kind)
+    else {
+        tracing::debug!(
+            object = %describe(d),
+            owner = %format!("{} {}", r.api_version, r.kind),
+            "owner of a kind not served; left alone"
+        );
+        return Ok(true);
+    };
+    let got = dynamic_api(client, kind, d.meta.namespace.as_deref())
+        .get_metadata_opt(&r.name)
+        .await
+        .map_err(api_err(format!("looking up {} {}", r.kind, r.name)))?;
+    Ok(got.and_then(|o| o.metadata.uid).as_deref() == Some(r.uid.as_str()))
+}
+
+async fn delete(client: &Client, d: &Node<'_>, dp: DeleteParams) -> Result<(), Error> {
     let name = d.meta.name.clone().unwrap_or_default();
-    let uid = d.meta.uid.clone();
     let dp = DeleteParams {
-        preconditions: uid.map(|uid| kube::api::Preconditions {
-            uid: Some(uid),
+        preconditions: Some(kube::api::Preconditions {
+            uid: d.meta.uid.clone(),
             resource_version: None,
         }),
         ..dp
     };
-    let result = match d.kind {
-        "Pod" => Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-            .delete(&name, &dp)
-            .await
-            .map(|_| ()),
-        _ => Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
-            .delete(&name, &dp)
-            .await
-            .map(|_| ()),
-    };
-    match result {
-        Ok(()) => {
-            tracing::info!(kind = d.kind, object = %format!("{ns}/{name}"), "garbage collected");
+    match dynamic_api(client, d.kind, d.meta.namespace.as_deref())
+        .delete(&name, &dp)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(object = %describe(d), "garbage collected");
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(source) => Err(Error::Api {
-            action: format!("deleting {} {ns}/{name}", d.kind),
-            source,
-        }),
+        Err(e) => Err(api_err(format!("deleting {}", describe(d)))(e)),
     }
 }
 
-async fn patch_meta(ctx: &Context, d: &Dependent, patch: &serde_json::Value) -> Result<(), Error> {
-    let ns = d.meta.namespace.clone().unwrap_or_default();
-    let name = d.meta.name.clone().unwrap_or_default();
-    let pp = PatchParams::default();
-    let result = match d.kind {
-        "Pod" => Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-            .patch(&name, &pp, &Patch::Merge(patch))
-            .await
-            .map(|_| ()),
-        "Deployment" => Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-            .patch(&name, &pp, &Patch::Merge(patch))
-            .await
-            .map(|_| ()),
-        _ => Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
-            .patch(&name, &pp, &Patch::Merge(patch))
-            .await
-            .map(|_| ()),
-    };
-    match result {
-        Ok(()) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(Error::Api {
-            action: format!("updating {} {ns}/{name}", d.kind),
-            source,
-        }),
+/// Replace `d`'s owner references with `keep`, pinned to the version the sweep saw.
+async fn set_owner_refs(
+    client: &Client,
+    d: &Node<'_>,
+    keep: Vec<&OwnerReference>,
+) -> Result<(), Error> {
+    patch_meta(client, d, &owner_refs_patch(keep, &d.meta)).await
+}
+
+async fn patch_meta(client: &Client, n: &Node<'_>, patch: &serde_json::Value) -> Result<(), Error> {
+    let name = n.meta.name.clone().unwrap_or_default();
+    match dynamic_api(client, n.kind, n.meta.namespace.as_deref())
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(api_err(format!("updating {}", describe(n)))(e)),
     }
 }

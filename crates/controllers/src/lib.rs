@@ -9,7 +9,8 @@
 //!  Deployment ──reconcile──▶ ReplicaSets (one per template, pod-template-hash)
 //!                               │  rolling update: surge the new, drain the old
 //!  ReplicaSet ──reconcile──▶ Pods (create in growing batches, delete ranked victims)
-//!  gc (sweep every second) ──▶ deletes what lost its owners; foreground / orphan finalizers
+//!  gc (sweep every second, every served kind) ──▶ deletes what lost its owners;
+//!                                                foreground / orphan finalizers
 //!  nodelifecycle (sweep every 250 ms) ──▶ Lease ran out: NotReady, unreachable taint, evict
 //!  hpa (every second) ──▶ metrics.k8s.io usage / requests ──▶ the target's scale
 //! ```
@@ -17,6 +18,7 @@
 pub mod deployment;
 pub mod gc;
 pub mod hpa;
+pub mod leader;
 pub mod nodelifecycle;
 pub mod replicaset;
 mod util;
@@ -25,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
@@ -104,7 +106,11 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     pub nodes: Store<Node>,
     pub expectations: Expectations,
+    synced: Synced,
 }
+
+type Synced =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<(), &'static str>>>;
 
 /// A cache of every `K` and the stream of changes that fills it; whoever polls the stream
 /// keeps the cache current and hears of each change after the cache has it.
@@ -126,6 +132,7 @@ where
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
+        .inspect_err(|e| tracing::warn!(kind = %K::kind(&()), error = %e, "cache watch"))
         .touched_objects();
     (reader, stream)
 }
@@ -147,6 +154,12 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     >::all(client.clone()));
     let ctx = Arc::new(Context {
         client,
+        synced: all_synced(
+            pods.clone(),
+            replicasets.clone(),
+            deployments.clone(),
+            nodes.clone(),
+        ),
         pods,
         replicasets,
         deployments,
@@ -156,7 +169,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     futures::join!(
         replicaset::controller(ctx.clone(), pod_changes),
         deployment::controller(ctx.clone(), rs_changes),
-        gc::run(ctx.clone()),
+        gc::run(ctx.client.clone()),
         hpa::run(ctx.clone(), hpas),
         // The caches without a controller of their own are kept by draining their streams
         // here, so that dropping this future (a leader stepping down) stops every watch.
@@ -172,21 +185,35 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
 impl Context {
     /// Wait until every cache has been filled once (reconciles must not act on an empty view).
     pub async fn synced(&self) -> Result<(), Error> {
-        self.pods
-            .wait_until_ready()
+        self.synced
+            .clone()
             .await
-            .map_err(|_| Error::Cache { what: "pod" })?;
-        self.replicasets
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::Cache { what: "replicaset" })?;
-        self.deployments
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::Cache { what: "deployment" })?;
-        self.nodes
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::Cache { what: "node" })
+            .map_err(|what| Error::Cache { what })
     }
+}
+
+/// One future that waits for every cache, shared by all who wait. Each cache's readiness
+/// is awaited by this future alone: kube-runtime's `Store::wait_until_ready` wakes only the
+/// last of several concurrent waiters, so a reconcile that waited beside the autoscaler could
+/// sleep forever.
+fn all_synced(
+    pods: Store<Pod>,
+    replicasets: Store<ReplicaSet>,
+    deployments: Store<Deployment>,
+    nodes: Store<Node>,
+) -> Synced {
+    async move {
+        pods.wait_until_ready().await.map_err(|_| "pod")?;
+        replicasets
+            .wait_until_ready()
+            .await
+            .map_err(|_| "replicaset")?;
+        deployments
+            .wait_until_ready()
+            .await
+            .map_err(|_| "deployment")?;
+        nodes.wait_until_ready().await.map_err(|_| "node")
+    }
+    .boxed()
+    .shared()
 }

@@ -18,7 +18,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use crate::util::{api_err, controlled_by, controller_ref, involved, is_active, ready_since};
+use crate::util::{api_err, claim, claimable, controller_ref, involved, is_active, ready_since};
 use crate::{Context, Error};
 
 const COMPONENT: &str = "replicaset-controller";
@@ -49,12 +49,12 @@ fn error_policy(_rs: Arc<ReplicaSet>, e: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(5))
 }
 
-/// The pods of a set, from the cache.
-pub fn pods_of(ctx: &Context, ns: &str, uid: &str) -> Vec<Arc<Pod>> {
+/// The pods a set controls or could adopt, from the cache.
+fn claimable_pods(ctx: &Context, ns: &str, uid: &str) -> Vec<Arc<Pod>> {
     ctx.pods
         .state()
         .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(ns) && controlled_by(&p.metadata, uid))
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns) && claimable(&p.metadata, uid))
         .collect()
 }
 
@@ -74,7 +74,15 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         name: name.clone(),
         why: "has no spec".into(),
     })?;
-    let pods = pods_of(&ctx, &ns, &uid);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods = claim(
+        &pods_api,
+        ("apps/v1", "ReplicaSet", meta),
+        &Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns),
+        Some(&spec.selector),
+        claimable_pods(&ctx, &ns, &uid),
+    )
+    .await?;
     let present: HashSet<String> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -82,7 +90,6 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         .collect();
     let active: Vec<&Arc<Pod>> = pods.iter().filter(|p| is_active(p)).collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     if ctx.expectations.satisfied(&uid, &present) {
         if active.len() < want {
             create_pods(&ctx, &rs, &pods_api, want - active.len()).await?;

@@ -75,11 +75,16 @@ pub struct ControlArgs {
     /// Scheduler profile: `spread` (least allocated) or `binpack` (most allocated).
     #[arg(long, value_enum, default_value_t = SchedulerScoring::Spread)]
     pub scheduler_scoring: SchedulerScoring,
+    /// How long the control plane's leader Lease lasts unrenewed; the scheduler and the
+    /// controllers run only on the server that holds it (renewed every lease/7 s).
+    #[arg(long, default_value_t = 15)]
+    pub leader_lease_seconds: u64,
 }
 
 /// Start the scheduler and the other control loops against `server` with the admin token.
 pub async fn start_control_plane(
     server: &berth_apiserver::Server,
+    data_dir: &std::path::Path,
     args: &ControlArgs,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -89,8 +94,8 @@ pub async fn start_control_plane(
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .context("building the control plane's API client")?;
-    let client =
-        kube::Client::try_from(config).context("building the control plane's API client")?;
+    let client = kube::Client::try_from(config.clone())
+        .context("building the control plane's API client")?;
     let cfg = berth_scheduler::binder::Config {
         profile: berth_scheduler::Profile {
             scoring: match args.scheduler_scoring {
@@ -101,16 +106,38 @@ pub async fn start_control_plane(
         },
         ..Default::default()
     };
-    let controllers = client.clone();
-    tokio::spawn(async move {
-        if let Err(e) = berth_controllers::run(controllers).await {
-            tracing::error!(error = %format!("{e:#}"), "the controllers stopped");
+    // Who this server is in the leader election: stable across its restarts (so a restarted
+    // server resumes its own Lease at once), distinct between servers (each has its data dir).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let identity = format!("{}:{}", host.trim(), dir.display());
+    let lease = std::time::Duration::from_secs(args.leader_lease_seconds.max(1));
+    let election = berth_controllers::leader::Config::with_lease(identity, lease);
+    // Each term gets a client of its own, so nothing of a term that was stopped (watches,
+    // connections) carries into the next.
+    let work = move || {
+        let client = kube::Client::try_from(config.clone());
+        let cfg = cfg.clone();
+        async move {
+            let client = match client {
+                Ok(c) => c,
+                Err(e) => {
+                    return tracing::error!(error = %e, "building the control plane's API client")
+                }
+            };
+            let controllers = async {
+                if let Err(e) = berth_controllers::run(client.clone()).await {
+                    tracing::error!(error = %format!("{e:#}"), "the controllers stopped");
+                }
+            };
+            let scheduler = async {
+                if let Err(e) = berth_scheduler::binder::run(client.clone(), cfg).await {
+                    tracing::error!(error = %format!("{e:#}"), "the scheduler stopped");
+                }
+            };
+            futures::join!(controllers, scheduler);
         }
-    });
-    tokio::spawn(async move {
-        if let Err(e) = berth_scheduler::binder::run(client, cfg).await {
-            tracing::error!(error = %format!("{e:#}"), "the scheduler stopped");
-        }
-    });
+    };
+    tokio::spawn(berth_controllers::leader::run(client, election, work));
     Ok(())
 }

@@ -19,7 +19,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.serve.data_dir.display()
             )
         })?;
-    super::start_control_plane(&server, &args.control).await?;
+    super::start_control_plane(&server, &args.serve.data_dir, &args.control).await?;
     println!("berth server listening on {}", server.url());
     println!(
         "node-join token: berth token --data-dir {} --node",

@@ -35,7 +35,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let server = berth_apiserver::start(args.serve.config())
         .await
         .with_context(|| format!("starting Berth in {}", args.serve.data_dir.display()))?;
-    super::start_control_plane(&server, &args.control).await?;
+    super::start_control_plane(&server, &args.serve.data_dir, &args.control).await?;
     let path = args.serve.data_dir.join("kubeconfig");
     let config = berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin);
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;

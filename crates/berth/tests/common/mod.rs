@@ -31,7 +31,11 @@ fn start(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
             "127.0.0.1:0",
         ])
         .args(extra)
-        .env("BERTH_LOG", "warn")
+        // BERTH_TEST_LOG=debug (any BERTH_LOG filter) makes the servers under test chatty.
+        .env(
+            "BERTH_LOG",
+            std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
