@@ -17,6 +17,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -65,8 +66,8 @@ struct Observed {
 }
 
 enum Round {
-    /// We hold the Lease (just written).
-    Held,
+    /// We hold the Lease (just written; its metadata as written).
+    Held(Box<ObjectMeta>),
     /// Someone else does, or we lost a race for it.
     Other(String),
 }
@@ -78,13 +79,23 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let api: Api<Lease> = Api::namespaced(client, NAMESPACE);
+    let api: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
     let mut observed = Observed::default();
     loop {
         // Campaign.
         loop {
             match round(&api, &cfg, &mut observed).await {
-                Ok(Round::Held) => break,
+                Ok(Round::Held(lease)) => {
+                    crate::util::record(
+                        &client,
+                        crate::util::involved_in("coordination.k8s.io/v1", "Lease", &lease),
+                        "Normal",
+                        "LeaderElection",
+                        &format!("{} became leader", cfg.identity),
+                        "berth-control-plane",
+                    );
+                    break;
+                }
                 Ok(Round::Other(holder)) => {
                     tracing::debug!(%holder, "control plane led elsewhere");
                 }
@@ -98,7 +109,7 @@ where
         loop {
             tokio::time::sleep(cfg.retry).await;
             match round(&api, &cfg, &mut observed).await {
-                Ok(Round::Held) => renewed = Instant::now(),
+                Ok(Round::Held(_)) => renewed = Instant::now(),
                 Ok(Round::Other(holder)) => {
                     tracing::warn!(%holder, "lost the control plane's Lease; stepping down");
                     break;
@@ -133,7 +144,7 @@ async fn round(
         }))
         .expect("a valid Lease");
         return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(Round::Held),
+            Ok(l) => Ok(Round::Held(Box::new(l.metadata))),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 Ok(Round::Other("a faster candidate".into()))
             }
@@ -166,9 +177,9 @@ async fn round(
     // `replace` carries the resourceVersion we read: a write in between makes this a 409.
     match api.replace(LEASE, &PostParams::default(), &next).await {
         Ok(written) => {
-            observed.resource_version = written.metadata.resource_version;
+            observed.resource_version = written.metadata.resource_version.clone();
             observed.since = Some(Instant::now());
-            Ok(Round::Held)
+            Ok(Round::Held(Box::new(written.metadata)))
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Round::Other("a faster candidate".into())),
         Err(e) => Err(e),
