@@ -195,6 +195,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             port,
             &cfg.node_name,
             &runtime.version(),
+            runtime.unenforced_limits().as_deref(),
         )
     };
     node::register(&client, &cfg.node_name, runtime.name(), status())
@@ -260,13 +261,22 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let address = cfg.address.clone();
         let data_dir = cfg.data_dir.clone();
         let version = runtime.version();
+        let unenforced = runtime.unenforced_limits();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let pressure = node::Pressure::of_host(&data_dir);
-                let status = node::node_status(&cap, &pressure, &address, port, &name, &version);
+                let status = node::node_status(
+                    &cap,
+                    &pressure,
+                    &address,
+                    port,
+                    &name,
+                    &version,
+                    unenforced.as_deref(),
+                );
                 if let Err(e) = node::heartbeat(&client, &name, status).await {
                     tracing::warn!(node = %name, error = %e, "node status update failed");
                 }

@@ -155,10 +155,9 @@ pub fn node_status(
     port: u16,
     name: &str,
     runtime_version: &str,
+    unenforced_limits: Option<&str>,
 ) -> Value {
     let t = crate::pods::ts(Timestamp::now());
-    // The process runtime runs pods without cgroups: say so where users look.
-    let unlimited = runtime_version.starts_with("process://");
     let cond = |ty: &str, status: &str, reason: &str, message: &str| {
         json!({"type": ty, "status": status, "reason": reason, "message": message,
                "lastHeartbeatTime": t, "lastTransitionTime": t})
@@ -197,13 +196,15 @@ pub fn node_status(
             "machineID": "", "systemUUID": "", "bootID": "",
         },
     });
-    if unlimited {
+    // A runtime that cannot enforce limits here (the process runtime without a writable
+    // cgroup hierarchy) says so where users look.
+    if let Some(why) = unenforced_limits {
         if let Some(conds) = status["conditions"].as_array_mut() {
             conds.push(cond(
                 "ResourceLimitsEnforced",
                 "False",
-                "ProcessRuntimeWithoutCgroups",
-                "the process runtime does not enforce CPU or memory limits on this node",
+                "NoWritableCgroups",
+                &format!("CPU and memory limits are not enforced on this node: {why}"),
             ));
         }
     }

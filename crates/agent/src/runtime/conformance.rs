@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{ContainerConfig, PodRef, PullPolicy, Runtime, RuntimeError, State};
 
-async fn wait_exit(rt: &dyn Runtime, id: &str) -> State {
+pub async fn wait_exit(rt: &dyn Runtime, id: &str) -> State {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let obs = rt.list().await.expect("list");

@@ -4,9 +4,11 @@
 //! join it. Drivers label everything they create with the pod's uid, the container name and
 //! the attempt number, so `list` can rebuild the agent's view after a restart (adoption).
 
+pub mod cgroup;
 pub mod conformance;
 pub mod docker;
 pub mod mock;
+pub mod mounts;
 pub mod process;
 
 use std::time::Duration;
@@ -216,6 +218,11 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// What the node reports as `containerRuntimeVersion`.
     fn version(&self) -> String;
+
+    /// Why CPU and memory limits are not enforced on this node, if they are not.
+    fn unenforced_limits(&self) -> Option<String> {
+        None
+    }
 
     /// Make sure `image` is on this node, as `policy` allows.
     async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError>;

@@ -10,8 +10,15 @@
 //! - Each container runs in its own process group, in its own working directory
 //!   (`.../containers/<id>/work`, or `workingDir`), with stdout and stderr in one log file.
 //! - There is no network namespace: pods share the host's network, and the pod IP is
-//!   127.0.0.1. Volumes are not mounted (the driver says so at start); CPU and memory limits
-//!   are not enforced, and stats cover each container's leading process.
+//!   127.0.0.1.
+//! - Volumes: a container with volume mounts runs in a mount namespace of its own with the
+//!   volumes bind-mounted at their paths ([`super::mounts`]); an agent that may not make mount
+//!   namespaces refuses such containers with a message saying so.
+//! - Limits: each container gets a cgroup (v2 or v1) with its CPU quota and memory limit, and
+//!   its first process joins it before exec, so all it starts is counted, limited, stopped and
+//!   reported (stats, OOMKilled) as one ([`super::cgroup`]). Where no cgroup hierarchy can be
+//!   written, containers run unlimited, stats cover each container's leading process, and the
+//!   node's `ResourceLimitsEnforced` condition says why.
 //!
 //! State lives on disk (`state.json` and an `exit` file per container), so a restarted agent
 //! adopts running processes; a process that ended while no agent watched reports exit code
@@ -26,6 +33,8 @@ use jiff::Timestamp;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
+use super::cgroup::{self, Cgroups, Group};
+use super::mounts::{self, Binds};
 use super::{
     Channel, ContainerConfig, ContainerStats, ExecSession, LogOptions, LogStream, Observed,
     ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime, RuntimeError, State,
@@ -35,6 +44,10 @@ const DRIVER: &str = "process";
 
 pub struct ProcessRuntime {
     root: PathBuf,
+    /// Where containers' cgroups go, or why there are none.
+    cgroups: Result<Cgroups, String>,
+    /// Whether containers can have volumes, or why not.
+    mounts: Result<(), String>,
 }
 
 fn io(operation: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -53,8 +66,20 @@ fn start_ticks(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Is the process that started at `ticks` still running? A zombie (dead, not yet reaped by
+/// whoever inherited it) is not.
 fn alive(pid: u32, ticks: u64) -> bool {
-    start_ticks(pid) == Some(ticks)
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let mut fields = stat
+        .rsplit_once(')')
+        .map(|(_, a)| a)
+        .unwrap_or("")
+        .split_whitespace();
+    let state = fields.next();
+    let started = fields.nth(18).and_then(|t| t.parse::<u64>().ok());
+    !matches!(state, Some("Z" | "X")) && started == Some(ticks)
 }
 
 /// Send `sig` to the whole process group `pgid` with kill(2) (not a `kill` program: the
@@ -82,7 +107,31 @@ impl ProcessRuntime {
         let root = data_dir.join("process");
         std::fs::create_dir_all(root.join("pods")).map_err(io("create the state dir"))?;
         std::fs::create_dir_all(root.join("images")).map_err(io("create the images dir"))?;
-        Ok(ProcessRuntime { root })
+        // One parent group per driver (per data dir), so agents sharing a host stay apart.
+        let name = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            root.hash(&mut h);
+            format!("berth-{:012x}", h.finish() & 0xffff_ffff_ffff)
+        };
+        let cgroups = Cgroups::detect(&name);
+        if let Err(why) = &cgroups {
+            tracing::warn!(%why, "process runtime: CPU and memory limits will not be enforced");
+        }
+        let mounts = mounts::probe();
+        if let Err(why) = &mounts {
+            tracing::warn!(%why, "process runtime: containers with volumes cannot start");
+        }
+        Ok(ProcessRuntime {
+            root,
+            cgroups,
+            mounts,
+        })
+    }
+
+    /// The cgroup of container `id`, if containers get cgroups here.
+    fn group(&self, id: &str) -> Option<Group> {
+        self.cgroups.as_ref().ok().map(|c| c.group(&safe(id)))
     }
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
@@ -123,7 +172,7 @@ impl ProcessRuntime {
                     .as_str()
                     .and_then(|t| t.parse().ok())
                     .unwrap_or(started_at),
-                oom_killed: false,
+                oom_killed: e["oom"].as_bool().unwrap_or(false),
             },
             None if alive(pid, ticks) => State::Running { started_at },
             None => State::Exited {
@@ -170,6 +219,10 @@ impl Runtime for ProcessRuntime {
 
     fn version(&self) -> String {
         "process://berth".into()
+    }
+
+    fn unenforced_limits(&self) -> Option<String> {
+        self.cgroups.as_ref().err().cloned()
     }
 
     async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError> {
@@ -229,11 +282,21 @@ impl Runtime for ProcessRuntime {
                 c.image
             )));
         }
-        if !c.mounts.is_empty() {
-            return Err(start_err("the process runtime cannot mount volumes".into()));
+        if let (false, Err(why)) = (c.mounts.is_empty(), &self.mounts) {
+            return Err(start_err(format!(
+                "cannot mount the container's volumes: {why}"
+            )));
         }
+        let binds = Binds::prepare(&c.mounts)
+            .map_err(|e| start_err(format!("preparing the volume mount points: {e}")))?;
         let id = format!("{}~{}~{}", pod.uid, c.name, c.attempt);
         let dir = self.container_dir(&id).expect("a container id");
+        let group = self.group(&id);
+        if let Some(g) = &group {
+            g.create(c.cpu_millis, c.memory_bytes)
+                .map_err(|e| start_err(format!("creating the container's cgroup: {e}")))?;
+        }
+        let procs = group.as_ref().map(Group::procs_files).unwrap_or_default();
         let work = match &c.working_dir {
             Some(w) => PathBuf::from(w),
             None => dir.join("work"),
@@ -246,7 +309,7 @@ impl Runtime for ProcessRuntime {
             .map_err(io("open the log"))?;
         let mut st = json!({
             "id": id, "podUid": pod.uid, "name": c.name, "attempt": c.attempt, "image": c.image,
-            "env": c.env, "workDir": work,
+            "env": c.env, "workDir": work, "volumes": !binds.is_empty(),
         });
         let (env, work) = self.environment(&st);
         let mut cmd = tokio::process::Command::new(&argv[0]);
@@ -259,9 +322,19 @@ impl Runtime for ProcessRuntime {
             .stderr(log)
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| start_err(format!("exec {:?}: {e}", argv[0])))?;
+        // SAFETY: the hook joins the cgroup and mounts the volumes with raw system calls only.
+        unsafe {
+            cmd.pre_exec(move || {
+                cgroup::join(&procs)?;
+                binds.apply()
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            if let Some(g) = &group {
+                g.remove();
+            }
+            start_err(format!("exec {:?}: {e}", argv[0]))
+        })?;
         let pid = child.id().unwrap_or(0);
         st["pid"] = json!(pid);
         st["ticks"] = json!(start_ticks(pid).unwrap_or(0));
@@ -277,7 +350,8 @@ impl Runtime for ProcessRuntime {
                     .map(i64::from)
                     .or_else(|| status.signal().map(|s| 128 + s as i64))
                     .unwrap_or(255);
-                let exit = json!({"code": code, "at": Timestamp::now().to_string()});
+                let oom = code == 137 && group.is_some_and(|g| g.oom_kills() > 0);
+                let exit = json!({"code": code, "oom": oom, "at": Timestamp::now().to_string()});
                 let _ = std::fs::write(dir.join("exit"), exit.to_string());
             }
         });
@@ -333,6 +407,7 @@ impl Runtime for ProcessRuntime {
         while alive(pid, ticks) && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let group = self.group(id);
         if alive(pid, ticks) {
             signal(pid, Signal::SIGKILL);
             for _ in 0..100 {
@@ -341,6 +416,10 @@ impl Runtime for ProcessRuntime {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+        // What left the process group (a daemon that called setsid) is still in the cgroup.
+        for stray in group.iter().flat_map(Group::pids) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(stray), Signal::SIGKILL);
         }
         // Give the waiting task a moment to record the exit.
         for _ in 0..50 {
@@ -365,6 +444,9 @@ impl Runtime for ProcessRuntime {
                 }
                 _ => Ok(()),
             };
+        }
+        if let Some(g) = self.group(id) {
+            g.remove();
         }
         if let Some(dir) = self.container_dir(id) {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -436,6 +518,12 @@ impl Runtime for ProcessRuntime {
                 container: id.into(),
                 message: "no such container".into(),
             })?;
+        if let Some((cpu_nanos, working_set_bytes)) = self.group(id).and_then(|g| g.usage()) {
+            return Ok(ContainerStats {
+                cpu_nanos,
+                working_set_bytes,
+            });
+        }
         let pid = st["pid"].as_u64().unwrap_or(0);
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let fields: Vec<u64> = stat
@@ -482,7 +570,19 @@ impl Runtime for ProcessRuntime {
                 message: "an empty command".into(),
             });
         };
-        let mut child = tokio::process::Command::new(program)
+        // An exec runs where the container does: its cgroup and its mount namespace.
+        let procs = self.group(id).map(|g| g.procs_files()).unwrap_or_default();
+        let ns = (st["volumes"].as_bool() == Some(true))
+            .then(|| mounts::namespace_of(st["pid"].as_u64().unwrap_or(0) as u32));
+        let mut cmd = tokio::process::Command::new(program);
+        // SAFETY: the hook makes raw system calls only.
+        unsafe {
+            cmd.pre_exec(move || {
+                cgroup::join(&procs)?;
+                ns.as_ref().map_or(Ok(()), mounts::enter)
+            });
+        }
+        let mut child = cmd
             .args(args)
             .env_clear()
             .envs(env)
@@ -579,6 +679,187 @@ mod tests {
             pull_policy: PullPolicy::IfNotPresent,
             attempt: 0,
         }
+    }
+
+    fn pod(uid: &str) -> PodRef {
+        PodRef {
+            uid: uid.into(),
+            namespace: "default".into(),
+            name: uid.into(),
+            host_ports: vec![],
+        }
+    }
+
+    /// A driver that must enforce limits: the limit tests are meaningless without cgroups.
+    fn limited_runtime(dir: &Path) -> ProcessRuntime {
+        let rt = ProcessRuntime::new(dir).unwrap();
+        if let Some(why) = rt.unenforced_limits() {
+            panic!("this test needs a writable cgroup hierarchy (run the tests as root): {why}");
+        }
+        rt
+    }
+
+    #[tokio::test]
+    async fn a_container_over_its_memory_limit_is_oom_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = limited_runtime(dir.path());
+        let sb = rt.create_sandbox(&pod("uid-oom")).await.unwrap();
+        // tail keeps everything it reads until a newline: /dev/zero never gives one.
+        let mut c = config("hog", &["tail", "/dev/zero"]);
+        c.memory_bytes = Some(32 << 20);
+        let id = rt
+            .start_container(&pod("uid-oom"), &sb.id, &c)
+            .await
+            .unwrap();
+        let state = crate::runtime::conformance::wait_exit(&rt, &id).await;
+        assert!(
+            matches!(
+                state,
+                State::Exited {
+                    exit_code: 137,
+                    oom_killed: true,
+                    ..
+                }
+            ),
+            "{state:?}"
+        );
+        rt.remove(&id).await.unwrap();
+        assert!(rt.group(&id).unwrap().pids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cpu_limit_caps_the_container_and_stats_count_all_its_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = limited_runtime(dir.path());
+        let sb = rt.create_sandbox(&pod("uid-cpu")).await.unwrap();
+        // Two busy children: unlimited they would take up to 2 CPUs.
+        let mut c = config(
+            "burn",
+            &[
+                "sh",
+                "-c",
+                "(while :; do :; done) & (while :; do :; done) & wait",
+            ],
+        );
+        c.cpu_millis = Some(100);
+        let id = rt
+            .start_container(&pod("uid-cpu"), &sb.id, &c)
+            .await
+            .unwrap();
+        let before = rt.stats(&id).await.unwrap().cpu_nanos;
+        let t = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let used = rt.stats(&id).await.unwrap().cpu_nanos - before;
+        let share = used as f64 / t.elapsed().as_nanos() as f64;
+        // 0.1 CPU allowed; stats from the leading shell alone would read 0.
+        assert!(share > 0.03 && share < 0.25, "used {share:.3} CPUs");
+        rt.stop(&id, Duration::from_millis(100)).await.unwrap();
+        assert!(
+            rt.group(&id).unwrap().pids().is_empty(),
+            "stop empties the cgroup"
+        );
+        rt.remove(&id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stop_kills_what_left_the_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = limited_runtime(dir.path());
+        let sb = rt.create_sandbox(&pod("uid-stray")).await.unwrap();
+        let pidfile = dir.path().join("stray.pid");
+        let script = format!(
+            "setsid sleep 300 & echo $! > {}; sleep 300",
+            pidfile.display()
+        );
+        let id = rt
+            .start_container(
+                &pod("uid-stray"),
+                &sb.id,
+                &config("daemon", &["sh", "-c", &script]),
+            )
+            .await
+            .unwrap();
+        let mut stray = None;
+        for _ in 0..100 {
+            stray = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if stray.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stray = stray.expect("the stray's pid");
+        let ticks = start_ticks(stray).expect("the stray runs");
+        rt.stop(&id, Duration::from_millis(200)).await.unwrap();
+        for _ in 0..50 {
+            if !alive(stray, ticks) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !alive(stray, ticks),
+            "a process that left the group survived stop"
+        );
+        rt.remove(&id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn volumes_are_mounted_in_the_container_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        if let Err(why) = &rt.mounts {
+            panic!("this test needs mount namespaces (run the tests as root): {why}");
+        }
+        let volume = dir.path().join("volume");
+        std::fs::create_dir_all(&volume).unwrap();
+        std::fs::write(volume.join("hello"), "from the volume\n").unwrap();
+        let (rw, ro) = (dir.path().join("mnt/rw"), dir.path().join("mnt/ro"));
+        let script = format!(
+            "cat {rw}/hello; echo written > {rw}/new; echo nope > {ro}/new || echo read-only; sleep 300",
+            rw = rw.display(),
+            ro = ro.display()
+        );
+        let mut c = config("vol", &["sh", "-c", &script]);
+        let mount = |target: &Path, read_only| crate::runtime::Mount {
+            host_path: volume.display().to_string(),
+            container_path: target.display().to_string(),
+            read_only,
+        };
+        c.mounts = vec![mount(&rw, false), mount(&ro, true)];
+        let sb = rt.create_sandbox(&pod("uid-vol")).await.unwrap();
+        let id = rt
+            .start_container(&pod("uid-vol"), &sb.id, &c)
+            .await
+            .unwrap();
+        let log_path = rt.container_dir(&id).unwrap().join("log");
+        let mut log = String::new();
+        for _ in 0..100 {
+            log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains("read-only") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(log.starts_with("from the volume\n"), "{log}");
+        assert!(log.contains("read-only"), "{log}");
+        assert_eq!(
+            std::fs::read_to_string(volume.join("new")).unwrap(),
+            "written\n"
+        );
+        // The host sees empty mount points, not the volume.
+        assert!(!rw.join("hello").exists());
+        // An exec sees what the container sees.
+        let seen = format!("{}/hello", ro.display());
+        assert_eq!(
+            rt.exec_status(&id, &["test".into(), "-f".into(), seen])
+                .await
+                .unwrap(),
+            0
+        );
+        rt.stop(&id, Duration::from_millis(100)).await.unwrap();
+        rt.remove(&id).await.unwrap();
     }
 
     #[tokio::test]
