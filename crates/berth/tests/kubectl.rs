@@ -365,6 +365,37 @@ fn describe_label_annotate_scale_delete_and_events() {
     b.kubectl_ok(&["delete", "namespace", "tmp", "--timeout=20s"]);
     let ns = b.kubectl_ok(&["get", "ns", "-o", "name"]);
     assert!(!ns.contains("namespace/tmp"), "{ns}");
+    // Gone: creates in it are NotFound, even straight after (the lifecycle check's cache).
+    let late = b.kubectl(&["create", "configmap", "y", "-n", "tmp"]);
+    assert!(
+        String::from_utf8_lossy(&late.stderr).contains(r#"namespaces "tmp" not found"#),
+        "{}",
+        String::from_utf8_lossy(&late.stderr)
+    );
+    // Terminating (held by a finalizer on something inside): creates are refused.
+    b.kubectl_ok(&["create", "namespace", "closing"]);
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: closing, finalizers: [example.com/hold]}\n",
+    );
+    b.kubectl_ok(&["delete", "namespace", "closing", "--wait=false"]);
+    let refused = b.kubectl(&["create", "configmap", "z", "-n", "closing"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("because it is being terminated"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    b.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "closing",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    b.kubectl_ok(&["wait", "--for=delete", "namespace/closing", "--timeout=20s"]);
 }
 
 /// Apply `yaml` and expect kubectl to fail with stderr naming each of `needles`.

@@ -618,20 +618,29 @@ impl Registry {
         name: &str,
     ) -> Result<(), ApiError> {
         let nsres = resources::of_kind(Kind::Namespace);
-        match self.get_kv(nsres, None, ns).await? {
-            None => Err(ApiError::not_found(nsres, ns)),
-            Some(kv) => {
-                let obj = from_kv(&kv)?;
-                if obj.pointer("/metadata/deletionTimestamp").is_some() {
-                    Err(ApiError::forbidden(format!(
-                        "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                        res.qualified()
-                    )))
-                } else {
-                    Ok(())
-                }
-            }
+        let cached = self
+            .namespaces
+            .read()
+            .expect("namespace cache")
+            .get(ns)
+            .copied();
+        let terminating = match cached {
+            Some(terminating) => terminating,
+            // Not seen by the watch yet (or the cache is rebuilding): ask the store.
+            None => match self.get_kv(nsres, None, ns).await? {
+                None => return Err(ApiError::not_found(nsres, ns)),
+                Some(kv) => from_kv(&kv)?
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some(),
+            },
+        };
+        if terminating {
+            return Err(ApiError::forbidden(format!(
+                "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                res.qualified()
+            )));
         }
+        Ok(())
     }
 
     /// Create the namespaces every cluster starts with, if they are missing.
