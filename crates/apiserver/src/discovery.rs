@@ -1,7 +1,7 @@
 //! Discovery: `/version`, `/api`, `/apis`, the per-group resource lists, and the small
 //! OpenAPI v3 documents that tell kubectl the server validates fields itself.
 
-use berth_core::resources::{self, Resource, RESOURCES};
+use berth_core::resources::{self, Resource};
 use serde_json::{json, Value};
 
 /// The Kubernetes version Berth reports: kubectl's dispatcher picks its v1.32 client by it.
@@ -36,10 +36,7 @@ const VERBS: &[&str] = &[
 
 fn api_resources(group: &str, version: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for r in RESOURCES
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
+    for r in resources::of_group_version(group, version) {
         let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -72,12 +69,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if (group, version) == (crate::metrics::GROUP, crate::metrics::VERSION) {
         return Some(crate::metrics::resource_list());
     }
-    if !RESOURCES
-        .iter()
-        .any(|r| r.group == group && r.version == version)
-    {
-        return None;
-    }
+    resources::of_group_version(group, version).next()?;
     let gv = if group.is_empty() {
         version.to_string()
     } else {
@@ -100,29 +92,40 @@ pub fn core_versions() -> Value {
     })
 }
 
-fn group_entry(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+/// A group and its served versions, the first preferred.
+fn group_entry(group: &str, versions: &[&str]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "versions": gvs, "preferredVersion": gvs[0]})
+}
+
+/// Every served group with its versions (the metrics API's included).
+fn all_groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    resources::groups()
+        .into_iter()
+        .map(|(g, _)| (g, resources::group_versions(g)))
+        .chain([(crate::metrics::GROUP, vec![crate::metrics::VERSION])])
+        .collect()
 }
 
 /// `/apis`.
 pub fn groups() -> Value {
-    let groups: Vec<Value> = resources::groups()
-        .into_iter()
-        .chain([(crate::metrics::GROUP, crate::metrics::VERSION)])
-        .map(|(g, v)| group_entry(g, v))
+    let groups: Vec<Value> = all_groups()
+        .iter()
+        .map(|(g, vs)| group_entry(g, vs))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/<group>`.
 pub fn group(name: &str) -> Option<Value> {
-    resources::groups()
+    all_groups()
         .into_iter()
-        .chain([(crate::metrics::GROUP, crate::metrics::VERSION)])
         .find(|(g, _)| *g == name)
-        .map(|(g, v)| {
-            let mut e = group_entry(g, v);
+        .map(|(g, vs)| {
+            let mut e = group_entry(g, &vs);
             e["kind"] = json!("APIGroup");
             e["apiVersion"] = json!("v1");
             e
@@ -141,7 +144,9 @@ fn gv_path(group: &str, version: &str) -> String {
 pub fn openapi_v3_root() -> Value {
     let mut paths = serde_json::Map::new();
     let mut gvs: Vec<(&str, &str)> = vec![("", "v1")];
-    gvs.extend(resources::groups());
+    for (g, _) in resources::groups() {
+        gvs.extend(resources::group_versions(g).into_iter().map(|v| (g, v)));
+    }
     for (g, v) in gvs {
         let p = gv_path(g, v);
         let url = format!(
@@ -179,10 +184,7 @@ pub fn openapi_v3_group(path: &str) -> Option<Value> {
         _ => return None,
     };
     let mut paths = serde_json::Map::new();
-    for r in RESOURCES
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
+    for r in resources::of_group_version(group, version) {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind_name});
         let op = |verb: &str| {
             json!({

@@ -10,7 +10,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use berth_core::kinds::convert;
 use berth_core::resources::{self, Kind, Resource};
+use berth_core::validation::FieldError;
 use serde_json::{json, Value};
 
 use crate::auth::{self, Identity, Tokens};
@@ -408,7 +410,13 @@ async fn resource(
     req: Request,
 ) -> Result<Response, ApiError> {
     let target = parse_target(group, version, segs)?;
-    let res = target.res;
+    // An older version served beside the stored one: the registry works in the storage
+    // version, and `edge` converts at the boundary.
+    let edge = Edge {
+        served: target.res,
+        storage: resources::of_kind(target.res.kind),
+    };
+    let res = edge.storage;
     let method = req.method().clone();
     let node_scope = auth::authorize(
         who,
@@ -458,11 +466,13 @@ async fn resource(
     let action = match (&method, target.name.is_some(), sub) {
         (&Method::GET, false, None) if is_watch => Action::Watch,
         (&Method::GET, false, None) => Action::List,
-        (&Method::POST, false, None) => Action::Create(body()?),
+        (&Method::POST, false, None) => Action::Create(edge.incoming(body()?)?),
         (&Method::DELETE, false, None) => Action::DeleteCollection(delete_opts()?),
         (&Method::GET, true, None | Some("status")) if !is_watch => Action::Get,
-        (&Method::PUT, true, None) => Action::Update(body()?, Part::Main),
-        (&Method::PUT, true, Some("status")) if res.status => Action::Update(body()?, Part::Status),
+        (&Method::PUT, true, None) => Action::Update(edge.incoming(body()?)?, Part::Main),
+        (&Method::PUT, true, Some("status")) if res.status => {
+            Action::Update(edge.incoming(body()?)?, Part::Status)
+        }
         (&Method::PATCH, true, None) => Action::Patch(patch_type(&ct)?, body()?, Part::Main),
         (&Method::PATCH, true, Some("status")) if res.status => {
             Action::Patch(patch_type(&ct)?, body()?, Part::Status)
@@ -507,23 +517,23 @@ async fn resource(
         check_node_scope(reg, scope, who, res, ns, subject).await?;
     }
     match action {
-        Action::Get => ok(&format::object(res, reg.get(res, ns, name).await?, shape)),
+        Action::Get => ok(&edge.object(reg.get(res, ns, name).await?, shape)),
         Action::List => {
             let params = ListParams::from_query(res, &q)?;
-            ok(&format::list(res, reg.list(res, ns, &params).await?, shape))
+            ok(&edge.list(reg.list(res, ns, &params).await?, shape))
         }
         Action::Watch => {
             let params = ListParams::from_query(res, &q)?;
             let rx = reg.watch(res, ns, params, app.bookmark_every).await?;
-            Ok(watch_response(res, rx, shape))
+            Ok(watch_response(edge, rx, shape))
         }
         Action::Create(body) => Ok(outcome(
-            res,
+            edge,
             reg.create(res, ns, body, &write).await?,
             shape,
         )),
         Action::Update(body, part) => Ok(outcome(
-            res,
+            edge,
             reg.update(res, ns, name, body, part, &write).await?,
             shape,
         )),
@@ -531,11 +541,13 @@ async fn resource(
             if kind == PatchType::Apply && write.field_manager.as_deref().unwrap_or("").is_empty() {
                 return Err(ApiError::bad_request("PATCH requests with application/apply-patch+yaml need a fieldManager query parameter"));
             }
-            Ok(outcome(
-                res,
-                reg.patch(res, ns, name, kind, &body, part, &write).await?,
-                shape,
-            ))
+            let out = if edge.converts() {
+                edge.patch(reg, (ns, name), kind, &body, part, &write)
+                    .await?
+            } else {
+                reg.patch(res, ns, name, kind, &body, part, &write).await?
+            };
+            Ok(outcome(edge, out, shape))
         }
         Action::Delete(opts) => {
             let (obj, gone) = reg.delete(res, ns, name, &opts).await?;
@@ -544,7 +556,7 @@ async fn resource(
             } else {
                 StatusCode::ACCEPTED
             };
-            Ok(json_response(code, &format::object(res, obj, shape), &[]))
+            Ok(json_response(code, &edge.object(obj, shape), &[]))
         }
         Action::DeleteCollection(opts) => {
             let params = ListParams::from_query(res, &q)?;
@@ -554,7 +566,7 @@ async fn resource(
                 resource_version: 0,
                 continue_token: None,
             };
-            ok(&format::list(res, listed, Shape::Object))
+            ok(&edge.list(listed, Shape::Object))
         }
         Action::GetScale => ok(&reg.get_scale(res, ns, name).await?),
         Action::UpdateScale(body) => ok(&reg
@@ -571,19 +583,117 @@ async fn resource(
     }
 }
 
+/// The version a request was made in and the version its kind is stored in; the same for
+/// every kind but those with older versions served beside ([`resources::ALSO_SERVED`]).
+#[derive(Clone, Copy)]
+struct Edge {
+    served: &'static Resource,
+    storage: &'static Resource,
+}
+
+impl Edge {
+    fn converts(&self) -> bool {
+        self.served.version != self.storage.version
+    }
+
+    /// A request body, in the storage version.
+    fn incoming(&self, body: Value) -> Result<Value, ApiError> {
+        if !self.converts() {
+            return Ok(body);
+        }
+        let name = body
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        convert::to_storage(self.served, body).map_err(|e| {
+            let err = FieldError::invalid(e.field, "", e.message);
+            ApiError::invalid(self.served, &name, &[err])
+        })
+    }
+
+    /// A stored object as the request's version and shape show it. Tables are made from the
+    /// stored object: their columns are the same in every version.
+    fn object(&self, obj: Value, shape: Shape) -> Value {
+        match shape {
+            Shape::Object if self.converts() => convert::from_storage(self.served, obj),
+            _ => format::object(self.storage, obj, shape),
+        }
+    }
+
+    fn list(&self, mut listed: crate::registry::ListResult, shape: Shape) -> Value {
+        if !self.converts() || shape != Shape::Object {
+            return format::list(self.storage, listed, shape);
+        }
+        listed.items = listed
+            .items
+            .into_iter()
+            .map(|o| convert::from_storage(self.served, o))
+            .collect();
+        format::list(self.served, listed, shape)
+    }
+
+    /// A patch written against the served version: applied to the object converted to it,
+    /// then stored converted back, pinned to the version read (retried if another write
+    /// lands in between).
+    async fn patch(
+        &self,
+        reg: &crate::registry::Registry,
+        (ns, name): (Option<&str>, &str),
+        kind: PatchType,
+        body: &Value,
+        part: Part,
+        write: &WriteOptions,
+    ) -> Result<crate::registry::Outcome, ApiError> {
+        if kind == PatchType::Apply {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!(
+                    "server-side apply of {} is served in {}; apply the object in that version",
+                    self.served.qualified(),
+                    self.storage.api_version()
+                ),
+            ));
+        }
+        let pinned = body.pointer("/metadata/resourceVersion").is_some();
+        for _ in 0..5 {
+            let current = reg.get(self.storage, ns, name).await?;
+            let mut shown = convert::from_storage(self.served, current);
+            crate::registry::apply_patch(&mut shown, kind, body)?;
+            let stored = self.incoming(shown)?;
+            match reg
+                .update(self.storage, ns, name, stored, part, write)
+                .await
+            {
+                Err(e) if e.code == StatusCode::CONFLICT && !pinned => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "{} {name:?} kept changing while it was patched; try again",
+                self.served.qualified()
+            ),
+        ))
+    }
+}
+
 /// A write's answer: 201 when it created, 200 otherwise, with its warnings.
-fn outcome(res: &Resource, out: crate::registry::Outcome, shape: Shape) -> Response {
+fn outcome(edge: Edge, out: crate::registry::Outcome, shape: Shape) -> Response {
     let code = if out.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    json_response(code, &format::object(res, out.object, shape), &out.warnings)
+    json_response(code, &edge.object(out.object, shape), &out.warnings)
 }
 
 /// Stream watch events as one JSON object per line.
 fn watch_response(
-    res: &'static Resource,
+    edge: Edge,
     rx: tokio::sync::mpsc::Receiver<WatchEvent>,
     shape: Shape,
 ) -> Response {
@@ -591,7 +701,7 @@ fn watch_response(
         let ev = rx.recv().await?;
         let object = match (ev.kind, shape) {
             ("ERROR" | "BOOKMARK", _) => ev.object,
-            (_, shape) => format::object(res, ev.object, shape),
+            (_, shape) => edge.object(ev.object, shape),
         };
         let mut line =
             serde_json::to_vec(&json!({"type": ev.kind, "object": object})).unwrap_or_default();

@@ -1,5 +1,6 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), as kubectl's generators
-//! (`kubectl create namespace|deployment|service|configmap|secret`) send them: the `k8s\0`
+//! (`kubectl create namespace|deployment|service|configmap|secret`, `kubectl autoscale`) send
+//! them: the `k8s\0`
 //! envelope around a `runtime.Unknown` whose `raw` is the object.
 //!
 //! Berth answers JSON and stores JSON, so a protobuf body is decoded with `k8s-pb`'s types and
@@ -7,6 +8,7 @@
 //! other kinds are refused with 415 and a pointer to JSON.
 
 use k8s_pb::api::apps::v1 as apps;
+use k8s_pb::api::autoscaling::v1 as autoscaling;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
@@ -64,6 +66,25 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
         ("apps/v1", "Deployment") => {
             let d = apps::Deployment::decode(&raw[..]).map_err(|e| bad("Deployment", e))?;
             json!({"metadata": object_meta(d.metadata), "spec": deployment_spec(d.spec.unwrap_or_default())})
+        }
+        ("autoscaling/v1", "HorizontalPodAutoscaler") => {
+            let h = autoscaling::HorizontalPodAutoscaler::decode(&raw[..])
+                .map_err(|e| bad("HorizontalPodAutoscaler", e))?;
+            let spec = h.spec.unwrap_or_default();
+            let target = spec.scale_target_ref.unwrap_or_default();
+            let mut target_json = json!({});
+            put_str(&mut target_json, "apiVersion", target.api_version);
+            put_str(&mut target_json, "kind", target.kind);
+            put_str(&mut target_json, "name", target.name);
+            let mut spec_json = json!({"scaleTargetRef": target_json});
+            put(&mut spec_json, "minReplicas", spec.min_replicas.map(|v| json!(v)));
+            put(&mut spec_json, "maxReplicas", spec.max_replicas.map(|v| json!(v)));
+            put(
+                &mut spec_json,
+                "targetCPUUtilizationPercentage",
+                spec.target_cpu_utilization_percentage.map(|v| json!(v)),
+            );
+            json!({"metadata": object_meta(h.metadata), "spec": spec_json})
         }
         _ => {
             return Err(ApiError::unsupported_media_type(&format!(

@@ -429,3 +429,88 @@ fn bad_input_gets_a_status_and_stores_nothing() {
     let names = b.kubectl_ok(&["get", "cm", "-o", "name"]);
     assert!(names.trim().is_empty(), "nothing was stored: {names}");
 }
+
+#[tokio::test]
+async fn kubectl_autoscale_speaks_autoscaling_v1_over_the_v2_object() {
+    let b = Berth::up(&["--runtime", "mock"]);
+    b.kubectl_ok(&["create", "deployment", "web", "--image=busybox"]);
+    // kubectl 1.32 creates autoscaling/v1 HPAs, as protobuf.
+    b.kubectl_ok(&[
+        "autoscale",
+        "deployment",
+        "web",
+        "--cpu-percent=50",
+        "--min=1",
+        "--max=3",
+    ]);
+    let v2 = b.kubectl_ok(&[
+        "get",
+        "hpa",
+        "web",
+        "-o",
+        "jsonpath={.apiVersion} {.spec.metrics[0].resource.name} {.spec.metrics[0].resource.target.averageUtilization}",
+    ]);
+    assert_eq!(v2, "autoscaling/v2 cpu 50");
+    let v1 = b.kubectl_ok(&[
+        "get",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "web",
+        "-o",
+        "jsonpath={.apiVersion} {.spec.targetCPUUtilizationPercentage} {.spec.maxReplicas}",
+    ]);
+    assert_eq!(v1, "autoscaling/v1 50 3");
+    // A v1 patch lands on the v2 object; v2-only fields survive a v1 read-modify-write.
+    b.kubectl_ok(&[
+        "patch",
+        "hpa",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":7}}}}"#,
+    ]);
+    b.kubectl_ok(&[
+        "patch",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"targetCPUUtilizationPercentage":70}}"#,
+    ]);
+    let json = b.kubectl_ok(&[
+        "get",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "web",
+        "-o",
+        "json",
+    ]);
+    b.kubectl_stdin_ok(&["replace", "-f", "-"], &json);
+    let after = b.kubectl_ok(&[
+        "get",
+        "hpa",
+        "web",
+        "-o",
+        "jsonpath={.spec.metrics[0].resource.target.averageUtilization} {.spec.behavior.scaleDown.stabilizationWindowSeconds} {.metadata.annotations}",
+    ]);
+    assert_eq!(after, "70 7 ", "the v1 carrier annotations are not stored");
+    // A carrier annotation that is not JSON is refused with its field path.
+    let bad = json.replace(
+        r#""autoscaling.alpha.kubernetes.io/behavior": ""#,
+        r#""autoscaling.alpha.kubernetes.io/behavior": "not json, "#,
+    );
+    assert_ne!(bad, json, "the v1 object carries the behavior annotation");
+    let out = b.kubectl_stdin(&["replace", "-f", "-"], &bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("metadata.annotations[autoscaling.alpha.kubernetes.io/behavior]"),
+        "{err}"
+    );
+    // Discovery names both versions, v2 preferred.
+    let versions = b.kubectl_ok(&["api-versions"]);
+    assert!(
+        versions.contains("autoscaling/v1") && versions.contains("autoscaling/v2"),
+        "{versions}"
+    );
+    let resources = b.kubectl_ok(&["api-resources", "--api-group=autoscaling", "-o", "wide"]);
+    assert!(resources.contains("autoscaling/v2"), "{resources}");
+}

@@ -255,7 +255,51 @@ pub static RESOURCES: &[Resource] = &[
     ),
 ];
 
-/// The served API groups (other than core), with their one version each.
+/// Older versions served beside a kind's storage version (the one in [`RESOURCES`]), each
+/// converted to and from it at the API's edge (`crate::kinds::convert`).
+pub static ALSO_SERVED: &[Resource] = &[Resource {
+    short_names: &["hpa"],
+    categories: &["all"],
+    status: true,
+    generation: true,
+    ..res(
+        Kind::HorizontalPodAutoscaler,
+        "autoscaling",
+        "v1",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        true,
+    )
+}];
+
+/// Every version of `group` served, the preferred (storage) version first.
+pub fn group_versions(group: &str) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for r in RESOURCES
+        .iter()
+        .chain(ALSO_SERVED)
+        .filter(|r| r.group == group)
+    {
+        if !out.contains(&r.version) {
+            out.push(r.version);
+        }
+    }
+    out
+}
+
+/// Every served resource of one group-version, whichever table it is in.
+pub fn of_group_version<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static Resource> + 'a {
+    RESOURCES
+        .iter()
+        .chain(ALSO_SERVED)
+        .filter(move |r| r.group == group && r.version == version)
+}
+
+/// The served API groups (other than core), with their preferred version each.
 pub fn groups() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
     for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
@@ -268,9 +312,7 @@ pub fn groups() -> Vec<(&'static str, &'static str)> {
 
 /// Look up a resource by group, version and plural name.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    of_group_version(group, version).find(|r| r.plural == plural)
 }
 
 /// Look up a resource by its kind.

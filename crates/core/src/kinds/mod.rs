@@ -3,6 +3,7 @@
 //! to the kind's own module.
 
 mod apps;
+pub mod convert;
 mod misc;
 mod node;
 mod pod;
