@@ -12,7 +12,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_core::kinds::convert;
 use berth_core::resources::{self, Kind, Resource};
-use berth_core::validation::FieldError;
 use serde_json::{json, Value};
 
 use crate::auth::{self, Identity, Tokens};
@@ -541,12 +540,20 @@ async fn resource(
             if kind == PatchType::Apply && write.field_manager.as_deref().unwrap_or("").is_empty() {
                 return Err(ApiError::bad_request("PATCH requests with application/apply-patch+yaml need a fieldManager query parameter"));
             }
-            let out = if edge.converts() {
-                edge.patch(reg, (ns, name), kind, &body, part, &write)
-                    .await?
-            } else {
-                reg.patch(res, ns, name, kind, &body, part, &write).await?
-            };
+            if kind == PatchType::Apply && edge.converts() {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!(
+                        "server-side apply of {} is served in {}; apply the object in that version",
+                        edge.served.qualified(),
+                        edge.storage.api_version()
+                    ),
+                ));
+            }
+            let out = reg
+                .patch(edge.served, ns, name, kind, &body, part, &write)
+                .await?;
             Ok(outcome(edge, out, shape))
         }
         Action::Delete(opts) => {
@@ -606,10 +613,8 @@ impl Edge {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        convert::to_storage(self.served, body).map_err(|e| {
-            let err = FieldError::invalid(e.field, "", e.message);
-            ApiError::invalid(self.served, &name, &[err])
-        })
+        convert::to_storage(self.served, body)
+            .map_err(|e| ApiError::unconvertible(self.served, &name, e))
     }
 
     /// A stored object as the request's version and shape show it. Tables are made from the
@@ -631,53 +636,6 @@ impl Edge {
             .map(|o| convert::from_storage(self.served, o))
             .collect();
         format::list(self.served, listed, shape)
-    }
-
-    /// A patch written against the served version: applied to the object converted to it,
-    /// then stored converted back, pinned to the version read (retried if another write
-    /// lands in between).
-    async fn patch(
-        &self,
-        reg: &crate::registry::Registry,
-        (ns, name): (Option<&str>, &str),
-        kind: PatchType,
-        body: &Value,
-        part: Part,
-        write: &WriteOptions,
-    ) -> Result<crate::registry::Outcome, ApiError> {
-        if kind == PatchType::Apply {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UnsupportedMediaType",
-                format!(
-                    "server-side apply of {} is served in {}; apply the object in that version",
-                    self.served.qualified(),
-                    self.storage.api_version()
-                ),
-            ));
-        }
-        let pinned = body.pointer("/metadata/resourceVersion").is_some();
-        for _ in 0..5 {
-            let current = reg.get(self.storage, ns, name).await?;
-            let mut shown = convert::from_storage(self.served, current);
-            crate::registry::apply_patch(&mut shown, kind, body)?;
-            let stored = self.incoming(shown)?;
-            match reg
-                .update(self.storage, ns, name, stored, part, write)
-                .await
-            {
-                Err(e) if e.code == StatusCode::CONFLICT && !pinned => continue,
-                other => return other,
-            }
-        }
-        Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "{} {name:?} kept changing while it was patched; try again",
-                self.served.qualified()
-            ),
-        ))
     }
 }
 

@@ -2,6 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use berth_core::kinds::convert::ConvertError;
 use berth_core::{FieldError, Resource};
 use berth_store::StoreError;
 use serde_json::{json, Value};
@@ -84,6 +85,12 @@ impl ApiError {
             name,
             "the object has been modified; please apply your changes to the latest version and try again",
         )
+    }
+
+    /// 422 for an object written in an older version that does not convert to the stored one.
+    pub fn unconvertible(served: &Resource, name: &str, e: ConvertError) -> Self {
+        let err = FieldError::invalid(e.field, "", e.message);
+        ApiError::invalid(served, name, &[err])
     }
 
     /// 422 with one cause per field.

@@ -19,7 +19,7 @@ mod subresource;
 
 use std::sync::Arc;
 
-use berth_core::kinds;
+use berth_core::kinds::{self, convert};
 use berth_core::patch;
 use berth_core::resources::{self, Kind, Resource};
 use berth_core::typed;
@@ -555,9 +555,13 @@ impl Registry {
     /// `PATCH`: apply a patch to the stored object and write it, retrying on a concurrent
     /// write unless the patch itself pins a `resourceVersion`.
     #[allow(clippy::too_many_arguments)]
+    /// `PATCH`: apply a patch written in `served`'s version. For an older version served
+    /// beside the stored one (`resources::ALSO_SERVED`) the patch applies to the object as
+    /// that version shows it, and the result is stored converted back; the answer is in the
+    /// storage version, like every other registry call's.
     pub async fn patch(
         &self,
-        res: &Resource,
+        served: &Resource,
         ns: Option<&str>,
         name: &str,
         kind: PatchType,
@@ -565,6 +569,7 @@ impl Registry {
         part: Part,
         opts: &WriteOptions,
     ) -> Result<Outcome, ApiError> {
+        let res = resources::of_kind(served.kind);
         // Only a resourceVersion the patch itself names is a precondition; the one the
         // patched object carries is just the stored one, and a write that loses a race with
         // another is retried on the newer object, as Kubernetes does.
@@ -584,8 +589,10 @@ impl Registry {
                 }
                 return Err(ApiError::not_found(res, name));
             };
-            let mut obj = from_kv(&current)?;
+            let mut obj = convert::from_storage(served, from_kv(&current)?);
             apply_patch(&mut obj, kind, body)?;
+            let obj = convert::to_storage(served, obj)
+                .map_err(|e| ApiError::unconvertible(served, name, e))?;
             let mut warnings = Vec::new();
             let obj = self.admit_body(res, ns, obj, opts.validation, &mut warnings)?;
             if name_of(&obj) != name {
