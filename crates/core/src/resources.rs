@@ -229,21 +229,7 @@ pub static RESOURCES: &[Resource] = &[
         "lease",
         true,
     ),
-    Resource {
-        short_names: &["hpa"],
-        categories: &["all"],
-        status: true,
-        generation: true,
-        ..res(
-            Kind::HorizontalPodAutoscaler,
-            "autoscaling",
-            "v2",
-            "HorizontalPodAutoscaler",
-            "horizontalpodautoscalers",
-            "horizontalpodautoscaler",
-            true,
-        )
-    },
+    hpa("v2"),
     res(
         Kind::EndpointSlice,
         "discovery.k8s.io",
@@ -257,21 +243,26 @@ pub static RESOURCES: &[Resource] = &[
 
 /// Older versions served beside a kind's storage version (the one in [`RESOURCES`]), each
 /// converted to and from it at the API's edge (`crate::kinds::convert`).
-pub static ALSO_SERVED: &[Resource] = &[Resource {
-    short_names: &["hpa"],
-    categories: &["all"],
-    status: true,
-    generation: true,
-    ..res(
-        Kind::HorizontalPodAutoscaler,
-        "autoscaling",
-        "v1",
-        "HorizontalPodAutoscaler",
-        "horizontalpodautoscalers",
-        "horizontalpodautoscaler",
-        true,
-    )
-}];
+pub static ALSO_SERVED: &[Resource] = &[hpa("v1")];
+
+/// HorizontalPodAutoscalers in one of their served versions.
+const fn hpa(version: &'static str) -> Resource {
+    Resource {
+        short_names: &["hpa"],
+        categories: &["all"],
+        status: true,
+        generation: true,
+        ..res(
+            Kind::HorizontalPodAutoscaler,
+            "autoscaling",
+            version,
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            "horizontalpodautoscaler",
+            true,
+        )
+    }
+}
 
 /// Every version of `group` served, the preferred (storage) version first.
 pub fn group_versions(group: &str) -> Vec<&'static str> {

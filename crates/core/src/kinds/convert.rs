@@ -54,20 +54,45 @@ fn annotations(obj: &mut Value) -> &mut Map<String, Value> {
         .expect("just made an object")
 }
 
-fn hpa_to_v1(v2: Value) -> Value {
-    let mut out = json!({
-        "apiVersion": "autoscaling/v1",
+/// An HPA in `api_version` with `from`'s metadata, before spec and status.
+fn hpa_envelope(api_version: &str, from: &Value) -> Value {
+    json!({
+        "apiVersion": api_version,
         "kind": "HorizontalPodAutoscaler",
-        "metadata": v2.get("metadata").cloned().unwrap_or(json!({})),
-    });
-    let spec = &v2["spec"];
-    let mut v1_spec = json!({
+        "metadata": from.get("metadata").cloned().unwrap_or(json!({})),
+    })
+}
+
+/// The spec fields v1 and v2 share, copied.
+fn shared_spec(spec: &Value) -> Value {
+    let mut out = json!({
         "scaleTargetRef": spec["scaleTargetRef"],
         "maxReplicas": spec["maxReplicas"],
     });
     if !spec["minReplicas"].is_null() {
-        v1_spec["minReplicas"] = spec["minReplicas"].clone();
+        out["minReplicas"] = spec["minReplicas"].clone();
     }
+    out
+}
+
+/// The status fields v1 and v2 share, copied.
+fn shared_status(status: &Value) -> Value {
+    let mut out = json!({
+        "currentReplicas": status["currentReplicas"].as_i64().unwrap_or(0),
+        "desiredReplicas": status["desiredReplicas"].as_i64().unwrap_or(0),
+    });
+    for f in ["observedGeneration", "lastScaleTime"] {
+        if !status[f].is_null() {
+            out[f] = status[f].clone();
+        }
+    }
+    out
+}
+
+fn hpa_to_v1(v2: Value) -> Value {
+    let mut out = hpa_envelope("autoscaling/v1", &v2);
+    let spec = &v2["spec"];
+    let mut v1_spec = shared_spec(spec);
     let mut rest = Vec::new();
     for m in spec["metrics"].as_array().into_iter().flatten() {
         if is_cpu_utilization(m) && v1_spec.get("targetCPUUtilizationPercentage").is_none() {
@@ -86,15 +111,7 @@ fn hpa_to_v1(v2: Value) -> Value {
         carried.push((BEHAVIOR, spec["behavior"].clone()));
     }
     if let Some(status) = v2.get("status").filter(|s| s.is_object()) {
-        let mut v1_status = json!({
-            "currentReplicas": status["currentReplicas"].as_i64().unwrap_or(0),
-            "desiredReplicas": status["desiredReplicas"].as_i64().unwrap_or(0),
-        });
-        for f in ["observedGeneration", "lastScaleTime"] {
-            if !status[f].is_null() {
-                v1_status[f] = status[f].clone();
-            }
-        }
+        let mut v1_status = shared_status(status);
         let mut rest = Vec::new();
         for m in status["currentMetrics"].as_array().into_iter().flatten() {
             let cpu = m["type"] == "Resource" && m["resource"]["name"] == "cpu";
@@ -127,11 +144,7 @@ fn hpa_to_v1(v2: Value) -> Value {
 }
 
 fn hpa_from_v1(v1: Value) -> Result<Value, ConvertError> {
-    let mut out = json!({
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": v1.get("metadata").cloned().unwrap_or(json!({})),
-    });
+    let mut out = hpa_envelope("autoscaling/v2", &v1);
     // Take each carried annotation off the object, parsed.
     let mut take = |key: &str| -> Result<Option<Value>, ConvertError> {
         let Some(raw) = out
@@ -177,13 +190,7 @@ fn hpa_from_v1(v1: Value) -> Result<Value, ConvertError> {
             .and_then(|m| m.as_array().cloned())
             .unwrap_or_default(),
     );
-    let mut v2_spec = json!({
-        "scaleTargetRef": spec["scaleTargetRef"],
-        "maxReplicas": spec["maxReplicas"],
-    });
-    if !spec["minReplicas"].is_null() {
-        v2_spec["minReplicas"] = spec["minReplicas"].clone();
-    }
+    let mut v2_spec = shared_spec(spec);
     if !metrics.is_empty() {
         v2_spec["metrics"] = Value::Array(metrics);
     }
@@ -192,15 +199,7 @@ fn hpa_from_v1(v1: Value) -> Result<Value, ConvertError> {
     }
     out["spec"] = v2_spec;
     if let Some(status) = v1.get("status").filter(|s| s.is_object()) {
-        let mut v2_status = json!({
-            "currentReplicas": status["currentReplicas"].as_i64().unwrap_or(0),
-            "desiredReplicas": status["desiredReplicas"].as_i64().unwrap_or(0),
-        });
-        for f in ["observedGeneration", "lastScaleTime"] {
-            if !status[f].is_null() {
-                v2_status[f] = status[f].clone();
-            }
-        }
+        let mut v2_status = shared_status(status);
         let mut current = Vec::new();
         if let Some(pct) = status
             .get("currentCPUUtilizationPercentage")
