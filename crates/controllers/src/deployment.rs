@@ -22,8 +22,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::util::{
-    api_err, claim, claimable, controlled_by, controller_ref, involved, status_changed,
-    write_status,
+    api_err, claim, controlled_by, controller_ref, involved, status_changed, write_status,
 };
 use crate::{Context, Error};
 
@@ -130,10 +129,9 @@ fn scaled(v: Option<&IntOrString>, total: i32, default_pct: i32, round_up: bool)
 pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.synced().await?;
     let meta = &d.metadata;
-    let (ns, name, uid) = (
+    let (ns, name) = (
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
-        meta.uid.clone().unwrap_or_default(),
     );
     if meta.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -145,21 +143,13 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     })?;
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let candidates = ctx
-        .replicasets
-        .state()
-        .into_iter()
-        .filter(|r| {
-            r.metadata.namespace.as_deref() == Some(ns.as_str()) && claimable(&r.metadata, &uid)
-        })
-        .collect();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let mut sets = claim(
         &rs_api,
         ("apps/v1", "Deployment", meta),
         &deployments,
         Some(&spec.selector),
-        candidates,
+        &ctx.replicasets,
     )
     .await?;
     sets.retain(|r| r.metadata.deletion_timestamp.is_none());

@@ -23,14 +23,14 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta};
 use kube::discovery::{verbs, ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use serde_json::json;
 
-use crate::util::{api_err, owner_refs_patch};
+use crate::util::{api_err, owner_refs_patch, pinned_patch};
 use crate::Error;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -302,13 +302,7 @@ async fn set_owner_refs(
 }
 
 async fn patch_meta(client: &Client, n: &Node<'_>, patch: &serde_json::Value) -> Result<(), Error> {
-    let name = n.meta.name.clone().unwrap_or_default();
-    match dynamic_api(client, n.kind, n.meta.namespace.as_deref())
-        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(api_err(format!("updating {}", describe(n)))(e)),
-    }
+    let api = dynamic_api(client, n.kind, n.meta.namespace.as_deref());
+    let doing = format!("updating {}", n.kind.ar.kind);
+    pinned_patch(&api, &n.meta, patch, &doing).await.map(drop)
 }

@@ -18,7 +18,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use crate::util::{api_err, claim, claimable, controller_ref, involved, is_active, ready_since};
+use crate::util::{api_err, claim, controller_ref, involved, is_active, ready_since};
 use crate::{Context, Error};
 
 const COMPONENT: &str = "replicaset-controller";
@@ -49,15 +49,6 @@ fn error_policy(_rs: Arc<ReplicaSet>, e: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(5))
 }
 
-/// The pods a set controls or could adopt, from the cache.
-fn claimable_pods(ctx: &Context, ns: &str, uid: &str) -> Vec<Arc<Pod>> {
-    ctx.pods
-        .state()
-        .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(ns) && claimable(&p.metadata, uid))
-        .collect()
-}
-
 pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.synced().await?;
     let meta = &rs.metadata;
@@ -80,7 +71,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         ("apps/v1", "ReplicaSet", meta),
         &Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns),
         Some(&spec.selector),
-        claimable_pods(&ctx, &ns, &uid),
+        &ctx.pods,
     )
     .await?;
     let present: HashSet<String> = pods

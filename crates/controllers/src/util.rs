@@ -24,11 +24,6 @@ pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
         .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
-/// Could the object with `uid` claim `meta`: it controls it, or nothing does?
-pub fn claimable(meta: &ObjectMeta, uid: &str) -> bool {
-    controller_of(meta).is_none_or(|r| r.uid == uid)
-}
-
 /// When the pod last became Ready, if it is Ready.
 pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
     let c = pod
@@ -157,8 +152,8 @@ fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
         .find(|r| r.controller == Some(true))
 }
 
-/// Claim what an owner's selector picks, as Kubernetes' controller-ref manager does. Of
-/// `candidates` (the owner's namespace, from a cache), it returns those the owner controls,
+/// Claim what an owner's selector picks, as Kubernetes' controller-ref manager does. Of the
+/// objects in the owner's namespace in `cache`, it returns those the owner controls,
 /// after two changes made through `api`:
 /// - an orphan (no controller) that the selector matches is adopted: the owner's controller
 ///   reference is added, pinned to the version seen, once a fresh read shows the owner is
@@ -171,10 +166,10 @@ pub async fn claim<K>(
     owner: (&str, &str, &ObjectMeta),
     owner_api: &Api<impl kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug>,
     selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
-    candidates: Vec<std::sync::Arc<K>>,
+    cache: &kube::runtime::reflector::Store<K>,
 ) -> Result<Vec<std::sync::Arc<K>>, crate::Error>
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let (api_version, kind, meta) = owner;
     let uid = meta.uid.as_deref().unwrap_or_default();
@@ -190,6 +185,10 @@ where
     };
     let mut owner_fresh: Option<bool> = None;
     let mut owned = Vec::new();
+    let candidates = cache
+        .state()
+        .into_iter()
+        .filter(|c| c.meta().namespace == meta.namespace);
     for c in candidates {
         let m = c.meta();
         match controller_of(m) {
@@ -234,7 +233,7 @@ where
 
 /// A merge patch pinned to a resourceVersion; a lost race (409) or a vanished object (404)
 /// is `None`, not an error.
-async fn pinned_patch<K>(
+pub async fn pinned_patch<K>(
     api: &Api<K>,
     m: &ObjectMeta,
     patch: &serde_json::Value,
