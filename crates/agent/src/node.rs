@@ -268,9 +268,7 @@ pub async fn renew_lease(
     duration_secs: i32,
 ) -> Result<(), kube::Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let micro = Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string();
+    let micro = berth_core::micro_time(Timestamp::now());
     let body = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": duration_secs, "renewTime": micro}});
     match api
         .patch(name, &PatchParams::default(), &Patch::Merge(body.clone()))

@@ -132,9 +132,7 @@ async fn round(
     cfg: &Config,
     observed: &mut Observed,
 ) -> Result<Round, kube::Error> {
-    let now = jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string();
+    let now = berth_core::micro_time(jiff::Timestamp::now());
     let secs = cfg.lease_duration.as_secs().max(1) as i32;
     let Some(current) = api.get_opt(LEASE).await? else {
         let lease: Lease = serde_json::from_value(json!({

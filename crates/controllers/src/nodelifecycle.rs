@@ -277,7 +277,7 @@ mod tests {
     fn lease(renewed_ms_ago: i64, secs: i32) -> Lease {
         let t = jiff::Timestamp::now() - jiff::SignedDuration::from_millis(renewed_ms_ago);
         serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {
-            "renewTime": t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(), "leaseDurationSeconds": secs}}))
+            "renewTime": berth_core::micro_time(t), "leaseDurationSeconds": secs}}))
         .unwrap()
     }
 

@@ -19,3 +19,9 @@ pub mod validation;
 
 pub use resources::{Kind, Resource};
 pub use validation::FieldError;
+
+/// `t` as Kubernetes writes a `MicroTime` (a Lease's `renewTime` and `acquireTime`):
+/// RFC 3339 in UTC with exactly six fractional digits.
+pub fn micro_time(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
