@@ -108,9 +108,8 @@ pub async fn start_control_plane(
     };
     // Who this server is in the leader election: stable across its restarts (so a restarted
     // server resumes its own Lease at once), distinct between servers (each has its data dir).
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let identity = format!("{}:{}", host.trim(), dir.display());
+    let identity = format!("{}:{}", agent::hostname(), dir.display());
     let lease = std::time::Duration::from_secs(args.leader_lease_seconds.max(1));
     let election = berth_controllers::leader::Config::with_lease(identity, lease);
     // Each term gets a client of its own, so nothing of a term that was stopped (watches,
