@@ -37,17 +37,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Kubernetes' controller-manager timings: 15 s lease, 10 s renew deadline, 2 s retry.
-    pub fn new(identity: String) -> Config {
-        Config {
-            identity,
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry: Duration::from_secs(2),
-        }
-    }
-
-    /// Timings scaled from a lease duration, in the same proportions.
+    /// Timings scaled from a lease duration in the proportions of Kubernetes'
+    /// controller-manager (15 s lease, 10 s renew deadline, about 2 s between rounds).
     pub fn with_lease(identity: String, lease: Duration) -> Config {
         Config {
             identity,
