@@ -10,10 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashSet as HashSet;
 
 use crate::model::{Effect, NodeInfo, PodInfo, PodTerm, Spread, Taint};
-use crate::snapshot::{spread_term, NodeState, Snapshot};
+use crate::snapshot::{spread_term, DomainCounts, NodeState, Snapshot, Topology};
 
 /// How a scheduler profile scores resource use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,41 +123,62 @@ pub enum Placement {
 
 const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
-/// Matching pods per topology value: borrowed from the snapshot's tracked terms, or counted
-/// for this decision alone.
+/// Matching pods per domain of a term's topology key: borrowed from the snapshot's tracked
+/// terms, or counted for this decision alone.
 enum Counts<'a> {
-    Tracked(&'a HashMap<String, u32>),
-    Counted(HashMap<String, u32>),
+    Tracked(&'a DomainCounts),
+    Counted(DomainCounts),
 }
 
 impl Counts<'_> {
-    fn of<'a>(snap: &'a Snapshot, term: &PodTerm) -> Counts<'a> {
-        match snap.term_counts(term) {
+    fn get(&self, id: u32) -> u32 {
+        match self {
+            Counts::Tracked(c) => c.get(id),
+            Counts::Counted(c) => c.get(id),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Counts::Tracked(c) => c.is_empty(),
+            Counts::Counted(c) => c.is_empty(),
+        }
+    }
+}
+
+/// A term's counts with its key's topology: what a node's domain holds, by node index.
+struct Domains<'a> {
+    topo: Option<&'a Topology>,
+    counts: Counts<'a>,
+}
+
+impl<'a> Domains<'a> {
+    fn of(snap: &'a Snapshot, term: &PodTerm) -> Domains<'a> {
+        let counts = match snap.term_counts(term) {
             Some(c) => Counts::Tracked(c),
             None => Counts::Counted(snap.count_matching(term)),
+        };
+        Domains {
+            topo: snap.topology(&term.topology_key),
+            counts,
         }
     }
 
-    fn map(&self) -> &HashMap<String, u32> {
-        match self {
-            Counts::Tracked(c) => c,
-            Counts::Counted(c) => c,
-        }
+    /// Node `i`'s domain, if it carries the key.
+    fn value_at(&self, i: usize) -> Option<u32> {
+        self.topo.and_then(|t| t.value_at(i))
     }
 
-    fn get(&self, v: &str) -> u32 {
-        self.map().get(v).copied().unwrap_or(0)
-    }
-
-    fn in_domain(&self, labels: &BTreeMap<String, String>, key: &str) -> u32 {
-        labels.get(key).map_or(0, |v| self.get(v))
+    /// Matching pods in node `i`'s domain (0 if it lacks the key).
+    fn at(&self, i: usize) -> u32 {
+        self.value_at(i).map_or(0, |v| self.counts.get(v))
     }
 }
 
 /// Per-constraint state of a topology spread.
 struct SpreadState<'a> {
     c: &'a Spread,
-    counts: Counts<'a>,
+    domains: Domains<'a>,
     min: u32,
     self_match: u32,
 }
@@ -168,17 +189,17 @@ struct Prepared<'a> {
     snap: &'a Snapshot,
     /// Existing pods' required anti-affinity terms that this pod matches: (topology key,
     /// the domains those pods are in).
-    existing_anti: Vec<(&'a str, &'a HashMap<String, u32>)>,
+    existing_anti: Vec<(Option<&'a Topology>, &'a DomainCounts)>,
     /// Per own anti-affinity term: matching pods per value.
-    own_anti: Vec<Counts<'a>>,
+    own_anti: Vec<Domains<'a>>,
     /// Per own affinity term: matching pods per value.
-    own_affinity: Vec<Counts<'a>>,
+    own_affinity: Vec<Domains<'a>>,
     /// No pod matches any affinity term, but the pod matches all of its own: the first of a
     /// group may go anywhere.
     affinity_self_ok: bool,
     spread: Vec<SpreadState<'a>>,
-    preferred_affinity: Vec<Counts<'a>>,
-    preferred_anti: Vec<Counts<'a>>,
+    preferred_affinity: Vec<Domains<'a>>,
+    preferred_anti: Vec<Domains<'a>>,
 }
 
 impl<'a> Prepared<'a> {
@@ -187,14 +208,14 @@ impl<'a> Prepared<'a> {
         let existing_anti = snap
             .anti_affinity_groups()
             .filter(|(t, _)| t.matches(pod, own_ns))
-            .map(|(t, domains)| (t.topology_key.as_str(), domains))
+            .map(|(t, counts)| (snap.topology(&t.topology_key), counts))
             .collect();
-        let counts = |terms: &mut dyn Iterator<Item = &'a PodTerm>| -> Vec<Counts<'a>> {
-            terms.map(|t| Counts::of(snap, t)).collect()
+        let counts = |terms: &mut dyn Iterator<Item = &'a PodTerm>| -> Vec<Domains<'a>> {
+            terms.map(|t| Domains::of(snap, t)).collect()
         };
         let own_anti = counts(&mut pod.anti_affinity.iter());
         let own_affinity = counts(&mut pod.affinity.iter());
-        let affinity_self_ok = own_affinity.iter().all(|c| c.map().is_empty())
+        let affinity_self_ok = own_affinity.iter().all(|d| d.counts.is_empty())
             && pod.affinity.iter().all(|t| t.matches(pod, own_ns));
         let spread = pod
             .spread
@@ -221,53 +242,60 @@ impl<'a> Prepared<'a> {
             && (!pod.node_selector.is_empty() || pod.node_affinity.is_some()))
             || c.honor_taints;
         let self_match = u32::from(c.selector.matches(&pod.labels));
+        let topo = snap.topology(&c.topology_key);
         if !restricts {
             // Every node with the key counts: the snapshot knows the domains, and the
             // tracked term the counts.
-            let domains = snap.domains(&c.topology_key).map_or(0, HashMap::len);
-            let counts = Counts::of(snap, &spread_term(pod, c));
-            let map = counts.map();
-            let min = if (domains as u32) < c.min_domains || map.len() < domains {
-                0
-            } else {
-                map.values().copied().min().unwrap_or(0)
+            let domains = Domains::of(snap, &spread_term(pod, c));
+            let live = topo.map_or(0, Topology::domains);
+            let min = match topo {
+                Some(t) if live as u32 >= c.min_domains => t
+                    .live_ids()
+                    .map(|v| domains.counts.get(v))
+                    .min()
+                    .unwrap_or(0),
+                _ => 0,
             };
             return SpreadState {
                 c,
-                counts,
+                domains,
                 min,
                 self_match,
             };
         }
         let eligible = |n: &NodeInfo| {
-            n.labels.contains_key(&c.topology_key)
-                && (!c.honor_affinity || pod.admits_node(&n.name, &n.labels))
+            (!c.honor_affinity || pod.admits_node(&n.name, &n.labels))
                 && (!c.honor_taints || pod.untolerated(&n.taints).is_none())
         };
-        let domains: HashSet<&str> = snap
-            .nodes()
-            .iter()
-            .filter(|n| eligible(&n.info))
-            .filter_map(|n| n.info.labels.get(&c.topology_key).map(String::as_str))
-            .collect();
-        let mut counts: HashMap<String, u32> = HashMap::default();
-        snap.for_each_matching(&c.selector, |p| {
-            let Some(i) = p.node.filter(|_| p.pod.namespace == pod.namespace) else {
-                return;
-            };
-            let node = &snap.node_at(i).info;
-            if let Some(v) = node.labels.get(&c.topology_key).filter(|_| eligible(node)) {
-                *counts.entry(v.clone()).or_insert(0) += 1;
+        // Domains with an eligible node, and matching pods on eligible nodes per domain.
+        let mut in_play: HashSet<u32> = HashSet::default();
+        let mut counts = DomainCounts::default();
+        if let Some(t) = topo {
+            for (i, n) in snap.nodes().iter().enumerate() {
+                if let Some(v) = t.value_at(i).filter(|_| eligible(&n.info)) {
+                    in_play.insert(v);
+                }
             }
-        });
-        let min = if (domains.len() as u32) < c.min_domains || counts.len() < domains.len() {
+            snap.for_each_matching(&c.selector, |p| {
+                let Some(i) = p.node.filter(|_| p.pod.namespace == pod.namespace) else {
+                    return;
+                };
+                if let Some(v) = t.value_at(i).filter(|_| eligible(&snap.node_at(i).info)) {
+                    counts.bump(v, 1);
+                }
+            });
+        }
+        let min = if (in_play.len() as u32) < c.min_domains {
             0
         } else {
-            counts.values().copied().min().unwrap_or(0)
+            in_play.iter().map(|v| counts.get(*v)).min().unwrap_or(0)
         };
         SpreadState {
             c,
-            counts: Counts::Counted(counts),
+            domains: Domains {
+                topo,
+                counts: Counts::Counted(counts),
+            },
             min,
             self_match,
         }
@@ -275,7 +303,7 @@ impl<'a> Prepared<'a> {
 
     /// Run the filters in kube-scheduler's order; the first that fails names the reason
     /// (resource fit names every resource that is short).
-    fn filter(&self, n: &NodeState, reasons: &mut Vec<Reason>) -> bool {
+    fn filter(&self, i: usize, n: &NodeState, reasons: &mut Vec<Reason>) -> bool {
         let pod = self.pod;
         let info = &n.info;
         if info.unschedulable
@@ -335,11 +363,11 @@ impl<'a> Prepared<'a> {
             return false;
         }
         for s in self.spread.iter().filter(|s| s.c.hard) {
-            let Some(v) = info.labels.get(&s.c.topology_key) else {
+            let Some(v) = s.domains.value_at(i) else {
                 reasons.push(Reason::SpreadMissingLabel);
                 return false;
             };
-            let here = s.counts.get(v);
+            let here = s.domains.counts.get(v);
             if here + s.self_match > s.min + s.c.max_skew {
                 reasons.push(Reason::Spread);
                 return false;
@@ -347,13 +375,13 @@ impl<'a> Prepared<'a> {
         }
         if !pod.affinity.is_empty() {
             let mut all_exist = true;
-            for (t, counts) in pod.affinity.iter().zip(&self.own_affinity) {
-                match info.labels.get(&t.topology_key) {
+            for d in &self.own_affinity {
+                match d.value_at(i) {
                     None => {
                         reasons.push(Reason::PodAffinity);
                         return false;
                     }
-                    Some(v) => all_exist &= counts.get(v) > 0,
+                    Some(v) => all_exist &= d.counts.get(v) > 0,
                 }
             }
             if !all_exist && !self.affinity_self_ok {
@@ -361,17 +389,14 @@ impl<'a> Prepared<'a> {
                 return false;
             }
         }
-        for (t, counts) in pod.anti_affinity.iter().zip(&self.own_anti) {
-            if counts.in_domain(&info.labels, &t.topology_key) > 0 {
-                reasons.push(Reason::PodAntiAffinity);
-                return false;
-            }
+        if self.own_anti.iter().any(|d| d.at(i) > 0) {
+            reasons.push(Reason::PodAntiAffinity);
+            return false;
         }
-        for (key, domains) in &self.existing_anti {
-            if info
-                .labels
-                .get(*key)
-                .is_some_and(|v| domains.contains_key(v))
+        for (topo, counts) in &self.existing_anti {
+            if topo
+                .and_then(|t| t.value_at(i))
+                .is_some_and(|v| counts.get(v) > 0)
             {
                 reasons.push(Reason::ExistingAntiAffinity);
                 return false;
@@ -429,20 +454,19 @@ impl<'a> Prepared<'a> {
                     })
                     .count() as i64,
             );
-            let in_domain = |key: &str, counts: &Counts| counts.in_domain(labels, key) as i64;
             let mut ip = 0;
-            for ((w, t), c) in pod.preferred_affinity.iter().zip(&self.preferred_affinity) {
-                ip += w * in_domain(&t.topology_key, c);
+            for ((w, _), d) in pod.preferred_affinity.iter().zip(&self.preferred_affinity) {
+                ip += w * d.at(i) as i64;
             }
-            for ((w, t), c) in pod.preferred_anti_affinity.iter().zip(&self.preferred_anti) {
-                ip -= w * in_domain(&t.topology_key, c);
+            for ((w, _), d) in pod.preferred_anti_affinity.iter().zip(&self.preferred_anti) {
+                ip -= w * d.at(i) as i64;
             }
             inter.push(ip);
             // A node without a soft constraint's key scores 0 for spreading.
             let mut sp = Some(0);
             for s in self.spread.iter().filter(|s| !s.c.hard) {
-                sp = match (sp, labels.get(&s.c.topology_key)) {
-                    (Some(sum), Some(v)) => Some(sum + s.counts.get(v) as i64),
+                sp = match (sp, s.domains.value_at(i)) {
+                    (Some(sum), Some(v)) => Some(sum + s.domains.counts.get(v) as i64),
                     _ => None,
                 };
             }
@@ -554,7 +578,7 @@ pub fn schedule(snap: &Snapshot, pod: &PodInfo, profile: &Profile) -> Placement 
             if nodes[i].info.is_virtual != virtual_pass {
                 continue;
             }
-            if prepared.filter(&nodes[i], &mut reasons) {
+            if prepared.filter(i, &nodes[i], &mut reasons) {
                 feasible.push(i);
                 if feasible.len() >= want {
                     break;

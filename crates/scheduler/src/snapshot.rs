@@ -3,6 +3,10 @@
 //!
 //! The snapshot is plain data, updated in place as pods are placed and removed; it never does
 //! IO and never reads the clock.
+//!
+//! Node label values are interned per key ([`Topology`]): a domain is a small integer, each
+//! node knows its domain per key by index, and counts per domain are vectors. The filters
+//! that look at every node (spread, pod affinity) then compare integers, never strings.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +34,128 @@ pub struct NodeState {
     pub pods: Vec<usize>,
 }
 
+/// A node's domain is unknown: it lacks the key.
+const NO_VALUE: u32 = u32::MAX;
+
+/// The values one node label key takes across the nodes, interned.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    ids: HashMap<String, u32>,
+    values: Vec<String>,
+    /// How many nodes carry each value.
+    nodes: Vec<u32>,
+    /// Values at least one node carries.
+    live: usize,
+    /// Each node's value (by node index); `NO_VALUE` where the node lacks the key.
+    at_node: Vec<u32>,
+}
+
+impl Topology {
+    fn new(nodes: usize) -> Topology {
+        Topology {
+            at_node: vec![NO_VALUE; nodes],
+            ..Default::default()
+        }
+    }
+
+    /// The domain of node `i`, if it carries the key.
+    pub fn value_at(&self, i: usize) -> Option<u32> {
+        let v = self.at_node[i];
+        (v != NO_VALUE).then_some(v)
+    }
+
+    pub fn id(&self, value: &str) -> Option<u32> {
+        self.ids.get(value).copied()
+    }
+
+    pub fn value(&self, id: u32) -> &str {
+        &self.values[id as usize]
+    }
+
+    /// How many nodes carry the value.
+    pub fn nodes_with(&self, id: u32) -> u32 {
+        self.nodes.get(id as usize).copied().unwrap_or(0)
+    }
+
+    /// How many values some node carries.
+    pub fn domains(&self) -> usize {
+        self.live
+    }
+
+    /// The values some node carries.
+    pub fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(id, _)| id as u32)
+    }
+
+    fn set(&mut self, i: usize, value: &str) {
+        let id = match self.ids.get(value) {
+            Some(id) => *id,
+            None => {
+                let id = self.values.len() as u32;
+                self.ids.insert(value.to_string(), id);
+                self.values.push(value.to_string());
+                self.nodes.push(0);
+                id
+            }
+        };
+        self.at_node[i] = id;
+        if self.nodes[id as usize] == 0 {
+            self.live += 1;
+        }
+        self.nodes[id as usize] += 1;
+    }
+
+    fn unset(&mut self, i: usize) {
+        let id = std::mem::replace(&mut self.at_node[i], NO_VALUE);
+        if id != NO_VALUE {
+            self.nodes[id as usize] -= 1;
+            if self.nodes[id as usize] == 0 {
+                self.live -= 1;
+            }
+        }
+    }
+}
+
+/// Matching pods per domain of one key (by the key's [`Topology`] ids).
+#[derive(Debug, Clone, Default)]
+pub struct DomainCounts {
+    by_value: Vec<u32>,
+    total: u32,
+}
+
+/// Equal when every domain holds the same count (however far each vector has grown).
+impl PartialEq for DomainCounts {
+    fn eq(&self, other: &Self) -> bool {
+        let len = self.by_value.len().max(other.by_value.len());
+        self.total == other.total && (0..len as u32).all(|v| self.get(v) == other.get(v))
+    }
+}
+
+impl DomainCounts {
+    pub fn get(&self, id: u32) -> u32 {
+        self.by_value.get(id as usize).copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    pub fn bump(&mut self, id: u32, delta: i32) {
+        let at = id as usize;
+        if at >= self.by_value.len() {
+            self.by_value.resize(at + 1, 0);
+        }
+        let n = &mut self.by_value[at];
+        let was = *n;
+        *n = n.saturating_add_signed(delta);
+        self.total = self.total - was + *n;
+    }
+}
+
 /// A pod in the snapshot, and where it is.
 #[derive(Debug, Clone)]
 pub struct Placed {
@@ -50,12 +176,12 @@ pub struct Snapshot {
     by_label: HashMap<String, HashSet<usize>>,
     /// Required anti-affinity terms of placed pods -> the domains their carriers are in
     /// (checked against every incoming pod).
-    anti_groups: HashMap<PodTerm, HashMap<String, u32>>,
+    anti_groups: HashMap<PodTerm, DomainCounts>,
     /// Terms registered by [`Snapshot::track`] -> matching placed pods per domain, kept
     /// current as pods come and go.
-    tracked: HashMap<PodTerm, HashMap<String, u32>>,
-    /// Topology key -> value -> how many nodes carry it.
-    domains: HashMap<String, HashMap<String, u32>>,
+    tracked: HashMap<PodTerm, DomainCounts>,
+    /// Node label key -> its values, interned, and each node's.
+    topology: HashMap<String, Topology>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
 }
 
@@ -117,12 +243,12 @@ impl Snapshot {
     }
 
     /// Required anti-affinity terms of placed pods, with the domains their carriers are in.
-    pub fn anti_affinity_groups(&self) -> impl Iterator<Item = (&PodTerm, &HashMap<String, u32>)> {
+    pub fn anti_affinity_groups(&self) -> impl Iterator<Item = (&PodTerm, &DomainCounts)> {
         self.anti_groups.iter()
     }
 
     /// Matching placed pods per domain for a term registered with [`Snapshot::track`].
-    pub fn term_counts(&self, term: &PodTerm) -> Option<&HashMap<String, u32>> {
+    pub fn term_counts(&self, term: &PodTerm) -> Option<&DomainCounts> {
         self.tracked.get(term)
     }
 
@@ -150,23 +276,26 @@ impl Snapshot {
     }
 
     /// Placed pods matching `term` per value of its topology key, by scanning.
-    pub fn count_matching(&self, term: &PodTerm) -> HashMap<String, u32> {
-        let mut counts: HashMap<String, u32> = HashMap::default();
+    pub fn count_matching(&self, term: &PodTerm) -> DomainCounts {
+        let mut counts = DomainCounts::default();
+        let Some(topo) = self.topology.get(&term.topology_key) else {
+            return counts;
+        };
         self.for_each_matching(&term.selector, |p| {
             let ns = self.namespace_labels(&p.pod.namespace);
             if !term.namespaces.covers(&p.pod.namespace, ns) {
                 return;
             }
-            if let Some(v) = self.domain_of(p, &term.topology_key) {
-                *counts.entry(v.to_string()).or_insert(0) += 1;
+            if let Some(v) = p.node.and_then(|i| topo.value_at(i)) {
+                counts.bump(v, 1);
             }
         });
         counts
     }
 
-    /// Topology values of `key` and how many nodes carry each.
-    pub fn domains(&self, key: &str) -> Option<&HashMap<String, u32>> {
-        self.domains.get(key)
+    /// The values of node label `key`, interned, and which node carries which.
+    pub fn topology(&self, key: &str) -> Option<&Topology> {
+        self.topology.get(key)
     }
 
     /// Add a node, or replace what is known about it (its pods stay placed on it).
@@ -175,18 +304,16 @@ impl Snapshot {
             let relabelled = self.nodes[i].info.labels != info.labels;
             if relabelled {
                 self.adjust_node(i, -1);
+                self.unindex_node(i);
             }
-            let old = std::mem::replace(&mut self.nodes[i].info, info);
+            self.nodes[i].info = info;
             if relabelled {
+                self.index_node(i);
                 self.adjust_node(i, 1);
-                self.count_domains(&old.labels, -1);
-                let labels = self.nodes[i].info.labels.clone();
-                self.count_domains(&labels, 1);
             }
             return;
         }
         let i = self.nodes.len();
-        self.count_domains(&info.labels, 1);
         self.node_index.insert(info.name.clone(), i);
         self.nodes.push(NodeState {
             info,
@@ -195,6 +322,10 @@ impl Snapshot {
             host_ports: Vec::new(),
             pods: Vec::new(),
         });
+        for topo in self.topology.values_mut() {
+            topo.at_node.push(NO_VALUE);
+        }
+        self.index_node(i);
         // Pods that named this node before it was known now count against it.
         let waiting: Vec<usize> = self
             .pods
@@ -216,8 +347,11 @@ impl Snapshot {
             return;
         };
         self.adjust_node(i, -1);
+        self.unindex_node(i);
+        for topo in self.topology.values_mut() {
+            topo.at_node.swap_remove(i);
+        }
         let gone = self.nodes.swap_remove(i);
-        self.count_domains(&gone.info.labels, -1);
         for id in &gone.pods {
             if let Some(p) = self.pods[*id].as_mut() {
                 p.node = None;
@@ -233,16 +367,22 @@ impl Snapshot {
         }
     }
 
-    fn count_domains(&mut self, labels: &BTreeMap<String, String>, delta: i32) {
-        for (k, v) in labels {
-            let values = self.domains.entry(k.clone()).or_default();
-            let n = values.entry(v.clone()).or_insert(0);
-            *n = n.saturating_add_signed(delta);
-            if *n == 0 {
-                values.remove(v);
-                if values.is_empty() {
-                    self.domains.remove(k);
-                }
+    /// Record node `i`'s label values in the topology.
+    fn index_node(&mut self, i: usize) {
+        let nodes = self.nodes.len();
+        for (k, v) in &self.nodes[i].info.labels {
+            if !self.topology.contains_key(k) {
+                self.topology.insert(k.clone(), Topology::new(nodes));
+            }
+            let topo = self.topology.get_mut(k).expect("inserted above");
+            topo.set(i, v);
+        }
+    }
+
+    fn unindex_node(&mut self, i: usize) {
+        for k in self.nodes[i].info.labels.keys() {
+            if let Some(topo) = self.topology.get_mut(k) {
+                topo.unset(i);
             }
         }
     }
@@ -288,26 +428,20 @@ impl Snapshot {
 
     /// Count (or uncount) a pod on node `i` in the tracked terms and anti-affinity groups.
     fn adjust(&mut self, pod: &PodInfo, i: usize, delta: i32) {
-        let labels = &self.nodes[i].info.labels;
         let ns = self.namespaces.get(&pod.namespace);
-        let bump = |counts: &mut HashMap<String, u32>, v: &String| {
-            let n = counts.entry(v.clone()).or_insert(0);
-            *n = n.saturating_add_signed(delta);
-            if *n == 0 {
-                counts.remove(v);
-            }
-        };
+        let topology = &self.topology;
+        let value = |key: &str| topology.get(key).and_then(|t| t.value_at(i));
         for (term, counts) in self.tracked.iter_mut() {
-            if let Some(v) = labels.get(&term.topology_key) {
+            if let Some(v) = value(&term.topology_key) {
                 if term.matches(pod, ns) {
-                    bump(counts, v);
+                    counts.bump(v, delta);
                 }
             }
         }
         for term in &pod.anti_affinity {
-            if let Some(v) = labels.get(&term.topology_key) {
+            if let Some(v) = value(&term.topology_key) {
                 let counts = self.anti_groups.entry(term.clone()).or_default();
-                bump(counts, v);
+                counts.bump(v, delta);
                 if counts.is_empty() {
                     self.anti_groups.remove(term);
                 }
@@ -388,12 +522,6 @@ impl Snapshot {
             }
         }
     }
-
-    /// The value of `key` on the node a placed pod is on.
-    pub fn domain_of(&self, p: &Placed, key: &str) -> Option<&str> {
-        let i = p.node?;
-        self.nodes[i].info.labels.get(key).map(String::as_str)
-    }
 }
 
 /// The term a spread constraint counts by: its selector, in the pod's own namespace.
@@ -449,7 +577,8 @@ mod tests {
         s.place(pod("p2", "web"), "a");
         s.place(pod("p3", "db"), "c");
         assert_eq!(s.node("a").unwrap().requested.cpu, 200);
-        assert_eq!(s.domains("zone").unwrap()["z1"], 2);
+        let zone = s.topology("zone").unwrap();
+        assert_eq!(zone.nodes_with(zone.id("z1").unwrap()), 2);
         let mut seen = 0;
         s.for_each_matching(&Selector::parse("app=web").unwrap(), |_| seen += 1);
         assert_eq!(seen, 2);
@@ -464,5 +593,60 @@ mod tests {
         let mut seen = 0;
         s.for_each_matching(&Selector::parse("app").unwrap(), |_| seen += 1);
         assert_eq!(seen, 2);
+    }
+
+    /// Tracked counts and the interned topology follow relabels and removals exactly as a
+    /// fresh count over the snapshot sees them.
+    #[test]
+    fn interned_domains_follow_relabels_and_removals() {
+        let mut s = Snapshot::new();
+        for (n, z) in [("a", "z1"), ("b", "z1"), ("c", "z2"), ("d", "z3")] {
+            s.upsert_node(node(n, z));
+        }
+        let term = PodTerm {
+            selector: Selector::parse("app=web").unwrap(),
+            namespaces: Namespaces {
+                listed: vec!["default".into()],
+                selector: None,
+            },
+            topology_key: "zone".into(),
+        };
+        s.track(&PodInfo {
+            namespace: "default".into(),
+            affinity: vec![term.clone()],
+            ..Default::default()
+        });
+        for (p, n) in [("p1", "a"), ("p2", "b"), ("p3", "c"), ("p4", "d")] {
+            s.place(pod(p, "web"), n);
+        }
+        let check = |s: &Snapshot| {
+            assert_eq!(s.term_counts(&term).unwrap(), &s.count_matching(&term));
+            let zone = s.topology("zone").unwrap();
+            let mut by_hand: HashMap<&str, u32> = HashMap::default();
+            for (i, n) in s.nodes().iter().enumerate() {
+                let v = zone.value_at(i).expect("every node has a zone");
+                assert_eq!(zone.value(v), n.info.labels["zone"]);
+                *by_hand.entry(zone.value(v)).or_default() += 1;
+            }
+            assert_eq!(zone.domains(), by_hand.len());
+            for (v, n) in by_hand {
+                assert_eq!(zone.nodes_with(zone.id(v).unwrap()), n);
+            }
+        };
+        check(&s);
+        let z1 = s.topology("zone").unwrap().id("z1").unwrap();
+        assert_eq!(s.term_counts(&term).unwrap().get(z1), 2);
+        // Move b to z2, drop a (d moves into its slot), add e in z3.
+        s.upsert_node(node("b", "z2"));
+        check(&s);
+        s.remove_node("a");
+        check(&s);
+        assert_eq!(s.term_counts(&term).unwrap().get(z1), 0);
+        assert_eq!(s.topology("zone").unwrap().domains(), 2);
+        s.upsert_node(node("e", "z3"));
+        s.place(pod("p5", "web"), "e");
+        check(&s);
+        let z3 = s.topology("zone").unwrap().id("z3").unwrap();
+        assert_eq!(s.term_counts(&term).unwrap().get(z3), 2);
     }
 }
