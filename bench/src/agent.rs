@@ -292,10 +292,15 @@ async fn process_latency(runs: usize) -> anyhow::Result<()> {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:")
+}
+
+/// A number from /proc/PID/status (kB for the memory lines).
+fn status_field(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -303,7 +308,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Resident memory of `berth up` (control plane, no local node) and of a `berth agent`
 /// process on Docker, idle and with `pods` running pods.
-async fn memory(pods: usize) -> anyhow::Result<()> {
+pub async fn memory(pods: usize) -> anyhow::Result<()> {
     let bin = std::env::var("BERTH_BIN").unwrap_or_else(|_| "target/release/berth".into());
     anyhow::ensure!(
         std::path::Path::new(&bin).exists(),
@@ -384,6 +389,7 @@ async fn memory(pods: usize) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (server_busy, agent_busy) = (rss_kib(server.id()), rss_kib(agent.id()));
+    let split = ["RssAnon:", "RssFile:", "Threads:"].map(|f| status_field(agent.id(), f));
     for child in [&mut agent, &mut server] {
         let _ = child.kill();
         let _ = child.wait();
@@ -395,6 +401,12 @@ async fn memory(pods: usize) -> anyhow::Result<()> {
         "  `berth agent` (docker): idle {:6.1} MiB, with {pods} running pods {:6.1} MiB",
         mib(agent_idle),
         mib(agent_busy)
+    );
+    println!(
+        "    of which anonymous {:.1} MiB, file-backed (code, read-only data) {:.1} MiB; {} threads",
+        mib(split[0]),
+        mib(split[1]),
+        split[2]
     );
     println!(
         "  `berth up --runtime none` (API server, store, scheduler, controllers): idle {:6.1} MiB, with {pods} pods {:6.1} MiB",

@@ -28,7 +28,7 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 #[derive(Parser)]
 struct Cli {
-    /// Which benchmark: `apiserver`, `scheduler`, `agent`, `instances`, `failover` or `autoscale`.
+    /// Which benchmark: `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover` or `autoscale`.
     which: String,
     /// Creates per run.
     #[arg(long, default_value_t = 20_000)]
@@ -284,12 +284,13 @@ async fn main() -> anyhow::Result<()> {
         "apiserver" => apiserver(&cli).await,
         "scheduler" => scheduler::run(cli.nodes, !cli.decide_only, &cli.cases).await,
         "agent" => agent::run(100, 20).await,
+        "agent-memory" => agent::memory(20).await,
         "instances" => instances::run(100).await,
         "failover" => failover::run(10).await,
         "autoscale" => autoscale::run(5).await,
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent`, `instances`, `failover` or `autoscale`"
+                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover` or `autoscale`"
             )
         }
     }
