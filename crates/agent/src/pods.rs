@@ -97,7 +97,8 @@ pub struct PodSync {
     /// Pods whose graceful stop is under way (it runs beside the ticks, not inside one).
     deleting: Mutex<std::collections::HashSet<String>>,
     prober: crate::probes::Prober,
-    /// Back-offs already announced with an Event: (pod uid, container, attempt).
+    /// Back-offs already announced with an Event: (pod uid, container, attempt); sandbox
+    /// failures as (pod uid, message, 0).
     announced: Mutex<std::collections::HashSet<(String, String, u32)>>,
 }
 
@@ -600,7 +601,18 @@ impl PodSync {
                 for old in obs.sandboxes.iter().filter(|s| s.pod_uid == r.uid) {
                     self.runtime.remove(&old.id).await.map_err(self.rt(&r))?;
                 }
-                self.runtime.create_sandbox(&r).await.map_err(self.rt(&r))?
+                match self.runtime.create_sandbox(&r).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Said once per distinct failure, as the kubelet's event does.
+                        let message = format!("Failed to create pod sandbox: {e}");
+                        let key = (r.uid.clone(), message.clone(), 0);
+                        if self.announced.lock().expect("announced").insert(key) {
+                            self.event(&r, "Warning", "FailedCreatePodSandBox", message);
+                        }
+                        return Err(self.rt(&r)(e));
+                    }
+                }
             }
         };
 
@@ -815,6 +827,8 @@ fn pod_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::SourceKind;
+    use std::collections::BTreeMap;
 
     #[test]
     fn backoff_doubles_to_five_minutes_and_resets() {
@@ -828,6 +842,94 @@ mod tests {
             b.delay(10, Duration::from_secs(601)),
             Duration::from_secs(10)
         );
+    }
+
+    /// A runtime whose sandboxes cannot be created (a missing pause image, say).
+    struct NoSandbox;
+
+    #[async_trait::async_trait]
+    impl Runtime for NoSandbox {
+        fn name(&self) -> &'static str {
+            "nosandbox"
+        }
+        fn version(&self) -> String {
+            "0".into()
+        }
+        async fn ensure_image(&self, _: &str, _: PullPolicy) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        async fn create_sandbox(&self, _: &PodRef) -> Result<ObservedSandbox, RuntimeError> {
+            Err(RuntimeError::ImagePull {
+                image: "berth/pause:1".into(),
+                message: "no busybox".into(),
+            })
+        }
+        async fn start_container(
+            &self,
+            _: &PodRef,
+            _: &str,
+            _: &ContainerConfig,
+        ) -> Result<String, RuntimeError> {
+            unreachable!("no sandbox, no containers")
+        }
+        async fn list(&self) -> Result<Observed, RuntimeError> {
+            Ok(Observed::default())
+        }
+        async fn stop(&self, _: &str, _: Duration) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        async fn remove(&self, _: &str) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, String)>>);
+
+    #[async_trait::async_trait]
+    impl PodHost for Recorder {
+        async fn write_status(&self, _: &PodRef, _: &Value) -> Result<(), HostError> {
+            Ok(())
+        }
+        fn event(&self, _: &PodRef, _: &str, reason: &str, message: String) {
+            self.0.lock().unwrap().push((reason.into(), message));
+        }
+        async fn source(
+            &self,
+            _: &str,
+            _: SourceKind,
+            _: &str,
+        ) -> Result<Option<BTreeMap<String, Vec<u8>>>, HostError> {
+            Ok(None)
+        }
+        async fn deleted(&self, _: &PodRef) -> Result<(), HostError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_that_cannot_be_created_is_said_once_in_an_event() {
+        let host = Arc::new(Recorder::default());
+        let dir = std::env::temp_dir().join(format!("berth-nosandbox-{}", std::process::id()));
+        let sync = Arc::new(PodSync::new(
+            Arc::new(NoSandbox),
+            host.clone(),
+            Backoff::default(),
+            dir,
+        ));
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}
+        }))
+        .unwrap();
+        for _ in 0..3 {
+            let err = sync.sync(&pod, &Observed::default()).await.unwrap_err();
+            assert!(matches!(err, SyncError::Runtime { .. }), "{err}");
+        }
+        let events = host.0.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].0, "FailedCreatePodSandBox");
+        assert!(events[0].1.contains("no busybox"), "{}", events[0].1);
     }
 
     #[test]
