@@ -47,7 +47,6 @@ async fn run_groups(n: usize, warm: usize, gap: Duration) -> anyhow::Result<Vec<
     let cfg = berth_instances::Config {
         service: berth_instances::ServiceConfig {
             data_dir: dir.path().join("instances"),
-            public_ip: "127.0.0.1".into(),
             dns_zone: "bench.local".into(),
             prices: Default::default(),
             resync: Duration::from_secs(1),
@@ -59,7 +58,15 @@ async fn run_groups(n: usize, warm: usize, gap: Duration) -> anyhow::Result<Vec<
         page_size: 100,
         dns_listen: None,
     };
-    let inst = berth_instances::start(cfg, Arc::new(runtime)).await?;
+    // Room for every group of the run: this measures start latency, not placement.
+    let pool = berth_instances::Pool::new(vec![berth_instances::Host {
+        name: "local".into(),
+        address: "127.0.0.1".into(),
+        cpu: 1000.0,
+        memory_gb: 1000.0,
+        runtime: Arc::new(runtime),
+    }])?;
+    let inst = berth_instances::start(cfg, Arc::new(pool)).await?;
     let client = Client::new(&inst.url(), "bench-token", &inst.ca_pem);
     // Let the pool fill before the first arrival.
     tokio::time::sleep(Duration::from_millis(300 * warm as u64 + 200)).await;

@@ -398,7 +398,7 @@ impl PodSync {
             Err(e) => Err(e),
             Ok(()) => {
                 self.runtime
-                    .ensure_image(&config.image, config.pull_policy)
+                    .ensure_image_for(pod, &config.image, config.pull_policy)
                     .await
             }
         };

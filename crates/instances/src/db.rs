@@ -29,6 +29,9 @@ pub struct Row {
     pub body: String,
     pub stopped: bool,
     pub created_ms: i64,
+    /// The pool host the group is placed on ("" in a database from before pools: the
+    /// first host).
+    pub host: String,
 }
 
 /// Billed resources of one group over a window.
@@ -60,6 +63,14 @@ impl Db {
                start_ms INTEGER NOT NULL, end_ms INTEGER);
              CREATE INDEX IF NOT EXISTS meter_open ON meter(uid) WHERE end_ms IS NULL;",
         )?;
+        let has_host: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('groups') WHERE name = 'host'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_host {
+            conn.execute_batch("ALTER TABLE groups ADD COLUMN host TEXT NOT NULL DEFAULT ''")?;
+        }
         Ok(Db {
             conn: Mutex::new(conn),
         })
@@ -72,7 +83,7 @@ impl Db {
     pub fn groups(&self) -> Result<Vec<Row>, DbError> {
         let conn = self.conn();
         let mut stmt =
-            conn.prepare("SELECT sub, rg, name, uid, body, stopped, created_ms FROM groups")?;
+            conn.prepare("SELECT sub, rg, name, uid, body, stopped, created_ms, host FROM groups")?;
         let rows = stmt.query_map([], |r| {
             Ok(Row {
                 key: Key {
@@ -84,6 +95,7 @@ impl Db {
                 body: r.get(4)?,
                 stopped: r.get::<_, i64>(5)? != 0,
                 created_ms: r.get(6)?,
+                host: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -94,9 +106,9 @@ impl Db {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO groups(sub, rg, name, uid, body, stopped, created_ms)
-             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(sub, rg, name) DO UPDATE SET uid=?4, body=?5, stopped=?6",
+            "INSERT INTO groups(sub, rg, name, uid, body, stopped, created_ms, host)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(sub, rg, name) DO UPDATE SET uid=?4, body=?5, stopped=?6, host=?8",
             params![
                 row.key.sub,
                 row.key.rg,
@@ -104,7 +116,8 @@ impl Db {
                 row.uid,
                 row.body,
                 row.stopped as i64,
-                row.created_ms
+                row.created_ms,
+                row.host
             ],
         )?;
         if let Some((cpu, mem)) = meter {
@@ -202,7 +215,7 @@ impl Db {
         let conn = self.conn();
         Ok(conn
             .query_row(
-                "SELECT uid, body, stopped, created_ms FROM groups WHERE sub=?1 AND rg=?2 AND name=?3",
+                "SELECT uid, body, stopped, created_ms, host FROM groups WHERE sub=?1 AND rg=?2 AND name=?3",
                 params![key.sub, key.rg, key.name],
                 |r| {
                     Ok(Row {
@@ -211,6 +224,7 @@ impl Db {
                         body: r.get(1)?,
                         stopped: r.get::<_, i64>(2)? != 0,
                         created_ms: r.get(3)?,
+                        host: r.get(4)?,
                     })
                 },
             )
@@ -284,6 +298,7 @@ mod tests {
                 body: "{}".into(),
                 stopped: false,
                 created_ms: 0,
+                host: "edge-1".into(),
             };
             db.put(&row, Some((2.0, 1.5)), 0).unwrap();
             db.set_stopped(&key("g"), "u", true, (2.0, 1.5), 10_000)
@@ -293,6 +308,7 @@ mod tests {
                 .unwrap();
         }
         let db = Db::open(&path).unwrap();
+        assert_eq!(db.get(&key("g")).unwrap().unwrap().host, "edge-1");
         let u = db.usage("s", None, None, 0, i64::MAX, 55_000).unwrap();
         assert_eq!(u.len(), 1);
         assert!((u[0].vcpu_seconds - 30.0).abs() < 1e-9, "{u:?}");

@@ -2,22 +2,23 @@
 //! like Azure Container Instances' `containerGroups`, so that Azure's SDK drives it.
 //!
 //! Start at [`service`]: groups are stored in [`db`] (with the per-second meter) and run as
-//! pods by the agent's pod sync on this host's runtime; [`http`] is the ARM-shaped REST API
+//! pods by the agent's pod sync on the hosts of a [`pool`]; [`http`] is the ARM-shaped REST API
 //! over it. The wire types and validation are pure and live in `berth_core::aci`.
 
 pub mod client;
 pub mod db;
 pub mod dns;
 pub mod http;
+pub mod pool;
 pub mod service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use berth_agent::runtime::Runtime;
 use tokio::net::TcpListener;
 
+pub use pool::{Host, Pool};
 pub use service::{Config as ServiceConfig, Prices, Service};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +77,8 @@ impl Instances {
 }
 
 /// Open the service and serve its API over HTTPS.
-pub async fn start(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<Instances, StartError> {
-    let service = Service::open(cfg.service, runtime)?;
+pub async fn start(cfg: Config, pool: Arc<Pool>) -> Result<Instances, StartError> {
+    let service = Service::open(cfg.service, pool)?;
     let files = berth_apiserver::tls::TlsFiles::in_dir(&cfg.pki_dir);
     let tls_err = |source| StartError::Tls {
         dir: cfg.pki_dir.clone(),

@@ -1,8 +1,9 @@
 //! The service behind the API: container groups kept in memory and in the database, run as
-//! pods by the agent's pod sync on this host's runtime, and metered.
+//! pods by the agent's pod sync on the service's pool of hosts, and metered.
 //!
 //! ```text
-//!  PUT ─▶ validate ▸ image present? ▸ gitRepo cloned ▸ store (+ meter opens) ▸ kick
+//!  PUT ─▶ validate ▸ hosts with the images ▸ gitRepo cloned ▸ place (ports, room, least
+//!         allocated) ▸ store (+ host, + meter opens) ▸ kick
 //!                                                                           │
 //!  runner: every second or on a kick ── runtime.list() ─▶ PodSync.sync(pod of each
 //!          running group) ─▶ GroupHost.write_status ─▶ instance view, provisioningState
@@ -24,6 +25,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 
 use crate::db::{Db, Key, Row, Usage};
+use crate::pool::Pool;
 
 /// What a vCPU-second and a GB-second cost.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
@@ -47,8 +49,6 @@ impl Default for Prices {
 
 pub struct Config {
     pub data_dir: PathBuf,
-    /// The address Public IP addresses are reachable on.
-    pub public_ip: String,
     /// The DNS zone under which `dnsNameLabel`s get their fqdn.
     pub dns_zone: String,
     pub prices: Prices,
@@ -59,6 +59,8 @@ pub struct Config {
 /// One group as the service holds it.
 struct Live {
     uid: String,
+    /// Index of the pool host the group runs on.
+    host: usize,
     group: ContainerGroup,
     pod: Pod,
     stopped: bool,
@@ -111,6 +113,8 @@ pub struct Session {
 
 pub struct Service {
     db: Db,
+    pool: Arc<Pool>,
+    /// The pool, as the pod sync sees it.
     runtime: Arc<dyn Runtime>,
     sync: Arc<PodSync>,
     shared: Arc<Shared>,
@@ -161,6 +165,25 @@ fn not_found(key: &Key) -> ArmError {
     )
 }
 
+/// A group's ports on its Public IP address: (port, protocol).
+fn public_ports(g: &ContainerGroup) -> Vec<(i64, String)> {
+    g.properties
+        .ip_address
+        .iter()
+        .filter(|ip| ip.type_ == "Public")
+        .flat_map(|ip| &ip.ports)
+        .map(|p| {
+            (
+                p.port,
+                p.protocol
+                    .clone()
+                    .unwrap_or_else(|| "TCP".into())
+                    .to_uppercase(),
+            )
+        })
+        .collect()
+}
+
 /// Requests of a group: (vCPU, GB).
 fn requests(g: &ContainerGroup) -> (f64, f64) {
     g.properties
@@ -181,7 +204,8 @@ impl aci::VolumeRoot for GitDirs<'_> {
 }
 
 impl Service {
-    pub fn open(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<Service>, OpenError> {
+    pub fn open(cfg: Config, pool: Arc<Pool>) -> Result<Arc<Service>, OpenError> {
+        let runtime: Arc<dyn Runtime> = pool.clone();
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| OpenError::Db {
             path: cfg.data_dir.clone(),
             source: crate::db::DbError::from(rusqlite::Error::ToSqlConversionFailure(Box::new(e))),
@@ -207,6 +231,7 @@ impl Service {
         ));
         let svc = Arc::new(Service {
             db,
+            pool,
             runtime,
             sync,
             shared,
@@ -230,7 +255,16 @@ impl Service {
             // A stopped group was deployed before; a running one shows Creating until the
             // first pass has seen its containers again.
             let state = if row.stopped { "Succeeded" } else { "Creating" };
-            let live = svc.live(&row.key, &row.uid, group, row.stopped, state);
+            // A database from before pools, or a host since taken out of the pool: the
+            // group goes to the first host.
+            let host = svc.pool.index_of(&row.host).unwrap_or_else(|| {
+                if !row.host.is_empty() {
+                    tracing::warn!(group = %row.key.name, host = %row.host, "the group's host is no longer in the pool; it moves to the first host");
+                }
+                0
+            });
+            svc.pool.assign(&row.uid, host);
+            let live = svc.live(&row.key, &row.uid, host, group, row.stopped, state);
             svc.shared
                 .groups
                 .lock()
@@ -248,6 +282,7 @@ impl Service {
         &self,
         key: &Key,
         uid: &str,
+        host: usize,
         group: ContainerGroup,
         stopped: bool,
         provisioning: &'static str,
@@ -257,6 +292,7 @@ impl Service {
         let pod = serde_json::from_value(pod).expect("a validated group makes a valid pod");
         Live {
             uid: uid.to_string(),
+            host,
             group,
             pod,
             stopped,
@@ -427,7 +463,7 @@ impl Service {
         }));
         if let Some(ip) = &mut p.ip_address {
             ip.ip = if ip.type_ == "Public" {
-                Some(self.cfg.public_ip.clone())
+                Some(self.pool.hosts()[l.host].address.clone())
             } else {
                 l.status
                     .as_ref()
@@ -493,32 +529,50 @@ impl Service {
             let groups = self.shared.groups.lock().expect("groups");
             groups
                 .get(key)
-                .map(|l| (l.uid.clone(), l.group.clone(), l.stopped))
+                .map(|l| (l.uid.clone(), l.group.clone(), l.stopped, l.host))
         };
-        if let Some((_, old, false)) = &existing {
+        if let Some((_, old, false, _)) = &existing {
             if let Some(refusal) = aci::update_refusal(old, &group) {
                 return Err(refusal);
             }
         }
-        self.check_images(&group, &key.name).await?;
+        // A deployed group stays on its host; a new one may go to any host with its images.
+        let hosts: Vec<usize> = match &existing {
+            Some((_, _, _, host)) => vec![*host],
+            None => (0..self.pool.hosts().len()).collect(),
+        };
+        let candidates = self.check_images(&group, &key.name, &hosts).await?;
         let uid = match &existing {
-            Some((uid, _, _)) => uid.clone(),
+            Some((uid, ..)) => uid.clone(),
             None => uuid::Uuid::new_v4().to_string(),
         };
         self.clone_repos(&group, &uid).await?;
-        let unchanged = matches!(&existing, Some((_, old, false)) if *old == group);
+        let unchanged = matches!(&existing, Some((_, old, false, _)) if *old == group);
         let body = serde_json::to_string(&group).map_err(internal)?;
         let created = existing.is_none();
-        let was_stopped = matches!(existing, Some((_, _, true)));
+        let was_stopped = matches!(existing, Some((_, _, true, _)));
         let now = now_ms();
+        let _pass = self.tick_lock.lock().await;
+        // Placed under the lock, so that two deployments never both take the last room or
+        // the same public port of a host.
+        let host = match &existing {
+            Some((.., host)) => *host,
+            None => match self.choose_host(&group, &key.name, &candidates) {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(self.git_root(&uid));
+                    return Err(e);
+                }
+            },
+        };
         let row = Row {
             key: key.clone(),
             uid: uid.clone(),
             body,
             stopped: false,
             created_ms: now,
+            host: self.pool.hosts()[host].name.clone(),
         };
-        let _pass = self.tick_lock.lock().await;
         // Redeploying a changed, running group restarts it in place.
         let redeploy = !created && !unchanged && !was_stopped;
         if redeploy {
@@ -529,17 +583,18 @@ impl Service {
             return Err(internal(e));
         }
         let state = if unchanged { None } else { Some("Pending") };
+        self.pool.assign(&uid, host);
         {
             let mut groups = self.shared.groups.lock().expect("groups");
             match (groups.get_mut(key), state) {
                 (Some(l), None) => l.group = group,
                 (Some(l), Some(p)) if !was_stopped => {
                     let events = std::mem::take(&mut l.events);
-                    *l = self.live(key, &uid, group, false, p);
+                    *l = self.live(key, &uid, host, group, false, p);
                     l.events = events;
                 }
                 _ => {
-                    let l = self.live(key, &uid, group, false, "Pending");
+                    let l = self.live(key, &uid, host, group, false, "Pending");
                     groups.insert(key.clone(), l);
                 }
             }
@@ -556,7 +611,41 @@ impl Service {
         Ok((self.get(key)?, created, op))
     }
 
-    async fn check_images(&self, g: &ContainerGroup, name: &str) -> Result<(), ArmError> {
+    /// Which of `hosts` hold every image of `g`; none is an error naming the first image
+    /// missing (there is no registry to pull from).
+    async fn check_images(
+        &self,
+        g: &ContainerGroup,
+        name: &str,
+        hosts: &[usize],
+    ) -> Result<Vec<usize>, ArmError> {
+        let mut holding = Vec::new();
+        let mut first_missing = None;
+        for &h in hosts {
+            match self.missing_image(g, name, h).await {
+                None => holding.push(h),
+                Some(e) => {
+                    first_missing.get_or_insert(e);
+                }
+            }
+        }
+        match first_missing {
+            Some(e) if holding.is_empty() => Err(e),
+            _ => Ok(holding),
+        }
+    }
+
+    /// The error for the first image of `g` that host `h` lacks.
+    async fn missing_image(&self, g: &ContainerGroup, name: &str, h: usize) -> Option<ArmError> {
+        let host = &self.pool.hosts()[h];
+        let where_ = if self.pool.hosts().len() == 1 {
+            "on this host".to_string()
+        } else {
+            format!(
+                "on any host of the pool (looked on host '{}' and the rest)",
+                host.name
+            )
+        };
         let all = g
             .properties
             .containers
@@ -572,20 +661,88 @@ impl Service {
             );
         for (at, c) in all {
             let image = &c.properties.image;
-            if self
+            if host
                 .runtime
                 .ensure_image(image, PullPolicy::Never)
                 .await
                 .is_err()
             {
-                return Err(ArmError::bad(
+                return Some(ArmError::bad(
                     "InaccessibleImage",
                     format!("{at}.properties.image"),
-                    format!("The image '{image}' of container '{}' in container group '{name}' is not on this host and there is no registry to pull it from; build or load it first (docker build / docker load).", c.name),
+                    format!("The image '{image}' of container '{}' in container group '{name}' is not {where_} and there is no registry to pull it from; build or load it first (docker build / docker load).", c.name),
                 ));
             }
         }
-        Ok(())
+        None
+    }
+
+    /// The host for a new group among `candidates` (hosts holding its images): one where its
+    /// public ports are free and its requests fit beside the running groups, the least
+    /// allocated first (the larger free share of CPU or memory, whichever is scarcer).
+    fn choose_host(
+        &self,
+        g: &ContainerGroup,
+        name: &str,
+        candidates: &[usize],
+    ) -> Result<usize, ArmError> {
+        let (cpu, mem) = requests(g);
+        let ports = public_ports(g);
+        let hosts = self.pool.hosts();
+        let mut used = vec![(0.0f64, 0.0f64, Vec::new()); hosts.len()];
+        for l in self.shared.groups.lock().expect("groups").values() {
+            if l.stopped {
+                continue;
+            }
+            let (c, m) = requests(&l.group);
+            let u = &mut used[l.host];
+            u.0 += c;
+            u.1 += m;
+            u.2.extend(public_ports(&l.group));
+        }
+        let mut best: Option<(f64, usize)> = None;
+        let mut why = Vec::new();
+        for &h in candidates {
+            let host = &hosts[h];
+            let (free_cpu, free_mem) = (host.cpu - used[h].0, host.memory_gb - used[h].1);
+            let taken: Vec<String> = ports
+                .iter()
+                .filter(|p| used[h].2.contains(p))
+                .map(|(p, proto)| format!("{p}/{proto}"))
+                .collect();
+            if !taken.is_empty() {
+                why.push(format!(
+                    "{}: public port {} taken",
+                    host.name,
+                    taken.join(", ")
+                ));
+                continue;
+            }
+            if cpu > free_cpu + 1e-9 || mem > free_mem + 1e-9 {
+                why.push(format!(
+                    "{}: {:.2} CPU and {:.2} GB free",
+                    host.name,
+                    free_cpu.max(0.0),
+                    free_mem.max(0.0)
+                ));
+                continue;
+            }
+            let score = ((free_cpu - cpu) / host.cpu).min((free_mem - mem) / host.memory_gb);
+            if best.is_none_or(|(s, _)| score > s + 1e-12) {
+                best = Some((score, h));
+            }
+        }
+        best.map(|(_, h)| h).ok_or_else(|| {
+            ArmError::new(
+                409,
+                "ServiceUnavailable",
+                format!(
+                    "The requested resource is not available for container group '{name}': {cpu} CPU and {mem} GB memory with public ports [{}] fit on no host that holds its images ({}). Retry with a smaller request or other ports, stop or delete a group, or add a host to the pool.",
+                    ports.iter().map(|(p, proto)| format!("{p}/{proto}")).collect::<Vec<_>>().join(", "),
+                    why.join("; ")
+                ),
+            )
+        })
     }
 
     /// Clone each gitRepo volume, once per group.
@@ -718,6 +875,7 @@ impl Service {
                 body: serde_json::to_string(&l.group).unwrap_or_default(),
                 stopped: l.stopped,
                 created_ms: 0,
+                host: self.pool.hosts()[l.host].name.clone(),
             };
             (row, ())
         })?;
@@ -745,6 +903,7 @@ impl Service {
             .await
             .map_err(internal)?;
         let _ = std::fs::remove_dir_all(self.git_root(&uid));
+        self.pool.forget(&uid);
         Ok(Some(view))
     }
 
@@ -973,7 +1132,7 @@ impl Service {
     /// stands for.
     pub fn resolve(&self, fqdn: &str) -> Option<std::net::Ipv4Addr> {
         let groups = self.shared.groups.lock().expect("groups");
-        let held = groups.values().any(|l| {
+        let holder = groups.values().find(|l| {
             let ip = l.group.properties.ip_address.as_ref();
             let label = ip.and_then(|i| i.dns_name_label.as_deref());
             !l.stopped
@@ -981,12 +1140,8 @@ impl Service {
                     format!("{d}.{}.{}", l.group.location, self.cfg.dns_zone)
                         .eq_ignore_ascii_case(fqdn)
                 })
-        });
-        if held {
-            self.cfg.public_ip.parse().ok()
-        } else {
-            None
-        }
+        })?;
+        self.pool.hosts()[holder.host].address.parse().ok()
     }
 
     pub fn dns_zone(&self) -> &str {

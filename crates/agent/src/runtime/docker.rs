@@ -67,6 +67,13 @@ fn uuid_like() -> String {
     format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
+/// FNV-1a of `s`: a stable short name for a mount source.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The sandbox's address on its (first) network.
 fn sandbox_ip(settings: Option<bollard::models::NetworkSettings>) -> Option<String> {
     settings?
@@ -90,6 +97,9 @@ pub struct DockerRuntime {
     warm_target: usize,
     /// One refill at a time.
     filling: tokio::sync::Mutex<()>,
+    /// The engine is on another host (reached over TCP): it cannot see this host's files, so
+    /// mounts become Docker volumes filled from them (see [`DockerRuntime::connect_to`]).
+    remote: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -101,7 +111,37 @@ enum Inspected {
 impl DockerRuntime {
     /// Connect to the local engine (negotiating the API version) for node `node`.
     pub async fn connect(node: &str) -> Result<Self, RuntimeError> {
-        let docker = Docker::connect_with_local_defaults().map_err(err("connect"))?;
+        Self::connect_to(node, None).await
+    }
+
+    /// Connect to the engine at `url` (`unix:///path` or `tcp://host:port`; `None`: the
+    /// local engine, as `DOCKER_HOST` or the default socket says). An engine reached over
+    /// TCP is taken to be on another host: a container's mounts are copied into Docker
+    /// volumes on that engine (one per pod and source, shared by the pod's containers, as an
+    /// emptyDir is) instead of bound from this host's paths, which it cannot see.
+    pub async fn connect_to(node: &str, url: Option<&str>) -> Result<Self, RuntimeError> {
+        let (docker, remote) = match url {
+            None => (Docker::connect_with_local_defaults(), false),
+            Some(u) if u.starts_with("unix://") => (
+                Docker::connect_with_unix(u, 120, bollard::API_DEFAULT_VERSION),
+                false,
+            ),
+            Some(u) if u.starts_with("tcp://") || u.starts_with("http://") => (
+                Docker::connect_with_http(u, 120, bollard::API_DEFAULT_VERSION),
+                true,
+            ),
+            Some(u) => {
+                return Err(RuntimeError::Driver {
+                    driver: DRIVER,
+                    operation: "connect",
+                    source: format!(
+                        "engine address {u:?} is neither unix:///path nor tcp://host:port"
+                    )
+                    .into(),
+                })
+            }
+        };
+        let docker = docker.map_err(err("connect"))?;
         let docker = docker
             .negotiate_version()
             .await
@@ -119,7 +159,123 @@ impl DockerRuntime {
             warm: Default::default(),
             warm_target: 0,
             filling: Default::default(),
+            remote,
         })
+    }
+
+    /// The engine host's CPUs and memory in bytes.
+    pub async fn capacity(&self) -> Result<(f64, u64), RuntimeError> {
+        let info = self.docker.info().await.map_err(err("read engine info"))?;
+        Ok((
+            info.ncpu.unwrap_or(1) as f64,
+            info.mem_total.unwrap_or(0).max(0) as u64,
+        ))
+    }
+
+    /// Mounts on a remote engine: a labelled volume per pod and source directory (a file
+    /// source is copied into the container instead); what to copy where once the container
+    /// exists. Returns the binds and the uploads (source, directory in the container).
+    async fn remote_mounts(
+        &self,
+        pod: &PodRef,
+        c: &ContainerConfig,
+    ) -> Result<(Vec<String>, Vec<(std::path::PathBuf, String)>), RuntimeError> {
+        let mut binds = Vec::new();
+        let mut uploads = Vec::new();
+        for m in &c.mounts {
+            let source = std::path::PathBuf::from(&m.host_path);
+            if source.is_file() {
+                let dir = std::path::Path::new(&m.container_path)
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "/".into());
+                uploads.push((source, dir));
+                continue;
+            }
+            let name = format!("berth_{}_{}_{:016x}", self.node, pod.uid, fnv(&m.host_path));
+            let labels = HashMap::from([
+                (L_NODE.to_string(), self.node.clone()),
+                (L_POD_UID.to_string(), pod.uid.clone()),
+            ]);
+            self.docker
+                .create_volume(bollard::models::VolumeCreateRequest {
+                    name: Some(name.clone()),
+                    labels: Some(labels),
+                    ..Default::default()
+                })
+                .await
+                .map_err(err("create volume"))?;
+            let mode = if m.read_only { ":ro" } else { "" };
+            binds.push(format!("{name}:{}{mode}", m.container_path));
+            uploads.push((source, m.container_path.clone()));
+        }
+        Ok((binds, uploads))
+    }
+
+    /// Copy `source` (a directory's contents, or one file) into directory `dir` of a created
+    /// container.
+    async fn upload(
+        &self,
+        id: &str,
+        source: &std::path::Path,
+        dir: &str,
+    ) -> Result<(), RuntimeError> {
+        let packed = {
+            let source = source.to_path_buf();
+            tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                let mut tar = tar::Builder::new(Vec::new());
+                tar.follow_symlinks(true);
+                if source.is_file() {
+                    let name = source.file_name().unwrap_or_default().to_os_string();
+                    tar.append_path_with_name(&source, name)?;
+                } else if source.is_dir() {
+                    tar.append_dir_all(".", &source)?;
+                }
+                tar.into_inner()
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| RuntimeError::Driver {
+                driver: DRIVER,
+                operation: "pack volume contents",
+                source: Box::new(e),
+            })?
+        };
+        let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+            .path(dir)
+            .build();
+        self.docker
+            .upload_to_container(id, Some(opts), bollard::body_full(packed.into()))
+            .await
+            .map_err(err("copy volume contents"))
+    }
+
+    /// Remove a pod's volumes on a remote engine once no container uses them (those still
+    /// in use stay for the last container's removal).
+    async fn remove_volumes(&self, uid: &str) {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{L_NODE}={}", self.node),
+                format!("{L_POD_UID}={uid}"),
+            ],
+        )]);
+        let opts = bollard::query_parameters::ListVolumesOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let Ok(found) = self.docker.list_volumes(Some(opts)).await else {
+            return;
+        };
+        for v in found.volumes.unwrap_or_default() {
+            let _ = self
+                .docker
+                .remove_volume(
+                    &v.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await;
+        }
     }
 
     /// Keep `n` sandboxes started ahead of need, so a pod without host ports skips making
@@ -446,6 +602,19 @@ impl Runtime for DockerRuntime {
         let name = self.container_name(pod, &format!("{}_{}", c.name, c.attempt));
         let env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let ns = format!("container:{sandbox_id}");
+        let (binds, uploads) = if self.remote {
+            self.remote_mounts(pod, c).await?
+        } else {
+            let binds = c
+                .mounts
+                .iter()
+                .map(|m| {
+                    let mode = if m.read_only { ":ro" } else { "" };
+                    format!("{}:{}{mode}", m.host_path, m.container_path)
+                })
+                .collect();
+            (binds, Vec::new())
+        };
         let body = ContainerCreateBody {
             image: Some(c.image.clone()),
             entrypoint: c.command.clone(),
@@ -460,15 +629,7 @@ impl Runtime for DockerRuntime {
             host_config: Some(HostConfig {
                 network_mode: Some(ns.clone()),
                 ipc_mode: Some(ns),
-                binds: Some(
-                    c.mounts
-                        .iter()
-                        .map(|m| {
-                            let mode = if m.read_only { ":ro" } else { "" };
-                            format!("{}:{}{mode}", m.host_path, m.container_path)
-                        })
-                        .collect(),
-                ),
+                binds: Some(binds),
                 memory: c.memory_bytes.map(|m| m as i64),
                 nano_cpus: c.cpu_millis.map(|m| (m * 1_000_000) as i64),
                 ..Default::default()
@@ -485,6 +646,12 @@ impl Runtime for DockerRuntime {
                 message: e.to_string(),
             })?
             .id;
+        for (source, dir) in &uploads {
+            if let Err(e) = self.upload(&id, source, dir).await {
+                let _ = self.remove(&id).await;
+                return Err(e);
+            }
+        }
         if let Err(e) = self
             .docker
             .start_container(
@@ -820,10 +987,25 @@ impl Runtime for DockerRuntime {
             .force(true)
             .v(true)
             .build();
+        // On a remote engine the pod's volumes go with its last container.
+        let owner = self
+            .remote
+            .then(|| {
+                let cache = self.inspected.lock().expect("inspect cache");
+                cache.get(id).map(|(_, i)| match i {
+                    Inspected::Sandbox(s) => s.pod_uid.clone(),
+                    Inspected::Container(c) => c.pod_uid.clone(),
+                })
+            })
+            .flatten();
         match self.docker.remove_container(id, Some(opts)).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(err("remove container")(e)),
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(err("remove container")(e)),
         }
+        if let Some(uid) = owner.filter(|u| !u.is_empty()) {
+            self.remove_volumes(&uid).await;
+        }
+        Ok(())
     }
 }

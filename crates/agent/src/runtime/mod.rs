@@ -227,6 +227,18 @@ pub trait Runtime: Send + Sync + 'static {
     /// Make sure `image` is on this node, as `policy` allows.
     async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError>;
 
+    /// Make sure `image` is where `pod` runs (a runtime over several hosts answers for the
+    /// pod's host; a single node is the node).
+    async fn ensure_image_for(
+        &self,
+        pod: &PodRef,
+        image: &str,
+        policy: PullPolicy,
+    ) -> Result<(), RuntimeError> {
+        let _ = pod;
+        self.ensure_image(image, policy).await
+    }
+
     /// Create and start the pod's sandbox.
     async fn create_sandbox(&self, pod: &PodRef) -> Result<ObservedSandbox, RuntimeError>;
 

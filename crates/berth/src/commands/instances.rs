@@ -12,9 +12,16 @@ pub struct InstanceArgs {
     /// Address to serve the container groups API on.
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub instances_listen: std::net::SocketAddr,
-    /// The address groups with a Public IP address are reachable on.
+    /// The address groups with a Public IP address are reachable on (on this host's
+    /// engine; a `--host` over TCP has its own).
     #[arg(long, default_value = "127.0.0.1")]
     pub public_ip: String,
+    /// A host of the pool groups are placed on: `NAME=tcp://ADDR:PORT` (a Docker engine on
+    /// another host; its groups' Public IP is ADDR) or `NAME=unix:///path/docker.sock`, with
+    /// `,public-ip=ADDR` to say where its groups are reached. Repeat for each host. None:
+    /// this host alone, on the runtime `--runtime` names.
+    #[arg(long = "host", value_name = "NAME=ENGINE[,public-ip=ADDR]")]
+    pub hosts: Vec<String>,
     /// DNS zone for `dnsNameLabel` fqdns (`<label>.<location>.<zone>`).
     #[arg(long, default_value = "instances.berth.local")]
     pub dns_zone: String,
@@ -72,6 +79,80 @@ fn node_name(dir: &Path) -> anyhow::Result<String> {
     Ok(name)
 }
 
+/// One `--host`: its name, engine address and public address.
+fn parse_host(spec: &str, default_ip: &str) -> anyhow::Result<(String, String, String)> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--host {spec:?}: expected NAME=tcp://ADDR:PORT or NAME=unix:///path, optionally followed by ,public-ip=ADDR"
+        )
+    };
+    let (name, rest) = spec.split_once('=').ok_or_else(bad)?;
+    let mut parts = rest.split(',');
+    let engine = parts.next().filter(|e| !e.is_empty()).ok_or_else(bad)?;
+    let mut public_ip = None;
+    for p in parts {
+        match p.split_once('=') {
+            Some(("public-ip", ip)) if !ip.is_empty() => public_ip = Some(ip.to_string()),
+            _ => return Err(bad()),
+        }
+    }
+    let public_ip = match (public_ip, engine.strip_prefix("tcp://")) {
+        (Some(ip), _) => ip,
+        (None, Some(addr)) => addr
+            .rsplit_once(':')
+            .map_or(addr, |(host, _)| host)
+            .trim_matches(['[', ']'])
+            .to_string(),
+        (None, None) if engine.starts_with("unix://") => default_ip.to_string(),
+        (None, None) => return Err(bad()),
+    };
+    Ok((name.to_string(), engine.to_string(), public_ip))
+}
+
+/// The hosts groups run on: each `--host`, or this host on `kind`.
+async fn pool(
+    args: &InstanceArgs,
+    kind: RuntimeKind,
+    node: &str,
+    dir: &Path,
+) -> anyhow::Result<std::sync::Arc<berth_instances::Pool>> {
+    let mut hosts = Vec::new();
+    if args.hosts.is_empty() {
+        let here = berth_agent::node::Capacity::of_host(dir);
+        hosts.push(berth_instances::Host {
+            name: "local".into(),
+            address: args.public_ip.clone(),
+            cpu: here.cpus as f64,
+            memory_gb: here.memory_kib as f64 / (1024.0 * 1024.0),
+            runtime: super::agent::runtime(kind, node, dir, args.warm_pool).await?,
+        });
+    }
+    for spec in &args.hosts {
+        let (name, engine, address) = parse_host(spec, &args.public_ip)?;
+        let docker = berth_agent::runtime::docker::DockerRuntime::connect_to(node, Some(&engine))
+            .await
+            .with_context(|| {
+                format!("connecting to the Docker engine of host {name} at {engine}")
+            })?;
+        let (cpu, memory) = docker
+            .capacity()
+            .await
+            .with_context(|| format!("reading the capacity of host {name}"))?;
+        let docker = docker
+            .with_warm_pool(args.warm_pool)
+            .await
+            .with_context(|| format!("adopting the warm pool of host {name}"))?;
+        hosts.push(berth_instances::Host {
+            name,
+            address,
+            cpu,
+            memory_gb: memory as f64 / (1024.0 * 1024.0 * 1024.0),
+            runtime: std::sync::Arc::new(docker),
+        });
+    }
+    Ok(std::sync::Arc::new(berth_instances::Pool::new(hosts)?))
+}
+
 /// Start the service in `data_dir` on `kind`, and write the client config beside it.
 pub async fn start(
     data_dir: &Path,
@@ -95,7 +176,7 @@ pub async fn start(
         }
     };
     let node = node_name(&dir)?;
-    let runtime = super::agent::runtime(kind, &node, &dir, args.warm_pool).await?;
+    let pool = pool(args, kind, &node, &dir).await?;
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     if !args.instances_listen.ip().is_unspecified() {
         sans.push(args.instances_listen.ip().to_string());
@@ -103,7 +184,6 @@ pub async fn start(
     let cfg = berth_instances::Config {
         service: berth_instances::ServiceConfig {
             data_dir: dir,
-            public_ip: args.public_ip.clone(),
             dns_zone: args.dns_zone.clone(),
             prices,
             resync: std::time::Duration::from_secs(1),
@@ -115,7 +195,7 @@ pub async fn start(
         page_size: args.page_size,
         dns_listen: Some(args.dns_listen),
     };
-    let inst = berth_instances::start(cfg, runtime)
+    let inst = berth_instances::start(cfg, pool)
         .await
         .context("starting the instances service")?;
     let client = ClientConfig {
@@ -142,4 +222,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     super::shutdown_signal().await;
     inst.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_host;
+
+    #[test]
+    fn host_specs_name_an_engine_and_where_groups_are_reached() {
+        let h = |s| parse_host(s, "192.0.2.1").map_err(|e| e.to_string());
+        assert_eq!(
+            h("edge-1=tcp://10.231.0.2:2375").unwrap(),
+            (
+                "edge-1".into(),
+                "tcp://10.231.0.2:2375".into(),
+                "10.231.0.2".into()
+            )
+        );
+        assert_eq!(
+            h("local=unix:///var/run/docker.sock").unwrap().2,
+            "192.0.2.1"
+        );
+        assert_eq!(
+            h("e=tcp://10.0.0.5:2375,public-ip=203.0.113.9").unwrap().2,
+            "203.0.113.9"
+        );
+        for bad in ["edge", "e=ssh://x", "e=tcp://a:1,color=red", "e="] {
+            assert!(h(bad).unwrap_err().contains("expected NAME="), "{bad}");
+        }
+    }
 }
