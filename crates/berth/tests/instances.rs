@@ -16,9 +16,11 @@ struct Instances {
     child: Child,
     dir: tempfile::TempDir,
     listen: String,
+    /// Flags beyond the usual (`--host ...`).
+    extra: Vec<String>,
 }
 
-fn spawn(dir: &Path, listen: &str) -> (Child, String) {
+fn spawn(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args([
             "instances",
@@ -36,6 +38,7 @@ fn spawn(dir: &Path, listen: &str) -> (Child, String) {
             "--dns-listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir)
         .env("BERTH_LOG", "warn")
@@ -58,10 +61,19 @@ fn spawn(dir: &Path, listen: &str) -> (Child, String) {
 
 impl Instances {
     fn start() -> Instances {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[String]) -> Instances {
         require_docker();
         let dir = tempfile::tempdir().unwrap();
-        let (child, listen) = spawn(dir.path(), "127.0.0.1:0");
-        Instances { child, dir, listen }
+        let (child, listen) = spawn(dir.path(), "127.0.0.1:0", extra);
+        Instances {
+            child,
+            dir,
+            listen,
+            extra: extra.to_vec(),
+        }
     }
 
     fn config(&self) -> PathBuf {
@@ -72,7 +84,7 @@ impl Instances {
     fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, listen) = spawn(self.dir.path(), &self.listen);
+        let (child, listen) = spawn(self.dir.path(), &self.listen, &self.extra);
         assert_eq!(listen, self.listen);
         self.child = child;
     }
@@ -651,4 +663,309 @@ async fn a_dns_name_label_resolves_while_its_group_runs() {
         "a stopped group's name is gone"
     );
     c.call("DELETE", path, None).await.unwrap();
+}
+
+/// A second Docker engine on this machine in its own network namespace, reached over TCP on
+/// its own address through a veth pair: a pool host as another machine would be (it shares
+/// this machine's filesystem, but the service treats an engine over TCP as remote and copies
+/// volumes to it). Everything is removed on drop.
+struct SecondEngine {
+    ns: String,
+    veth: String,
+    daemon: Child,
+    dir: tempfile::TempDir,
+    url: String,
+    address: String,
+}
+
+fn run_ok(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("this test needs {cmd} ({e}): it runs as root with iproute2, util-linux (nsenter) and docker.io's dockerd")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed (this test needs root, iproute2 and dockerd): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl SecondEngine {
+    fn start() -> SecondEngine {
+        require_docker();
+        let n = std::process::id() % 250 + 1;
+        let ns = format!("berth-pool-{n}");
+        let veth = format!("bpool{n}h");
+        let peer = format!("bpool{n}n");
+        let (host_ip, address) = (format!("10.231.{n}.1"), format!("10.231.{n}.2"));
+        // A netns left by a killed run of this test with the same number goes first.
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        let _ = Command::new("ip").args(["link", "del", &veth]).output();
+        run_ok("ip", &["netns", "add", &ns]);
+        run_ok(
+            "ip",
+            &["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+        );
+        run_ok("ip", &["link", "set", &peer, "netns", &ns]);
+        run_ok(
+            "ip",
+            &["addr", "add", &format!("{host_ip}/30"), "dev", &veth],
+        );
+        run_ok("ip", &["link", "set", &veth, "up"]);
+        let with_mask = format!("{address}/30");
+        for args in [
+            ["addr", "add", with_mask.as_str(), "dev", peer.as_str()].as_slice(),
+            &["link", "set", peer.as_str(), "up"],
+            &["link", "set", "lo", "up"],
+        ] {
+            let mut full = vec!["netns", "exec", ns.as_str(), "ip"];
+            full.extend_from_slice(args);
+            run_ok("ip", &full);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
+        let url = format!("tcp://{address}:2375");
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        // nsenter, not `ip netns exec`: the latter remounts /sys, and dockerd loses the cgroups.
+        let daemon = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{ns}"))
+            .arg("dockerd")
+            .arg("--config-file")
+            .arg(dir.path().join("daemon.json"))
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("dockerd.pid"))
+            .args(["-H", &url, "--tls=false", "--storage-driver", "vfs"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("this test needs nsenter (util-linux) and dockerd (docker.io)");
+        let engine = SecondEngine {
+            ns,
+            veth,
+            daemon,
+            dir,
+            url,
+            address,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !engine.docker(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "the second dockerd did not answer within 60 s: {}",
+                std::fs::read_to_string(engine.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        engine
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(["-H", &self.url])
+            .args(args)
+            .output()
+            .expect("the docker CLI")
+    }
+
+    /// Copy an image from the main engine (there is no registry to pull from).
+    fn load(&self, tag: &str) {
+        let saved = Command::new("docker")
+            .args(["save", tag])
+            .output()
+            .expect("docker save");
+        assert!(saved.status.success(), "docker save {tag}");
+        let mut load = Command::new("docker")
+            .args(["-H", &self.url, "load"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("docker load");
+        {
+            use std::io::Write;
+            load.stdin.take().unwrap().write_all(&saved.stdout).unwrap();
+        }
+        assert!(
+            load.wait().unwrap().success(),
+            "docker load into the second engine"
+        );
+    }
+
+    /// Lines of `docker ps -a -q` / `volume ls -q` with a label.
+    fn ids(&self, what: &[&str], label: &str) -> Vec<String> {
+        let mut args = what.to_vec();
+        args.extend(["-q", "--filter", label]);
+        String::from_utf8_lossy(&self.docker(&args).stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        let all = self.ids(&["ps", "-a"], "label=berth.node");
+        if !all.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(all.iter().map(String::as_str));
+            let _ = self.docker(&args);
+        }
+        // SIGTERM, so that dockerd stops its containerd too.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.daemon.id().to_string()])
+            .output();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+    }
+}
+
+fn http_get(ip: &str, port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:{port}").parse().ok()?,
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_of_two_engines_places_groups_apart_by_public_port_and_serves_each_from_its_host() {
+    let image = BusyboxImage::build();
+    let edge = SecondEngine::start();
+    edge.load(&image.tag);
+    let mut svc = Instances::start_with(&[
+        "--host".into(),
+        "local=unix:///var/run/docker.sock".into(),
+        "--host".into(),
+        format!("edge={}", edge.url),
+    ]);
+    let c = svc.client();
+    let port = free_port();
+    let path = |name: &str| {
+        format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerInstance/containerGroups/{name}")
+    };
+    // Each group serves its own secret volume on the same public port.
+    let body = |name: &str| {
+        use base64::Engine;
+        let page = base64::engine::general_purpose::STANDARD.encode(format!("page-of-{name}\n"));
+        serde_json::json!({"location": "eastus", "properties": {"osType": "Linux",
+            "ipAddress": {"type": "Public", "ports": [{"port": port, "protocol": "TCP"}]},
+            "volumes": [{"name": "site", "secret": {"index.html": page}}],
+            "containers": [{"name": "web", "properties": {"image": image.tag, "ports": [{"port": port}],
+                "command": ["sh", "-c", format!("echo serving-{name}; exec httpd -f -p {port} -h /site")],
+                "resources": {"requests": {"cpu": 0.5, "memoryInGB": 0.5}},
+                "volumeMounts": [{"name": "site", "mountPath": "/site", "readOnly": true}]}}]}})
+    };
+    let mut at = std::collections::BTreeMap::new();
+    for name in ["one", "two"] {
+        let g = deploy(&c, &path(name), &body(name)).await;
+        assert_eq!(g["properties"]["provisioningState"], "Succeeded", "{g}");
+        let ip = g["properties"]["ipAddress"]["ip"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        at.insert(name, ip);
+    }
+    let mut got: Vec<&str> = at.values().map(String::as_str).collect();
+    let mut want = vec!["127.0.0.1", edge.address.as_str()];
+    got.sort();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "the two groups want one port, so they go to different hosts: {at:?}"
+    );
+    for (name, ip) in &at {
+        let page = common::eventually(20, "each group to answer on its host's address", || async {
+            http_get(ip, port, "/index.html").filter(|p| p.contains("page-of-"))
+        })
+        .await;
+        assert!(page.contains(&format!("page-of-{name}")), "{ip}: {page}");
+    }
+    let on_edge = at
+        .iter()
+        .find(|(_, ip)| **ip == edge.address)
+        .unwrap()
+        .0
+        .to_string();
+    // The edge group's secret reached the other engine as a volume of its own.
+    assert!(
+        !edge
+            .ids(&["volume", "ls"], "label=berth.pod.uid")
+            .is_empty(),
+        "no volume on the second engine"
+    );
+    let logs = c
+        .call(
+            "GET",
+            &format!("{}/containers/web/logs", path(&on_edge)),
+            None,
+        )
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        logs["content"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("serving-{on_edge}")),
+        "{logs}"
+    );
+
+    // A third group on the same port fits nowhere: an ARM error, and nothing stored.
+    let Err(err) = c.call("PUT", &path("three"), Some(&body("three"))).await else {
+        panic!("a third group on port {port} was accepted");
+    };
+    assert!(
+        err.to_string().contains("ServiceUnavailable")
+            && err.to_string().contains(&port.to_string()),
+        "{err}"
+    );
+    assert!(
+        c.call("GET", &path("three"), None).await.is_err(),
+        "a refused group was stored"
+    );
+
+    // Across a restart every group stays on its host, still served.
+    svc.restart();
+    let c = svc.client();
+    for (name, ip) in &at {
+        let g = c.call("GET", &path(name), None).await.unwrap().body;
+        assert_eq!(g["properties"]["ipAddress"]["ip"], ip.as_str(), "{g}");
+        common::eventually(20, "the group to answer after the restart", || async {
+            http_get(ip, port, "/index.html").filter(|p| p.contains(&format!("page-of-{name}")))
+        })
+        .await;
+    }
+
+    for name in ["one", "two"] {
+        c.call("DELETE", &path(name), None).await.unwrap();
+    }
+    common::eventually(
+        20,
+        "the second engine to hold none of the groups' containers or volumes",
+        || async {
+            (edge.ids(&["ps", "-a"], "label=berth.pod.uid").is_empty()
+                && edge
+                    .ids(&["volume", "ls"], "label=berth.pod.uid")
+                    .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
 }

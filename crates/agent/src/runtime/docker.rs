@@ -172,9 +172,9 @@ impl DockerRuntime {
         ))
     }
 
-    /// Mounts on a remote engine: a labelled volume per pod and source directory (a file
-    /// source is copied into the container instead); what to copy where once the container
-    /// exists. Returns the binds and the uploads (source, directory in the container).
+    /// Mounts on a remote engine: a labelled volume per pod and source directory, filled from
+    /// the source (a file source is copied into the container instead). Returns the binds
+    /// and the uploads still to make once the container exists (source, directory in it).
     async fn remote_mounts(
         &self,
         pod: &PodRef,
@@ -205,11 +205,41 @@ impl DockerRuntime {
                 })
                 .await
                 .map_err(err("create volume"))?;
+            self.fill_volume(&name, &source).await?;
             let mode = if m.read_only { ":ro" } else { "" };
             binds.push(format!("{name}:{}{mode}", m.container_path));
-            uploads.push((source, m.container_path.clone()));
         }
         Ok((binds, uploads))
+    }
+
+    /// Copy `source` into volume `name` through a container that is created, never started,
+    /// and removed (the engine refuses copies into a read-only mount of the app container).
+    async fn fill_volume(&self, name: &str, source: &std::path::Path) -> Result<(), RuntimeError> {
+        self.ensure_pause_image().await?;
+        let body = ContainerCreateBody {
+            image: Some(PAUSE_IMAGE.into()),
+            cmd: Some(vec!["/busybox".into(), "true".into()]),
+            labels: Some(HashMap::from([(L_NODE.to_string(), self.node.clone())])),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{name}:/volume")]),
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let filler = self
+            .docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            )
+            .await
+            .map_err(err("create volume filler"))?
+            .id;
+        let filled = self.upload(&filler, source, "/volume").await;
+        let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = self.docker.remove_container(&filler, Some(opts)).await;
+        filled
     }
 
     /// Copy `source` (a directory's contents, or one file) into directory `dir` of a created
