@@ -9,10 +9,11 @@ command -v kubectl >/dev/null 2>&1 || {
   echo "install it from https://kubernetes.io/docs/tasks/tools/ (it is not in Debian's archive)" >&2
   exit 1
 }
-if ! docker info >/dev/null 2>&1; then
-  command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
-fi
+# dockerd also runs a second engine in a network namespace for the instances pool test.
+command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 command -v busybox >/dev/null 2>&1 || need_apt+=(busybox-static)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
