@@ -556,7 +556,9 @@ impl Service {
         // Placed under the lock, so that two deployments never both take the last room or
         // the same public port of a host.
         let host = match &existing {
-            Some((.., host)) => *host,
+            Some((_, _, false, host)) => *host,
+            // A stopped group holds nothing on its host: it needs room there again.
+            Some((.., host)) => self.choose_host(&group, &key.name, &[*host])?,
             None => match self.choose_host(&group, &key.name, &candidates) {
                 Ok(h) => h,
                 Err(e) => {
@@ -934,9 +936,19 @@ impl Service {
 
     /// Start a stopped group again (a fresh deployment); returns the operation id.
     pub async fn start(&self, key: &Key) -> Result<String, ArmError> {
-        let (uid, res, stopped) =
-            self.with_live(key, |l| (l.uid.clone(), requests(&l.group), l.stopped))?;
+        let _pass = self.tick_lock.lock().await;
+        let (uid, res, stopped, group, host) = self.with_live(key, |l| {
+            (
+                l.uid.clone(),
+                requests(&l.group),
+                l.stopped,
+                l.group.clone(),
+                l.host,
+            )
+        })?;
         if stopped {
+            // Its host may have filled up, or given its port to another group, meanwhile.
+            self.choose_host(&group, &key.name, &[host])?;
             self.db
                 .set_stopped(key, &uid, false, res, now_ms())
                 .map_err(internal)?;
@@ -1264,6 +1276,79 @@ impl PodHost for GroupHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::Host;
+    use berth_agent::runtime::mock::MockRuntime;
+
+    fn group(cpu: f64, port: i64) -> ContainerGroup {
+        serde_json::from_value(json!({"location": "eastus", "properties": {"osType": "Linux",
+            "ipAddress": {"type": "Public", "ports": [{"port": port}]},
+            "containers": [{"name": "c", "properties": {"image": "busybox", "ports": [{"port": port}],
+                "resources": {"requests": {"cpu": cpu, "memoryInGB": 1.0}}}}]}}))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn groups_go_to_the_least_allocated_host_with_room_and_their_port_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = |name: &str, cpu: f64| Host {
+            name: name.into(),
+            address: format!("10.0.0.{}", cpu as u8),
+            cpu,
+            memory_gb: 8.0,
+            runtime: Arc::new(MockRuntime::new()),
+        };
+        let pool = Arc::new(Pool::new(vec![host("a", 2.0), host("b", 4.0)]).unwrap());
+        let svc = Service::open(
+            Config {
+                data_dir: dir.path().to_path_buf(),
+                dns_zone: "z".into(),
+                prices: Prices::default(),
+                resync: Duration::from_secs(1),
+            },
+            pool,
+        )
+        .unwrap();
+        let key = |n: &str| Key {
+            sub: "s".into(),
+            rg: "rg".into(),
+            name: n.into(),
+        };
+        let ip = |n: &str| {
+            svc.get(&key(n))
+                .unwrap()
+                .properties
+                .ip_address
+                .unwrap()
+                .ip
+                .unwrap()
+        };
+        // b keeps the larger share free (3 of 4 against 1 of 2).
+        svc.put(&key("g1"), group(1.0, 80)).await.unwrap();
+        assert_eq!(ip("g1"), "10.0.0.4");
+        // Port 80 is taken on b.
+        svc.put(&key("g2"), group(1.0, 80)).await.unwrap();
+        assert_eq!(ip("g2"), "10.0.0.2");
+        // a has 1 CPU left, too little.
+        svc.put(&key("g3"), group(1.5, 81)).await.unwrap();
+        assert_eq!(ip("g3"), "10.0.0.4");
+        let e = svc.put(&key("g4"), group(2.0, 80)).await.unwrap_err();
+        assert_eq!((e.status, &*e.code), (409, "ServiceUnavailable"), "{e:?}");
+        assert!(
+            e.message.contains("a: public port 80/TCP taken") || e.message.contains("a: 1.00 CPU"),
+            "{}",
+            e.message
+        );
+        assert!(svc.get(&key("g4")).is_err(), "a refused group was stored");
+        // A stopped group gives its port and room back, and needs them again to start.
+        svc.stop(&key("g2")).await.unwrap();
+        svc.put(&key("g5"), group(1.0, 80)).await.unwrap();
+        assert_eq!(ip("g5"), "10.0.0.2");
+        let e = svc.start(&key("g2")).await.unwrap_err();
+        assert_eq!(&*e.code, "ServiceUnavailable", "{e:?}");
+        svc.delete(&key("g5")).await.unwrap();
+        svc.start(&key("g2")).await.unwrap();
+        assert_eq!(ip("g2"), "10.0.0.2");
+    }
 
     #[test]
     fn events_are_filed_under_their_container() {
