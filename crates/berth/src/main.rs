@@ -54,9 +54,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The agent waits on the network nearly all the time: one thread serves it, and each
+    // thread more costs it resident memory (stack, and the allocator's pages per thread).
+    let runtime = match cli.command {
+        Command::Agent(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Up(args) => commands::up::run(args).await,
