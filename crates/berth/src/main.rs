@@ -1,11 +1,17 @@
 //! The `berth` binary: one file per subcommand under `commands/`, each a thin layer that
 //! parses arguments and calls a library crate.
 
+#[cfg(not(feature = "dhat-heap"))]
+mod alloc;
 mod commands;
 
-/// glibc's malloc spends a tenth of the API server's CPU under load on arena contention.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::ByRole = alloc::ByRole;
+
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
 
 use clap::{Parser, Subcommand};
 
@@ -62,6 +68,9 @@ fn main() -> anyhow::Result<()> {
     }
     .enable_all()
     .build()?;
+    // Dropped before the runtime: the profile's end shows what the running tasks hold.
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     runtime.block_on(async {
         match cli.command {
             Command::Up(args) => commands::up::run(args).await,
