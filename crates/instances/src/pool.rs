@@ -40,7 +40,8 @@ pub enum PoolError {
 
 pub struct Pool {
     hosts: Vec<Host>,
-    /// Pod uid -> index of the host it runs on.
+    /// Pod uid -> index of the host it runs on: the one record of where a group is (the
+    /// service stores the host's name, and assigns again on opening).
     placed: Mutex<HashMap<String, usize>>,
 }
 
@@ -91,10 +92,14 @@ impl Pool {
         self.placed.lock().expect("placed").remove(uid);
     }
 
+    /// The index of the host pod `uid` was assigned to.
+    pub fn placement(&self, uid: &str) -> Option<usize> {
+        self.placed.lock().expect("placed").get(uid).copied()
+    }
+
     /// The host pod `uid` was assigned to.
     pub fn host_of(&self, uid: &str) -> Option<&Host> {
-        let i = *self.placed.lock().expect("placed").get(uid)?;
-        self.hosts.get(i)
+        self.hosts.get(self.placement(uid)?)
     }
 
     fn for_pod(&self, uid: &str) -> Result<&Host, RuntimeError> {

@@ -59,8 +59,6 @@ pub struct Config {
 /// One group as the service holds it.
 struct Live {
     uid: String,
-    /// Index of the pool host the group runs on.
-    host: usize,
     group: ContainerGroup,
     pod: Pod,
     stopped: bool,
@@ -264,7 +262,7 @@ impl Service {
                 0
             });
             svc.pool.assign(&row.uid, host);
-            let live = svc.live(&row.key, &row.uid, host, group, row.stopped, state);
+            let live = svc.live(&row.key, &row.uid, group, row.stopped, state);
             svc.shared
                 .groups
                 .lock()
@@ -282,7 +280,6 @@ impl Service {
         &self,
         key: &Key,
         uid: &str,
-        host: usize,
         group: ContainerGroup,
         stopped: bool,
         provisioning: &'static str,
@@ -292,7 +289,6 @@ impl Service {
         let pod = serde_json::from_value(pod).expect("a validated group makes a valid pod");
         Live {
             uid: uid.to_string(),
-            host,
             group,
             pod,
             stopped,
@@ -463,7 +459,7 @@ impl Service {
         }));
         if let Some(ip) = &mut p.ip_address {
             ip.ip = if ip.type_ == "Public" {
-                Some(self.pool.hosts()[l.host].address.clone())
+                Some(self.host_of(&l.uid).address.clone())
             } else {
                 l.status
                     .as_ref()
@@ -476,6 +472,18 @@ impl Service {
                 .map(|d| format!("{d}.{}.{}", g.location, self.cfg.dns_zone));
         }
         g
+    }
+
+    /// The pool host a stored group was placed on (assigned on PUT and on opening, before
+    /// the group is in the map, and forgotten only after it has left it).
+    fn placement(&self, uid: &str) -> usize {
+        self.pool
+            .placement(uid)
+            .expect("every stored group is placed on a host")
+    }
+
+    fn host_of(&self, uid: &str) -> &crate::pool::Host {
+        &self.pool.hosts()[self.placement(uid)]
     }
 
     fn with_live<T>(&self, key: &Key, f: impl FnOnce(&mut Live) -> T) -> Result<T, ArmError> {
@@ -527,9 +535,10 @@ impl Service {
         }
         let existing = {
             let groups = self.shared.groups.lock().expect("groups");
-            groups
-                .get(key)
-                .map(|l| (l.uid.clone(), l.group.clone(), l.stopped, l.host))
+            groups.get(key).map(|l| {
+                let host = self.placement(&l.uid);
+                (l.uid.clone(), l.group.clone(), l.stopped, host)
+            })
         };
         if let Some((_, old, false, _)) = &existing {
             if let Some(refusal) = aci::update_refusal(old, &group) {
@@ -592,11 +601,11 @@ impl Service {
                 (Some(l), None) => l.group = group,
                 (Some(l), Some(p)) if !was_stopped => {
                     let events = std::mem::take(&mut l.events);
-                    *l = self.live(key, &uid, host, group, false, p);
+                    *l = self.live(key, &uid, group, false, p);
                     l.events = events;
                 }
                 _ => {
-                    let l = self.live(key, &uid, host, group, false, "Pending");
+                    let l = self.live(key, &uid, group, false, "Pending");
                     groups.insert(key.clone(), l);
                 }
             }
@@ -697,7 +706,7 @@ impl Service {
                 continue;
             }
             let (c, m) = requests(&l.group);
-            let u = &mut used[l.host];
+            let u = &mut used[self.placement(&l.uid)];
             u.0 += c;
             u.1 += m;
             u.2.extend(public_ports(&l.group));
@@ -877,7 +886,7 @@ impl Service {
                 body: serde_json::to_string(&l.group).unwrap_or_default(),
                 stopped: l.stopped,
                 created_ms: 0,
-                host: self.pool.hosts()[l.host].name.clone(),
+                host: self.host_of(&l.uid).name.clone(),
             };
             (row, ())
         })?;
@@ -943,7 +952,7 @@ impl Service {
                 requests(&l.group),
                 l.stopped,
                 l.group.clone(),
-                l.host,
+                self.placement(&l.uid),
             )
         })?;
         if stopped {
@@ -1153,7 +1162,7 @@ impl Service {
                         .eq_ignore_ascii_case(fqdn)
                 })
         })?;
-        self.pool.hosts()[holder.host].address.parse().ok()
+        self.host_of(&holder.uid).address.parse().ok()
     }
 
     pub fn dns_zone(&self) -> &str {
