@@ -48,6 +48,10 @@ pub struct ProcessRuntime {
     cgroups: Result<Cgroups, String>,
     /// Whether containers can have volumes, or why not.
     mounts: Result<(), String>,
+    /// Containers this driver started and whose exit it has yet to record: between the
+    /// process ending and its `exit` file being written, such a container still reads as
+    /// running (not as ended unwatched, which is exit code 255).
+    waiting: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn io(operation: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -126,6 +130,7 @@ impl ProcessRuntime {
             root,
             cgroups,
             mounts,
+            waiting: Arc::default(),
         })
     }
 
@@ -156,8 +161,9 @@ impl ProcessRuntime {
         serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()
     }
 
-    fn observe(dir: &Path) -> Option<ObservedContainer> {
+    fn observe(&self, dir: &Path) -> Option<ObservedContainer> {
         let st = Self::read_state(dir)?;
+        let id = st["id"].as_str()?;
         let started_at: Timestamp = st["startedAt"].as_str()?.parse().ok()?;
         let pid = st["pid"].as_u64()? as u32;
         let ticks = st["ticks"].as_u64()?;
@@ -174,7 +180,9 @@ impl ProcessRuntime {
                     .unwrap_or(started_at),
                 oom_killed: e["oom"].as_bool().unwrap_or(false),
             },
-            None if alive(pid, ticks) => State::Running { started_at },
+            None if alive(pid, ticks) || self.waiting.lock().unwrap().contains(id) => {
+                State::Running { started_at }
+            }
             None => State::Exited {
                 exit_code: 255,
                 started_at: Some(started_at),
@@ -183,7 +191,7 @@ impl ProcessRuntime {
             },
         };
         Some(ObservedContainer {
-            id: st["id"].as_str()?.to_string(),
+            id: id.to_string(),
             pod_uid: st["podUid"].as_str()?.to_string(),
             name: st["name"].as_str()?.to_string(),
             attempt: st["attempt"].as_u64()? as u32,
@@ -342,6 +350,9 @@ impl Runtime for ProcessRuntime {
         std::fs::write(dir.join("state.json"), st.to_string())
             .map_err(io("write the container state"))?;
         // Whoever started it records how it ended.
+        self.waiting.lock().unwrap().insert(id.clone());
+        let waiting = self.waiting.clone();
+        let waited = id.clone();
         tokio::spawn(async move {
             if let Ok(status) = child.wait().await {
                 use std::os::unix::process::ExitStatusExt;
@@ -354,6 +365,7 @@ impl Runtime for ProcessRuntime {
                 let exit = json!({"code": code, "oom": oom, "at": Timestamp::now().to_string()});
                 let _ = std::fs::write(dir.join("exit"), exit.to_string());
             }
+            waiting.lock().unwrap().remove(&waited);
         });
         Ok(id)
     }
@@ -379,7 +391,7 @@ impl Runtime for ProcessRuntime {
                 continue;
             };
             for c in containers.flatten() {
-                if let Some(o) = Self::observe(&c.path()) {
+                if let Some(o) = self.observe(&c.path()) {
                     out.containers.push(o);
                 }
             }
