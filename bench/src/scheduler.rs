@@ -174,7 +174,12 @@ fn core(kind: &str) -> ApiResource {
 
 /// Decide + bind through the API: create the nodes and (unscheduled) pods, then start the
 /// scheduler and time it until every pod is bound. Returns pods/s.
-async fn end_to_end(case: Case, nodes: usize, pods: usize) -> anyhow::Result<f64> {
+async fn end_to_end(
+    case: Case,
+    nodes: usize,
+    pods: usize,
+    sched_cfg: berth_scheduler::binder::Config,
+) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let mut cfg = berth_apiserver::Config::new(dir.path().to_path_buf());
     cfg.listen = "127.0.0.1:0".parse()?;
@@ -207,11 +212,13 @@ async fn end_to_end(case: Case, nodes: usize, pods: usize) -> anyhow::Result<f64
         .watch_metadata(&WatchParams::default().fields("spec.nodeName!="), &rv)
         .await?
         .boxed();
+    eprintln!(
+        "  {}: {nodes} nodes and {pods} pods stored; starting the scheduler",
+        case.label()
+    );
     let start = Instant::now();
-    let sched = tokio::spawn(berth_scheduler::binder::run(
-        client.clone(),
-        Default::default(),
-    ));
+    let cpu_start = cpu_seconds();
+    let sched = tokio::spawn(berth_scheduler::binder::run(client.clone(), sched_cfg));
     let mut bound = std::collections::HashSet::new();
     let mut first: Option<Duration> = None;
     while bound.len() < pods {
@@ -225,16 +232,39 @@ async fn end_to_end(case: Case, nodes: usize, pods: usize) -> anyhow::Result<f64
         }
     }
     let first = first.unwrap_or_default();
+    let wall = start.elapsed();
+    let cpus = (cpu_seconds() - cpu_start) / wall.as_secs_f64();
+    let events_api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &core("Event"));
+    let events = events_api
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .len();
     eprintln!(
-        "  {}: first bind after {:.0} ms (the scheduler's initial list of {nodes} nodes and {pods} pods), then {:.0} pods/s",
+        "  {}: first bind after {:.0} ms (the scheduler's initial list of {nodes} nodes and {pods} pods), then {:.0} pods/s; {cpus:.2} CPUs busy (server, scheduler and this watch in one process); {events} Events written by then",
         case.label(),
         first.as_secs_f64() * 1e3,
-        pods as f64 / (start.elapsed() - first).as_secs_f64()
+        pods as f64 / (wall - first).as_secs_f64(),
     );
     let rate = pods as f64 / start.elapsed().as_secs_f64();
     sched.abort();
     server.shutdown();
     Ok(rate)
+}
+
+/// CPU time this process has used, user and system, from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on every Linux this runs on.
+    ticks as f64 / 100.0
 }
 
 pub async fn run(nodes: usize, end_to_end_too: bool, only: &str) -> anyhow::Result<()> {
@@ -271,8 +301,20 @@ pub async fn run(nodes: usize, end_to_end_too: bool, only: &str) -> anyhow::Resu
             ours / base
         );
         if end_to_end_too {
-            let e2e = end_to_end(case, nodes, measured).await?;
+            let e2e = end_to_end(case, nodes, measured, Default::default()).await?;
             line.push_str(&format!("   end to end {e2e:>7.0} pods/s"));
+            if case == Case::Basic {
+                // The same with an Event budget no burst exhausts: what the Events cost.
+                let unlimited = berth_scheduler::binder::Config {
+                    events: berth_scheduler::binder::EventBudget {
+                        per_second: f64::INFINITY,
+                        burst: f64::INFINITY,
+                    },
+                    ..Default::default()
+                };
+                let all = end_to_end(case, nodes, measured, unlimited).await?;
+                line.push_str(&format!(" ({all:.0} with no Event budget)"));
+            }
             if let Some((goal, kube)) = case.goal() {
                 line.push_str(&format!(
                     " (goal {goal:.0}; kube-scheduler's published floor {kube})"

@@ -34,7 +34,32 @@ pub struct Config {
     pub scheduler_name: String,
     /// Binds in flight at once.
     pub concurrency: usize,
+    /// How fast the scheduler may write Events. Events are best effort, as in Kubernetes:
+    /// they must not take the API server's time from binds, so past this budget, and once
+    /// [`EVENT_QUEUE`] wait to be written, further Events are dropped.
+    pub events: EventBudget,
 }
+
+/// A token bucket for writing Events: `burst` at once, then `per_second`.
+#[derive(Debug, Clone, Copy)]
+pub struct EventBudget {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Default for EventBudget {
+    fn default() -> Self {
+        // kube-scheduler's client allows 50/s after a burst of 100, for binds and Events
+        // together; Berth's Events have a budget of their own, and binds have none.
+        EventBudget {
+            per_second: 100.0,
+            burst: 200.0,
+        }
+    }
+}
+
+/// Events waiting to be written at most (Kubernetes' event broadcaster queues 1,000).
+pub const EVENT_QUEUE: usize = 1000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -42,6 +67,7 @@ impl Default for Config {
             profile: Profile::default(),
             scheduler_name: "default-scheduler".into(),
             concurrency: 64,
+            events: EventBudget::default(),
         }
     }
 }
@@ -124,8 +150,8 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), SchedulerError
         .boxed(),
     ]);
     let (results_tx, mut results) = mpsc::channel(cfg.concurrency.max(1) * 2);
-    let (events, events_rx) = mpsc::channel(4096);
-    tokio::spawn(record_events(client.clone(), events_rx));
+    let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+    tokio::spawn(record_events(client.clone(), events_rx, cfg.events));
     let mut l = Loop {
         client,
         cfg,
@@ -441,29 +467,88 @@ fn event(key: &Key, uid: &str, type_: &str, reason: &str, message: &str) -> Valu
     )
 }
 
-/// Write Events a few at a time; when the scheduler outpaces the writes the channel fills and
-/// further Events are dropped, as Kubernetes' event broadcaster drops them.
-async fn record_events(client: kube::Client, rx: mpsc::Receiver<Value>) {
-    let stream = tokio_stream_from(rx);
-    stream
-        .for_each_concurrent(8, |ev| {
-            let ns = ev["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string();
-            let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
-            async move {
-                let Ok(ev) = serde_json::from_value(ev) else {
-                    return;
-                };
-                if let Err(e) = api.create(&PostParams::default(), &ev).await {
-                    tracing::debug!(error = %e, "could not record an event");
-                }
+/// Write Events a few at a time within `budget`; what the queue cannot hold is dropped
+/// (the senders use `try_send`), as Kubernetes' event broadcaster drops it.
+async fn record_events(client: kube::Client, mut rx: mpsc::Receiver<Value>, budget: EventBudget) {
+    let writers = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut bucket = Bucket::full(budget, Instant::now());
+    while let Some(ev) = rx.recv().await {
+        if let Some(wait) = bucket.take(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let Ok(permit) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        let ns = ev["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(ev) = serde_json::from_value(ev) else {
+                return;
+            };
+            if let Err(e) = api.create(&PostParams::default(), &ev).await {
+                tracing::debug!(error = %e, "could not record an event");
             }
-        })
-        .await;
+        });
+    }
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// The state of an [`EventBudget`]: tokens left as of `at`.
+struct Bucket {
+    budget: EventBudget,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(budget: EventBudget, now: Instant) -> Self {
+        Bucket {
+            budget,
+            tokens: budget.burst.max(1.0),
+            at: now,
+        }
+    }
+
+    /// Take a token: `None` when one is there now, else how long until it will be (the
+    /// token is spent in advance, so callers in turn wait in turn).
+    fn take(&mut self, now: Instant) -> Option<Duration> {
+        let EventBudget { per_second, burst } = self.budget;
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * per_second;
+        self.tokens = (self.tokens + refill).min(burst.max(1.0));
+        self.at = now;
+        self.tokens -= 1.0;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / per_second.max(1e-3)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_budget_allows_a_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(
+            EventBudget {
+                per_second: 10.0,
+                burst: 3.0,
+            },
+            t0,
+        );
+        // The burst goes at once.
+        assert_eq!((0..3).filter_map(|_| b.take(t0)).count(), 0);
+        // Then one per 100 ms, each waiting behind the last.
+        let waits: Vec<u128> = (0..2)
+            .filter_map(|_| b.take(t0))
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(waits, vec![100, 200]);
+        // Idle time refills, but never past the burst.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!((0..3).filter_map(|_| b.take(later)).count(), 0);
+        assert!(b.take(later).is_some());
+    }
 }
