@@ -42,6 +42,9 @@ struct Cli {
     /// Scheduler benchmark: the pure decision only, no API.
     #[arg(long)]
     decide_only: bool,
+    /// Scheduler benchmark: end-to-end runs per case; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
     /// Scheduler benchmark: which cases (a, b, c, d) and whether the scaling figures (s).
     #[arg(long, default_value = "abcds")]
     cases: String,
@@ -282,7 +285,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.which.as_str() {
         "apiserver" => apiserver(&cli).await,
-        "scheduler" => scheduler::run(cli.nodes, !cli.decide_only, &cli.cases).await,
+        "scheduler" => {
+            scheduler::run(
+                cli.nodes,
+                if cli.decide_only { 0 } else { cli.runs },
+                &cli.cases,
+            )
+            .await
+        }
         "agent" => agent::run(100, 20).await,
         "agent-memory" => agent::memory(20).await,
         "instances" => instances::run(100).await,

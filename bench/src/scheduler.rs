@@ -267,7 +267,42 @@ fn cpu_seconds() -> f64 {
     ticks as f64 / 100.0
 }
 
-pub async fn run(nodes: usize, end_to_end_too: bool, only: &str) -> anyhow::Result<()> {
+/// Rates from `runs` runs: their median, and their range (this machine's runs differ by a
+/// quarter from one to the next, so one run is not a figure).
+struct Rates(Vec<f64>);
+
+impl std::fmt::Display for Rates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.0;
+        write!(f, "{:>7.0} pods/s", r[r.len() / 2])?;
+        if r.len() > 1 {
+            write!(
+                f,
+                " (median of {}, {:.0}-{:.0})",
+                r.len(),
+                r[0],
+                r[r.len() - 1]
+            )?;
+        }
+        Ok(())
+    }
+}
+
+async fn median<F, Fut>(runs: usize, mut run: F) -> anyhow::Result<Rates>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<f64>>,
+{
+    let mut rates = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        rates.push(run().await?);
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(Rates(rates))
+}
+
+/// `runs`: end-to-end runs per case (0: the pure decision only).
+pub async fn run(nodes: usize, runs: usize, only: &str) -> anyhow::Result<()> {
     println!(
         "berth-bench scheduler: {nodes} nodes (4 cpu, 32Gi, 110 pods, {ZONES} zones), {} CPUs",
         std::thread::available_parallelism()
@@ -300,9 +335,12 @@ pub async fn run(nodes: usize, end_to_end_too: bool, only: &str) -> anyhow::Resu
             base,
             ours / base
         );
-        if end_to_end_too {
-            let e2e = end_to_end(case, nodes, measured, Default::default()).await?;
-            line.push_str(&format!("   end to end {e2e:>7.0} pods/s"));
+        if runs > 0 {
+            let e2e = median(runs, || {
+                end_to_end(case, nodes, measured, Default::default())
+            })
+            .await?;
+            line.push_str(&format!("   end to end {e2e}"));
             if case == Case::Basic {
                 // The same with an Event budget no burst exhausts: what the Events cost.
                 let unlimited = berth_scheduler::binder::Config {
@@ -312,8 +350,11 @@ pub async fn run(nodes: usize, end_to_end_too: bool, only: &str) -> anyhow::Resu
                     },
                     ..Default::default()
                 };
-                let all = end_to_end(case, nodes, measured, unlimited).await?;
-                line.push_str(&format!(" ({all:.0} with no Event budget)"));
+                let all = median(runs, || {
+                    end_to_end(case, nodes, measured, unlimited.clone())
+                })
+                .await?;
+                line.push_str(&format!(" ({all} with no Event budget)"));
             }
             if let Some((goal, kube)) = case.goal() {
                 line.push_str(&format!(

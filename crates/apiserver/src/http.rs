@@ -649,6 +649,19 @@ fn outcome(edge: Edge, out: crate::registry::Outcome, shape: Shape) -> Response 
     json_response(code, &edge.object(out.object, shape), &out.warnings)
 }
 
+/// One watch event as a line of JSON, `type` first as Kubernetes writes it: a client that
+/// reads the type first decodes the object straight into its own type, where one that meets
+/// the object first must hold all of it in a generic form until the type comes.
+fn watch_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = Vec::with_capacity(256);
+    line.extend_from_slice(b"{\"type\":");
+    let _ = serde_json::to_writer(&mut line, kind);
+    line.extend_from_slice(b",\"object\":");
+    let _ = serde_json::to_writer(&mut line, object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
 /// Stream watch events as one JSON object per line.
 fn watch_response(
     edge: Edge,
@@ -661,10 +674,7 @@ fn watch_response(
             ("ERROR" | "BOOKMARK", _) => ev.object,
             (_, shape) => edge.object(ev.object, shape),
         };
-        let mut line =
-            serde_json::to_vec(&json!({"type": ev.kind, "object": object})).unwrap_or_default();
-        line.push(b'\n');
-        Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
+        Some((Ok::<_, Infallible>(watch_line(ev.kind, &object)), rx))
     });
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut().insert(
@@ -677,6 +687,22 @@ fn watch_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_lines_carry_the_type_before_the_object() {
+        let line = watch_line(
+            "MODIFIED",
+            &json!({"kind": "Pod", "metadata": {"name": "a\"b"}}),
+        );
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(
+            text.starts_with(r#"{"type":"MODIFIED","object":{"#),
+            "{text}"
+        );
+        assert!(text.ends_with("}\n"));
+        let back: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(back["object"]["metadata"]["name"], "a\"b");
+    }
 
     fn segs(p: &str) -> Vec<String> {
         p.split('/').map(String::from).collect()
