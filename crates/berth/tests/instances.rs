@@ -845,7 +845,7 @@ fn http_get(ip: &str, port: u16, path: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_pool_of_two_engines_places_groups_apart_by_public_port_and_serves_each_from_its_host() {
+async fn a_pool_of_two_engines_places_groups_apart_and_moves_them_off_a_host_cut_off() {
     let image = BusyboxImage::build();
     let edge = SecondEngine::start();
     edge.load(&image.tag);
@@ -854,6 +854,8 @@ async fn a_pool_of_two_engines_places_groups_apart_by_public_port_and_serves_eac
         "local=unix:///var/run/docker.sock".into(),
         "--host".into(),
         format!("edge={}", edge.url),
+        "--host-grace".into(),
+        "3".into(),
     ]);
     let c = svc.client();
     let port = free_port();
@@ -953,9 +955,50 @@ async fn a_pool_of_two_engines_places_groups_apart_by_public_port_and_serves_eac
         .await;
     }
 
-    for name in ["one", "two"] {
-        c.call("DELETE", &path(name), None).await.unwrap();
-    }
+    // The edge host cut off by the network: past the grace its group moves to the local
+    // host (whose group on that port is deleted first) and is served there; once the edge
+    // answers again, the copy it still runs is removed.
+    let on_local = if on_edge == "one" { "two" } else { "one" };
+    c.call("DELETE", &path(on_local), None).await.unwrap();
+    run_ok("ip", &["link", "set", &edge.veth, "down"]);
+    let moved = common::eventually(60, "the edge group to move to the local host", || async {
+        let g = c.call("GET", &path(&on_edge), None).await.ok()?.body;
+        (g["properties"]["ipAddress"]["ip"] == "127.0.0.1").then_some(g)
+    })
+    .await;
+    assert!(
+        moved.to_string().contains("Rescheduled"),
+        "no event says why the group moved: {moved}"
+    );
+    common::eventually(
+        30,
+        "the moved group to answer on the local host",
+        || async {
+            http_get("127.0.0.1", port, "/index.html")
+                .filter(|p| p.contains(&format!("page-of-{on_edge}")))
+        },
+    )
+    .await;
+    run_ok("ip", &["link", "set", &edge.veth, "up"]);
+    common::eventually(
+        60,
+        "the edge engine to remove its copy of the moved group",
+        || async {
+            edge.ids(&["ps", "-a"], "label=berth.pod.uid")
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let g = c.call("GET", &path(&on_edge), None).await.unwrap().body;
+    assert_eq!(g["properties"]["ipAddress"]["ip"], "127.0.0.1", "{g}");
+    assert!(
+        http_get("127.0.0.1", port, "/index.html")
+            .is_some_and(|p| p.contains(&format!("page-of-{on_edge}"))),
+        "the moved group stopped answering when its old host came back"
+    );
+
+    c.call("DELETE", &path(&on_edge), None).await.unwrap();
     common::eventually(
         20,
         "the second engine to hold none of the groups' containers or volumes",

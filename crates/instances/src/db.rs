@@ -127,6 +127,15 @@ impl Db {
         Ok(())
     }
 
+    /// Record that a group now runs on pool host `host`.
+    pub fn set_host(&self, key: &Key, host: &str) -> Result<(), DbError> {
+        self.conn().execute(
+            "UPDATE groups SET host=?4 WHERE sub=?1 AND rg=?2 AND name=?3",
+            params![key.sub, key.rg, key.name, host],
+        )?;
+        Ok(())
+    }
+
     /// Mark a group stopped or running; stopping closes its interval, starting opens one.
     pub fn set_stopped(
         &self,

@@ -5,10 +5,14 @@
 //! images, public ports and room, least allocated first) and stays there: the pool routes a
 //! pod's sandbox and containers to its host by uid, and everything else by id, which carries
 //! the host's name (`<host>/<runtime id>`).
+//!
+//! A host that does not answer a listing (within [`LIST_TIMEOUT`]) is *silent*; the service
+//! moves the groups of a host silent for longer than its grace to other hosts. When such a
+//! host answers again, what it still runs of a group that now runs elsewhere is removed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_agent::runtime::{
     ContainerConfig, ContainerStats, ExecSession, LogOptions, LogStream, Observed, ObservedSandbox,
@@ -43,9 +47,15 @@ pub struct Pool {
     /// Pod uid -> index of the host it runs on: the one record of where a group is (the
     /// service stores the host's name, and assigns again on opening).
     placed: Mutex<HashMap<String, usize>>,
+    /// Per host: since when it has not answered a listing (`None`: it answered the last).
+    silent: Mutex<Vec<Option<Instant>>>,
 }
 
 const DRIVER: &str = "pool";
+
+/// How long a host's listing may take before the host counts as not answering (a host cut
+/// off by the network would otherwise hold every pass up for the client's own timeout).
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Pool {
     pub fn new(hosts: Vec<Host>) -> Result<Pool, PoolError> {
@@ -67,6 +77,7 @@ impl Pool {
             }
         }
         Ok(Pool {
+            silent: Mutex::new(vec![None; hosts.len()]),
             hosts,
             placed: Mutex::default(),
         })
@@ -100,6 +111,36 @@ impl Pool {
     /// The host pod `uid` was assigned to.
     pub fn host_of(&self, uid: &str) -> Option<&Host> {
         self.hosts.get(self.placement(uid)?)
+    }
+
+    /// How long host `index` has gone without answering a listing, as of `now`; `None` if
+    /// it answered the last one.
+    pub fn silent_for(&self, index: usize, now: Instant) -> Option<Duration> {
+        let since = self.silent.lock().expect("silent")[index]?;
+        Some(now.saturating_duration_since(since))
+    }
+
+    fn heard(&self, index: usize, answered: bool) {
+        let mut silent = self.silent.lock().expect("silent");
+        match (answered, silent[index]) {
+            (true, _) => silent[index] = None,
+            (false, None) => silent[index] = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// Remove what host `h` still runs of pods now placed on another host (copies left
+    /// behind when their group moved while `h` was silent): containers, then sandboxes.
+    async fn remove_stale(&self, h: &Host, ids: Vec<(String, String)>) {
+        for (uid, id) in ids {
+            tracing::info!(host = %h.name, pod = %uid, id = %id, "removing a stale copy of a group that moved to another host");
+            if let Err(e) = h.runtime.stop(&id, Duration::ZERO).await {
+                tracing::warn!(host = %h.name, id = %id, error = %e, "stopping a stale copy failed");
+            }
+            if let Err(e) = h.runtime.remove(&id).await {
+                tracing::warn!(host = %h.name, id = %id, error = %e, "removing a stale copy failed");
+            }
+        }
     }
 
     fn for_pod(&self, uid: &str) -> Result<&Host, RuntimeError> {
@@ -184,26 +225,54 @@ impl Runtime for Pool {
         Ok(qualify(host, &id))
     }
 
-    /// Every host's listing; a host that does not answer is left out (its groups wait, and
-    /// nothing of theirs is taken for an orphan), and said in the log.
+    /// Every host's listing; a host that does not answer in [`LIST_TIMEOUT`] is left out
+    /// (its groups wait, and nothing of theirs is taken for an orphan), and said in the log.
+    /// What a host runs of a pod placed on another host is left out too, and removed.
     async fn list(&self) -> Result<Observed, RuntimeError> {
-        let all = futures::future::join_all(self.hosts.iter().map(|h| h.runtime.list())).await;
+        let all = futures::future::join_all(self.hosts.iter().map(|h| async {
+            match tokio::time::timeout(LIST_TIMEOUT, h.runtime.list()).await {
+                Ok(listed) => listed,
+                Err(_) => Err(RuntimeError::Driver {
+                    driver: DRIVER,
+                    operation: "list a host",
+                    source: format!("no answer within {} s", LIST_TIMEOUT.as_secs()).into(),
+                }),
+            }
+        }))
+        .await;
         let mut out = Observed::default();
-        for (h, listed) in self.hosts.iter().zip(all) {
-            match listed {
-                Ok(obs) => {
-                    out.sandboxes.extend(obs.sandboxes.into_iter().map(|mut s| {
-                        s.id = qualify(h, &s.id);
-                        s
-                    }));
-                    out.containers
-                        .extend(obs.containers.into_iter().map(|mut c| {
-                            c.id = qualify(h, &c.id);
-                            c
-                        }));
-                }
+        for (i, (h, listed)) in self.hosts.iter().zip(all).enumerate() {
+            self.heard(i, listed.is_ok());
+            let obs = match listed {
+                Ok(obs) => obs,
                 Err(e) if self.hosts.len() == 1 => return Err(e),
-                Err(e) => tracing::warn!(host = %h.name, error = %e, "a pool host did not answer"),
+                Err(e) => {
+                    tracing::warn!(host = %h.name, error = %e, "a pool host did not answer");
+                    continue;
+                }
+            };
+            let elsewhere = |uid: &str| self.placement(uid).is_some_and(|p| p != i);
+            let mut stale = Vec::new();
+            for mut c in obs.containers {
+                if elsewhere(&c.pod_uid) {
+                    stale.push((c.pod_uid, c.id));
+                } else {
+                    c.id = qualify(h, &c.id);
+                    out.containers.push(c);
+                }
+            }
+            let mut stale_sandboxes = Vec::new();
+            for mut sb in obs.sandboxes {
+                if elsewhere(&sb.pod_uid) {
+                    stale_sandboxes.push((sb.pod_uid, sb.id));
+                } else {
+                    sb.id = qualify(h, &sb.id);
+                    out.sandboxes.push(sb);
+                }
+            }
+            stale.extend(stale_sandboxes);
+            if !stale.is_empty() {
+                self.remove_stale(h, stale).await;
             }
         }
         Ok(out)

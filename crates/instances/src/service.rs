@@ -54,6 +54,9 @@ pub struct Config {
     pub prices: Prices,
     /// How long a sync pass waits without a kick.
     pub resync: Duration,
+    /// How long a pool host may go without answering before its running groups are moved
+    /// to other hosts (and started there afresh).
+    pub host_grace: Duration,
 }
 
 /// One group as the service holds it.
@@ -347,6 +350,7 @@ impl Service {
             }
         };
         let draining = self.draining.lock().expect("draining").clone();
+        self.move_off_silent_hosts(&draining).await;
         let (pods, mut live): (Vec<Pod>, Vec<String>) = {
             let groups = self.shared.groups.lock().expect("groups");
             groups
@@ -370,6 +374,78 @@ impl Service {
             }
         }
         self.sync.remove_orphans(&live, &obs).await;
+    }
+
+    /// Move every running group of a host silent for longer than the grace to a host that
+    /// answers and has its images, room and ports; called under the tick lock. A group with
+    /// nowhere to go waits on its host, and its events say why.
+    async fn move_off_silent_hosts(&self, draining: &std::collections::HashSet<String>) {
+        let now = std::time::Instant::now();
+        let hosts = self.pool.hosts();
+        let silent: Vec<Option<Duration>> = (0..hosts.len())
+            .map(|h| self.pool.silent_for(h, now))
+            .collect();
+        if !silent
+            .iter()
+            .any(|s| s.is_some_and(|d| d >= self.cfg.host_grace))
+        {
+            return;
+        }
+        let answering: Vec<usize> = (0..hosts.len()).filter(|&h| silent[h].is_none()).collect();
+        let stranded: Vec<(Key, String, ContainerGroup, usize)> = {
+            let groups = self.shared.groups.lock().expect("groups");
+            groups
+                .iter()
+                .filter(|(_, l)| !l.stopped && !draining.contains(&l.uid))
+                .filter_map(|(k, l)| {
+                    let h = self.pool.placement(&l.uid)?;
+                    silent[h]
+                        .is_some_and(|d| d >= self.cfg.host_grace)
+                        .then(|| (k.clone(), l.uid.clone(), l.group.clone(), h))
+                })
+                .collect()
+        };
+        for (key, uid, group, from) in stranded {
+            let from_name = hosts[from].name.clone();
+            let silent_s = silent[from].unwrap_or_default().as_secs();
+            let chosen = match self.check_images(&group, &key.name, &answering).await {
+                Ok(candidates) => self.choose_host(&group, &key.name, &candidates),
+                Err(e) => Err(e),
+            };
+            let to = match chosen {
+                Ok(to) => to,
+                Err(e) => {
+                    let message = format!("Host '{from_name}' has not answered for {silent_s} s and the group fits on no other host: {}", e.message);
+                    self.group_event(&key, "Warning", "HostUnreachable", &message);
+                    continue;
+                }
+            };
+            let to_name = hosts[to].name.clone();
+            if let Err(e) = self.db.set_host(&key, &to_name) {
+                tracing::warn!(group = %key.name, error = %e, "storing a group's new host failed");
+                continue;
+            }
+            self.pool.assign(&uid, to);
+            tracing::warn!(group = %key.name, from = %from_name, to = %to_name, "moved a group off a host that does not answer");
+            self.with_live(&key, |l| l.status = None).ok();
+            let message = format!("Host '{from_name}' has not answered for {silent_s} s: the group was moved to host '{to_name}' and is started there");
+            self.group_event(&key, "Warning", "Rescheduled", &message);
+        }
+        self.shared.bump();
+    }
+
+    /// Record an event of the group itself (not of one of its containers).
+    fn group_event(&self, key: &Key, type_: &str, reason: &str, message: &str) {
+        let _ = self.with_live(key, |l| {
+            let list = l.events.entry(String::new()).or_default();
+            match list.last_mut() {
+                Some(e) if e.name == reason && e.message == message => {
+                    e.count += 1;
+                    e.last_timestamp = Timestamp::now().to_string();
+                }
+                _ => list.push(event(reason, message, type_)),
+            }
+        });
     }
 
     /// Claim a group's containers for a teardown; called under the tick lock. One operation
@@ -548,7 +624,7 @@ impl Service {
         // A deployed group stays on its host; a new one may go to any host with its images.
         let hosts: Vec<usize> = match &existing {
             Some((_, _, _, host)) => vec![*host],
-            None => (0..self.pool.hosts().len()).collect(),
+            None => self.answering_hosts(&key.name)?,
         };
         let candidates = self.check_images(&group, &key.name, &hosts).await?;
         let uid = match &existing {
@@ -620,6 +696,23 @@ impl Service {
         self.kick.notify_one();
         let op = self.operation(key, &uid);
         Ok((self.get(key)?, created, op))
+    }
+
+    /// The hosts that answered their last listing; none is a 409 that says so.
+    fn answering_hosts(&self, name: &str) -> Result<Vec<usize>, ArmError> {
+        let now = std::time::Instant::now();
+        let hosts = self.pool.hosts();
+        let answering: Vec<usize> = (0..hosts.len())
+            .filter(|&h| self.pool.silent_for(h, now).is_none())
+            .collect();
+        if answering.is_empty() {
+            return Err(ArmError::new(
+                409,
+                "ServiceUnavailable",
+                format!("No host of the pool answers, so container group '{name}' cannot be placed; check that the hosts' engines run and are reachable, then retry."),
+            ));
+        }
+        Ok(answering)
     }
 
     /// Which of `hosts` hold every image of `g`; none is an error naming the first image
@@ -1313,6 +1406,7 @@ mod tests {
                 dns_zone: "z".into(),
                 prices: Prices::default(),
                 resync: Duration::from_secs(1),
+                host_grace: Duration::from_secs(30),
             },
             pool,
         )

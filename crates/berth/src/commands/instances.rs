@@ -22,6 +22,10 @@ pub struct InstanceArgs {
     /// this host alone, on the runtime `--runtime` names.
     #[arg(long = "host", value_name = "NAME=ENGINE[,public-ip=ADDR]")]
     pub hosts: Vec<String>,
+    /// Seconds a pool host may go without answering before its running groups are moved to
+    /// other hosts and started there.
+    #[arg(long, default_value_t = 30)]
+    pub host_grace: u64,
     /// DNS zone for `dnsNameLabel` fqdns (`<label>.<location>.<zone>`).
     #[arg(long, default_value = "instances.berth.local")]
     pub dns_zone: String,
@@ -187,6 +191,7 @@ pub async fn start(
             dns_zone: args.dns_zone.clone(),
             prices,
             resync: std::time::Duration::from_secs(1),
+            host_grace: std::time::Duration::from_secs(args.host_grace),
         },
         listen: args.instances_listen,
         pki_dir: data_dir.to_path_buf(),
