@@ -50,6 +50,7 @@ async fn run_groups(n: usize, warm: usize, gap: Duration) -> anyhow::Result<Vec<
             dns_zone: "bench.local".into(),
             prices: Default::default(),
             resync: Duration::from_secs(1),
+            host_grace: Duration::from_secs(30),
         },
         listen: "127.0.0.1:0".parse()?,
         pki_dir: dir.path().to_path_buf(),
