@@ -405,7 +405,9 @@ impl Service {
                 })
                 .collect()
         };
+        let mut told = false;
         for (key, uid, group, from) in stranded {
+            told = true;
             let from_name = hosts[from].name.clone();
             let silent_s = silent[from].unwrap_or_default().as_secs();
             let chosen = match self.check_images(&group, &key.name, &answering).await {
@@ -431,7 +433,9 @@ impl Service {
             let message = format!("Host '{from_name}' has not answered for {silent_s} s: the group was moved to host '{to_name}' and is started there");
             self.group_event(&key, "Warning", "Rescheduled", &message);
         }
-        self.shared.bump();
+        if told {
+            self.shared.bump();
+        }
     }
 
     /// Record an event of the group itself (not of one of its containers).
