@@ -120,12 +120,42 @@ impl Pool {
         Some(now.saturating_duration_since(since))
     }
 
+    /// The hosts that answered their last listing.
+    pub fn answering(&self, now: Instant) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&h| self.silent_for(h, now).is_none())
+            .collect()
+    }
+
     fn heard(&self, index: usize, answered: bool) {
         let mut silent = self.silent.lock().expect("silent");
         match (answered, silent[index]) {
             (true, _) => silent[index] = None,
             (false, None) => silent[index] = Some(Instant::now()),
             (false, Some(_)) => {}
+        }
+    }
+
+    /// Sort what host `index` listed: what belongs there goes to `out` with the host's name
+    /// on its id; what belongs to a pod placed on another host goes to `stale` as
+    /// (pod uid, id on the host).
+    fn sort_out<T>(
+        &self,
+        index: usize,
+        listed: Vec<T>,
+        parts: fn(&mut T) -> (&String, &mut String),
+        out: &mut Vec<T>,
+        stale: &mut Vec<(String, String)>,
+    ) {
+        let host = &self.hosts[index];
+        for mut item in listed {
+            let (uid, id) = parts(&mut item);
+            if self.placement(uid).is_some_and(|p| p != index) {
+                stale.push((uid.clone(), std::mem::take(id)));
+            } else {
+                *id = qualify(host, id);
+                out.push(item);
+            }
         }
     }
 
@@ -251,26 +281,22 @@ impl Runtime for Pool {
                     continue;
                 }
             };
-            let elsewhere = |uid: &str| self.placement(uid).is_some_and(|p| p != i);
+            // Containers before sandboxes, the order they are removed in.
             let mut stale = Vec::new();
-            for mut c in obs.containers {
-                if elsewhere(&c.pod_uid) {
-                    stale.push((c.pod_uid, c.id));
-                } else {
-                    c.id = qualify(h, &c.id);
-                    out.containers.push(c);
-                }
-            }
-            let mut stale_sandboxes = Vec::new();
-            for mut sb in obs.sandboxes {
-                if elsewhere(&sb.pod_uid) {
-                    stale_sandboxes.push((sb.pod_uid, sb.id));
-                } else {
-                    sb.id = qualify(h, &sb.id);
-                    out.sandboxes.push(sb);
-                }
-            }
-            stale.extend(stale_sandboxes);
+            self.sort_out(
+                i,
+                obs.containers,
+                |c| (&c.pod_uid, &mut c.id),
+                &mut out.containers,
+                &mut stale,
+            );
+            self.sort_out(
+                i,
+                obs.sandboxes,
+                |s| (&s.pod_uid, &mut s.id),
+                &mut out.sandboxes,
+                &mut stale,
+            );
             if !stale.is_empty() {
                 self.remove_stale(h, stale).await;
             }

@@ -72,6 +72,26 @@ struct Live {
     events: BTreeMap<String, Vec<Event>>,
 }
 
+impl Live {
+    /// Record an event under `container` ("" for the group's own): the same reason and
+    /// message as the last one counts again; at most 50 are kept.
+    fn record(&mut self, container: String, type_: &str, reason: &str, message: &str) {
+        let list = self.events.entry(container).or_default();
+        match list.last_mut() {
+            Some(e) if e.name == reason && e.message == message => {
+                e.count += 1;
+                e.last_timestamp = Timestamp::now().to_string();
+            }
+            _ => {
+                list.push(event(reason, message, type_));
+                if list.len() > 50 {
+                    list.remove(0);
+                }
+            }
+        }
+    }
+}
+
 /// What the pod sync and the service share.
 struct Shared {
     groups: Mutex<BTreeMap<Key, Live>>,
@@ -391,7 +411,7 @@ impl Service {
         {
             return;
         }
-        let answering: Vec<usize> = (0..hosts.len()).filter(|&h| silent[h].is_none()).collect();
+        let answering = self.pool.answering(now);
         let stranded: Vec<(Key, String, ContainerGroup, usize)> = {
             let groups = self.shared.groups.lock().expect("groups");
             groups
@@ -405,11 +425,10 @@ impl Service {
                 })
                 .collect()
         };
-        let mut told = false;
+        let told = !stranded.is_empty();
         for (key, uid, group, from) in stranded {
-            told = true;
             let from_name = hosts[from].name.clone();
-            let silent_s = silent[from].unwrap_or_default().as_secs();
+            let grace_s = self.cfg.host_grace.as_secs();
             let chosen = match self.check_images(&group, &key.name, &answering).await {
                 Ok(candidates) => self.choose_host(&group, &key.name, &candidates),
                 Err(e) => Err(e),
@@ -417,7 +436,7 @@ impl Service {
             let to = match chosen {
                 Ok(to) => to,
                 Err(e) => {
-                    let message = format!("Host '{from_name}' has not answered for {silent_s} s and the group fits on no other host: {}", e.message);
+                    let message = format!("Host '{from_name}' has not answered for {grace_s} s or more and the group fits on no other host: {}", e.message);
                     self.group_event(&key, "Warning", "HostUnreachable", &message);
                     continue;
                 }
@@ -430,7 +449,7 @@ impl Service {
             self.pool.assign(&uid, to);
             tracing::warn!(group = %key.name, from = %from_name, to = %to_name, "moved a group off a host that does not answer");
             self.with_live(&key, |l| l.status = None).ok();
-            let message = format!("Host '{from_name}' has not answered for {silent_s} s: the group was moved to host '{to_name}' and is started there");
+            let message = format!("Host '{from_name}' has not answered for {grace_s} s or more: the group was moved to host '{to_name}' and is started there");
             self.group_event(&key, "Warning", "Rescheduled", &message);
         }
         if told {
@@ -440,16 +459,7 @@ impl Service {
 
     /// Record an event of the group itself (not of one of its containers).
     fn group_event(&self, key: &Key, type_: &str, reason: &str, message: &str) {
-        let _ = self.with_live(key, |l| {
-            let list = l.events.entry(String::new()).or_default();
-            match list.last_mut() {
-                Some(e) if e.name == reason && e.message == message => {
-                    e.count += 1;
-                    e.last_timestamp = Timestamp::now().to_string();
-                }
-                _ => list.push(event(reason, message, type_)),
-            }
-        });
+        let _ = self.with_live(key, |l| l.record(String::new(), type_, reason, message));
     }
 
     /// Claim a group's containers for a teardown; called under the tick lock. One operation
@@ -704,11 +714,7 @@ impl Service {
 
     /// The hosts that answered their last listing; none is a 409 that says so.
     fn answering_hosts(&self, name: &str) -> Result<Vec<usize>, ArmError> {
-        let now = std::time::Instant::now();
-        let hosts = self.pool.hosts();
-        let answering: Vec<usize> = (0..hosts.len())
-            .filter(|&h| self.pool.silent_for(h, now).is_none())
-            .collect();
+        let answering = self.pool.answering(std::time::Instant::now());
         if answering.is_empty() {
             return Err(ArmError::new(
                 409,
@@ -1340,19 +1346,7 @@ impl PodHost for GroupHost {
         let Some(l) = groups.values_mut().find(|l| l.uid == pod.uid) else {
             return;
         };
-        let list = l.events.entry(container_of(&message)).or_default();
-        match list.last_mut() {
-            Some(e) if e.name == reason && e.message == message => {
-                e.count += 1;
-                e.last_timestamp = Timestamp::now().to_string();
-            }
-            _ => {
-                list.push(event(reason, &message, type_));
-                if list.len() > 50 {
-                    list.remove(0);
-                }
-            }
-        }
+        l.record(container_of(&message), type_, reason, &message);
     }
 
     async fn source(
