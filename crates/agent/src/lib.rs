@@ -75,7 +75,12 @@ fn client_with(cfg: &Config, token: &str) -> Result<kube::Client, AgentError> {
         url: cfg.server.clone(),
     })?;
     let mut kc = kube::Config::new(url);
-    kc.root_cert = Some(pem_certs(&cfg.ca_pem));
+    kc.root_cert = Some(
+        berth_tls::certs(&cfg.ca_pem)
+            .into_iter()
+            .map(|c| c.to_vec())
+            .collect(),
+    );
     kc.auth_info.token = Some(token.to_string().into());
     kc.default_namespace = "default".into();
     kube::Client::try_from(kc).map_err(AgentError::Client)
@@ -113,28 +118,6 @@ pub async fn node_client(cfg: &Config) -> Result<kube::Client, AgentError> {
     client_with(cfg, token)
 }
 
-/// DER certificates from a PEM bundle.
-fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
-    use base64::Engine;
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut inside = false;
-    for line in pem.lines() {
-        if line.starts_with("-----BEGIN CERTIFICATE") {
-            inside = true;
-            cur.clear();
-        } else if line.starts_with("-----END CERTIFICATE") {
-            inside = false;
-            if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(cur.trim()) {
-                out.push(der);
-            }
-        } else if inside {
-            cur.push_str(line.trim());
-        }
-    }
-    out
-}
-
 /// Ask the API server for this node's serving certificate and proxy token.
 async fn serving(client: &kube::Client, cfg: &Config) -> Result<server::Serving, AgentError> {
     let body = serde_json::json!({"address": cfg.address});
@@ -153,10 +136,13 @@ async fn serving(client: &kube::Client, cfg: &Config) -> Result<server::Serving,
     })
 }
 
-/// Run the agent until the process ends.
+/// Run the agent until the process ends, or until this future is dropped: every task it
+/// starts (the pod watch, Lease renewal, fencing, heartbeats, its HTTPS endpoint) belongs to
+/// it and stops with it. The runtime's warm sandboxes are the caller's to release.
 pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentError> {
     let client = node_client(&cfg).await?;
     let serving = serving(&client, &cfg).await?;
+    let mut tasks = tokio::task::JoinSet::new();
 
     // Pods bound to this node.
     let api: kube::Api<Pod> = kube::Api::all(client.clone());
@@ -166,7 +152,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     {
         let changed = changed.clone();
         let stream = reflector(writer, watcher(api, wc)).default_backoff();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut stream = stream.boxed();
             while let Some(ev) = stream.next().await {
                 if let Err(e) = ev {
@@ -176,7 +162,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             }
         });
     }
-    let port = server::serve(
+    let (port, endpoint) = server::serve(
         cfg.listen,
         &cfg.node_name,
         &serving,
@@ -184,6 +170,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         reader.clone(),
     )
     .map_err(AgentError::Serve)?;
+    tasks.spawn(endpoint);
 
     let cap = node::Capacity::of_host(&cfg.data_dir);
     let status = || {
@@ -217,7 +204,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let every = cfg.lease_every;
         let duration = cfg.lease_duration.as_secs().max(1) as i32;
         let (last_renewed, fenced) = (last_renewed.clone(), fenced.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
@@ -241,7 +228,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let name = cfg.node_name.clone();
         let fence_after = cfg.lease_duration / 2;
         let (last_renewed, fenced) = (last_renewed.clone(), fenced.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let since = last_renewed.lock().expect("lease clock").elapsed();
@@ -262,7 +249,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let data_dir = cfg.data_dir.clone();
         let version = runtime.version();
         let unenforced = runtime.unenforced_limits();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             tick.tick().await;
             loop {

@@ -34,9 +34,7 @@ pub struct Serving {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("the serving certificate from the API server is not usable")]
-    Certificate(#[source] rustls::Error),
-    #[error("the serving certificate from the API server holds no {what}")]
-    Pem { what: &'static str },
+    Certificate(#[source] berth_tls::TlsError),
     #[error("listening on {addr} failed")]
     Listen {
         addr: std::net::SocketAddr,
@@ -116,41 +114,21 @@ fn host_usage() -> (u64, u64, u64) {
     (busy * 10_000_000, kib("MemTotal:"), kib("MemAvailable:"))
 }
 
-fn tls_config(s: &Serving) -> Result<Arc<rustls::ServerConfig>, ServeError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut s.cert_pem.as_bytes())
-        .filter_map(Result::ok)
-        .collect();
-    if certs.is_empty() {
-        return Err(ServeError::Pem {
-            what: "certificate",
-        });
-    }
-    let key = rustls_pemfile::private_key(&mut s.key_pem.as_bytes())
-        .ok()
-        .flatten()
-        .ok_or(ServeError::Pem {
-            what: "private key",
-        })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(ServeError::Certificate)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(ServeError::Certificate)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// Start serving on `addr` (port 0: any); returns the port.
+/// Listen on `addr` (port 0: any); returns the port and the server, which serves until it
+/// is dropped.
 pub fn serve(
     addr: std::net::SocketAddr,
     node: &str,
     serving: &Serving,
     runtime: Arc<dyn Runtime>,
     pods: Store<Pod>,
-) -> Result<u16, ServeError> {
-    let config = tls_config(serving)?;
+) -> Result<(u16, impl std::future::Future<Output = ()> + Send + 'static), ServeError> {
+    let config = berth_tls::server_config(
+        &serving.cert_pem,
+        &serving.key_pem,
+        "the serving certificate from the API server",
+    )
+    .map_err(ServeError::Certificate)?;
     let listen = |source| ServeError::Listen { addr, source };
     let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
     listener.set_nonblocking(true).map_err(listen)?;
@@ -177,16 +155,8 @@ pub fn serve(
         )
         .route("/stats/summary", axum::routing::get(summary))
         .with_state(state);
-    let server = axum_server::from_tcp_rustls(
-        listener,
-        axum_server::tls_rustls::RustlsConfig::from_config(config),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = server.serve(app.into_make_service()).await {
-            tracing::error!(error = %e, "the agent's HTTPS endpoint stopped");
-        }
-    });
-    Ok(port)
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(listen)?;
+    Ok((port, berth_tls::accept(listener, config, app)))
 }
 
 fn refuse(code: StatusCode, message: String) -> Response {

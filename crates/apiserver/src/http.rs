@@ -30,7 +30,7 @@ pub struct AppState {
     pub tokens: Tokens,
     pub bookmark_every: Duration,
     /// Where the cluster CA lives (to sign agents' serving certificates).
-    pub pki: crate::tls::TlsFiles,
+    pub pki: berth_tls::TlsFiles,
     /// Calls to agents (logs).
     pub proxy: crate::proxy::NodeProxy,
 }
@@ -235,7 +235,7 @@ async fn node_cert(
         )));
     }
     let sans = vec![node.clone(), address.to_string()];
-    let (cert, key) = crate::tls::sign_leaf(&app.pki, &format!("berth-node-{node}"), &sans)
+    let (cert, key) = berth_tls::sign_leaf(&app.pki, &format!("berth-node-{node}"), &sans)
         .map_err(|e| ApiError::internal(format!("signing a certificate for node {node}: {e:#}")))?;
     ok(&json!({"cert": cert, "key": key, "proxyToken": app.tokens.proxy_token(node)}))
 }

@@ -15,7 +15,6 @@ mod protobuf;
 pub mod proxy;
 pub mod registry;
 pub mod status;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,10 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_store::{SqliteOptions, SqliteStore, Store, StoreError};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 pub use auth::Tokens;
 pub use registry::Registry;
@@ -61,7 +57,7 @@ pub enum StartError {
     #[error("opening the store failed")]
     Store(#[source] StoreError),
     #[error("preparing TLS failed")]
-    Tls(#[source] tls::TlsError),
+    Tls(#[source] berth_tls::TlsError),
     #[error("loading the tokens failed")]
     Tokens(#[source] auth::TokenError),
     #[error(
@@ -136,9 +132,9 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         )
         .map_err(StartError::Store)?,
     );
-    let files = tls::TlsFiles::in_dir(&cfg.data_dir);
-    let ca_pem = tls::ensure(&files, &sans(&cfg)).map_err(StartError::Tls)?;
-    let tls_config = tls::server_config(&files).map_err(StartError::Tls)?;
+    let files = berth_tls::TlsFiles::in_dir(&cfg.data_dir);
+    let ca_pem = berth_tls::ensure(&files, &sans(&cfg)).map_err(StartError::Tls)?;
+    let tls_config = berth_tls::server_config_from(&files).map_err(StartError::Tls)?;
     let tokens =
         Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(StartError::Tokens)?;
     let registry = Registry::new(store.clone() as Arc<dyn Store>);
@@ -158,7 +154,7 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         registry: registry.clone(),
         tokens: tokens.clone(),
         bookmark_every: cfg.bookmark_every,
-        pki: tls::TlsFiles::in_dir(&cfg.data_dir),
+        pki: berth_tls::TlsFiles::in_dir(&cfg.data_dir),
         proxy: proxy::NodeProxy::new(&ca_pem),
     });
     let app = http::router(state);
@@ -174,60 +170,7 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
     })
 }
 
-/// Serve `app` over TLS on `listener` (HTTP/1.1 and HTTP/2, upgrades allowed) until the
-/// returned task is aborted.
-pub fn serve_tls(
-    listener: TcpListener,
-    tls_config: Arc<rustls::ServerConfig>,
-    app: axum::Router,
-) -> tokio::task::JoinHandle<()> {
-    let acceptor = TlsAcceptor::from(tls_config);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                };
-                let service = TowerToHyperService::new(app);
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                    .await
-                {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
-        }
-    })
-}
-
-/// Write a file in the data dir, creating its directory; `private` files are mode 0600.
-pub fn write_file(path: &std::path::Path, contents: &[u8], private: bool) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, contents)?;
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
-}
+pub use berth_tls::{serve as serve_tls, write_file};
 
 /// A kubeconfig for `server` with the cluster CA and `token`, current context `berth`.
 pub fn kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {

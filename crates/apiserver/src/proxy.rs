@@ -66,22 +66,8 @@ const LOG_PARAMS: &[&str] = &[
 
 impl NodeProxy {
     pub fn new(ca_pem: &str) -> NodeProxy {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()).flatten() {
-            let _ = roots.add(cert);
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tls = Arc::new(tls);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_only()
-            .enable_http1()
-            .build();
+        let tls = berth_tls::client_config(ca_pem);
+        let https = berth_tls::https_connector(&tls);
         NodeProxy {
             client: Client::builder(TokioExecutor::new()).build(https),
             tls,

@@ -128,7 +128,7 @@ thread_local! {
                 registry,
                 tokens: Tokens { admin: TOKEN.into(), node_join: "node".into(), node_secret: "secret".into() },
                 bookmark_every: Duration::from_secs(1),
-                pki: berth_apiserver::tls::TlsFiles::in_dir(&dir),
+                pki: berth_tls::TlsFiles::in_dir(&dir),
                 proxy: berth_apiserver::proxy::NodeProxy::new(""),
             }))
         });

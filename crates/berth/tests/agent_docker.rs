@@ -162,7 +162,8 @@ fn crash_loop_backs_off_and_missing_image_says_so() {
         "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}",
     ]);
     assert_eq!(last, "1");
-    // After the first 10 s back-off it restarts, and the next wait doubles.
+    // The kubelet's schedule: the first crash restarts at once, the second waits 10 s, and
+    // after that restart the next wait doubles.
     wait_for(
         &b,
         40,
@@ -183,7 +184,7 @@ fn crash_loop_backs_off_and_missing_image_says_so() {
         "-o",
         "jsonpath={.status.containerStatuses[0].restartCount}",
     ]);
-    assert_eq!(restarts, "1");
+    assert_eq!(restarts, "2");
     // The agent's Events tell the story in `kubectl describe`.
     let described = b.kubectl_ok(&["describe", "pod", "crash"]);
     for want in [
@@ -761,4 +762,82 @@ spec:
         "reason=SuccessfulRescale",
     ]);
     assert!(events.contains("below target"), "{events}");
+}
+
+/// Ctrl-C on `berth up` stops it in order: the process ends by itself, the local agent's warm
+/// sandboxes are gone, nothing is logged at ERROR (an agent still renewing its Lease against
+/// a closed store did that), and a log that is not a terminal carries no colour codes.
+#[test]
+fn ctrl_c_stops_berth_up_in_order_and_leaves_no_warm_sandboxes() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    common::require_docker();
+    let node = Node { name: unique("n") };
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--instances-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--dns-listen", "127.0.0.1:0", "--runtime", "docker"])
+        .args(["--warm-pool", "2", "--node-name", &node.name])
+        .env("BERTH_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the berth binary");
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.starts_with("Berth is up"))),
+        "berth up did not come up"
+    );
+    std::thread::spawn(move || for _ in lines {});
+    let warm = || {
+        node_containers(&node.name)
+            .into_iter()
+            .filter(|(_, name, _)| name.contains("_warm_"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while warm() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never filled its warm pool"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("berth up did not stop within 30 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = log.join().unwrap();
+    assert!(status.success(), "berth up exited with {status}:\n{log}");
+    assert_eq!(warm(), 0, "warm sandboxes left behind");
+    assert!(!log.contains("ERROR"), "an ERROR on the way down:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is no terminal:\n{log}"
+    );
+    assert!(log.contains("stopping"), "{log}");
 }

@@ -12,17 +12,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
-use serde_json::json;
+use kube::runtime::controller::Action;
+use serde_json::{json, Value};
 
 use crate::util::{
-    api_err, claim, controlled_by, controller_ref, involved, status_changed, write_status,
+    api_err, claim, controlled_by, controller_ref, involved, record, status_changed, write_status,
 };
 use crate::{Context, Error};
 
@@ -38,30 +37,6 @@ const AVAILABLE: &str = "berth.dev/available-since";
 const ROLLBACK_REASON: &str = "berth.dev/rollback-reason";
 const ROLLBACK_MESSAGE: &str = "berth.dev/rollback-message";
 const DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
-
-pub async fn controller(
-    ctx: Arc<Context>,
-    changes: impl futures::Stream<Item = Result<ReplicaSet, watcher::Error>> + Send + 'static,
-) {
-    let client = ctx.client.clone();
-    Controller::new(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns_stream(changes)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "deployment reconcile");
-        }
-    })
-    .await;
-}
-
-fn error_policy(_d: Arc<Deployment>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %e, "deployment");
-    Action::requeue(Duration::from_secs(5))
-}
 
 /// A stable, short name for a pod template: FNV-1a over its JSON, spelled in the consonants
 /// and digits Kubernetes uses for generated names (no vowels, so no words).
@@ -126,15 +101,128 @@ fn scaled(v: Option<&IntOrString>, total: i32, default_pct: i32, round_up: bool)
     (if round_up { (x + 99) / 100 } else { x / 100 }) as i32
 }
 
-pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.synced().await?;
+/// What one pass over a Deployment decided: writes in the order the executor makes them,
+/// and when to look again (`None`: on the next change).
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+    pub requeue: Option<Duration>,
+}
+
+/// One write of a [`Plan`]. The executor records the Event that goes with a write only once
+/// the write succeeded.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// An older set whose template is the Deployment's again becomes the newest revision
+    /// (a rollback by template).
+    Promote { set: String, revision: i64 },
+    /// The set for a template no set has yet, with the replicas it starts with.
+    Create(Box<ReplicaSet>),
+    /// The Deployment's revision annotation, written through status (as Kubernetes does) so
+    /// that `generation` does not move.
+    Revision(String),
+    /// A set's replicas, with the Deployment's desired and largest total in its annotations.
+    Scale {
+        set: String,
+        from: i32,
+        to: i32,
+        desired: i32,
+        max: i32,
+    },
+    /// An old, empty set beyond the revision history limit.
+    Delete(String),
+    /// The Deployment's status, merged into its status subresource.
+    Status(Value),
+    /// The set's rollout completed at `at`: a target for rolling back, never rolled back from.
+    MarkAvailable { set: String, at: Timestamp },
+    /// The set an automatic rollback leaves, with the reason and message of its RolledBack
+    /// condition.
+    MarkRolledBack {
+        set: String,
+        reason: String,
+        message: String,
+    },
+    /// The Deployment with an earlier template put back whole (a merge would keep what the
+    /// failed template added), guarded by the resourceVersion the plan was made on;
+    /// `message` goes in the AutoRollback Event.
+    Replace {
+        deployment: Box<Deployment>,
+        message: String,
+    },
+}
+
+impl Plan {
+    fn then(writes: Vec<Write>, requeue: Duration) -> Plan {
+        Plan {
+            writes,
+            requeue: Some(requeue),
+        }
+    }
+}
+
+/// How far a rollout may go beyond and below `replicas`, as the strategy says: `surge`
+/// more pods at most, `unavailable` fewer available at most. Recreate is no surge and
+/// everything unavailable; a RollingUpdate that allows neither allows one unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub rolling: bool,
+    pub surge: i32,
+    pub unavailable: i32,
+}
+
+impl Limits {
+    pub fn of(spec: &DeploymentSpec, replicas: i32) -> Limits {
+        let rolling = spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            .unwrap_or("RollingUpdate")
+            == "RollingUpdate";
+        if !rolling {
+            return Limits {
+                rolling,
+                surge: 0,
+                unavailable: replicas,
+            };
+        }
+        let ru = spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.as_ref());
+        let surge = scaled(ru.and_then(|r| r.max_surge.as_ref()), replicas, 25, true);
+        let unavailable = scaled(
+            ru.and_then(|r| r.max_unavailable.as_ref()),
+            replicas,
+            25,
+            false,
+        );
+        Limits {
+            rolling,
+            surge,
+            unavailable: if surge == 0 && unavailable == 0 {
+                1
+            } else {
+                unavailable
+            },
+        }
+    }
+}
+
+/// Decide one pass over a Deployment from what the caches show: `sets` are the ReplicaSets
+/// it controls, `pods` (only read with automatic rollback on) any pods of theirs. Pure.
+pub fn plan(
+    d: &Deployment,
+    sets: &[Arc<ReplicaSet>],
+    pods: &[Arc<Pod>],
+    now: Timestamp,
+) -> Result<Plan, Error> {
     let meta = &d.metadata;
     let (ns, name) = (
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
     );
     if meta.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        return Ok(Plan::default());
     }
     let spec = d.spec.as_ref().ok_or_else(|| Error::Invalid {
         what: "deployment",
@@ -142,17 +230,11 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         why: "has no spec".into(),
     })?;
     let replicas = spec.replicas.unwrap_or(1).max(0);
-    let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut sets = claim(
-        &rs_api,
-        ("apps/v1", "Deployment", meta),
-        &deployments,
-        Some(&spec.selector),
-        &ctx.replicasets,
-    )
-    .await?;
-    sets.retain(|r| r.metadata.deletion_timestamp.is_none());
+    let mut sets: Vec<Arc<ReplicaSet>> = sets
+        .iter()
+        .filter(|r| r.metadata.deletion_timestamp.is_none())
+        .cloned()
+        .collect();
     sets.sort_by_key(|r| revision(r));
     let hash = template_hash(&spec.template);
     let wanted = without_hash(&spec.template);
@@ -167,29 +249,11 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                 == Some(&wanted)
     });
     let paused = spec.paused.unwrap_or(false);
-    let rolling = spec
-        .strategy
-        .as_ref()
-        .and_then(|s| s.type_.as_deref())
-        .unwrap_or("RollingUpdate")
-        == "RollingUpdate";
-    let ru = spec
-        .strategy
-        .as_ref()
-        .and_then(|s| s.rolling_update.as_ref());
-    let mut surge = scaled(ru.and_then(|r| r.max_surge.as_ref()), replicas, 25, true);
-    let mut unavailable = scaled(
-        ru.and_then(|r| r.max_unavailable.as_ref()),
-        replicas,
-        25,
-        false,
-    );
-    if !rolling {
-        surge = 0;
-        unavailable = replicas;
-    } else if surge == 0 && unavailable == 0 {
-        unavailable = 1;
-    }
+    let Limits {
+        rolling,
+        surge,
+        unavailable,
+    } = Limits::of(spec, replicas);
 
     // The set for the current template: create it, or make it the newest revision again
     // (a rollback to an old template).
@@ -197,41 +261,16 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         Some(i) => {
             let rs = sets[i].clone();
             if revision(&rs) < max_revision && !paused {
-                let patch = json!({"metadata": {"annotations": {REVISION: (max_revision + 1).to_string()}}});
-                let rs_name = rs.metadata.name.clone().unwrap_or_default();
-                rs_api
-                    .patch(&rs_name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(api_err(format!(
-                        "marking replicaset {ns}/{rs_name} as the newest revision"
-                    )))?;
-                crate::util::record(
-                    &ctx.client,
-                    involved("Deployment", &d.metadata),
-                    "Normal",
-                    "DeploymentRollback",
-                    &format!("Rolled back deployment {name} to replica set {rs_name}"),
-                    COMPONENT,
-                );
-                return Ok(Action::requeue(Duration::from_secs(1)));
+                let promote = Write::Promote {
+                    set: rs.metadata.name.clone().unwrap_or_default(),
+                    revision: max_revision + 1,
+                };
+                return Ok(Plan::then(vec![promote], Duration::from_secs(1)));
             }
             Some(rs)
         }
         None if paused => None,
         None => {
-            let mut template = spec.template.clone();
-            let labels = template
-                .metadata
-                .get_or_insert_with(Default::default)
-                .labels
-                .get_or_insert_with(BTreeMap::new);
-            labels.insert(HASH_LABEL.into(), hash.clone());
-            let labels = labels.clone();
-            let mut selector = spec.selector.clone();
-            selector
-                .match_labels
-                .get_or_insert_with(BTreeMap::new)
-                .insert(HASH_LABEL.into(), hash.clone());
             let others_running = sets
                 .iter()
                 .any(|r| status_of(r).0 > 0 || spec_replicas(r) > 0);
@@ -243,134 +282,71 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             } else {
                 replicas
             };
-            let rs_name = format!("{name}-{hash}");
-            let rs = json!({
-                "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "metadata": {
-                    "name": rs_name, "namespace": ns, "labels": labels,
-                    "annotations": {REVISION: (max_revision + 1).to_string(),
-                        "deployment.kubernetes.io/desired-replicas": replicas.to_string(),
-                        "deployment.kubernetes.io/max-replicas": (replicas + surge).to_string()},
-                    "ownerReferences": [controller_ref("apps/v1", "Deployment", meta)],
-                },
-                "spec": {"replicas": start, "minReadySeconds": spec.min_ready_seconds.unwrap_or(0),
-                         "selector": selector, "template": template},
-            });
-            let rs: ReplicaSet = serde_json::from_value(rs).map_err(|e| Error::Invalid {
-                what: "deployment",
-                name: name.clone(),
-                why: format!("its template does not make a ReplicaSet: {e}"),
-            })?;
-            match rs_api.create(&PostParams::default(), &rs).await {
-                Ok(created) => {
-                    crate::util::record(
-                        &ctx.client,
-                        involved("Deployment", &d.metadata),
-                        "Normal",
-                        "ScalingReplicaSet",
-                        &format!("Scaled up replica set {rs_name} from 0 to {start}"),
-                        COMPONENT,
-                    );
-                    // Continue once the cache holds it.
-                    let _ = created;
-                    return Ok(Action::requeue(Duration::from_millis(200)));
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    return Ok(Action::requeue(Duration::from_millis(200)))
-                }
-                Err(e) => return Err(api_err(format!("creating replicaset {ns}/{rs_name}"))(e)),
-            }
+            let rs = new_set(d, spec, &hash, max_revision + 1, start, replicas + surge)?;
+            // Continue once the cache holds it.
+            return Ok(Plan::then(
+                vec![Write::Create(Box::new(rs))],
+                Duration::from_millis(200),
+            ));
         }
     };
+    let mut writes = Vec::new();
 
     // The deployment carries its current revision, as kubectl rollout expects.
     if let Some(rev) = new_rs.as_ref().map(|r| revision(r).to_string()) {
-        let mine = meta.annotations.as_ref().and_then(|a| a.get(REVISION));
-        if mine != Some(&rev) {
-            let patch = json!({"metadata": {"annotations": {REVISION: rev}}});
-            // Through status, as Kubernetes does it, so `generation` does not move.
-            Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(api_err(format!(
-                    "annotating deployment {ns}/{name} with its revision"
-                )))?;
+        if meta.annotations.as_ref().and_then(|a| a.get(REVISION)) != Some(&rev) {
+            writes.push(Write::Revision(rev));
         }
     }
 
-    let mut targets: Vec<(Arc<ReplicaSet>, i32)> =
-        sets.iter().map(|r| (r.clone(), spec_replicas(r))).collect();
     let new_uid = new_rs.as_ref().and_then(|r| r.metadata.uid.clone());
     let is_new = |r: &ReplicaSet| r.metadata.uid == new_uid && new_uid.is_some();
-    if !paused {
-        if let Some(new_rs) = &new_rs {
-            let old_pods: i32 = sets
-                .iter()
-                .filter(|r| !is_new(r))
-                .map(|r| status_of(r).0)
-                .sum();
-            let total: i32 = targets.iter().map(|t| t.1).sum();
-            let new_target = if rolling {
-                let cur = spec_replicas(new_rs);
-                if cur > replicas {
-                    replicas
-                } else {
-                    (cur + (replicas + surge - total).max(0)).min(replicas)
-                }
-            } else if old_pods == 0 && targets.iter().all(|t| is_new(&t.0) || t.1 == 0) {
+    let mut targets: Vec<(Arc<ReplicaSet>, i32)> =
+        sets.iter().map(|r| (r.clone(), spec_replicas(r))).collect();
+    if let (false, Some(new_rs)) = (paused, &new_rs) {
+        let old_pods: i32 = sets
+            .iter()
+            .filter(|r| !is_new(r))
+            .map(|r| status_of(r).0)
+            .sum();
+        let total: i32 = targets.iter().map(|t| t.1).sum();
+        let new_target = if rolling {
+            let cur = spec_replicas(new_rs);
+            if cur > replicas {
                 replicas
             } else {
-                // Recreate: the new set waits at zero until the old pods are gone.
-                0
-            };
-            for t in targets.iter_mut().filter(|t| is_new(&t.0)) {
-                t.1 = new_target;
+                (cur + (replicas + surge - total).max(0)).min(replicas)
             }
-            // Scale the old sets down, oldest first, keeping replicas - maxUnavailable.
-            let all_pods: i32 = sets.iter().map(|r| status_of(r).0).sum();
-            let (_, _, new_avail) = status_of(new_rs);
-            let new_unavailable = (new_target - new_avail).max(0);
-            let mut room = if rolling {
-                all_pods - (replicas - unavailable) - new_unavailable
-            } else {
-                i32::MAX
-            };
+        } else if old_pods == 0 && targets.iter().all(|t| is_new(&t.0) || t.1 == 0) {
+            replicas
+        } else {
+            // Recreate: the new set waits at zero until the old pods are gone.
+            0
+        };
+        for t in targets.iter_mut().filter(|t| is_new(&t.0)) {
+            t.1 = new_target;
+        }
+        if rolling {
+            scale_down_old(&mut targets, &is_new, replicas - unavailable);
+        } else {
             for t in targets.iter_mut().filter(|t| !is_new(&t.0)) {
-                if room <= 0 {
-                    break;
-                }
-                let down = t.1.min(room);
-                t.1 -= down;
-                room -= down;
+                t.1 = 0;
             }
         }
     }
     let mut changed = false;
     for (rs, target) in &targets {
         let from = spec_replicas(rs);
-        if from == *target {
-            continue;
+        if from != *target {
+            changed = true;
+            writes.push(Write::Scale {
+                set: rs.metadata.name.clone().unwrap_or_default(),
+                from,
+                to: *target,
+                desired: replicas,
+                max: replicas + surge,
+            });
         }
-        changed = true;
-        let rs_name = rs.metadata.name.clone().unwrap_or_default();
-        let patch = json!({
-            "metadata": {"annotations": {"deployment.kubernetes.io/desired-replicas": replicas.to_string(),
-                "deployment.kubernetes.io/max-replicas": (replicas + surge).to_string()}},
-            "spec": {"replicas": target},
-        });
-        rs_api
-            .patch(&rs_name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(api_err(format!("scaling replicaset {ns}/{rs_name}")))?;
-        let verb = if *target > from { "up" } else { "down" };
-        crate::util::record(
-            &ctx.client,
-            involved("Deployment", &d.metadata),
-            "Normal",
-            "ScalingReplicaSet",
-            &format!("Scaled {verb} replica set {rs_name} from {from} to {target}"),
-            COMPONENT,
-        );
     }
 
     // Old, empty sets beyond the history limit go.
@@ -381,26 +357,179 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         .collect();
     if empty_old.len() > limit {
         for rs in &empty_old[..empty_old.len() - limit] {
-            let rs_name = rs.metadata.name.clone().unwrap_or_default();
-            let _ = rs_api.delete(&rs_name, &DeleteParams::background()).await;
+            writes.push(Write::Delete(rs.metadata.name.clone().unwrap_or_default()));
         }
     }
 
-    // Status.
+    let progress = status(d, &sets, new_rs.as_deref(), replicas, unavailable, now);
+    if let Some(status) = progress.write {
+        writes.push(Write::Status(status));
+    }
+
+    let Some(new_rs) = new_rs else {
+        return Ok(Plan::then(writes, Duration::from_secs(300)));
+    };
+    if progress.complete {
+        if was_available(&new_rs).is_none() {
+            writes.push(Write::MarkAvailable {
+                set: new_rs.metadata.name.clone().unwrap_or_default(),
+                at: now,
+            });
+        }
+    } else if auto_rollback_on(d) && !paused && was_available(&new_rs).is_none() {
+        let why = if progress.timed_out {
+            Some((
+                DEADLINE_EXCEEDED.to_string(),
+                format!(
+                    "its new pods did not become available within {}s",
+                    progress.deadline
+                ),
+            ))
+        } else {
+            crash_looping(pods, &new_rs)
+        };
+        if let Some((reason, why)) = why {
+            return Ok(match roll_back(d, &sets, &new_rs, &reason, &why) {
+                Some(rollback) => {
+                    writes.extend(rollback);
+                    Plan::then(writes, Duration::from_secs(1))
+                }
+                None => {
+                    tracing::debug!(deployment = %format!("{ns}/{name}"), "no available revision to roll back to");
+                    Plan::then(writes, Duration::from_secs(5))
+                }
+            });
+        }
+    }
+    let requeue = if changed {
+        Duration::from_secs(1)
+    } else if !progress.complete {
+        // Soon enough to see a crash loop, and a deadline, within a couple of seconds.
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(300)
+    };
+    Ok(Plan::then(writes, requeue))
+}
+
+/// Scale the old sets of a rolling update down, oldest first, as Kubernetes does: first
+/// what of them is not available (that costs no availability), then available pods while
+/// more than `min_available` stay available. Never more in all than the replicas asked for
+/// beyond `min_available` and the new set's unavailable pods. `targets` holds each set's
+/// replicas, the new set's already raised.
+///
+/// Counts are of replicas asked for, and a set's pods past its replicas count as gone: a
+/// ReplicaSet controller that has not yet caught up with an earlier scale-down must not
+/// make it look as if there were pods to spare (the property test with a late controller
+/// found exactly that).
+fn scale_down_old(
+    targets: &mut [(Arc<ReplicaSet>, i32)],
+    is_new: &dyn Fn(&ReplicaSet) -> bool,
+    min_available: i32,
+) {
+    let available = |rs: &ReplicaSet| status_of(rs).2;
+    let asked: i32 = targets.iter().map(|t| t.1).sum();
+    let new_unavailable: i32 = targets
+        .iter()
+        .filter(|t| is_new(&t.0))
+        .map(|t| (t.1 - available(&t.0)).max(0))
+        .sum();
+    let mut room = asked - min_available - new_unavailable;
+    for t in targets.iter_mut().filter(|t| !is_new(&t.0)) {
+        let unhealthy = (t.1 - available(&t.0)).clamp(0, room.max(0));
+        t.1 -= unhealthy;
+        room -= unhealthy;
+    }
+    let mut spare = targets
+        .iter()
+        .map(|(rs, n)| (*n).min(available(rs)))
+        .sum::<i32>()
+        - min_available;
+    for t in targets.iter_mut().filter(|t| !is_new(&t.0)) {
+        let down = t.1.min(room).min(spare).max(0);
+        t.1 -= down;
+        room -= down;
+        spare -= down;
+    }
+}
+
+/// The ReplicaSet for a template no set has yet: named and labelled with its hash, owned
+/// by the Deployment, at revision `revision` with `start` replicas.
+fn new_set(
+    d: &Deployment,
+    spec: &DeploymentSpec,
+    hash: &str,
+    revision: i64,
+    start: i32,
+    max: i32,
+) -> Result<ReplicaSet, Error> {
+    let meta = &d.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    let mut template = spec.template.clone();
+    let labels = template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(BTreeMap::new);
+    labels.insert(HASH_LABEL.into(), hash.to_string());
+    let labels = labels.clone();
+    let mut selector = spec.selector.clone();
+    selector
+        .match_labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(HASH_LABEL.into(), hash.to_string());
+    let replicas = spec.replicas.unwrap_or(1).max(0);
+    let rs = json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {
+            "name": format!("{name}-{hash}"), "namespace": meta.namespace, "labels": labels,
+            "annotations": {REVISION: revision.to_string(),
+                "deployment.kubernetes.io/desired-replicas": replicas.to_string(),
+                "deployment.kubernetes.io/max-replicas": max.to_string()},
+            "ownerReferences": [controller_ref("apps/v1", "Deployment", meta)],
+        },
+        "spec": {"replicas": start, "minReadySeconds": spec.min_ready_seconds.unwrap_or(0),
+                 "selector": selector, "template": template},
+    });
+    serde_json::from_value(rs).map_err(|e| Error::Invalid {
+        what: "deployment",
+        name,
+        why: format!("its template does not make a ReplicaSet: {e}"),
+    })
+}
+
+/// The Deployment's status as the sets show it, and how its rollout stands.
+struct Progress {
+    /// The status to write, if it differs from the stored one in more than timestamps.
+    write: Option<Value>,
+    complete: bool,
+    timed_out: bool,
+    /// `progressDeadlineSeconds`.
+    deadline: i64,
+}
+
+fn status(
+    d: &Deployment,
+    sets: &[Arc<ReplicaSet>],
+    new_rs: Option<&ReplicaSet>,
+    replicas: i32,
+    unavailable: i32,
+    now_ts: Timestamp,
+) -> Progress {
+    let spec = d.spec.as_ref();
+    let paused = spec.and_then(|s| s.paused).unwrap_or(false);
     let (mut have, mut ready, mut available) = (0, 0, 0);
-    for r in &sets {
+    for r in sets {
         let (h, rd, a) = status_of(r);
         have += h;
         ready += rd;
         available += a;
     }
-    let updated = new_rs.as_ref().map(|r| status_of(r).0).unwrap_or(0);
+    let updated = new_rs.map(|r| status_of(r).0).unwrap_or(0);
     let new_name = new_rs
-        .as_ref()
         .and_then(|r| r.metadata.name.clone())
         .unwrap_or_default();
     let complete = updated == replicas && have == replicas && available >= replicas;
-    let now_ts = jiff::Timestamp::now();
     let now = now_ts.to_string();
     let old_conditions = d
         .status
@@ -424,7 +553,11 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                 || ready > s.ready_replicas.unwrap_or(0)
                 || available > s.available_replicas.unwrap_or(0)
         });
-    let deadline = i64::from(spec.progress_deadline_seconds.unwrap_or(600).max(0));
+    let deadline = i64::from(
+        spec.and_then(|s| s.progress_deadline_seconds)
+            .unwrap_or(600)
+            .max(0),
+    );
     let timed_out = !complete
         && !paused
         && !progressed
@@ -458,24 +591,27 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                "lastTransitionTime": since, "lastUpdateTime": updated_at})
     };
     let min_available = replicas - unavailable.min(replicas);
+    let (available_ok, available_reason, available_message) = if available >= min_available {
+        (
+            true,
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+        )
+    } else {
+        (
+            false,
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+        )
+    };
     let mut conditions = vec![
-        if available >= min_available {
-            condition(
-                "Available",
-                true,
-                "MinimumReplicasAvailable",
-                "Deployment has minimum availability.".into(),
-                false,
-            )
-        } else {
-            condition(
-                "Available",
-                false,
-                "MinimumReplicasUnavailable",
-                "Deployment does not have minimum availability.".into(),
-                false,
-            )
-        },
+        condition(
+            "Available",
+            available_ok,
+            available_reason,
+            available_message.into(),
+            false,
+        ),
         if paused {
             condition(
                 "Progressing",
@@ -515,7 +651,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         .iter()
         .rev()
         .nth(1)
-        .filter(|r| new_rs.as_ref().is_some_and(|n| revision(n) > revision(r)))
+        .filter(|r| new_rs.is_some_and(|n| revision(n) > revision(r)))
     {
         let note = |k: &str| {
             rolled
@@ -530,7 +666,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         }
     }
     let status = json!({
-        "observedGeneration": meta.generation,
+        "observedGeneration": d.metadata.generation,
         "replicas": have,
         "updatedReplicas": updated,
         "readyReplicas": ready,
@@ -551,43 +687,180 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         "availableReplicas",
         "unavailableReplicas",
     ];
-    if status_changed(&old, &status, &fields) {
-        let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
-        write_status(
-            &deployments,
-            &name,
-            status,
-            &format!("deployment {ns}/{name}"),
-        )
-        .await?;
+    Progress {
+        write: status_changed(&old, &status, &fields).then_some(status),
+        complete,
+        timed_out,
+        deadline,
     }
+}
 
-    let Some(new_rs) = new_rs else {
-        return Ok(Action::requeue(Duration::from_secs(300)));
+pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.synced().await?;
+    if d.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = d.metadata.namespace.clone().unwrap_or_default();
+    let sets = claim(
+        &Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns),
+        ("apps/v1", "Deployment", &d.metadata),
+        &Api::<Deployment>::namespaced(ctx.client.clone(), &ns),
+        d.spec.as_ref().map(|s| &s.selector),
+        &ctx.replicasets,
+    )
+    .await?;
+    // Pods are read only to see a new set's crash loop, with automatic rollback on.
+    let pods: Vec<Arc<Pod>> = if auto_rollback_on(&d) {
+        let uids: Vec<&str> = sets
+            .iter()
+            .filter_map(|r| r.metadata.uid.as_deref())
+            .collect();
+        ctx.pods
+            .state()
+            .into_iter()
+            .filter(|p| uids.iter().any(|u| controlled_by(&p.metadata, u)))
+            .collect()
+    } else {
+        Vec::new()
     };
-    if complete {
-        mark_available(&rs_api, &new_rs).await?;
-    } else if auto_rollback_on(&d) && !paused && was_available(&new_rs).is_none() {
-        let why = if timed_out {
-            Some((
-                DEADLINE_EXCEEDED.to_string(),
-                format!("its new pods did not become available within {deadline}s"),
-            ))
-        } else {
-            crash_looping(&ctx, &new_rs)
-        };
-        if let Some((reason, why)) = why {
-            return roll_back(&ctx, &d, &sets, &new_rs, &reason, &why).await;
+    let plan = plan(&d, &sets, &pods, Timestamp::now())?;
+    execute(&ctx, &d, plan).await
+}
+
+/// Make a plan's writes in order, each Event after its write; a create or replace that lost
+/// a race looks again shortly.
+async fn execute(ctx: &Context, d: &Deployment, plan: Plan) -> Result<Action, Error> {
+    let ns = d.metadata.namespace.clone().unwrap_or_default();
+    let name = d.metadata.name.clone().unwrap_or_default();
+    let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let event = |type_: &str, reason: &str, message: &str| {
+        record(
+            &ctx.client,
+            involved("Deployment", &d.metadata),
+            type_,
+            reason,
+            message,
+            COMPONENT,
+        )
+    };
+    let lost_race = Action::requeue(Duration::from_millis(200));
+    let merge = |patch: Value| Patch::Merge(patch);
+    for write in plan.writes {
+        match write {
+            Write::Promote { set, revision } => {
+                let patch = json!({"metadata": {"annotations": {REVISION: revision.to_string()}}});
+                sets.patch(&set, &PatchParams::default(), &merge(patch))
+                    .await
+                    .map_err(api_err(format!(
+                        "marking replicaset {ns}/{set} as the newest revision"
+                    )))?;
+                event(
+                    "Normal",
+                    "DeploymentRollback",
+                    &format!("Rolled back deployment {name} to replica set {set}"),
+                );
+            }
+            Write::Create(rs) => {
+                let set = rs.metadata.name.clone().unwrap_or_default();
+                let start = spec_replicas(&rs);
+                match sets.create(&PostParams::default(), &rs).await {
+                    Ok(_) => event(
+                        "Normal",
+                        "ScalingReplicaSet",
+                        &format!("Scaled up replica set {set} from 0 to {start}"),
+                    ),
+                    Err(kube::Error::Api(s)) if s.code == 409 => return Ok(lost_race),
+                    Err(e) => return Err(api_err(format!("creating replicaset {ns}/{set}"))(e)),
+                }
+            }
+            Write::Revision(rev) => {
+                let patch = json!({"metadata": {"annotations": {REVISION: rev}}});
+                deployments
+                    .patch_status(&name, &PatchParams::default(), &merge(patch))
+                    .await
+                    .map_err(api_err(format!(
+                        "annotating deployment {ns}/{name} with its revision"
+                    )))?;
+            }
+            Write::Scale {
+                set,
+                from,
+                to,
+                desired,
+                max,
+            } => {
+                let patch = json!({
+                    "metadata": {"annotations": {
+                        "deployment.kubernetes.io/desired-replicas": desired.to_string(),
+                        "deployment.kubernetes.io/max-replicas": max.to_string()}},
+                    "spec": {"replicas": to},
+                });
+                sets.patch(&set, &PatchParams::default(), &merge(patch))
+                    .await
+                    .map_err(api_err(format!("scaling replicaset {ns}/{set}")))?;
+                let verb = if to > from { "up" } else { "down" };
+                event(
+                    "Normal",
+                    "ScalingReplicaSet",
+                    &format!("Scaled {verb} replica set {set} from {from} to {to}"),
+                );
+            }
+            Write::Delete(set) => {
+                if let Err(e) = sets.delete(&set, &DeleteParams::background()).await {
+                    tracing::debug!(replicaset = %format!("{ns}/{set}"), error = %e, "old replicaset not deleted; the next pass tries again");
+                }
+            }
+            Write::Status(status) => {
+                write_status(
+                    &deployments,
+                    &name,
+                    status,
+                    &format!("deployment {ns}/{name}"),
+                )
+                .await?
+            }
+            Write::MarkAvailable { set, at } => {
+                let patch = json!({"metadata": {"annotations": {AVAILABLE: at.to_string()}}});
+                sets.patch(&set, &PatchParams::default(), &merge(patch))
+                    .await
+                    .map_err(api_err(format!(
+                        "marking replicaset {ns}/{set} as available"
+                    )))?;
+            }
+            Write::MarkRolledBack {
+                set,
+                reason,
+                message,
+            } => {
+                let patch = json!({"metadata": {"annotations": {
+                    ROLLBACK_REASON: reason, ROLLBACK_MESSAGE: message}}});
+                sets.patch(&set, &PatchParams::default(), &merge(patch))
+                    .await
+                    .map_err(api_err(format!(
+                        "marking replicaset {ns}/{set} as rolled back"
+                    )))?;
+            }
+            Write::Replace {
+                deployment,
+                message,
+            } => {
+                match deployments
+                    .replace(&name, &PostParams::default(), &deployment)
+                    .await
+                {
+                    Ok(_) => event("Warning", "AutoRollback", &message),
+                    Err(kube::Error::Api(s)) if s.code == 409 => return Ok(lost_race),
+                    Err(e) => {
+                        return Err(api_err(format!("rolling back deployment {ns}/{name}"))(e))
+                    }
+                }
+            }
         }
     }
-    Ok(if changed {
-        Action::requeue(Duration::from_secs(1))
-    } else if !complete {
-        // Soon enough to see a crash loop, and a deadline, within a couple of seconds.
-        Action::requeue(Duration::from_secs(2))
-    } else {
-        Action::requeue(Duration::from_secs(300))
-    })
+    Ok(plan
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Waiting reasons that mean a new pod will not come up by itself soon.
@@ -612,28 +885,10 @@ fn was_available(rs: &ReplicaSet) -> Option<&String> {
     rs.metadata.annotations.as_ref()?.get(AVAILABLE)
 }
 
-/// Remember that this set once ran the whole deployment: a target for rolling back, and never
-/// itself rolled back from.
-async fn mark_available(rs_api: &Api<ReplicaSet>, rs: &ReplicaSet) -> Result<(), Error> {
-    if was_available(rs).is_some() {
-        return Ok(());
-    }
-    let rs_name = rs.metadata.name.clone().unwrap_or_default();
-    let patch =
-        json!({"metadata": {"annotations": {AVAILABLE: jiff::Timestamp::now().to_string()}}});
-    rs_api
-        .patch(&rs_name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(api_err(format!(
-            "marking replicaset {rs_name} as available"
-        )))?;
-    Ok(())
-}
-
 /// A pod of `rs` whose container waits for a reason that will not clear by itself.
-fn crash_looping(ctx: &Context, rs: &ReplicaSet) -> Option<(String, String)> {
+fn crash_looping(pods: &[Arc<Pod>], rs: &ReplicaSet) -> Option<(String, String)> {
     let uid = rs.metadata.uid.as_deref()?;
-    ctx.pods.state().iter().find_map(|p| {
+    pods.iter().find_map(|p| {
         if !controlled_by(&p.metadata, uid) {
             return None;
         }
@@ -660,66 +915,443 @@ fn crash_looping(ctx: &Context, rs: &ReplicaSet) -> Option<(String, String)> {
 }
 
 /// Put back the template of the newest set that was once available, as `kubectl rollout undo`
-/// would, and mark the failed set with why.
-async fn roll_back(
-    ctx: &Context,
+/// would, and mark the failed set with why; `None` when no set was ever available.
+fn roll_back(
     d: &Deployment,
     sets: &[Arc<ReplicaSet>],
     failed: &ReplicaSet,
     reason: &str,
     why: &str,
-) -> Result<Action, Error> {
-    let ns = d.metadata.namespace.clone().unwrap_or_default();
-    let name = d.metadata.name.clone().unwrap_or_default();
-    let failed_rev = revision(failed);
-    let Some(target) = sets
+) -> Option<Vec<Write>> {
+    let target = sets
         .iter()
         .filter(|r| r.metadata.uid != failed.metadata.uid && was_available(r).is_some())
-        .max_by_key(|r| revision(r))
-    else {
-        tracing::debug!(deployment = %name, "no available revision to roll back to");
-        return Ok(Action::requeue(Duration::from_secs(5)));
-    };
-    let Some(template) = target.spec.as_ref().and_then(|s| s.template.as_ref()) else {
-        return Ok(Action::requeue(Duration::from_secs(5)));
-    };
-    let target_rev = revision(target);
-    let message = format!("Rolled back from revision {failed_rev} to revision {target_rev}: {why}");
-    let failed_name = failed.metadata.name.clone().unwrap_or_default();
-    let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch =
-        json!({"metadata": {"annotations": {ROLLBACK_REASON: reason, ROLLBACK_MESSAGE: message}}});
-    rs_api
-        .patch(&failed_name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(api_err(format!(
-            "marking replicaset {ns}/{failed_name} as rolled back"
-        )))?;
-    // Replace the template whole (a merge would keep what the failed one added), guarded by
-    // the resourceVersion this decision was made on.
+        .max_by_key(|r| revision(r))?;
+    let template = target.spec.as_ref()?.template.as_ref()?;
+    let message = format!(
+        "Rolled back from revision {} to revision {}: {why}",
+        revision(failed),
+        revision(target)
+    );
     let mut next = d.clone();
     next.metadata.managed_fields = None;
     if let Some(spec) = next.spec.as_mut() {
         spec.template = without_hash(template);
     }
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    match deployments
-        .replace(&name, &PostParams::default(), &next)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            return Ok(Action::requeue(Duration::from_millis(200)))
-        }
-        Err(e) => return Err(api_err(format!("rolling back deployment {ns}/{name}"))(e)),
+    Some(vec![
+        Write::MarkRolledBack {
+            set: failed.metadata.name.clone().unwrap_or_default(),
+            reason: reason.to_string(),
+            message: message.clone(),
+        },
+        Write::Replace {
+            deployment: Box::new(next),
+            message,
+        },
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn deployment(replicas: i32, surge: i32, unavailable: i32, image: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "d-uid", "generation": 1},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"type": "RollingUpdate",
+                             "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                             "spec": {"containers": [{"name": "c", "image": image}]}},
+            },
+        }))
+        .unwrap()
     }
-    crate::util::record(
-        &ctx.client,
-        involved("Deployment", &d.metadata),
-        "Warning",
-        "AutoRollback",
-        &message,
-        COMPONENT,
-    );
-    Ok(Action::requeue(Duration::from_secs(1)))
+
+    /// One ReplicaSet of a simulated cluster and its pods (`true`: available).
+    struct SimSet {
+        rs: ReplicaSet,
+        pods: Vec<bool>,
+    }
+
+    /// A cluster the plans are carried out in: the ReplicaSet controller and the kubelets
+    /// are simulated, a little late at times, and pods become available at random.
+    struct World {
+        d: Deployment,
+        sets: Vec<SimSet>,
+        now: Timestamp,
+        uids: u32,
+        rng: u64,
+    }
+
+    impl World {
+        fn coin(&mut self, percent: u64) -> bool {
+            // xorshift64: deterministic per proptest case.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng % 100 < percent
+        }
+
+        /// The sets as the Deployment controller's cache shows them.
+        fn observed(&self) -> Vec<Arc<ReplicaSet>> {
+            self.sets
+                .iter()
+                .map(|s| {
+                    let mut rs = s.rs.clone();
+                    let available = s.pods.iter().filter(|a| **a).count() as i32;
+                    rs.status = Some(
+                        serde_json::from_value(json!({
+                        "replicas": s.pods.len(), "readyReplicas": available,
+                        "availableReplicas": available}))
+                        .unwrap(),
+                    );
+                    Arc::new(rs)
+                })
+                .collect()
+        }
+
+        fn set(&mut self, name: &str) -> &mut SimSet {
+            self.sets
+                .iter_mut()
+                .find(|s| s.rs.metadata.name.as_deref() == Some(name))
+                .expect("a planned write names a set that exists")
+        }
+
+        fn apply(&mut self, plan: Plan) {
+            for w in plan.writes {
+                match w {
+                    Write::Create(mut rs) => {
+                        self.uids += 1;
+                        rs.metadata.uid = Some(format!("rs-{}", self.uids));
+                        self.sets.push(SimSet {
+                            rs: *rs,
+                            pods: vec![],
+                        });
+                    }
+                    Write::Promote { set, revision } => {
+                        self.set(&set)
+                            .rs
+                            .metadata
+                            .annotations
+                            .get_or_insert_with(Default::default)
+                            .insert(REVISION.into(), revision.to_string());
+                    }
+                    Write::Revision(rev) => {
+                        self.d
+                            .metadata
+                            .annotations
+                            .get_or_insert_with(Default::default)
+                            .insert(REVISION.into(), rev);
+                    }
+                    Write::Scale { set, to, .. } => {
+                        self.set(&set).rs.spec.as_mut().unwrap().replicas = Some(to)
+                    }
+                    Write::Delete(set) => self
+                        .sets
+                        .retain(|s| s.rs.metadata.name.as_deref() != Some(&set)),
+                    Write::Status(v) => self.d.status = Some(serde_json::from_value(v).unwrap()),
+                    Write::MarkAvailable { set, at } => {
+                        self.set(&set)
+                            .rs
+                            .metadata
+                            .annotations
+                            .get_or_insert_with(Default::default)
+                            .insert(AVAILABLE.into(), at.to_string());
+                    }
+                    w @ (Write::MarkRolledBack { .. } | Write::Replace { .. }) => {
+                        panic!("no automatic rollback was asked for, yet the plan has {w:?}")
+                    }
+                }
+            }
+        }
+
+        /// The ReplicaSet controller (which gives up unavailable pods first), skipping a set
+        /// now and then, as a late cache would.
+        fn replicasets(&mut self, late_percent: u64) {
+            for i in 0..self.sets.len() {
+                if self.coin(late_percent) {
+                    continue;
+                }
+                let s = &mut self.sets[i];
+                let want = s.rs.spec.as_ref().unwrap().replicas.unwrap_or(0).max(0) as usize;
+                s.pods.sort();
+                while s.pods.len() > want {
+                    s.pods.remove(0);
+                }
+                s.pods.resize(want, false);
+            }
+        }
+
+        fn kubelets(&mut self, ready_percent: u64) {
+            for i in 0..self.sets.len() {
+                for j in 0..self.sets[i].pods.len() {
+                    if !self.sets[i].pods[j] && self.coin(ready_percent) {
+                        self.sets[i].pods[j] = true;
+                    }
+                }
+            }
+        }
+
+        fn pods(&self) -> (i32, i32) {
+            let all = self.sets.iter().map(|s| s.pods.len() as i32).sum();
+            let available = self
+                .sets
+                .iter()
+                .flat_map(|s| &s.pods)
+                .filter(|a| **a)
+                .count() as i32;
+            (all, available)
+        }
+
+        fn spec_total(&self) -> i32 {
+            self.sets
+                .iter()
+                .map(|s| s.rs.spec.as_ref().unwrap().replicas.unwrap_or(0))
+                .sum()
+        }
+
+        fn step(&mut self) {
+            let plan = plan(&self.d, &self.observed(), &[], self.now).unwrap();
+            self.apply(plan);
+            self.now += jiff::SignedDuration::from_secs(1);
+        }
+
+        /// A Deployment rolled out whole on `image`, then changed to another template.
+        fn rolled_out(replicas: i32, surge: i32, unavailable: i32, seed: u64) -> World {
+            let mut w = World {
+                d: deployment(replicas, surge, unavailable, "v1"),
+                sets: vec![],
+                now: Timestamp::from_second(1_800_000_000).unwrap(),
+                uids: 0,
+                rng: seed | 1,
+            };
+            for _ in 0..100 {
+                w.step();
+                w.replicasets(0);
+                w.kubelets(100);
+            }
+            assert_eq!(
+                w.pods(),
+                (replicas, replicas),
+                "the first rollout completes"
+            );
+            w.d.spec.as_mut().unwrap().template = deployment(1, 0, 1, "v2").spec.unwrap().template;
+            w
+        }
+    }
+
+    /// The strategy's limits, worked out here apart from `Limits::of`.
+    fn bounds(replicas: i32, surge: i32, unavailable: i32) -> (i32, i32) {
+        let unavailable = if surge == 0 && unavailable == 0 {
+            1
+        } else {
+            unavailable
+        };
+        (replicas + surge, replicas - unavailable.min(replicas))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// With the ReplicaSet controller prompt, a rolling update never has more than
+        /// `replicas + maxSurge` pods nor fewer than `replicas - maxUnavailable` available,
+        /// and it completes once pods come up.
+        #[test]
+        fn a_rollout_keeps_within_surge_and_unavailable(
+            replicas in 1i32..12,
+            surge in 0i32..4,
+            unavailable in 0i32..4,
+            ready_percent in 10u64..100,
+            seed in any::<u64>(),
+        ) {
+            let mut w = World::rolled_out(replicas, surge, unavailable, seed);
+            let (most, least_available) = bounds(replicas, surge, unavailable);
+            for _ in 0..200 {
+                w.step();
+                prop_assert!(w.spec_total() <= most, "{} replicas asked for, at most {most}", w.spec_total());
+                w.replicasets(0);
+                let (all, available) = w.pods();
+                prop_assert!(all <= most, "{all} pods, at most {most}");
+                prop_assert!(available >= least_available, "{available} available, at least {least_available}");
+                w.kubelets(ready_percent);
+            }
+            let newest = w.sets.iter().max_by_key(|s| revision(&s.rs)).unwrap();
+            prop_assert_eq!(newest.pods.len() as i32, replicas);
+            prop_assert_eq!(w.pods(), (replicas, replicas));
+        }
+
+        /// With a ReplicaSet controller that is late now and then (the Deployment controller
+        /// sees replicas asked for before the pods follow), the ask never passes
+        /// `replicas + maxSurge` and availability never drops below `replicas - maxUnavailable`.
+        #[test]
+        fn a_rollout_keeps_its_bounds_with_a_late_replicaset_controller(
+            replicas in 1i32..12,
+            surge in 0i32..4,
+            unavailable in 0i32..4,
+            ready_percent in 10u64..100,
+            late_percent in 10u64..60,
+            seed in any::<u64>(),
+        ) {
+            let mut w = World::rolled_out(replicas, surge, unavailable, seed);
+            let (most, least_available) = bounds(replicas, surge, unavailable);
+            for _ in 0..200 {
+                w.step();
+                prop_assert!(w.spec_total() <= most, "{} replicas asked for, at most {most}", w.spec_total());
+                w.replicasets(late_percent);
+                let (_, available) = w.pods();
+                prop_assert!(available >= least_available, "{available} available, at least {least_available}");
+                w.kubelets(ready_percent);
+            }
+        }
+    }
+
+    /// What the late-controller property found: an old set asked down to 8 that still has 9
+    /// pods, beside a new pod not yet available. Counting the ninth pod as spare would take
+    /// availability to 7 of 9 with maxUnavailable 1.
+    #[test]
+    fn pods_past_an_old_sets_replicas_are_not_spare() {
+        let mut w = World::rolled_out(9, 0, 1, 1);
+        w.step(); // the new set, at 0
+        w.step(); // old 9 -> 8 (one may be unavailable)
+        let old = w.sets[0].rs.metadata.name.clone().unwrap();
+        assert_eq!(w.set(&old).rs.spec.as_ref().unwrap().replicas, Some(8));
+        w.step(); // new 0 -> 1; its pod is created, the old set's controller is late
+        let new = w.sets[1].rs.metadata.name.clone().unwrap();
+        w.set(&new).pods = vec![false];
+        assert_eq!(w.set(&old).pods.len(), 9);
+        let p = plan(&w.d, &w.observed(), &[], w.now).unwrap();
+        assert!(
+            !p.writes
+                .iter()
+                .any(|w| matches!(w, Write::Scale { set, .. } if *set == old)),
+            "{:?}",
+            p.writes
+        );
+    }
+
+    #[test]
+    fn a_new_template_gets_a_new_set_at_the_next_revision_with_the_surge() {
+        let mut w = World::rolled_out(4, 1, 0, 7);
+        let p = plan(&w.d, &w.observed(), &[], w.now).unwrap();
+        let [Write::Create(rs)] = p.writes.as_slice() else {
+            panic!("one create, got {:?}", p.writes);
+        };
+        assert_eq!(revision(rs), 2);
+        assert_eq!(spec_replicas(rs), 1, "replicas + maxSurge - 4 running");
+        let hash = template_hash(&w.d.spec.as_ref().unwrap().template);
+        assert_eq!(
+            rs.metadata.name.as_deref(),
+            Some(format!("web-{hash}").as_str())
+        );
+        assert!(controlled_by(&rs.metadata, "d-uid"));
+        w.apply(p);
+        assert_eq!(w.sets.len(), 2);
+    }
+
+    #[test]
+    fn going_back_to_an_old_template_promotes_its_set_instead_of_creating_one() {
+        let mut w = World::rolled_out(2, 1, 0, 3);
+        for _ in 0..60 {
+            w.step();
+            w.replicasets(0);
+            w.kubelets(100);
+        }
+        w.d.spec.as_mut().unwrap().template = deployment(1, 0, 1, "v1").spec.unwrap().template;
+        let p = plan(&w.d, &w.observed(), &[], w.now).unwrap();
+        assert!(
+            matches!(p.writes.as_slice(), [Write::Promote { revision: 3, .. }]),
+            "{:?}",
+            p.writes
+        );
+    }
+
+    #[test]
+    fn a_crash_looping_new_pod_rolls_back_to_the_last_available_template() {
+        let mut w = World::rolled_out(2, 1, 0, 5);
+        w.d.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(AUTO_ROLLBACK.into(), "true".into());
+        w.step();
+        w.replicasets(0);
+        let new = w
+            .observed()
+            .into_iter()
+            .max_by_key(|r| revision(r))
+            .unwrap();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web-x", "namespace": "default", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "n",
+                 "uid": new.metadata.uid, "controller": true}]},
+            "status": {"containerStatuses": [{"name": "c", "image": "v2", "imageID": "",
+                "ready": false, "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
+        }))
+        .unwrap();
+        let p = plan(&w.d, &w.observed(), &[Arc::new(pod)], w.now).unwrap();
+        let back = p.writes.iter().find_map(|w| match w {
+            Write::Replace {
+                deployment,
+                message,
+            } => Some((deployment, message)),
+            _ => None,
+        });
+        let (to, message) = back.expect("a rollback");
+        let image = to
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .image
+            .clone();
+        assert_eq!(image.as_deref(), Some("v1"));
+        assert!(
+            message.contains("from revision 2 to revision 1"),
+            "{message}"
+        );
+        assert!(message.contains("CrashLoopBackOff"), "{message}");
+        assert!(p.writes.iter().any(
+            |w| matches!(w, Write::MarkRolledBack { reason, .. } if reason == "CrashLoopBackOff")
+        ));
+    }
+
+    #[test]
+    fn a_paused_deployment_creates_and_scales_nothing() {
+        let mut w = World::rolled_out(3, 1, 0, 11);
+        w.d.spec.as_mut().unwrap().paused = Some(true);
+        let p = plan(&w.d, &w.observed(), &[], w.now).unwrap();
+        assert!(
+            p.writes
+                .iter()
+                .all(|w| matches!(w, Write::Status(_) | Write::Revision(_))),
+            "{:?}",
+            p.writes
+        );
+    }
+
+    #[test]
+    fn limits_round_surge_up_and_unavailable_down() {
+        let mut d = deployment(10, 0, 0, "x");
+        let ru = d.spec.as_mut().unwrap().strategy.as_mut().unwrap();
+        ru.rolling_update.as_mut().unwrap().max_surge = Some(IntOrString::String("15%".into()));
+        ru.rolling_update.as_mut().unwrap().max_unavailable =
+            Some(IntOrString::String("15%".into()));
+        let l = Limits::of(d.spec.as_ref().unwrap(), 10);
+        assert_eq!((l.surge, l.unavailable), (2, 1));
+        let none = deployment(10, 0, 0, "x");
+        let l = Limits::of(none.spec.as_ref().unwrap(), 10);
+        assert_eq!(
+            (l.surge, l.unavailable),
+            (0, 1),
+            "neither allowed: one unavailable"
+        );
+    }
 }

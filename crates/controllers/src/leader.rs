@@ -63,8 +63,8 @@ enum Round {
     Other(String),
 }
 
-/// Run `work` whenever this candidate leads, forever: campaign, start `work`, renew; on a
-/// lost Lease abort `work` and campaign again.
+/// Run `work` whenever this candidate leads, until dropped: campaign, start `work`, renew;
+/// on a lost Lease abort `work` and campaign again. Dropping this future aborts `work` too.
 pub async fn run<F, Fut>(client: kube::Client, cfg: Config, work: F)
 where
     F: Fn() -> Fut,
@@ -95,7 +95,9 @@ where
             tokio::time::sleep(cfg.retry).await;
         }
         tracing::info!(identity = %cfg.identity, "leading the control plane");
-        let task = tokio::spawn(work());
+        // A JoinSet, so that `work` goes with this future when it is dropped.
+        let mut term = tokio::task::JoinSet::new();
+        term.spawn(work());
         let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(cfg.retry).await;
@@ -112,8 +114,7 @@ where
                 Err(e) => tracing::warn!(error = %e, "renewing the control plane's Lease"),
             }
         }
-        task.abort();
-        let _ = task.await;
+        term.shutdown().await;
     }
 }
 

@@ -167,8 +167,13 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         expectations: Expectations::default(),
     });
     futures::join!(
-        replicaset::controller(ctx.clone(), pod_changes),
-        deployment::controller(ctx.clone(), rs_changes),
+        controller(
+            "replicaset",
+            ctx.clone(),
+            pod_changes,
+            replicaset::reconcile
+        ),
+        controller("deployment", ctx.clone(), rs_changes, deployment::reconcile),
         gc::run(ctx.client.clone()),
         hpa::run(ctx.clone(), hpas),
         // The caches without a controller of their own are kept by draining their streams
@@ -180,6 +185,49 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         nodelifecycle::run(ctx.clone(), leases)
     );
     Ok(())
+}
+
+/// Run one controller until its watches end: kube-runtime's `Controller` over every `K`,
+/// woken by changes to `K` and to what `K` owns (`changes`, from a shared cache), calling
+/// `reconcile` one object at a time. A failed reconcile is logged and tried again in 5 s.
+async fn controller<K, Owned, R, F>(
+    kind: &'static str,
+    ctx: Arc<Context>,
+    changes: impl futures::Stream<Item = Result<Owned, watcher::Error>> + Send + 'static,
+    reconcile: R,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    Owned: kube::Resource<DynamicType = ()> + Send + 'static,
+    R: FnMut(Arc<K>, Arc<Context>) -> F,
+    F: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>
+        + Send
+        + 'static,
+{
+    kube::runtime::Controller::new(
+        Api::<K>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .owns_stream(changes)
+    .run(
+        reconcile,
+        move |_, e: &Error, _| {
+            tracing::warn!(controller = kind, error = %e, "reconcile failed; retrying in 5 s");
+            kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+        },
+        ctx,
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(controller = kind, error = %e, "reconcile");
+        }
+    })
+    .await;
 }
 
 impl Context {

@@ -8,7 +8,7 @@
 //! which looks more like the control plane being cut off than like the nodes dying,
 //! eviction slows to one node every 30 s instead of emptying the cluster.
 //!
-//! Sweeps the caches once a second; each sweep is idempotent.
+//! Sweeps the caches every 250 ms; each sweep is idempotent.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

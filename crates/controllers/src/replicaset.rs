@@ -10,110 +10,80 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
-use serde_json::json;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::{json, Value};
 
-use crate::util::{api_err, claim, controller_ref, involved, is_active, ready_since};
+use crate::util::{
+    api_err, claim, controller_ref, involved, is_active, ready_since, record, status_changed,
+    write_status,
+};
 use crate::{Context, Error};
 
 const COMPONENT: &str = "replicaset-controller";
 /// The most pods created in one batch.
 const MAX_BATCH: usize = 500;
 
-pub async fn controller(
-    ctx: Arc<Context>,
-    changes: impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
-) {
-    let client = ctx.client.clone();
-    Controller::new(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns_stream(changes)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "replicaset reconcile");
-        }
-    })
-    .await;
+/// What one pass over a ReplicaSet decided: writes in order, and when to look again
+/// (`None`: on the next change).
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+    pub requeue: Option<Duration>,
 }
 
-fn error_policy(_rs: Arc<ReplicaSet>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %e, "replicaset");
-    Action::requeue(Duration::from_secs(5))
+/// One write of a [`Plan`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// This many pods from the template, in batches that double.
+    Create(usize),
+    /// These pods, the ones the set gives up first.
+    Delete(Vec<String>),
+    /// The set's status, merged into its status subresource.
+    Status(Value),
 }
 
-pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.synced().await?;
+/// Decide one pass over a ReplicaSet from the pods it controls. `settled`: every create and
+/// delete it asked for earlier shows in the cache (until then it does not count again);
+/// `on_virtual`: is this node a virtual one. Pure.
+pub fn plan(
+    rs: &ReplicaSet,
+    pods: &[Arc<Pod>],
+    settled: bool,
+    on_virtual: &dyn Fn(&str) -> bool,
+    now: Timestamp,
+) -> Result<Plan, Error> {
     let meta = &rs.metadata;
-    let (ns, name, uid) = (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-        meta.uid.clone().unwrap_or_default(),
-    );
     if meta.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        return Ok(Plan::default());
     }
     let spec = rs.spec.as_ref().ok_or_else(|| Error::Invalid {
         what: "replicaset",
-        name: name.clone(),
+        name: meta.name.clone().unwrap_or_default(),
         why: "has no spec".into(),
     })?;
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods = claim(
-        &pods_api,
-        ("apps/v1", "ReplicaSet", meta),
-        &Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns),
-        Some(&spec.selector),
-        &ctx.pods,
-    )
-    .await?;
-    let present: HashSet<String> = pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.name.clone())
-        .collect();
+    let mut writes = Vec::new();
     let active: Vec<&Arc<Pod>> = pods.iter().filter(|p| is_active(p)).collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
-    if ctx.expectations.satisfied(&uid, &present) {
-        if active.len() < want {
-            create_pods(&ctx, &rs, &pods_api, want - active.len()).await?;
-        } else if active.len() > want {
-            let mut victims = active.clone();
-            let nodes = &ctx.nodes;
-            victims.sort_by_key(|p| deletion_rank(p, nodes));
-            let victims: Vec<String> = victims
+    if settled && active.len() < want {
+        writes.push(Write::Create(want - active.len()));
+    } else if settled && active.len() > want {
+        let mut victims = active.clone();
+        victims.sort_by_key(|p| deletion_rank(p, on_virtual));
+        writes.push(Write::Delete(
+            victims
                 .iter()
                 .take(active.len() - want)
                 .filter_map(|p| p.metadata.name.clone())
-                .collect();
-            ctx.expectations.expect(&uid, vec![], victims.clone());
-            for v in &victims {
-                match pods_api.delete(v, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(api_err(format!("deleting pod {ns}/{v}"))(e)),
-                }
-            }
-            crate::util::record(
-                &ctx.client,
-                involved("ReplicaSet", &rs.metadata),
-                "Normal",
-                "SuccessfulDelete",
-                &format!("Deleted {} pod(s): {}", victims.len(), victims.join(", ")),
-                COMPONENT,
-            );
-        }
+                .collect(),
+        ));
     }
     // Status, from what the cache shows now.
     let min_ready = spec.min_ready_seconds.unwrap_or(0).max(0) as i64;
-    let now = jiff::Timestamp::now();
     let mut ready = 0;
     let mut available = 0;
     let mut soonest: Option<i64> = None;
@@ -147,14 +117,100 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         "availableReplicas",
         "observedGeneration",
     ];
-    if crate::util::status_changed(&current, &status, &fields) {
-        let sets = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
-        crate::util::write_status(&sets, &name, status, &format!("replicaset {ns}/{name}")).await?;
+    if status_changed(&current, &status, &fields) {
+        writes.push(Write::Status(status));
     }
-    Ok(match soonest {
-        Some(s) => Action::requeue(Duration::from_secs(s.max(1) as u64)),
-        None => Action::requeue(Duration::from_secs(300)),
+    let requeue = match soonest {
+        Some(s) => Duration::from_secs(s.max(1) as u64),
+        None => Duration::from_secs(300),
+    };
+    Ok(Plan {
+        writes,
+        requeue: Some(requeue),
     })
+}
+
+pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.synced().await?;
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let meta = &rs.metadata;
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let uid = meta.uid.clone().unwrap_or_default();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods = claim(
+        &pods_api,
+        ("apps/v1", "ReplicaSet", meta),
+        &Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns),
+        rs.spec.as_ref().map(|s| &s.selector),
+        &ctx.pods,
+    )
+    .await?;
+    let present: HashSet<String> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let settled = ctx.expectations.satisfied(&uid, &present);
+    let on_virtual = |node: &str| {
+        ctx.nodes
+            .get(&ObjectRef::new(node))
+            .is_some_and(|n| is_virtual(&n))
+    };
+    let plan = plan(&rs, &pods, settled, &on_virtual, Timestamp::now())?;
+    execute(&ctx, &rs, &pods_api, plan).await
+}
+
+/// Make a plan's writes in order; creations and deletions are expected before the next count.
+async fn execute(
+    ctx: &Context,
+    rs: &ReplicaSet,
+    pods: &Api<Pod>,
+    plan: Plan,
+) -> Result<Action, Error> {
+    let ns = rs.metadata.namespace.clone().unwrap_or_default();
+    let name = rs.metadata.name.clone().unwrap_or_default();
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    for write in plan.writes {
+        match write {
+            Write::Create(count) => create_pods(ctx, rs, pods, count).await?,
+            Write::Delete(victims) => {
+                ctx.expectations.expect(&uid, vec![], victims.clone());
+                for v in &victims {
+                    match pods.delete(v, &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(e) => return Err(api_err(format!("deleting pod {ns}/{v}"))(e)),
+                    }
+                }
+                record(
+                    &ctx.client,
+                    involved("ReplicaSet", &rs.metadata),
+                    "Normal",
+                    "SuccessfulDelete",
+                    &format!("Deleted {} pod(s): {}", victims.len(), victims.join(", ")),
+                    COMPONENT,
+                );
+            }
+            Write::Status(status) => {
+                let sets = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
+                write_status(&sets, &name, status, &format!("replicaset {ns}/{name}")).await?;
+            }
+        }
+    }
+    Ok(plan
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Is the node a virtual one (a virtual kubelet's, billed by the second)?
+fn is_virtual(n: &Node) -> bool {
+    n.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("type"))
+        .is_some_and(|t| t == "virtual-kubelet")
 }
 
 /// A pod from the set's template, owned by the set.
@@ -212,7 +268,7 @@ async fn create_pods(
         batch *= 2;
     }
     if !created.is_empty() {
-        crate::util::record(
+        record(
             &ctx.client,
             involved("ReplicaSet", &rs.metadata),
             "Normal",
@@ -223,7 +279,7 @@ async fn create_pods(
     }
     if let Some(e) = failure {
         let ns = rs.metadata.namespace.clone().unwrap_or_default();
-        crate::util::record(
+        record(
             &ctx.client,
             involved("ReplicaSet", &rs.metadata),
             "Warning",
@@ -240,23 +296,13 @@ async fn create_pods(
 }
 
 /// Sort key: the pod to delete first sorts first.
-fn deletion_rank(
-    p: &Pod,
-    nodes: &kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Node>,
-) -> (u8, u8, u8, u8, i64, i64, i64) {
+fn deletion_rank(p: &Pod, on_virtual: &dyn Fn(&str) -> bool) -> (u8, u8, u8, u8, i64, i64, i64) {
     let node = p
         .spec
         .as_ref()
         .and_then(|s| s.node_name.clone())
         .unwrap_or_default();
-    let on_virtual = !node.is_empty()
-        && nodes
-            .state()
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
-            .and_then(|n| n.metadata.labels.as_ref())
-            .and_then(|l| l.get("type"))
-            .is_some_and(|t| t == "virtual-kubelet");
+    let on_virtual = !node.is_empty() && on_virtual(&node);
     let phase = match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
         Some("Pending") | None => 0,
         Some("Unknown") => 1,

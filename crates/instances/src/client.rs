@@ -60,22 +60,8 @@ pub struct Answer {
 
 impl Client {
     pub fn new(base: &str, token: &str, ca_pem: &str) -> Client {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()).flatten() {
-            let _ = roots.add(cert);
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tls = Arc::new(tls);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_only()
-            .enable_http1()
-            .build();
+        let tls = berth_tls::client_config(ca_pem);
+        let https = berth_tls::https_connector(&tls);
         Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),

@@ -29,7 +29,7 @@ pub enum StartError {
     Tls {
         dir: PathBuf,
         #[source]
-        source: berth_apiserver::tls::TlsError,
+        source: berth_tls::TlsError,
     },
     #[error("listening on {addr}")]
     Listen {
@@ -79,13 +79,13 @@ impl Instances {
 /// Open the service and serve its API over HTTPS.
 pub async fn start(cfg: Config, pool: Arc<Pool>) -> Result<Instances, StartError> {
     let service = Service::open(cfg.service, pool)?;
-    let files = berth_apiserver::tls::TlsFiles::in_dir(&cfg.pki_dir);
+    let files = berth_tls::TlsFiles::in_dir(&cfg.pki_dir);
     let tls_err = |source| StartError::Tls {
         dir: cfg.pki_dir.clone(),
         source,
     };
-    let ca_pem = berth_apiserver::tls::ensure(&files, &cfg.sans).map_err(tls_err)?;
-    let tls = berth_apiserver::tls::server_config(&files).map_err(tls_err)?;
+    let ca_pem = berth_tls::ensure(&files, &cfg.sans).map_err(tls_err)?;
+    let tls = berth_tls::server_config_from(&files).map_err(tls_err)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -113,7 +113,7 @@ pub async fn start(cfg: Config, pool: Arc<Pool>) -> Result<Instances, StartError
             service.dns_zone().to_string(),
         ));
     }
-    let server = berth_apiserver::serve_tls(listener, tls, http::router(api));
+    let server = berth_tls::serve(listener, tls, http::router(api));
     tasks.push(server);
     tracing::info!(%addr, "instances API listening");
     Ok(Instances {

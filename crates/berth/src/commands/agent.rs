@@ -109,8 +109,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let cfg = config(&args, ca);
     let rt = runtime(args.runtime, &cfg.node_name, &args.data_dir, args.warm_pool).await?;
-    tokio::select! {
-        r = berth_agent::run(cfg, rt) => r.context("running the agent"),
+    let ran = tokio::select! {
+        r = berth_agent::run(cfg, rt.clone()) => r.context("running the agent"),
         _ = super::shutdown_signal() => Ok(()),
-    }
+    };
+    rt.release().await;
+    ran
 }

@@ -206,7 +206,7 @@ pub async fn start(
     let client = ClientConfig {
         server: inst.url(),
         token,
-        ca_file: berth_apiserver::tls::TlsFiles::in_dir(data_dir).ca_cert,
+        ca_file: berth_tls::TlsFiles::in_dir(data_dir).ca_cert,
         dns: inst.dns_addr.map(|a| a.to_string()),
     };
     let path = data_dir.join("instances.json");

@@ -16,7 +16,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context(
             "reading the tokens (has `berth up` or `berth server` run with this --data-dir?)",
         )?;
-    let ca_path = berth_apiserver::tls::TlsFiles::in_dir(&args.data_dir).ca_cert;
+    let ca_path = berth_tls::TlsFiles::in_dir(&args.data_dir).ca_cert;
     let ca = std::fs::read_to_string(&ca_path).with_context(|| {
         format!(
             "reading the cluster CA {} (start the server once first)",

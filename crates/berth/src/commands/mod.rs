@@ -81,12 +81,13 @@ pub struct ControlArgs {
     pub leader_lease_seconds: u64,
 }
 
-/// Start the scheduler and the other control loops against `server` with the admin token.
+/// Start the scheduler and the other control loops against `server` with the admin token;
+/// they run until the returned task is aborted.
 pub async fn start_control_plane(
     server: &berth_apiserver::Server,
     data_dir: &std::path::Path,
     args: &ControlArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use anyhow::Context;
     let yaml = berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin);
     let kubeconfig =
@@ -137,6 +138,7 @@ pub async fn start_control_plane(
             futures::join!(controllers, scheduler);
         }
     };
-    tokio::spawn(berth_controllers::leader::run(client, election, work));
-    Ok(())
+    Ok(tokio::spawn(berth_controllers::leader::run(
+        client, election, work,
+    )))
 }

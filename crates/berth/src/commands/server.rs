@@ -19,13 +19,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.serve.data_dir.display()
             )
         })?;
-    super::start_control_plane(&server, &args.serve.data_dir, &args.control).await?;
+    let control_plane =
+        super::start_control_plane(&server, &args.serve.data_dir, &args.control).await?;
     println!("berth server listening on {}", server.url());
     println!(
         "node-join token: berth token --data-dir {} --node",
         args.serve.data_dir.display()
     );
     super::shutdown_signal().await;
+    // The loops first, then the API and the store under them.
+    control_plane.abort();
+    let _ = control_plane.await;
     server.shutdown();
     Ok(())
 }

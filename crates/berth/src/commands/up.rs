@@ -35,7 +35,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let server = berth_apiserver::start(args.serve.config())
         .await
         .with_context(|| format!("starting Berth in {}", args.serve.data_dir.display()))?;
-    super::start_control_plane(&server, &args.serve.data_dir, &args.control).await?;
+    let control_plane =
+        super::start_control_plane(&server, &args.serve.data_dir, &args.control).await?;
     let path = args.serve.data_dir.join("kubeconfig");
     let config = berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin);
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
@@ -59,6 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
+    let mut agent = None;
     if let Some(kind) = kind {
         let agent_args = super::agent::Args {
             server: server.url(),
@@ -75,11 +77,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(&agent_args.data_dir)?;
         let cfg = super::agent::config(&agent_args, server.ca_pem.clone());
         let rt = super::agent::runtime(kind, &node, &agent_dir, agent_args.warm_pool).await?;
-        tokio::spawn(async move {
-            if let Err(e) = berth_agent::run(cfg, rt).await {
-                eprintln!("the local agent stopped: {e:#}");
-            }
-        });
+        let run = berth_agent::run(cfg, rt.clone());
+        agent = Some((
+            tokio::spawn(async move {
+                if let Err(e) = run.await {
+                    tracing::error!(error = %format!("{e:#}"), "the local agent stopped");
+                }
+            }),
+            rt,
+        ));
     }
     let instances = match kind {
         Some(kind @ (RuntimeKind::Docker | RuntimeKind::Process)) => Some(
@@ -114,9 +120,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => println!("Then try: kubectl get nodes,pods"),
     }
     super::shutdown_signal().await;
-    server.shutdown();
+    // An orderly stop, each part before what it stands on: the local agent (and its warm
+    // sandboxes), the control loops, the instances service, then the API and the store.
+    tracing::info!("stopping");
+    if let Some((task, rt)) = agent {
+        task.abort();
+        let _ = task.await;
+        rt.release().await;
+    }
+    control_plane.abort();
+    let _ = control_plane.await;
     if let Some(i) = instances {
         i.shutdown().await;
     }
+    server.shutdown();
     Ok(())
 }
