@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 
-use crate::host::{HostError, PodHost, SourceKind};
+use crate::owner::{OwnerError, PodOwner, SourceKind};
 
 use crate::runtime::Mount;
 
@@ -33,7 +33,7 @@ pub enum ConfigError {
         kind: &'static str,
         name: String,
         #[source]
-        source: HostError,
+        source: OwnerError,
     },
     #[error("preparing volume {volume} at {path} failed")]
     Io {
@@ -48,7 +48,7 @@ pub enum ConfigError {
 
 /// The data of a ConfigMap or Secret, as bytes keyed by name; `None` if it does not exist.
 async fn source(
-    host: &dyn PodHost,
+    owner: &dyn PodOwner,
     ns: &str,
     kind: &'static str,
     name: &str,
@@ -58,7 +58,8 @@ async fn source(
     } else {
         SourceKind::Secret
     };
-    host.source(ns, which, name)
+    owner
+        .source(ns, which, name)
         .await
         .map_err(|source| ConfigError::Api {
             kind,
@@ -104,7 +105,7 @@ fn field(pod: &Pod, path: &str, pod_ip: Option<&str>) -> Option<String> {
 
 /// The container's environment, in order: `envFrom` sources first, then `env`.
 pub async fn environment(
-    host: &dyn PodHost,
+    owner: &dyn PodOwner,
     pod: &Pod,
     c: &Container,
     pod_ip: Option<&str>,
@@ -118,7 +119,7 @@ pub async fn environment(
             (None, Some(r)) => ("secret", r.name.clone(), r.optional.unwrap_or(false)),
             (None, None) => continue,
         };
-        match source(host, &ns, kind, &name).await? {
+        match source(owner, &ns, kind, &name).await? {
             Some(data) => {
                 for (k, v) in data {
                     env.push((format!("{prefix}{k}"), String::from_utf8_lossy(&v).into()));
@@ -148,7 +149,7 @@ pub async fn environment(
                     _ => None,
                 };
                 if let Some((kind, name, key, optional)) = key_ref {
-                    match source(host, &ns, kind, &name).await? {
+                    match source(owner, &ns, kind, &name).await? {
                         Some(data) => match data.get(&key) {
                             Some(v) => String::from_utf8_lossy(v).into_owned(),
                             None if optional => continue,
@@ -195,7 +196,7 @@ fn io(volume: &str, path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError {
 
 /// Make one volume ready on the host; returns its host path.
 async fn prepare(
-    host: &dyn PodHost,
+    owner: &dyn PodOwner,
     ns: &str,
     dir: &Path,
     v: &Volume,
@@ -228,7 +229,7 @@ async fn prepare(
             ),
         });
     };
-    let data = match source(host, ns, kind, &name).await? {
+    let data = match source(owner, ns, kind, &name).await? {
         Some(d) => d,
         None if optional.unwrap_or(false) => BTreeMap::new(),
         None => return Err(ConfigError::Missing { kind, name }),
@@ -270,7 +271,7 @@ async fn prepare(
 
 /// The container's mounts, preparing the volumes they name.
 pub async fn mounts(
-    host: &dyn PodHost,
+    owner: &dyn PodOwner,
     pod: &Pod,
     c: &Container,
     data_dir: &Path,
@@ -291,7 +292,7 @@ pub async fn mounts(
             .ok_or_else(|| ConfigError::NoVolume {
                 mount: m.name.clone(),
             })?;
-        let mut host = prepare(host, &ns, &dir, v).await?;
+        let mut host = prepare(owner, &ns, &dir, v).await?;
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             if sub.split('/').any(|p| p == "..") {
                 return Err(ConfigError::Unsupported {

@@ -13,10 +13,12 @@
 //! ```
 
 pub mod config;
-pub mod host;
+pub mod fence;
 pub mod node;
+pub mod owner;
 pub mod pods;
 pub mod probes;
+pub mod runner;
 pub mod runtime;
 pub mod server;
 
@@ -196,14 +198,13 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     // Lease renewal, and fencing: past half the Lease's duration without a renewal the
     // server may soon evict this node's pods and start replacements, so the agent stops
     // them first and starts nothing until a renewal succeeds again.
-    let last_renewed = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
-    let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fencing = Arc::new(fence::Fencing::new(std::time::Instant::now()));
     {
         let client = client.clone();
         let name = cfg.node_name.clone();
         let every = cfg.lease_every;
         let duration = cfg.lease_duration.as_secs().max(1) as i32;
-        let (last_renewed, fenced) = (last_renewed.clone(), fenced.clone());
+        let fencing = fencing.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -212,8 +213,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
                 let renewal = node::renew_lease(&client, &name, duration);
                 match tokio::time::timeout(every.max(Duration::from_secs(1)), renewal).await {
                     Ok(Ok(())) => {
-                        *last_renewed.lock().expect("lease clock") = sent;
-                        if fenced.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        if fencing.renewed(sent) {
                             tracing::warn!(node = %name, "lease renewed: no longer fenced");
                         }
                     }
@@ -227,15 +227,13 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let runtime = runtime.clone();
         let name = cfg.node_name.clone();
         let fence_after = cfg.lease_duration / 2;
-        let (last_renewed, fenced) = (last_renewed.clone(), fenced.clone());
+        let fencing = fencing.clone();
         tasks.spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let since = last_renewed.lock().expect("lease clock").elapsed();
-                if since < fence_after || fenced.load(std::sync::atomic::Ordering::SeqCst) {
+                let Some(since) = fencing.due(std::time::Instant::now(), fence_after) else {
                     continue;
-                }
-                fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+                };
                 tracing::warn!(node = %name, ?since, "no lease renewal: fencing, stopping every container");
                 fence(runtime.as_ref()).await;
             }
@@ -275,67 +273,92 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     let _ = reader.wait_until_ready().await;
     let sync = Arc::new(pods::PodSync::new(
         runtime.clone(),
-        Arc::new(host::ApiHost {
+        Arc::new(owner::ApiOwner {
             client: client.clone(),
             node: cfg.node_name.clone(),
         }),
         cfg.backoff,
         cfg.data_dir.clone(),
     ));
-    let upkeep = Arc::new(tokio::sync::Mutex::new(()));
-    // Pods fenced while cut off that a fresh read no longer shows as live: the server evicted
-    // them meanwhile, and the cache may not know yet. Their containers stay stopped.
-    let mut evicted: HashSet<String> = HashSet::new();
-    let mut was_fenced = false;
-    loop {
-        if fenced.load(std::sync::atomic::Ordering::SeqCst) {
+    let passes = NodePasses {
+        sync,
+        reader,
+        client,
+        node: cfg.node_name.clone(),
+        fencing,
+        every: cfg.sync_every,
+        evicted: HashSet::new(),
+        was_fenced: false,
+    };
+    runner::run(runtime, changed, passes).await;
+    Ok(())
+}
+
+/// The agent's passes over its pods, with fencing: while fenced, what is stopped stays
+/// stopped; back from a fence, the pods are read afresh from the API before anything starts.
+struct NodePasses {
+    sync: Arc<pods::PodSync>,
+    reader: reflector::Store<Pod>,
+    client: kube::Client,
+    node: String,
+    fencing: Arc<fence::Fencing>,
+    every: Duration,
+    /// Pods fenced while cut off that a fresh read no longer shows as live: the server
+    /// evicted them meanwhile, and the cache may not know yet. Their containers stay
+    /// stopped.
+    evicted: HashSet<String>,
+    was_fenced: bool,
+}
+
+impl runner::Pass for NodePasses {
+    async fn pass(&mut self) -> runner::Next {
+        let every = runner::Next {
+            wait: self.every,
+            upkeep: true,
+        };
+        if self.fencing.is_fenced() {
             // Keep what is stopped stopped (a running container may have raced the fence).
-            fence(runtime.as_ref()).await;
-            was_fenced = true;
-        } else {
-            if was_fenced {
-                match live_pods(&client, &cfg.node_name).await {
-                    Ok(live) => {
-                        evicted = reader
-                            .state()
-                            .iter()
-                            .filter_map(|p| p.metadata.uid.clone())
-                            .filter(|uid| !live.contains(uid))
-                            .collect();
-                        was_fenced = false;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "back from a fence, but the pods cannot be read yet");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
+            fence(self.sync.runtime.as_ref()).await;
+            self.was_fenced = true;
+            return runner::Next {
+                upkeep: false,
+                ..every
+            };
+        }
+        if self.was_fenced {
+            match live_pods(&self.client, &self.node).await {
+                Ok(live) => {
+                    self.evicted = self
+                        .reader
+                        .state()
+                        .iter()
+                        .filter_map(|p| p.metadata.uid.clone())
+                        .filter(|uid| !live.contains(uid))
+                        .collect();
+                    self.was_fenced = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "back from a fence, but the pods cannot be read yet");
+                    return runner::Next {
+                        wait: Duration::from_millis(200),
+                        upkeep: false,
+                    };
                 }
             }
-            // Once the cache shows the eviction (or the pod gone), the pod syncs as usual:
-            // a terminating pod is finished and removed.
-            if !evicted.is_empty() {
-                let cached = reader.state();
-                evicted.retain(|uid| {
-                    cached.iter().any(|p| {
-                        p.metadata.uid.as_deref() == Some(uid.as_str())
-                            && p.metadata.deletion_timestamp.is_none()
-                    })
-                });
-            }
-            tick(&sync, &reader, &evicted).await;
-            // Runtime upkeep (refilling the warm pool) beside the passes, never inside.
-            if let Ok(guard) = upkeep.clone().try_lock_owned() {
-                let rt = runtime.clone();
-                tokio::spawn(async move {
-                    rt.maintain().await;
-                    drop(guard);
-                });
-            }
         }
-        tokio::select! {
-            _ = changed.notified() => {}
-            _ = tokio::time::sleep(cfg.sync_every) => {}
+        // Once the cache shows the eviction (or the pod gone), the pod syncs as usual: a
+        // terminating pod is finished and removed.
+        if !self.evicted.is_empty() {
+            let cached = self.reader.state();
+            self.evicted.retain(|uid| {
+                cached.iter().any(|p| {
+                    p.metadata.uid.as_deref() == Some(uid.as_str())
+                        && p.metadata.deletion_timestamp.is_none()
+                })
+            });
         }
+        tick(&self.sync, &self.reader, &self.evicted).await;
+        every
     }
 }
 
@@ -372,7 +395,7 @@ async fn tick(sync: &Arc<pods::PodSync>, reader: &reflector::Store<Pod>, held: &
     let observed = match sync.runtime.list().await {
         Ok(o) => o,
         Err(e) => {
-            tracing::warn!(error = %e, "listing the runtime failed");
+            tracing::warn!(error = %berth_core::error::Chain(&e), "listing the runtime failed");
             return;
         }
     };
@@ -387,7 +410,7 @@ async fn tick(sync: &Arc<pods::PodSync>, reader: &reflector::Store<Pod>, held: &
         let observed = &observed;
         async move {
             if let Err(e) = sync.sync(pod, observed).await {
-                tracing::warn!(pod = ?pod.metadata.name, error = %format!("{e:#}"), "pod sync failed");
+                tracing::warn!(pod = ?pod.metadata.name, error = %berth_core::error::Chain(&e), "pod sync failed");
             }
         }
     });

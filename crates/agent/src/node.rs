@@ -157,7 +157,7 @@ pub fn node_status(
     runtime_version: &str,
     unenforced_limits: Option<&str>,
 ) -> Value {
-    let t = crate::pods::ts(Timestamp::now());
+    let t = berth_core::kube_time(Timestamp::now());
     let cond = |ty: &str, status: &str, reason: &str, message: &str| {
         json!({"type": ty, "status": status, "reason": reason, "message": message,
                "lastHeartbeatTime": t, "lastTransitionTime": t})

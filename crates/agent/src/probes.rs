@@ -60,13 +60,49 @@ pub struct Subject<'a> {
     pub now: Timestamp,
 }
 
+/// Why one run of a probe (or a hook run as one) failed; its text is what Kubernetes shows
+/// after "Liveness probe failed: ".
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("invalid probe port {0}")]
+    InvalidPort(i32),
+    #[error("the probe names port {0:?}, which the container does not declare")]
+    UndeclaredPort(String),
+    #[error("HTTP probe to {host}:{port} failed")]
+    Http {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no HTTP status line")]
+    NoStatusLine,
+    #[error("HTTP probe failed with statuscode: {0}")]
+    Status(u16),
+    #[error("dial tcp {host}:{port}")]
+    Dial {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("command {command:?} exited with {code}")]
+    Exit { command: Vec<String>, code: i64 },
+    #[error("the probe's command could not run")]
+    Exec(#[source] crate::runtime::RuntimeError),
+    #[error("probe timed out")]
+    Timeout,
+    #[error("the probe has no handler: set httpGet, tcpSocket or exec")]
+    NoHandler,
+}
+
 /// Run a container's `preStop` hook within `limit`; a hook's failure is only reported, as
 /// Kubernetes does (the container is stopped either way).
 pub async fn pre_stop(
     s: &Subject<'_>,
     hook: &k8s_openapi::api::core::v1::LifecycleHandler,
     limit: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     if let Some(sleep) = &hook.sleep {
         let d = Duration::from_secs(sleep.seconds.max(0) as u64).min(limit);
         tokio::time::sleep(d).await;
@@ -84,54 +120,55 @@ pub async fn pre_stop(
 }
 
 /// The outcome of one probe run.
-async fn run_once(s: &Subject<'_>, probe: &Probe) -> Result<(), String> {
+async fn run_once(s: &Subject<'_>, probe: &Probe) -> Result<(), ProbeError> {
     let (container, pod_ip) = (s.container, s.pod_ip);
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
-    let port_of = |p: &IntOrString| -> Result<u16, String> {
+    let port_of = |p: &IntOrString| -> Result<u16, ProbeError> {
         match p {
-            IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid probe port {n}")),
+            IntOrString::Int(n) => u16::try_from(*n).map_err(|_| ProbeError::InvalidPort(*n)),
             IntOrString::String(name) => container
                 .ports
                 .iter()
                 .flatten()
                 .find(|cp| cp.name.as_deref() == Some(name.as_str()))
                 .and_then(|cp| u16::try_from(cp.container_port).ok())
-                .ok_or_else(|| {
-                    format!("the probe names port {name:?}, which the container does not declare")
-                }),
+                .ok_or_else(|| ProbeError::UndeclaredPort(name.clone())),
         }
     };
     if let Some(http) = &probe.http_get {
         let port = port_of(&http.port)?;
         let host = target_host(http.host.as_deref(), pod_ip);
         let path = http.path.clone().unwrap_or_else(|| "/".into());
+        let io = |source| ProbeError::Http {
+            host: host.clone(),
+            port,
+            source,
+        };
         let fut = async {
             let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(io)?;
             let req = format!(
                 "GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: berth-probe/1\r\n\r\n"
             );
-            s.write_all(req.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
+            s.write_all(req.as_bytes()).await.map_err(io)?;
             let mut buf = vec![0u8; 256];
-            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+            let n = s.read(&mut buf).await.map_err(io)?;
             let line = String::from_utf8_lossy(&buf[..n]);
             let code: u16 = line
                 .split_whitespace()
                 .nth(1)
                 .and_then(|c| c.parse().ok())
-                .ok_or("no HTTP status line")?;
+                .ok_or(ProbeError::NoStatusLine)?;
             if (200..400).contains(&code) {
                 Ok(())
             } else {
-                Err(format!("HTTP probe failed with statuscode: {code}"))
+                Err(ProbeError::Status(code))
             }
         };
         return tokio::time::timeout(timeout, fut)
             .await
-            .unwrap_or_else(|_| Err("probe timed out".into()));
+            .unwrap_or(Err(ProbeError::Timeout));
     }
     if let Some(tcp) = &probe.tcp_socket {
         let port = port_of(&tcp.port)?;
@@ -139,20 +176,20 @@ async fn run_once(s: &Subject<'_>, probe: &Probe) -> Result<(), String> {
         let fut = tokio::net::TcpStream::connect((host.as_str(), port));
         return match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
-            Err(_) => Err("probe timed out".into()),
+            Ok(Err(source)) => Err(ProbeError::Dial { host, port, source }),
+            Err(_) => Err(ProbeError::Timeout),
         };
     }
     if let Some(exec) = &probe.exec {
         let cmd = exec.command.clone().unwrap_or_default();
         return match tokio::time::timeout(timeout, s.rt.exec_status(s.id, &cmd)).await {
             Ok(Ok(0)) => Ok(()),
-            Ok(Ok(code)) => Err(format!("command {cmd:?} exited with {code}")),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("probe timed out".into()),
+            Ok(Ok(code)) => Err(ProbeError::Exit { command: cmd, code }),
+            Ok(Err(e)) => Err(ProbeError::Exec(e)),
+            Err(_) => Err(ProbeError::Timeout),
         };
     }
-    Err("the probe has no handler: set httpGet, tcpSocket or exec".into())
+    Err(ProbeError::NoHandler)
 }
 
 impl Prober {
@@ -235,10 +272,10 @@ impl Prober {
                     t.ok = Some(true);
                 }
             }
-            Err(msg) => {
+            Err(e) => {
                 t.failures += 1;
                 t.successes = 0;
-                t.last_message = msg;
+                t.last_message = berth_core::error::Chain(&e).to_string();
                 if t.failures >= failure_threshold {
                     t.ok = Some(false);
                 }

@@ -410,12 +410,12 @@ async fn resource(
 ) -> Result<Response, ApiError> {
     let target = parse_target(group, version, segs)?;
     // An older version served beside the stored one: the registry works in the storage
-    // version, and `edge` converts at the boundary.
-    let edge = Edge {
+    // version, and `versions` converts at the boundary.
+    let versions = Versions {
         served: target.res,
         storage: resources::of_kind(target.res.kind),
     };
-    let res = edge.storage;
+    let res = versions.storage;
     let method = req.method().clone();
     let node_scope = auth::authorize(
         who,
@@ -465,12 +465,12 @@ async fn resource(
     let action = match (&method, target.name.is_some(), sub) {
         (&Method::GET, false, None) if is_watch => Action::Watch,
         (&Method::GET, false, None) => Action::List,
-        (&Method::POST, false, None) => Action::Create(edge.incoming(body()?)?),
+        (&Method::POST, false, None) => Action::Create(versions.incoming(body()?)?),
         (&Method::DELETE, false, None) => Action::DeleteCollection(delete_opts()?),
         (&Method::GET, true, None | Some("status")) if !is_watch => Action::Get,
-        (&Method::PUT, true, None) => Action::Update(edge.incoming(body()?)?, Part::Main),
+        (&Method::PUT, true, None) => Action::Update(versions.incoming(body()?)?, Part::Main),
         (&Method::PUT, true, Some("status")) if res.status => {
-            Action::Update(edge.incoming(body()?)?, Part::Status)
+            Action::Update(versions.incoming(body()?)?, Part::Status)
         }
         (&Method::PATCH, true, None) => Action::Patch(patch_type(&ct)?, body()?, Part::Main),
         (&Method::PATCH, true, Some("status")) if res.status => {
@@ -516,23 +516,23 @@ async fn resource(
         check_node_scope(reg, scope, who, res, ns, subject).await?;
     }
     match action {
-        Action::Get => ok(&edge.object(reg.get(res, ns, name).await?, shape)),
+        Action::Get => ok(&versions.object(reg.get(res, ns, name).await?, shape)),
         Action::List => {
             let params = ListParams::from_query(res, &q)?;
-            ok(&edge.list(reg.list(res, ns, &params).await?, shape))
+            ok(&versions.list(reg.list(res, ns, &params).await?, shape))
         }
         Action::Watch => {
             let params = ListParams::from_query(res, &q)?;
             let rx = reg.watch(res, ns, params, app.bookmark_every).await?;
-            Ok(watch_response(edge, rx, shape))
+            Ok(watch_response(versions, rx, shape))
         }
         Action::Create(body) => Ok(outcome(
-            edge,
+            versions,
             reg.create(res, ns, body, &write).await?,
             shape,
         )),
         Action::Update(body, part) => Ok(outcome(
-            edge,
+            versions,
             reg.update(res, ns, name, body, part, &write).await?,
             shape,
         )),
@@ -540,21 +540,21 @@ async fn resource(
             if kind == PatchType::Apply && write.field_manager.as_deref().unwrap_or("").is_empty() {
                 return Err(ApiError::bad_request("PATCH requests with application/apply-patch+yaml need a fieldManager query parameter"));
             }
-            if kind == PatchType::Apply && edge.converts() {
+            if kind == PatchType::Apply && versions.converts() {
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "UnsupportedMediaType",
                     format!(
                         "server-side apply of {} is served in {}; apply the object in that version",
-                        edge.served.qualified(),
-                        edge.storage.api_version()
+                        versions.served.qualified(),
+                        versions.storage.api_version()
                     ),
                 ));
             }
             let out = reg
-                .patch(edge.served, ns, name, kind, &body, part, &write)
+                .patch(versions.served, ns, name, kind, &body, part, &write)
                 .await?;
-            Ok(outcome(edge, out, shape))
+            Ok(outcome(versions, out, shape))
         }
         Action::Delete(opts) => {
             let (obj, gone) = reg.delete(res, ns, name, &opts).await?;
@@ -563,7 +563,7 @@ async fn resource(
             } else {
                 StatusCode::ACCEPTED
             };
-            Ok(json_response(code, &edge.object(obj, shape), &[]))
+            Ok(json_response(code, &versions.object(obj, shape), &[]))
         }
         Action::DeleteCollection(opts) => {
             let params = ListParams::from_query(res, &q)?;
@@ -573,7 +573,7 @@ async fn resource(
                 resource_version: 0,
                 continue_token: None,
             };
-            ok(&edge.list(listed, Shape::Object))
+            ok(&versions.list(listed, Shape::Object))
         }
         Action::GetScale => ok(&reg.get_scale(res, ns, name).await?),
         Action::UpdateScale(body) => ok(&reg
@@ -593,12 +593,12 @@ async fn resource(
 /// The version a request was made in and the version its kind is stored in; the same for
 /// every kind but those with older versions served beside ([`resources::ALSO_SERVED`]).
 #[derive(Clone, Copy)]
-struct Edge {
+struct Versions {
     served: &'static Resource,
     storage: &'static Resource,
 }
 
-impl Edge {
+impl Versions {
     fn converts(&self) -> bool {
         self.served.version != self.storage.version
     }
@@ -640,13 +640,13 @@ impl Edge {
 }
 
 /// A write's answer: 201 when it created, 200 otherwise, with its warnings.
-fn outcome(edge: Edge, out: crate::registry::Outcome, shape: Shape) -> Response {
+fn outcome(versions: Versions, out: crate::registry::Outcome, shape: Shape) -> Response {
     let code = if out.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    json_response(code, &edge.object(out.object, shape), &out.warnings)
+    json_response(code, &versions.object(out.object, shape), &out.warnings)
 }
 
 /// One watch event as a line of JSON, `type` first as Kubernetes writes it: a client that
@@ -664,7 +664,7 @@ fn watch_line(kind: &str, object: &Value) -> Bytes {
 
 /// Stream watch events as one JSON object per line.
 fn watch_response(
-    edge: Edge,
+    versions: Versions,
     rx: tokio::sync::mpsc::Receiver<WatchEvent>,
     shape: Shape,
 ) -> Response {
@@ -672,7 +672,7 @@ fn watch_response(
         let ev = rx.recv().await?;
         let object = match (ev.kind, shape) {
             ("ERROR" | "BOOKMARK", _) => ev.object,
-            (_, shape) => edge.object(ev.object, shape),
+            (_, shape) => versions.object(ev.object, shape),
         };
         Some((Ok::<_, Infallible>(watch_line(ev.kind, &object)), rx))
     });

@@ -20,9 +20,10 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 
-use crate::util::{
-    api_err, claim, controlled_by, controller_ref, involved, record, status_changed, write_status,
-};
+use crate::api_err;
+use crate::events::{involved, record};
+use crate::ownership::{claim, controlled_by, controller_ref};
+use crate::status::{status_changed, write_status};
 use crate::{Context, Error};
 
 const COMPONENT: &str = "deployment-controller";

@@ -30,7 +30,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use serde_json::json;
 
-use crate::util::{api_err, owner_refs_patch, pinned_patch};
+use crate::api_err;
+use crate::ownership::{owner_refs_patch, pinned_patch};
 use crate::Error;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);

@@ -360,7 +360,8 @@ pub async fn run(ctx: Arc<Context>, hpas: Store<HorizontalPodAutoscaler>) {
         let all = hpas.state();
         histories.retain(|uid, _| all.iter().any(|h| h.metadata.uid.as_deref() == Some(uid)));
         // One metrics read per namespace per pass.
-        let mut usage: HashMap<String, Result<HashMap<String, PodUsage>, String>> = HashMap::new();
+        let mut usage: HashMap<String, Result<HashMap<String, PodUsage>, kube::Error>> =
+            HashMap::new();
         for hpa in all
             .iter()
             .filter(|h| h.metadata.deletion_timestamp.is_none())
@@ -382,11 +383,14 @@ pub async fn run(ctx: Arc<Context>, hpas: Store<HorizontalPodAutoscaler>) {
 /// Usage per container of one pod: (cpu nanocores, memory bytes) by container name.
 type PodUsage = HashMap<String, (f64, f64)>;
 
-async fn pod_metrics(client: &kube::Client, ns: &str) -> Result<HashMap<String, PodUsage>, String> {
+async fn pod_metrics(
+    client: &kube::Client,
+    ns: &str,
+) -> Result<HashMap<String, PodUsage>, kube::Error> {
     let req = http::Request::get(format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods"))
         .body(Vec::new())
-        .map_err(|e| e.to_string())?;
-    let list: Value = client.request(req).await.map_err(|e| e.to_string())?;
+        .map_err(kube::Error::HttpError)?;
+    let list: Value = client.request(req).await?;
     let mut out = HashMap::new();
     for item in list["items"].as_array().into_iter().flatten() {
         let name = item.pointer("/metadata/name").and_then(Value::as_str);
@@ -405,12 +409,22 @@ async fn pod_metrics(client: &kube::Client, ns: &str) -> Result<HashMap<String, 
 }
 
 fn is_ready(p: &Pod) -> bool {
-    crate::util::ready_since(p).is_some()
+    crate::status::ready_since(p).is_some()
+}
+
+/// A container of a pod has no request for the resource a Utilization target is measured
+/// against (Kubernetes' wording).
+#[derive(Debug, thiserror::Error)]
+#[error("missing request for {resource} in container {container} of Pod {pod}")]
+struct MissingRequest {
+    resource: String,
+    container: String,
+    pod: String,
 }
 
 /// The sum of the pod's container requests for `resource`, in millicores or bytes; `Err`
 /// names the first container without one.
-fn pod_request(p: &Pod, resource: &str) -> Result<f64, String> {
+fn pod_request(p: &Pod, resource: &str) -> Result<f64, MissingRequest> {
     let mut sum = 0.0;
     for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
         let q = c
@@ -427,11 +441,11 @@ fn pod_request(p: &Pod, resource: &str) -> Result<f64, String> {
         match v {
             Some(v) => sum += v,
             None => {
-                return Err(format!(
-                    "missing request for {resource} in container {} of Pod {}",
-                    c.name,
-                    p.metadata.name.as_deref().unwrap_or_default()
-                ))
+                return Err(MissingRequest {
+                    resource: resource.to_string(),
+                    container: c.name.clone(),
+                    pod: p.metadata.name.clone().unwrap_or_default(),
+                })
             }
         }
     }
@@ -447,18 +461,25 @@ fn describe(resource: &str, target: Target) -> String {
     }
 }
 
+/// Why a metric of an autoscaler cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum MetricError {
+    #[error("metrics of type {0} are not served; use Resource")]
+    Type(String),
+    #[error("a Resource metric needs `resource`")]
+    NoResource,
+    #[error("cannot read averageValue {0:?}")]
+    AverageValue(String),
+    #[error("target type {0} is not served for Resource metrics")]
+    TargetType(String),
+}
+
 /// One Resource metric's target, or why it cannot be used.
-fn resource_target(m: &MetricSpec) -> Result<(String, Target), String> {
+fn resource_target(m: &MetricSpec) -> Result<(String, Target), MetricError> {
     if m.type_ != "Resource" {
-        return Err(format!(
-            "metrics of type {} are not served; use Resource",
-            m.type_
-        ));
+        return Err(MetricError::Type(m.type_.clone()));
     }
-    let r = m
-        .resource
-        .as_ref()
-        .ok_or("a Resource metric needs `resource`")?;
+    let r = m.resource.as_ref().ok_or(MetricError::NoResource)?;
     let t = &r.target;
     let target = match t.type_.as_str() {
         "Utilization" => Target::Utilization(t.average_utilization.unwrap_or(80)),
@@ -473,13 +494,9 @@ fn resource_target(m: &MetricSpec) -> Result<(String, Target), String> {
             } else {
                 quantity::bytes(q).map(|b| b as f64)
             };
-            Target::AverageValue(v.ok_or_else(|| format!("cannot read averageValue {q:?}"))?)
+            Target::AverageValue(v.ok_or_else(|| MetricError::AverageValue(q.to_string()))?)
         }
-        other => {
-            return Err(format!(
-                "target type {other} is not served for Resource metrics"
-            ))
-        }
+        other => return Err(MetricError::TargetType(other.to_string())),
     };
     Ok((r.name.clone(), target))
 }
@@ -500,7 +517,7 @@ fn current_metric(resource: &str, rec: &Recommendation) -> Value {
 async fn reconcile(
     ctx: &Context,
     hpa: &HorizontalPodAutoscaler,
-    usage: &Result<HashMap<String, PodUsage>, String>,
+    usage: &Result<HashMap<String, PodUsage>, kube::Error>,
     history: &mut History,
 ) -> Result<(), Error> {
     let ns = hpa.metadata.namespace.clone().unwrap_or_default();
@@ -576,7 +593,7 @@ async fn reconcile(
             .into_iter()
             .filter(|p| {
                 p.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && crate::util::is_active(p)
+                    && crate::status::is_active(p)
                     && sel.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
             })
             .collect(),
@@ -591,7 +608,7 @@ async fn reconcile(
         let (resource, target) = match resource_target(m) {
             Ok(t) => t,
             Err(why) => {
-                failure = Some(("InvalidMetricSourceType", why));
+                failure = Some(("InvalidMetricSourceType", why.to_string()));
                 continue;
             }
         };
@@ -600,7 +617,10 @@ async fn reconcile(
             Err(e) => {
                 failure = Some((
                     "FailedGetResourceMetric",
-                    format!("unable to get metrics for resource {resource}: {e}"),
+                    format!(
+                        "unable to get metrics for resource {resource}: {}",
+                        berth_core::error::Chain(e)
+                    ),
                 ));
                 continue;
             }
@@ -648,7 +668,7 @@ async fn reconcile(
             "FailedGetResourceMetric",
             "no metric could be computed".into(),
         ));
-        crate::util::record(
+        crate::events::record(
             &ctx.client,
             involved(hpa),
             "Warning",
@@ -743,7 +763,7 @@ async fn reconcile(
             Ok(_) => {
                 history.record_scale(Instant::now(), desired - current);
                 let direction = if desired > current { "above" } else { "below" };
-                crate::util::record(
+                crate::events::record(
                     &ctx.client,
                     involved(hpa),
                     "Normal",
@@ -768,7 +788,7 @@ async fn reconcile(
                 let message = format!(
                     "the HPA controller was unable to update the target scale of {reference}: {e}"
                 );
-                crate::util::record(
+                crate::events::record(
                     &ctx.client,
                     involved(hpa),
                     "Warning",
@@ -804,7 +824,7 @@ async fn reconcile(
 }
 
 fn involved(hpa: &HorizontalPodAutoscaler) -> berth_core::events::Involved<'_> {
-    crate::util::involved_in("autoscaling/v2", "HorizontalPodAutoscaler", &hpa.metadata)
+    crate::events::involved_in("autoscaling/v2", "HorizontalPodAutoscaler", &hpa.metadata)
 }
 
 /// Write the status when something a reader sees changed.
@@ -858,13 +878,13 @@ async fn write_status(
         "currentMetrics",
         "observedGeneration",
     ];
-    if !crate::util::status_changed(&before, &status, &fields) {
+    if !crate::status::status_changed(&before, &status, &fields) {
         return Ok(());
     }
     let ns = hpa.metadata.namespace.clone().unwrap_or_default();
     let name = hpa.metadata.name.clone().unwrap_or_default();
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
-    crate::util::write_status(&hpas, &name, status, &format!("autoscaler {ns}/{name}")).await
+    crate::status::write_status(&hpas, &name, status, &format!("autoscaler {ns}/{name}")).await
 }
 
 #[cfg(test)]

@@ -77,9 +77,9 @@ where
         loop {
             match round(&api, &cfg, &mut observed).await {
                 Ok(Round::Held(lease)) => {
-                    crate::util::record(
+                    crate::events::record(
                         &client,
-                        crate::util::involved_in("coordination.k8s.io/v1", "Lease", &lease),
+                        crate::events::involved_in("coordination.k8s.io/v1", "Lease", &lease),
                         "Normal",
                         "LeaderElection",
                         &format!("{} became leader", cfg.identity),

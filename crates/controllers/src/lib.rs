@@ -16,12 +16,14 @@
 //! ```
 
 pub mod deployment;
+mod events;
 pub mod gc;
 pub mod hpa;
 pub mod leader;
 pub mod nodelifecycle;
+mod ownership;
 pub mod replicaset;
-mod util;
+mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -50,6 +52,11 @@ pub enum Error {
     },
     #[error("the {what} cache never filled")]
     Cache { what: &'static str },
+}
+
+/// An API failure, named by what was being done.
+pub fn api_err(action: String) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Api { action, source }
 }
 
 /// Creations and deletions a controller has asked for but not yet seen in its cache; until

@@ -8,18 +8,21 @@
 //! which looks more like the control plane being cut off than like the nodes dying,
 //! eviction slows to one node every 30 s instead of emptying the cluster.
 //!
-//! Sweeps the caches every 250 ms; each sweep is idempotent.
+//! Sweeps the caches every 250 ms; each sweep is a pure [`plan`] over the caches and the
+//! time, carried out by `execute`, and idempotent.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use serde_json::json;
 
-use crate::util::api_err;
+use crate::api_err;
 use crate::{Context, Error};
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -30,7 +33,7 @@ const PARTITION_EVICTION_EVERY: Duration = Duration::from_secs(30);
 
 /// Has the node's Lease run out at `now`? A node without a Lease yet is given the benefit of
 /// the doubt.
-pub fn expired(lease: Option<&Lease>, now: jiff::Timestamp) -> bool {
+pub fn expired(lease: Option<&Lease>, now: Timestamp) -> bool {
     let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
         return false;
     };
@@ -69,62 +72,57 @@ fn tolerates(pod: &Pod, tainted_for: Duration) -> bool {
         })
 }
 
-pub async fn run(ctx: Arc<Context>, leases: Store<Lease>) {
-    if let Err(e) = ctx.synced().await {
-        tracing::error!(error = %e, "node lifecycle");
-        return;
-    }
-    let _ = leases.wait_until_ready().await;
-    let mut last_partition_eviction: Option<Instant> = None;
-    loop {
-        if let Err(e) = sweep(&ctx, &leases, &mut last_partition_eviction).await {
-            tracing::warn!(error = %format!("{e:#}"), "node lifecycle sweep");
-        }
-        tokio::time::sleep(SWEEP_EVERY).await;
-    }
+/// What one sweep decided, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+    /// More than half the nodes are out: evictions are being rationed.
+    pub partition: bool,
 }
 
-async fn sweep(
-    ctx: &Context,
-    leases: &Store<Lease>,
-    last_partition_eviction: &mut Option<Instant>,
-) -> Result<(), Error> {
-    let now = jiff::Timestamp::now();
-    let nodes = ctx.nodes.state();
-    let by_node: std::collections::HashMap<String, Arc<Lease>> = leases
-        .state()
-        .into_iter()
-        .filter(|l| l.metadata.namespace.as_deref() == Some("kube-node-lease"))
-        .filter_map(|l| Some((l.metadata.name.clone()?, l)))
-        .collect();
-    let lease_of = |name: &str| by_node.get(name).cloned();
-    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// The node's Lease ran out: `Ready=Unknown` and the unreachable taint, added at `at`.
+    MarkUnreachable { node: Arc<Node>, at: Timestamp },
+    /// The node renewed its Lease again: its taints without the unreachable one.
+    Untaint { node: String, taints: Vec<Taint> },
+    /// A pod of an unreachable node that does not tolerate it goes; its controller
+    /// replaces it elsewhere.
+    Evict { node: String, pod: Arc<Pod> },
+}
+
+/// What the sweeps remember: when the last eviction in a suspected partition was.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    pub last_partition_eviction: Option<Instant>,
+}
+
+/// Decide one sweep from the caches: `leases` by node name, `now` on the wall clock (Lease
+/// times are wall-clock times) and `clock` on the monotonic one (for rationing). Pure.
+pub fn plan(
+    nodes: &[Arc<Node>],
+    leases: &HashMap<String, Arc<Lease>>,
+    pods: &[Arc<Pod>],
+    memory: Memory,
+    now: Timestamp,
+    clock: Instant,
+) -> Plan {
+    let mut writes = Vec::new();
     let mut down = Vec::new();
-    for node in &nodes {
+    for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         // Virtual nodes keep no Lease of an agent's kind; they manage themselves.
-        let lease = lease_of(&name);
-        if expired(lease.as_deref(), now) {
+        let lease = leases.get(&name);
+        if expired(lease.map(|l| l.as_ref()), now) {
             down.push(node.clone());
             if !tainted(node) {
-                mark_unreachable(&nodes_api, node, now).await?;
-                crate::util::record(
-                    &ctx.client,
-                    berth_core::events::Involved {
-                        api_version: "v1",
-                        kind: "Node",
-                        namespace: "default",
-                        name: &name,
-                        uid: node.metadata.uid.as_deref().unwrap_or_default(),
-                    },
-                    "Normal",
-                    "NodeNotReady",
-                    &format!("Node {name} status is now: NodeNotReady (its Lease ran out)"),
-                    "node-controller",
-                );
+                writes.push(Write::MarkUnreachable {
+                    node: node.clone(),
+                    at: now,
+                });
             }
         } else if tainted(node) && lease.is_some() {
-            let taints: Vec<_> = node
+            let taints = node
                 .spec
                 .as_ref()
                 .and_then(|s| s.taints.clone())
@@ -132,21 +130,12 @@ async fn sweep(
                 .into_iter()
                 .filter(|t| t.key != UNREACHABLE)
                 .collect();
-            nodes_api
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"taints": taints}})),
-                )
-                .await
-                .map_err(api_err(format!("untainting node {name}")))?;
-            tracing::info!(node = %name, "node is reachable again");
+            writes.push(Write::Untaint { node: name, taints });
         }
     }
     // Eviction; slowed down when most of the cluster looks unreachable at once. A node whose
     // pods are all gone or going has nothing left to evict, and never holds up the others.
     let partition = !nodes.is_empty() && down.len() * 2 > nodes.len();
-    let pods = ctx.pods.state();
     let mut evict_from: Vec<(String, Vec<Arc<Pod>>)> = down
         .iter()
         .map(|node| {
@@ -179,50 +168,126 @@ async fn sweep(
         .filter(|(_, victims): &(String, Vec<Arc<Pod>>)| !victims.is_empty())
         .collect();
     if partition {
-        let due = last_partition_eviction.is_none_or(|t| t.elapsed() >= PARTITION_EVICTION_EVERY);
+        let due = memory
+            .last_partition_eviction
+            .is_none_or(|t| clock.saturating_duration_since(t) >= PARTITION_EVICTION_EVERY);
         if !due {
-            return Ok(());
+            evict_from.clear();
         }
         evict_from.truncate(1);
     }
-    let mut evicted_any = false;
-    for (name, victims) in evict_from {
+    for (node, victims) in evict_from {
         for pod in victims {
-            let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            let pod_name = pod.metadata.name.clone().unwrap_or_default();
-            match Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-                .delete(&pod_name, &DeleteParams::default())
-                .await
-            {
-                Ok(_) | Err(kube::Error::Api(_)) => {}
-                Err(e) => return Err(api_err(format!("evicting pod {ns}/{pod_name}"))(e)),
-            }
-            evicted_any = true;
-            tracing::info!(node = %name, pod = %format!("{ns}/{pod_name}"), "evicted from an unreachable node");
-            crate::util::record(
-                &ctx.client,
-                berth_core::events::Involved {
-                    api_version: "v1",
-                    kind: "Pod",
-                    namespace: &ns,
-                    name: &pod_name,
-                    uid: pod.metadata.uid.as_deref().unwrap_or_default(),
-                },
-                "Normal",
-                "TaintManagerEviction",
-                &format!("Marking for deletion Pod {ns}/{pod_name}: node {name} is unreachable"),
-                "node-controller",
-            );
+            writes.push(Write::Evict {
+                node: node.clone(),
+                pod,
+            });
         }
     }
-    if partition && evicted_any {
-        *last_partition_eviction = Some(Instant::now());
+    Plan { writes, partition }
+}
+
+pub async fn run(ctx: Arc<Context>, leases: Store<Lease>) {
+    if let Err(e) = ctx.synced().await {
+        tracing::error!(error = %e, "node lifecycle");
+        return;
+    }
+    let _ = leases.wait_until_ready().await;
+    let mut memory = Memory::default();
+    loop {
+        let by_node: HashMap<String, Arc<Lease>> = leases
+            .state()
+            .into_iter()
+            .filter(|l| l.metadata.namespace.as_deref() == Some("kube-node-lease"))
+            .filter_map(|l| Some((l.metadata.name.clone()?, l)))
+            .collect();
+        let plan = plan(
+            &ctx.nodes.state(),
+            &by_node,
+            &ctx.pods.state(),
+            memory,
+            Timestamp::now(),
+            Instant::now(),
+        );
+        if let Err(e) = execute(&ctx, plan, &mut memory).await {
+            tracing::warn!(error = %berth_core::error::Chain(&e), "node lifecycle sweep");
+        }
+        tokio::time::sleep(SWEEP_EVERY).await;
+    }
+}
+
+/// Make a sweep's writes in order; an eviction in a suspected partition is remembered.
+async fn execute(ctx: &Context, plan: Plan, memory: &mut Memory) -> Result<(), Error> {
+    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    for write in plan.writes {
+        match write {
+            Write::MarkUnreachable { node, at } => {
+                mark_unreachable(&nodes_api, &node, at).await?;
+                let name = node.metadata.name.as_deref().unwrap_or_default();
+                crate::events::record(
+                    &ctx.client,
+                    berth_core::events::Involved {
+                        api_version: "v1",
+                        kind: "Node",
+                        namespace: "default",
+                        name,
+                        uid: node.metadata.uid.as_deref().unwrap_or_default(),
+                    },
+                    "Normal",
+                    "NodeNotReady",
+                    &format!("Node {name} status is now: NodeNotReady (its Lease ran out)"),
+                    "node-controller",
+                );
+            }
+            Write::Untaint { node, taints } => {
+                nodes_api
+                    .patch(
+                        &node,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"taints": taints}})),
+                    )
+                    .await
+                    .map_err(api_err(format!("untainting node {node}")))?;
+                tracing::info!(node = %node, "node is reachable again");
+            }
+            Write::Evict { node, pod } => {
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                match Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                    .delete(&pod_name, &DeleteParams::default())
+                    .await
+                {
+                    Ok(_) | Err(kube::Error::Api(_)) => {}
+                    Err(e) => return Err(api_err(format!("evicting pod {ns}/{pod_name}"))(e)),
+                }
+                if plan.partition {
+                    memory.last_partition_eviction = Some(Instant::now());
+                }
+                tracing::info!(node = %node, pod = %format!("{ns}/{pod_name}"), "evicted from an unreachable node");
+                crate::events::record(
+                    &ctx.client,
+                    berth_core::events::Involved {
+                        api_version: "v1",
+                        kind: "Pod",
+                        namespace: &ns,
+                        name: &pod_name,
+                        uid: pod.metadata.uid.as_deref().unwrap_or_default(),
+                    },
+                    "Normal",
+                    "TaintManagerEviction",
+                    &format!(
+                        "Marking for deletion Pod {ns}/{pod_name}: node {node} is unreachable"
+                    ),
+                    "node-controller",
+                );
+            }
+        }
     }
     Ok(())
 }
 
 /// `Ready=Unknown` and the unreachable taint.
-async fn mark_unreachable(api: &Api<Node>, node: &Node, now: jiff::Timestamp) -> Result<(), Error> {
+async fn mark_unreachable(api: &Api<Node>, node: &Node, now: Timestamp) -> Result<(), Error> {
     let name = node.metadata.name.clone().unwrap_or_default();
     let mut taints = node
         .spec
@@ -287,6 +352,129 @@ mod tests {
         assert!(!expired(None, now));
         assert!(!expired(Some(&lease(1_000, 4)), now));
         assert!(expired(Some(&lease(5_000, 4)), now));
+    }
+
+    fn node(name: &str, tainted_at: Option<Timestamp>) -> Arc<Node> {
+        let taints = tainted_at
+            .map(|t| json!([{"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": t.to_string()}]))
+            .unwrap_or(json!([]));
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"taints": taints}}))
+                .unwrap(),
+        )
+    }
+
+    fn lease_at(node: &str, renewed: Timestamp) -> (String, Arc<Lease>) {
+        let l = json!({"metadata": {"name": node}, "spec": {
+            "renewTime": berth_core::micro_time(renewed), "leaseDurationSeconds": 4}});
+        (
+            node.to_string(),
+            Arc::new(serde_json::from_value(l).unwrap()),
+        )
+    }
+
+    fn pod_on(node: &str, name: &str) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"},
+                "spec": {"nodeName": node, "containers": []}}))
+            .unwrap(),
+        )
+    }
+
+    fn evicted(plan: &Plan) -> Vec<String> {
+        plan.writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Evict { pod, .. } => pod.metadata.name.clone(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_whose_lease_ran_out_is_marked_and_its_pods_evicted() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let ago = |s| now - jiff::SignedDuration::from_secs(s);
+        let nodes = [node("a", None), node("b", None), node("c", None)];
+        let leases = HashMap::from([
+            lease_at("a", ago(10)),
+            lease_at("b", ago(1)),
+            lease_at("c", ago(1)),
+        ]);
+        let pods = [pod_on("a", "pa"), pod_on("b", "pb")];
+        let p = plan(
+            &nodes,
+            &leases,
+            &pods,
+            Memory::default(),
+            now,
+            Instant::now(),
+        );
+        assert!(
+            matches!(&p.writes[0], Write::MarkUnreachable { node, .. } if node.metadata.name.as_deref() == Some("a"))
+        );
+        assert_eq!(evicted(&p), ["pa"]);
+        assert!(!p.partition);
+        // Renewed again: the taint comes off, nothing is evicted.
+        let nodes = [node("a", Some(ago(5))), node("b", None), node("c", None)];
+        let leases = HashMap::from([
+            lease_at("a", ago(0)),
+            lease_at("b", ago(1)),
+            lease_at("c", ago(1)),
+        ]);
+        let p = plan(
+            &nodes,
+            &leases,
+            &pods,
+            Memory::default(),
+            now,
+            Instant::now(),
+        );
+        assert!(
+            matches!(&p.writes[..], [Write::Untaint { node, taints }] if node == "a" && taints.is_empty())
+        );
+    }
+
+    #[test]
+    fn in_a_suspected_partition_one_node_is_evicted_every_30_seconds() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let ago = |s| now - jiff::SignedDuration::from_secs(s);
+        let nodes = [
+            node("a", Some(ago(9))),
+            node("b", Some(ago(9))),
+            node("c", None),
+        ];
+        let leases = HashMap::from([
+            lease_at("a", ago(10)),
+            lease_at("b", ago(10)),
+            lease_at("c", ago(1)),
+        ]);
+        let pods = [pod_on("a", "pa"), pod_on("b", "pb")];
+        let clock = Instant::now();
+        let p = plan(&nodes, &leases, &pods, Memory::default(), now, clock);
+        assert!(p.partition);
+        assert_eq!(evicted(&p), ["pa"], "one node at a time");
+        let just = Memory {
+            last_partition_eviction: Some(clock),
+        };
+        let p = plan(
+            &nodes,
+            &leases,
+            &pods,
+            just,
+            now,
+            clock + Duration::from_secs(29),
+        );
+        assert!(evicted(&p).is_empty(), "rationed");
+        let p = plan(
+            &nodes,
+            &leases,
+            &pods,
+            just,
+            now,
+            clock + Duration::from_secs(30),
+        );
+        assert_eq!(evicted(&p).len(), 1);
     }
 
     #[test]

@@ -18,10 +18,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::{json, Value};
 
-use crate::util::{
-    api_err, claim, controller_ref, involved, is_active, ready_since, record, status_changed,
-    write_status,
-};
+use crate::api_err;
+use crate::events::{involved, record};
+use crate::ownership::{claim, controller_ref};
+use crate::status::{is_active, ready_since, status_changed, write_status};
 use crate::{Context, Error};
 
 const COMPONENT: &str = "replicaset-controller";

@@ -7,6 +7,7 @@
 //! Anything that needs the time (an AGE column) takes it as an argument.
 
 pub mod aci;
+pub mod error;
 pub mod events;
 pub mod kinds;
 pub mod patch;
@@ -19,6 +20,14 @@ pub mod validation;
 
 pub use resources::{Kind, Resource};
 pub use validation::FieldError;
+
+/// `t` as Kubernetes writes a `Time` (a condition's `lastTransitionTime`, a container's
+/// `startedAt`): RFC 3339 in UTC, whole seconds.
+pub fn kube_time(t: jiff::Timestamp) -> String {
+    jiff::Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .to_string()
+}
 
 /// `t` as Kubernetes writes a `MicroTime` (a Lease's `renewTime` and `acquireTime`):
 /// RFC 3339 in UTC with exactly six fractional digits.

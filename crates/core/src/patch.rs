@@ -10,9 +10,9 @@ use serde_json::{Map, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
-    #[error("the JSON patch is not a list of operations: {0}")]
+    #[error("the JSON patch is not a list of operations")]
     JsonPatchBody(#[source] serde_json::Error),
-    #[error("applying the JSON patch failed: {0}")]
+    #[error("applying the JSON patch failed")]
     JsonPatch(#[source] json_patch::PatchError),
     #[error("a merge patch must be a JSON object")]
     NotAnObject,

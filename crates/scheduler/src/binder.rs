@@ -118,7 +118,9 @@ where
         .map(move |e| e.map(wrap))
 }
 
-struct Loop {
+/// The binder's state: its client, the snapshot it decides on, the queue of pods waiting,
+/// and the binds under way.
+struct Binder {
     client: kube::Client,
     cfg: Config,
     snapshot: Snapshot,
@@ -152,7 +154,7 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), SchedulerError
     let (results_tx, mut results) = mpsc::channel(cfg.concurrency.max(1) * 2);
     let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
     tokio::spawn(record_events(client.clone(), events_rx, cfg.events));
-    let mut l = Loop {
+    let mut l = Binder {
         client,
         cfg,
         snapshot: Snapshot::new(),
@@ -180,7 +182,7 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), SchedulerError
     }
 }
 
-impl Loop {
+impl Binder {
     /// Decide on waiting pods while there is room for more binds in flight.
     fn decide(&mut self) {
         while self.in_flight.len() < self.cfg.concurrency {
@@ -425,7 +427,10 @@ impl Loop {
                         );
                     }
                     Err(e) => {
-                        let placement = spec_error(self.snapshot.nodes().len(), format!("{e}"));
+                        let placement = spec_error(
+                            self.snapshot.nodes().len(),
+                            berth_core::error::Chain(&e).to_string(),
+                        );
                         if let Placement::Unschedulable(d) = placement {
                             self.queue.add(
                                 key.clone(),

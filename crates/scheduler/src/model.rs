@@ -210,7 +210,7 @@ pub struct PodInfo {
 /// A pod spec the scheduler cannot read (the API server should have refused it).
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("{field}: {source}")]
+    #[error("{field} is not a valid label selector")]
     Selector {
         field: String,
         #[source]

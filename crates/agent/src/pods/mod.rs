@@ -22,12 +22,13 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::Value;
 
-use crate::host::{HostError, PodHost};
+use berth_core::error::Chain;
+
+use crate::owner::{OwnerError, PodOwner};
 use crate::runtime::{
     ContainerConfig, Observed, ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime,
     RuntimeError, State,
 };
-pub(crate) use plan::ts;
 pub use plan::{Backoff, Lifecycle, Memory, PodPlan, StartFailure};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,18 +40,18 @@ pub enum SyncError {
         source: RuntimeError,
     },
     #[error("reporting on pod {pod} failed")]
-    Host {
+    Owner {
         pod: String,
         #[source]
-        source: HostError,
+        source: OwnerError,
     },
 }
 
 /// Runs the pods bound to one node.
 pub struct PodSync {
     pub runtime: Arc<dyn Runtime>,
-    /// Where status and Events go, and configuration comes from.
-    pub host: Arc<dyn PodHost>,
+    /// Whose pods these are: where status and Events go, and configuration comes from.
+    pub owner: Arc<dyn PodOwner>,
     pub backoff: Backoff,
     /// Where pod volumes live (`<data dir>/pods/<uid>`).
     pub data_dir: std::path::PathBuf,
@@ -119,13 +120,13 @@ pub fn container_config(c: &Container, attempt: u32) -> ContainerConfig {
 impl PodSync {
     pub fn new(
         runtime: Arc<dyn Runtime>,
-        host: Arc<dyn PodHost>,
+        owner: Arc<dyn PodOwner>,
         backoff: Backoff,
         data_dir: std::path::PathBuf,
     ) -> Self {
         PodSync {
             runtime,
-            host,
+            owner,
             backoff,
             data_dir,
             memory: Mutex::default(),
@@ -145,10 +146,10 @@ impl PodSync {
     }
 
     fn event(&self, pod: &PodRef, type_: &str, reason: &str, message: String) {
-        self.host.event(pod, type_, reason, message);
+        self.owner.event(pod, type_, reason, message);
     }
 
-    fn rt(&self, pod: &PodRef) -> impl FnOnce(RuntimeError) -> SyncError + '_ {
+    fn runtime_failed(&self, pod: &PodRef) -> impl FnOnce(RuntimeError) -> SyncError + '_ {
         let name = format!("{}/{}", pod.namespace, pod.name);
         move |source| SyncError::Runtime { pod: name, source }
     }
@@ -165,10 +166,10 @@ impl PodSync {
             container: spec.name.clone(),
             message: e.to_string(),
         };
-        config.env = crate::config::environment(&*self.host, full, spec, sandbox.ip.as_deref())
+        config.env = crate::config::environment(&*self.owner, full, spec, sandbox.ip.as_deref())
             .await
             .map_err(failed)?;
-        config.mounts = crate::config::mounts(&*self.host, full, spec, &self.data_dir)
+        config.mounts = crate::config::mounts(&*self.owner, full, spec, &self.data_dir)
             .await
             .map_err(failed)?;
         Ok(())
@@ -209,7 +210,7 @@ impl PodSync {
                 let count = m.start_errors.get(&spec.name).map_or(0, |f| f.count) + 1;
                 let failure = StartFailure {
                     reason: e.reason().to_string(),
-                    message: e.to_string(),
+                    message: Chain(&e).to_string(),
                     at: Timestamp::now(),
                     count,
                 };
@@ -227,8 +228,8 @@ impl PodSync {
                 );
             }
             Some((1, e)) => {
-                tracing::warn!(pod = %pod.name, container = %spec.name, error = %e, "container did not start");
-                self.event(pod, "Warning", "Failed", format!("Error: {e}"));
+                tracing::warn!(pod = %pod.name, container = %spec.name, error = %Chain(&e), "container did not start");
+                self.event(pod, "Warning", "Failed", format!("Error: {}", Chain(&e)));
             }
             Some(_) => {}
         }
@@ -288,7 +289,7 @@ impl PodSync {
                 match tokio::time::timeout(limit, run).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        tracing::warn!(container = %c.name, error = %e, "preStop hook failed")
+                        tracing::warn!(container = %c.name, error = %Chain(&e), "preStop hook failed")
                     }
                     Err(_) => tracing::warn!(container = %c.name, "preStop hook ran out of time"),
                 }
@@ -315,23 +316,29 @@ impl PodSync {
             .filter(|c| matches!(c.state, State::Running { .. }))
             .map(|c| self.runtime.stop(&c.id, left));
         for res in futures::future::join_all(stops).await {
-            res.map_err(self.rt(r))?;
+            res.map_err(self.runtime_failed(r))?;
         }
         for c in &ids {
-            self.runtime.remove(&c.id).await.map_err(self.rt(r))?;
+            self.runtime
+                .remove(&c.id)
+                .await
+                .map_err(self.runtime_failed(r))?;
         }
         for s in obs.sandboxes.iter().filter(|s| s.pod_uid == r.uid) {
             self.runtime
                 .stop(&s.id, Duration::from_secs(1))
                 .await
-                .map_err(self.rt(r))?;
-            self.runtime.remove(&s.id).await.map_err(self.rt(r))?;
+                .map_err(self.runtime_failed(r))?;
+            self.runtime
+                .remove(&s.id)
+                .await
+                .map_err(self.runtime_failed(r))?;
         }
         self.remove_volumes(&r.uid);
-        self.host
+        self.owner
             .deleted(r)
             .await
-            .map_err(|source| SyncError::Host {
+            .map_err(|source| SyncError::Owner {
                 pod: r.name.clone(),
                 source,
             })?;
@@ -378,7 +385,7 @@ impl PodSync {
         let (pod, r, obs) = (pod.clone(), r.clone(), obs.clone());
         tokio::spawn(async move {
             if let Err(e) = this.finish_deletion(&pod, &r, &obs).await {
-                tracing::warn!(pod = %r.name, error = %e, "finishing the deletion failed; will retry");
+                tracing::warn!(pod = %r.name, error = %Chain(&e), "finishing the deletion failed; will retry");
             }
             this.deleting.lock().expect("deleting").remove(&r.uid);
         });
@@ -392,15 +399,18 @@ impl PodSync {
             return Ok(s.clone());
         }
         for old in mine() {
-            self.runtime.remove(&old.id).await.map_err(self.rt(r))?;
+            self.runtime
+                .remove(&old.id)
+                .await
+                .map_err(self.runtime_failed(r))?;
         }
         self.runtime.create_sandbox(r).await.map_err(|e| {
             // Said once per distinct failure, as the kubelet's event does.
-            let message = format!("Failed to create pod sandbox: {e}");
+            let message = format!("Failed to create pod sandbox: {}", Chain(&e));
             if self.remember(&r.uid, |m| m.sandbox_failures.insert(message.clone())) {
                 self.event(r, "Warning", "FailedCreatePodSandBox", message);
             }
-            self.rt(r)(e)
+            self.runtime_failed(r)(e)
         })
     }
 
@@ -483,10 +493,10 @@ impl PodSync {
         if self.remember(&r.uid, |m| m.written.as_ref() == Some(&status)) {
             return Ok(());
         }
-        self.host
+        self.owner
             .write_status(r, &status)
             .await
-            .map_err(|source| SyncError::Host {
+            .map_err(|source| SyncError::Owner {
                 pod: r.name.clone(),
                 source,
             })?;
@@ -530,54 +540,15 @@ impl PodSync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::SourceKind;
+    use crate::owner::SourceKind;
     use std::collections::BTreeMap;
-
-    /// A runtime whose sandboxes cannot be created (a missing pause image, say).
-    struct NoSandbox;
-
-    #[async_trait::async_trait]
-    impl Runtime for NoSandbox {
-        fn name(&self) -> &'static str {
-            "nosandbox"
-        }
-        fn version(&self) -> String {
-            "0".into()
-        }
-        async fn ensure_image(&self, _: &str, _: PullPolicy) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        async fn create_sandbox(&self, _: &PodRef) -> Result<ObservedSandbox, RuntimeError> {
-            Err(RuntimeError::ImagePull {
-                image: "berth/pause:1".into(),
-                message: "no busybox".into(),
-            })
-        }
-        async fn start_container(
-            &self,
-            _: &PodRef,
-            _: &str,
-            _: &ContainerConfig,
-        ) -> Result<String, RuntimeError> {
-            unreachable!("no sandbox, no containers")
-        }
-        async fn list(&self) -> Result<Observed, RuntimeError> {
-            Ok(Observed::default())
-        }
-        async fn stop(&self, _: &str, _: Duration) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        async fn remove(&self, _: &str) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-    }
 
     #[derive(Default)]
     struct Recorder(Mutex<Vec<(String, String)>>);
 
     #[async_trait::async_trait]
-    impl PodHost for Recorder {
-        async fn write_status(&self, _: &PodRef, _: &Value) -> Result<(), HostError> {
+    impl PodOwner for Recorder {
+        async fn write_status(&self, _: &PodRef, _: &Value) -> Result<(), OwnerError> {
             Ok(())
         }
         fn event(&self, _: &PodRef, _: &str, reason: &str, message: String) {
@@ -588,10 +559,10 @@ mod tests {
             _: &str,
             _: SourceKind,
             _: &str,
-        ) -> Result<Option<BTreeMap<String, Vec<u8>>>, HostError> {
+        ) -> Result<Option<BTreeMap<String, Vec<u8>>>, OwnerError> {
             Ok(None)
         }
-        async fn deleted(&self, _: &PodRef) -> Result<(), HostError> {
+        async fn deleted(&self, _: &PodRef) -> Result<(), OwnerError> {
             Ok(())
         }
     }
@@ -601,7 +572,9 @@ mod tests {
         let host = Arc::new(Recorder::default());
         let dir = std::env::temp_dir().join(format!("berth-nosandbox-{}", std::process::id()));
         let sync = Arc::new(PodSync::new(
-            Arc::new(NoSandbox),
+            Arc::new(crate::runtime::mock::MockRuntime::without_sandboxes(
+                "no busybox",
+            )),
             host.clone(),
             Backoff::default(),
             dir,

@@ -18,6 +18,8 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
 
+use berth_core::kube_time;
+
 use crate::probes::Verdict;
 use crate::runtime::{Observed, ObservedContainer, ObservedSandbox, State};
 
@@ -305,7 +307,7 @@ fn container_step(
         }
         State::Running { started_at } => {
             let verdict = verdicts.get(&latest.id);
-            status["state"] = json!({"running": {"startedAt": ts(*started_at)}});
+            status["state"] = json!({"running": {"startedAt": kube_time(*started_at)}});
             status["ready"] = json!(verdict.is_none_or(|v| v.ready));
             status["started"] = json!(verdict.is_none_or(|v| v.started));
             (Step::Wait, status, None)
@@ -356,13 +358,6 @@ fn attempts<'a>(obs: &'a Observed, uid: &str, name: &str) -> Vec<&'a ObservedCon
     v
 }
 
-/// A timestamp as Kubernetes writes one: RFC 3339, whole seconds.
-pub(crate) fn ts(t: Timestamp) -> String {
-    Timestamp::from_second(t.as_second())
-        .unwrap_or(t)
-        .to_string()
-}
-
 fn terminated(c: &ObservedContainer) -> Option<Value> {
     let State::Exited {
         exit_code,
@@ -383,8 +378,8 @@ fn terminated(c: &ObservedContainer) -> Option<Value> {
     Some(json!({"terminated": {
         "exitCode": exit_code,
         "reason": reason,
-        "startedAt": started_at.map(ts),
-        "finishedAt": ts(*finished_at),
+        "startedAt": started_at.map(kube_time),
+        "finishedAt": kube_time(*finished_at),
         "containerID": format!("docker://{}", c.id),
     }}))
 }
@@ -450,7 +445,7 @@ fn pod_status(
             .iter()
             .find(|c| c["type"] == ty && c["status"] == status)
             .and_then(|c| c.get("lastTransitionTime").cloned())
-            .unwrap_or(json!(ts(now)));
+            .unwrap_or(json!(kube_time(now)));
         json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
     };
     let ready = all_ready && phase == "Running";
@@ -464,7 +459,7 @@ fn pod_status(
     let start = old
         .and_then(|s| s.start_time.as_ref())
         .and_then(|t| serde_json::to_value(t).ok())
-        .unwrap_or(json!(ts(now)));
+        .unwrap_or(json!(kube_time(now)));
     let mut status = json!({
         "phase": phase,
         "conditions": conditions,

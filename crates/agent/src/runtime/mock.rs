@@ -2,6 +2,8 @@
 //! tests. `MOCK_RUN_FOR=<seconds>` exits after that long (default: runs until stopped),
 //! `MOCK_EXIT_CODE=<n>` is the exit code (default 0), `MOCK_START_ERROR=<message>` fails the
 //! start. Images whose name starts with `missing/` are absent from the node.
+//! [`MockRuntime::without_sandboxes`] is a node whose pod sandboxes cannot be made (a missing
+//! pause image, say).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,11 +29,22 @@ pub struct MockRuntime {
     sandboxes: Mutex<Vec<ObservedSandbox>>,
     containers: Mutex<Vec<Entry>>,
     next_id: Mutex<u64>,
+    /// Every sandbox creation fails with this pull error.
+    sandbox_error: Option<String>,
 }
 
 impl MockRuntime {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A node on which no pod sandbox can be made: the pause image cannot be had, for
+    /// `why`.
+    pub fn without_sandboxes(why: &str) -> Self {
+        MockRuntime {
+            sandbox_error: Some(why.to_string()),
+            ..Self::default()
+        }
     }
 
     fn id(&self, prefix: &str) -> String {
@@ -91,6 +104,12 @@ impl Runtime for MockRuntime {
     }
 
     async fn create_sandbox(&self, pod: &PodRef) -> Result<ObservedSandbox, RuntimeError> {
+        if let Some(why) = &self.sandbox_error {
+            return Err(RuntimeError::ImagePull {
+                image: "berth/pause:1".into(),
+                message: why.clone(),
+            });
+        }
         let n = self.sandboxes.lock().expect("mock").len();
         let sb = ObservedSandbox {
             id: self.id("s"),

@@ -142,7 +142,7 @@ pub enum RuntimeError {
     /// The container could not be created or started (bad command, ...).
     #[error("failed to start container {container:?}: {message}")]
     Start { container: String, message: String },
-    #[error("{driver} driver: {operation} failed: {source}")]
+    #[error("{driver} driver: {operation} failed")]
     Driver {
         driver: &'static str,
         operation: &'static str,

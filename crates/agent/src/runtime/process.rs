@@ -33,6 +33,8 @@ use jiff::Timestamp;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
+use berth_core::error::Chain;
+
 use super::cgroup::{self, Cgroups, Group};
 use super::mounts::{self, Binds};
 use super::{
@@ -45,9 +47,9 @@ const DRIVER: &str = "process";
 pub struct ProcessRuntime {
     root: PathBuf,
     /// Where containers' cgroups go, or why there are none.
-    cgroups: Result<Cgroups, String>,
+    cgroups: Result<Cgroups, super::cgroup::CgroupError>,
     /// Whether containers can have volumes, or why not.
-    mounts: Result<(), String>,
+    mounts: Result<(), mounts::MountError>,
     /// Containers this driver started and whose exit it has yet to record: between the
     /// process ending and its `exit` file being written, such a container still reads as
     /// running (not as ended unwatched, which is exit code 255).
@@ -120,11 +122,11 @@ impl ProcessRuntime {
         };
         let cgroups = Cgroups::detect(&name);
         if let Err(why) = &cgroups {
-            tracing::warn!(%why, "process runtime: CPU and memory limits will not be enforced");
+            tracing::warn!(why = %Chain(why), "process runtime: CPU and memory limits will not be enforced");
         }
         let mounts = mounts::probe();
         if let Err(why) = &mounts {
-            tracing::warn!(%why, "process runtime: containers with volumes cannot start");
+            tracing::warn!(why = %Chain(why), "process runtime: containers with volumes cannot start");
         }
         Ok(ProcessRuntime {
             root,
@@ -230,7 +232,7 @@ impl Runtime for ProcessRuntime {
     }
 
     fn unenforced_limits(&self) -> Option<String> {
-        self.cgroups.as_ref().err().cloned()
+        self.cgroups.as_ref().err().map(|e| Chain(e).to_string())
     }
 
     async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError> {
@@ -292,7 +294,8 @@ impl Runtime for ProcessRuntime {
         }
         if let (false, Err(why)) = (c.mounts.is_empty(), &self.mounts) {
             return Err(start_err(format!(
-                "cannot mount the container's volumes: {why}"
+                "cannot mount the container's volumes: {}",
+                Chain(why)
             )));
         }
         let binds = Binds::prepare(&c.mounts)
@@ -822,7 +825,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = ProcessRuntime::new(dir.path()).unwrap();
         if let Err(why) = &rt.mounts {
-            panic!("this test needs mount namespaces (run the tests as root): {why}");
+            panic!(
+                "this test needs mount namespaces (run the tests as root): {}",
+                Chain(why)
+            );
         }
         let volume = dir.path().join("volume");
         std::fs::create_dir_all(&volume).unwrap();

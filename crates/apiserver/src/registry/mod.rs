@@ -671,7 +671,8 @@ impl Registry {
 
 /// Apply a patch of the given type to a JSON object.
 pub fn apply_patch(obj: &mut Value, kind: PatchType, body: &Value) -> Result<(), ApiError> {
-    let bad = |e: patch::PatchError| ApiError::bad_request(format!("{e:#}"));
+    let bad =
+        |e: patch::PatchError| ApiError::bad_request(berth_core::error::Chain(&e).to_string());
     match kind {
         PatchType::Json => patch::json_patch(obj, body).map_err(bad),
         PatchType::Merge => patch::merge_patch(obj, body).map_err(bad),

@@ -1,7 +1,9 @@
-//! What running pods needs from the world beside the runtime: where a pod's status and Events
-//! go, where its ConfigMaps and Secrets come from, and what follows once a deleted pod's
-//! containers are gone. The agent answers with the Kubernetes API ([`ApiHost`]); the instances
-//! service, which runs container groups as pods of its own, keeps the answers itself.
+//! Whose pods the pod sync runs, and what it needs from them beside the runtime: where a
+//! pod's status and Events go, where its ConfigMaps and Secrets come from, and what follows
+//! once a deleted pod's containers are gone. A node agent's pods are the Kubernetes API's
+//! ([`ApiOwner`]); the instances service, which runs container groups as pods of its own,
+//! keeps the answers itself. ("Host" in Berth means a machine, or a Docker engine of the
+//! instances pool; never this.)
 
 use std::collections::BTreeMap;
 
@@ -29,7 +31,7 @@ impl SourceKind {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum HostError {
+pub enum OwnerError {
     #[error("API call {operation} failed")]
     Api {
         operation: &'static str,
@@ -40,9 +42,9 @@ pub enum HostError {
 
 /// The pod sync's view of everything that is not the runtime.
 #[async_trait::async_trait]
-pub trait PodHost: Send + Sync + 'static {
+pub trait PodOwner: Send + Sync + 'static {
     /// Publish a pod's status (the whole `status` object).
-    async fn write_status(&self, pod: &PodRef, status: &Value) -> Result<(), HostError>;
+    async fn write_status(&self, pod: &PodRef, status: &Value) -> Result<(), OwnerError>;
 
     /// Record an Event about a pod; best effort, never fails the caller.
     fn event(&self, pod: &PodRef, type_: &str, reason: &str, message: String);
@@ -53,21 +55,21 @@ pub trait PodHost: Send + Sync + 'static {
         namespace: &str,
         kind: SourceKind,
         name: &str,
-    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, HostError>;
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, OwnerError>;
 
     /// Everything of a deleting pod has been stopped and removed.
-    async fn deleted(&self, pod: &PodRef) -> Result<(), HostError>;
+    async fn deleted(&self, pod: &PodRef) -> Result<(), OwnerError>;
 }
 
-/// A node agent's host: the Kubernetes API, with the node's credentials.
-pub struct ApiHost {
+/// A node agent's pods' owner: the Kubernetes API, with the node's credentials.
+pub struct ApiOwner {
     pub client: kube::Client,
     pub node: String,
 }
 
 #[async_trait::async_trait]
-impl PodHost for ApiHost {
-    async fn write_status(&self, r: &PodRef, status: &Value) -> Result<(), HostError> {
+impl PodOwner for ApiOwner {
+    async fn write_status(&self, r: &PodRef, status: &Value) -> Result<(), OwnerError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
         let patch = Patch::Merge(json!({ "status": status }));
         match api
@@ -76,7 +78,7 @@ impl PodHost for ApiHost {
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(source) => Err(HostError::Api {
+            Err(source) => Err(OwnerError::Api {
                 operation: "patch pod status",
                 source,
             }),
@@ -110,8 +112,8 @@ impl PodHost for ApiHost {
         ns: &str,
         kind: SourceKind,
         name: &str,
-    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, HostError> {
-        let failed = |source| HostError::Api {
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, OwnerError> {
+        let failed = |source| OwnerError::Api {
             operation: "read configuration",
             source,
         };
@@ -157,7 +159,7 @@ impl PodHost for ApiHost {
         })
     }
 
-    async fn deleted(&self, r: &PodRef) -> Result<(), HostError> {
+    async fn deleted(&self, r: &PodRef) -> Result<(), OwnerError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
         let params = DeleteParams {
             grace_period_seconds: Some(0),
@@ -170,7 +172,7 @@ impl PodHost for ApiHost {
         match api.delete(&r.name, &params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-            Err(source) => Err(HostError::Api {
+            Err(source) => Err(OwnerError::Api {
                 operation: "delete pod",
                 source,
             }),

@@ -1,0 +1,140 @@
+//! The runner: one pass at a time over every running group, each group's pod brought one
+//! step closer to its spec by the agent's pod sync; and teardowns, which claim a group's
+//! containers and stop them outside the passes.
+
+use std::time::Duration;
+
+use berth_agent::runtime::{RuntimeError, State};
+use berth_core::aci::ArmError;
+use k8s_openapi::api::core::v1::Pod;
+
+use std::sync::Arc;
+
+use berth_agent::runner::{self, Next, Pass};
+
+use super::Service;
+
+/// The service's passes: every running group, and soon again while one deploys.
+struct GroupPasses(Arc<Service>);
+
+impl Pass for GroupPasses {
+    async fn pass(&mut self) -> Next {
+        let svc = &self.0;
+        svc.tick().await;
+        // While a deployment is under way, look again soon: a container started in this
+        // pass shows as running only in the runtime's next listing.
+        let busy = svc
+            .registry
+            .groups
+            .lock()
+            .expect("groups")
+            .values()
+            .any(|l| l.lifecycle.is_deploying());
+        Next {
+            wait: if busy {
+                Duration::from_millis(20)
+            } else {
+                svc.cfg.resync
+            },
+            upkeep: true,
+        }
+    }
+}
+
+impl Service {
+    /// Run the sync loop (the agent's runner) until the task is aborted.
+    pub fn spawn_runner(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let passes = GroupPasses(self.clone());
+        tokio::spawn(runner::run(self.runtime.clone(), self.kick.clone(), passes))
+    }
+
+    /// One pass: every running group's pod one step closer to its spec.
+    pub(super) async fn tick(&self) {
+        let _pass = self.tick_lock.lock().await;
+        let obs = match self.runtime.list().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %berth_core::error::Chain(&e), "listing the runtime failed");
+                return;
+            }
+        };
+        let draining = self.draining.lock().expect("draining").clone();
+        self.move_off_silent_hosts(&draining).await;
+        let (pods, mut live): (Vec<Pod>, Vec<String>) = {
+            let groups = self.registry.groups.lock().expect("groups");
+            groups
+                .values()
+                .filter(|l| !l.lifecycle.is_stopped() && !draining.contains(&l.uid))
+                .map(|l| {
+                    let mut pod = l.pod.clone();
+                    pod.status = l
+                        .status
+                        .clone()
+                        .and_then(|s| serde_json::from_value(s).ok());
+                    (pod, l.uid.clone())
+                })
+                .unzip()
+        };
+        let syncs = pods.iter().map(|p| self.sync.sync(p, &obs));
+        live.extend(draining);
+        for res in futures::future::join_all(syncs).await {
+            if let Err(e) = res {
+                tracing::warn!(error = %berth_core::error::Chain(&e), "syncing a container group failed");
+            }
+        }
+        self.sync.remove_orphans(&live, &obs).await;
+    }
+
+    /// Claim a group's containers for a teardown; called under the tick lock. One operation
+    /// at a time per group, as ARM has it.
+    pub(super) fn begin_drain(&self, uid: &str, name: &str) -> Result<(), ArmError> {
+        if self
+            .draining
+            .lock()
+            .expect("draining")
+            .insert(uid.to_string())
+        {
+            return Ok(());
+        }
+        Err(ArmError::new(
+            409,
+            "AnotherOperationInProgress",
+            format!("Another operation on container group '{name}' is in progress; retry once it has finished."),
+        ))
+    }
+
+    /// Stop and remove every container and the sandbox of one group's pod, claimed by
+    /// [`Self::begin_drain`]; run without the tick lock, and releases the claim.
+    pub(super) async fn teardown(&self, uid: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let res = self.stop_pod(uid, grace).await;
+        self.end_drain(uid);
+        res
+    }
+
+    /// Give back a claim taken by [`Self::begin_drain`].
+    pub(super) fn end_drain(&self, uid: &str) {
+        self.draining.lock().expect("draining").remove(uid);
+    }
+
+    async fn stop_pod(&self, uid: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let obs = self.runtime.list().await?;
+        let stops = obs
+            .containers
+            .iter()
+            .filter(|c| c.pod_uid == uid && matches!(c.state, State::Running { .. }))
+            .map(|c| self.runtime.stop(&c.id, grace));
+        for r in futures::future::join_all(stops).await {
+            r?;
+        }
+        for c in obs.containers.iter().filter(|c| c.pod_uid == uid) {
+            self.runtime.remove(&c.id).await?;
+        }
+        for s in obs.sandboxes.iter().filter(|s| s.pod_uid == uid) {
+            self.runtime.stop(&s.id, Duration::from_secs(1)).await?;
+            self.runtime.remove(&s.id).await?;
+        }
+        self.sync.forget(uid);
+        let _ = std::fs::remove_dir_all(berth_agent::config::pod_dir(&self.cfg.data_dir, uid));
+        Ok(())
+    }
+}
