@@ -30,15 +30,16 @@ async fn pods_of_a_dead_node_are_replaced_elsewhere() {
         .stdout(Stdio::null())
         .spawn()
         .expect("berth agent runs");
+    // The agent may not have registered its node yet: NotFound is "not yet".
     eventually(30, "the second node to be Ready", || async {
-        let ready = b.kubectl_ok(&[
+        let out = b.kubectl(&[
             "get",
             "node",
             &dies,
             "-o",
             "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
         ]);
-        (ready == "True").then_some(())
+        (out.status.success() && out.stdout == b"True").then_some(())
     })
     .await;
 

@@ -16,9 +16,11 @@
 //!   then the finalizer comes off; the dependents stay.
 //!
 //! Every write names the resourceVersion it was decided on, so a sweep that raced another
-//! writer gets a 409 and the next sweep decides again. Each sweep is idempotent.
+//! writer gets a 409 and the next sweep decides again. Each sweep is idempotent: the owner
+//! references no cache can vouch for ([`suspects`]) are looked up in the API, then a pure
+//! [`plan`] over the graph and the owners confirmed gone decides the writes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -109,94 +111,112 @@ fn refs(meta: &ObjectMeta) -> &[OwnerReference] {
     meta.owner_references.as_deref().unwrap_or_default()
 }
 
-/// One object of the graph: its kind (index into the kinds) and metadata.
-struct Node<'k> {
-    kind: &'k Kind,
-    meta: ObjectMeta,
+/// One object of the graph: its kind (index into the kinds), the kind's name, metadata.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub kind: usize,
+    pub kind_name: String,
+    pub meta: ObjectMeta,
 }
 
-async fn sweep(client: &Client, kinds: &[Kind]) -> Result<(), Error> {
-    // Kinds whose cache has not filled yet are left out of this sweep: their objects are not
-    // judged, and an owner among them is looked up in the API instead.
-    let nodes: Vec<Node> = kinds
+/// One write of a sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Delete the object (index into the sweep's objects) with this propagation.
+    Delete { object: usize, foreground: bool },
+    /// Replace its owner references with these uids' (the rest are dangling or released).
+    SetOwners { object: usize, keep: Vec<String> },
+    /// Take this finalizer off an owner whose dependents are dealt with.
+    Finalize {
+        object: usize,
+        finalizer: &'static str,
+    },
+}
+
+/// The owner references whose owner is not in any cache: each must be looked up in the API
+/// before it is taken as gone, (object index, reference).
+pub fn suspects(objects: &[Object]) -> Vec<(usize, &OwnerReference)> {
+    let cached: HashMap<&str, &str> = objects
         .iter()
-        .filter(|k| k.cache.wait_until_ready().now_or_never().is_some())
-        .flat_map(|k| {
-            k.cache.state().into_iter().map(move |o| Node {
-                kind: k,
-                meta: o.metadata.clone(),
-            })
-        })
+        .filter_map(|o| Some((o.meta.uid.as_deref()?, o.kind_name.as_str())))
         .collect();
-    let mut by_uid: HashMap<&str, &Node> = HashMap::new();
-    let mut dependents: HashMap<&str, Vec<&Node>> = HashMap::new();
-    for n in &nodes {
-        if let Some(uid) = n.meta.uid.as_deref() {
-            by_uid.insert(uid, n);
-        }
-        for r in refs(&n.meta) {
-            dependents.entry(r.uid.as_str()).or_default().push(n);
+    objects
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.meta.deletion_timestamp.is_none())
+        .flat_map(|(i, o)| refs(&o.meta).iter().map(move |r| (i, r)))
+        .filter(|(_, r)| cached.get(r.uid.as_str()) != Some(&r.kind.as_str()))
+        .collect()
+}
+
+/// Decide one sweep over the graph the caches make, given the owner uids the API confirmed
+/// gone. Pure.
+pub fn plan(objects: &[Object], gone: &HashSet<String>) -> Vec<Write> {
+    let mut dependents: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, o) in objects.iter().enumerate() {
+        for r in refs(&o.meta) {
+            dependents.entry(r.uid.as_str()).or_default().push(i);
         }
     }
+    let mut writes = Vec::new();
 
     // Background: dependents that lost owners.
-    for d in &nodes {
+    for (i, d) in objects.iter().enumerate() {
         if d.meta.deletion_timestamp.is_some() || refs(&d.meta).is_empty() {
             continue;
         }
-        let mut dangling = Vec::new();
-        for r in refs(&d.meta) {
-            let cached = by_uid
-                .get(r.uid.as_str())
-                .is_some_and(|o| o.kind.ar.kind == r.kind);
-            if !cached && !owner_exists(client, kinds, d, r).await? {
-                dangling.push(r.uid.as_str());
-            }
-        }
-        if dangling.is_empty() {
+        let (lost, kept): (Vec<&OwnerReference>, Vec<&OwnerReference>) =
+            refs(&d.meta).iter().partition(|r| gone.contains(&r.uid));
+        if lost.is_empty() {
             continue;
         }
-        if dangling.len() == refs(&d.meta).len() {
-            delete(client, d, DeleteParams::background()).await?;
+        writes.push(if kept.is_empty() {
+            Write::Delete {
+                object: i,
+                foreground: false,
+            }
         } else {
-            let keep: Vec<&OwnerReference> = refs(&d.meta)
-                .iter()
-                .filter(|r| !dangling.contains(&r.uid.as_str()))
-                .collect();
-            set_owner_refs(client, d, keep).await?;
-        }
+            Write::SetOwners {
+                object: i,
+                keep: kept.iter().map(|r| r.uid.clone()).collect(),
+            }
+        });
     }
 
     // Foreground and orphan: owners being deleted that wait on their dependents.
-    for owner in &nodes {
+    for (i, owner) in objects.iter().enumerate() {
         if owner.meta.deletion_timestamp.is_none() {
             continue;
         }
         let uid = owner.meta.uid.as_deref().unwrap_or_default();
         let mine = dependents.get(uid).map(Vec::as_slice).unwrap_or_default();
         let finalizer = if has_finalizer(&owner.meta, "orphan") {
-            for d in mine {
-                let keep: Vec<&OwnerReference> =
-                    refs(&d.meta).iter().filter(|r| r.uid != uid).collect();
-                set_owner_refs(client, d, keep).await?;
+            for &d in mine {
+                let keep = refs(&objects[d].meta)
+                    .iter()
+                    .filter(|r| r.uid != uid)
+                    .map(|r| r.uid.clone())
+                    .collect();
+                writes.push(Write::SetOwners { object: d, keep });
             }
             "orphan"
         } else if has_finalizer(&owner.meta, "foregroundDeletion") {
-            for d in mine.iter().filter(|d| d.meta.deletion_timestamp.is_none()) {
-                let owns_something = d
-                    .meta
+            for &d in mine {
+                let dm = &objects[d].meta;
+                if dm.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let owns_something = dm
                     .uid
                     .as_deref()
                     .is_some_and(|u| dependents.contains_key(u));
-                let dp = if owns_something {
-                    DeleteParams::foreground()
-                } else {
-                    DeleteParams::background()
-                };
-                delete(client, d, dp).await?;
+                writes.push(Write::Delete {
+                    object: d,
+                    foreground: owns_something,
+                });
             }
-            let blocked = mine.iter().any(|d| {
-                refs(&d.meta)
+            let blocked = mine.iter().any(|&d| {
+                refs(&objects[d].meta)
                     .iter()
                     .any(|r| r.uid == uid && r.block_owner_deletion == Some(true))
             });
@@ -207,18 +227,66 @@ async fn sweep(client: &Client, kinds: &[Kind]) -> Result<(), Error> {
         } else {
             continue;
         };
-        let rest: Vec<&String> = owner
-            .meta
-            .finalizers
-            .iter()
-            .flatten()
-            .filter(|f| *f != finalizer)
-            .collect();
-        let patch = json!({"metadata": {
-            "finalizers": rest,
-            "resourceVersion": owner.meta.resource_version,
-        }});
-        patch_meta(client, owner, &patch).await?;
+        writes.push(Write::Finalize {
+            object: i,
+            finalizer,
+        });
+    }
+    writes
+}
+
+async fn sweep(client: &Client, kinds: &[Kind]) -> Result<(), Error> {
+    // Kinds whose cache has not filled yet are left out of this sweep: their objects are not
+    // judged, and an owner among them is looked up in the API instead.
+    let objects: Vec<Object> = kinds
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| k.cache.wait_until_ready().now_or_never().is_some())
+        .flat_map(|(i, k)| {
+            k.cache.state().into_iter().map(move |o| Object {
+                kind: i,
+                kind_name: k.ar.kind.clone(),
+                meta: o.metadata.clone(),
+            })
+        })
+        .collect();
+    let mut gone = HashSet::new();
+    for (i, r) in suspects(&objects) {
+        if !gone.contains(&r.uid) && !owner_exists(client, kinds, &objects[i], r).await? {
+            gone.insert(r.uid.clone());
+        }
+    }
+    for write in plan(&objects, &gone) {
+        match write {
+            Write::Delete { object, foreground } => {
+                let dp = if foreground {
+                    DeleteParams::foreground()
+                } else {
+                    DeleteParams::background()
+                };
+                delete(client, kinds, &objects[object], dp).await?
+            }
+            Write::SetOwners { object, keep } => {
+                let o = &objects[object];
+                let refs = refs(&o.meta).iter().filter(|r| keep.contains(&r.uid));
+                patch_meta(client, kinds, o, &owner_refs_patch(refs, &o.meta)).await?
+            }
+            Write::Finalize { object, finalizer } => {
+                let owner = &objects[object];
+                let rest: Vec<&String> = owner
+                    .meta
+                    .finalizers
+                    .iter()
+                    .flatten()
+                    .filter(|f| *f != finalizer)
+                    .collect();
+                let patch = json!({"metadata": {
+                    "finalizers": rest,
+                    "resourceVersion": owner.meta.resource_version,
+                }});
+                patch_meta(client, kinds, owner, &patch).await?
+            }
+        }
     }
     Ok(())
 }
@@ -230,18 +298,14 @@ fn dynamic_api(client: &Client, kind: &Kind, ns: Option<&str>) -> Api<DynamicObj
     }
 }
 
-fn describe(n: &Node) -> String {
+fn describe(n: &Object) -> String {
     match &n.meta.namespace {
         Some(ns) => format!(
             "{} {ns}/{}",
-            n.kind.ar.kind,
+            n.kind_name,
             n.meta.name.as_deref().unwrap_or("")
         ),
-        None => format!(
-            "{} {}",
-            n.kind.ar.kind,
-            n.meta.name.as_deref().unwrap_or("")
-        ),
+        None => format!("{} {}", n.kind_name, n.meta.name.as_deref().unwrap_or("")),
     }
 }
 
@@ -250,7 +314,7 @@ fn describe(n: &Node) -> String {
 async fn owner_exists(
     client: &Client,
     kinds: &[Kind],
-    d: &Node<'_>,
+    d: &Object,
     r: &OwnerReference,
 ) -> Result<bool, Error> {
     let Some(kind) = kinds
@@ -271,7 +335,12 @@ async fn owner_exists(
     Ok(got.and_then(|o| o.metadata.uid).as_deref() == Some(r.uid.as_str()))
 }
 
-async fn delete(client: &Client, d: &Node<'_>, dp: DeleteParams) -> Result<(), Error> {
+async fn delete(
+    client: &Client,
+    kinds: &[Kind],
+    d: &Object,
+    dp: DeleteParams,
+) -> Result<(), Error> {
     let name = d.meta.name.clone().unwrap_or_default();
     let dp = DeleteParams {
         preconditions: Some(kube::api::Preconditions {
@@ -280,7 +349,7 @@ async fn delete(client: &Client, d: &Node<'_>, dp: DeleteParams) -> Result<(), E
         }),
         ..dp
     };
-    match dynamic_api(client, d.kind, d.meta.namespace.as_deref())
+    match dynamic_api(client, &kinds[d.kind], d.meta.namespace.as_deref())
         .delete(&name, &dp)
         .await
     {
@@ -293,17 +362,141 @@ async fn delete(client: &Client, d: &Node<'_>, dp: DeleteParams) -> Result<(), E
     }
 }
 
-/// Replace `d`'s owner references with `keep`, pinned to the version the sweep saw.
-async fn set_owner_refs(
+/// A merge patch of an object's metadata, pinned to the version the sweep saw.
+async fn patch_meta(
     client: &Client,
-    d: &Node<'_>,
-    keep: Vec<&OwnerReference>,
+    kinds: &[Kind],
+    n: &Object,
+    patch: &serde_json::Value,
 ) -> Result<(), Error> {
-    patch_meta(client, d, &owner_refs_patch(keep, &d.meta)).await
+    let api = dynamic_api(client, &kinds[n.kind], n.meta.namespace.as_deref());
+    let doing = format!("updating {}", n.kind_name);
+    pinned_patch(&api, &n.meta, patch, &doing).await.map(drop)
 }
 
-async fn patch_meta(client: &Client, n: &Node<'_>, patch: &serde_json::Value) -> Result<(), Error> {
-    let api = dynamic_api(client, n.kind, n.meta.namespace.as_deref());
-    let doing = format!("updating {}", n.kind.ar.kind);
-    pinned_patch(&api, &n.meta, patch, &doing).await.map(drop)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(kind: &str, uid: &str, owners: &[(&str, &str, bool)]) -> Object {
+        let refs: Vec<_> = owners
+            .iter()
+            .map(|(k, u, block)| {
+                json!({"apiVersion": "v1", "kind": k, "name": u, "uid": u,
+                                        "blockOwnerDeletion": block})
+            })
+            .collect();
+        Object {
+            kind: 0,
+            kind_name: kind.into(),
+            meta: serde_json::from_value(json!({"name": uid, "namespace": "ns", "uid": uid,
+                "ownerReferences": refs}))
+            .unwrap(),
+        }
+    }
+
+    fn deleting(mut o: Object, finalizer: &str) -> Object {
+        o.meta.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::UNIX_EPOCH,
+        ));
+        o.meta.finalizers = Some(vec![finalizer.into()]);
+        o
+    }
+
+    #[test]
+    fn owners_not_cached_are_suspects_and_only_confirmed_ones_are_gone() {
+        let objects = [
+            object("ReplicaSet", "rs", &[("Deployment", "d", true)]),
+            object("Pod", "p1", &[("ReplicaSet", "rs", true)]),
+            object(
+                "Pod",
+                "p2",
+                &[("ReplicaSet", "rs", true), ("Job", "j", false)],
+            ),
+        ];
+        let s: Vec<(usize, &str)> = suspects(&objects)
+            .into_iter()
+            .map(|(i, r)| (i, r.uid.as_str()))
+            .collect();
+        assert_eq!(s, [(0, "d"), (2, "j")], "cached owners are not looked up");
+        // Nothing confirmed gone: nothing is written.
+        assert!(plan(&objects, &HashSet::new()).is_empty());
+        // The Deployment is gone: its set goes, in the background; the pods keep theirs.
+        let gone = HashSet::from(["d".to_string()]);
+        assert_eq!(
+            plan(&objects, &gone),
+            [Write::Delete {
+                object: 0,
+                foreground: false
+            }]
+        );
+        // The Job is gone: p2 loses only that reference.
+        let gone = HashSet::from(["j".to_string()]);
+        assert_eq!(
+            plan(&objects, &gone),
+            [Write::SetOwners {
+                object: 2,
+                keep: vec!["rs".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn foreground_deletes_dependents_and_finalizes_once_none_blocks() {
+        let objects = [
+            deleting(object("Deployment", "d", &[]), "foregroundDeletion"),
+            object("ReplicaSet", "rs", &[("Deployment", "d", true)]),
+            object("Pod", "p", &[("ReplicaSet", "rs", true)]),
+        ];
+        assert_eq!(
+            plan(&objects, &HashSet::new()),
+            [Write::Delete {
+                object: 1,
+                foreground: true
+            }],
+            "the set owns a pod: it goes in the foreground too; the owner waits"
+        );
+        let unblocked = [
+            deleting(object("Deployment", "d", &[]), "foregroundDeletion"),
+            object("ConfigMap", "c", &[("Deployment", "d", false)]),
+        ];
+        assert_eq!(
+            plan(&unblocked, &HashSet::new()),
+            [
+                Write::Delete {
+                    object: 1,
+                    foreground: false
+                },
+                Write::Finalize {
+                    object: 0,
+                    finalizer: "foregroundDeletion"
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn orphan_takes_the_reference_off_every_dependent_then_the_finalizer() {
+        let objects = [
+            deleting(object("ReplicaSet", "rs", &[]), "orphan"),
+            object(
+                "Pod",
+                "p",
+                &[("ReplicaSet", "rs", true), ("Node", "n", false)],
+            ),
+        ];
+        assert_eq!(
+            plan(&objects, &HashSet::new()),
+            [
+                Write::SetOwners {
+                    object: 1,
+                    keep: vec!["n".into()]
+                },
+                Write::Finalize {
+                    object: 0,
+                    finalizer: "orphan"
+                },
+            ]
+        );
+    }
 }

@@ -514,96 +514,91 @@ fn current_metric(resource: &str, rec: &Recommendation) -> Value {
     json!({"type": "Resource", "resource": {"name": resource, "current": current}})
 }
 
-async fn reconcile(
-    ctx: &Context,
+/// A condition of the autoscaler's status: type, holds, reason, message.
+type Condition = (&'static str, bool, &'static str, String);
+
+/// What one pass over an autoscaler decided.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Set the target's replicas.
+    pub rescale: Option<Rescale>,
+    pub current: Option<i32>,
+    pub desired: Option<i32>,
+    /// `currentMetrics`.
+    pub metrics: Vec<Value>,
+    /// The status conditions; with a rescale, AbleToScale follows from how it went.
+    pub conditions: Vec<Condition>,
+    /// A Warning Event to say: no metric gave a recommendation (reason, message).
+    pub warning: Option<(&'static str, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescale {
+    pub from: i32,
+    pub to: i32,
+    /// The metric that asked for it, for the SuccessfulRescale Event.
+    pub why: String,
+}
+
+/// Decide one pass over an autoscaler from its target's replicas (or why they could not be
+/// read), the target's pods, their usage, and `clock`. No IO; it records its recommendation
+/// in `history`, which the stabilization windows read.
+pub fn plan(
     hpa: &HorizontalPodAutoscaler,
+    scale: Result<i32, String>,
+    pods: &[Arc<Pod>],
     usage: &Result<HashMap<String, PodUsage>, kube::Error>,
     history: &mut History,
-) -> Result<(), Error> {
-    let ns = hpa.metadata.namespace.clone().unwrap_or_default();
+    clock: Instant,
+) -> Plan {
     let Some(spec) = hpa.spec.as_ref() else {
-        return Ok(());
+        return Plan::default();
     };
-    let target_ref = &spec.scale_target_ref;
-    let (group, version) = match target_ref
-        .api_version
-        .as_deref()
-        .unwrap_or("apps/v1")
-        .rsplit_once('/')
-    {
-        Some((g, v)) => (g.to_string(), v.to_string()),
-        None => (
-            String::new(),
-            target_ref.api_version.clone().unwrap_or("v1".into()),
-        ),
-    };
-    let gvk = GroupVersionKind::gvk(&group, &version, &target_ref.kind);
-    let plural = format!("{}s", target_ref.kind.to_lowercase());
-    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
-    let targets: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
-    let reference = format!("{}/{}", target_ref.kind, target_ref.name);
-    let mut conditions: Vec<(&str, bool, &str, String)> = Vec::new();
-    let scale = match targets.get_scale(&target_ref.name).await {
-        Ok(s) => s,
-        Err(e) => {
+    let mut conditions: Vec<Condition> = Vec::new();
+    let current = match scale {
+        Ok(c) => c,
+        Err(why) => {
             conditions.push((
                 "AbleToScale",
                 false,
                 "FailedGetScale",
-                format!("the HPA controller was unable to get the target's current scale: {e}"),
+                format!("the HPA controller was unable to get the target's current scale: {why}"),
             ));
-            return write_status(ctx, hpa, None, None, &[], &conditions, None).await;
+            return Plan {
+                conditions,
+                ..Plan::default()
+            };
         }
     };
-    let current = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-    let (min, max) = (spec.min_replicas.unwrap_or(1), spec.max_replicas);
-    if current == 0 {
-        conditions.push((
+    let able = || {
+        (
             "AbleToScale",
             true,
             "SucceededGetScale",
-            "the HPA controller was able to get the target's current scale".into(),
-        ));
+            "the HPA controller was able to get the target's current scale".to_string(),
+        )
+    };
+    let (min, max) = (spec.min_replicas.unwrap_or(1), spec.max_replicas);
+    if current == 0 {
+        conditions.push(able());
         conditions.push((
             "ScalingActive",
             false,
             "ScalingDisabled",
             "scaling is disabled since the replica count of the target is zero".into(),
         ));
-        return write_status(
-            ctx,
-            hpa,
-            Some(current),
-            Some(current),
-            &[],
-            &conditions,
-            None,
-        )
-        .await;
+        return Plan {
+            current: Some(current),
+            desired: Some(current),
+            conditions,
+            ..Plan::default()
+        };
     }
-    let selector = scale
-        .status
-        .as_ref()
-        .and_then(|s| s.selector.as_deref())
-        .and_then(|s| Selector::parse(s).ok());
-    let pods: Vec<Arc<Pod>> = match &selector {
-        Some(sel) if !sel.is_empty() => ctx
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && crate::status::is_active(p)
-                    && sel.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
 
     // Each metric's recommendation; the largest wins.
     let mut best: Option<(i32, String)> = None;
     let mut currents = Vec::new();
-    let mut failure: Option<(&str, String)> = None;
+    let mut failure: Option<(&'static str, String)> = None;
     for m in spec.metrics.iter().flatten() {
         let (resource, target) = match resource_target(m) {
             Ok(t) => t,
@@ -626,7 +621,7 @@ async fn reconcile(
             }
         };
         let mut samples = Vec::with_capacity(pods.len());
-        for p in &pods {
+        for p in pods {
             let request = match pod_request(p, &resource) {
                 Ok(r) => r,
                 Err(why) if matches!(target, Target::Utilization(_)) => {
@@ -668,31 +663,15 @@ async fn reconcile(
             "FailedGetResourceMetric",
             "no metric could be computed".into(),
         ));
-        crate::events::record(
-            &ctx.client,
-            involved(hpa),
-            "Warning",
-            reason,
-            &message,
-            COMPONENT,
-        );
-        conditions.push((
-            "AbleToScale",
-            true,
-            "SucceededGetScale",
-            "the HPA controller was able to get the target's current scale".into(),
-        ));
-        conditions.push(("ScalingActive", false, reason, message));
-        return write_status(
-            ctx,
-            hpa,
-            Some(current),
-            Some(current),
-            &[],
-            &conditions,
-            None,
-        )
-        .await;
+        conditions.push(able());
+        conditions.push(("ScalingActive", false, reason, message.clone()));
+        return Plan {
+            current: Some(current),
+            desired: Some(current),
+            conditions,
+            warning: Some((reason, message)),
+            ..Plan::default()
+        };
     };
 
     let bounded = wanted.clamp(min, max.max(min));
@@ -703,7 +682,7 @@ async fn reconcile(
     } else {
         Behavior::from_spec(spec.behavior.as_ref()).normalize(
             history,
-            Instant::now(),
+            clock,
             current,
             bounded,
             (min, max),
@@ -749,58 +728,12 @@ async fn reconcile(
             "the desired count is within the acceptable range".into(),
         ),
     });
-    let mut scaled_at = None;
-    if desired != current {
-        let patch = json!({"spec": {"replicas": desired}});
-        match targets
-            .patch_scale(
-                &target_ref.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => {
-                history.record_scale(Instant::now(), desired - current);
-                let direction = if desired > current { "above" } else { "below" };
-                crate::events::record(
-                    &ctx.client,
-                    involved(hpa),
-                    "Normal",
-                    "SuccessfulRescale",
-                    &format!("New size: {desired}; reason: {why} {direction} target"),
-                    COMPONENT,
-                );
-                conditions.insert(
-                    0,
-                    (
-                        "AbleToScale",
-                        true,
-                        "SucceededRescale",
-                        format!(
-                            "the HPA controller was able to update the target scale to {desired}"
-                        ),
-                    ),
-                );
-                scaled_at = Some(jiff::Timestamp::now().to_string());
-            }
-            Err(e) => {
-                let message = format!(
-                    "the HPA controller was unable to update the target scale of {reference}: {e}"
-                );
-                crate::events::record(
-                    &ctx.client,
-                    involved(hpa),
-                    "Warning",
-                    "FailedRescale",
-                    &message,
-                    COMPONENT,
-                );
-                conditions.insert(0, ("AbleToScale", false, "FailedUpdateScale", message));
-                desired = current;
-            }
-        }
-    } else {
+    let rescale = (desired != current).then_some(Rescale {
+        from: current,
+        to: desired,
+        why,
+    });
+    if rescale.is_none() {
         conditions.insert(
             0,
             (
@@ -811,13 +744,144 @@ async fn reconcile(
             ),
         );
     }
+    Plan {
+        rescale,
+        current: Some(current),
+        desired: Some(desired),
+        metrics: currents,
+        conditions,
+        warning: None,
+    }
+}
+
+/// The autoscaler's target, through its `scale` subresource, and how to name it.
+fn target_of(
+    ctx: &Context,
+    hpa: &HorizontalPodAutoscaler,
+) -> Option<(Api<DynamicObject>, String, String)> {
+    let ns = hpa.metadata.namespace.clone().unwrap_or_default();
+    let target_ref = &hpa.spec.as_ref()?.scale_target_ref;
+    let (group, version) = match target_ref
+        .api_version
+        .as_deref()
+        .unwrap_or("apps/v1")
+        .rsplit_once('/')
+    {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (
+            String::new(),
+            target_ref.api_version.clone().unwrap_or("v1".into()),
+        ),
+    };
+    let gvk = GroupVersionKind::gvk(&group, &version, &target_ref.kind);
+    let plural = format!("{}s", target_ref.kind.to_lowercase());
+    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
+    let targets: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+    let reference = format!("{}/{}", target_ref.kind, target_ref.name);
+    Some((targets, target_ref.name.clone(), reference))
+}
+
+async fn reconcile(
+    ctx: &Context,
+    hpa: &HorizontalPodAutoscaler,
+    usage: &Result<HashMap<String, PodUsage>, kube::Error>,
+    history: &mut History,
+) -> Result<(), Error> {
+    let Some((targets, name, reference)) = target_of(ctx, hpa) else {
+        return Ok(());
+    };
+    let ns = hpa.metadata.namespace.clone().unwrap_or_default();
+    let scale = targets.get_scale(&name).await;
+    let selector = scale
+        .as_ref()
+        .ok()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.selector.as_deref())
+        .and_then(|s| Selector::parse(s).ok());
+    let pods: Vec<Arc<Pod>> = match &selector {
+        Some(sel) if !sel.is_empty() => ctx
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && crate::status::is_active(p)
+                    && sel.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let scale = scale
+        .map(|s| s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0))
+        .map_err(|e| berth_core::error::Chain(&e).to_string());
+    let plan = plan(hpa, scale, &pods, usage, history, Instant::now());
+    execute(ctx, hpa, &targets, &name, &reference, plan, history).await
+}
+
+/// Carry a plan out: the rescale (its outcome decides AbleToScale and the Event), the
+/// warning, then the status.
+async fn execute(
+    ctx: &Context,
+    hpa: &HorizontalPodAutoscaler,
+    targets: &Api<DynamicObject>,
+    name: &str,
+    reference: &str,
+    mut plan: Plan,
+    history: &mut History,
+) -> Result<(), Error> {
+    let event = |type_: &str, reason: &str, message: &str| {
+        crate::events::record(
+            &ctx.client,
+            involved(hpa),
+            type_,
+            reason,
+            message,
+            COMPONENT,
+        )
+    };
+    if let Some((reason, message)) = &plan.warning {
+        event("Warning", reason, message);
+    }
+    let mut scaled_at = None;
+    if let Some(Rescale { from, to, why }) = &plan.rescale {
+        let patch = json!({"spec": {"replicas": to}});
+        match targets
+            .patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                history.record_scale(Instant::now(), to - from);
+                let direction = if to > from { "above" } else { "below" };
+                event(
+                    "Normal",
+                    "SuccessfulRescale",
+                    &format!("New size: {to}; reason: {why} {direction} target"),
+                );
+                let message =
+                    format!("the HPA controller was able to update the target scale to {to}");
+                plan.conditions
+                    .insert(0, ("AbleToScale", true, "SucceededRescale", message));
+                scaled_at = Some(jiff::Timestamp::now().to_string());
+            }
+            Err(e) => {
+                let message = format!(
+                    "the HPA controller was unable to update the target scale of {reference}: {}",
+                    berth_core::error::Chain(&e)
+                );
+                event("Warning", "FailedRescale", &message);
+                plan.conditions
+                    .insert(0, ("AbleToScale", false, "FailedUpdateScale", message));
+                plan.desired = Some(*from);
+            }
+        }
+    }
     write_status(
         ctx,
         hpa,
-        Some(current),
-        Some(desired),
-        &currents,
-        &conditions,
+        plan.current,
+        plan.desired,
+        &plan.metrics,
+        &plan.conditions,
         scaled_at,
     )
     .await
@@ -890,6 +954,108 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn autoscaler(min: i32, max: i32, target: i32) -> HorizontalPodAutoscaler {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"minReplicas": min, "maxReplicas": max,
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": target}}}]},
+        }))
+        .unwrap()
+    }
+
+    /// A ready pod requesting 100m CPU.
+    fn ready_pod(name: &str) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"containers": [{"name": "c",
+                    "resources": {"requests": {"cpu": "100m"}}}]},
+                "status": {"conditions": [{"type": "Ready", "status": "True",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// Usage in millicores per pod name.
+    fn usage(millis: &[(&str, f64)]) -> Result<HashMap<String, PodUsage>, kube::Error> {
+        Ok(millis
+            .iter()
+            .map(|(p, m)| (p.to_string(), HashMap::from([("c".to_string(), (*m, 0.0))])))
+            .collect())
+    }
+
+    #[test]
+    fn a_plan_rescales_to_the_metrics_recommendation_within_bounds() {
+        let hpa = autoscaler(1, 5, 50);
+        let pods = [ready_pod("a"), ready_pod("b")];
+        let mut history = History::default();
+        // 200 % of the request against a 50 % target: 8, held to the maximum of 5.
+        let p = plan(
+            &hpa,
+            Ok(2),
+            &pods,
+            &usage(&[("a", 200.0), ("b", 200.0)]),
+            &mut history,
+            Instant::now(),
+        );
+        assert_eq!(
+            p.rescale,
+            Some(Rescale {
+                from: 2,
+                to: 5,
+                why: "cpu resource utilization (percentage of request)".into()
+            })
+        );
+        let limited = p
+            .conditions
+            .iter()
+            .find(|c| c.0 == "ScalingLimited")
+            .unwrap();
+        assert_eq!((limited.1, limited.2), (true, "TooManyReplicas"));
+        assert!(
+            p.conditions.iter().all(|c| c.0 != "AbleToScale"),
+            "the rescale's outcome says that"
+        );
+    }
+
+    #[test]
+    fn a_plan_without_a_metric_warns_and_keeps_the_replicas() {
+        let hpa = autoscaler(1, 5, 50);
+        let pods = [ready_pod("a")];
+        let no_metrics = Err(kube::Error::LinesCodecMaxLineLengthExceeded);
+        let p = plan(
+            &hpa,
+            Ok(3),
+            &pods,
+            &no_metrics,
+            &mut History::default(),
+            Instant::now(),
+        );
+        assert_eq!(p.rescale, None);
+        assert_eq!((p.current, p.desired), (Some(3), Some(3)));
+        assert!(matches!(p.warning, Some(("FailedGetResourceMetric", _))));
+        let active = p
+            .conditions
+            .iter()
+            .find(|c| c.0 == "ScalingActive")
+            .unwrap();
+        assert!(!active.1);
+        let unreadable = plan(
+            &hpa,
+            Err("no such deployment".into()),
+            &pods,
+            &usage(&[]),
+            &mut History::default(),
+            Instant::now(),
+        );
+        assert_eq!(unreadable.conditions.len(), 1);
+        assert_eq!(unreadable.conditions[0].2, "FailedGetScale");
+        assert_eq!(unreadable.current, None);
+    }
 
     fn pods(usages: &[Option<f64>], request: f64) -> Vec<PodSample> {
         usages

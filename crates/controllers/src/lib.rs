@@ -1,9 +1,11 @@
 //! Berth's workload controllers: API clients that keep the cluster at its declared state.
 //!
 //! Start at [`run`]: it fills shared caches (reflectors over pods, replica sets and nodes),
-//! then runs one kube-runtime `Controller` per kind. Each controller is one file with one
-//! `reconcile(object, ctx) -> Result<Action, Error>`: level-triggered, idempotent, told
-//! nothing about why it runs.
+//! then runs every controller. Each is one file of one shape: it reads what it needs, a pure
+//! `plan(observed, memory, now) -> Plan` decides (level-triggered, idempotent, told nothing
+//! about why it runs), and `execute` makes the plan's writes. ReplicaSet and Deployment run
+//! on kube-runtime's `Controller` (one object per reconcile); the others sweep their whole
+//! graph on a period.
 //!
 //! ```text
 //!  Deployment ──reconcile──▶ ReplicaSets (one per template, pod-template-hash)
