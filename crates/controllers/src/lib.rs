@@ -121,6 +121,29 @@ pub struct Context {
 type Synced =
     futures::future::Shared<futures::future::BoxFuture<'static, Result<(), &'static str>>>;
 
+/// What a shared cache can hold: a Kubernetes kind, read whole.
+trait Cached:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Cached for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A cache of every `K` and the stream of changes that fills it; whoever polls the stream
 /// keeps the cache current and hears of each change after the cache has it.
 fn cache<K>(
@@ -130,13 +153,7 @@ fn cache<K>(
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send,
 )
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
@@ -205,13 +222,7 @@ async fn controller<K, Owned, R, F>(
     changes: impl futures::Stream<Item = Result<Owned, watcher::Error>> + Send + 'static,
     reconcile: R,
 ) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
     Owned: kube::Resource<DynamicType = ()> + Send + 'static,
     R: FnMut(Arc<K>, Arc<Context>) -> F,
     F: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>
