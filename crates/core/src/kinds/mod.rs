@@ -3,11 +3,14 @@
 //! to the kind's own module.
 
 mod apps;
+mod autoscaling;
+mod config;
 pub mod convert;
-mod misc;
+mod namespace;
 mod node;
 mod pod;
 mod service;
+mod tables;
 
 use jiff::Timestamp;
 use serde_json::{json, Value};
@@ -59,13 +62,13 @@ pub fn default(kind: Kind, obj: &mut Value) {
         Kind::Deployment => apps::default_deployment(obj),
         Kind::ReplicaSet => apps::default_replicaset(obj),
         Kind::Service => service::default_service(obj),
-        Kind::Namespace => misc::default_namespace(obj),
+        Kind::Namespace => namespace::default_namespace(obj),
         Kind::Secret => {
             if str_at(obj, "/type").is_empty() {
                 obj["type"] = json!("Opaque");
             }
         }
-        Kind::HorizontalPodAutoscaler => misc::default_hpa(obj),
+        Kind::HorizontalPodAutoscaler => autoscaling::default_hpa(obj),
         Kind::Node
         | Kind::Endpoints
         | Kind::Event
@@ -82,8 +85,8 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
         Kind::Pod => pod::validate_pod(obj, &mut errs),
         Kind::Deployment | Kind::ReplicaSet => apps::validate_workload(res.kind, obj, &mut errs),
         Kind::Service => service::validate_service(obj, &mut errs),
-        Kind::ConfigMap | Kind::Secret => misc::validate_data_keys(obj, &mut errs),
-        Kind::HorizontalPodAutoscaler => misc::validate_hpa(obj, &mut errs),
+        Kind::ConfigMap | Kind::Secret => config::validate_data_keys(obj, &mut errs),
+        Kind::HorizontalPodAutoscaler => autoscaling::validate_hpa(obj, &mut errs),
         Kind::Namespace
         | Kind::Node
         | Kind::Endpoints
@@ -215,7 +218,7 @@ pub fn table_columns(kind: Kind) -> Vec<Column> {
         Kind::Node => node::columns(),
         Kind::Service => service::columns(),
         Kind::Deployment | Kind::ReplicaSet => apps::columns(kind),
-        _ => misc::columns(kind),
+        _ => tables::columns(kind),
     }
 }
 
@@ -227,6 +230,6 @@ pub fn table_cells(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
         Kind::Node => node::cells(obj, age),
         Kind::Service => service::cells(obj, age),
         Kind::Deployment | Kind::ReplicaSet => apps::cells(kind, obj, age),
-        _ => misc::cells(kind, obj, age, now),
+        _ => tables::cells(kind, obj, age, now),
     }
 }

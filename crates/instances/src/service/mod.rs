@@ -4,7 +4,8 @@
 //! the rest is split by concern: `group` (a group, its lifecycle, where the pod sync
 //! reports), `placement` (hosts for a group, moving off silent hosts), `runner` (the sync
 //! passes and teardowns), `operations` (long-running operations), `sessions` (logs, exec
-//! and attach), `metering` (prices and usage), `git` (gitRepo volumes).
+//! and attach), `metering` (prices and usage), `git` (gitRepo volumes), `dns` (names the
+//! DNS server answers).
 //!
 //! ```text
 //!  PUT ─▶ validate ▸ hosts with the images ▸ gitRepo cloned ▸ place (ports, room, least
@@ -16,6 +17,7 @@
 //!  stop / delete ─▶ store (meter closes) ▸ tear the pod down
 //! ```
 
+mod dns;
 mod git;
 mod group;
 mod metering;
@@ -547,25 +549,5 @@ impl Service {
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
-    }
-
-    /// The address a running group's `dnsNameLabel` fqdn (lowercase, no trailing dot)
-    /// stands for.
-    pub fn resolve(&self, fqdn: &str) -> Option<std::net::Ipv4Addr> {
-        let groups = self.registry.groups.lock().expect("groups");
-        let holder = groups.values().find(|l| {
-            let ip = l.group.properties.ip_address.as_ref();
-            let label = ip.and_then(|i| i.dns_name_label.as_deref());
-            !l.lifecycle.is_stopped()
-                && label.is_some_and(|d| {
-                    format!("{d}.{}.{}", l.group.location, self.cfg.dns_zone)
-                        .eq_ignore_ascii_case(fqdn)
-                })
-        })?;
-        self.host_of(&holder.uid).address.parse().ok()
-    }
-
-    pub fn dns_zone(&self) -> &str {
-        &self.cfg.dns_zone
     }
 }

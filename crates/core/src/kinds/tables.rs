@@ -1,99 +1,13 @@
-//! The smaller kinds: Namespace, ConfigMap, Secret, Endpoints, EndpointSlice, Event, Lease,
-//! HorizontalPodAutoscaler.
+//! The `kubectl get` columns of the kinds whose only other code (if any) is a defaulting or
+//! validation function of its own file: Namespace, ConfigMap, Secret, Endpoints,
+//! EndpointSlice, Event, Lease, HorizontalPodAutoscaler.
 
 use jiff::Timestamp;
 use serde_json::{json, Value};
 
-use super::{arr_at, child, default_field, int_at, str_at};
+use super::{arr_at, int_at, str_at};
 use crate::resources::Kind;
 use crate::table::{col, int_col, since, wide, Column, AGE, NAME};
-use crate::validation::FieldError;
-
-pub(super) fn default_namespace(obj: &mut Value) {
-    let name = str_at(obj, "/metadata/name").to_string();
-    let spec = child(obj, "spec");
-    default_field(spec, "finalizers", json!(["kubernetes"]));
-    let status = child(obj, "status");
-    default_field(status, "phase", json!("Active"));
-    // Kubernetes labels every namespace with its own name, for namespace selectors.
-    let meta = child(obj, "metadata");
-    let labels = child(meta, "labels");
-    if let Some(m) = labels.as_object_mut() {
-        m.insert("kubernetes.io/metadata.name".into(), json!(name));
-    }
-}
-
-pub(super) fn default_hpa(obj: &mut Value) {
-    let spec = child(obj, "spec");
-    default_field(spec, "minReplicas", json!(1));
-    if arr_at(spec, "/metrics").is_empty() {
-        spec["metrics"] = json!([{"type": "Resource", "resource": {
-            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]);
-    }
-}
-
-pub(super) fn validate_hpa(obj: &Value, errs: &mut Vec<FieldError>) {
-    for f in ["kind", "name"] {
-        if str_at(obj, &format!("/spec/scaleTargetRef/{f}")).is_empty() {
-            errs.push(FieldError::required(format!("spec.scaleTargetRef.{f}")));
-        }
-    }
-    let max = int_at(obj, "/spec/maxReplicas");
-    let min = obj
-        .pointer("/spec/minReplicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(1);
-    if max < 1 {
-        errs.push(FieldError::invalid(
-            "spec.maxReplicas",
-            max,
-            "must be greater than or equal to 1",
-        ));
-    }
-    if min < 1 {
-        errs.push(FieldError::invalid(
-            "spec.minReplicas",
-            min,
-            "must be greater than or equal to 1",
-        ));
-    }
-    if min > max && max >= 1 {
-        errs.push(FieldError::invalid(
-            "spec.maxReplicas",
-            max,
-            "must be greater than or equal to `minReplicas`",
-        ));
-    }
-}
-
-/// ConfigMap and Secret keys: `[-._a-zA-Z0-9]+`, unique across `data` and `binaryData`.
-pub(super) fn validate_data_keys(obj: &Value, errs: &mut Vec<FieldError>) {
-    let mut seen = std::collections::HashSet::new();
-    for field in ["data", "binaryData", "stringData"] {
-        let Some(map) = obj.get(field).and_then(Value::as_object) else {
-            continue;
-        };
-        for k in map.keys() {
-            let ok = !k.is_empty()
-                && k.len() <= 253
-                && k.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-._".contains(&c))
-                && k != "."
-                && k != "..";
-            if !ok {
-                errs.push(FieldError::invalid(
-                    format!("{field}[{k}]"),
-                    k,
-                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' \
-                     (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation \
-                     is '[-._a-zA-Z0-9]+')",
-                ));
-            } else if field != "stringData" && !seen.insert(k.clone()) {
-                errs.push(FieldError::duplicate(format!("{field}[{k}]"), k));
-            }
-        }
-    }
-}
 
 pub(super) fn columns(kind: Kind) -> Vec<Column> {
     match kind {
@@ -161,37 +75,6 @@ fn endpoints_cell(addrs: Vec<String>) -> String {
         format!("{shown} + {} more...", addrs.len() - 3)
     } else {
         shown
-    }
-}
-
-fn hpa_targets(obj: &Value) -> String {
-    let current = arr_at(obj, "/status/currentMetrics");
-    let parts: Vec<String> = arr_at(obj, "/spec/metrics")
-        .iter()
-        .map(|m| {
-            let name = str_at(m, "/resource/name");
-            let target = m
-                .pointer("/resource/target/averageUtilization")
-                .and_then(Value::as_i64);
-            let cur = current
-                .iter()
-                .find(|c| str_at(c, "/resource/name") == name)
-                .and_then(|c| c.pointer("/resource/current/averageUtilization"))
-                .and_then(Value::as_i64);
-            let cur = cur.map_or("<unknown>".to_string(), |c| format!("{c}%"));
-            match target {
-                Some(t) => format!("{name}: {cur}/{t}%"),
-                None => {
-                    let v = str_at(m, "/resource/target/averageValue");
-                    format!("{name}: {cur}/{v}")
-                }
-            }
-        })
-        .collect();
-    if parts.is_empty() {
-        "<none>".into()
-    } else {
-        parts.join(", ")
     }
 }
 
@@ -305,7 +188,7 @@ pub(super) fn cells(kind: Kind, obj: &Value, age: String, now: Timestamp) -> Vec
                 str_at(obj, "/spec/scaleTargetRef/kind"),
                 str_at(obj, "/spec/scaleTargetRef/name")
             )),
-            json!(hpa_targets(obj)),
+            json!(super::autoscaling::targets(obj)),
             json!(obj
                 .pointer("/spec/minReplicas")
                 .and_then(Value::as_i64)
