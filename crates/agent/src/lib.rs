@@ -138,9 +138,11 @@ async fn serving(client: &kube::Client, cfg: &Config) -> Result<server::Serving,
     })
 }
 
-/// Run the agent until the process ends, or until this future is dropped: every task it
-/// starts (the pod watch, Lease renewal, fencing, heartbeats, its HTTPS endpoint) belongs to
-/// it and stops with it. The runtime's warm sandboxes are the caller's to release.
+/// Run the agent until the process ends, or until this future is dropped: the pod watch,
+/// Lease renewal, fencing, heartbeats and its HTTPS listener stop with it. A graceful
+/// deletion or a probe's kill under way, a warm-pool refill and an open logs or exec
+/// connection finish by themselves; the runtime's warm sandboxes are the caller's to
+/// release.
 pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentError> {
     let client = node_client(&cfg).await?;
     let serving = serving(&client, &cfg).await?;

@@ -20,6 +20,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::Store;
 
+use berth_core::error::Chain;
+
 use crate::runtime::{LogOptions, Runtime};
 
 /// What the API server hands an agent so that it can serve: a certificate for the node and
@@ -129,6 +131,9 @@ pub fn serve(
         "the serving certificate from the API server",
     )
     .map_err(ServeError::Certificate)?;
+    // The API server's proxy speaks HTTP/1.1 to agents (exec and logs upgrade or stream).
+    let mut config = config;
+    std::sync::Arc::make_mut(&mut config).alpn_protocols = vec![b"http/1.1".to_vec()];
     let listen = |source| ServeError::Listen { addr, source };
     let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
     listener.set_nonblocking(true).map_err(listen)?;
@@ -180,7 +185,7 @@ async fn summary(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Re
     let now = jiff::Timestamp::now();
     let observed = match state.runtime.list().await {
         Ok(o) => o,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, Chain(&e).to_string()),
     };
     let usage = |cores: u64, total: u64, memory: u64| {
         (
@@ -276,7 +281,7 @@ async fn attempts(
         .runtime
         .list()
         .await
-        .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+        .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, Chain(&e).to_string()))?;
     let mut attempts: Vec<_> = observed
         .containers
         .into_iter()
@@ -328,7 +333,7 @@ async fn container_logs(
             let body = Body::from_stream(stream.map(|r| r.map_err(std::io::Error::other)));
             ([("content-type", "text/plain")], body).into_response()
         }
-        Err(e) => refuse(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        Err(e) => refuse(StatusCode::BAD_REQUEST, Chain(&e).to_string()),
     }
 }
 
@@ -371,7 +376,7 @@ async fn exec(
     let (tty, stdin) = (flag(&q, "tty"), flag(&q, "stdin"));
     let session = match state.runtime.exec(&target.id, &command, tty, stdin).await {
         Ok(s) => s,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, Chain(&e).to_string()),
     };
     ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
         .on_upgrade(move |socket| pump(socket, session, command))
@@ -450,7 +455,7 @@ async fn pump(
         }),
         Err(e) => serde_json::json!({
             "metadata": {}, "status": "Failure", "reason": "InternalError",
-            "message": format!("{e:#}"),
+            "message": Chain(&e).to_string(),
         }),
     };
     let mut frame = vec![3u8];

@@ -18,7 +18,7 @@
 //! Every write names the resourceVersion it was decided on, so a sweep that raced another
 //! writer gets a 409 and the next sweep decides again. Each sweep is idempotent: the owner
 //! references no cache can vouch for ([`suspects`]) are looked up in the API, then a pure
-//! [`plan`] over the graph and the owners confirmed gone decides the writes.
+//! [`plan`] over the graph and the references confirmed dangling decides the writes.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -149,9 +149,10 @@ pub fn suspects(objects: &[Object]) -> Vec<(usize, &OwnerReference)> {
         .collect()
 }
 
-/// Decide one sweep over the graph the caches make, given the owner uids the API confirmed
-/// gone. Pure.
-pub fn plan(objects: &[Object], gone: &HashSet<String>) -> Vec<Write> {
+/// Decide one sweep over the graph the caches make, given the references the API confirmed
+/// dangling: (object index, owner uid), each judged for its own object, as the owner's
+/// name, kind and namespace come from that object's reference. Pure.
+pub fn plan(objects: &[Object], dangling: &HashSet<(usize, String)>) -> Vec<Write> {
     let mut dependents: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, o) in objects.iter().enumerate() {
         for r in refs(&o.meta) {
@@ -165,8 +166,9 @@ pub fn plan(objects: &[Object], gone: &HashSet<String>) -> Vec<Write> {
         if d.meta.deletion_timestamp.is_some() || refs(&d.meta).is_empty() {
             continue;
         }
-        let (lost, kept): (Vec<&OwnerReference>, Vec<&OwnerReference>) =
-            refs(&d.meta).iter().partition(|r| gone.contains(&r.uid));
+        let (lost, kept): (Vec<&OwnerReference>, Vec<&OwnerReference>) = refs(&d.meta)
+            .iter()
+            .partition(|r| dangling.contains(&(i, r.uid.clone())));
         if lost.is_empty() {
             continue;
         }
@@ -250,13 +252,31 @@ async fn sweep(client: &Client, kinds: &[Kind]) -> Result<(), Error> {
             })
         })
         .collect();
-    let mut gone = HashSet::new();
+    // Each suspect looked up once per owner it names (namespace, kind, name, uid).
+    let mut looked_up: HashMap<(Option<&str>, &str, &str, &str, &str), bool> = HashMap::new();
+    let mut dangling = HashSet::new();
     for (i, r) in suspects(&objects) {
-        if !gone.contains(&r.uid) && !owner_exists(client, kinds, &objects[i], r).await? {
-            gone.insert(r.uid.clone());
+        let o = &objects[i];
+        let key = (
+            o.meta.namespace.as_deref(),
+            r.api_version.as_str(),
+            r.kind.as_str(),
+            r.name.as_str(),
+            r.uid.as_str(),
+        );
+        let exists = match looked_up.get(&key) {
+            Some(e) => *e,
+            None => {
+                let e = owner_exists(client, kinds, o, r).await?;
+                looked_up.insert(key, e);
+                e
+            }
+        };
+        if !exists {
+            dangling.insert((i, r.uid.clone()));
         }
     }
-    for write in plan(&objects, &gone) {
+    for write in plan(&objects, &dangling) {
         match write {
             Write::Delete { object, foreground } => {
                 let dp = if foreground {
@@ -422,7 +442,7 @@ mod tests {
         // Nothing confirmed gone: nothing is written.
         assert!(plan(&objects, &HashSet::new()).is_empty());
         // The Deployment is gone: its set goes, in the background; the pods keep theirs.
-        let gone = HashSet::from(["d".to_string()]);
+        let gone = HashSet::from([(0, "d".to_string())]);
         assert_eq!(
             plan(&objects, &gone),
             [Write::Delete {
@@ -431,12 +451,26 @@ mod tests {
             }]
         );
         // The Job is gone: p2 loses only that reference.
-        let gone = HashSet::from(["j".to_string()]);
+        let gone = HashSet::from([(2, "j".to_string())]);
         assert_eq!(
             plan(&objects, &gone),
             [Write::SetOwners {
                 object: 2,
                 keep: vec!["rs".into()]
+            }]
+        );
+        // A reference confirmed dangling for one object says nothing of another object's
+        // reference to the same uid (another namespace, a wrong kind or name).
+        let elsewhere = [
+            object("Pod", "p3", &[("Job", "j", false)]),
+            object("Pod", "p4", &[("Job", "j", false)]),
+        ];
+        let gone = HashSet::from([(0, "j".to_string())]);
+        assert_eq!(
+            plan(&elsewhere, &gone),
+            [Write::Delete {
+                object: 0,
+                foreground: false
             }]
         );
     }

@@ -165,10 +165,10 @@ impl Pool {
         for (uid, id) in ids {
             tracing::info!(host = %h.name, pod = %uid, id = %id, "removing a stale copy of a group that moved to another host");
             if let Err(e) = h.runtime.stop(&id, Duration::ZERO).await {
-                tracing::warn!(host = %h.name, id = %id, error = %e, "stopping a stale copy failed");
+                tracing::warn!(host = %h.name, id = %id, error = %berth_core::error::Chain(&e), "stopping a stale copy failed");
             }
             if let Err(e) = h.runtime.remove(&id).await {
-                tracing::warn!(host = %h.name, id = %id, error = %e, "removing a stale copy failed");
+                tracing::warn!(host = %h.name, id = %id, error = %berth_core::error::Chain(&e), "removing a stale copy failed");
             }
         }
     }
@@ -277,7 +277,7 @@ impl Runtime for Pool {
                 Ok(obs) => obs,
                 Err(e) if self.hosts.len() == 1 => return Err(e),
                 Err(e) => {
-                    tracing::warn!(host = %h.name, error = %e, "a pool host did not answer");
+                    tracing::warn!(host = %h.name, error = %berth_core::error::Chain(&e), "a pool host did not answer");
                     continue;
                 }
             };

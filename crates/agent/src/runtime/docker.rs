@@ -613,7 +613,7 @@ impl Runtime for DockerRuntime {
             match self.new_sandbox(None).await {
                 Ok(sb) => self.warm.lock().expect("warm").push(sb),
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not start a warm sandbox");
+                    tracing::warn!(error = %berth_core::error::Chain(&e), "could not start a warm sandbox");
                     return;
                 }
             }

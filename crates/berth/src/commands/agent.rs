@@ -113,6 +113,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         r = berth_agent::run(cfg, rt.clone()) => r.context("running the agent"),
         _ = super::shutdown_signal() => Ok(()),
     };
-    rt.release().await;
+    super::clean_up(rt.release()).await;
     ran
 }

@@ -60,6 +60,18 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Run the clean-up of an orderly stop (warm sandboxes, the instances service), for at most
+/// 30 s; a second Ctrl-C or SIGTERM stops waiting for it.
+pub async fn clean_up(work: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        _ = work => {}
+        _ = shutdown_signal() => tracing::warn!("a second signal: stopping without finishing the clean-up"),
+        _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+            tracing::warn!("the clean-up took more than 30 s: stopping without it")
+        }
+    }
+}
+
 /// How the in-process scheduler scores nodes.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SchedulerScoring {

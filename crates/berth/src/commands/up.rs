@@ -120,19 +120,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => println!("Then try: kubectl get nodes,pods"),
     }
     super::shutdown_signal().await;
-    // An orderly stop, each part before what it stands on: the local agent (and its warm
-    // sandboxes), the control loops, the instances service, then the API and the store.
+    // An orderly stop, each part before what it stands on: the local agent, the control
+    // loops, the instances service, then the API and the store. The agent and the loops
+    // stop at once, before anything slow, so that the node lifecycle never sees the agent's
+    // Lease run out and evicts its pods; the agent's warm sandboxes go after them.
     tracing::info!("stopping");
-    if let Some((task, rt)) = agent {
-        task.abort();
-        let _ = task.await;
-        rt.release().await;
-    }
+    let agent_runtime = match agent {
+        Some((task, rt)) => {
+            task.abort();
+            let _ = task.await;
+            Some(rt)
+        }
+        None => None,
+    };
     control_plane.abort();
     let _ = control_plane.await;
-    if let Some(i) = instances {
-        i.shutdown().await;
-    }
+    super::clean_up(async {
+        if let Some(rt) = agent_runtime {
+            rt.release().await;
+        }
+        if let Some(i) = instances {
+            i.shutdown().await;
+        }
+    })
+    .await;
     server.shutdown();
     Ok(())
 }

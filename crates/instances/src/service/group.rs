@@ -25,23 +25,34 @@ pub(super) enum Lifecycle {
     Running,
     /// The deployment failed, and why.
     Failed(String),
-    /// Stopped by its user: it holds nothing on its host and is not billed.
-    Stopped,
+    /// Stopped by its user: it holds nothing on its host and is not billed. Its deployment
+    /// stays as it was when stopped (a group read back stopped from the database counts as
+    /// `Running`: it was deployed once).
+    Stopped(Box<Lifecycle>),
 }
 
 impl Lifecycle {
-    /// ARM's `provisioningState`. A stopped group was deployed once: `Succeeded`.
+    /// ARM's `provisioningState`; a stopped group shows its deployment's.
     pub fn provisioning_state(&self) -> &'static str {
         match self {
             Lifecycle::Pending => "Pending",
             Lifecycle::Creating => "Creating",
-            Lifecycle::Running | Lifecycle::Stopped => "Succeeded",
+            Lifecycle::Running => "Succeeded",
             Lifecycle::Failed(_) => "Failed",
+            Lifecycle::Stopped(was) => was.provisioning_state(),
+        }
+    }
+
+    /// How the deployment stands, stopped or not.
+    pub fn deployment(&self) -> &Lifecycle {
+        match self {
+            Lifecycle::Stopped(was) => was,
+            other => other,
         }
     }
 
     pub fn is_stopped(&self) -> bool {
-        *self == Lifecycle::Stopped
+        matches!(self, Lifecycle::Stopped(_))
     }
 
     /// A deployment is under way: the runner looks again soon.
@@ -69,7 +80,8 @@ impl Lifecycle {
         if self.is_stopped() {
             return false;
         }
-        *self = Lifecycle::Stopped;
+        let was = std::mem::replace(self, Lifecycle::Pending);
+        *self = Lifecycle::Stopped(Box::new(was));
         true
     }
 
@@ -255,5 +267,7 @@ mod lifecycle_tests {
         assert_eq!(l, Lifecycle::Pending);
         let mut failed = Lifecycle::Failed("x".into());
         assert!(failed.stop(), "a failed group can be stopped");
+        assert_eq!(failed.provisioning_state(), "Failed", "and stays failed");
+        assert_eq!(failed.deployment(), &Lifecycle::Failed("x".into()));
     }
 }

@@ -169,7 +169,7 @@ impl Service {
             // A stopped group was deployed before; a running one shows Creating until the
             // first pass has seen its containers again.
             let state = if row.stopped {
-                Lifecycle::Stopped
+                Lifecycle::Stopped(Box::new(Lifecycle::Running))
             } else {
                 Lifecycle::Creating
             };

@@ -43,14 +43,16 @@ impl Service {
     fn op_status(&self, op: &Operation) -> OpStatus {
         let groups = self.registry.groups.lock().expect("groups");
         match groups.get(&op.key) {
-            Some(l) if l.uid == op.uid => match &l.lifecycle {
-                Lifecycle::Running | Lifecycle::Stopped => OpStatus::Succeeded,
+            Some(l) if l.uid == op.uid => match l.lifecycle.deployment() {
+                Lifecycle::Running => OpStatus::Succeeded,
                 Lifecycle::Failed(why) => OpStatus::Failed(ArmError::new(
                     400,
                     "ContainerGroupDeploymentFailed",
                     why.clone(),
                 )),
-                Lifecycle::Pending | Lifecycle::Creating => OpStatus::InProgress,
+                Lifecycle::Pending | Lifecycle::Creating | Lifecycle::Stopped(_) => {
+                    OpStatus::InProgress
+                }
             },
             _ => OpStatus::Failed(ArmError::new(
                 404,
