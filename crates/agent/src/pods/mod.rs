@@ -543,8 +543,20 @@ mod tests {
     use crate::owner::SourceKind;
     use std::collections::BTreeMap;
 
+    /// The Events said and the deletions finished.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(String, String)>>);
+    struct Recorder(Mutex<Vec<(String, String)>>, std::sync::atomic::AtomicUsize);
+
+    impl Recorder {
+        fn said(&self, reason: &str) -> usize {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.0 == reason)
+                .count()
+        }
+    }
 
     #[async_trait::async_trait]
     impl PodOwner for Recorder {
@@ -563,6 +575,7 @@ mod tests {
             Ok(None)
         }
         async fn deleted(&self, _: &PodRef) -> Result<(), OwnerError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }
     }
@@ -592,5 +605,61 @@ mod tests {
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0].0, "FailedCreatePodSandBox");
         assert!(events[0].1.contains("no busybox"), "{}", events[0].1);
+    }
+
+    /// Through the whole sync, not only the plan: a crash-looping pod is restarted until it
+    /// is deleted, and from then on nothing of it starts again; its containers are removed
+    /// and the deletion is finished.
+    #[tokio::test]
+    async fn a_deleted_pod_is_never_restarted_and_its_deletion_finishes() {
+        let owner = Arc::new(Recorder::default());
+        let rt = Arc::new(crate::runtime::mock::MockRuntime::new());
+        let dir = tempfile::tempdir().unwrap();
+        let sync = Arc::new(PodSync::new(
+            rt.clone(),
+            owner.clone(),
+            Backoff::default(),
+            dir.path().to_path_buf(),
+        ));
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u1"},
+            "spec": {"restartPolicy": "Always", "terminationGracePeriodSeconds": 0,
+                "containers": [{"name": "c", "image": "x",
+                    "env": [{"name": "MOCK_RUN_FOR", "value": "0"},
+                            {"name": "MOCK_EXIT_CODE", "value": "1"}]}]},
+        }))
+        .unwrap();
+        let pass = |pod: Pod| {
+            let (sync, rt) = (sync.clone(), rt.clone());
+            async move {
+                let obs = rt.list().await.unwrap();
+                let _ = sync.sync(&pod, &obs).await;
+            }
+        };
+        // Start, exit, restart at once (the kubelet's first restart): two starts.
+        for _ in 0..3 {
+            pass(pod.clone()).await;
+        }
+        assert_eq!(owner.said("Started"), 2);
+        pod.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        );
+        pod.metadata.deletion_grace_period_seconds = Some(0);
+        // Passes until the deletion is finished (the API then drops the pod, as here).
+        let deleted = || owner.1.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..100 {
+            if deleted() > 0 {
+                break;
+            }
+            pass(pod.clone()).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(owner.said("Started"), 2, "nothing started once deleted");
+        assert_eq!(deleted(), 1);
+        let left = rt.list().await.unwrap();
+        assert!(
+            left.containers.is_empty() && left.sandboxes.is_empty(),
+            "{left:?}"
+        );
     }
 }
