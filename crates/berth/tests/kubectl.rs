@@ -476,14 +476,27 @@ async fn kubectl_autoscale_speaks_autoscaling_v1_over_the_v2_object() {
         "-p",
         r#"{"spec":{"targetCPUUtilizationPercentage":70}}"#,
     ]);
-    let json = b.kubectl_ok(&[
-        "get",
-        "horizontalpodautoscalers.v1.autoscaling",
-        "web",
-        "-o",
-        "json",
-    ]);
-    b.kubectl_stdin_ok(&["replace", "-f", "-"], &json);
+    // A read-modify-write, retried as clients do when the autoscaler wrote its status in
+    // between (the replace carries the resourceVersion read).
+    let mut json = String::new();
+    for attempt in 0.. {
+        json = b.kubectl_ok(&[
+            "get",
+            "horizontalpodautoscalers.v1.autoscaling",
+            "web",
+            "-o",
+            "json",
+        ]);
+        let out = b.kubectl_stdin(&["replace", "-f", "-"], &json);
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("Conflict") && attempt < 10,
+            "kubectl replace failed: {err}"
+        );
+    }
     let after = b.kubectl_ok(&[
         "get",
         "hpa",
