@@ -747,15 +747,23 @@ async fn execute(ctx: &Context, d: &Deployment, plan: Plan) -> Result<Action, Er
     };
     let lost_race = Action::requeue(Duration::from_millis(200));
     let merge = |patch: Value| Patch::Merge(patch);
+    // Berth's and Kubernetes' annotations on a set: what the set is (`as ...`).
+    let annotate = |set: &str, notes: Value, what: &'static str| {
+        let (sets, set) = (&sets, set.to_string());
+        let patch = merge(json!({"metadata": {"annotations": notes}}));
+        let doing = format!("marking replicaset {ns}/{set} {what}");
+        async move {
+            sets.patch(&set, &PatchParams::default(), &patch)
+                .await
+                .map(drop)
+                .map_err(api_err(doing))
+        }
+    };
     for write in plan.writes {
         match write {
             Write::Promote { set, revision } => {
-                let patch = json!({"metadata": {"annotations": {REVISION: revision.to_string()}}});
-                sets.patch(&set, &PatchParams::default(), &merge(patch))
-                    .await
-                    .map_err(api_err(format!(
-                        "marking replicaset {ns}/{set} as the newest revision"
-                    )))?;
+                let notes = json!({REVISION: revision.to_string()});
+                annotate(&set, notes, "as the newest revision").await?;
                 event(
                     "Normal",
                     "DeploymentRollback",
@@ -822,25 +830,15 @@ async fn execute(ctx: &Context, d: &Deployment, plan: Plan) -> Result<Action, Er
                 .await?
             }
             Write::MarkAvailable { set, at } => {
-                let patch = json!({"metadata": {"annotations": {AVAILABLE: at.to_string()}}});
-                sets.patch(&set, &PatchParams::default(), &merge(patch))
-                    .await
-                    .map_err(api_err(format!(
-                        "marking replicaset {ns}/{set} as available"
-                    )))?;
+                annotate(&set, json!({AVAILABLE: at.to_string()}), "as available").await?;
             }
             Write::MarkRolledBack {
                 set,
                 reason,
                 message,
             } => {
-                let patch = json!({"metadata": {"annotations": {
-                    ROLLBACK_REASON: reason, ROLLBACK_MESSAGE: message}}});
-                sets.patch(&set, &PatchParams::default(), &merge(patch))
-                    .await
-                    .map_err(api_err(format!(
-                        "marking replicaset {ns}/{set} as rolled back"
-                    )))?;
+                let notes = json!({ROLLBACK_REASON: reason, ROLLBACK_MESSAGE: message});
+                annotate(&set, notes, "as rolled back").await?;
             }
             Write::Replace {
                 deployment,

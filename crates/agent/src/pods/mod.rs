@@ -365,8 +365,11 @@ impl PodSync {
         let now = Timestamp::now();
         let sandbox = self.sandbox(&r, obs).await?;
         let verdicts = self.probe(pod, &r, &sandbox, obs, now).await;
-        let memory = self.remember(&r.uid, |m| m.clone());
-        let plan = plan::plan(pod, &sandbox, obs, &verdicts, &memory, &self.backoff, now);
+        // The plan reads the pod's memory in place (it is quick and awaits nothing), rather
+        // than a copy of it (the last written status among it) per pod per pass.
+        let plan = self.remember(&r.uid, |memory| {
+            plan::plan(pod, &sandbox, obs, &verdicts, memory, &self.backoff, now)
+        });
         self.execute(pod, &r, &sandbox, plan).await
     }
 
