@@ -15,9 +15,11 @@
 //!                                                foreground / orphan finalizers
 //!  nodelifecycle (sweep every 250 ms) ──▶ Lease ran out: NotReady, unreachable taint, evict
 //!  hpa (every second) ──▶ metrics.k8s.io usage / requests ──▶ the target's scale
+//!  endpoints (on every pod, Service, Endpoints or slice change) ──▶ Endpoints, EndpointSlices
 //! ```
 
 pub mod deployment;
+pub mod endpoints;
 mod events;
 pub mod gc;
 pub mod hpa;
@@ -178,6 +180,21 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     let (hpas, hpa_changes) = cache(Api::<
         k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
     >::all(client.clone()));
+    // The endpoints sweep runs on any change to what it reads.
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let pod_changes = {
+        let changed = changed.clone();
+        pod_changes.inspect(move |_| changed.notify_one())
+    };
+    let (services, service_changes) = cache(Api::<k8s_openapi::api::core::v1::Service>::all(
+        client.clone(),
+    ));
+    let (endpoints, endpoints_changes) = cache(Api::<k8s_openapi::api::core::v1::Endpoints>::all(
+        client.clone(),
+    ));
+    let (slices, slice_changes) = cache(
+        Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(client.clone()),
+    );
     let ctx = Arc::new(Context {
         client,
         synced: all_synced(
@@ -202,6 +219,27 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         controller("deployment", ctx.clone(), rs_changes, deployment::reconcile),
         gc::run(ctx.client.clone()),
         hpa::run(ctx.clone(), hpas),
+        endpoints::run(
+            ctx.clone(),
+            endpoints::Caches {
+                services,
+                endpoints,
+                slices,
+            },
+            changed.clone(),
+        ),
+        service_changes.for_each(|_| {
+            changed.notify_one();
+            futures::future::ready(())
+        }),
+        endpoints_changes.for_each(|_| {
+            changed.notify_one();
+            futures::future::ready(())
+        }),
+        slice_changes.for_each(|_| {
+            changed.notify_one();
+            futures::future::ready(())
+        }),
         // The caches without a controller of their own are kept by draining their streams
         // here, so that dropping this future (a leader stepping down) stops every watch.
         hpa_changes.for_each(|_| async {}),
