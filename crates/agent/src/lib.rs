@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod fence;
+pub mod net;
 pub mod node;
 pub mod owner;
 pub mod pods;
@@ -53,6 +54,8 @@ pub struct Config {
     pub lease_duration: Duration,
     pub sync_every: Duration,
     pub backoff: Backoff,
+    /// The Service proxy's settings; `None`: no Service rules on this node.
+    pub proxy: Option<net::proxy::Settings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +272,17 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
                 }
             }
         });
+    }
+
+    if let Some(settings) = cfg.proxy.clone() {
+        if let Err(e) = net::allow_localhost_node_ports() {
+            tracing::warn!(error = %e, "NodePorts will not answer on 127.0.0.1: route_localnet cannot be set");
+        }
+        tasks.spawn(net::run_proxy(
+            client.clone(),
+            settings,
+            Arc::new(net::nft::Kernel),
+        ));
     }
 
     // Never act on an empty view: it would look like every pod had gone.

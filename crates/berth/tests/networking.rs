@@ -150,3 +150,124 @@ subsets: [{addresses: [{ip: 192.0.2.7}], ports: [{port: 5432}]}]
     ]);
     assert_eq!(kept, "192.0.2.7");
 }
+
+/// One HTTP/1.0 GET to `addr`; the body, or the connection's error.
+fn http_get(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().expect("an address");
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string())
+}
+
+/// Removes the node's containers and its nftables table when the test ends.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        common::remove_node_containers(&self.0);
+        let table = format!("berth-{}", self.0);
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &table])
+            .output();
+    }
+}
+
+fn web_yaml(img: &str, replicas: u32, ty: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: web
+        image: {img}
+        command: ["/bin/sh", "-c", "mkdir -p /w && echo $POD_NAME > /w/index.html && exec httpd -f -p 8080 -h /w"]
+        env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+      terminationGracePeriodSeconds: 2
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: {ty}
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_service_routes_by_cluster_ip_and_node_port_on_one_host() {
+    let img = common::BusyboxImage::build();
+    let node = common::unique("svc");
+    let _cleanup = Cleanup(node.clone());
+    let b = Berth::up(&["--runtime", "docker", "--node-name", &node]);
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &web_yaml(&img.tag, 2, "NodePort"));
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=90s"]);
+    let ip = b.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let node_port = b.kubectl_ok(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let pods = words(b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]));
+
+    // Through the ClusterIP, both pods answer (spread at random).
+    let seen = eventually(20, "both pods to answer on the ClusterIP", || {
+        let ip = ip.clone();
+        let pods = pods.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..40 {
+                if let Ok(body) = http_get(&format!("{ip}:80")) {
+                    seen.insert(body);
+                }
+            }
+            (seen.iter().cloned().collect::<Vec<_>>() == pods).then_some(seen)
+        }
+    })
+    .await;
+    assert_eq!(seen.len(), 2);
+    // The NodePort answers on the node's address, 127.0.0.1 here.
+    let body = http_get(&format!("127.0.0.1:{node_port}")).expect("the NodePort answers");
+    assert!(pods.contains(&body), "{body}");
+
+    // Scaled to nothing: refused at once rather than left to time out.
+    b.kubectl_ok(&["scale", "deploy/web", "--replicas=0"]);
+    eventually(30, "the ClusterIP to refuse", || {
+        let ip = ip.clone();
+        async move {
+            match http_get(&format!("{ip}:80")) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+}

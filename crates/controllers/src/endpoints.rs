@@ -662,7 +662,7 @@ async fn execute(client: &kube::Client, writes: Vec<Write>, memory: &mut Memory)
 /// What a write did, for the memory.
 enum Done {
     /// Kind, the object's metadata as stored, the fingerprint of what was asked.
-    Wrote(&'static str, ObjectMeta, u64),
+    Wrote(&'static str, Box<ObjectMeta>, u64),
     /// Kind, namespace, name.
     Deleted(&'static str, String, String),
 }
@@ -687,7 +687,7 @@ async fn write(client: &kube::Client, w: Write) -> Result<Done, Error> {
                 None => api.create(&pp, &e).await,
             }
             .map_err(api_err(format!("writing Endpoints {n}")))?;
-            Ok(Done::Wrote("Endpoints", stored.metadata, print))
+            Ok(Done::Wrote("Endpoints", Box::new(stored.metadata), print))
         }
         Write::Slice(mut s) => {
             let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns(&s.metadata));
@@ -702,7 +702,11 @@ async fn write(client: &kube::Client, w: Write) -> Result<Done, Error> {
                 None => api.create(&pp, &s).await,
             }
             .map_err(api_err(format!("writing EndpointSlice {n}")))?;
-            Ok(Done::Wrote("EndpointSlice", stored.metadata, print))
+            Ok(Done::Wrote(
+                "EndpointSlice",
+                Box::new(stored.metadata),
+                print,
+            ))
         }
         Write::DeleteSlice { namespace, name } => {
             let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &namespace);
@@ -952,7 +956,7 @@ mod tests {
         let observed = Observed {
             services: &services,
             pods: &pods,
-            endpoints: &[ep.clone()],
+            endpoints: std::slice::from_ref(&ep),
             slices: &all_slices,
             zones: &zones,
         };

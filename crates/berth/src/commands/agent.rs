@@ -18,6 +18,12 @@ pub enum RuntimeKind {
     Mock,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceProxy {
+    Nftables,
+    None,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// The API server, `https://host:port`.
@@ -48,6 +54,15 @@ pub struct Args {
     /// is ready when the pod arrives; 0 turns the pool off.
     #[arg(long, default_value_t = 2)]
     pub warm_pool: usize,
+    /// How Services reach their endpoints from this node: `nftables` (a table of the
+    /// agent's own, `berth-<node>`) or `none`. The mock runtime's pods have no network, so
+    /// it gets none.
+    #[arg(long, value_enum, default_value_t = ServiceProxy::Nftables)]
+    pub service_proxy: ServiceProxy,
+    /// The pod network of the whole cluster: traffic from outside it to a Service is
+    /// masqueraded (so replies return through this node), and pod traffic leaving it too.
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
     /// Where the agent keeps its files.
     #[arg(long, default_value_os_t = super::default_data_dir().join("agent"))]
     pub data_dir: std::path::PathBuf,
@@ -87,11 +102,19 @@ pub async fn runtime(
 
 pub fn config(args: &Args, ca_pem: String) -> berth_agent::Config {
     let lease_every = Duration::from_secs(args.lease_seconds.max(1));
+    let node_name = args.name.clone().unwrap_or_else(hostname);
+    let proxy = (args.service_proxy == ServiceProxy::Nftables && args.runtime != RuntimeKind::Mock)
+        .then(|| berth_agent::net::proxy::Settings {
+            table: berth_agent::net::nft::table_for(&node_name),
+            node: node_name.clone(),
+            cluster_cidr: args.cluster_cidr.clone(),
+        });
     berth_agent::Config {
+        proxy,
         server: args.server.clone(),
         token: args.token.clone(),
         ca_pem,
-        node_name: args.name.clone().unwrap_or_else(hostname),
+        node_name,
         address: args.address.clone(),
         listen: args.listen,
         data_dir: args.data_dir.clone(),

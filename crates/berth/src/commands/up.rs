@@ -29,6 +29,9 @@ pub struct Args {
     /// The local node's name (default: this host's name).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// How Services reach their endpoints (see `berth agent --help`).
+    #[arg(long, value_enum, default_value_t = super::agent::ServiceProxy::Nftables)]
+    pub service_proxy: super::agent::ServiceProxy,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -72,6 +75,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             runtime: kind,
             lease_seconds: 1,
             warm_pool: args.instances.warm_pool,
+            service_proxy: args.service_proxy,
+            cluster_cidr: None,
             data_dir: agent_dir.clone(),
         };
         std::fs::create_dir_all(&agent_args.data_dir)?;

@@ -299,6 +299,7 @@ impl BusyboxImage {
         std::fs::copy(&busybox, bin.join("busybox")).unwrap();
         for applet in [
             "sh", "httpd", "cat", "echo", "sleep", "wget", "ls", "kill", "date", "true", "false",
+            "mkdir", "hostname", "nslookup", "nc",
         ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }

@@ -1,0 +1,104 @@
+//! The node's part of the data plane.
+//!
+//! - [`proxy`]: Services to nftables rules (pure), applied whole by the proxy loop
+//!   ([`run_proxy`]) through [`nft`] whenever a Service or EndpointSlice changes.
+
+pub mod nft;
+pub mod proxy;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+
+/// A cache of every `K`, poking `changed` on each change, kept while the returned task runs.
+fn cache<K>(
+    client: &kube::Client,
+    changed: Arc<tokio::sync::Notify>,
+) -> (
+    reflector::Store<K>,
+    impl std::future::Future<Output = ()> + Send,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(
+            kube::Api::<K>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff();
+    let keep = async move {
+        let mut stream = stream.boxed();
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+            }
+            changed.notify_one();
+        }
+    };
+    (reader, keep)
+}
+
+/// Let NodePorts answer on 127.0.0.1, as on K3s: a packet from a loopback address may only
+/// be routed out of another interface (to a pod, after DNAT) with `route_localnet`. The
+/// table's input filter drops what else that would let in (packets for 127/8 from outside
+/// that were not DNAT'ed to it).
+pub fn allow_localhost_node_ports() -> std::io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1")
+}
+
+/// Keep this node's Service rules equal to what the API says, until dropped: every change to
+/// a Service or an EndpointSlice writes the whole table again (if it changed), at once.
+pub async fn run_proxy(client: kube::Client, settings: proxy::Settings, nft: Arc<dyn nft::Nft>) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let (services, keep_services) = cache::<Service>(&client, changed.clone());
+    let (slices, keep_slices) = cache::<EndpointSlice>(&client, changed.clone());
+    let program = async {
+        if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
+            return;
+        }
+        let mut applied: Option<String> = None;
+        loop {
+            let mut svcs = services.state();
+            svcs.sort_by(|a, b| {
+                (&a.metadata.namespace, &a.metadata.name)
+                    .cmp(&(&b.metadata.namespace, &b.metadata.name))
+            });
+            let script = proxy::ruleset(&settings, &svcs, &slices.state());
+            let mut retry = false;
+            if applied.as_ref() != Some(&script) {
+                let started = Instant::now();
+                match nft.apply(&script).await {
+                    Ok(()) => {
+                        tracing::debug!(table = %settings.table, took = ?started.elapsed(), "service rules written");
+                        applied = Some(script);
+                    }
+                    Err(e) => {
+                        tracing::warn!(table = %settings.table, error = %berth_core::error::Chain(&e), "writing the service rules failed; retrying");
+                        retry = true;
+                    }
+                }
+            }
+            let wait = if retry {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(60)
+            };
+            let _ = tokio::time::timeout(wait, changed.notified()).await;
+        }
+    };
+    futures::join!(keep_services, keep_slices, program);
+}
