@@ -379,3 +379,233 @@ fn map(s: &mut String, name: &str, ty: &str, elements: &[String]) {
     }
     s.push_str("\t}\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ClientIPConfig, ServicePort, ServiceSpec, SessionAffinityConfig,
+    };
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn settings() -> Settings {
+        Settings {
+            table: "berth-test".into(),
+            node: "n1".into(),
+            cluster_cidr: Some("10.42.0.0/16".into()),
+        }
+    }
+
+    fn service(name: &str, ty: &str) -> ServiceSpec {
+        ServiceSpec {
+            type_: Some(ty.into()),
+            cluster_ip: Some("10.96.0.10".into()),
+            cluster_ips: Some(vec!["10.96.0.10".into()]),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                node_port: (ty == "NodePort").then_some(30080),
+                ..Default::default()
+            }]),
+            selector: Some([("app".to_string(), name.to_string())].into()),
+            ..Default::default()
+        }
+    }
+
+    fn svc(name: &str, spec: ServiceSpec) -> Arc<Service> {
+        Arc::new(Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            ..Default::default()
+        })
+    }
+
+    /// (ip, node, ready, serving, terminating)
+    fn slice(svc: &str, eps: &[(&str, &str, bool, bool, bool)]) -> Arc<EndpointSlice> {
+        Arc::new(EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("{svc}-abc")),
+                namespace: Some("default".into()),
+                labels: Some([(SERVICE_NAME.to_string(), svc.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: eps
+                .iter()
+                .map(|(ip, node, ready, serving, terminating)| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    node_name: Some(node.to_string()),
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        serving: Some(*serving),
+                        terminating: Some(*terminating),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                name: Some("http".into()),
+                port: Some(8080),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+        })
+    }
+
+    #[test]
+    fn ready_endpoints_are_chosen_at_random() {
+        let rules = ruleset(
+            &settings(),
+            &[svc("web", service("web", "NodePort"))],
+            &[slice(
+                "web",
+                &[
+                    ("10.42.0.2", "n1", true, true, false),
+                    ("10.42.1.2", "n2", true, true, false),
+                    ("10.42.1.3", "n2", false, false, false),
+                ],
+            )],
+        );
+        assert!(
+            rules.contains("10.96.0.10 . tcp . 80 : goto svc/default/web/http"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("tcp . 30080 : goto ext/default/web/http"),
+            "{rules}"
+        );
+        assert!(rules.contains(
+            "numgen random mod 2 vmap { 0 : goto ep/default/web/http/10.42.0.2, 1 : goto ep/default/web/http/10.42.1.2 }"
+        ), "{rules}");
+        assert!(rules.contains("meta l4proto tcp dnat to 10.42.1.2:8080"));
+        assert!(
+            !rules.contains("10.42.1.3"),
+            "an unready endpoint gets no traffic"
+        );
+        // The whole table is replaced in one go and nothing else is named.
+        assert!(rules.starts_with("table ip berth-test {}\ndelete table ip berth-test\n"));
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_nothing_is_ready() {
+        let eps = [
+            ("10.42.0.2", "n1", false, true, true),
+            ("10.42.0.3", "n1", false, false, false),
+        ];
+        let rules = ruleset(
+            &settings(),
+            &[svc("web", service("web", "ClusterIP"))],
+            &[slice("web", &eps)],
+        );
+        assert!(
+            rules.contains("numgen random mod 1 vmap { 0 : goto ep/default/web/http/10.42.0.2 }"),
+            "{rules}"
+        );
+        let eps = [
+            ("10.42.0.2", "n1", false, true, true),
+            ("10.42.0.4", "n1", true, true, false),
+        ];
+        let rules = ruleset(
+            &settings(),
+            &[svc("web", service("web", "ClusterIP"))],
+            &[slice("web", &eps)],
+        );
+        assert!(
+            rules.contains("numgen random mod 1 vmap { 0 : goto ep/default/web/http/10.42.0.4 }"),
+            "{rules}"
+        );
+    }
+
+    #[test]
+    fn a_service_without_endpoints_is_rejected() {
+        let rules = ruleset(&settings(), &[svc("web", service("web", "NodePort"))], &[]);
+        assert!(
+            rules.contains("elements = { 10.96.0.10 . tcp . 80 }"),
+            "{rules}"
+        );
+        assert!(rules.contains("elements = { tcp . 30080 }"), "{rules}");
+        assert!(!rules.contains(": goto svc/"), "{rules}");
+    }
+
+    #[test]
+    fn traffic_policies_and_affinity() {
+        let mut spec = service("web", "NodePort");
+        spec.internal_traffic_policy = Some("Local".into());
+        spec.external_traffic_policy = Some("Local".into());
+        spec.session_affinity = Some("ClientIP".into());
+        spec.session_affinity_config = Some(SessionAffinityConfig {
+            client_ip: Some(ClientIPConfig {
+                timeout_seconds: Some(60),
+            }),
+        });
+        spec.external_ips = Some(vec!["192.0.2.10".into()]);
+        let eps = [
+            ("10.42.0.2", "n1", true, true, false),
+            ("10.42.1.2", "n2", true, true, false),
+        ];
+        let rules = ruleset(&settings(), &[svc("web", spec)], &[slice("web", &eps)]);
+        // Only this node's endpoint, for cluster and external traffic alike.
+        assert_eq!(
+            rules
+                .matches("numgen random mod 1 vmap { 0 : goto ep/default/web/http/10.42.0.2 }")
+                .count(),
+            2,
+            "{rules}"
+        );
+        assert!(rules.contains("192.0.2.10 . tcp . 80 : goto ext/default/web/http"));
+        assert!(rules.contains(
+            "ip saddr @aff/default/web/http/10.42.0.2 goto ep/default/web/http/10.42.0.2"
+        ));
+        assert!(rules.contains("update @aff/default/web/http/10.42.0.2 { ip saddr }"));
+        assert!(rules.contains("timeout 60s"));
+        assert_eq!(
+            rules.matches("set aff/default/web/http/10.42.0.2 ").count(),
+            1
+        );
+    }
+
+    /// The rules are what nft accepts (checked, not applied: `nft -c`). Needs nft and the
+    /// right to open a netfilter socket (root), as the agent does.
+    #[test]
+    fn nft_accepts_the_rules() {
+        let mut spec = service("web", "NodePort");
+        spec.session_affinity = Some("ClientIP".into());
+        spec.external_traffic_policy = Some("Local".into());
+        spec.external_ips = Some(vec!["192.0.2.10".into()]);
+        let eps = [
+            ("10.42.0.2", "n1", true, true, false),
+            ("10.42.1.2", "n2", true, true, false),
+        ];
+        let rules = ruleset(
+            &settings(),
+            &[svc("web", spec), svc("empty", service("empty", "NodePort"))],
+            &[slice("web", &eps)],
+        );
+        let mut child = std::process::Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("this test needs nft: `apt-get install nftables`");
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(rules.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft refused:\n{}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
