@@ -106,6 +106,9 @@ async fn berth_pods(
         lease_duration: Duration::from_secs(8),
         sync_every: Duration::from_secs(1),
         backoff: Default::default(),
+        proxy: None,
+        dns: None,
+        pod_dns: None,
     };
     std::fs::create_dir_all(&agent_cfg.data_dir)?;
     let agent = tokio::spawn(berth_agent::run(agent_cfg, runtime.clone()));
@@ -249,6 +252,9 @@ async fn process_latency(runs: usize) -> anyhow::Result<()> {
         lease_duration: Duration::from_secs(4),
         sync_every: Duration::from_secs(1),
         backoff: Default::default(),
+        proxy: None,
+        dns: None,
+        pod_dns: None,
     };
     let agent = tokio::spawn(berth_agent::run(agent_cfg, runtime));
     let api: Api<Pod> = Api::namespaced(client, "default");

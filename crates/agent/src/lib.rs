@@ -56,6 +56,22 @@ pub struct Config {
     pub backoff: Backoff,
     /// The Service proxy's settings; `None`: no Service rules on this node.
     pub proxy: Option<net::proxy::Settings>,
+    /// The node's DNS server; `None`: none.
+    pub dns: Option<DnsConfig>,
+    /// What pods' resolv.conf names; `None`: pods keep the runtime's own.
+    pub pod_dns: Option<PodDns>,
+}
+
+pub use pods::files::PodDns;
+
+/// Where the node's DNS server listens and what it answers for.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// UDP and TCP, same port (port 0: any free one). The proxy points the cluster DNS
+    /// Service here.
+    pub listen: std::net::SocketAddr,
+    /// The cluster domain (`cluster.local`).
+    pub domain: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +82,12 @@ pub enum AgentError {
     Client(#[source] kube::Error),
     #[error("starting the agent's HTTPS endpoint failed")]
     Serve(#[source] server::ServeError),
+    #[error("listening for DNS on {addr} failed")]
+    Dns {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("registering node {node} failed (is the token a node-join token for this server?)")]
     Register {
         node: String,
@@ -274,28 +296,39 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         });
     }
 
-    if let Some(settings) = cfg.proxy.clone() {
+    let dns = match &cfg.dns {
+        Some(d) => Some(listen_dns(d).await?),
+        None => None,
+    };
+    let mut proxy = cfg.proxy.clone();
+    if let Some(p) = proxy.as_mut() {
+        p.local_dns = dns
+            .as_ref()
+            .and_then(|d| d.udp.local_addr().ok())
+            .map(|a| a.port());
         if let Err(e) = net::allow_localhost_node_ports() {
             tracing::warn!(error = %e, "NodePorts will not answer on 127.0.0.1: route_localnet cannot be set");
         }
-        tasks.spawn(net::run_proxy(
-            client.clone(),
-            settings,
-            Arc::new(net::nft::Kernel),
-        ));
+    }
+    if proxy.is_some() || dns.is_some() {
+        let nft: Arc<dyn net::nft::Nft> = Arc::new(net::nft::Kernel);
+        tasks.spawn(net::run(client.clone(), proxy.map(|p| (p, nft)), dns));
     }
 
     // Never act on an empty view: it would look like every pod had gone.
     let _ = reader.wait_until_ready().await;
-    let sync = Arc::new(pods::PodSync::new(
-        runtime.clone(),
-        Arc::new(owner::ApiOwner {
-            client: client.clone(),
-            node: cfg.node_name.clone(),
-        }),
-        cfg.backoff,
-        cfg.data_dir.clone(),
-    ));
+    let sync = Arc::new(
+        pods::PodSync::new(
+            runtime.clone(),
+            Arc::new(owner::ApiOwner {
+                client: client.clone(),
+                node: cfg.node_name.clone(),
+            }),
+            cfg.backoff,
+            cfg.data_dir.clone(),
+        )
+        .with_dns(cfg.pod_dns.clone()),
+    );
     let passes = NodePasses {
         sync,
         reader,
@@ -308,6 +341,26 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     };
     runner::run(runtime, changed, passes).await;
     Ok(())
+}
+
+/// Bind the node's DNS server: UDP where asked, TCP on the same port.
+async fn listen_dns(d: &DnsConfig) -> Result<net::Dns, AgentError> {
+    let failed = |addr| move |source| AgentError::Dns { addr, source };
+    let udp = tokio::net::UdpSocket::bind(d.listen)
+        .await
+        .map_err(failed(d.listen))?;
+    let bound = udp.local_addr().map_err(failed(d.listen))?;
+    let tcp = tokio::net::TcpListener::bind(bound)
+        .await
+        .map_err(failed(bound))?;
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    tracing::info!(listen = %bound, domain = %d.domain, "cluster DNS");
+    Ok(net::Dns {
+        udp,
+        tcp,
+        domain: d.domain.clone(),
+        upstream: net::dns::host_resolvers(&resolv),
+    })
 }
 
 /// The agent's passes over its pods, with fencing: while fenced, what is stopped stays

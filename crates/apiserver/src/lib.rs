@@ -38,6 +38,8 @@ pub struct Config {
     pub watch_history: usize,
     /// How often an idle watch gets a BOOKMARK.
     pub bookmark_every: Duration,
+    /// The address of the `kube-system/kube-dns` Service (the agents' `--cluster-dns`).
+    pub cluster_dns: std::net::Ipv4Addr,
 }
 
 impl Config {
@@ -48,6 +50,7 @@ impl Config {
             tls_sans: Vec::new(),
             watch_history: SqliteOptions::default().history,
             bookmark_every: Duration::from_secs(10),
+            cluster_dns: std::net::Ipv4Addr::new(10, 96, 0, 10),
         }
     }
 }
@@ -68,7 +71,7 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("creating the initial namespaces failed: {0}")]
+    #[error("creating the initial namespaces and Services failed: {0}")]
     Bootstrap(status::ApiError),
 }
 
@@ -150,6 +153,10 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         addr: cfg.listen,
         source,
     })?;
+    registry
+        .ensure_system_services(addr, cfg.cluster_dns)
+        .await
+        .map_err(StartError::Bootstrap)?;
     let state = Arc::new(http::AppState {
         registry: registry.clone(),
         tokens: tokens.clone(),

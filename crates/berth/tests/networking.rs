@@ -168,6 +168,15 @@ fn http_get(addr: &str) -> std::io::Result<String> {
         .to_string())
 }
 
+/// A cluster DNS address of this test's own: every agent on the host sends its cluster's
+/// DNS address to its own server, so two clusters at once must not share one.
+fn cluster_dns() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = (std::process::id() * 7 + N.fetch_add(1, Ordering::SeqCst)) % 240;
+    format!("10.96.0.{}", n + 11)
+}
+
 /// Removes the node's containers and its nftables table when the test ends.
 struct Cleanup(String);
 
@@ -218,7 +227,15 @@ async fn a_service_routes_by_cluster_ip_and_node_port_on_one_host() {
     let img = common::BusyboxImage::build();
     let node = common::unique("svc");
     let _cleanup = Cleanup(node.clone());
-    let b = Berth::up(&["--runtime", "docker", "--node-name", &node]);
+    let dns = cluster_dns();
+    let b = Berth::up(&[
+        "--runtime",
+        "docker",
+        "--node-name",
+        &node,
+        "--cluster-dns",
+        &dns,
+    ]);
     b.kubectl_stdin_ok(&["apply", "-f", "-"], &web_yaml(&img.tag, 2, "NodePort"));
     b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=90s"]);
     let ip = b.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
@@ -257,6 +274,41 @@ async fn a_service_routes_by_cluster_ip_and_node_port_on_one_host() {
     // The NodePort answers on the node's address, 127.0.0.1 here.
     let body = http_get(&format!("127.0.0.1:{node_port}")).expect("the NodePort answers");
     assert!(pods.contains(&body), "{body}");
+
+    // From a pod: the names resolve (through the search path and the node's DNS) to the
+    // ClusterIP, which answers.
+    for name in ["web", "web.default.svc.cluster.local"] {
+        // busybox's nslookup asks every search domain and fails if any says NXDOMAIN.
+        let out = b.kubectl_ok(&[
+            "exec",
+            &pods[0],
+            "--",
+            "sh",
+            "-c",
+            &format!("nslookup {name}; true"),
+        ]);
+        assert!(
+            out.contains("web.default.svc.cluster.local"),
+            "{name}: {out}"
+        );
+        assert!(out.contains(&format!("Address: {ip}")), "{name}: {out}");
+    }
+    for url in [
+        format!("http://{ip}/"),
+        "http://web/".into(),
+        "http://web.default.svc.cluster.local/".into(),
+    ] {
+        let out = b.kubectl_ok(&["exec", &pods[0], "--", "wget", "-q", "-O", "-", &url]);
+        assert!(pods.contains(&out.trim().to_string()), "{url}: {out}");
+    }
+    let resolv = b.kubectl_ok(&["exec", &pods[0], "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+    let hosts = b.kubectl_ok(&["exec", &pods[0], "--", "cat", "/etc/hosts"]);
+    assert!(hosts.contains(&pods[0]), "{hosts}");
 
     // Scaled to nothing: refused at once rather than left to time out.
     b.kubectl_ok(&["scale", "deploy/web", "--replicas=0"]);

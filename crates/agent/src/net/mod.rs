@@ -1,8 +1,10 @@
 //! The node's part of the data plane.
 //!
-//! - [`proxy`]: Services to nftables rules (pure), applied whole by the proxy loop
-//!   ([`run_proxy`]) through [`nft`] whenever a Service or EndpointSlice changes.
+//! - [`proxy`]: Services to nftables rules (pure), applied whole through [`nft`] whenever a
+//!   Service or EndpointSlice changes ([`run`]).
+//! - [`dns`]: the cluster's names, answered from the same caches.
 
+pub mod dns;
 pub mod nft;
 pub mod proxy;
 
@@ -60,12 +62,28 @@ pub fn allow_localhost_node_ports() -> std::io::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1")
 }
 
-/// Keep this node's Service rules equal to what the API says, until dropped: every change to
-/// a Service or an EndpointSlice writes the whole table again (if it changed), at once.
-pub async fn run_proxy(client: kube::Client, settings: proxy::Settings, nft: Arc<dyn nft::Nft>) {
+/// The node's DNS server: where it listens (bound by the caller, so the proxy can point the
+/// cluster DNS address at it), the cluster domain, and the host's resolvers for the rest.
+pub struct Dns {
+    pub udp: tokio::net::UdpSocket,
+    pub tcp: tokio::net::TcpListener,
+    pub domain: String,
+    pub upstream: Vec<std::net::SocketAddr>,
+}
+
+/// Keep this node's Service rules and DNS answers equal to what the API says, until
+/// dropped: every change to a Service or an EndpointSlice writes the whole table again (if it
+/// changed) and rebuilds the DNS zone, at once.
+pub async fn run(
+    client: kube::Client,
+    proxy: Option<(proxy::Settings, Arc<dyn nft::Nft>)>,
+    dns: Option<Dns>,
+) {
     let changed = Arc::new(tokio::sync::Notify::new());
     let (services, keep_services) = cache::<Service>(&client, changed.clone());
     let (slices, keep_slices) = cache::<EndpointSlice>(&client, changed.clone());
+    let domain = dns.as_ref().map(|d| d.domain.clone()).unwrap_or_default();
+    let (zone_tx, zone_rx) = tokio::sync::watch::channel(Arc::new(dns::Zone::default()));
     let program = async {
         if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
             return;
@@ -77,18 +95,24 @@ pub async fn run_proxy(client: kube::Client, settings: proxy::Settings, nft: Arc
                 (&a.metadata.namespace, &a.metadata.name)
                     .cmp(&(&b.metadata.namespace, &b.metadata.name))
             });
-            let script = proxy::ruleset(&settings, &svcs, &slices.state());
+            let slices = slices.state();
+            if !domain.is_empty() {
+                zone_tx.send_replace(Arc::new(dns::Zone::build(&domain, &svcs, &slices)));
+            }
             let mut retry = false;
-            if applied.as_ref() != Some(&script) {
-                let started = Instant::now();
-                match nft.apply(&script).await {
-                    Ok(()) => {
-                        tracing::debug!(table = %settings.table, took = ?started.elapsed(), "service rules written");
-                        applied = Some(script);
-                    }
-                    Err(e) => {
-                        tracing::warn!(table = %settings.table, error = %berth_core::error::Chain(&e), "writing the service rules failed; retrying");
-                        retry = true;
+            if let Some((settings, nft)) = &proxy {
+                let script = proxy::ruleset(settings, &svcs, &slices);
+                if applied.as_ref() != Some(&script) {
+                    let started = Instant::now();
+                    match nft.apply(&script).await {
+                        Ok(()) => {
+                            tracing::debug!(table = %settings.table, took = ?started.elapsed(), "service rules written");
+                            applied = Some(script);
+                        }
+                        Err(e) => {
+                            tracing::warn!(table = %settings.table, error = %berth_core::error::Chain(&e), "writing the service rules failed; retrying");
+                            retry = true;
+                        }
                     }
                 }
             }
@@ -100,5 +124,11 @@ pub async fn run_proxy(client: kube::Client, settings: proxy::Settings, nft: Arc
             let _ = tokio::time::timeout(wait, changed.notified()).await;
         }
     };
-    futures::join!(keep_services, keep_slices, program);
+    let serve = async {
+        match dns {
+            Some(d) => dns::serve(d.udp, d.tcp, zone_rx, d.upstream).await,
+            None => futures::future::pending().await,
+        }
+    };
+    futures::join!(keep_services, keep_slices, program, serve);
 }

@@ -41,7 +41,13 @@ pub struct Settings {
     /// come back through this node; pod traffic leaving it is masqueraded. `None`: pods use
     /// the engine's own network, which masquerades its own egress.
     pub cluster_cidr: Option<String>,
+    /// The port of this node's DNS server on 127.0.0.1: the `kube-system/kube-dns` Service
+    /// goes there instead of to endpoints of its own.
+    pub local_dns: Option<u16>,
 }
+
+/// The Service pods ask for names.
+pub const CLUSTER_DNS: (&str, &str) = ("kube-system", "kube-dns");
 
 /// One Service port as the proxy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +76,12 @@ fn protocol(p: Option<&str>) -> Option<&'static str> {
 }
 
 /// The Service ports to program, each with its endpoints.
-fn ports(node: &str, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Vec<Port> {
+fn ports(
+    settings: &Settings,
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+) -> Vec<Port> {
+    let (node, settings_dns) = (settings.node.as_str(), settings.local_dns);
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
         let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME)) else {
@@ -150,7 +161,10 @@ fn ports(node: &str, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -
                     }
                 }
             }
-            let endpoints = if ready.is_empty() { serving } else { ready };
+            let mut endpoints = if ready.is_empty() { serving } else { ready };
+            if let (Some(dns), true) = (settings_dns, (ns, name) == CLUSTER_DNS) {
+                endpoints = BTreeSet::from([("127.0.0.1".to_string(), i32::from(dns), true)]);
+            }
             let label = if pname.is_empty() {
                 p.port.to_string()
             } else {
@@ -183,7 +197,7 @@ pub fn ruleset(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
 ) -> String {
-    let ports = ports(&settings.node, services, slices);
+    let ports = ports(settings, services, slices);
     let t = &settings.table;
     let mut s = String::new();
     let _ = writeln!(s, "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{");
@@ -394,6 +408,7 @@ mod tests {
             table: "berth-test".into(),
             node: "n1".into(),
             cluster_cidr: Some("10.42.0.0/16".into()),
+            local_dns: None,
         }
     }
 

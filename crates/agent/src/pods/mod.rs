@@ -11,6 +11,7 @@
 //!                                 execute: kills, Events, starts, status -> patch
 //! ```
 
+pub mod files;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -60,6 +61,9 @@ pub struct PodSync {
     /// Pods whose graceful stop is under way (it runs beside the ticks, not inside one).
     deleting: Mutex<std::collections::HashSet<String>>,
     prober: crate::probes::Prober,
+    /// The cluster DNS pods are given, with the host's search domains (runtimes that mount
+    /// files only).
+    dns: Option<(files::PodDns, Vec<String>)>,
 }
 
 fn pod_ref(pod: &Pod) -> PodRef {
@@ -132,7 +136,17 @@ impl PodSync {
             memory: Mutex::default(),
             deleting: Mutex::default(),
             prober: Default::default(),
+            dns: None,
         }
+    }
+
+    /// Give pods a resolv.conf naming the cluster DNS, and an /etc/hosts of their own, on
+    /// runtimes that mount files into containers.
+    pub fn with_dns(mut self, dns: Option<files::PodDns>) -> Self {
+        let search =
+            files::host_search(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+        self.dns = dns.map(|d| (d, search));
+        self
     }
 
     /// Read or change what is remembered of pod `uid`.
@@ -172,6 +186,30 @@ impl PodSync {
         config.mounts = crate::config::mounts(&*self.owner, full, spec, &self.data_dir)
             .await
             .map_err(failed)?;
+        if let (Some((dns, search)), true) = (&self.dns, self.runtime.name() == "docker") {
+            let uid = full.metadata.uid.as_deref().unwrap_or_default();
+            let dir = crate::config::pod_dir(&self.data_dir, uid).join("etc");
+            let own =
+                files::write(&dir, full, sandbox.ip.as_deref(), dns, search).map_err(|e| {
+                    RuntimeError::Config {
+                        container: spec.name.clone(),
+                        message: format!(
+                            "writing the pod's resolv.conf and hosts in {}: {e}",
+                            dir.display()
+                        ),
+                    }
+                })?;
+            // A volume the pod mounts at the same path wins, as in Kubernetes.
+            for m in own {
+                if !config
+                    .mounts
+                    .iter()
+                    .any(|x| x.container_path == m.container_path)
+                {
+                    config.mounts.push(m);
+                }
+            }
+        }
         Ok(())
     }
 

@@ -162,7 +162,10 @@ fn spec_part(obj: &Value) -> Value {
 
 /// Kinds that `PUT` may create (Kubernetes' `AllowCreateOnUpdate`).
 fn create_on_update(kind: Kind) -> bool {
-    matches!(kind, Kind::Endpoints | Kind::Event | Kind::Lease)
+    matches!(
+        kind,
+        Kind::Endpoints | Kind::EndpointSlice | Kind::Event | Kind::Lease
+    )
 }
 
 const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -651,6 +654,15 @@ impl Registry {
     }
 
     /// Create the namespaces every cluster starts with, if they are missing.
+    /// Create (or point at this server again) the Services every cluster has.
+    pub async fn ensure_system_services(
+        &self,
+        api: std::net::SocketAddr,
+        cluster_dns: std::net::Ipv4Addr,
+    ) -> Result<(), ApiError> {
+        service::ensure_system(self, api, cluster_dns).await
+    }
+
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
         let nsres = resources::of_kind(Kind::Namespace);
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {

@@ -84,8 +84,9 @@ pub(crate) async fn allocate(
             let mut rng = rand::rng();
             let mut pick = None;
             for _ in 0..size {
-                // Skip the network address and .1 (kept for the `kubernetes` service).
-                let candidate = Ipv4Addr::from(u32::from(base) + rng.random_range(2..size - 1));
+                // The first 256 addresses are kept for Services with a fixed address
+                // (`kubernetes` at .1, `kube-dns` at .10), as Kubernetes keeps a low band.
+                let candidate = Ipv4Addr::from(u32::from(base) + rng.random_range(256..size - 1));
                 if !used_ips.contains(&candidate.to_string()) {
                     pick = Some(candidate.to_string());
                     break;
@@ -159,6 +160,106 @@ pub(crate) async fn allocate(
             used_ports.insert(port);
             p["nodePort"] = json!(port);
         }
+    }
+    Ok(())
+}
+
+/// The address of the `default/kubernetes` Service.
+pub const KUBERNETES_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+
+/// The Services every cluster has: `default/kubernetes` (the API server, at `api`) and
+/// `kube-system/kube-dns` at `cluster_dns` (each node's agent answers it). The first is
+/// pointed at this server on every start (its port may change); an address already taken
+/// by a user's Service is left to it, with a warning.
+pub(crate) async fn ensure_system(
+    reg: &Registry,
+    api: std::net::SocketAddr,
+    cluster_dns: Ipv4Addr,
+) -> Result<(), ApiError> {
+    use super::{Part, WriteOptions};
+    let svc = resources::of_kind(Kind::Service);
+    let services = [
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": KUBERNETES_IP.to_string(),
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                                "targetPort": api.port()}]}
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                         "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+            "spec": {"clusterIP": cluster_dns.to_string(),
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                               {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}
+        }),
+    ];
+    for body in services {
+        let ns = body
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(String::from);
+        match reg
+            .create(svc, ns.as_deref(), body, &WriteOptions::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => tracing::warn!(error = %e.message, "a system Service could not be created"),
+        }
+    }
+    // The API server's own port may change between starts: the Service's targetPort,
+    // Endpoints and slice follow it.
+    let api_ip = if api.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        api.ip()
+    };
+    let mut current = reg.get(svc, Some("default"), "kubernetes").await?;
+    if current.pointer("/spec/ports/0/targetPort") != Some(&json!(api.port())) {
+        current["spec"]["ports"][0]["targetPort"] = json!(api.port());
+        reg.update(
+            svc,
+            Some("default"),
+            "kubernetes",
+            current,
+            Part::Main,
+            &WriteOptions::default(),
+        )
+        .await?;
+    }
+    let endpoints = json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": api_ip.to_string()}],
+                     "ports": [{"name": "https", "port": api.port(), "protocol": "TCP"}]}]
+    });
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [api_ip.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": api.port(), "protocol": "TCP"}]
+    });
+    for body in [endpoints, slice] {
+        let kind = if body["kind"] == "Endpoints" {
+            Kind::Endpoints
+        } else {
+            Kind::EndpointSlice
+        };
+        reg.update(
+            resources::of_kind(kind),
+            Some("default"),
+            "kubernetes",
+            body,
+            Part::Main,
+            &WriteOptions::default(),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -63,6 +63,17 @@ pub struct Args {
     /// masqueraded (so replies return through this node), and pod traffic leaving it too.
     #[arg(long)]
     pub cluster_cidr: Option<String>,
+    /// The cluster DNS Service's address, written into pods' resolv.conf (the server's
+    /// `--cluster-dns`).
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Where this node's DNS server listens (UDP and TCP); the Service proxy sends the
+    /// cluster DNS address here.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub cluster_dns_listen: std::net::SocketAddr,
     /// Where the agent keeps its files.
     #[arg(long, default_value_os_t = super::default_data_dir().join("agent"))]
     pub data_dir: std::path::PathBuf,
@@ -108,9 +119,19 @@ pub fn config(args: &Args, ca_pem: String) -> berth_agent::Config {
             table: berth_agent::net::nft::table_for(&node_name),
             node: node_name.clone(),
             cluster_cidr: args.cluster_cidr.clone(),
+            local_dns: None,
         });
+    let networked = args.runtime != RuntimeKind::Mock;
     berth_agent::Config {
         proxy,
+        dns: networked.then(|| berth_agent::DnsConfig {
+            listen: args.cluster_dns_listen,
+            domain: args.cluster_domain.clone(),
+        }),
+        pod_dns: networked.then(|| berth_agent::PodDns {
+            nameserver: args.cluster_dns,
+            domain: args.cluster_domain.clone(),
+        }),
         server: args.server.clone(),
         token: args.token.clone(),
         ca_pem,

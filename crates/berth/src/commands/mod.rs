@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Seconds between BOOKMARK events on idle watches.
     #[arg(long, default_value_t = 10)]
     pub bookmark_seconds: u64,
+    /// The address of the cluster DNS Service (`kube-system/kube-dns`), in 10.96.0.0/24;
+    /// agents are given the same with their own `--cluster-dns`.
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
 }
 
 impl ServeArgs {
@@ -46,6 +50,7 @@ impl ServeArgs {
         cfg.tls_sans = self.tls_sans.clone();
         cfg.watch_history = self.watch_history;
         cfg.bookmark_every = std::time::Duration::from_secs(self.bookmark_seconds.max(1));
+        cfg.cluster_dns = self.cluster_dns;
         cfg
     }
 }

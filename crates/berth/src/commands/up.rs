@@ -77,6 +77,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             warm_pool: args.instances.warm_pool,
             service_proxy: args.service_proxy,
             cluster_cidr: None,
+            cluster_dns: args.serve.cluster_dns,
+            cluster_domain: "cluster.local".into(),
+            cluster_dns_listen: "127.0.0.1:0".parse().expect("an address"),
             data_dir: agent_dir.clone(),
         };
         std::fs::create_dir_all(&agent_args.data_dir)?;
