@@ -463,3 +463,203 @@ async fn forward_tcp(query: &[u8], upstream: &[SocketAddr]) -> Option<Vec<u8>> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn svc(name: &str, cluster_ip: &str, ty: &str) -> Arc<Service> {
+        Arc::new(Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some(ty.into()),
+                cluster_ip: Some(cluster_ip.into()),
+                external_name: (ty == "ExternalName").then(|| "db.example.com".into()),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn slice(svc: &str, eps: &[(&str, Option<&str>, bool)]) -> Arc<EndpointSlice> {
+        Arc::new(EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("{svc}-x")),
+                namespace: Some("default".into()),
+                labels: Some([(SERVICE_NAME.to_string(), svc.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: eps
+                .iter()
+                .map(|(ip, host, ready)| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    hostname: host.map(String::from),
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                name: Some("http".into()),
+                port: Some(8080),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+        })
+    }
+
+    fn zone() -> Zone {
+        Zone::build(
+            "cluster.local",
+            &[
+                svc("web", "10.96.5.5", "ClusterIP"),
+                svc("db", "None", "ClusterIP"),
+                svc("ext", "", "ExternalName"),
+            ],
+            &[slice(
+                "db",
+                &[
+                    ("10.42.0.7", Some("db-0"), true),
+                    ("10.42.1.8", None, true),
+                    ("10.42.1.9", None, false),
+                ],
+            )],
+        )
+    }
+
+    fn ask(name: &str, kind: RecordType) -> Result<Message, Answer> {
+        let mut m = Message::new();
+        m.set_id(9)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true)
+            .add_query(Query::query(Name::from_str(name).unwrap(), kind));
+        match answer(&m.to_vec().unwrap(), &zone(), false) {
+            Answer::Reply(bytes) => Ok(Message::from_vec(&bytes).unwrap()),
+            other => Err(other),
+        }
+    }
+
+    fn addresses(m: &Message) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = m
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(A(ip)) => Some(*ip),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn services_resolve_to_their_cluster_ip_or_ready_endpoints() {
+        let r = ask("web.default.svc.cluster.local.", RecordType::A).unwrap();
+        assert_eq!((r.id(), r.response_code()), (9, ResponseCode::NoError));
+        assert_eq!(addresses(&r), [Ipv4Addr::new(10, 96, 5, 5)]);
+        let r = ask("DB.default.svc.cluster.local.", RecordType::A).unwrap();
+        assert_eq!(
+            addresses(&r),
+            [Ipv4Addr::new(10, 42, 0, 7), Ipv4Addr::new(10, 42, 1, 8)]
+        );
+        let r = ask("db-0.db.default.svc.cluster.local.", RecordType::A).unwrap();
+        assert_eq!(addresses(&r), [Ipv4Addr::new(10, 42, 0, 7)]);
+        let r = ask("10-42-1-8.db.default.svc.cluster.local.", RecordType::A).unwrap();
+        assert_eq!(addresses(&r), [Ipv4Addr::new(10, 42, 1, 8)]);
+        // An unready endpoint has no name.
+        let r = ask("10-42-1-9.db.default.svc.cluster.local.", RecordType::A).unwrap();
+        assert_eq!(r.response_code(), ResponseCode::NXDomain);
+        let r = ask("1-2-3-4.default.pod.cluster.local.", RecordType::A).unwrap();
+        assert_eq!(addresses(&r), [Ipv4Addr::new(1, 2, 3, 4)]);
+    }
+
+    #[test]
+    fn srv_ptr_and_cname() {
+        let r = ask("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV).unwrap();
+        let srv: Vec<(u16, String)> = r
+            .answers()
+            .iter()
+            .filter_map(|a| match a.data() {
+                RData::SRV(s) => Some((s.port(), s.target().to_ascii())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(srv, [(80, "web.default.svc.cluster.local.".to_string())]);
+        assert_eq!(r.additionals().len(), 1, "the target's address rides along");
+        let r = ask("_http._tcp.db.default.svc.cluster.local.", RecordType::SRV).unwrap();
+        assert_eq!(r.answers().len(), 2);
+        let r = ask("5.5.96.10.in-addr.arpa.", RecordType::PTR).unwrap();
+        assert!(
+            matches!(r.answers()[0].data(), RData::PTR(PTR(n)) if n.to_ascii() == "web.default.svc.cluster.local.")
+        );
+        let r = ask("7.0.42.10.in-addr.arpa.", RecordType::PTR).unwrap();
+        assert!(
+            matches!(r.answers()[0].data(), RData::PTR(PTR(n)) if n.to_ascii() == "db-0.db.default.svc.cluster.local.")
+        );
+        let r = ask("ext.default.svc.cluster.local.", RecordType::A).unwrap();
+        assert!(
+            matches!(r.answers()[0].data(), RData::CNAME(CNAME(n)) if n.to_ascii() == "db.example.com.")
+        );
+    }
+
+    #[test]
+    fn negative_answers_and_forwarding() {
+        // A name that exists without the type asked: empty, with the SOA.
+        let r = ask("web.default.svc.cluster.local.", RecordType::AAAA).unwrap();
+        assert_eq!(
+            (r.response_code(), r.answers().len(), r.name_servers().len()),
+            (ResponseCode::NoError, 0, 1)
+        );
+        let r = ask("default.svc.cluster.local.", RecordType::A).unwrap();
+        assert_eq!(r.response_code(), ResponseCode::NoError);
+        // The search path's misses are NXDOMAIN, as they must be for ndots:5 to work.
+        for name in [
+            "web.svc.cluster.local.",
+            "nope.default.svc.cluster.local.",
+            "example.com.default.svc.cluster.local.",
+        ] {
+            assert_eq!(
+                ask(name, RecordType::A).unwrap().response_code(),
+                ResponseCode::NXDomain,
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            ask("example.com.", RecordType::A),
+            Err(Answer::Forward)
+        ));
+        assert!(matches!(
+            ask("4.3.2.1.in-addr.arpa.", RecordType::PTR),
+            Err(Answer::Forward)
+        ));
+    }
+
+    #[test]
+    fn the_host_resolvers_come_from_resolv_conf() {
+        let conf = "# x\nnameserver 192.0.2.53\nsearch a b\nnameserver ::1\n";
+        assert_eq!(
+            host_resolvers(conf),
+            [
+                "192.0.2.53:53".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+    }
+}
