@@ -323,3 +323,90 @@ async fn a_service_routes_by_cluster_ip_and_node_port_on_one_host() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn nodes_get_pod_cidrs_from_the_cluster_cidr_and_give_them_back() {
+    let node = common::unique("ipam");
+    let b = Berth::up(&[
+        "--runtime",
+        "mock",
+        "--node-name",
+        &node,
+        "--cluster-cidr",
+        "10.77.0.0/23",
+    ]);
+    let cidr = |n: &str| {
+        let n = n.to_string();
+        let b = &b;
+        async move {
+            let c = b.kubectl_ok(&[
+                "get",
+                "node",
+                &n,
+                "-o",
+                "jsonpath={.spec.podCIDR} {.spec.podCIDRs[0]}",
+            ]);
+            (!c.trim().is_empty()).then_some(c)
+        }
+    };
+    assert_eq!(
+        eventually(10, "the local node's CIDR", || cidr(&node)).await,
+        "10.77.0.0/24 10.77.0.0/24"
+    );
+    let fake = |name: &str| format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n");
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &fake("second"));
+    assert_eq!(
+        eventually(10, "the second node's CIDR", || cidr("second")).await,
+        "10.77.1.0/24 10.77.1.0/24"
+    );
+    // The /23 holds two: a third node waits, told why, until a block is given back.
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &fake("third"));
+    eventually(10, "a CIDRNotAvailable event", || async {
+        let ev = b.kubectl_ok(&[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            "reason=CIDRNotAvailable",
+            "-o",
+            "name",
+        ]);
+        (!ev.trim().is_empty()).then_some(())
+    })
+    .await;
+    b.kubectl_ok(&["delete", "node", "second"]);
+    assert_eq!(
+        eventually(10, "the freed block", || cidr("third")).await,
+        "10.77.1.0/24 10.77.1.0/24"
+    );
+}
+
+#[test]
+fn a_cluster_cidr_too_small_is_refused_with_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "up",
+            "--runtime",
+            "none",
+            "--listen",
+            "127.0.0.1:0",
+            "--instances-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--cluster-cidr",
+            "10.42.0.0/25",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot hold one node's /24") && err.contains("--cluster-cidr"),
+        "{err}"
+    );
+    assert!(!dir.path().join("state.db").exists(), "nothing was started");
+}

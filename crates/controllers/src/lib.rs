@@ -16,6 +16,7 @@
 //!  nodelifecycle (sweep every 250 ms) ──▶ Lease ran out: NotReady, unreachable taint, evict
 //!  hpa (every second) ──▶ metrics.k8s.io usage / requests ──▶ the target's scale
 //!  endpoints (on every pod, Service, Endpoints or slice change) ──▶ Endpoints, EndpointSlices
+//!  nodeipam (on every node change) ──▶ spec.podCIDR for nodes without one
 //! ```
 
 pub mod deployment;
@@ -24,6 +25,7 @@ mod events;
 pub mod gc;
 pub mod hpa;
 pub mod leader;
+pub mod nodeipam;
 pub mod nodelifecycle;
 mod ownership;
 pub mod replicaset;
@@ -165,8 +167,15 @@ where
     (reader, stream)
 }
 
+/// What the controllers are told of the cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How nodes' pod CIDRs are cut from the cluster's.
+    pub pod_cidrs: nodeipam::Settings,
+}
+
 /// Run the controllers until the process ends.
-pub async fn run(client: kube::Client) -> Result<(), Error> {
+pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> {
     let (pods, pod_changes) = cache(Api::<Pod>::all(client.clone()));
     let (replicasets, rs_changes) = cache(Api::<ReplicaSet>::all(client.clone()));
     let (nodes, node_changes) = cache(Api::<Node>::all(client.clone()));
@@ -180,6 +189,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     let (hpas, hpa_changes) = cache(Api::<
         k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
     >::all(client.clone()));
+    let nodes_changed = Arc::new(tokio::sync::Notify::new());
     // The endpoints sweep runs on any change to what it reads.
     let changed = Arc::new(tokio::sync::Notify::new());
     let pod_changes = {
@@ -244,7 +254,11 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         // here, so that dropping this future (a leader stepping down) stops every watch.
         hpa_changes.for_each(|_| async {}),
         lease_changes.for_each(|_| async {}),
-        node_changes.for_each(|_| async {}),
+        node_changes.for_each(|_| {
+            nodes_changed.notify_one();
+            futures::future::ready(())
+        }),
+        nodeipam::run(ctx.clone(), settings.pod_cidrs, nodes_changed.clone()),
         deployment_changes.for_each(|_| async {}),
         nodelifecycle::run(ctx.clone(), leases)
     );

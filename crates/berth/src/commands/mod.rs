@@ -96,6 +96,27 @@ pub struct ControlArgs {
     /// controllers run only on the server that holds it (renewed every lease/7 s).
     #[arg(long, default_value_t = 15)]
     pub leader_lease_seconds: u64,
+    /// The pod network of the whole cluster; each node gets a block of it.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: berth_controllers::nodeipam::Cidr,
+    /// The prefix length of each node's block of the cluster CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+}
+
+impl ControlArgs {
+    /// What the controllers are told, checked: called before anything starts, so a bad flag
+    /// changes nothing.
+    pub fn settings(&self) -> anyhow::Result<berth_controllers::Settings> {
+        use anyhow::Context;
+        Ok(berth_controllers::Settings {
+            pod_cidrs: berth_controllers::nodeipam::Settings::new(
+                self.cluster_cidr,
+                self.node_cidr_mask_size,
+            )
+            .context("checking --cluster-cidr and --node-cidr-mask-size")?,
+        })
+    }
 }
 
 /// Start the scheduler and the other control loops against `server` with the admin token;
@@ -106,6 +127,7 @@ pub async fn start_control_plane(
     args: &ControlArgs,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use anyhow::Context;
+    let settings = args.settings()?;
     let yaml = berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin);
     let kubeconfig =
         kube::config::Kubeconfig::from_yaml(&yaml).context("reading our kubeconfig")?;
@@ -143,7 +165,7 @@ pub async fn start_control_plane(
                 }
             };
             let controllers = async {
-                if let Err(e) = berth_controllers::run(client.clone()).await {
+                if let Err(e) = berth_controllers::run(client.clone(), settings).await {
                     tracing::error!(error = %format!("{e:#}"), "the controllers stopped");
                 }
             };
