@@ -310,9 +310,13 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             tracing::warn!(error = %e, "NodePorts will not answer on 127.0.0.1: route_localnet cannot be set");
         }
     }
+    let mut routes: Option<net::Caches> = None;
     if proxy.is_some() || dns.is_some() {
+        let (caches, keep) = net::Caches::new(&client);
+        tasks.spawn(keep);
+        routes = Some(caches.clone());
         let nft: Arc<dyn net::nft::Nft> = Arc::new(net::nft::Kernel);
-        tasks.spawn(net::run(client.clone(), proxy.map(|p| (p, nft)), dns));
+        tasks.spawn(net::run(caches, proxy.map(|p| (p, nft)), dns));
     }
 
     // Never act on an empty view: it would look like every pod had gone.
@@ -327,7 +331,8 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             cfg.backoff,
             cfg.data_dir.clone(),
         )
-        .with_dns(cfg.pod_dns.clone()),
+        .with_dns(cfg.pod_dns.clone())
+        .with_routes(routes.map(|c| Arc::new(move |uid: &str| c.routed(uid)) as pods::Routed)),
     );
     let passes = NodePasses {
         sync,

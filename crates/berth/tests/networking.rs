@@ -410,3 +410,75 @@ fn a_cluster_cidr_too_small_is_refused_with_what_to_change() {
     );
     assert!(!dir.path().join("state.db").exists(), "nothing was started");
 }
+
+#[tokio::test]
+async fn a_rolling_upgrade_drops_no_request_through_the_cluster_ip() {
+    let img = common::BusyboxImage::build();
+    let node = common::unique("roll");
+    let _cleanup = Cleanup(node.clone());
+    let dns = cluster_dns();
+    let b = Berth::up(&[
+        "--runtime",
+        "docker",
+        "--node-name",
+        &node,
+        "--cluster-dns",
+        &dns,
+    ]);
+    // The server stops at once on SIGTERM, so a connection sent to a pod after its SIGTERM
+    // would be refused: only the pod leaving every Service first keeps requests whole.
+    let yaml = web_yaml(&img.tag, 3, "ClusterIP").replace(
+        "exec httpd -f -p 8080 -h /w",
+        "httpd -f -p 8080 -h /w & pid=$!; trap 'kill $pid; exit 0' TERM; wait",
+    );
+    let yaml = yaml.replace(
+        "  replicas: 3\n",
+        "  replicas: 3\n  strategy: {rollingUpdate: {maxUnavailable: 0, maxSurge: 1}}\n",
+    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &yaml);
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=90s"]);
+    let ip = b.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    eventually(20, "the ClusterIP to answer", || {
+        let ip = ip.clone();
+        async move { http_get(&format!("{ip}:80")).ok() }
+    })
+    .await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (ip, stop) = (ip.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http_get(&format!("{ip}:80")) {
+                    Ok(body) if body.starts_with("web-") => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for round in 1..=2 {
+        b.kubectl_ok(&["set", "env", "deploy/web", &format!("ROUND={round}")]);
+        b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=120s"]);
+    }
+    // Until the last old pod is gone.
+    eventually(30, "three pods left", || async {
+        let n = b
+            .kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "name"])
+            .lines()
+            .count();
+        (n == 3).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().unwrap();
+    assert!(ok > 100, "only {ok} requests were made");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}

@@ -71,17 +71,76 @@ pub struct Dns {
     pub upstream: Vec<std::net::SocketAddr>,
 }
 
+/// The node's view of Services and their endpoints, shared by the proxy, the DNS server and
+/// the pods' graceful stop.
+#[derive(Clone)]
+pub struct Caches {
+    pub services: reflector::Store<Service>,
+    pub slices: reflector::Store<EndpointSlice>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Caches {
+    /// The caches, and the future that keeps them (run it beside [`run`]).
+    pub fn new(client: &kube::Client) -> (Caches, impl std::future::Future<Output = ()> + Send) {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (services, keep_services) = cache::<Service>(client, changed.clone());
+        let (slices, keep_slices) = cache::<EndpointSlice>(client, changed.clone());
+        let keep = async move {
+            futures::join!(keep_services, keep_slices);
+        };
+        (
+            Caches {
+                services,
+                slices,
+                changed,
+            },
+            keep,
+        )
+    }
+
+    /// Is the pod `uid` an endpoint of some Service, and if so, is it still a ready one?
+    pub fn routed(&self, uid: &str) -> Routing {
+        let mut found = Routing::Not;
+        for s in self.slices.state() {
+            for e in &s.endpoints {
+                if e.target_ref.as_ref().and_then(|t| t.uid.as_deref()) != Some(uid) {
+                    continue;
+                }
+                if e.conditions.as_ref().and_then(|c| c.ready) != Some(false) {
+                    return Routing::Ready;
+                }
+                found = Routing::Withdrawn;
+            }
+        }
+        found
+    }
+}
+
+/// Where a pod stands with the Services that select it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// No Service has it as an endpoint.
+    Not,
+    /// Some Service sends it new connections.
+    Ready,
+    /// It is an endpoint, but no longer a ready one (terminating or failing readiness).
+    Withdrawn,
+}
+
 /// Keep this node's Service rules and DNS answers equal to what the API says, until
 /// dropped: every change to a Service or an EndpointSlice writes the whole table again (if it
 /// changed) and rebuilds the DNS zone, at once.
 pub async fn run(
-    client: kube::Client,
+    caches: Caches,
     proxy: Option<(proxy::Settings, Arc<dyn nft::Nft>)>,
     dns: Option<Dns>,
 ) {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let (services, keep_services) = cache::<Service>(&client, changed.clone());
-    let (slices, keep_slices) = cache::<EndpointSlice>(&client, changed.clone());
+    let Caches {
+        services,
+        slices,
+        changed,
+    } = caches;
     let domain = dns.as_ref().map(|d| d.domain.clone()).unwrap_or_default();
     let (zone_tx, zone_rx) = tokio::sync::watch::channel(Arc::new(dns::Zone::default()));
     let program = async {
@@ -130,5 +189,5 @@ pub async fn run(
             None => futures::future::pending().await,
         }
     };
-    futures::join!(keep_services, keep_slices, program, serve);
+    futures::join!(program, serve);
 }

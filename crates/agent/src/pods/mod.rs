@@ -64,7 +64,18 @@ pub struct PodSync {
     /// The cluster DNS pods are given, with the host's search domains (runtimes that mount
     /// files only).
     dns: Option<(files::PodDns, Vec<String>)>,
+    /// Is a pod (by uid) still a ready endpoint of some Service? A pod being deleted is
+    /// stopped only once it is not (or its grace runs out), so no Service sends it new
+    /// connections after its SIGTERM.
+    routed: Option<Routed>,
 }
+
+/// See [`PodSync::with_routes`].
+pub type Routed = Arc<dyn Fn(&str) -> crate::net::Routing + Send + Sync>;
+
+/// After the endpoint is seen withdrawn here, the time every node is given to write its
+/// rules without it (the proxy's goal is 100 ms at p99).
+const WITHDRAWAL_SETTLE: Duration = Duration::from_millis(250);
 
 fn pod_ref(pod: &Pod) -> PodRef {
     PodRef {
@@ -137,7 +148,33 @@ impl PodSync {
             deleting: Mutex::default(),
             prober: Default::default(),
             dns: None,
+            routed: None,
         }
+    }
+
+    /// Wait, before stopping a deleted pod, until no Service routes to it.
+    pub fn with_routes(mut self, routed: Option<Routed>) -> Self {
+        self.routed = routed;
+        self
+    }
+
+    /// Wait (within `limit`) until the pod is no ready endpoint anywhere, then give the
+    /// nodes a moment to write their rules (this node's cache may see the withdrawal before
+    /// any proxy has written it); at once if no Service has it as an endpoint.
+    async fn await_withdrawal(&self, uid: &str, limit: Duration) {
+        use crate::net::Routing;
+        let Some(routed) = &self.routed else {
+            return;
+        };
+        let withdrawn = async {
+            while routed(uid) == Routing::Ready {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if routed(uid) == Routing::Withdrawn {
+                tokio::time::sleep(WITHDRAWAL_SETTLE).await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, withdrawn).await;
     }
 
     /// Give pods a resolv.conf naming the cluster DNS, and an /etc/hosts of their own, on
@@ -294,9 +331,12 @@ impl PodSync {
             .iter()
             .filter(|c| c.pod_uid == r.uid)
             .collect();
-        // preStop hooks first, inside the grace period; then SIGTERM with what is left.
+        // Out of every Service first, then preStop hooks, inside the grace period; then
+        // SIGTERM with what is left.
         let began = std::time::Instant::now();
-        let limit = Duration::from_secs(grace);
+        self.await_withdrawal(&r.uid, Duration::from_secs(grace))
+            .await;
+        let limit = Duration::from_secs(grace).saturating_sub(began.elapsed());
         let pod_ip = obs
             .sandboxes
             .iter()
