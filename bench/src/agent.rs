@@ -109,6 +109,7 @@ async fn berth_pods(
         proxy: None,
         dns: None,
         pod_dns: None,
+        pod_network: false,
     };
     std::fs::create_dir_all(&agent_cfg.data_dir)?;
     let agent = tokio::spawn(berth_agent::run(agent_cfg, runtime.clone()));
@@ -255,6 +256,7 @@ async fn process_latency(runs: usize) -> anyhow::Result<()> {
         proxy: None,
         dns: None,
         pod_dns: None,
+        pod_network: false,
     };
     let agent = tokio::spawn(berth_agent::run(agent_cfg, runtime));
     let api: Api<Pod> = Api::namespaced(client, "default");

@@ -60,6 +60,9 @@ pub struct Config {
     pub dns: Option<DnsConfig>,
     /// What pods' resolv.conf names; `None`: pods keep the runtime's own.
     pub pod_dns: Option<PodDns>,
+    /// Put pods on a network of the node's pod CIDR (bridge and veth pairs), where the
+    /// runtime can; `false`: pods keep the runtime's own network.
+    pub pod_network: bool,
 }
 
 pub use pods::files::PodDns;
@@ -221,6 +224,9 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             source,
         })?;
     tracing::info!(node = %cfg.node_name, runtime = runtime.name(), port, "node registered");
+    if cfg.pod_network {
+        pod_network(&client, &cfg, runtime.as_ref()).await;
+    }
 
     // Lease renewal, and fencing: past half the Lease's duration without a renewal the
     // server may soon evict this node's pods and start replacements, so the agent stops
@@ -346,6 +352,58 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     };
     runner::run(runtime, changed, passes).await;
     Ok(())
+}
+
+/// Join the pod network: wait (up to 10 s) for the control plane to give this node its pod
+/// CIDR, make the bridge and hand it to the runtime. Anything missing (no CIDR, no right to
+/// make links) is said, and pods keep the runtime's own network.
+async fn pod_network(client: &kube::Client, cfg: &Config, runtime: &dyn Runtime) {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let mut cidr = None;
+    for _ in 0..100 {
+        if let Ok(n) = nodes.get(&cfg.node_name).await {
+            cidr = n.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty());
+            if cidr.is_some() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(cidr) = cidr else {
+        tracing::warn!(node = %cfg.node_name, "no pod CIDR was assigned to this node within 10 s: pods keep the runtime's own network");
+        return;
+    };
+    let cidr: berth_core::net::Cidr = match cidr.parse() {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(error = %e, "this node's pod CIDR is not usable"),
+    };
+    let joined = async {
+        let links: Arc<dyn net::links::Links> = Arc::new(net::links::Kernel::connect()?);
+        let net = net::podnet::PodNet::new(links, &cfg.node_name, cidr, &cfg.data_dir).await?;
+        Ok::<_, net::podnet::PodNetError>(net)
+    };
+    match joined.await {
+        Ok(net) => {
+            let wide = cfg
+                .proxy
+                .as_ref()
+                .and_then(|p| p.cluster_cidr.clone())
+                .unwrap_or_else(|| cidr.to_string());
+            match net::accept_in_docker_forward(&wide).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "pods may not reach each other: Docker's firewall drops forwarded traffic")
+                }
+            }
+            let bridge = net.bridge.clone();
+            if runtime.use_pod_network(Arc::new(net)).await {
+                tracing::info!(node = %cfg.node_name, %cidr, %bridge, "pod network");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %berth_core::error::Chain(&e), "the pod network could not be made: pods keep the runtime's own network")
+        }
+    }
 }
 
 /// Bind the node's DNS server: UDP where asked, TCP on the same port.

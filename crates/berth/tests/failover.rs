@@ -176,6 +176,8 @@ async fn a_partitioned_node_fences_its_pods_before_they_are_replaced_and_rejoins
             "process",
             "--lease-seconds",
             "1",
+            "--service-proxy",
+            "none",
         ])
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(agent_dir.path())

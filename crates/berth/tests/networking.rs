@@ -168,28 +168,6 @@ fn http_get(addr: &str) -> std::io::Result<String> {
         .to_string())
 }
 
-/// A cluster DNS address of this test's own: every agent on the host sends its cluster's
-/// DNS address to its own server, so two clusters at once must not share one.
-fn cluster_dns() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = (std::process::id() * 7 + N.fetch_add(1, Ordering::SeqCst)) % 240;
-    format!("10.96.0.{}", n + 11)
-}
-
-/// Removes the node's containers and its nftables table when the test ends.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        common::remove_node_containers(&self.0);
-        let table = format!("berth-{}", self.0);
-        let _ = std::process::Command::new("nft")
-            .args(["delete", "table", "ip", &table])
-            .output();
-    }
-}
-
 fn web_yaml(img: &str, replicas: u32, ty: &str) -> String {
     format!(
         r#"
@@ -226,16 +204,7 @@ spec:
 async fn a_service_routes_by_cluster_ip_and_node_port_on_one_host() {
     let img = common::BusyboxImage::build();
     let node = common::unique("svc");
-    let _cleanup = Cleanup(node.clone());
-    let dns = cluster_dns();
-    let b = Berth::up(&[
-        "--runtime",
-        "docker",
-        "--node-name",
-        &node,
-        "--cluster-dns",
-        &dns,
-    ]);
+    let b = Berth::up(&["--runtime", "docker", "--node-name", &node]);
     b.kubectl_stdin_ok(&["apply", "-f", "-"], &web_yaml(&img.tag, 2, "NodePort"));
     b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=90s"]);
     let ip = b.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
@@ -254,6 +223,37 @@ async fn a_service_routes_by_cluster_ip_and_node_port_on_one_host() {
         "-o",
         "jsonpath={.items[*].metadata.name}",
     ]));
+
+    // The pods are on the node's pod network: addresses of its pod CIDR, reachable from
+    // each other and from the host.
+    let cidr = b.kubectl_ok(&["get", "node", &node, "-o", "jsonpath={.spec.podCIDR}"]);
+    let prefix = cidr.trim_end_matches("0/24");
+    let pod_ips = words(b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]));
+    assert!(
+        pod_ips.iter().all(|ip| ip.starts_with(prefix)),
+        "{pod_ips:?} not in {cidr}"
+    );
+    let other = b.kubectl_ok(&[
+        "exec",
+        &pods[0],
+        "--",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &format!("http://{}:8080/", pod_ips[1]),
+    ]);
+    assert!(pods.contains(&other.trim().to_string()), "{other}");
+    assert!(
+        pods.contains(&http_get(&format!("{}:8080", pod_ips[0])).expect("the host reaches a pod"))
+    );
 
     // Through the ClusterIP, both pods answer (spread at random).
     let seen = eventually(20, "both pods to answer on the ClusterIP", || {
@@ -415,16 +415,7 @@ fn a_cluster_cidr_too_small_is_refused_with_what_to_change() {
 async fn a_rolling_upgrade_drops_no_request_through_the_cluster_ip() {
     let img = common::BusyboxImage::build();
     let node = common::unique("roll");
-    let _cleanup = Cleanup(node.clone());
-    let dns = cluster_dns();
-    let b = Berth::up(&[
-        "--runtime",
-        "docker",
-        "--node-name",
-        &node,
-        "--cluster-dns",
-        &dns,
-    ]);
+    let b = Berth::up(&["--runtime", "docker", "--node-name", &node]);
     // The server stops at once on SIGTERM, so a connection sent to a pod after its SIGTERM
     // would be refused: only the pod leaving every Service first keeps requests whole.
     let yaml = web_yaml(&img.tag, 3, "ClusterIP").replace(

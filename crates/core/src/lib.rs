@@ -10,6 +10,7 @@ pub mod aci;
 pub mod error;
 pub mod events;
 pub mod kinds;
+pub mod net;
 pub mod patch;
 pub mod quantity;
 pub mod resources;

@@ -3,9 +3,12 @@
 //! - [`proxy`]: Services to nftables rules (pure), applied whole through [`nft`] whenever a
 //!   Service or EndpointSlice changes ([`run`]).
 //! - [`dns`]: the cluster's names, answered from the same caches.
+//! - [`podnet`]: the node's bridge and each pod's veth and address, through [`links`].
 
 pub mod dns;
+pub mod links;
 pub mod nft;
+pub mod podnet;
 pub mod proxy;
 
 use std::sync::Arc;
@@ -52,6 +55,55 @@ where
         }
     };
     (reader, keep)
+}
+
+/// Let the pod network through Docker's firewall, where Docker runs: it sets the FORWARD
+/// policy to DROP and accepts only its own bridges, so without this, traffic between pods
+/// (bridged traffic passes the FORWARD hook under br_netfilter) and between pods and the
+/// world is dropped. Its `DOCKER-USER` chain is the place Docker keeps for rules of others;
+/// two rules there (from and to the cluster CIDR) are the only thing Berth writes outside
+/// its own table. Returns whether Docker's chain was there.
+pub async fn accept_in_docker_forward(cidr: &str) -> std::io::Result<bool> {
+    let iptables = |args: Vec<&str>| {
+        let mut c = tokio::process::Command::new("iptables");
+        c.arg("-w")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    if !iptables(vec!["-n", "-L", "DOCKER-USER"])
+        .status()
+        .await?
+        .success()
+    {
+        return Ok(false);
+    }
+    for dir in ["-s", "-d"] {
+        let rule = [
+            "DOCKER-USER",
+            dir,
+            cidr,
+            "-j",
+            "ACCEPT",
+            "-m",
+            "comment",
+            "--comment",
+            "berth pod network",
+        ];
+        let mut check = vec!["-C"];
+        check.extend(rule);
+        if !iptables(check).status().await?.success() {
+            let mut insert = vec!["-I"];
+            insert.extend(rule);
+            if !iptables(insert).status().await?.success() {
+                return Err(std::io::Error::other(format!(
+                    "iptables refused to accept {dir} {cidr} in DOCKER-USER"
+                )));
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Let NodePorts answer on 127.0.0.1, as on K3s: a packet from a loopback address may only

@@ -100,6 +100,9 @@ pub struct DockerRuntime {
     /// The engine is on another host (reached over TCP): it cannot see this host's files, so
     /// mounts become Docker volumes filled from them (see [`DockerRuntime::connect_to`]).
     remote: bool,
+    /// The node's pod network, once the agent has it: sandboxes are made without a network
+    /// of Docker's and joined to it (see `crate::net::podnet`).
+    podnet: std::sync::OnceLock<std::sync::Arc<crate::net::podnet::PodNet>>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +163,7 @@ impl DockerRuntime {
             warm_target: 0,
             filling: Default::default(),
             remote,
+            podnet: Default::default(),
         })
     }
 
@@ -396,6 +400,10 @@ impl DockerRuntime {
             }),
             host_config: Some(HostConfig {
                 ipc_mode: Some("shareable".into()),
+                // On the pod network the agent links the sandbox itself; a pod with host
+                // ports keeps Docker's bridge, which publishes them.
+                network_mode: (self.podnet.get().is_some() && host_ports.is_empty())
+                    .then(|| "none".to_string()),
                 port_bindings: (!host_ports.is_empty()).then(|| {
                     let mut map: HashMap<String, Option<Vec<bollard::models::PortBinding>>> =
                         HashMap::new();
@@ -440,13 +448,44 @@ impl DockerRuntime {
             )
             .await
             .map_err(err("inspect sandbox"))?;
-        let ip = sandbox_ip(info.network_settings);
+        let mut ip = sandbox_ip(info.network_settings);
+        let id = info.id.unwrap_or(created);
+        if let (Some(pod), None) = (pod, &ip) {
+            if let Some(net) = self.podnet.get() {
+                let pid = info.state.as_ref().and_then(|s| s.pid).unwrap_or(0);
+                match self.join_pod_network(net, &pod.uid, pid).await {
+                    Ok(addr) => ip = Some(addr),
+                    Err(e) => {
+                        let _ = Runtime::remove(self, &id).await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
         Ok(ObservedSandbox {
-            id: info.id.unwrap_or(created),
+            id,
             pod_uid: pod.map(|p| p.uid.clone()).unwrap_or_default(),
             ip,
             running: true,
         })
+    }
+
+    /// Link a started sandbox (its init at `pid`) into the pod network.
+    async fn join_pod_network(
+        &self,
+        net: &crate::net::podnet::PodNet,
+        uid: &str,
+        pid: i64,
+    ) -> Result<String, RuntimeError> {
+        let netns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+        net.attach(uid, &netns)
+            .await
+            .map(|ip| ip.to_string())
+            .map_err(|e| RuntimeError::Driver {
+                driver: DRIVER,
+                operation: "join the pod network",
+                source: Box::new(e),
+            })
     }
 
     /// Take a warm sandbox for `pod`: rename it after the pod, so `list` finds its owner.
@@ -462,6 +501,25 @@ impl DockerRuntime {
                 .build();
             if self.docker.rename_container(&sb.id, opts).await.is_ok() {
                 sb.pod_uid = pod.uid.clone();
+                if let Some(net) = self.podnet.get() {
+                    let info = self
+                        .docker
+                        .inspect_container(
+                            &sb.id,
+                            None::<bollard::query_parameters::InspectContainerOptions>,
+                        )
+                        .await
+                        .ok();
+                    let pid = info.and_then(|i| i.state).and_then(|s| s.pid).unwrap_or(0);
+                    match self.join_pod_network(net, &pod.uid, pid).await {
+                        Ok(ip) => sb.ip = Some(ip),
+                        Err(e) => {
+                            tracing::warn!(error = %berth_core::error::Chain(&e), "a warm sandbox could not join the pod network");
+                            let _ = Runtime::remove(self, &sb.id).await;
+                            continue;
+                        }
+                    }
+                }
                 return Some(sb);
             }
             // Gone from under us: try the next one.
@@ -800,6 +858,17 @@ impl Runtime for DockerRuntime {
             .lock()
             .expect("inspect cache")
             .retain(|id, _| seen.contains(id));
+        if let Some(net) = self.podnet.get() {
+            for sb in observed.sandboxes.iter_mut().filter(|s| s.ip.is_none()) {
+                sb.ip = net.ip_of(&sb.pod_uid).map(|ip| ip.to_string());
+            }
+            let live: std::collections::HashSet<&str> = observed
+                .sandboxes
+                .iter()
+                .map(|s| s.pod_uid.as_str())
+                .collect();
+            net.retain(&live);
+        }
         Ok(observed)
     }
 
@@ -1017,6 +1086,13 @@ impl Runtime for DockerRuntime {
             .force(true)
             .v(true)
             .build();
+        let sandbox_of = {
+            let cache = self.inspected.lock().expect("inspect cache");
+            cache.get(id).and_then(|(_, i)| match i {
+                Inspected::Sandbox(s) => Some(s.pod_uid.clone()),
+                Inspected::Container(_) => None,
+            })
+        };
         // On a remote engine the pod's volumes go with its last container.
         let owner = self
             .remote
@@ -1036,6 +1112,18 @@ impl Runtime for DockerRuntime {
         if let Some(uid) = owner.filter(|u| !u.is_empty()) {
             self.remove_volumes(&uid).await;
         }
+        if let (Some(net), Some(uid)) = (self.podnet.get(), sandbox_of) {
+            net.release(&uid);
+        }
         Ok(())
+    }
+
+    async fn use_pod_network(&self, net: std::sync::Arc<crate::net::podnet::PodNet>) -> bool {
+        if self.podnet.set(net).is_err() {
+            return true;
+        }
+        // Warm sandboxes made before have Docker's network: make new ones.
+        self.release().await;
+        true
     }
 }

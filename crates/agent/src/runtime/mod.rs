@@ -295,6 +295,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Background upkeep between sync passes (the Docker driver refills its warm pool).
     async fn maintain(&self) {}
 
+    /// Put pods on the node's pod network from now on (a capability: `false` where the
+    /// driver's pods keep a network of their own).
+    async fn use_pod_network(&self, net: std::sync::Arc<crate::net::podnet::PodNet>) -> bool {
+        let _ = net;
+        false
+    }
+
     /// Give back what `maintain` holds (the warm pool), on a clean shutdown.
     async fn release(&self) {}
 

@@ -59,10 +59,11 @@ pub struct Args {
     /// it gets none.
     #[arg(long, value_enum, default_value_t = ServiceProxy::Nftables)]
     pub service_proxy: ServiceProxy,
-    /// The pod network of the whole cluster: traffic from outside it to a Service is
-    /// masqueraded (so replies return through this node), and pod traffic leaving it too.
-    #[arg(long)]
-    pub cluster_cidr: Option<String>,
+    /// The pod network of the whole cluster (the server's `--cluster-cidr`): traffic from
+    /// outside it to a Service is masqueraded (so replies return through this node), and
+    /// pod traffic leaving it too.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
     /// The cluster DNS Service's address, written into pods' resolv.conf (the server's
     /// `--cluster-dns`).
     #[arg(long, default_value = "10.96.0.10")]
@@ -118,7 +119,7 @@ pub fn config(args: &Args, ca_pem: String) -> berth_agent::Config {
         .then(|| berth_agent::net::proxy::Settings {
             table: berth_agent::net::nft::table_for(&node_name),
             node: node_name.clone(),
-            cluster_cidr: args.cluster_cidr.clone(),
+            cluster_cidr: Some(args.cluster_cidr.clone()),
             local_dns: None,
         });
     let networked = args.runtime != RuntimeKind::Mock;
@@ -128,6 +129,7 @@ pub fn config(args: &Args, ca_pem: String) -> berth_agent::Config {
             listen: args.cluster_dns_listen,
             domain: args.cluster_domain.clone(),
         }),
+        pod_network: args.runtime == RuntimeKind::Docker,
         pod_dns: networked.then(|| berth_agent::PodDns {
             nameserver: args.cluster_dns,
             domain: args.cluster_domain.clone(),

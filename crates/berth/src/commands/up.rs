@@ -77,7 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             lease_seconds: 1,
             warm_pool: args.instances.warm_pool,
             service_proxy: args.service_proxy,
-            cluster_cidr: None,
+            cluster_cidr: args.control.cluster_cidr.to_string(),
             cluster_dns: args.serve.cluster_dns,
             cluster_domain: "cluster.local".into(),
             cluster_dns_listen: "127.0.0.1:0".parse().expect("an address"),

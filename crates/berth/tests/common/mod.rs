@@ -13,6 +13,40 @@ pub struct Berth {
     pub listen: String,
     pub url: String,
     pub extra: Vec<String>,
+    /// Holds this test's share of the host's networks (see [`NetworkShare`]).
+    _share: NetworkShare,
+}
+
+/// Tests run side by side on one host, and every Docker node makes a bridge for its pod
+/// CIDR and sends its cluster DNS address to its own server: each cluster gets a cluster
+/// CIDR (`10.<128+n>.0.0/16`) and DNS address (`10.96.0.<11+n>`) of its own. Slot `n` is
+/// held by listening on a loopback port, which the kernel frees when the test process ends,
+/// however it ends.
+pub struct NetworkShare {
+    pub slot: u16,
+    _lock: std::net::TcpListener,
+}
+
+impl NetworkShare {
+    pub fn take() -> NetworkShare {
+        for _ in 0..600 {
+            for slot in 0..96u16 {
+                if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", 47_300 + slot)) {
+                    return NetworkShare { slot, _lock: l };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no network slot free in 60 s (ports 127.0.0.1:47300-47395 all taken)")
+    }
+
+    pub fn cluster_cidr(&self) -> String {
+        format!("10.{}.0.0/16", 128 + self.slot)
+    }
+
+    pub fn cluster_dns(&self) -> String {
+        format!("10.96.0.{}", 11 + self.slot)
+    }
 }
 
 fn start(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
@@ -76,6 +110,13 @@ impl Berth {
         if !extra.iter().any(|a| a == "--node-name") {
             extra.extend(["--node-name".to_string(), unique("node")]);
         }
+        let share = NetworkShare::take();
+        if !extra.iter().any(|a| a == "--cluster-cidr") {
+            extra.extend(["--cluster-cidr".to_string(), share.cluster_cidr()]);
+        }
+        if !extra.iter().any(|a| a == "--cluster-dns") {
+            extra.extend(["--cluster-dns".to_string(), share.cluster_dns()]);
+        }
         let (child, url) = start(dir.path(), listen, &extra);
         let listen = url.trim_start_matches("https://").to_string();
         Berth {
@@ -84,6 +125,7 @@ impl Berth {
             listen,
             url,
             extra,
+            _share: share,
         }
     }
 
@@ -184,6 +226,8 @@ impl Drop for Berth {
         let cli = Command::new("docker").arg("--version").output().is_ok();
         if let (true, true, Some(node)) = (docker_node, cli, flag("--node-name")) {
             remove_node_containers(node);
+        } else if let (Some("process"), Some(node)) = (flag("--runtime"), flag("--node-name")) {
+            remove_node_network(node);
         }
     }
 }
@@ -367,12 +411,31 @@ pub fn node_containers(node: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// Remove every container Berth made for `node` (test cleanup).
+/// Remove every container Berth made for `node`, and its pod bridge and nftables table
+/// (test cleanup).
 pub fn remove_node_containers(node: &str) {
+    remove_node_network(node);
     let ids: Vec<String> = node_containers(node).into_iter().map(|c| c.0).collect();
     if !ids.is_empty() {
         let mut args = vec!["rm", "-f"];
         args.extend(ids.iter().map(String::as_str));
         let _ = docker(&args);
     }
+}
+
+/// Remove the pod bridge and nftables table of `node`'s agent (test cleanup).
+pub fn remove_node_network(node: &str) {
+    let _ = Command::new("ip")
+        .args(["link", "del", &berth_agent::net::podnet::bridge_name(node)])
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("nft")
+        .args([
+            "delete",
+            "table",
+            "ip",
+            &berth_agent::net::nft::table_for(node),
+        ])
+        .stderr(Stdio::null())
+        .status();
 }
