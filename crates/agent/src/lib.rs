@@ -225,7 +225,9 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         })?;
     tracing::info!(node = %cfg.node_name, runtime = runtime.name(), port, "node registered");
     if cfg.pod_network {
-        pod_network(&client, &cfg, runtime.as_ref()).await;
+        if let Some(overlay) = pod_network(&client, &cfg, runtime.as_ref()).await {
+            tasks.spawn(overlay);
+        }
     }
 
     // Lease renewal, and fencing: past half the Lease's duration without a renewal the
@@ -355,9 +357,14 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
 }
 
 /// Join the pod network: wait (up to 10 s) for the control plane to give this node its pod
-/// CIDR, make the bridge and hand it to the runtime. Anything missing (no CIDR, no right to
-/// make links) is said, and pods keep the runtime's own network.
-async fn pod_network(client: &kube::Client, cfg: &Config, runtime: &dyn Runtime) {
+/// CIDR, make the bridge, hand it to the runtime; returns the overlay's loop to run. Anything
+/// missing (no CIDR, no right to make links) is said, and pods keep the runtime's own
+/// network.
+async fn pod_network(
+    client: &kube::Client,
+    cfg: &Config,
+    runtime: &dyn Runtime,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     let mut cidr = None;
     for _ in 0..100 {
@@ -371,18 +378,36 @@ async fn pod_network(client: &kube::Client, cfg: &Config, runtime: &dyn Runtime)
     }
     let Some(cidr) = cidr else {
         tracing::warn!(node = %cfg.node_name, "no pod CIDR was assigned to this node within 10 s: pods keep the runtime's own network");
-        return;
+        return None;
     };
     let cidr: berth_core::net::Cidr = match cidr.parse() {
         Ok(c) => c,
-        Err(e) => return tracing::warn!(error = %e, "this node's pod CIDR is not usable"),
+        Err(e) => {
+            tracing::warn!(error = %e, "this node's pod CIDR is not usable");
+            return None;
+        }
     };
-    let joined = async {
-        let links: Arc<dyn net::links::Links> = Arc::new(net::links::Kernel::connect()?);
-        let net = net::podnet::PodNet::new(links, &cfg.node_name, cidr, &cfg.data_dir).await?;
-        Ok::<_, net::podnet::PodNetError>(net)
+    // A host (or a namespace standing for one) forwards for its pods, and bridged pod
+    // traffic passes netfilter so Service replies are translated back.
+    for (knob, what) in [
+        ("/proc/sys/net/ipv4/ip_forward", "forwarding"),
+        (
+            "/proc/sys/net/bridge/bridge-nf-call-iptables",
+            "netfilter on bridged traffic",
+        ),
+    ] {
+        if let Err(e) = std::fs::write(knob, "1") {
+            tracing::warn!(error = %e, "{what} could not be turned on ({knob})");
+        }
+    }
+    let links: Arc<dyn net::links::Links> = match net::links::Kernel::connect() {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            tracing::warn!(error = %berth_core::error::Chain(&e), "the pod network could not be made: pods keep the runtime's own network");
+            return None;
+        }
     };
-    match joined.await {
+    match net::podnet::PodNet::new(links.clone(), &cfg.node_name, cidr, &cfg.data_dir).await {
         Ok(net) => {
             let wide = cfg
                 .proxy
@@ -396,12 +421,22 @@ async fn pod_network(client: &kube::Client, cfg: &Config, runtime: &dyn Runtime)
                 }
             }
             let bridge = net.bridge.clone();
-            if runtime.use_pod_network(Arc::new(net)).await {
-                tracing::info!(node = %cfg.node_name, %cidr, %bridge, "pod network");
+            if !runtime.use_pod_network(Arc::new(net)).await {
+                return None;
             }
+            tracing::info!(node = %cfg.node_name, %cidr, %bridge, "pod network");
+            let local = cfg.address.parse::<std::net::Ipv4Addr>().ok()?;
+            Some(net::overlay::run(
+                client.clone(),
+                links,
+                cfg.node_name.clone(),
+                cidr,
+                local,
+            ))
         }
         Err(e) => {
-            tracing::warn!(error = %berth_core::error::Chain(&e), "the pod network could not be made: pods keep the runtime's own network")
+            tracing::warn!(error = %berth_core::error::Chain(&e), "the pod network could not be made: pods keep the runtime's own network");
+            None
         }
     }
 }

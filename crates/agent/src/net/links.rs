@@ -323,6 +323,13 @@ impl Links for Kernel {
             .execute();
         let mut stale = Vec::new();
         while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
+            // Only the main table's unicast routes are the overlay's: the device's own
+            // address has a local route that must stay.
+            if r.header.table != rtnetlink::packet_route::route::RouteHeader::RT_TABLE_MAIN
+                || r.header.kind != rtnetlink::packet_route::route::RouteType::Unicast
+            {
+                continue;
+            }
             let through = r
                 .attributes
                 .iter()

@@ -4,10 +4,12 @@
 //!   Service or EndpointSlice changes ([`run`]).
 //! - [`dns`]: the cluster's names, answered from the same caches.
 //! - [`podnet`]: the node's bridge and each pod's veth and address, through [`links`].
+//! - [`overlay`]: VXLAN to the other nodes' pod CIDRs, through [`links`].
 
 pub mod dns;
 pub mod links;
 pub mod nft;
+pub mod overlay;
 pub mod podnet;
 pub mod proxy;
 

@@ -343,7 +343,7 @@ impl BusyboxImage {
         std::fs::copy(&busybox, bin.join("busybox")).unwrap();
         for applet in [
             "sh", "httpd", "cat", "echo", "sleep", "wget", "ls", "kill", "date", "true", "false",
-            "mkdir", "hostname", "nslookup", "nc",
+            "mkdir", "hostname", "nslookup", "nc", "rm",
         ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }

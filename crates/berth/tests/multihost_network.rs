@@ -1,0 +1,364 @@
+//! The pod network across hosts: two `berth agent`s, each in a network namespace of its own
+//! standing for a host (its own address on a private link, its own bridge, VXLAN device,
+//! nftables table and DNS server), running Docker pods of the one engine on this machine;
+//! the control plane (`berth up --runtime none`) on the link's host side. Pods on one host
+//! reach pods and Services on the other by IP, name and NodePort; readiness and a host's
+//! death move the answers.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+
+use common::{eventually, Berth, NetworkShare};
+
+fn sh(cmd: &str) -> std::process::Output {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("sh runs")
+}
+
+fn must(cmd: &str) {
+    let out = sh(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces on a bridge of this machine's: `192.168.<n>.254` here, `.1` and `.2`
+/// there. Removed on drop.
+struct Hosts {
+    share: NetworkShare,
+    names: [String; 2],
+    bridge: String,
+}
+
+impl Hosts {
+    fn make() -> Hosts {
+        let out = sh("ip netns list && nft --version");
+        assert!(
+            out.status.success(),
+            "this test needs root, iproute2 and nftables: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let share = NetworkShare::take();
+        let s = share.slot;
+        // Names of this run's own: the kernel frees a namespace's links some time after the
+        // namespace, so a name from the run before may still be taken.
+        let run = std::process::id() % 100_000;
+        let names = [format!("bh{run}{s}a"), format!("bh{run}{s}b")];
+        let bridge = format!("bb{run}{s}");
+        let hosts = Hosts {
+            share,
+            names,
+            bridge,
+        };
+        hosts.remove();
+        let net = hosts.subnet();
+        must(&format!(
+            "ip link add {b} type bridge && ip addr add {net}.254/24 dev {b} && ip link set {b} up",
+            b = hosts.bridge
+        ));
+        // Docker's FORWARD policy drops what crosses a bridge it does not know (bridged
+        // traffic passes netfilter here): this link between hosts is let through.
+        let _ = sh(&format!(
+            "iptables -w -I DOCKER-USER -i {b} -o {b} -j ACCEPT 2>/dev/null",
+            b = hosts.bridge
+        ));
+        for (i, ns) in hosts.names.iter().enumerate() {
+            let n = i + 1;
+            must(&format!(
+                "ip netns add {ns} && ip link add {ns}h type veth peer name eth0 netns {ns} \
+                 && ip link set {ns}h master {b} up \
+                 && ip netns exec {ns} ip addr add {net}.{n}/24 dev eth0 \
+                 && ip netns exec {ns} ip link set eth0 up && ip netns exec {ns} ip link set lo up",
+                b = hosts.bridge
+            ));
+        }
+        hosts
+    }
+
+    fn subnet(&self) -> String {
+        format!("192.168.{}", 100 + self.share.slot)
+    }
+
+    fn address(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet(), i + 1)
+    }
+
+    fn remove(&self) {
+        for ns in &self.names {
+            let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
+        }
+        let _ = sh(&format!("ip link del {} 2>/dev/null", self.bridge));
+        let _ = sh(&format!(
+            "while iptables -w -D DOCKER-USER -i {b} -o {b} -j ACCEPT 2>/dev/null; do :; done",
+            b = self.bridge
+        ));
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// `berth agent` as host `i`, inside its namespace.
+fn agent(b: &Berth, hosts: &Hosts, i: usize, name: &str, dir: &std::path::Path) -> Child {
+    let token = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["token", "--node", "--data-dir"])
+        .arg(b.dir.path())
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let flag = |f: &str| {
+        let at = b
+            .extra
+            .iter()
+            .position(|a| a == f)
+            .expect("the flag was given");
+        b.extra[at + 1].clone()
+    };
+    let address = hosts.address(i);
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &hosts.names[i],
+            env!("CARGO_BIN_EXE_berth"),
+            "agent",
+        ])
+        .args(["--server", &b.url, "--token", &token, "--ca-file"])
+        .arg(b.dir.path().join("pki/ca.pem"))
+        .args(["--name", name, "--address", &address, "--runtime", "docker"])
+        .args(["--listen", &format!("{address}:0"), "--warm-pool", "0"])
+        .args([
+            "--cluster-cidr",
+            &flag("--cluster-cidr"),
+            "--cluster-dns",
+            &flag("--cluster-dns"),
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join("agent.log"))
+                .map(Stdio::from)
+                .unwrap_or(Stdio::null()),
+        )
+        .env("RUST_LOG", "info,berth_agent=debug")
+        .spawn()
+        .expect("berth agent runs")
+}
+
+fn words(s: String) -> Vec<String> {
+    let mut v: Vec<String> = s.split_whitespace().map(String::from).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn pods_and_services_reach_across_hosts_over_the_overlay() {
+    let img = common::BusyboxImage::build();
+    let hosts = Hosts::make();
+    let b = Berth::up_at(&format!("{}.254:0", hosts.subnet()), &["--runtime", "none"]);
+    let names = [common::unique("ha"), common::unique("hb")];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    /// Agents are killed however the test ends (a namespace lives while a process is in it).
+    struct Agents(Vec<Child>);
+    impl Drop for Agents {
+        fn drop(&mut self) {
+            for a in &mut self.0 {
+                let _ = a.kill();
+                let _ = a.wait();
+            }
+        }
+    }
+    let mut agents = Agents(
+        (0..2)
+            .map(|i| agent(&b, &hosts, i, &names[i], dirs[i].path()))
+            .collect(),
+    );
+    struct Containers(Vec<String>);
+    impl Drop for Containers {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                common::remove_node_containers(n);
+            }
+        }
+    }
+    let _containers = Containers(names.to_vec());
+    for n in &names {
+        eventually(30, "both hosts Ready", || async {
+            let out = b.kubectl(&[
+                "get",
+                "node",
+                n,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            (out.stdout == b"True").then_some(())
+        })
+        .await;
+    }
+    // Web pods on host B only: host A is cordoned while they are placed.
+    b.kubectl_ok(&["cordon", &names[0]]);
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: {img}
+        command: ["/bin/sh", "-c", "mkdir -p /w && echo $POD_NAME > /w/index.html && exec httpd -f -p 8080 -h /w"]
+        env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+        readinessProbe: {{httpGet: {{path: /index.html, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-all}}
+spec:
+  clusterIP: None
+  selector: {{app: web}}
+  ports: [{{name: http, port: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {a}
+  containers: [{{name: c, image: {img}, command: ["/bin/sleep", "3600"]}}]
+"#,
+            img = img.tag,
+            a = names[0]
+        ),
+    );
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=90s"]);
+    b.kubectl_ok(&["uncordon", &names[0]]);
+    b.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=60s",
+    ]);
+    let on = |what: &str| {
+        words(b.kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            &format!("jsonpath={{.items[*].{what}}}"),
+        ]))
+    };
+    assert_eq!(on("spec.nodeName"), [names[1].clone(), names[1].clone()]);
+    let web_pods = on("metadata.name");
+    let web_ips = on("status.podIP");
+    let cidrs: Vec<String> = names
+        .iter()
+        .map(|n| b.kubectl_ok(&["get", "node", n, "-o", "jsonpath={.spec.podCIDR}"]))
+        .collect();
+    assert_ne!(cidrs[0], cidrs[1]);
+    let get = |url: String| {
+        let out = b.kubectl(&["exec", "client", "--", "wget", "-q", "-O", "-", &url]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let cluster_ip = b.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let node_port = b.kubectl_ok(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let urls = [
+        format!("http://{}:8080/", web_ips[0]),
+        format!("http://{cluster_ip}/"),
+        "http://web/".to_string(),
+        "http://web.default.svc.cluster.local/".to_string(),
+        format!("http://{}:{node_port}/", hosts.address(1)),
+    ];
+    for url in &urls {
+        // The overlay is programmed within a second of the nodes knowing each other.
+        let body = eventually(10, url, || {
+            let body = get(url.clone());
+            let ok = web_pods.contains(&body);
+            async move { ok.then_some(body) }
+        })
+        .await;
+        assert!(web_pods.contains(&body), "{url}: {body}");
+    }
+    let headless = b.kubectl_ok(&["exec", "client", "--", "sh", "-c", "nslookup web-all; true"]);
+    for ip in &web_ips {
+        assert!(headless.contains(&format!("Address: {ip}")), "{headless}");
+    }
+
+    // A pod that fails readiness leaves the endpoints and the answers.
+    b.kubectl_ok(&["exec", &web_pods[0], "--", "rm", "/w/index.html"]);
+    eventually(15, "the unready pod to leave the answers", || async {
+        let eps = words(b.kubectl_ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}",
+        ]));
+        let dns = b.kubectl_ok(&["exec", "client", "--", "sh", "-c", "nslookup web-all; true"]);
+        let served = (0..10)
+            .map(|_| get(format!("http://{cluster_ip}/")))
+            .collect::<Vec<_>>();
+        (eps.len() == 1
+            && !dns.contains(&format!("Address: {}", web_ips_of(&b, &web_pods[0])))
+            && served.iter().all(|s| s == &web_pods[1]))
+        .then_some(())
+    })
+    .await;
+
+    // Host B dies: its endpoints leave, the replacements on host A answer on the same name.
+    agents.0[1].kill().unwrap();
+    let _ = agents.0[1].wait();
+    common::remove_node_containers(&names[1]);
+    let replaced = eventually(60, "replacements on host A to answer", || async {
+        let body = get("http://web/".into());
+        let eps = b.kubectl_ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "jsonpath={.items[*].endpoints[?(@.conditions.ready==true)].nodeName}",
+        ]);
+        (!body.is_empty()
+            && !web_pods.contains(&body)
+            && eps.split_whitespace().all(|n| n == names[0]))
+        .then_some(body)
+    })
+    .await;
+    assert!(replaced.starts_with("web-"), "{replaced}");
+}
+
+fn web_ips_of(b: &Berth, pod: &str) -> String {
+    b.kubectl_ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
+}
