@@ -407,7 +407,15 @@ async fn pod_network(
             return None;
         }
     };
-    match net::podnet::PodNet::new(links.clone(), &cfg.node_name, cidr, &cfg.data_dir).await {
+    let local = cfg.address.parse::<std::net::Ipv4Addr>().ok();
+    let underlay = match local {
+        Some(ip) => links.mtu_of(ip).await.ok().flatten(),
+        None => None,
+    };
+    let mtu = underlay
+        .unwrap_or(1500)
+        .saturating_sub(net::overlay::OVERHEAD);
+    match net::podnet::PodNet::new(links.clone(), &cfg.node_name, cidr, &cfg.data_dir, mtu).await {
         Ok(net) => {
             let wide = cfg
                 .proxy
@@ -425,13 +433,13 @@ async fn pod_network(
                 return None;
             }
             tracing::info!(node = %cfg.node_name, %cidr, %bridge, "pod network");
-            let local = cfg.address.parse::<std::net::Ipv4Addr>().ok()?;
             Some(net::overlay::run(
                 client.clone(),
                 links,
                 cfg.node_name.clone(),
                 cidr,
-                local,
+                local?,
+                mtu,
             ))
         }
         Err(e) => {

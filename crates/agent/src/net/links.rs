@@ -54,8 +54,9 @@ pub trait Links: Send + Sync {
     /// A bridge named `name`, up, holding `gateway/prefix` (made if missing).
     async fn bridge(&self, name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<(), LinkError>;
 
-    /// A veth pair: `host_if` on `bridge`, its peer as `eth0` in the namespace at `netns`
-    /// with `ip/prefix` and a default route through `gateway`.
+    /// A veth pair of `mtu`: `host_if` on `bridge`, its peer as `eth0` in the namespace at
+    /// `netns` with `ip/prefix` and a default route through `gateway`.
+    #[allow(clippy::too_many_arguments)]
     async fn attach(
         &self,
         netns: &Path,
@@ -64,10 +65,14 @@ pub trait Links: Send + Sync {
         ip: Ipv4Addr,
         prefix: u8,
         gateway: Ipv4Addr,
+        mtu: u32,
     ) -> Result<(), LinkError>;
 
-    /// A VXLAN device (made if missing, no learning) sending from `local` to `port`, holding
-    /// `address/32`; returns its MAC.
+    /// The MTU of the link holding `address`, if one does.
+    async fn mtu_of(&self, address: Ipv4Addr) -> Result<Option<u32>, LinkError>;
+
+    /// A VXLAN device (made if missing, no learning, `mtu`) sending from `local` to `port`,
+    /// holding `address/32`; returns its MAC.
     async fn vxlan(
         &self,
         name: &str,
@@ -75,6 +80,7 @@ pub trait Links: Send + Sync {
         local: Ipv4Addr,
         port: u16,
         address: Ipv4Addr,
+        mtu: u32,
     ) -> Result<[u8; 6], LinkError>;
 
     /// Make the VXLAN device know exactly `peers`: for each its FDB entry (MAC to VTEP),
@@ -165,6 +171,7 @@ impl Links for Kernel {
         ip: Ipv4Addr,
         prefix: u8,
         gateway: Ipv4Addr,
+        mtu: u32,
     ) -> Result<(), LinkError> {
         let h = &self.handle;
         // A pair left from an attempt that failed half way goes first.
@@ -177,7 +184,7 @@ impl Links for Kernel {
         }
         let peer = format!("{host_if}p");
         h.link()
-            .add(LinkVeth::new(host_if, &peer).build())
+            .add(LinkVeth::new(host_if, &peer).mtu(mtu).build())
             .execute()
             .await
             .map_err(nl(format!("creating veth {host_if}")))?;
@@ -237,6 +244,34 @@ impl Links for Kernel {
         .await
     }
 
+    async fn mtu_of(&self, address: Ipv4Addr) -> Result<Option<u32>, LinkError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        use rtnetlink::packet_route::link::LinkAttribute;
+        let h = &self.handle;
+        let mut addrs = h.address().get().execute();
+        let mut found = None;
+        while let Some(a) = addrs.try_next().await.map_err(nl("listing addresses"))? {
+            let holds = a.attributes.iter().any(|x| {
+                matches!(x, AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) if *ip == address)
+            });
+            if holds {
+                found = Some(a.header.index);
+                break;
+            }
+        }
+        let Some(idx) = found else {
+            return Ok(None);
+        };
+        let mut links = h.link().get().match_index(idx).execute();
+        let link = links.try_next().await.map_err(nl("reading a link"))?;
+        Ok(link.and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+        }))
+    }
+
     async fn vxlan(
         &self,
         name: &str,
@@ -244,6 +279,7 @@ impl Links for Kernel {
         local: Ipv4Addr,
         port: u16,
         address: Ipv4Addr,
+        mtu: u32,
     ) -> Result<[u8; 6], LinkError> {
         let h = &self.handle;
         if index(h, name).await?.is_none() {
@@ -253,6 +289,7 @@ impl Links for Kernel {
                         .local(local)
                         .port(port)
                         .learning(false)
+                        .mtu(mtu)
                         .build(),
                 )
                 .execute()
@@ -437,12 +474,17 @@ impl Links for Recording {
         ip: Ipv4Addr,
         prefix: u8,
         gateway: Ipv4Addr,
+        _mtu: u32,
     ) -> Result<(), LinkError> {
         self.note(format!(
             "attach {} {bridge} {host_if} {ip}/{prefix} via {gateway}",
             netns.display()
         ));
         Ok(())
+    }
+
+    async fn mtu_of(&self, _address: Ipv4Addr) -> Result<Option<u32>, LinkError> {
+        Ok(Some(1500))
     }
 
     async fn vxlan(
@@ -452,6 +494,7 @@ impl Links for Recording {
         local: Ipv4Addr,
         port: u16,
         address: Ipv4Addr,
+        _mtu: u32,
     ) -> Result<[u8; 6], LinkError> {
         self.note(format!("vxlan {name} {vni} {local}:{port} {address}"));
         Ok([2, 0, 0, 0, 0, 1])

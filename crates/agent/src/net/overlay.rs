@@ -95,14 +95,17 @@ pub fn peers(nodes: &[Arc<Node>], me: &str) -> (bool, Vec<Peer>) {
     (wanted, out)
 }
 
-/// Keep the overlay equal to the nodes, until dropped. `cidr` is this node's pod CIDR,
-/// `local` its underlay address.
+/// The bytes VXLAN adds to each packet (outer Ethernet, IPv4, UDP and VXLAN headers).
+pub const OVERHEAD: u32 = 50;
+
+/// Keep the overlay equal to the nodes, until dropped; the device carries `mtu`.
 pub async fn run(
     client: kube::Client,
     links: Arc<dyn Links>,
     me: String,
     cidr: Cidr,
     local: Ipv4Addr,
+    mtu: u32,
 ) {
     let changed = Arc::new(tokio::sync::Notify::new());
     let (nodes, writer) = reflector::store();
@@ -137,7 +140,7 @@ pub async fn run(
             let (wanted, peers) = peers(&nodes.state(), &me);
             let mut retry = false;
             if wanted && made.is_none() {
-                match links.vxlan(&device, VNI, local, PORT, cidr.base).await {
+                match links.vxlan(&device, VNI, local, PORT, cidr.base, mtu).await {
                     Ok(mac) => {
                         if let Err(e) = publish(&client, &me, &mac).await {
                             tracing::warn!(error = %e, "publishing this node's VXLAN MAC failed; retrying");
@@ -264,6 +267,7 @@ mod tests {
                 Ipv4Addr::new(192, 0, 2, 1),
                 PORT,
                 Ipv4Addr::new(10, 42, 0, 0),
+                1450,
             )
             .await
             .unwrap();

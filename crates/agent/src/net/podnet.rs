@@ -38,6 +38,8 @@ pub struct PodNet {
     pub bridge: String,
     pub cidr: Cidr,
     pub gateway: Ipv4Addr,
+    /// The pods' MTU: the underlay's less the overlay's 50 bytes.
+    pub mtu: u32,
     dir: PathBuf,
     /// Pod uid -> address.
     ips: Mutex<HashMap<String, Ipv4Addr>>,
@@ -75,6 +77,7 @@ impl PodNet {
         node: &str,
         cidr: Cidr,
         data_dir: &Path,
+        mtu: u32,
     ) -> Result<PodNet, PodNetError> {
         let gateway = cidr.host(1).ok_or(PodNetError::Full { cidr })?;
         let bridge = bridge_name(node);
@@ -106,6 +109,7 @@ impl PodNet {
             bridge,
             cidr,
             gateway,
+            mtu,
             dir,
             ips: Mutex::new(ips),
             attaching: tokio::sync::Mutex::new(()),
@@ -141,6 +145,7 @@ impl PodNet {
                 ip,
                 self.cidr.bits,
                 self.gateway,
+                self.mtu,
             )
             .await?;
         Ok(ip)
@@ -203,7 +208,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let links = Arc::new(Recording::default());
         let cidr: Cidr = "10.42.3.0/24".parse().unwrap();
-        let net = PodNet::new(links.clone(), "n1", cidr, dir.path())
+        let net = PodNet::new(links.clone(), "n1", cidr, dir.path(), 1450)
             .await
             .unwrap();
         let a = net
@@ -237,7 +242,7 @@ mod tests {
         );
 
         // A restarted agent knows what is taken.
-        let again = PodNet::new(links.clone(), "n1", cidr, dir.path())
+        let again = PodNet::new(links.clone(), "n1", cidr, dir.path(), 1450)
             .await
             .unwrap();
         assert_eq!(again.ip_of("pod-b"), Some(b));
