@@ -3,12 +3,13 @@
 //! watch fan-out: the time until 100 watchers have all seen one write.
 //! `berth-bench scheduler`: see [`scheduler`]. `berth-bench agent`: see [`agent`].
 //! `berth-bench instances`: see [`instances`]. `berth-bench failover`: see [`failover`].
-//! `berth-bench autoscale`: see [`autoscale`].
+//! `berth-bench autoscale`: see [`autoscale`]. `berth-bench network`: see [`network`].
 
 mod agent;
 mod autoscale;
 mod failover;
 mod instances;
+mod network;
 mod scheduler;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 #[derive(Parser)]
 struct Cli {
-    /// Which benchmark: `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover` or `autoscale`.
+    /// Which benchmark: `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale` or `network`.
     which: String,
     /// Creates per run.
     #[arg(long, default_value_t = 20_000)]
@@ -298,9 +299,10 @@ async fn main() -> anyhow::Result<()> {
         "instances" => instances::run(100).await,
         "failover" => failover::run(10).await,
         "autoscale" => autoscale::run(5).await,
+        "network" => network::run().await,
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover` or `autoscale`"
+                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale` or `network`"
             )
         }
     }
