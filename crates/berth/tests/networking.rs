@@ -322,6 +322,60 @@ async fn a_service_routes_by_cluster_ip_and_node_port_on_one_host() {
         }
     })
     .await;
+
+    // Stopped and uninstalled, the node leaves nothing of its network on the host.
+    let mut b = b;
+    b.kill9();
+    let bridge = berth_agent::net::podnet::bridge_name(&node);
+    let table = berth_agent::net::nft::table_for(&node);
+    let present = |cmd: &[&str]| {
+        std::process::Command::new(cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        present(&["ip", "link", "show", &bridge]),
+        "the bridge outlives a stopped agent"
+    );
+    let flag = |f: &str| b.extra[b.extra.iter().position(|a| a == f).unwrap() + 1].clone();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "agent",
+            "--uninstall",
+            "--name",
+            &node,
+            "--cluster-cidr",
+            &flag("--cluster-cidr"),
+            "--data-dir",
+        ])
+        .arg(b.dir.path().join("agent"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !present(&["ip", "link", "show", &bridge]),
+        "the bridge is gone"
+    );
+    assert!(
+        !present(&["nft", "list", "table", "ip", &table]),
+        "the table is gone"
+    );
+    let rules = String::from_utf8_lossy(
+        &std::process::Command::new("iptables")
+            .args(["-S", "DOCKER-USER"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(!rules.contains(&flag("--cluster-cidr")), "{rules}");
 }
 
 #[tokio::test]

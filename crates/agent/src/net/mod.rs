@@ -108,6 +108,71 @@ pub async fn accept_in_docker_forward(cidr: &str) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Remove what the agent made on this host for node `node` (for good: `berth agent
+/// --uninstall`): its nftables table, bridge, VXLAN device, the rules in Docker's
+/// `DOCKER-USER` chain for `cluster_cidr`, and its address records. Running pods lose their
+/// network, so the agent must be stopped and its pods gone first.
+pub async fn uninstall(
+    node: &str,
+    cluster_cidr: &str,
+    data_dir: &std::path::Path,
+) -> Result<(), String> {
+    let mut failures = Vec::new();
+    use nft::Nft;
+    if let Err(e) = nft::Kernel
+        .apply(&nft::delete_table(&nft::table_for(node)))
+        .await
+    {
+        failures.push(format!("{}", berth_core::error::Chain(&e)));
+    }
+    match links::Kernel::connect() {
+        Ok(k) => {
+            use links::Links;
+            for dev in [podnet::bridge_name(node), overlay::device_name()] {
+                if let Err(e) = k.delete(&dev).await {
+                    failures.push(format!("{}", berth_core::error::Chain(&e)));
+                }
+            }
+        }
+        Err(e) => failures.push(format!("{}", berth_core::error::Chain(&e))),
+    }
+    for dir in ["-s", "-d"] {
+        let rule = [
+            "DOCKER-USER",
+            dir,
+            cluster_cidr,
+            "-j",
+            "ACCEPT",
+            "-m",
+            "comment",
+            "--comment",
+            "berth pod network",
+        ];
+        loop {
+            let removed = tokio::process::Command::new("iptables")
+                .args(["-w", "-D"])
+                .args(rule)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await;
+            if !matches!(removed, Ok(s) if s.success()) {
+                break;
+            }
+        }
+    }
+    let records = data_dir.join("net");
+    if records.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&records) {
+            failures.push(format!("removing {}: {e}", records.display()));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
 /// Let NodePorts answer on 127.0.0.1, as on K3s: a packet from a loopback address may only
 /// be routed out of another interface (to a pod, after DNAT) with `route_localnet`. The
 /// table's input filter drops what else that would let in (packets for 127/8 from outside

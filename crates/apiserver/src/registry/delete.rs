@@ -159,6 +159,9 @@ impl Registry {
                 .await
             {
                 Ok(kv) => {
+                    if res.kind == Kind::Service {
+                        super::service::release(self, &obj, None).await;
+                    }
                     meta_mut(&mut obj)
                         .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                     return Ok((obj, true));

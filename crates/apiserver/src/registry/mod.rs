@@ -364,7 +364,7 @@ impl Registry {
         let _alloc_guard;
         if res.kind == Kind::Service {
             _alloc_guard = self.alloc.lock().await;
-            service::allocate(self, &mut obj, None).await?;
+            service::allocate_and_claim(self, &mut obj, None, opts.dry_run).await?;
         }
         let name = name_of(&obj).to_string();
         if opts.dry_run {
@@ -374,11 +374,14 @@ impl Registry {
                 warnings,
             });
         }
-        let kv = self
+        let created = self
             .store
             .create(&res.key(ns_name.as_deref(), &name), to_bytes(&obj))
-            .await
-            .map_err(|e| ApiError::from_store(res, &name, e))?;
+            .await;
+        if created.is_err() && res.kind == Kind::Service {
+            service::release(self, &obj, None).await;
+        }
+        let kv = created.map_err(|e| ApiError::from_store(res, &name, e))?;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
         Ok(Outcome {
             object: obj,
@@ -507,7 +510,7 @@ impl Registry {
         let _alloc_guard;
         if res.kind == Kind::Service {
             _alloc_guard = self.alloc.lock().await;
-            service::allocate(self, &mut new, Some(&old)).await?;
+            service::allocate_and_claim(self, &mut new, Some(&old), opts.dry_run).await?;
         }
         meta_mut(&mut new).insert(
             "resourceVersion".into(),
@@ -542,11 +545,18 @@ impl Registry {
                 warnings: Vec::new(),
             });
         }
-        let kv = self
+        let updated = self
             .store
             .update(&current.key, to_bytes(&new), current.mod_revision)
-            .await
-            .map_err(|e| ApiError::from_store(res, &name, e))?;
+            .await;
+        if res.kind == Kind::Service {
+            // What the write gave up, or what the failed write had claimed.
+            match &updated {
+                Ok(_) => service::release(self, &old, Some(&new)).await,
+                Err(_) => service::release(self, &new, Some(&old)).await,
+            }
+        }
+        let kv = updated.map_err(|e| ApiError::from_store(res, &name, e))?;
         meta_mut(&mut new).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
         Ok(Outcome {
             object: new,

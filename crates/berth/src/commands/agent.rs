@@ -27,14 +27,19 @@ pub enum ServiceProxy {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// The API server, `https://host:port`.
-    #[arg(long)]
-    pub server: String,
+    #[arg(long, required_unless_present = "uninstall")]
+    pub server: Option<String>,
     /// The node-join token (`berth token --node` on the server).
-    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
-    pub token: String,
+    #[arg(
+        long,
+        env = "BERTH_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "uninstall"
+    )]
+    pub token: Option<String>,
     /// The cluster CA to verify the server with (the server's `<data-dir>/pki/ca.pem`).
-    #[arg(long)]
-    pub ca_file: std::path::PathBuf,
+    #[arg(long, required_unless_present = "uninstall")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The node's name (default: this host's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -75,6 +80,11 @@ pub struct Args {
     /// cluster DNS address here.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub cluster_dns_listen: std::net::SocketAddr,
+    /// Remove what this agent made on the host for its node (its nftables table, bridge,
+    /// VXLAN device, its rules in Docker's DOCKER-USER chain, its address records), then
+    /// exit. For a node taken out of the cluster for good; stop the agent first.
+    #[arg(long)]
+    pub uninstall: bool,
     /// Where the agent keeps its files.
     #[arg(long, default_value_os_t = super::default_data_dir().join("agent"))]
     pub data_dir: std::path::PathBuf,
@@ -134,8 +144,8 @@ pub fn config(args: &Args, ca_pem: String) -> berth_agent::Config {
             nameserver: args.cluster_dns,
             domain: args.cluster_domain.clone(),
         }),
-        server: args.server.clone(),
-        token: args.token.clone(),
+        server: args.server.clone().unwrap_or_default(),
+        token: args.token.clone().unwrap_or_default(),
         ca_pem,
         node_name,
         address: args.address.clone(),
@@ -149,8 +159,18 @@ pub fn config(args: &Args, ca_pem: String) -> berth_agent::Config {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let ca = std::fs::read_to_string(&args.ca_file)
-        .with_context(|| format!("reading the cluster CA {}", args.ca_file.display()))?;
+    if args.uninstall {
+        let node = args.name.clone().unwrap_or_else(hostname);
+        berth_agent::net::uninstall(&node, &args.cluster_cidr, &args.data_dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("removing node {node}'s network from this host"))?;
+        println!("removed node {node}'s nftables table, bridge, VXLAN device and firewall rules");
+        return Ok(());
+    }
+    let ca_file = args.ca_file.clone().unwrap_or_default();
+    let ca = std::fs::read_to_string(&ca_file)
+        .with_context(|| format!("reading the cluster CA {}", ca_file.display()))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let cfg = config(&args, ca);

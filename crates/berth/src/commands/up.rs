@@ -67,9 +67,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut agent = None;
     if let Some(kind) = kind {
         let agent_args = super::agent::Args {
-            server: server.url(),
-            token: server.tokens.node_join.clone(),
-            ca_file: Default::default(),
+            server: Some(server.url()),
+            token: Some(server.tokens.node_join.clone()),
+            ca_file: None,
             name: Some(node.clone()),
             address: "127.0.0.1".into(),
             listen: "127.0.0.1:0".parse().expect("an address"),
@@ -77,6 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             lease_seconds: 1,
             warm_pool: args.instances.warm_pool,
             service_proxy: args.service_proxy,
+            uninstall: false,
             cluster_cidr: args.control.cluster_cidr.to_string(),
             cluster_dns: args.serve.cluster_dns,
             cluster_domain: "cluster.local".into(),
