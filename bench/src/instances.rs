@@ -150,6 +150,7 @@ pub(crate) async fn ensure_pause_image() -> anyhow::Result<()> {
             namespace: "bench".into(),
             name: "probe".into(),
             host_ports: vec![],
+            host_network: false,
         },
     )
     .await?;

@@ -340,6 +340,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             cfg.data_dir.clone(),
         )
         .with_dns(cfg.pod_dns.clone())
+        .with_host_ip(Some(cfg.address.clone()))
         .with_routes(routes.map(|c| Arc::new(move |uid: &str| c.routed(uid)) as pods::Routed)),
     );
     let passes = NodePasses {

@@ -32,6 +32,7 @@ async fn docker_passes_the_conformance_suite() {
     let warm = berth_agent::runtime::PodRef {
         uid: format!("warm-{node}"),
         host_ports: vec![],
+        host_network: false,
         namespace: "c".into(),
         name: "warm".into(),
     };

@@ -527,3 +527,45 @@ async fn a_rolling_upgrade_drops_no_request_through_the_cluster_ip() {
         &failed[..failed.len().min(5)]
     );
 }
+
+#[tokio::test]
+async fn a_host_network_pod_listens_on_the_host() {
+    let img = common::BusyboxImage::build();
+    let node = common::unique("hostnet");
+    let b = Berth::up(&["--runtime", "docker", "--node-name", &node]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: onhost}}
+spec:
+  hostNetwork: true
+  containers:
+  - name: web
+    image: {img}
+    command: ["/bin/sh", "-c", "mkdir -p /w && echo on-the-host > /w/index.html && exec httpd -f -p 127.0.0.1:{port} -h /w"]
+"#,
+            img = img.tag
+        ),
+    );
+    b.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/onhost",
+        "--timeout=60s",
+    ]);
+    let body = eventually(10, "the pod to answer on the host", || async {
+        http_get(&format!("127.0.0.1:{port}")).ok()
+    })
+    .await;
+    assert_eq!(body, "on-the-host");
+    let ip = b.kubectl_ok(&["get", "pod", "onhost", "-o", "jsonpath={.status.podIP}"]);
+    assert_eq!(ip, "127.0.0.1", "a host-network pod has the node's address");
+}

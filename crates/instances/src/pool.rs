@@ -370,6 +370,7 @@ mod tests {
             namespace: "rg".into(),
             name: uid.into(),
             host_ports: vec![],
+            host_network: false,
         }
     }
 

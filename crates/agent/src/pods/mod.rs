@@ -68,6 +68,8 @@ pub struct PodSync {
     /// stopped only once it is not (or its grace runs out), so no Service sends it new
     /// connections after its SIGTERM.
     routed: Option<Routed>,
+    /// The node's address: a host-network pod's address.
+    host_ip: Option<String>,
 }
 
 /// See [`PodSync::with_routes`].
@@ -101,6 +103,7 @@ fn pod_ref(pod: &Pod) -> PodRef {
                 })
             })
             .collect(),
+        host_network: pod.spec.as_ref().and_then(|s| s.host_network) == Some(true),
     }
 }
 
@@ -149,7 +152,14 @@ impl PodSync {
             prober: Default::default(),
             dns: None,
             routed: None,
+            host_ip: None,
         }
+    }
+
+    /// The node's address, which host-network pods report as theirs.
+    pub fn with_host_ip(mut self, ip: Option<String>) -> Self {
+        self.host_ip = ip;
+        self
     }
 
     /// Wait, before stopping a deleted pod, until no Service routes to it.
@@ -441,7 +451,10 @@ impl PodSync {
             Lifecycle::Run => {}
         }
         let now = Timestamp::now();
-        let sandbox = self.sandbox(&r, obs).await?;
+        let mut sandbox = self.sandbox(&r, obs).await?;
+        if r.host_network && sandbox.ip.is_none() {
+            sandbox.ip = self.host_ip.clone();
+        }
         let verdicts = self.probe(pod, &r, &sandbox, obs, now).await;
         // The plan reads the pod's memory in place (it is quick and awaits nothing), rather
         // than a copy of it (the last written status among it) per pod per pass.

@@ -37,6 +37,7 @@ pub async fn check(
     let pod = PodRef {
         uid: pod_uid.into(),
         host_ports: vec![],
+        host_network: false,
         namespace: "conformance".into(),
         name: "pod".into(),
     };

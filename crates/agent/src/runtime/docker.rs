@@ -364,6 +364,7 @@ impl DockerRuntime {
     /// Start a sandbox for `pod`, or (with `pod` None) a warm one for the pool.
     async fn new_sandbox(&self, pod: Option<&PodRef>) -> Result<ObservedSandbox, RuntimeError> {
         self.ensure_pause_image().await?;
+        let host_network = pod.is_some_and(|p| p.host_network);
         let (labels, name, hostname, host_ports) = match pod {
             Some(pod) => {
                 let mut labels = self.labels(pod);
@@ -390,7 +391,8 @@ impl DockerRuntime {
         let body = ContainerCreateBody {
             image: Some(PAUSE_IMAGE.into()),
             cmd: Some(vec!["/busybox".into(), "sleep".into(), "2147483647".into()]),
-            hostname: Some(hostname),
+            // A host-network pod has the host's name.
+            hostname: (!host_network).then_some(hostname),
             labels: Some(labels),
             exposed_ports: (!host_ports.is_empty()).then(|| {
                 host_ports
@@ -402,8 +404,12 @@ impl DockerRuntime {
                 ipc_mode: Some("shareable".into()),
                 // On the pod network the agent links the sandbox itself; a pod with host
                 // ports keeps Docker's bridge, which publishes them.
-                network_mode: (self.podnet.get().is_some() && host_ports.is_empty())
-                    .then(|| "none".to_string()),
+                network_mode: if host_network {
+                    Some("host".to_string())
+                } else {
+                    (self.podnet.get().is_some() && host_ports.is_empty())
+                        .then(|| "none".to_string())
+                },
                 port_bindings: (!host_ports.is_empty()).then(|| {
                     let mut map: HashMap<String, Option<Vec<bollard::models::PortBinding>>> =
                         HashMap::new();
@@ -450,7 +456,7 @@ impl DockerRuntime {
             .map_err(err("inspect sandbox"))?;
         let mut ip = sandbox_ip(info.network_settings);
         let id = info.id.unwrap_or(created);
-        if let (Some(pod), None) = (pod, &ip) {
+        if let (Some(pod), None, false) = (pod, &ip, host_network) {
             if let Some(net) = self.podnet.get() {
                 let pid = info.state.as_ref().and_then(|s| s.pid).unwrap_or(0);
                 match self.join_pod_network(net, &pod.uid, pid).await {
@@ -490,7 +496,7 @@ impl DockerRuntime {
 
     /// Take a warm sandbox for `pod`: rename it after the pod, so `list` finds its owner.
     async fn claim(&self, pod: &PodRef) -> Option<ObservedSandbox> {
-        if !pod.host_ports.is_empty() {
+        if !pod.host_ports.is_empty() || pod.host_network {
             return None;
         }
         loop {

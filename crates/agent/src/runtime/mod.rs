@@ -24,6 +24,8 @@ pub struct PodRef {
     /// Ports of the pod's containers published on the host (`hostPort`); the sandbox, which
     /// holds the network namespace, carries them.
     pub host_ports: Vec<HostPort>,
+    /// The pod runs in the host's network namespace (`hostNetwork: true`).
+    pub host_network: bool,
 }
 
 /// A container port published on the host.

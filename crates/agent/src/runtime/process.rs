@@ -702,6 +702,7 @@ mod tests {
             namespace: "default".into(),
             name: uid.into(),
             host_ports: vec![],
+            host_network: false,
         }
     }
 
