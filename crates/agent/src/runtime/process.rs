@@ -436,6 +436,14 @@ impl Runtime for ProcessRuntime {
         for stray in group.iter().flat_map(Group::pids) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(stray), Signal::SIGKILL);
         }
+        // A killed process stays in the group until it has exited: wait for that (a loaded
+        // host may take a moment), so a stopped container's group is empty.
+        for _ in 0..100 {
+            if group.iter().all(|g| g.pids().is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // Give the waiting task a moment to record the exit.
         for _ in 0..50 {
             if dir.join("exit").exists() {
