@@ -229,6 +229,18 @@ impl Drop for Berth {
         } else if let (Some("process"), Some(node)) = (flag("--runtime"), flag("--node-name")) {
             remove_node_network(node);
         }
+        // The agent let its cluster CIDR through Docker's firewall.
+        if let Some(cidr) = flag("--cluster-cidr") {
+            for dir in ["-s", "-d"] {
+                while Command::new("iptables")
+                    .args(["-w", "-D", "DOCKER-USER", dir, cidr, "-j", "ACCEPT"])
+                    .args(["-m", "comment", "--comment", "berth pod network"])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+                {}
+            }
+        }
     }
 }
 
