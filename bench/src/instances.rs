@@ -151,6 +151,7 @@ pub(crate) async fn ensure_pause_image() -> anyhow::Result<()> {
             name: "probe".into(),
             host_ports: vec![],
             host_network: false,
+            hostname: None,
         },
     )
     .await?;

@@ -33,6 +33,7 @@ async fn docker_passes_the_conformance_suite() {
         uid: format!("warm-{node}"),
         host_ports: vec![],
         host_network: false,
+        hostname: None,
         namespace: "c".into(),
         name: "warm".into(),
     };

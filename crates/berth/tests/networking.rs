@@ -569,3 +569,41 @@ spec:
     let ip = b.kubectl_ok(&["get", "pod", "onhost", "-o", "jsonpath={.status.podIP}"]);
     assert_eq!(ip, "127.0.0.1", "a host-network pod has the node's address");
 }
+
+#[tokio::test]
+async fn a_pod_takes_the_hostname_it_asks_for_and_its_fqdn_under_a_subdomain() {
+    let img = common::BusyboxImage::build();
+    let node = common::unique("hostname");
+    let b = Berth::up(&["--runtime", "docker", "--node-name", &node]);
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: db-pod}}
+spec:
+  hostname: db-0
+  subdomain: db
+  containers: [{{name: c, image: {img}, command: ["/bin/sleep", "3600"]}}]
+"#,
+            img = img.tag
+        ),
+    );
+    b.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/db-pod",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        b.kubectl_ok(&["exec", "db-pod", "--", "hostname"]).trim(),
+        "db-0"
+    );
+    let hosts = b.kubectl_ok(&["exec", "db-pod", "--", "cat", "/etc/hosts"]);
+    let ip = b.kubectl_ok(&["get", "pod", "db-pod", "-o", "jsonpath={.status.podIP}"]);
+    assert!(
+        hosts.contains(&format!("{ip}\tdb-0.db.default.svc.cluster.local\tdb-0")),
+        "{hosts}"
+    );
+}

@@ -104,6 +104,11 @@ fn pod_ref(pod: &Pod) -> PodRef {
             })
             .collect(),
         host_network: pod.spec.as_ref().and_then(|s| s.host_network) == Some(true),
+        hostname: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .filter(|h| !h.is_empty()),
     }
 }
 

@@ -38,6 +38,7 @@ pub async fn check(
         uid: pod_uid.into(),
         host_ports: vec![],
         host_network: false,
+        hostname: None,
         namespace: "conformance".into(),
         name: "pod".into(),
     };

@@ -373,7 +373,12 @@ impl DockerRuntime {
                 (
                     labels,
                     name,
-                    pod.name.chars().take(63).collect(),
+                    pod.hostname
+                        .as_deref()
+                        .unwrap_or(&pod.name)
+                        .chars()
+                        .take(63)
+                        .collect(),
                     pod.host_ports.clone(),
                 )
             }
@@ -496,7 +501,9 @@ impl DockerRuntime {
 
     /// Take a warm sandbox for `pod`: rename it after the pod, so `list` finds its owner.
     async fn claim(&self, pod: &PodRef) -> Option<ObservedSandbox> {
-        if !pod.host_ports.is_empty() || pod.host_network {
+        // A warm sandbox carries a name of its own, which the containers that join it take:
+        // a pod that asks for a hostname gets a sandbox made for it.
+        if !pod.host_ports.is_empty() || pod.host_network || pod.hostname.is_some() {
             return None;
         }
         loop {

@@ -26,6 +26,8 @@ pub struct PodRef {
     pub host_ports: Vec<HostPort>,
     /// The pod runs in the host's network namespace (`hostNetwork: true`).
     pub host_network: bool,
+    /// The hostname the pod asks for (`spec.hostname`); `None`: its name.
+    pub hostname: Option<String>,
 }
 
 /// A container port published on the host.

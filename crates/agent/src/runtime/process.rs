@@ -711,6 +711,7 @@ mod tests {
             name: uid.into(),
             host_ports: vec![],
             host_network: false,
+            hostname: None,
         }
     }
 
