@@ -267,6 +267,9 @@ pub async fn run(
             return;
         }
         let mut applied: Option<String> = None;
+        // Failed writes in a row: the retry waits longer each time (1 s doubling to 60 s),
+        // and only the first is a warning (an agent without root would say it every second).
+        let mut failures: u32 = 0;
         loop {
             let mut svcs = services.state();
             svcs.sort_by(|a, b| {
@@ -285,17 +288,27 @@ pub async fn run(
                     match nft.apply(&script).await {
                         Ok(()) => {
                             tracing::debug!(table = %settings.table, took = ?started.elapsed(), "service rules written");
+                            if failures > 0 {
+                                tracing::info!(table = %settings.table, "service rules written again");
+                            }
                             applied = Some(script);
+                            failures = 0;
                         }
                         Err(e) => {
-                            tracing::warn!(table = %settings.table, error = %berth_core::error::Chain(&e), "writing the service rules failed; retrying");
+                            if failures == 0 {
+                                tracing::warn!(table = %settings.table, error = %berth_core::error::Chain(&e), "writing the service rules failed: Services do not route on this node; retrying");
+                            } else {
+                                tracing::debug!(table = %settings.table, error = %berth_core::error::Chain(&e), "writing the service rules failed again");
+                            }
+                            failures += 1;
                             retry = true;
                         }
                     }
                 }
             }
             let wait = if retry {
-                Duration::from_secs(1)
+                Duration::from_secs(1 << failures.saturating_sub(1).min(6))
+                    .min(Duration::from_secs(60))
             } else {
                 Duration::from_secs(60)
             };
