@@ -14,12 +14,7 @@ async fn pods_of_a_dead_node_are_replaced_elsewhere() {
     let stays = common::unique("stays");
     let dies = common::unique("dies");
     let b = Berth::up(&["--runtime", "mock", "--node-name", &stays]);
-    let token = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["token", "--node", "--data-dir"])
-        .arg(b.dir.path())
-        .output()
-        .unwrap();
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let token = b.node_token();
     let agent_dir = tempfile::tempdir().unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["agent", "--server", &b.url, "--token", &token, "--ca-file"])
@@ -157,12 +152,7 @@ async fn a_partitioned_node_fences_its_pods_before_they_are_replaced_and_rejoins
     let cut = common::unique("cut");
     let marker = common::unique("fence-marker");
     let b = Berth::up(&["--runtime", "mock", "--node-name", &stays]);
-    let token = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["token", "--node", "--data-dir"])
-        .arg(b.dir.path())
-        .output()
-        .unwrap();
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let token = b.node_token();
     let partition = Partition::start(b.listen.clone()).await;
     let agent_dir = tempfile::tempdir().unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_berth"))

@@ -109,12 +109,7 @@ impl Drop for Hosts {
 
 /// `berth agent` as host `i`, inside its namespace.
 fn agent(b: &Berth, hosts: &Hosts, i: usize, name: &str, dir: &std::path::Path) -> Child {
-    let token = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["token", "--node", "--data-dir"])
-        .arg(b.dir.path())
-        .output()
-        .unwrap();
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let token = b.node_token();
     let flag = |f: &str| {
         let at = b
             .extra

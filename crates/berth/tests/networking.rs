@@ -340,7 +340,7 @@ async fn a_service_routes_by_cluster_ip_and_node_port_on_one_host() {
         present(&["ip", "link", "show", &bridge]),
         "the bridge outlives a stopped agent"
     );
-    let flag = |f: &str| b.extra[b.extra.iter().position(|a| a == f).unwrap() + 1].clone();
+    let flag = |f: &str| b.flag(f).expect("the flag was given").to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
         .args([
             "agent",

@@ -27,12 +27,7 @@ fn code(e: kube::Error) -> u16 {
 #[tokio::test]
 async fn node_tokens_are_scoped_to_their_node() {
     let b = Berth::up(&["--runtime", "none"]);
-    let join = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["token", "--node", "--data-dir"])
-        .arg(b.dir.path())
-        .output()
-        .unwrap();
-    let join = String::from_utf8(join.stdout).unwrap().trim().to_string();
+    let join = b.node_token();
 
     // The join token reads nothing; it buys a node token.
     let bootstrap = client_with_token(&b, &join).await;

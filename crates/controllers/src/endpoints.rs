@@ -669,58 +669,63 @@ enum Done {
 
 /// One write.
 async fn write(client: &kube::Client, w: Write) -> Result<Done, Error> {
+    match w {
+        Write::Endpoints(e) => put(client, "Endpoints", e).await,
+        Write::Slice(s) => put(client, "EndpointSlice", s).await,
+        Write::DeleteSlice { namespace, name } => {
+            remove::<EndpointSlice>(client, "EndpointSlice", namespace, name).await
+        }
+        Write::DeleteEndpoints { namespace, name } => {
+            remove::<Endpoints>(client, "Endpoints", namespace, name).await
+        }
+    }
+}
+
+/// Create `obj`, or replace it at the version it carries; the fingerprint is of the object
+/// without its version, as `plan` takes it.
+async fn put<K>(client: &kube::Client, kind: &'static str, mut obj: K) -> Result<Done, Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     let pp = PostParams {
         field_manager: Some("endpoint-controller".into()),
         ..Default::default()
     };
-    match w {
-        Write::Endpoints(mut e) => {
-            let api: Api<Endpoints> = Api::namespaced(client.clone(), ns(&e.metadata));
-            let rv = e.metadata.resource_version.take();
-            let print = fingerprint(&e);
-            let n = name(&e.metadata).to_string();
-            let stored = match rv {
-                Some(rv) => {
-                    e.metadata.resource_version = Some(rv);
-                    api.replace(&n, &pp, &e).await
-                }
-                None => api.create(&pp, &e).await,
-            }
-            .map_err(api_err(format!("writing Endpoints {n}")))?;
-            Ok(Done::Wrote("Endpoints", Box::new(stored.metadata), print))
+    let api: Api<K> = Api::namespaced(client.clone(), ns(obj.meta()));
+    let rv = obj.meta_mut().resource_version.take();
+    let print = fingerprint(&obj);
+    let n = name(obj.meta()).to_string();
+    let stored = match rv {
+        Some(rv) => {
+            obj.meta_mut().resource_version = Some(rv);
+            api.replace(&n, &pp, &obj).await
         }
-        Write::Slice(mut s) => {
-            let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns(&s.metadata));
-            let rv = s.metadata.resource_version.take();
-            let print = fingerprint(&s);
-            let n = name(&s.metadata).to_string();
-            let stored = match rv {
-                Some(rv) => {
-                    s.metadata.resource_version = Some(rv);
-                    api.replace(&n, &pp, &s).await
-                }
-                None => api.create(&pp, &s).await,
-            }
-            .map_err(api_err(format!("writing EndpointSlice {n}")))?;
-            Ok(Done::Wrote(
-                "EndpointSlice",
-                Box::new(stored.metadata),
-                print,
-            ))
-        }
-        Write::DeleteSlice { namespace, name } => {
-            let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &namespace);
-            ignore_gone(api.delete(&name, &DeleteParams::default()).await)
-                .map_err(api_err(format!("deleting EndpointSlice {name}")))?;
-            Ok(Done::Deleted("EndpointSlice", namespace, name))
-        }
-        Write::DeleteEndpoints { namespace, name } => {
-            let api: Api<Endpoints> = Api::namespaced(client.clone(), &namespace);
-            ignore_gone(api.delete(&name, &DeleteParams::default()).await)
-                .map_err(api_err(format!("deleting Endpoints {name}")))?;
-            Ok(Done::Deleted("Endpoints", namespace, name))
-        }
+        None => api.create(&pp, &obj).await,
     }
+    .map_err(api_err(format!("writing {kind} {n}")))?;
+    Ok(Done::Wrote(kind, Box::new(stored.meta().clone()), print))
+}
+
+async fn remove<K>(
+    client: &kube::Client,
+    kind: &'static str,
+    namespace: String,
+    name: String,
+) -> Result<Done, Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    ignore_gone(api.delete(&name, &DeleteParams::default()).await)
+        .map_err(api_err(format!("deleting {kind} {name}")))?;
+    Ok(Done::Deleted(kind, namespace, name))
 }
 
 fn ignore_gone<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {

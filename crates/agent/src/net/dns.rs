@@ -36,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// CoreDNS's default TTL for cluster names.
 const TTL: u32 = 5;
-const SERVICE_NAME: &str = "kubernetes.io/service-name";
+use super::proxy::SERVICE_NAME;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Rec {

@@ -59,6 +59,22 @@ where
     (reader, keep)
 }
 
+/// The rule in Docker's `DOCKER-USER` chain that accepts traffic from (`-s`) or to (`-d`)
+/// the pod network.
+fn docker_user_rule<'a>(dir: &'a str, cidr: &'a str) -> [&'a str; 9] {
+    [
+        "DOCKER-USER",
+        dir,
+        cidr,
+        "-j",
+        "ACCEPT",
+        "-m",
+        "comment",
+        "--comment",
+        "berth pod network",
+    ]
+}
+
 /// Let the pod network through Docker's firewall, where Docker runs: it sets the FORWARD
 /// policy to DROP and accepts only its own bridges, so without this, traffic between pods
 /// (bridged traffic passes the FORWARD hook under br_netfilter) and between pods and the
@@ -82,17 +98,7 @@ pub async fn accept_in_docker_forward(cidr: &str) -> std::io::Result<bool> {
         return Ok(false);
     }
     for dir in ["-s", "-d"] {
-        let rule = [
-            "DOCKER-USER",
-            dir,
-            cidr,
-            "-j",
-            "ACCEPT",
-            "-m",
-            "comment",
-            "--comment",
-            "berth pod network",
-        ];
+        let rule = docker_user_rule(dir, cidr);
         let mut check = vec!["-C"];
         check.extend(rule);
         if !iptables(check).status().await?.success() {
@@ -137,17 +143,7 @@ pub async fn uninstall(
         Err(e) => failures.push(format!("{}", berth_core::error::Chain(&e))),
     }
     for dir in ["-s", "-d"] {
-        let rule = [
-            "DOCKER-USER",
-            dir,
-            cluster_cidr,
-            "-j",
-            "ACCEPT",
-            "-m",
-            "comment",
-            "--comment",
-            "berth pod network",
-        ];
+        let rule = docker_user_rule(dir, cluster_cidr);
         loop {
             let removed = tokio::process::Command::new("iptables")
                 .args(["-w", "-D"])

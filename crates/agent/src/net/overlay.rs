@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::net::Cidr;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::{reflector, watcher, WatchStreamExt};
 
 use super::links::{Links, Peer};
 
@@ -108,27 +106,7 @@ pub async fn run(
     mtu: u32,
 ) {
     let changed = Arc::new(tokio::sync::Notify::new());
-    let (nodes, writer) = reflector::store();
-    let watch = {
-        let changed = changed.clone();
-        let stream = reflector(
-            writer,
-            watcher(
-                kube::Api::<Node>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff();
-        async move {
-            let mut stream = stream.boxed();
-            while let Some(ev) = stream.next().await {
-                if let Err(e) = ev {
-                    tracing::warn!(error = %e, "node watch failed; retrying");
-                }
-                changed.notify_one();
-            }
-        }
-    };
+    let (nodes, watch) = super::cache::<Node>(&client, changed.clone());
     let program = async {
         if nodes.wait_until_ready().await.is_err() {
             return;

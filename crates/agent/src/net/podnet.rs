@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use berth_core::net::Cidr;
 
 use super::links::{LinkError, Links};
+use crate::runtime::fnv;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodNetError {
@@ -50,12 +51,6 @@ pub struct PodNet {
 /// The bridge's name for `node` (at most 15 characters, as Linux allows).
 pub fn bridge_name(node: &str) -> String {
     format!("brt{:012x}", fnv(node) & 0xffff_ffff_ffff)
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// The host side of a pod's veth pair (at most 15 characters; the peer adds a `p`).

@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// The label slices carry to name their Service.
-const SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// The packet mark that asks postrouting to masquerade (kube-proxy's bit).
 const MASQ: &str = "0x4000";
 

@@ -67,12 +67,7 @@ fn uuid_like() -> String {
     format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
-/// FNV-1a of `s`: a stable short name for a mount source.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+use super::fnv;
 
 /// The sandbox's address on its (first) network.
 fn sandbox_ip(settings: Option<bollard::models::NetworkSettings>) -> Option<String> {

@@ -15,6 +15,14 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+/// FNV-1a of `s`: a stable short name for something of the host's (a mount source, a
+/// link's name).
+pub(crate) fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Which pod a sandbox or container belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRef {

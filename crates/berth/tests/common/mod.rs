@@ -129,6 +129,25 @@ impl Berth {
         }
     }
 
+    /// The value `berth up` was given for `--name` (or the one this helper added).
+    pub fn flag(&self, name: &str) -> Option<&str> {
+        let i = self.extra.iter().position(|a| a == name)?;
+        self.extra.get(i + 1).map(String::as_str)
+    }
+
+    /// The node-join token of this cluster (`berth token --node`).
+    pub fn node_token(&self) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["token", "--node", "--data-dir"])
+            .arg(self.dir.path())
+            .output()
+            .expect("berth token runs");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    }
+
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }
@@ -217,10 +236,7 @@ impl Berth {
 impl Drop for Berth {
     fn drop(&mut self) {
         self.kill9();
-        let flag = |name: &str| {
-            let i = self.extra.iter().position(|a| a == name)?;
-            self.extra.get(i + 1).map(String::as_str)
-        };
+        let flag = |name: &str| self.flag(name);
         // Only a Docker node leaves containers, and only where the docker CLI runs.
         let docker_node = matches!(flag("--runtime"), None | Some("docker" | "auto"));
         let cli = Command::new("docker").arg("--version").output().is_ok();
