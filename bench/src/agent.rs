@@ -77,22 +77,18 @@ async fn create_pod_to_running(api: &Api<Pod>, pod: Pod) -> anyhow::Result<Durat
     Ok(t.elapsed())
 }
 
-/// `runs` pods one at a time through an agent on Docker with `warm` spare sandboxes: each
-/// pod's POST -> Running.
+/// `runs` pods one at a time through an agent on Docker: each pod's POST -> Running.
 async fn berth_pods(
     server: &berth_apiserver::Server,
     client: kube::Client,
     dir: &std::path::Path,
     runs: usize,
-    warm: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let node = format!("bench-{}-{warm}", std::process::id());
+    let node = format!("bench-{}-pods", std::process::id());
     let runtime = Arc::new(
         DockerRuntime::connect(&node)
             .await
-            .context("connecting to the Docker engine (is dockerd running?)")?
-            .with_warm_pool(warm)
-            .await?,
+            .context("connecting to the Docker engine (is dockerd running?)")?,
     );
     let agent_cfg = berth_agent::Config {
         server: server.url(),
@@ -101,7 +97,7 @@ async fn berth_pods(
         node_name: node.clone(),
         address: "127.0.0.1".into(),
         listen: "127.0.0.1:0".parse()?,
-        data_dir: dir.join(format!("agent-{warm}")),
+        data_dir: dir.join("agent"),
         lease_every: Duration::from_secs(2),
         lease_duration: Duration::from_secs(8),
         sync_every: Duration::from_secs(1),
@@ -114,20 +110,16 @@ async fn berth_pods(
     std::fs::create_dir_all(&agent_cfg.data_dir)?;
     let agent = tokio::spawn(berth_agent::run(agent_cfg, runtime.clone()));
     let api: Api<Pod> = Api::namespaced(client, "default");
-    // The first pod also imports the pause image (and gives the pool time to fill).
-    let first = format!("warm-up-{warm}");
+    // The first pod also imports the pause image.
+    let first = "warm-up-pods".to_string();
     create_to_running(&api, &first, &node).await?;
-    tokio::time::sleep(Duration::from_millis(300 * warm as u64)).await;
     let mut took = Vec::new();
     for i in 0..runs {
-        took.push(create_to_running(&api, &format!("p{warm}-{i}"), &node).await?);
+        took.push(create_to_running(&api, &format!("p-{i}"), &node).await?);
     }
     for i in 0..runs {
         let _ = api
-            .delete(
-                &format!("p{warm}-{i}"),
-                &DeleteParams::default().grace_period(0),
-            )
+            .delete(&format!("p-{i}"), &DeleteParams::default().grace_period(0))
             .await;
     }
     let _ = api.delete(&first, &DeleteParams::default()).await;
@@ -144,8 +136,7 @@ async fn latency(runs: usize) -> anyhow::Result<()> {
     cfg.listen = "127.0.0.1:0".parse()?;
     let server = berth_apiserver::start(cfg).await?;
     let client = crate::client(&server, dir.path()).await?;
-    let mut berth = berth_pods(&server, client.clone(), dir.path(), runs, 0).await?;
-    let mut pooled = berth_pods(&server, client, dir.path(), runs, 2).await?;
+    let mut berth = berth_pods(&server, client.clone(), dir.path(), runs).await?;
     let node = format!("bench-{}", std::process::id());
 
     // The engine alone: create + start of the same container through its API.
@@ -201,12 +192,6 @@ async fn latency(runs: usize) -> anyhow::Result<()> {
         ms(b50),
         ms(b99)
     );
-    let (w50, w99) = (percentile(&mut pooled, 0.5), percentile(&mut pooled, 0.99));
-    println!(
-        "  berth, agent keeps 2 warm sandboxes (--warm-pool 2):         p50 {:7.1} ms  p99 {:7.1} ms",
-        ms(w50),
-        ms(w99)
-    );
     println!(
         "  engine API create + start (one container, baseline):         p50 {:7.1} ms  p99 {:7.1} ms",
         ms(e50),
@@ -221,10 +206,6 @@ async fn latency(runs: usize) -> anyhow::Result<()> {
         "  berth / engine API: {:.2}x   berth / docker run: {:.2}x  (a pod is two containers)",
         b50.as_secs_f64() / e50.as_secs_f64(),
         b50.as_secs_f64() / c50.as_secs_f64()
-    );
-    println!(
-        "  with the warm pool: berth / docker run: {:.2}x",
-        w50.as_secs_f64() / c50.as_secs_f64()
     );
     Ok(())
 }

@@ -276,7 +276,7 @@ pub async fn run() -> anyhow::Result<()> {
                 "--runtime",
                 "docker",
             ])
-            .args(["--listen", &format!("{address}:0"), "--warm-pool", "2"])
+            .args(["--listen", &format!("{address}:0")])
             .args([
                 "--cluster-cidr",
                 "10.250.0.0/16",

@@ -97,6 +97,8 @@ pub enum AgentError {
         #[source]
         source: kube::Error,
     },
+    #[error("node {node} was deleted from the cluster: its pods were stopped and its network removed from this host; start the agent again to join anew")]
+    Removed { node: String },
 }
 
 /// An API client for `cfg.server` with `token`, verifying the server against `cfg.ca_pem`.
@@ -204,20 +206,17 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     .map_err(AgentError::Serve)?;
     tasks.spawn(endpoint);
 
-    let cap = node::Capacity::of_host(&cfg.data_dir);
-    let status = || {
-        let pressure = node::Pressure::of_host(&cfg.data_dir);
-        node::node_status(
-            &cap,
-            &pressure,
-            &cfg.address,
-            port,
-            &cfg.node_name,
-            &runtime.version(),
-            runtime.unenforced_limits().as_deref(),
-        )
+    let report = node::Report {
+        cap: node::Capacity::of_host(&cfg.data_dir),
+        data_dir: cfg.data_dir.clone(),
+        address: cfg.address.clone(),
+        port,
+        name: cfg.node_name.clone(),
+        runtime_version: runtime.version(),
+        unenforced_limits: runtime.unenforced_limits(),
+        pod_network: Arc::default(),
     };
-    node::register(&client, &cfg.node_name, runtime.name(), status())
+    node::register(&client, &cfg.node_name, runtime.name(), report.status())
         .await
         .map_err(|source| AgentError::Register {
             node: cfg.node_name.clone(),
@@ -225,8 +224,20 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         })?;
     tracing::info!(node = %cfg.node_name, runtime = runtime.name(), port, "node registered");
     if cfg.pod_network {
-        if let Some(overlay) = pod_network(&client, &cfg, runtime.as_ref()).await {
-            tasks.spawn(overlay);
+        let made = pod_network(&client, &cfg, runtime.as_ref()).await;
+        let note = match made {
+            Ok((overlay, what)) => {
+                tasks.spawn(overlay);
+                Ok(what)
+            }
+            Err(why) => {
+                tracing::warn!(node = %cfg.node_name, "{why}: pods keep the runtime's own network");
+                Err(why)
+            }
+        };
+        *report.pod_network.lock().expect("pod network") = Some(note);
+        if let Err(e) = node::heartbeat(&client, &cfg.node_name, report.status()).await {
+            tracing::warn!(node = %cfg.node_name, error = %e, "node status update failed");
         }
     }
 
@@ -277,27 +288,13 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     {
         let client = client.clone();
         let name = cfg.node_name.clone();
-        let cap = cap.clone();
-        let address = cfg.address.clone();
-        let data_dir = cfg.data_dir.clone();
-        let version = runtime.version();
-        let unenforced = runtime.unenforced_limits();
+        let report = report.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let pressure = node::Pressure::of_host(&data_dir);
-                let status = node::node_status(
-                    &cap,
-                    &pressure,
-                    &address,
-                    port,
-                    &name,
-                    &version,
-                    unenforced.as_deref(),
-                );
-                if let Err(e) = node::heartbeat(&client, &name, status).await {
+                if let Err(e) = node::heartbeat(&client, &name, report.status()).await {
                     tracing::warn!(node = %name, error = %e, "node status update failed");
                 }
             }
@@ -343,6 +340,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         .with_host_ip(Some(cfg.address.clone()))
         .with_routes(routes.map(|c| Arc::new(move |uid: &str| c.routed(uid)) as pods::Routed)),
     );
+    let client_for_removal = client.clone();
     let passes = NodePasses {
         sync,
         reader,
@@ -353,19 +351,89 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         evicted: HashSet::new(),
         was_fenced: false,
     };
-    runner::run(runtime, changed, passes).await;
-    Ok(())
+    let removed = removed(client_for_removal, cfg.node_name.clone());
+    tokio::select! {
+        _ = runner::run(runtime.clone(), changed, passes) => Ok(()),
+        _ = removed => {
+            tracing::warn!(node = %cfg.node_name, "this node was deleted from the cluster: stopping its pods and removing its network");
+            // Nothing may write the network again meanwhile.
+            tasks.shutdown().await;
+            leave(runtime.as_ref(), &cfg).await;
+            Err(AgentError::Removed { node: cfg.node_name.clone() })
+        }
+    }
+}
+
+/// Resolves once this node's Node is deleted (and a read confirms it is gone).
+async fn removed(client: kube::Client, node: String) {
+    use k8s_openapi::api::core::v1::Node;
+    let api: kube::Api<Node> = kube::Api::all(client);
+    let wc = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let mut stream = watcher(api.clone(), wc).default_backoff().boxed();
+    // A relist after a broken watch reports no deletion: a relist without the node counts.
+    let mut listed = false;
+    while let Some(event) = stream.next().await {
+        let check = match event {
+            Ok(watcher::Event::Delete(_)) => true,
+            Ok(watcher::Event::Init) => {
+                listed = false;
+                false
+            }
+            Ok(watcher::Event::InitApply(_)) => {
+                listed = true;
+                false
+            }
+            Ok(watcher::Event::InitDone) => !listed,
+            _ => false,
+        };
+        if check && matches!(api.get_opt(&node).await, Ok(None)) {
+            return;
+        }
+    }
+    futures::future::pending().await
+}
+
+/// Leave for good (this node was deleted): stop and remove every container and sandbox,
+/// then take the node's network off the host.
+async fn leave(runtime: &dyn Runtime, cfg: &Config) {
+    if let Ok(observed) = runtime.list().await {
+        let containers = observed.containers.iter().map(|c| async {
+            let _ = runtime.stop(&c.id, Duration::from_secs(2)).await;
+            let _ = runtime.remove(&c.id).await;
+        });
+        futures::future::join_all(containers).await;
+        for sb in &observed.sandboxes {
+            let _ = runtime.stop(&sb.id, Duration::from_secs(1)).await;
+            let _ = runtime.remove(&sb.id).await;
+        }
+    }
+    if cfg.pod_network || cfg.proxy.is_some() {
+        let wide = cfg
+            .proxy
+            .as_ref()
+            .and_then(|p| p.cluster_cidr.clone())
+            .unwrap_or_default();
+        if let Err(e) = net::uninstall(&cfg.node_name, &wide, &cfg.data_dir).await {
+            tracing::warn!(node = %cfg.node_name, error = %e, "the node's network could not all be removed");
+        }
+    }
 }
 
 /// Join the pod network: wait (up to 10 s) for the control plane to give this node its pod
-/// CIDR, make the bridge, hand it to the runtime; returns the overlay's loop to run. Anything
-/// missing (no CIDR, no right to make links) is said, and pods keep the runtime's own
-/// network.
+/// CIDR, make the bridge, hand it to the runtime; returns the overlay's loop to run and what
+/// pods get. Anything missing (no CIDR, no right to make links, a runtime that cannot) is
+/// the error: pods keep the runtime's own network.
 async fn pod_network(
     client: &kube::Client,
     cfg: &Config,
     runtime: &dyn Runtime,
-) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+) -> Result<
+    (
+        impl std::future::Future<Output = ()> + Send + 'static,
+        String,
+    ),
+    String,
+> {
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     let mut cidr = None;
     for _ in 0..100 {
@@ -377,17 +445,16 @@ async fn pod_network(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let Some(cidr) = cidr else {
-        tracing::warn!(node = %cfg.node_name, "no pod CIDR was assigned to this node within 10 s: pods keep the runtime's own network");
-        return None;
-    };
-    let cidr: berth_core::net::Cidr = match cidr.parse() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "this node's pod CIDR is not usable");
-            return None;
-        }
-    };
+    let cidr = cidr.ok_or("no pod CIDR was assigned to this node within 10 s")?;
+    let cidr: berth_core::net::Cidr = cidr
+        .parse()
+        .map_err(|e| format!("this node's pod CIDR {cidr:?} is not usable: {e}"))?;
+    let local = cfg.address.parse::<std::net::Ipv4Addr>().map_err(|_| {
+        format!(
+            "the node's address {:?} is no IPv4 address for the overlay",
+            cfg.address
+        )
+    })?;
     // A host (or a namespace standing for one) forwards for its pods, and bridged pod
     // traffic passes netfilter so Service replies are translated back.
     for (knob, what) in [
@@ -401,53 +468,44 @@ async fn pod_network(
             tracing::warn!(error = %e, "{what} could not be turned on ({knob})");
         }
     }
-    let links: Arc<dyn net::links::Links> = match net::links::Kernel::connect() {
-        Ok(k) => Arc::new(k),
-        Err(e) => {
-            tracing::warn!(error = %berth_core::error::Chain(&e), "the pod network could not be made: pods keep the runtime's own network");
-            return None;
-        }
+    let made = |e: &dyn std::error::Error| {
+        format!(
+            "the pod network could not be made: {}",
+            berth_core::error::Chain(e)
+        )
     };
-    let local = cfg.address.parse::<std::net::Ipv4Addr>().ok();
-    let underlay = match local {
-        Some(ip) => links.mtu_of(ip).await.ok().flatten(),
-        None => None,
-    };
+    let links: Arc<dyn net::links::Links> =
+        Arc::new(net::links::Kernel::connect().map_err(|e| made(&e))?);
+    let underlay = links.mtu_of(local).await.ok().flatten();
     let mtu = underlay
         .unwrap_or(1500)
         .saturating_sub(net::overlay::OVERHEAD);
-    match net::podnet::PodNet::new(links.clone(), &cfg.node_name, cidr, &cfg.data_dir, mtu).await {
-        Ok(net) => {
-            let wide = cfg
-                .proxy
-                .as_ref()
-                .and_then(|p| p.cluster_cidr.clone())
-                .unwrap_or_else(|| cidr.to_string());
-            match net::accept_in_docker_forward(&wide).await {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "pods may not reach each other: Docker's firewall drops forwarded traffic")
-                }
-            }
-            let bridge = net.bridge.clone();
-            if !runtime.use_pod_network(Arc::new(net)).await {
-                return None;
-            }
-            tracing::info!(node = %cfg.node_name, %cidr, %bridge, "pod network");
-            Some(net::overlay::run(
-                client.clone(),
-                links,
-                cfg.node_name.clone(),
-                cidr,
-                local?,
-                mtu,
-            ))
-        }
-        Err(e) => {
-            tracing::warn!(error = %berth_core::error::Chain(&e), "the pod network could not be made: pods keep the runtime's own network");
-            None
-        }
+    let net = net::podnet::PodNet::new(links.clone(), &cfg.node_name, cidr, &cfg.data_dir, mtu)
+        .await
+        .map_err(|e| made(&e))?;
+    let wide = cfg
+        .proxy
+        .as_ref()
+        .and_then(|p| p.cluster_cidr.clone())
+        .unwrap_or_else(|| cidr.to_string());
+    if let Err(e) = net::accept_in_docker_forward(&wide).await {
+        tracing::warn!(error = %e, "pods may not reach each other: Docker's firewall drops forwarded traffic")
     }
+    let bridge = net.bridge.clone();
+    runtime.use_pod_network(Arc::new(net)).await?;
+    tracing::info!(node = %cfg.node_name, %cidr, %bridge, "pod network");
+    let overlay = net::overlay::run(
+        client.clone(),
+        links,
+        cfg.node_name.clone(),
+        cidr,
+        local,
+        mtu,
+    );
+    Ok((
+        overlay,
+        format!("pods get addresses of {cidr} on bridge {bridge}, MTU {mtu}"),
+    ))
 }
 
 /// Bind the node's DNS server: UDP where asked, TCP on the same port.

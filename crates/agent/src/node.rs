@@ -147,16 +147,43 @@ pub fn arch() -> &'static str {
     }
 }
 
+/// What a node reports of itself: fixed at start but for its pressure (read at each report)
+/// and its pod network (known once made, or known not to be).
+#[derive(Clone)]
+pub struct Report {
+    pub cap: Capacity,
+    pub data_dir: std::path::PathBuf,
+    pub address: String,
+    /// The agent's HTTPS port.
+    pub port: u16,
+    pub name: String,
+    pub runtime_version: String,
+    /// Why the runtime cannot enforce limits here, if it cannot.
+    pub unenforced_limits: Option<String>,
+    /// What pods get of the pod network, or why they keep the runtime's own.
+    pub pod_network: std::sync::Arc<std::sync::Mutex<Option<Result<String, String>>>>,
+}
+
+impl Report {
+    /// The Node's status now.
+    pub fn status(&self) -> Value {
+        let pod_network = self.pod_network.lock().expect("pod network").clone();
+        node_status(
+            self,
+            &Pressure::of_host(&self.data_dir),
+            pod_network.as_ref(),
+        )
+    }
+}
+
 /// The Node's status: conditions, capacity, addresses, node info.
-pub fn node_status(
-    cap: &Capacity,
+fn node_status(
+    r: &Report,
     pressure: &Pressure,
-    address: &str,
-    port: u16,
-    name: &str,
-    runtime_version: &str,
-    unenforced_limits: Option<&str>,
+    pod_network: Option<&Result<String, String>>,
 ) -> Value {
+    let (cap, address, port, name) = (&r.cap, &r.address, r.port, &r.name);
+    let (runtime_version, unenforced_limits) = (&r.runtime_version, r.unenforced_limits.as_deref());
     let t = berth_core::kube_time(Timestamp::now());
     let cond = |ty: &str, status: &str, reason: &str, message: &str| {
         json!({"type": ty, "status": status, "reason": reason, "message": message,
@@ -207,6 +234,19 @@ pub fn node_status(
                 &format!("CPU and memory limits are not enforced on this node: {why}"),
             ));
         }
+    }
+    // Whether pods get the pod network here (with what), or why they keep the runtime's own
+    // (the process runtime's: the host's).
+    if let (Some(net), Some(conds)) = (pod_network, status["conditions"].as_array_mut()) {
+        conds.push(match net {
+            Ok(what) => cond("PodNetwork", "True", "PodNetworkReady", what),
+            Err(why) => cond(
+                "PodNetwork",
+                "False",
+                "RuntimeNetworkOnly",
+                &format!("pods keep the runtime's own network (the process runtime's: the host's): {why}"),
+            ),
+        });
     }
     status
 }

@@ -155,6 +155,10 @@ async fn a_partitioned_node_fences_its_pods_before_they_are_replaced_and_rejoins
     let token = b.node_token();
     let partition = Partition::start(b.listen.clone()).await;
     let agent_dir = tempfile::tempdir().unwrap();
+    let _network = common::NodeNetwork {
+        node: cut.clone(),
+        dir: agent_dir.path().to_path_buf(),
+    };
     let mut agent = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["agent", "--token", &token, "--ca-file"])
         .arg(b.dir.path().join("pki/ca.pem"))
@@ -168,6 +172,8 @@ async fn a_partitioned_node_fences_its_pods_before_they_are_replaced_and_rejoins
             "1",
             "--service-proxy",
             "none",
+            "--cluster-cidr",
+            b.flag("--cluster-cidr").unwrap(),
         ])
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(agent_dir.path())

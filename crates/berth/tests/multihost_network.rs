@@ -130,7 +130,7 @@ fn agent(b: &Berth, hosts: &Hosts, i: usize, name: &str, dir: &std::path::Path) 
         .args(["--server", &b.url, "--token", &token, "--ca-file"])
         .arg(b.dir.path().join("pki/ca.pem"))
         .args(["--name", name, "--address", &address, "--runtime", "docker"])
-        .args(["--listen", &format!("{address}:0"), "--warm-pool", "0"])
+        .args(["--listen", &format!("{address}:0")])
         .args([
             "--cluster-cidr",
             &flag("--cluster-cidr"),

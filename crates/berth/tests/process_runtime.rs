@@ -148,3 +148,182 @@ spec:
     b.kubectl_ok(&["delete", "pod", "mounted", "--timeout=30s"]);
     let _ = std::fs::remove_dir_all(&at);
 }
+
+/// Process pods join the pod network: an address of the node's pod CIDR in a network
+/// namespace of their own, their own hostname, the cluster DNS; `hostNetwork` keeps the
+/// host's.
+#[tokio::test]
+async fn process_pods_get_their_own_address_name_and_cluster_dns() {
+    let node = common::unique("procnet");
+    let b = Berth::up(&["--runtime", "process", "--node-name", &node]);
+    let www = std::env::temp_dir().join(common::unique("berth-www"));
+    let pods = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: host
+    command: ["sh", "-c", "mkdir -p {www} && hostname > {www}/index.html && exec busybox httpd -f -p 8080 -h {www}"]
+    ports: [{{containerPort: 8080}}]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: c, image: host, command: ["sleep", "300"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: onhost}}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostNetwork: true
+  containers: [{{name: c, image: host, command: ["sleep", "300"]}}]
+"#,
+        www = www.display()
+    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &pods);
+    for pod in ["web", "client", "onhost"] {
+        b.kubectl_ok(&[
+            "wait",
+            &format!("pod/{pod}"),
+            "--for=condition=Ready",
+            "--timeout=60s",
+        ]);
+    }
+    let cidr = b.kubectl_ok(&["get", "node", &node, "-o", "jsonpath={.spec.podCIDR}"]);
+    let prefix = cidr.trim_end_matches("0/24");
+    let ip = |pod: &str| b.kubectl_ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]);
+    let (web, client) = (ip("web"), ip("client"));
+    assert!(
+        web.starts_with(prefix) && client.starts_with(prefix) && web != client,
+        "pods {web} and {client} not in {cidr}"
+    );
+    assert_eq!(
+        ip("onhost"),
+        "127.0.0.1",
+        "a host-network pod has the node's address"
+    );
+    let network = b.kubectl_ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        r#"jsonpath={.status.conditions[?(@.type=="PodNetwork")].status}"#,
+    ]);
+    assert_eq!(
+        network, "True",
+        "the node says its pods have the pod network"
+    );
+
+    let exec = |pod: &str, script: &str| {
+        b.kubectl_ok(&["exec", pod, "--", "sh", "-c", script])
+            .trim_end()
+            .to_string()
+    };
+    assert_eq!(exec("client", "hostname"), "client");
+    assert_eq!(
+        exec("client", "ip -4 -o addr show eth0 | awk '{print $4}'"),
+        format!("{client}/24")
+    );
+    assert!(
+        exec("client", "cat /etc/hosts").contains(&format!("{client}\tclient")),
+        "the pod's /etc/hosts names it"
+    );
+    let resolv = exec("client", "cat /etc/resolv.conf");
+    assert!(
+        resolv.contains(&format!("nameserver {}", b.flag("--cluster-dns").unwrap())),
+        "{resolv}"
+    );
+    // By pod IP, by Service name (cluster DNS, search path) and by its FQDN.
+    for url in [
+        format!("http://{web}:8080/"),
+        "http://web/".to_string(),
+        "http://web.default.svc.cluster.local/".to_string(),
+    ] {
+        let got = exec("client", &format!("busybox wget -q -O- {url}"));
+        assert_eq!(got, "web", "{url}");
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        exec("onhost", "hostname"),
+        host.trim(),
+        "a host-network pod has the host's name"
+    );
+
+    b.kubectl_ok(&["delete", "pod", "web", "client", "onhost", "--timeout=30s"]);
+    // Their namespaces and addresses went with them.
+    let pods_dir = b.dir.path().join("agent/process/pods");
+    let left = std::fs::read_dir(&pods_dir).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "pod state left in {}", pods_dir.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&b.dir.path().display().to_string()),
+        "namespaces left mounted"
+    );
+    let _ = std::fs::remove_dir_all(&www);
+}
+
+/// A node deleted from the cluster is removed for good: its agent stops its pods and takes
+/// its bridge and nftables table off the host, and its pods are collected from the API.
+#[tokio::test]
+async fn a_deleted_node_leaves_no_network_and_its_pods_are_collected() {
+    let node = common::unique("procgone");
+    let marker = common::unique("gone-marker");
+    let b = Berth::up(&["--runtime", "process", "--node-name", &node]);
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"left"}},"spec":{{"containers":[
+        {{"name":"c","image":"host","command":["sh","-c","while true; do sleep 0.2; done # {marker}"]}}]}}}}"#
+    );
+    b.kubectl_stdin_ok(&["create", "-f", "-"], &pod);
+    b.kubectl_ok(&["wait", "pod/left", "--for=condition=Ready", "--timeout=60s"]);
+    let bridge = berth_agent::net::podnet::bridge_name(&node);
+    let table = berth_agent::net::nft::table_for(&node);
+    let has = |cmd: &[&str]| {
+        std::process::Command::new(cmd[0])
+            .args(&cmd[1..])
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(has(&["ip", "link", "show", &bridge]), "the node's bridge");
+    assert!(
+        has(&["nft", "list", "table", "ip", &table]),
+        "the node's table"
+    );
+    let running = || has(&["pgrep", "-f", &marker]);
+    assert!(running());
+
+    b.kubectl_ok(&["delete", "node", &node]);
+    eventually(10, "the agent to leave", || async {
+        (!has(&["ip", "link", "show", &bridge])
+            && !has(&["nft", "list", "table", "ip", &table])
+            && !running())
+        .then_some(())
+    })
+    .await;
+    eventually(
+        30,
+        "the pod of the deleted node to be collected",
+        || async {
+            b.kubectl_ok(&["get", "pods", "-o", "name"])
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -8,6 +8,10 @@
 //! which looks more like the control plane being cut off than like the nodes dying,
 //! eviction slows to one node every 30 s instead of emptying the cluster.
 //!
+//! Pods bound to a node that no longer exists (deleted, or never registered) are deleted at
+//! once (no grace: nothing is left to stop them) after the node has been missing for
+//! [`ORPHAN_QUARANTINE`] and a read of the API confirms it, as Kubernetes' pod GC does.
+//!
 //! Sweeps the caches every 250 ms; each sweep is a pure [`plan`] over the caches and the
 //! time, carried out by `execute`, and idempotent.
 
@@ -30,6 +34,9 @@ pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// In a suspected partition, evict one node's pods this often at most.
 const PARTITION_EVICTION_EVERY: Duration = Duration::from_secs(30);
+/// How long a node must be missing before its pods are collected (a cache may lag a node
+/// that registers).
+pub const ORPHAN_QUARANTINE: Duration = Duration::from_secs(10);
 
 /// Has the node's Lease run out at `now`? A node without a Lease yet is given the benefit of
 /// the doubt.
@@ -78,6 +85,8 @@ pub struct Plan {
     pub writes: Vec<Write>,
     /// More than half the nodes are out: evictions are being rationed.
     pub partition: bool,
+    /// Nodes that pods are bound to and that do not exist.
+    pub missing: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,12 +98,26 @@ pub enum Write {
     /// A pod of an unreachable node that does not tolerate it goes; its controller
     /// replaces it elsewhere.
     Evict { node: String, pod: Arc<Pod> },
+    /// A pod bound to a node that has been missing for the quarantine goes, at once.
+    Collect { node: String, pod: Arc<Pod> },
 }
 
-/// What the sweeps remember: when the last eviction in a suspected partition was.
-#[derive(Debug, Clone, Copy, Default)]
+/// What the sweeps remember: when the last eviction in a suspected partition was, and since
+/// when each missing node has been missing.
+#[derive(Debug, Clone, Default)]
 pub struct Memory {
     pub last_partition_eviction: Option<Instant>,
+    pub missing_since: HashMap<String, Instant>,
+}
+
+impl Memory {
+    /// Remember what a sweep found missing (and forget what is back).
+    pub fn saw_missing(&mut self, missing: &[String], clock: Instant) {
+        self.missing_since.retain(|n, _| missing.contains(n));
+        for n in missing {
+            self.missing_since.entry(n.clone()).or_insert(clock);
+        }
+    }
 }
 
 /// Decide one sweep from the caches: `leases` by node name, `now` on the wall clock (Lease
@@ -103,11 +126,38 @@ pub fn plan(
     nodes: &[Arc<Node>],
     leases: &HashMap<String, Arc<Lease>>,
     pods: &[Arc<Pod>],
-    memory: Memory,
+    memory: &Memory,
     now: Timestamp,
     clock: Instant,
 ) -> Plan {
     let mut writes = Vec::new();
+    // Pods of nodes that do not exist.
+    let known: std::collections::HashSet<&str> = nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    let mut missing: Vec<String> = Vec::new();
+    for pod in pods {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
+        if node.is_empty() || known.contains(node) {
+            continue;
+        }
+        if !missing.iter().any(|m| m == node) {
+            missing.push(node.to_string());
+        }
+        let quarantined = memory
+            .missing_since
+            .get(node)
+            .is_some_and(|t| clock.saturating_duration_since(*t) >= ORPHAN_QUARANTINE);
+        if quarantined {
+            writes.push(Write::Collect {
+                node: node.to_string(),
+                pod: pod.clone(),
+            });
+        }
+    }
     let mut down = Vec::new();
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
@@ -184,7 +234,11 @@ pub fn plan(
             });
         }
     }
-    Plan { writes, partition }
+    Plan {
+        writes,
+        partition,
+        missing,
+    }
 }
 
 pub async fn run(ctx: Arc<Context>, leases: Store<Lease>) {
@@ -201,14 +255,16 @@ pub async fn run(ctx: Arc<Context>, leases: Store<Lease>) {
             .filter(|l| l.metadata.namespace.as_deref() == Some("kube-node-lease"))
             .filter_map(|l| Some((l.metadata.name.clone()?, l)))
             .collect();
+        let clock = Instant::now();
         let plan = plan(
             &ctx.nodes.state(),
             &by_node,
             &ctx.pods.state(),
-            memory,
+            &memory,
             Timestamp::now(),
-            Instant::now(),
+            clock,
         );
+        memory.saw_missing(&plan.missing, clock);
         if let Err(e) = execute(&ctx, plan, &mut memory).await {
             tracing::warn!(error = %berth_core::error::Chain(&e), "node lifecycle sweep");
         }
@@ -249,6 +305,23 @@ async fn execute(ctx: &Context, plan: Plan, memory: &mut Memory) -> Result<(), E
                     .await
                     .map_err(api_err(format!("untainting node {node}")))?;
                 tracing::info!(node = %node, "node is reachable again");
+            }
+            Write::Collect { node, pod } => {
+                // The cache may be behind: only a node the API does not have either.
+                match nodes_api.get_opt(&node).await {
+                    Ok(None) => {}
+                    _ => continue,
+                }
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                match Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                    .delete(&pod_name, &DeleteParams::default().grace_period(0))
+                    .await
+                {
+                    Ok(_) | Err(kube::Error::Api(_)) => {}
+                    Err(e) => return Err(api_err(format!("collecting pod {ns}/{pod_name}"))(e)),
+                }
+                tracing::info!(node = %node, pod = %format!("{ns}/{pod_name}"), "collected: its node is gone");
             }
             Write::Evict { node, pod } => {
                 let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -406,7 +479,7 @@ mod tests {
             &nodes,
             &leases,
             &pods,
-            Memory::default(),
+            &Memory::default(),
             now,
             Instant::now(),
         );
@@ -426,7 +499,7 @@ mod tests {
             &nodes,
             &leases,
             &pods,
-            Memory::default(),
+            &Memory::default(),
             now,
             Instant::now(),
         );
@@ -451,17 +524,18 @@ mod tests {
         ]);
         let pods = [pod_on("a", "pa"), pod_on("b", "pb")];
         let clock = Instant::now();
-        let p = plan(&nodes, &leases, &pods, Memory::default(), now, clock);
+        let p = plan(&nodes, &leases, &pods, &Memory::default(), now, clock);
         assert!(p.partition);
         assert_eq!(evicted(&p), ["pa"], "one node at a time");
         let just = Memory {
             last_partition_eviction: Some(clock),
+            ..Memory::default()
         };
         let p = plan(
             &nodes,
             &leases,
             &pods,
-            just,
+            &just,
             now,
             clock + Duration::from_secs(29),
         );
@@ -470,7 +544,7 @@ mod tests {
             &nodes,
             &leases,
             &pods,
-            just,
+            &just,
             now,
             clock + Duration::from_secs(30),
         );
@@ -486,5 +560,41 @@ mod tests {
         assert!(!tolerates(&pod, Duration::from_secs(11)));
         let plain: Pod = serde_json::from_value(json!({"spec": {"containers": []}})).unwrap();
         assert!(!tolerates(&plain, Duration::ZERO));
+    }
+
+    #[test]
+    fn pods_of_a_missing_node_are_collected_after_the_quarantine() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let nodes = [node("a", None)];
+        let leases = HashMap::from([lease_at("a", now)]);
+        let pods = [
+            pod_on("a", "pa"),
+            pod_on("gone", "pg"),
+            pod_on("", "unbound"),
+        ];
+        let collected = |p: &Plan| -> Vec<String> {
+            p.writes
+                .iter()
+                .filter_map(|w| match w {
+                    Write::Collect { pod, .. } => pod.metadata.name.clone(),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut memory = Memory::default();
+        let t0 = Instant::now();
+        let p = plan(&nodes, &leases, &pods, &memory, now, t0);
+        assert_eq!(p.missing, ["gone"]);
+        assert!(collected(&p).is_empty(), "not before the quarantine");
+        memory.saw_missing(&p.missing, t0);
+        let later = t0 + ORPHAN_QUARANTINE;
+        let p = plan(&nodes, &leases, &pods, &memory, now, later);
+        assert_eq!(collected(&p), ["pg"]);
+        // The node came back meanwhile: its pods stay, and the clock starts again.
+        let back = [node("a", None), node("gone", None)];
+        let p = plan(&back, &leases, &pods, &memory, now, later);
+        assert!(collected(&p).is_empty() && p.missing.is_empty());
+        memory.saw_missing(&p.missing, later);
+        assert!(memory.missing_since.is_empty());
     }
 }

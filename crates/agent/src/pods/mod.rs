@@ -104,11 +104,9 @@ fn pod_ref(pod: &Pod) -> PodRef {
             })
             .collect(),
         host_network: pod.spec.as_ref().and_then(|s| s.host_network) == Some(true),
-        hostname: pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.hostname.clone())
-            .filter(|h| !h.is_empty()),
+        // A pod's hostname is its own (`spec.hostname`, else its name), fixed when its
+        // sandbox is made: it never takes a warm one.
+        hostname: Some(files::hostname(pod)),
     }
 }
 
@@ -238,7 +236,7 @@ impl PodSync {
         config.mounts = crate::config::mounts(&*self.owner, full, spec, &self.data_dir)
             .await
             .map_err(failed)?;
-        if let (Some((dns, search)), true) = (&self.dns, self.runtime.name() == "docker") {
+        if let (Some((dns, search)), true) = (&self.dns, self.runtime.mounts_pod_files()) {
             let uid = full.metadata.uid.as_deref().unwrap_or_default();
             let dir = crate::config::pod_dir(&self.data_dir, uid).join("etc");
             let own =

@@ -496,8 +496,9 @@ impl DockerRuntime {
 
     /// Take a warm sandbox for `pod`: rename it after the pod, so `list` finds its owner.
     async fn claim(&self, pod: &PodRef) -> Option<ObservedSandbox> {
-        // A warm sandbox carries a name of its own, which the containers that join it take:
-        // a pod that asks for a hostname gets a sandbox made for it.
+        // A warm sandbox carries a name of its own, which the containers that join it take
+        // (Docker copies it at their start and cannot change it): a pod that needs a
+        // hostname gets a sandbox made for it.
         if !pod.host_ports.is_empty() || pod.host_network || pod.hostname.is_some() {
             return None;
         }
@@ -1126,12 +1127,19 @@ impl Runtime for DockerRuntime {
         Ok(())
     }
 
-    async fn use_pod_network(&self, net: std::sync::Arc<crate::net::podnet::PodNet>) -> bool {
+    async fn use_pod_network(
+        &self,
+        net: std::sync::Arc<crate::net::podnet::PodNet>,
+    ) -> Result<(), String> {
         if self.podnet.set(net).is_err() {
-            return true;
+            return Ok(());
         }
         // Warm sandboxes made before have Docker's network: make new ones.
         self.release().await;
+        Ok(())
+    }
+
+    fn mounts_pod_files(&self) -> bool {
         true
     }
 }

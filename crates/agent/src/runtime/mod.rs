@@ -9,6 +9,7 @@ pub mod conformance;
 pub mod docker;
 pub mod mock;
 pub mod mounts;
+pub mod podns;
 pub mod process;
 
 use std::time::Duration;
@@ -34,7 +35,8 @@ pub struct PodRef {
     pub host_ports: Vec<HostPort>,
     /// The pod runs in the host's network namespace (`hostNetwork: true`).
     pub host_network: bool,
-    /// The hostname the pod asks for (`spec.hostname`); `None`: its name.
+    /// The hostname the sandbox must have (a Kubernetes pod's `spec.hostname` or name);
+    /// `None`: any (a container group, which may take a warm sandbox).
     pub hostname: Option<String>,
 }
 
@@ -307,10 +309,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// Background upkeep between sync passes (the Docker driver refills its warm pool).
     async fn maintain(&self) {}
 
-    /// Put pods on the node's pod network from now on (a capability: `false` where the
-    /// driver's pods keep a network of their own).
-    async fn use_pod_network(&self, net: std::sync::Arc<crate::net::podnet::PodNet>) -> bool {
+    /// Put pods on the node's pod network from now on; where the driver cannot, why not
+    /// (its pods keep a network of their own).
+    async fn use_pod_network(
+        &self,
+        net: std::sync::Arc<crate::net::podnet::PodNet>,
+    ) -> Result<(), String> {
         let _ = net;
+        Err(format!("the {} runtime has no pod network", self.name()))
+    }
+
+    /// Whether files the agent writes for a pod (its resolv.conf and /etc/hosts) can be
+    /// mounted into its containers.
+    fn mounts_pod_files(&self) -> bool {
         false
     }
 

@@ -9,8 +9,11 @@
 //!   entrypoint); `env` is the whole environment besides `PATH` and `HOME`.
 //! - Each container runs in its own process group, in its own working directory
 //!   (`.../containers/<id>/work`, or `workingDir`), with stdout and stderr in one log file.
-//! - There is no network namespace: pods share the host's network, and the pod IP is
-//!   127.0.0.1.
+//! - On the node's pod network (an agent with the rights to make namespaces and links), each
+//!   pod gets network and UTS namespaces of its own ([`super::podns`]), named after the pod
+//!   and linked to the node's bridge with an address of its pod CIDR; its containers and
+//!   execs join them. Otherwise, and for `hostNetwork` pods, pods share the host's network
+//!   (the pod IP is 127.0.0.1, or the node's address for `hostNetwork`).
 //! - Volumes: a container with volume mounts runs in a mount namespace of its own with the
 //!   volumes bind-mounted at their paths ([`super::mounts`]); an agent that may not make mount
 //!   namespaces refuses such containers with a message saying so.
@@ -37,10 +40,12 @@ use berth_core::error::Chain;
 
 use super::cgroup::{self, Cgroups, Group};
 use super::mounts::{self, Binds};
+use super::podns;
 use super::{
     Channel, ContainerConfig, ContainerStats, ExecSession, LogOptions, LogStream, Observed,
     ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime, RuntimeError, State,
 };
+use crate::net::podnet::PodNet;
 
 const DRIVER: &str = "process";
 
@@ -54,6 +59,8 @@ pub struct ProcessRuntime {
     /// process ending and its `exit` file being written, such a container still reads as
     /// running (not as ended unwatched, which is exit code 255).
     waiting: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The node's pod network, once the agent has one and this driver can join pods to it.
+    podnet: std::sync::OnceLock<Arc<PodNet>>,
 }
 
 fn io(operation: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -133,6 +140,7 @@ impl ProcessRuntime {
             cgroups,
             mounts,
             waiting: Arc::default(),
+            podnet: Default::default(),
         })
     }
 
@@ -143,6 +151,37 @@ impl ProcessRuntime {
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
         self.root.join("pods").join(safe(uid))
+    }
+
+    /// Where pod `uid`'s namespaces are kept (when it has its own).
+    fn ns_dir(&self, uid: &str) -> PathBuf {
+        self.pod_dir(uid).join("ns")
+    }
+
+    /// Pod `uid`'s namespaces, open for a child to join; `None` for a pod on the host's.
+    fn namespaces(&self, uid: &str) -> Result<Option<podns::Opened>, std::io::Error> {
+        let dir = self.ns_dir(uid);
+        if !podns::net_path(&dir).exists() {
+            return Ok(None);
+        }
+        podns::opened(&dir).map(Some)
+    }
+
+    /// The sandbox of the pod described by `sandbox.json`.
+    fn sandbox_of(st: &Value) -> Option<ObservedSandbox> {
+        let uid = st["podUid"].as_str()?;
+        Some(ObservedSandbox {
+            id: format!("{uid}~sandbox"),
+            pod_uid: uid.to_string(),
+            // Recorded at creation; none for a host-network pod (the agent fills in the
+            // node's); records from before pod networks: the host's.
+            ip: match &st["ip"] {
+                Value::String(ip) => Some(ip.clone()),
+                Value::Null if st["hostNetwork"] == true => None,
+                _ => Some("127.0.0.1".into()),
+            },
+            running: true,
+        })
     }
 
     /// The directory of a container id (`<pod uid>~<name>~<attempt>`).
@@ -258,15 +297,29 @@ impl Runtime for ProcessRuntime {
     async fn create_sandbox(&self, pod: &PodRef) -> Result<ObservedSandbox, RuntimeError> {
         let dir = self.pod_dir(&pod.uid);
         std::fs::create_dir_all(dir.join("containers")).map_err(io("create the pod dir"))?;
-        let st = json!({"podUid": pod.uid, "namespace": pod.namespace, "name": pod.name});
+        let ip = match (self.podnet.get(), pod.host_network) {
+            (_, true) => None,
+            (None, false) => Some("127.0.0.1".to_string()),
+            (Some(net), false) => {
+                let ns = self.ns_dir(&pod.uid);
+                let hostname = pod.hostname.as_deref().unwrap_or(&pod.name);
+                podns::make(&ns, hostname).map_err(io("make the pod's namespaces"))?;
+                let ip = net
+                    .attach(&pod.uid, &podns::net_path(&ns))
+                    .await
+                    .map_err(|e| RuntimeError::Driver {
+                        driver: DRIVER,
+                        operation: "join the pod network",
+                        source: Box::new(e),
+                    })?;
+                Some(ip.to_string())
+            }
+        };
+        let st = json!({"podUid": pod.uid, "namespace": pod.namespace, "name": pod.name,
+                        "ip": ip, "hostNetwork": pod.host_network});
         std::fs::write(dir.join("sandbox.json"), st.to_string())
             .map_err(io("write the pod state"))?;
-        Ok(ObservedSandbox {
-            id: format!("{}~sandbox", pod.uid),
-            pod_uid: pod.uid.clone(),
-            ip: Some("127.0.0.1".into()),
-            running: true,
-        })
+        Ok(Self::sandbox_of(&st).expect("a pod uid"))
     }
 
     async fn start_container(
@@ -300,6 +353,13 @@ impl Runtime for ProcessRuntime {
         }
         let binds = Binds::prepare(&c.mounts)
             .map_err(|e| start_err(format!("preparing the volume mount points: {e}")))?;
+        let namespaces = self
+            .namespaces(&pod.uid)
+            .map_err(|e| start_err(format!("opening the pod's namespaces: {e}")))?;
+        let ns_fds = namespaces
+            .as_ref()
+            .map(podns::Opened::fds)
+            .unwrap_or_default();
         let id = format!("{}~{}~{}", pod.uid, c.name, c.attempt);
         let dir = self.container_dir(&id).expect("a container id");
         let group = self.group(&id);
@@ -333,10 +393,12 @@ impl Runtime for ProcessRuntime {
             .stderr(log)
             .process_group(0)
             .kill_on_drop(false);
-        // SAFETY: the hook joins the cgroup and mounts the volumes with raw system calls only.
+        // SAFETY: the hook joins the cgroup and the pod's namespaces and mounts the volumes
+        // with raw system calls only.
         unsafe {
             cmd.pre_exec(move || {
                 cgroup::join(&procs)?;
+                podns::join(&ns_fds)?;
                 binds.apply()
             });
         }
@@ -346,6 +408,7 @@ impl Runtime for ProcessRuntime {
             }
             start_err(format!("exec {:?}: {e}", argv[0]))
         })?;
+        drop(namespaces);
         let pid = child.id().unwrap_or(0);
         st["pid"] = json!(pid);
         st["ticks"] = json!(start_ticks(pid).unwrap_or(0));
@@ -382,13 +445,8 @@ impl Runtime for ProcessRuntime {
             let sandbox: Option<Value> = std::fs::read(pod.path().join("sandbox.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            if let Some(uid) = sandbox.as_ref().and_then(|s| s["podUid"].as_str()) {
-                out.sandboxes.push(ObservedSandbox {
-                    id: format!("{uid}~sandbox"),
-                    pod_uid: uid.to_string(),
-                    ip: Some("127.0.0.1".into()),
-                    running: true,
-                });
+            if let Some(sb) = sandbox.as_ref().and_then(Self::sandbox_of) {
+                out.sandboxes.push(sb);
             }
             let Ok(containers) = std::fs::read_dir(pod.path().join("containers")) else {
                 continue;
@@ -460,6 +518,10 @@ impl Runtime for ProcessRuntime {
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         if let Some(uid) = id.strip_suffix("~sandbox") {
+            podns::remove(&self.ns_dir(uid));
+            if let Some(net) = self.podnet.get() {
+                net.release(uid);
+            }
             let dir = self.pod_dir(uid);
             return match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -593,15 +655,30 @@ impl Runtime for ProcessRuntime {
                 message: "an empty command".into(),
             });
         };
-        // An exec runs where the container does: its cgroup and its mount namespace.
+        // An exec runs where the container does: its cgroup, its pod's namespaces and its
+        // mount namespace.
         let procs = self.group(id).map(|g| g.procs_files()).unwrap_or_default();
         let ns = (st["volumes"].as_bool() == Some(true))
             .then(|| mounts::namespace_of(st["pid"].as_u64().unwrap_or(0) as u32));
+        let namespaces = st["podUid"]
+            .as_str()
+            .map(|uid| self.namespaces(uid))
+            .transpose()
+            .map_err(|e| RuntimeError::Start {
+                container: id.into(),
+                message: format!("opening the pod's namespaces: {e}"),
+            })?
+            .flatten();
+        let ns_fds = namespaces
+            .as_ref()
+            .map(podns::Opened::fds)
+            .unwrap_or_default();
         let mut cmd = tokio::process::Command::new(program);
         // SAFETY: the hook makes raw system calls only.
         unsafe {
             cmd.pre_exec(move || {
                 cgroup::join(&procs)?;
+                podns::join(&ns_fds)?;
                 ns.as_ref().map_or(Ok(()), mounts::enter)
             });
         }
@@ -656,6 +733,19 @@ impl Runtime for ProcessRuntime {
             resize: Box::new(|_, _| futures::future::ready(()).boxed()),
             exit,
         })
+    }
+
+    async fn use_pod_network(&self, net: Arc<PodNet>) -> Result<(), String> {
+        if let Err(why) = &self.mounts {
+            return Err(format!("pod namespaces cannot be kept: {}", Chain(why)));
+        }
+        podns::probe().map_err(|e| format!("pod namespaces cannot be made: {e}"))?;
+        let _ = self.podnet.set(net);
+        Ok(())
+    }
+
+    fn mounts_pod_files(&self) -> bool {
+        self.mounts.is_ok()
     }
 
     async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {

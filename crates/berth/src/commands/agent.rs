@@ -55,10 +55,6 @@ pub struct Args {
     /// (stops its pods) after two without a renewal; the server evicts after four.
     #[arg(long, default_value_t = 1)]
     pub lease_seconds: u64,
-    /// Pause containers kept started ahead of need (Docker runtime), so that a pod's sandbox
-    /// is ready when the pod arrives; 0 turns the pool off.
-    #[arg(long, default_value_t = 2)]
-    pub warm_pool: usize,
     /// How Services reach their endpoints from this node: `nftables` (a table of the
     /// agent's own, `berth-<node>`) or `none`. The mock runtime's pods have no network, so
     /// it gets none.
@@ -139,7 +135,7 @@ pub fn config(args: &Args, ca_pem: String) -> berth_agent::Config {
             listen: args.cluster_dns_listen,
             domain: args.cluster_domain.clone(),
         }),
-        pod_network: args.runtime == RuntimeKind::Docker,
+        pod_network: networked,
         pod_dns: networked.then(|| berth_agent::PodDns {
             nameserver: args.cluster_dns,
             domain: args.cluster_domain.clone(),
@@ -174,7 +170,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let cfg = config(&args, ca);
-    let rt = runtime(args.runtime, &cfg.node_name, &args.data_dir, args.warm_pool).await?;
+    // No warm pool: a pod's sandbox carries the pod's hostname, so it is made for the pod.
+    let rt = runtime(args.runtime, &cfg.node_name, &args.data_dir, 0).await?;
     let ran = tokio::select! {
         r = berth_agent::run(cfg, rt.clone()) => r.context("running the agent"),
         _ = super::shutdown_signal() => Ok(()),

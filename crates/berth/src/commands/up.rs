@@ -75,7 +75,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             listen: "127.0.0.1:0".parse().expect("an address"),
             runtime: kind,
             lease_seconds: 1,
-            warm_pool: args.instances.warm_pool,
             service_proxy: args.service_proxy,
             uninstall: false,
             cluster_cidr: args.control.cluster_cidr.to_string(),
@@ -86,7 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         std::fs::create_dir_all(&agent_args.data_dir)?;
         let cfg = super::agent::config(&agent_args, server.ca_pem.clone());
-        let rt = super::agent::runtime(kind, &node, &agent_dir, agent_args.warm_pool).await?;
+        let rt = super::agent::runtime(kind, &node, &agent_dir, 0).await?;
         let run = berth_agent::run(cfg, rt.clone());
         agent = Some((
             tokio::spawn(async move {
@@ -133,7 +132,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // An orderly stop, each part before what it stands on: the local agent, the control
     // loops, the instances service, then the API and the store. The agent and the loops
     // stop at once, before anything slow, so that the node lifecycle never sees the agent's
-    // Lease run out and evicts its pods; the agent's warm sandboxes go after them.
+    // Lease run out and evicts its pods; the warm sandboxes (the instances service's, and any
+    // an older agent left) go after them.
     tracing::info!("stopping");
     let agent_runtime = match agent {
         Some((task, rt)) => {

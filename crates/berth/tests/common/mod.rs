@@ -244,6 +244,7 @@ impl Drop for Berth {
             remove_node_containers(node);
         } else if let (Some("process"), Some(node)) = (flag("--runtime"), flag("--node-name")) {
             remove_node_network(node);
+            unmount_under(self.dir.path());
         }
         // The agent let its cluster CIDR through Docker's firewall.
         if let Some(cidr) = flag("--cluster-cidr") {
@@ -452,6 +453,30 @@ pub fn remove_node_containers(node: &str) {
 }
 
 /// Remove the pod bridge and nftables table of `node`'s agent (test cleanup).
+/// A node's network on this host, removed when this is dropped (however the test ends), with
+/// whatever its pods left mounted under `dir` (process pods' namespaces).
+pub struct NodeNetwork {
+    pub node: String,
+    pub dir: PathBuf,
+}
+
+impl Drop for NodeNetwork {
+    fn drop(&mut self) {
+        remove_node_network(&self.node);
+        unmount_under(&self.dir);
+    }
+}
+
+/// Detach every mount under `dir` (a killed agent's pod namespaces), so it can be removed.
+pub fn unmount_under(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for point in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if Path::new(point).starts_with(dir) {
+            let _ = Command::new("umount").args(["-l", point]).status();
+        }
+    }
+}
+
 pub fn remove_node_network(node: &str) {
     let _ = Command::new("ip")
         .args(["link", "del", &berth_agent::net::podnet::bridge_name(node)])
