@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use berth_aci_client::{Client, GroupRef};
 use berth_agent::runtime::docker::DockerRuntime;
 use berth_core::aci::ContainerGroup;
-use berth_instances::client::{Client, GroupRef};
 use serde_json::json;
 
 const IMAGE: &str = "berth/pause:1";

@@ -101,71 +101,102 @@ pub enum AgentError {
     Removed { node: String },
 }
 
-/// An API client for `cfg.server` with `token`, verifying the server against `cfg.ca_pem`.
-fn client_with(cfg: &Config, token: &str) -> Result<kube::Client, AgentError> {
-    let url: http::Uri = cfg.server.parse().map_err(|_| AgentError::Url {
-        url: cfg.server.clone(),
-    })?;
-    let mut kc = kube::Config::new(url);
-    kc.root_cert = Some(
-        berth_tls::certs(&cfg.ca_pem)
-            .into_iter()
-            .map(|c| c.to_vec())
-            .collect(),
-    );
-    kc.auth_info.token = Some(token.to_string().into());
-    kc.default_namespace = "default".into();
-    kube::Client::try_from(kc).map_err(AgentError::Client)
+/// How a node joins the cluster: the server, its CA, the node-join token and the node's
+/// name. (The agent's, and the virtual node's.)
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// `https://host:port` of the API server.
+    pub server: String,
+    /// The node-join token.
+    pub token: String,
+    /// The cluster CA (PEM) the server's certificate is checked against.
+    pub ca_pem: String,
+    pub node_name: String,
 }
 
-/// `POST` a JSON body to one of Berth's own endpoints (`/berth/v1/...`) while joining.
-async fn post_berth(
-    client: &kube::Client,
-    cfg: &Config,
-    path: &str,
-    body: &serde_json::Value,
-) -> Result<serde_json::Value, AgentError> {
-    let req = http::Request::post(path)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(body).expect("json"))
-        .expect("a valid request");
-    client
-        .request::<serde_json::Value>(req)
-        .await
-        .map_err(|source| AgentError::Register {
-            node: cfg.node_name.clone(),
-            source,
-        })
-}
+impl Join {
+    /// An API client for the server with `token`, verifying the server against the CA.
+    fn client(&self, token: &str) -> Result<kube::Client, AgentError> {
+        let url: http::Uri = self.server.parse().map_err(|_| AgentError::Url {
+            url: self.server.clone(),
+        })?;
+        let mut kc = kube::Config::new(url);
+        kc.root_cert = Some(
+            berth_tls::certs(&self.ca_pem)
+                .into_iter()
+                .map(|c| c.to_vec())
+                .collect(),
+        );
+        kc.auth_info.token = Some(token.to_string().into());
+        kc.default_namespace = "default".into();
+        kube::Client::try_from(kc).map_err(AgentError::Client)
+    }
 
-/// Trade the node-join token for this node's own token, and return a client that uses it.
-pub async fn node_client(cfg: &Config) -> Result<kube::Client, AgentError> {
-    let join = client_with(cfg, &cfg.token)?;
-    let body = serde_json::json!({"nodeName": cfg.node_name});
-    let answer = post_berth(&join, cfg, "/berth/v1/nodetoken", &body).await?;
-    let token = answer
-        .get("token")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default();
-    client_with(cfg, token)
-}
+    /// `POST` a JSON body to one of Berth's own endpoints (`/berth/v1/...`) while joining.
+    async fn post(
+        &self,
+        client: &kube::Client,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, AgentError> {
+        let req = http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body).expect("json"))
+            .expect("a valid request");
+        client
+            .request::<serde_json::Value>(req)
+            .await
+            .map_err(|source| AgentError::Register {
+                node: self.node_name.clone(),
+                source,
+            })
+    }
 
-/// Ask the API server for this node's serving certificate and proxy token.
-async fn serving(client: &kube::Client, cfg: &Config) -> Result<server::Serving, AgentError> {
-    let body = serde_json::json!({"address": cfg.address});
-    let answer = post_berth(client, cfg, "/berth/v1/nodecert", &body).await?;
-    let field = |k: &str| {
-        answer
-            .get(k)
+    /// Trade the node-join token for this node's own token, and return a client that uses it.
+    pub async fn node_client(&self) -> Result<kube::Client, AgentError> {
+        let join = self.client(&self.token)?;
+        let body = serde_json::json!({"nodeName": self.node_name});
+        let answer = self.post(&join, "/berth/v1/nodetoken", &body).await?;
+        let token = answer
+            .get("token")
             .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    Ok(server::Serving {
-        cert_pem: field("cert"),
-        key_pem: field("key"),
-        proxy_token: field("proxyToken"),
-    })
+            .unwrap_or_default();
+        self.client(token)
+    }
+
+    /// Ask the API server for this node's serving certificate (for `address`) and proxy
+    /// token.
+    pub async fn serving(
+        &self,
+        client: &kube::Client,
+        address: &str,
+    ) -> Result<server::Serving, AgentError> {
+        let body = serde_json::json!({"address": address});
+        let answer = self.post(client, "/berth/v1/nodecert", &body).await?;
+        let field = |k: &str| {
+            answer
+                .get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok(server::Serving {
+            cert_pem: field("cert"),
+            key_pem: field("key"),
+            proxy_token: field("proxyToken"),
+        })
+    }
+}
+
+impl Config {
+    pub fn join(&self) -> Join {
+        Join {
+            server: self.server.clone(),
+            token: self.token.clone(),
+            ca_pem: self.ca_pem.clone(),
+            node_name: self.node_name.clone(),
+        }
+    }
 }
 
 /// Run the agent until the process ends, or until this future is dropped: the pod watch,
@@ -174,8 +205,9 @@ async fn serving(client: &kube::Client, cfg: &Config) -> Result<server::Serving,
 /// connection finish by themselves; the runtime's warm sandboxes are the caller's to
 /// release.
 pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentError> {
-    let client = node_client(&cfg).await?;
-    let serving = serving(&client, &cfg).await?;
+    let join = cfg.join();
+    let client = join.node_client().await?;
+    let serving = join.serving(&client, &cfg.address).await?;
     let mut tasks = tokio::task::JoinSet::new();
 
     // Pods bound to this node.

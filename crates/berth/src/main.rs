@@ -34,6 +34,8 @@ enum Command {
     Server(commands::server::Args),
     /// Join a cluster as a node and run the pods bound to it.
     Agent(commands::agent::Args),
+    /// Join a cluster as a virtual node whose pods run as container groups.
+    Vnode(commands::vnode::Args),
     /// Run the container instances service (ACI-shaped container groups) on its own.
     Instances(commands::instances::Args),
     /// Manage container groups on the instances service, in the manner of `az container`.
@@ -77,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up(args) => commands::up::run(args).await,
             Command::Server(args) => commands::server::run(args).await,
             Command::Agent(args) => commands::agent::run(args).await,
+            Command::Vnode(args) => commands::vnode::run(args).await,
             Command::Instances(args) => commands::instances::run(args).await,
             Command::Container(args) => commands::container::run(args).await,
             Command::Kubeconfig(args) => commands::kubeconfig::run(args),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_instances::client::Client;
+use berth_aci_client::Client;
 use common::{require_docker, BusyboxImage};
 
 /// `berth instances` on a data dir, as a real process.
@@ -391,7 +391,7 @@ async fn bad_input_gets_an_arm_error_naming_the_field_and_stores_nothing() {
             .await
             .err()
             .unwrap_or_else(|| panic!("{name} was accepted"));
-        let berth_instances::client::ClientError::Arm(e) = err else {
+        let berth_aci_client::ClientError::Arm(e) = err else {
             panic!("{name}: not an ARM error: {err}")
         };
         assert_eq!(
@@ -408,7 +408,7 @@ async fn bad_input_gets_an_arm_error_naming_the_field_and_stores_nothing() {
         .err()
         .unwrap();
     assert!(
-        matches!(&err, berth_instances::client::ClientError::Arm(e) if e.code == "NoRegisteredProviderFound" && e.target.as_deref() == Some("api-version")),
+        matches!(&err, berth_aci_client::ClientError::Arm(e) if e.code == "NoRegisteredProviderFound" && e.target.as_deref() == Some("api-version")),
         "{err}"
     );
     let listed = c.list("s", None).await.unwrap();
@@ -553,7 +553,7 @@ async fn volumes_probes_and_in_place_updates_behave_as_aci_documents() {
         .await
         .err()
         .expect("a cpu change is refused");
-    let berth_instances::client::ClientError::Arm(e) = refused else {
+    let berth_aci_client::ClientError::Arm(e) = refused else {
         panic!("{refused}")
     };
     assert_eq!(
@@ -567,7 +567,7 @@ async fn volumes_probes_and_in_place_updates_behave_as_aci_documents() {
     );
 
     assert!(c
-        .delete(&berth_instances::client::GroupRef {
+        .delete(&berth_aci_client::GroupRef {
             sub: "s".into(),
             rg: "rg".into(),
             name: "vols".into()

@@ -5,7 +5,6 @@
 //! pods by the agent's pod sync on the hosts of a [`pool`]; [`http`] is the ARM-shaped REST API
 //! over it. The wire types and validation are pure and live in `berth_core::aci`.
 
-pub mod client;
 pub mod db;
 pub mod dns;
 pub mod http;

@@ -5,11 +5,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use berth_aci_client::{Client, ClientError, GroupRef};
 use berth_core::aci::{
     ContainerDef, ContainerGroup, ContainerProperties, EnvVar, GroupProperties, IpAddress, Port,
     ResourceAmounts, Resources,
 };
-use berth_instances::client::{Client, ClientError, GroupRef};
 use serde_json::Value;
 
 #[derive(clap::Args, Debug)]

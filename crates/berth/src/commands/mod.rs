@@ -181,3 +181,4 @@ pub async fn start_control_plane(
         client, election, work,
     )))
 }
+pub mod vnode;

@@ -32,6 +32,11 @@ pub struct Args {
     /// How Services reach their endpoints (see `berth agent --help`).
     #[arg(long, value_enum, default_value_t = super::agent::ServiceProxy::Nftables)]
     pub service_proxy: super::agent::ServiceProxy,
+    /// Run a virtual node (`berth-instances`) whose pods become container groups in this
+    /// instances service: pods that tolerate its taint burst there when the real nodes are
+    /// full.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub virtual_node: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -108,6 +113,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let vnode = match (&instances, args.virtual_node) {
+        (Some(i), true) => {
+            let vargs = super::vnode::Args {
+                server: server.url(),
+                token: server.tokens.node_join.clone(),
+                ca_file: Default::default(),
+                name: super::vnode::UP_NAME.into(),
+                address: "127.0.0.1".into(),
+                instances: i.url(),
+                instances_token: server.tokens.admin.clone(),
+                instances_ca_file: Default::default(),
+                subscription: "default".into(),
+                resource_group: None,
+                location: "eastus".into(),
+                lease_seconds: 1,
+            };
+            // One CA signs both APIs here.
+            let cfg = super::vnode::config(&vargs, server.ca_pem.clone(), server.ca_pem.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = berth_vnode::run(cfg).await {
+                    tracing::error!(error = %berth_core::error::Chain(&e), "the virtual node stopped");
+                }
+            }))
+        }
+        _ => None,
+    };
     println!("Berth is up: Kubernetes API at {}", server.url());
     if let Some(i) = &instances {
         println!(
@@ -143,6 +174,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(v) = vnode {
+        v.abort();
+        let _ = v.await;
+    }
     control_plane.abort();
     let _ = control_plane.await;
     super::clean_up(async {

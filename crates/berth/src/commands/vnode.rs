@@ -1,0 +1,85 @@
+//! `berth vnode`: join a cluster as a virtual node whose pods run as container groups in an
+//! instances service (this one's, or any with the same API).
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// The name `berth up` gives its virtual node.
+pub const UP_NAME: &str = "berth-instances";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The API server, `https://host:port`.
+    #[arg(long)]
+    pub server: String,
+    /// The node-join token (`berth token --node` on the server).
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The cluster CA to verify the server with (the server's `<data-dir>/pki/ca.pem`).
+    #[arg(long)]
+    pub ca_file: std::path::PathBuf,
+    /// The virtual node's name.
+    #[arg(long, default_value = UP_NAME)]
+    pub name: String,
+    /// The address the node reports (its pods' hostIP).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// The instances API, `https://host:port`.
+    #[arg(long)]
+    pub instances: String,
+    /// The instances API's bearer token.
+    #[arg(long, env = "BERTH_INSTANCES_TOKEN", hide_env_values = true)]
+    pub instances_token: String,
+    /// The CA to verify the instances API with.
+    #[arg(long)]
+    pub instances_ca_file: std::path::PathBuf,
+    /// The subscription the node's groups go in.
+    #[arg(long, default_value = "default")]
+    pub subscription: String,
+    /// The resource group the node's groups go in (default: the node's name).
+    #[arg(long)]
+    pub resource_group: Option<String>,
+    /// The location of the groups.
+    #[arg(long, default_value = "eastus")]
+    pub location: String,
+    /// Seconds between Lease renewals (the Lease lasts four).
+    #[arg(long, default_value_t = 1)]
+    pub lease_seconds: u64,
+}
+
+pub fn config(args: &Args, ca_pem: String, instances_ca_pem: String) -> berth_vnode::Config {
+    berth_vnode::Config {
+        join: berth_agent::Join {
+            server: args.server.clone(),
+            token: args.token.clone(),
+            ca_pem,
+            node_name: args.name.clone(),
+        },
+        instances: berth_vnode::Instances {
+            url: args.instances.clone(),
+            token: args.instances_token.clone(),
+            ca_pem: instances_ca_pem,
+            subscription: args.subscription.clone(),
+            resource_group: args
+                .resource_group
+                .clone()
+                .unwrap_or_else(|| args.name.clone()),
+            location: args.location.clone(),
+        },
+        address: args.address.clone(),
+        lease_every: Duration::from_secs(args.lease_seconds.max(1)),
+        sync_every: Duration::from_secs(1),
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("reading the CA {}", p.display()))
+    };
+    let cfg = config(&args, read(&args.ca_file)?, read(&args.instances_ca_file)?);
+    tokio::select! {
+        r = berth_vnode::run(cfg) => r.map_err(|e| anyhow::anyhow!("{}", berth_core::error::Chain(&e))),
+        _ = super::shutdown_signal() => Ok(()),
+    }
+}

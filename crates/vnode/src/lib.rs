@@ -1,0 +1,501 @@
+//! The virtual node (Virtual Kubelet's job): a Node of the instances service's capacity,
+//! tainted so only pods that tolerate it land there, whose pods run as container groups
+//! through the ACI-shaped API. It is a client of two APIs and nothing more: the Kubernetes
+//! API with a node's credentials (as an agent joins), and the instances API with its typed
+//! client.
+//!
+//! ```text
+//!  pods (nodeName = me) ──watch──▶ pass ──▶ PUT group (pod -> group, refusals named)
+//!                                   │  ◀── GET groups (tags name their pod)
+//!                                   ├──▶ pod status from the group's instance view
+//!                                   ├──▶ deleting pod: DELETE group, then the pod goes
+//!                                   └──▶ group without a pod: DELETE
+//!  every lease interval: instances answer? ──yes──▶ renew the node's Lease
+//! ```
+//!
+//! One group per pod, named from the pod ([`group::group_name`]) and tagged with its uid,
+//! so a restarted virtual node adopts the groups it made.
+
+pub mod group;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_aci_client::{Client as Aci, ClientError, GroupRef};
+use berth_agent::owner::{ApiOwner, PodOwner, SourceKind};
+use berth_agent::runtime::PodRef;
+use berth_core::aci::ContainerGroup;
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use serde_json::{json, Value};
+
+/// The label and taint that mark a virtual node (Virtual Kubelet's).
+pub const TAINT_KEY: &str = "virtual-kubelet.io/provider";
+pub const TAINT_VALUE: &str = "berth";
+
+/// Where the container groups go.
+#[derive(Debug, Clone)]
+pub struct Instances {
+    /// `https://host:port` of the instances API.
+    pub url: String,
+    pub token: String,
+    /// The CA (PEM) the instances API's certificate is checked against.
+    pub ca_pem: String,
+    pub subscription: String,
+    pub resource_group: String,
+    pub location: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub join: berth_agent::Join,
+    pub instances: Instances,
+    /// The node's address (its InternalIP and the pods' hostIP).
+    pub address: String,
+    pub lease_every: Duration,
+    /// The longest between two passes (a pod change starts one at once).
+    pub sync_every: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VnodeError {
+    #[error(transparent)]
+    Join(#[from] berth_agent::AgentError),
+    #[error("registering node {node} failed")]
+    Register {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the instances API at {url} does not answer")]
+    Instances {
+        url: String,
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// The node's capacity: the instances service's quota (groups and cores), with 4 GB of
+/// memory per core.
+async fn capacity(aci: &Aci, i: &Instances) -> Result<(i64, i64), ClientError> {
+    let path = format!(
+        "/subscriptions/{}/providers/Microsoft.ContainerInstance/locations/{}/usages",
+        i.subscription, i.location
+    );
+    let a = aci.call("GET", &path, None).await?;
+    let limit = |name: &str| {
+        a.body["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["name"]["value"] == name)
+            .and_then(|u| u["limit"].as_i64())
+            .unwrap_or(1000)
+    };
+    Ok((limit("ContainerGroups"), limit("StandardCores")))
+}
+
+fn node_object(cfg: &Config, groups: i64, cores: i64) -> Value {
+    let name = &cfg.join.node_name;
+    let t = berth_core::kube_time(Timestamp::now());
+    let amount = json!({
+        "cpu": cores.to_string(), "memory": format!("{}Gi", cores * 4),
+        "pods": groups.to_string(), "ephemeral-storage": "1Ti",
+    });
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "type": "virtual-kubelet",
+            "kubernetes.io/role": "agent",
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "berth.dev/runtime": "instances",
+        }},
+        "spec": {"taints": [{"key": TAINT_KEY, "value": TAINT_VALUE, "effect": "NoSchedule"}]},
+        "status": {
+            "capacity": amount, "allocatable": amount,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": format!("the instances API at {} answers", cfg.instances.url),
+                "lastHeartbeatTime": t, "lastTransitionTime": t}],
+            "addresses": [{"type": "InternalIP", "address": cfg.address},
+                          {"type": "Hostname", "address": name}],
+            "nodeInfo": {"kubeletVersion": "v1.32.0-berth-vnode", "kubeProxyVersion": "",
+                "containerRuntimeVersion": "instances://2023-05-01", "operatingSystem": "linux",
+                "architecture": berth_agent::node::arch(), "osImage": "Berth container instances",
+                "kernelVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
+        },
+    })
+}
+
+async fn register(client: &kube::Client, cfg: &Config, node: Value) -> Result<(), kube::Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let name = &cfg.join.node_name;
+    let typed: Node = serde_json::from_value(node.clone()).expect("a valid Node");
+    match api.create(&PostParams::default(), &typed).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let p = PatchParams::default();
+            api.patch(
+                name,
+                &p,
+                &Patch::Merge(json!({"metadata": node["metadata"], "spec": node["spec"]})),
+            )
+            .await?;
+            api.patch_status(name, &p, &Patch::Merge(json!({"status": node["status"]})))
+                .await
+                .map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Run the virtual node until this future is dropped.
+pub async fn run(cfg: Config) -> Result<(), VnodeError> {
+    let client = cfg.join.node_client().await?;
+    let i = &cfg.instances;
+    let aci = Arc::new(Aci::new(&i.url, &i.token, &i.ca_pem));
+    let (groups, cores) = capacity(&aci, i)
+        .await
+        .map_err(|source| VnodeError::Instances {
+            url: i.url.clone(),
+            source,
+        })?;
+    register(&client, &cfg, node_object(&cfg, groups, cores))
+        .await
+        .map_err(|source| VnodeError::Register {
+            node: cfg.join.node_name.clone(),
+            source,
+        })?;
+    tracing::info!(node = %cfg.join.node_name, instances = %i.url, groups, cores, "virtual node registered");
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // The Lease is renewed while the instances API answers: when it stops, the node goes
+    // NotReady and node lifecycle moves its pods, as for any node.
+    {
+        let client = client.clone();
+        let aci = aci.clone();
+        let cfg = cfg.clone();
+        tasks.spawn(async move {
+            let name = cfg.join.node_name.clone();
+            let duration = (cfg.lease_every.as_secs().max(1) * 4) as i32;
+            let mut tick = tokio::time::interval(cfg.lease_every);
+            let mut answering = true;
+            loop {
+                tick.tick().await;
+                let probe = capacity(&aci, &cfg.instances);
+                let up = matches!(
+                    tokio::time::timeout(cfg.lease_every.max(Duration::from_secs(1)), probe).await,
+                    Ok(Ok(_))
+                );
+                if up != answering {
+                    answering = up;
+                    if up {
+                        tracing::warn!(node = %name, "the instances API answers again: renewing the Lease");
+                    } else {
+                        tracing::warn!(node = %name, "the instances API does not answer: the Lease is left to run out");
+                    }
+                }
+                if up {
+                    if let Err(e) = berth_agent::node::renew_lease(&client, &name, duration).await {
+                        tracing::warn!(node = %name, error = %e, "lease renewal failed");
+                    }
+                }
+            }
+        });
+    }
+
+    let api: Api<Pod> = Api::all(client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.join.node_name));
+    let (reader, writer) = reflector::store();
+    let changed = Arc::new(tokio::sync::Notify::new());
+    {
+        let changed = changed.clone();
+        let stream = reflector(writer, watcher(api, wc)).default_backoff();
+        tasks.spawn(async move {
+            let mut stream = stream.boxed();
+            while let Some(ev) = stream.next().await {
+                if let Err(e) = ev {
+                    tracing::warn!(error = %e, "pod watch failed; retrying");
+                }
+                changed.notify_one();
+            }
+        });
+    }
+    // Never act on an empty view: it would look like every pod had gone.
+    let _ = reader.wait_until_ready().await;
+    let mut node = Vnode {
+        owner: ApiOwner {
+            client: client.clone(),
+            node: cfg.join.node_name.clone(),
+        },
+        aci,
+        cfg: cfg.clone(),
+        refused: HashSet::new(),
+        deleting: HashSet::new(),
+    };
+    loop {
+        let pods = reader.state();
+        if let Err(e) = node.pass(&pods).await {
+            tracing::warn!(node = %cfg.join.node_name, error = %berth_core::error::Chain(&e), "virtual node pass");
+        }
+        let _ = tokio::time::timeout(cfg.sync_every, changed.notified()).await;
+    }
+}
+
+struct Vnode {
+    owner: ApiOwner,
+    aci: Arc<Aci>,
+    cfg: Config,
+    /// Pods refused (by uid): their Failed status is written once.
+    refused: HashSet<String>,
+    /// Groups being deleted (by name), so a pass does not delete them twice.
+    deleting: HashSet<String>,
+}
+
+fn pod_ref(pod: &Pod) -> PodRef {
+    PodRef {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        host_ports: vec![],
+        host_network: false,
+        hostname: None,
+    }
+}
+
+impl Vnode {
+    fn target(&self, name: &str) -> GroupRef {
+        GroupRef {
+            sub: self.cfg.instances.subscription.clone(),
+            rg: self.cfg.instances.resource_group.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// This node's groups, by name.
+    async fn groups(&self) -> Result<BTreeMap<String, ContainerGroup>, ClientError> {
+        let i = &self.cfg.instances;
+        let all = match self
+            .aci
+            .list(&i.subscription, Some(&i.resource_group))
+            .await
+        {
+            Ok(all) => all,
+            // No resource group yet: no groups.
+            Err(ClientError::Arm(e)) if e.status == 404 => vec![],
+            Err(e) => return Err(e),
+        };
+        Ok(all
+            .into_iter()
+            .filter(|g| g.tags.get(group::TAG_NODE) == Some(&self.cfg.join.node_name))
+            .filter_map(|g| Some((g.name.clone()?, g)))
+            .collect())
+    }
+
+    async fn pass(&mut self, pods: &[Arc<Pod>]) -> Result<(), ClientError> {
+        let groups = self.groups().await?;
+        let now = berth_core::kube_time(Timestamp::now());
+        let mut wanted: HashMap<String, &Pod> = HashMap::new();
+        for pod in pods {
+            let name = group::group_name(pod);
+            wanted.insert(name.clone(), pod);
+            let found = groups.get(&name);
+            if pod.metadata.deletion_timestamp.is_some() {
+                self.finish(pod, &name, found.is_some());
+                continue;
+            }
+            let r = pod_ref(pod);
+            match found {
+                Some(g) => {
+                    let status = status::pod_status(pod, g, &self.cfg.address, &now);
+                    if changed(pod, &status) {
+                        if let Err(e) = self.owner.write_status(&r, &status).await {
+                            tracing::debug!(error = %e, pod = %r.name, "status not written");
+                        }
+                    }
+                }
+                None if self.refused.contains(&r.uid) || terminal(pod) => {}
+                None if was_running(pod) => {
+                    let lost = status::lost(pod, &now);
+                    self.owner.event(
+                        &r,
+                        "Warning",
+                        "ProviderFailed",
+                        format!("container group {name} is gone from the instances service"),
+                    );
+                    let _ = self.owner.write_status(&r, &lost).await;
+                }
+                None => self.create(pod, &r, &name, &now).await,
+            }
+        }
+        // Groups of pods that are gone (deleted while this node was away).
+        for name in groups.keys() {
+            if !wanted.contains_key(name) && !self.deleting.contains(name) {
+                tracing::info!(group = %name, "removing a group whose pod is gone");
+                let _ = self.aci.delete(&self.target(name)).await;
+            }
+        }
+        self.refused
+            .retain(|uid| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid)));
+        Ok(())
+    }
+
+    /// PUT the group of a new pod, or refuse the pod saying which field.
+    async fn create(&mut self, pod: &Pod, r: &PodRef, name: &str, now: &str) {
+        let (cms, secrets) = group::wanted(pod);
+        let mut refs = group::Refs::default();
+        for (kind, names, into) in [
+            (SourceKind::ConfigMap, cms, &mut refs.config_maps),
+            (SourceKind::Secret, secrets, &mut refs.secrets),
+        ] {
+            for n in names {
+                match self.owner.source(&r.namespace, kind, &n).await {
+                    Ok(Some(data)) => {
+                        into.insert(n, data);
+                    }
+                    Ok(None) => {}
+                    // Try again next pass.
+                    Err(_) => return,
+                }
+            }
+        }
+        let group = group::group_for(
+            pod,
+            &refs,
+            &self.cfg.join.node_name,
+            &self.cfg.instances.location,
+        );
+        let put = match group {
+            Ok(g) => self.aci.put(&self.target(name), &g).await.map(|_| ()),
+            Err(refusal) => {
+                self.refuse(r, "ProviderFailed", &refusal.to_string(), now)
+                    .await;
+                return;
+            }
+        };
+        match put {
+            Ok(()) => {
+                tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), group = %name, "container group created");
+                self.owner.event(
+                    r,
+                    "Normal",
+                    "ProviderCreated",
+                    format!("container group {name} created in the instances service"),
+                );
+            }
+            // The service refuses the group (ACI's validation): the pod cannot run here.
+            Err(ClientError::Arm(e)) if e.status < 500 && e.status != 409 && e.status != 429 => {
+                let at = e
+                    .target
+                    .as_deref()
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default();
+                let message = format!("the instances service refused the group{at}: {}", e.message);
+                self.refuse(r, "ProviderFailed", &message, now).await;
+            }
+            Err(e) => {
+                tracing::warn!(pod = %r.name, error = %berth_core::error::Chain(&e), "container group not created; retrying");
+            }
+        }
+    }
+
+    async fn refuse(&mut self, r: &PodRef, reason: &str, message: &str, now: &str) {
+        tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), %message, "pod refused");
+        self.owner.event(r, "Warning", reason, message.to_string());
+        let status = status::refused(reason, message, now);
+        if self.owner.write_status(r, &status).await.is_ok() {
+            self.refused.insert(r.uid.clone());
+        }
+    }
+
+    /// A pod being deleted: its group goes (within the pod's grace period), then the pod.
+    fn finish(&mut self, pod: &Pod, name: &str, has_group: bool) {
+        if !self.deleting.insert(name.to_string()) {
+            return;
+        }
+        let aci = self.aci.clone();
+        let target = self.target(name);
+        let owner = ApiOwner {
+            client: self.owner.client.clone(),
+            node: self.owner.node.clone(),
+        };
+        let r = pod_ref(pod);
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .unwrap_or(30)
+            .max(0) as u64;
+        tokio::spawn(async move {
+            if has_group {
+                // The service stops the containers with their own grace; never wait past
+                // the pod's.
+                let delete = aci.delete(&target);
+                match tokio::time::timeout(Duration::from_secs(grace.max(1)), delete).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(group = %target.name, error = %berth_core::error::Chain(&e), "group delete failed")
+                    }
+                    Err(_) => {
+                        tracing::warn!(group = %target.name, "group delete outlasted the grace period")
+                    }
+                }
+            }
+            if let Err(e) = owner.deleted(&r).await {
+                tracing::debug!(error = %e, pod = %r.name, "pod not finalized");
+            }
+        });
+    }
+}
+
+/// A pod whose group ran (it has container statuses from us) but is gone now.
+fn was_running(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|c| !c.is_empty())
+}
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Would `status` change what the pod says (ignoring condition times)?
+fn changed(pod: &Pod, status: &Value) -> bool {
+    let old = serde_json::to_value(pod.status.clone().unwrap_or_default()).unwrap_or_default();
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(cs) = v["conditions"].as_array_mut() {
+            for c in cs {
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("lastTransitionTime");
+                    o.remove("lastProbeTime");
+                }
+            }
+        }
+        for k in ["startTime", "qosClass"] {
+            if let Some(o) = v.as_object_mut() {
+                o.remove(k);
+            }
+        }
+        v
+    };
+    let (old, new) = (strip(&old), strip(status));
+    [
+        "phase",
+        "conditions",
+        "containerStatuses",
+        "initContainerStatuses",
+        "podIP",
+        "reason",
+    ]
+    .iter()
+    .any(|k| old[*k] != new[*k])
+}
