@@ -296,7 +296,10 @@ async fn create_pods(
 }
 
 /// Sort key: the pod to delete first sorts first.
-fn deletion_rank(p: &Pod, on_virtual: &dyn Fn(&str) -> bool) -> (u8, u8, u8, u8, i64, i64, i64) {
+fn deletion_rank(
+    p: &Pod,
+    on_virtual: &dyn Fn(&str) -> bool,
+) -> (u8, u8, u8, u8, i64, i64, i64, i64) {
     let node = p
         .spec
         .as_ref()
@@ -323,14 +326,67 @@ fn deletion_rank(p: &Pod, on_virtual: &dyn Fn(&str) -> bool) -> (u8, u8, u8, u8,
         .as_ref()
         .map(|t| t.0.as_second())
         .unwrap_or(0);
+    // `controller.kubernetes.io/pod-deletion-cost`: the lower, the sooner.
+    let cost = p
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost"))
+        .and_then(|c| c.parse::<i32>().ok())
+        .unwrap_or(0);
     (
         u8::from(!on_virtual),
         u8::from(!node.is_empty()),
         phase,
         u8::from(ready.is_some()),
+        i64::from(cost),
         // Ready for less time first, more restarts first, newer first.
         -ready.map(|t| t.as_second()).unwrap_or(0),
         -restarts,
         -created,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn running(name: &str, node: &str, cost: Option<&str>) -> Arc<Pod> {
+        let mut annotations = json!({});
+        if let Some(c) = cost {
+            annotations["controller.kubernetes.io/pod-deletion-cost"] = json!(c);
+        }
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "annotations": annotations,
+                             "creationTimestamp": "2026-11-28T10:00:00Z"},
+                "spec": {"nodeName": node, "containers": []},
+                "status": {"phase": "Running", "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-28T10:00:01Z"}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn scale_down_gives_back_virtual_node_pods_first_then_the_cheapest() {
+        let rs: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+        }))
+        .unwrap();
+        let pods = [
+            running("real-a", "host-1", None),
+            running("burst", "berth-instances", Some("100")),
+            running("real-cheap", "host-1", Some("-5")),
+            running("real-b", "host-1", None),
+        ];
+        let on_virtual = |n: &str| n == "berth-instances";
+        let p = plan(&rs, &pods, true, &on_virtual, Timestamp::now()).unwrap();
+        assert_eq!(
+            p.writes[0],
+            Write::Delete(vec!["burst".into(), "real-cheap".into()])
+        );
+    }
 }

@@ -17,6 +17,7 @@
 //! so a restarted virtual node adopts the groups it made.
 
 pub mod group;
+pub mod runtime;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,8 +56,11 @@ pub struct Instances {
 pub struct Config {
     pub join: berth_agent::Join,
     pub instances: Instances,
-    /// The node's address (its InternalIP and the pods' hostIP).
+    /// The node's address (its InternalIP and the pods' hostIP), where the API server reaches
+    /// its HTTPS endpoint (logs and exec).
     pub address: String,
+    /// Where that endpoint listens (port 0: any free one).
+    pub listen: std::net::SocketAddr,
     pub lease_every: Duration,
     /// The longest between two passes (a pod change starts one at once).
     pub sync_every: Duration,
@@ -72,6 +76,8 @@ pub enum VnodeError {
         #[source]
         source: kube::Error,
     },
+    #[error("serving logs and exec failed")]
+    Serve(#[source] berth_agent::server::ServeError),
     #[error("the instances API at {url} does not answer")]
     Instances {
         url: String,
@@ -100,7 +106,7 @@ async fn capacity(aci: &Aci, i: &Instances) -> Result<(i64, i64), ClientError> {
     Ok((limit("ContainerGroups"), limit("StandardCores")))
 }
 
-fn node_object(cfg: &Config, groups: i64, cores: i64) -> Value {
+fn node_object(cfg: &Config, groups: i64, cores: i64, port: u16) -> Value {
     let name = &cfg.join.node_name;
     let t = berth_core::kube_time(Timestamp::now());
     let amount = json!({
@@ -124,6 +130,7 @@ fn node_object(cfg: &Config, groups: i64, cores: i64) -> Value {
                 "lastHeartbeatTime": t, "lastTransitionTime": t}],
             "addresses": [{"type": "InternalIP", "address": cfg.address},
                           {"type": "Hostname", "address": name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
             "nodeInfo": {"kubeletVersion": "v1.32.0-berth-vnode", "kubeProxyVersion": "",
                 "containerRuntimeVersion": "instances://2023-05-01", "operatingSystem": "linux",
                 "architecture": berth_agent::node::arch(), "osImage": "Berth container instances",
@@ -165,7 +172,26 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
             url: i.url.clone(),
             source,
         })?;
-    register(&client, &cfg, node_object(&cfg, groups, cores))
+    // Logs and exec, as an agent serves them, through the instances API.
+    let serving = cfg.join.serving(&client, &cfg.address).await?;
+    let api: Api<Pod> = Api::all(client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.join.node_name));
+    let (reader, writer) = reflector::store();
+    let groups_runtime = Arc::new(runtime::Groups {
+        aci: aci.clone(),
+        subscription: i.subscription.clone(),
+        resource_group: i.resource_group.clone(),
+        node: cfg.join.node_name.clone(),
+    });
+    let (port, endpoint) = berth_agent::server::serve(
+        cfg.listen,
+        &cfg.join.node_name,
+        &serving,
+        groups_runtime,
+        reader.clone(),
+    )
+    .map_err(VnodeError::Serve)?;
+    register(&client, &cfg, node_object(&cfg, groups, cores, port))
         .await
         .map_err(|source| VnodeError::Register {
             node: cfg.join.node_name.clone(),
@@ -173,6 +199,7 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
         })?;
     tracing::info!(node = %cfg.join.node_name, instances = %i.url, groups, cores, "virtual node registered");
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(endpoint);
 
     // The Lease is renewed while the instances API answers: when it stops, the node goes
     // NotReady and node lifecycle moves its pods, as for any node.
@@ -209,9 +236,6 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
         });
     }
 
-    let api: Api<Pod> = Api::all(client.clone());
-    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.join.node_name));
-    let (reader, writer) = reflector::store();
     let changed = Arc::new(tokio::sync::Notify::new());
     {
         let changed = changed.clone();
@@ -237,6 +261,7 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
         cfg: cfg.clone(),
         refused: HashSet::new(),
         deleting: HashSet::new(),
+        waiting: HashMap::new(),
     };
     loop {
         let pods = reader.state();
@@ -255,6 +280,8 @@ struct Vnode {
     refused: HashSet<String>,
     /// Groups being deleted (by name), so a pass does not delete them twice.
     deleting: HashSet<String>,
+    /// Pods whose group the service would not make yet (by uid), and why.
+    waiting: HashMap<String, String>,
 }
 
 fn pod_ref(pod: &Pod) -> PodRef {
@@ -340,8 +367,9 @@ impl Vnode {
                 let _ = self.aci.delete(&self.target(name)).await;
             }
         }
-        self.refused
-            .retain(|uid| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid)));
+        let live = |uid: &String| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid));
+        self.refused.retain(live);
+        self.waiting.retain(|uid, _| live(uid));
         Ok(())
     }
 
@@ -380,6 +408,7 @@ impl Vnode {
         };
         match put {
             Ok(()) => {
+                self.waiting.remove(&r.uid);
                 tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), group = %name, "container group created");
                 self.owner.event(
                     r,
@@ -398,8 +427,20 @@ impl Vnode {
                 let message = format!("the instances service refused the group{at}: {}", e.message);
                 self.refuse(r, "ProviderFailed", &message, now).await;
             }
+            // No room, or the service is away: the pod waits, saying why (once per reason).
             Err(e) => {
-                tracing::warn!(pod = %r.name, error = %berth_core::error::Chain(&e), "container group not created; retrying");
+                let why = berth_core::error::Chain(&e).to_string();
+                if self.waiting.get(&r.uid) != Some(&why) {
+                    tracing::info!(pod = %r.name, error = %why, "container group not created yet; retrying");
+                    self.owner
+                        .event(r, "Warning", "ProviderCreateFailed", why.clone());
+                    let status = json!({"phase": "Pending", "conditions": [
+                        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                        {"type": "Ready", "status": "False", "reason": "ProviderCreateFailed",
+                         "message": why, "lastTransitionTime": now}]});
+                    let _ = self.owner.write_status(r, &status).await;
+                    self.waiting.insert(r.uid.clone(), why);
+                }
             }
         }
     }

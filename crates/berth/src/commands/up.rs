@@ -121,6 +121,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 ca_file: Default::default(),
                 name: super::vnode::UP_NAME.into(),
                 address: "127.0.0.1".into(),
+                listen: "127.0.0.1:0".parse().expect("an address"),
                 instances: i.url(),
                 instances_token: server.tokens.admin.clone(),
                 instances_ca_file: Default::default(),

@@ -22,9 +22,13 @@ pub struct Args {
     /// The virtual node's name.
     #[arg(long, default_value = UP_NAME)]
     pub name: String,
-    /// The address the node reports (its pods' hostIP).
+    /// The address the node reports (its pods' hostIP), where the API server reaches it for
+    /// logs and exec.
     #[arg(long, default_value = "127.0.0.1")]
     pub address: String,
+    /// Where to serve logs and exec to the API server (HTTPS; port 0: any).
+    #[arg(long, default_value = "0.0.0.0:10251")]
+    pub listen: std::net::SocketAddr,
     /// The instances API, `https://host:port`.
     #[arg(long)]
     pub instances: String,
@@ -68,6 +72,7 @@ pub fn config(args: &Args, ca_pem: String, instances_ca_pem: String) -> berth_vn
             location: args.location.clone(),
         },
         address: args.address.clone(),
+        listen: args.listen,
         lease_every: Duration::from_secs(args.lease_seconds.max(1)),
         sync_every: Duration::from_secs(1),
     }

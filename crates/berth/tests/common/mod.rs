@@ -242,6 +242,11 @@ impl Drop for Berth {
         let cli = Command::new("docker").arg("--version").output().is_ok();
         if let (true, true, Some(node)) = (docker_node, cli, flag("--node-name")) {
             remove_node_containers(node);
+            // And the instances service's (container groups, the virtual node's pods).
+            let service = std::fs::read_to_string(self.dir.path().join("instances/node-name"));
+            if let Ok(service) = service {
+                remove_node_containers(service.trim());
+            }
         } else if let (Some("process"), Some(node)) = (flag("--runtime"), flag("--node-name")) {
             remove_node_network(node);
             unmount_under(self.dir.path());

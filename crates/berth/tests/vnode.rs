@@ -1,0 +1,166 @@
+//! The virtual node: `berth up` runs `berth-instances`, whose pods become container groups
+//! in its instances service; a Deployment that tolerates its taint bursts onto it when the
+//! real node is full and gives those pods back first.
+
+mod common;
+
+use common::{eventually, unique, Berth, BusyboxImage};
+
+fn groups(b: &Berth) -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["container", "list", "-o", "json", "--data-dir"])
+        .arg(b.dir.path())
+        .output()
+        .expect("berth container list");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["name"].as_str().map(String::from))
+        .collect()
+}
+
+fn pods_by_node(b: &Berth) -> Vec<(String, String, String)> {
+    b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=burst",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{\"\\n\"}{end}",
+    ])
+    .lines()
+    .filter_map(|l| {
+        let mut w = l.split_whitespace();
+        Some((
+            w.next()?.into(),
+            w.next()?.into(),
+            w.next().unwrap_or("").into(),
+        ))
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_bursts_into_container_groups_and_gets_them_back_first() {
+    common::require_docker();
+    let image = BusyboxImage::build();
+    let node = unique("vk");
+    let mut b = Berth::up(&["--runtime", "docker", "--node-name", &node]);
+    eventually(30, "the virtual node to be Ready", || async {
+        let ready = b.kubectl(&["get", "node", "berth-instances", "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status} {.spec.taints[0].key} {.metadata.labels.type}"#]);
+        (String::from_utf8_lossy(&ready.stdout) == "True virtual-kubelet.io/provider virtual-kubelet").then_some(())
+    })
+    .await;
+    // Pods of an eighth of the real node's CPU each: 8 fit on it, the other 4 burst into the
+    // instances service (on the same host, with room for them).
+    let cpu = b.kubectl_ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={.status.allocatable.cpu}",
+    ]);
+    let millis: u64 = match cpu.strip_suffix('m') {
+        Some(m) => m.parse().unwrap(),
+        None => cpu.parse::<u64>().unwrap() * 1000,
+    };
+    let request = format!("{}m", millis / 8 / 10 * 10);
+    let deploy = format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: burst}}
+spec:
+  replicas: 12
+  selector: {{matchLabels: {{app: burst}}}}
+  template:
+    metadata: {{labels: {{app: burst}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      tolerations: [{{key: virtual-kubelet.io/provider, operator: Exists, effect: NoSchedule}}]
+      containers:
+      - name: c
+        image: {image}
+        command: ["sh", "-c", "echo started on $(hostname); while true; do sleep 1; done"]
+        resources: {{requests: {{cpu: {request}, memory: 32Mi}}}}
+"#,
+        image = image.tag,
+        request = request
+    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &deploy);
+    let placed = eventually(90, "all 12 Running", || async {
+        let pods = pods_by_node(&b);
+        (pods.len() == 12 && pods.iter().all(|(_, _, phase)| phase == "Running")).then_some(pods)
+    })
+    .await;
+    let burst: Vec<&String> = placed
+        .iter()
+        .filter(|(_, n, _)| n == "berth-instances")
+        .map(|(p, _, _)| p)
+        .collect();
+    let real = placed.iter().filter(|(_, n, _)| *n == node).count();
+    assert_eq!((real, burst.len()), (8, 4), "{placed:?}");
+    assert_eq!(real + burst.len(), 12, "{placed:?}");
+    // Each burst pod is a group, with the pod's address.
+    let names = groups(&b);
+    assert_eq!(names.len(), burst.len(), "{names:?}");
+    let ip = b.kubectl_ok(&["get", "pod", burst[0], "-o", "jsonpath={.status.podIP}"]);
+    assert!(!ip.is_empty(), "a burst pod has an address");
+
+    // logs and exec reach a burst pod through the API server, as on any node.
+    let logs = eventually(20, "the burst pod's log", || async {
+        let l = b.kubectl_ok(&["logs", burst[0]]);
+        l.starts_with("started on").then_some(l)
+    })
+    .await;
+    assert!(logs.contains("started on"), "{logs}");
+    let out = b.kubectl_ok(&["exec", burst[0], "--", "echo", "inside"]);
+    assert_eq!(out.trim(), "inside");
+
+    // A vnode restarted mid-way adopts its groups: none is made twice.
+    b.restart();
+    eventually(60, "the pods after a restart", || async {
+        let pods = pods_by_node(&b);
+        (pods.len() == 12 && pods.iter().all(|(_, _, phase)| phase == "Running")).then_some(())
+    })
+    .await;
+    let mut again = groups(&b);
+    let mut before = names.clone();
+    again.sort();
+    before.sort();
+    assert_eq!(again, before, "the same groups, adopted");
+
+    // A pod asking for what a group cannot do fails, naming the field.
+    let hostpath = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"hostpath"},"spec":{
+        "nodeName":"berth-instances","volumes":[{"name":"h","hostPath":{"path":"/etc"}}],
+        "containers":[{"name":"c","image":"x","command":["x"],"volumeMounts":[{"name":"h","mountPath":"/h"}]}]}}"#;
+    b.kubectl_stdin_ok(&["create", "-f", "-"], hostpath);
+    let why = eventually(20, "the refusal", || async {
+        let s = b.kubectl_ok(&[
+            "get",
+            "pod",
+            "hostpath",
+            "-o",
+            "jsonpath={.status.phase}: {.status.message}",
+        ]);
+        s.starts_with("Failed").then_some(s)
+    })
+    .await;
+    assert!(why.contains("spec.volumes[0].hostPath"), "{why}");
+
+    // Scale down: the burst pods go first, and their groups with them.
+    b.kubectl_ok(&["scale", "deploy/burst", "--replicas=3"]);
+    eventually(60, "only real-node pods left, and no group", || async {
+        let pods = pods_by_node(&b);
+        (pods.len() == 3 && pods.iter().all(|(_, n, _)| *n == node) && groups(&b).is_empty())
+            .then_some(())
+    })
+    .await;
+}

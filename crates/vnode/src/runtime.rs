@@ -1,0 +1,232 @@
+//! The virtual node's containers as a [`Runtime`], for the agent's HTTPS endpoint: `kubectl
+//! logs` and `kubectl exec` on a virtual-node pod reach its group through the instances
+//! API (its logs call and its exec WebSocket). Containers are `<group>/<container>`; the
+//! node makes and removes groups itself, so the lifecycle calls are refused.
+//!
+//! ACI's limits show through: logs are read whole (`follow` polls them each second and
+//! sends what is new), an exec runs a command split at spaces on a terminal and reports
+//! no exit code (0), and there are no resource statistics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_aci_client::{Client as Aci, GroupRef};
+use berth_agent::runtime::{
+    Channel, ContainerConfig, ExecSession, LogOptions, LogStream, Observed, ObservedContainer,
+    ObservedSandbox, PodRef, PullPolicy, Runtime, RuntimeError, State,
+};
+use futures::{FutureExt, StreamExt};
+use serde_json::Value;
+
+const DRIVER: &str = "instances";
+
+pub struct Groups {
+    pub aci: Arc<Aci>,
+    pub subscription: String,
+    pub resource_group: String,
+    pub node: String,
+}
+
+fn failed(operation: &'static str) -> impl FnOnce(berth_aci_client::ClientError) -> RuntimeError {
+    move |e| RuntimeError::Driver {
+        driver: DRIVER,
+        operation,
+        source: Box::new(e),
+    }
+}
+
+fn not_here(what: &'static str) -> RuntimeError {
+    RuntimeError::NotSupported {
+        driver: DRIVER,
+        what,
+    }
+}
+
+fn time(v: &Value) -> Option<jiff::Timestamp> {
+    v.as_str().and_then(|t| t.parse().ok())
+}
+
+impl Groups {
+    fn target(&self, id: &str) -> Option<(GroupRef, String)> {
+        let (group, container) = id.split_once('/')?;
+        Some((
+            GroupRef {
+                sub: self.subscription.clone(),
+                rg: self.resource_group.clone(),
+                name: group.to_string(),
+            },
+            container.to_string(),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for Groups {
+    fn name(&self) -> &'static str {
+        DRIVER
+    }
+
+    fn version(&self) -> String {
+        format!("instances://{}", berth_aci_client::API_VERSION)
+    }
+
+    async fn ensure_image(&self, _image: &str, _policy: PullPolicy) -> Result<(), RuntimeError> {
+        Err(not_here("pulling images"))
+    }
+
+    async fn create_sandbox(&self, _pod: &PodRef) -> Result<ObservedSandbox, RuntimeError> {
+        Err(not_here("sandboxes"))
+    }
+
+    async fn start_container(
+        &self,
+        _pod: &PodRef,
+        _sandbox: &str,
+        _c: &ContainerConfig,
+    ) -> Result<String, RuntimeError> {
+        Err(not_here("starting containers"))
+    }
+
+    /// Every container of this node's groups, as its current attempt.
+    async fn list(&self) -> Result<Observed, RuntimeError> {
+        let groups = self
+            .aci
+            .list(&self.subscription, Some(&self.resource_group))
+            .await
+            .map_err(failed("list groups"))?;
+        let mut out = Observed::default();
+        for g in groups {
+            if g.tags.get(crate::group::TAG_NODE) != Some(&self.node) {
+                continue;
+            }
+            let (Some(name), Some(uid)) = (&g.name, g.tags.get(crate::group::TAG_POD_UID)) else {
+                continue;
+            };
+            let p = &g.properties;
+            for c in p.containers.iter().chain(&p.init_containers) {
+                let view = c.properties.instance_view.clone().unwrap_or_default();
+                let current = &view["currentState"];
+                let state = match current["state"].as_str() {
+                    Some("Running") => State::Running {
+                        started_at: time(&current["startTime"]).unwrap_or_default(),
+                    },
+                    Some("Terminated") => State::Exited {
+                        exit_code: current["exitCode"].as_i64().unwrap_or(0),
+                        started_at: time(&current["startTime"]),
+                        finished_at: time(&current["finishTime"]).unwrap_or_default(),
+                        oom_killed: false,
+                    },
+                    _ => State::Created,
+                };
+                out.containers.push(ObservedContainer {
+                    id: format!("{name}/{}", c.name),
+                    pod_uid: uid.clone(),
+                    name: c.name.clone(),
+                    attempt: view["restartCount"].as_u64().unwrap_or(0) as u32,
+                    image: c.properties.image.clone(),
+                    image_id: String::new(),
+                    state,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stop(&self, _id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        Err(not_here("stopping single containers"))
+    }
+
+    async fn remove(&self, _id: &str) -> Result<(), RuntimeError> {
+        Err(not_here("removing single containers"))
+    }
+
+    async fn logs(&self, id: &str, opts: &LogOptions) -> Result<LogStream, RuntimeError> {
+        let (g, container) = self.target(id).ok_or_else(|| not_here("this container"))?;
+        let first = self
+            .aci
+            .logs(&g, &container, opts.tail)
+            .await
+            .map_err(failed("read logs"))?;
+        let head = futures::stream::once(async move { Ok(bytes::Bytes::from(first.clone())) });
+        if !opts.follow {
+            return Ok(head.boxed());
+        }
+        // Follow: read the whole log each second and send what was added.
+        let aci = self.aci.clone();
+        let seen = aci
+            .logs(&g, &container, None)
+            .await
+            .map(|l| l.len())
+            .unwrap_or(0);
+        let more =
+            futures::stream::unfold((aci, g, container, seen), |(aci, g, c, seen)| async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match aci.logs(&g, &c, None).await {
+                        Ok(all) if all.len() > seen => {
+                            let new = bytes::Bytes::from(all.as_bytes()[seen..].to_vec());
+                            let len = all.len();
+                            return Some((Ok(new), (aci, g, c, len)));
+                        }
+                        Ok(_) => {}
+                        // The group is gone: the stream ends.
+                        Err(_) => return None,
+                    }
+                }
+            });
+        Ok(head.chain(more).boxed())
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        _tty: bool,
+        stdin: bool,
+    ) -> Result<ExecSession, RuntimeError> {
+        let (g, container) = self.target(id).ok_or_else(|| not_here("this container"))?;
+        if command.iter().any(|a| a.chars().any(char::is_whitespace)) {
+            return Err(RuntimeError::Start {
+                container,
+                message: "a container group's exec splits its command at spaces, so no argument may hold one (use a script in the image)".into(),
+            });
+        }
+        let line = command.join(" ");
+        let (out_tx, out_rx) = futures::channel::mpsc::unbounded();
+        let (writer, reader) = tokio::io::duplex(16 * 1024);
+        let input = futures::stream::unfold(reader, |mut r| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 4096];
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((buf, r))
+                }
+            }
+        })
+        .boxed();
+        let aci = self.aci.clone();
+        let session = tokio::spawn(async move {
+            aci.connect(&g, &container, Some(&line), input, |bytes| {
+                let _ = out_tx
+                    .unbounded_send(Ok((Channel::Stdout, bytes::Bytes::copy_from_slice(bytes))));
+            })
+            .await
+        });
+        Ok(ExecSession {
+            output: out_rx.boxed(),
+            input: stdin
+                .then(|| Box::pin(writer) as std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>),
+            resize: Box::new(|_, _| futures::future::ready(()).boxed()),
+            exit: async move {
+                match session.await {
+                    Ok(Ok(())) => Ok(0),
+                    Ok(Err(e)) => Err(failed("exec")(e)),
+                    Err(_) => Ok(255),
+                }
+            }
+            .boxed(),
+        })
+    }
+}
