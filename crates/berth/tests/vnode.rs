@@ -124,6 +124,20 @@ spec:
     let out = b.kubectl_ok(&["exec", burst[0], "--", "echo", "inside"]);
     assert_eq!(out.trim(), "inside");
 
+    // Each burst pod shows its group's meter.
+    let metered = eventually(30, "a burst pod's meter", || async {
+        let m = b.kubectl_ok(&[
+            "get",
+            "pod",
+            burst[0],
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="berth.dev/Metered")].message}"#,
+        ]);
+        m.contains("vCPU-seconds").then_some(m)
+    })
+    .await;
+    assert!(metered.contains("GB-seconds"), "{metered}");
+
     // A vnode restarted mid-way adopts its groups: none is made twice.
     b.restart();
     eventually(60, "the pods after a restart", || async {
@@ -161,6 +175,86 @@ spec:
         let pods = pods_by_node(&b);
         (pods.len() == 3 && pods.iter().all(|(_, n, _)| *n == node) && groups(&b).is_empty())
             .then_some(())
+    })
+    .await;
+
+    // What the burst cost, per workload, after its groups are gone.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "container",
+            "usage",
+            "--by",
+            "workload",
+            "-o",
+            "json",
+            "--data-dir",
+        ])
+        .arg(b.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = usage["value"].as_array().unwrap();
+    let burst_row = rows
+        .iter()
+        .find(|r| r["namespace"] == "default" && r["workload"] == "Deployment/burst")
+        .unwrap_or_else(|| panic!("no row for the Deployment: {usage}"));
+    assert!(burst_row["vcpuSeconds"].as_f64().unwrap() > 0.0, "{usage}");
+    assert!(burst_row["cost"].as_f64().unwrap() > 0.0, "{usage}");
+}
+
+/// `berth up --instances-only`: no local agent; the README's demo Deployment runs on the
+/// virtual node, logs and rolls out.
+#[tokio::test]
+async fn instances_only_runs_the_readme_demo_on_the_virtual_node() {
+    common::require_docker();
+    let node = unique("io");
+    let b = Berth::up(&[
+        "--instances-only",
+        "--runtime",
+        "docker",
+        "--node-name",
+        &node,
+    ]);
+    b.kubectl_ok(&[
+        "create",
+        "deployment",
+        "hello",
+        "--image=berth/pause:1",
+        "--",
+        "/busybox",
+        "sh",
+        "-c",
+        "while true; do echo hello from $(hostname); sleep 5; done",
+    ]);
+    b.kubectl_ok(&["rollout", "status", "deploy/hello", "--timeout=90s"]);
+    let nodes = b.kubectl_ok(&["get", "nodes", "-o", "name"]);
+    assert_eq!(nodes.trim(), "node/berth-instances", "no local agent");
+    let on = b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=hello",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ]);
+    assert_eq!(on, "berth-instances");
+    let logs = eventually(20, "the demo's log", || async {
+        let l = b.kubectl_ok(&["logs", "deploy/hello"]);
+        l.starts_with("hello from").then_some(l)
+    })
+    .await;
+    assert!(logs.starts_with("hello from"), "{logs}");
+    let before = groups(&b);
+    b.kubectl_ok(&["set", "env", "deploy/hello", "GREETING=hi"]);
+    b.kubectl_ok(&["rollout", "status", "deploy/hello", "--timeout=90s"]);
+    eventually(30, "the old group to go", || async {
+        let now = groups(&b);
+        (now.len() == 1 && now != before).then_some(())
     })
     .await;
 }

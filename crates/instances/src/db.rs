@@ -39,6 +39,8 @@ pub struct Row {
 pub struct Usage {
     pub rg: String,
     pub name: String,
+    /// The group's tags when it was last metered (they say whose it is after it is gone).
+    pub tags: serde_json::Value,
     pub vcpu_seconds: f64,
     pub gb_seconds: f64,
 }
@@ -70,6 +72,14 @@ impl Db {
         )?;
         if !has_host {
             conn.execute_batch("ALTER TABLE groups ADD COLUMN host TEXT NOT NULL DEFAULT ''")?;
+        }
+        let has_tags: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('meter') WHERE name = 'tags'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_tags {
+            conn.execute_batch("ALTER TABLE meter ADD COLUMN tags TEXT NOT NULL DEFAULT '{}'")?;
         }
         Ok(Db {
             conn: Mutex::new(conn),
@@ -186,7 +196,7 @@ impl Db {
     ) -> Result<Vec<Usage>, DbError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT rg, name, cpu, memory_gb, start_ms, end_ms FROM meter
+            "SELECT rg, name, cpu, memory_gb, start_ms, end_ms, tags FROM meter
              WHERE sub=?1 AND (?2 IS NULL OR lower(rg)=lower(?2)) AND (?3 IS NULL OR name=?3)
              ORDER BY rg, name, start_ms",
         )?;
@@ -198,20 +208,24 @@ impl Db {
                 r.get::<_, f64>(3)?,
                 r.get::<_, i64>(4)?,
                 r.get::<_, Option<i64>>(5)?,
+                r.get::<_, String>(6)?,
             ))
         })?;
         let mut out: Vec<Usage> = Vec::new();
         for row in rows {
-            let (rg, name, cpu, mem, start, end) = row?;
+            let (rg, name, cpu, mem, start, end, tags) = row?;
+            let tags: serde_json::Value = serde_json::from_str(&tags).unwrap_or_default();
             let secs = overlap_ms(start, end.unwrap_or(now_ms), from_ms, to_ms) as f64 / 1000.0;
             match out.last_mut() {
                 Some(u) if u.rg == rg && u.name == name => {
                     u.vcpu_seconds += cpu * secs;
                     u.gb_seconds += mem * secs;
+                    u.tags = tags;
                 }
                 _ => out.push(Usage {
                     rg,
                     name,
+                    tags,
                     vcpu_seconds: cpu * secs,
                     gb_seconds: mem * secs,
                 }),
@@ -255,9 +269,22 @@ fn open_interval(
         |r| r.get(0),
     )?;
     if open == 0 {
+        // The group's tags go with its meter, to say whose it was once it is gone.
+        let body: Option<String> = tx
+            .query_row(
+                "SELECT body FROM groups WHERE sub=?1 AND rg=?2 AND name=?3",
+                params![key.sub, key.rg, key.name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let tags = body
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .map(|g| g["tags"].clone())
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({}));
         tx.execute(
-            "INSERT INTO meter(sub, rg, name, uid, cpu, memory_gb, start_ms) VALUES(?1,?2,?3,?4,?5,?6,?7)",
-            params![key.sub, key.rg, key.name, uid, cpu, mem, now_ms],
+            "INSERT INTO meter(sub, rg, name, uid, cpu, memory_gb, start_ms, tags) VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
+            params![key.sub, key.rg, key.name, uid, cpu, mem, now_ms, tags.to_string()],
         )?;
     }
     Ok(())

@@ -622,7 +622,7 @@ fn usage_answer(
         .iter()
         .map(|u| {
             json!({
-                "resourceGroup": u.rg, "containerGroup": u.name,
+                "resourceGroup": u.rg, "containerGroup": u.name, "tags": u.tags,
                 "vcpuSeconds": u.vcpu_seconds, "memoryGbSeconds": u.gb_seconds,
                 "cost": cost(u), "currency": p.currency,
             })

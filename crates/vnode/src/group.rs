@@ -20,6 +20,34 @@ pub const TAG_NODE: &str = "berth.dev/node";
 pub const TAG_POD_UID: &str = "berth.dev/pod-uid";
 pub const TAG_NAMESPACE: &str = "berth.dev/namespace";
 pub const TAG_POD: &str = "berth.dev/pod";
+/// The workload the pod belongs to, `<Kind>/<name>` (a Deployment's pods name their
+/// Deployment, not their ReplicaSet), for cost by workload.
+pub const TAG_WORKLOAD: &str = "berth.dev/workload";
+
+/// The pod's workload: its controller, or the Deployment of its ReplicaSet (whose name is
+/// the Deployment's and the pod's `pod-template-hash`); a pod of its own is its own.
+pub fn workload(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let Some(o) = owner else {
+        return format!("Pod/{}", meta.name.as_deref().unwrap_or_default());
+    };
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"));
+    match (o.kind.as_str(), hash) {
+        ("ReplicaSet", Some(h)) => match o.name.strip_suffix(&format!("-{h}")) {
+            Some(deployment) => format!("Deployment/{deployment}"),
+            None => format!("ReplicaSet/{}", o.name),
+        },
+        (kind, _) => format!("{kind}/{}", o.name),
+    }
+}
 
 /// What a container asks for when it asks for nothing (Virtual Kubelet's ACI defaults).
 const DEFAULT_CPU: f64 = 1.0;
@@ -567,6 +595,7 @@ pub fn group_for(
             meta.namespace.clone().unwrap_or_default(),
         ),
         (TAG_POD.to_string(), meta.name.clone().unwrap_or_default()),
+        (TAG_WORKLOAD.to_string(), workload(pod)),
     ]);
     Ok(ContainerGroup {
         location: location.to_string(),
@@ -685,6 +714,13 @@ mod tests {
             .requests;
         assert_eq!((init.cpu, init.memory_in_gb), (1.0, 1.5));
         assert_eq!(group_name(&p), "shop-web-v1-0a1b2c3d");
+        assert_eq!(g.tags[TAG_WORKLOAD], "Pod/web.v1");
+        let of_deployment: Pod = serde_json::from_value(json!({"metadata": {
+            "name": "web-7d9f-x2", "labels": {"pod-template-hash": "7d9f"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f",
+                                 "uid": "u", "controller": true}]}}))
+        .unwrap();
+        assert_eq!(workload(&of_deployment), "Deployment/web");
         // ACI's own validation takes it.
         berth_core::aci::validate(&g).unwrap();
     }

@@ -64,6 +64,9 @@ pub struct Config {
     pub lease_every: Duration,
     /// The longest between two passes (a pod change starts one at once).
     pub sync_every: Duration,
+    /// Taint the node (`virtual-kubelet.io/provider=berth:NoSchedule`) so only pods that
+    /// tolerate it land here; off where it is the only node.
+    pub taint: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +125,11 @@ fn node_object(cfg: &Config, groups: i64, cores: i64, port: u16) -> Value {
             "kubernetes.io/os": "linux",
             "berth.dev/runtime": "instances",
         }},
-        "spec": {"taints": [{"key": TAINT_KEY, "value": TAINT_VALUE, "effect": "NoSchedule"}]},
+        "spec": {"taints": if cfg.taint {
+            json!([{"key": TAINT_KEY, "value": TAINT_VALUE, "effect": "NoSchedule"}])
+        } else {
+            json!([])
+        }},
         "status": {
             "capacity": amount, "allocatable": amount,
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -262,6 +269,8 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
         refused: HashSet::new(),
         deleting: HashSet::new(),
         waiting: HashMap::new(),
+        meter: HashMap::new(),
+        metered_at: None,
     };
     loop {
         let pods = reader.state();
@@ -282,7 +291,13 @@ struct Vnode {
     deleting: HashSet<String>,
     /// Pods whose group the service would not make yet (by uid), and why.
     waiting: HashMap<String, String>,
+    /// Each group's `meteredUsage` row (by group name), and when it was read.
+    meter: HashMap<String, Value>,
+    metered_at: Option<std::time::Instant>,
 }
+
+/// How often the groups' meters are read into their pods' conditions.
+const METER_EVERY: Duration = Duration::from_secs(10);
 
 fn pod_ref(pod: &Pod) -> PodRef {
     PodRef {
@@ -324,8 +339,30 @@ impl Vnode {
             .collect())
     }
 
+    /// Read every group's meter, at most every [`METER_EVERY`].
+    async fn read_meters(&mut self) {
+        if self.metered_at.is_some_and(|t| t.elapsed() < METER_EVERY) {
+            return;
+        }
+        let i = &self.cfg.instances;
+        if let Ok(usage) = self
+            .aci
+            .usage(&i.subscription, Some(&i.resource_group), None, "")
+            .await
+        {
+            self.meter = usage["value"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|row| Some((row["containerGroup"].as_str()?.to_string(), row.clone())))
+                .collect();
+            self.metered_at = Some(std::time::Instant::now());
+        }
+    }
+
     async fn pass(&mut self, pods: &[Arc<Pod>]) -> Result<(), ClientError> {
         let groups = self.groups().await?;
+        self.read_meters().await;
         let now = berth_core::kube_time(Timestamp::now());
         let mut wanted: HashMap<String, &Pod> = HashMap::new();
         for pod in pods {
@@ -339,7 +376,12 @@ impl Vnode {
             let r = pod_ref(pod);
             match found {
                 Some(g) => {
-                    let status = status::pod_status(pod, g, &self.cfg.address, &now);
+                    let mut status = status::pod_status(pod, g, &self.cfg.address, &now);
+                    if let (Some(row), Some(conds)) =
+                        (self.meter.get(&name), status["conditions"].as_array_mut())
+                    {
+                        conds.push(status::metered(row, &now));
+                    }
                     if changed(pod, &status) {
                         if let Err(e) = self.owner.write_status(&r, &status).await {
                             tracing::debug!(error = %e, pod = %r.name, "status not written");

@@ -121,6 +121,23 @@ pub fn pod_status(pod: &Pod, group: &ContainerGroup, host_ip: &str, now: &str) -
     status
 }
 
+/// The pod condition that shows its group's meter (`berth.dev/Metered`): vCPU-seconds,
+/// GB-seconds and cost so far, from one row of the instances API's `meteredUsage`.
+pub fn metered(row: &Value, now: &str) -> Value {
+    let num = |k: &str| row[k].as_f64().unwrap_or(0.0);
+    json!({
+        "type": METERED, "status": "True", "reason": "Metered", "lastTransitionTime": now,
+        "message": format!(
+            "{:.1} vCPU-seconds, {:.1} GB-seconds, {:.6} {} so far",
+            num("vcpuSeconds"), num("memoryGbSeconds"), num("cost"),
+            row["currency"].as_str().unwrap_or("USD"),
+        ),
+    })
+}
+
+/// The condition type of [`metered`].
+pub const METERED: &str = "berth.dev/Metered";
+
 /// The status of a pod whose group is gone (removed behind the node's back).
 pub fn lost(pod: &Pod, now: &str) -> Value {
     let mut status =

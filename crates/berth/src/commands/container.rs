@@ -122,9 +122,52 @@ pub enum Verb {
         /// Window end (RFC 3339; default now).
         #[arg(long)]
         end_time: Option<String>,
+        /// Sum per group, or per Kubernetes namespace or workload of the virtual node's
+        /// pods (from the tags it puts on their groups).
+        #[arg(long, value_enum, default_value_t = By::Group)]
+        by: By,
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    Group,
+    Namespace,
+    Workload,
+}
+
+/// Usage rows summed per namespace or per namespace and workload, from the groups' tags
+/// (`berth.dev/namespace`, `berth.dev/workload`); groups without them sum under `-`.
+fn usage_by(u: &Value, by: By) -> Value {
+    let mut sums: std::collections::BTreeMap<(String, String), [f64; 3]> = Default::default();
+    for r in u["value"].as_array().into_iter().flatten() {
+        let tag = |k: &str| r["tags"][k].as_str().unwrap_or("-").to_string();
+        let key = match by {
+            By::Namespace => (tag("berth.dev/namespace"), String::new()),
+            By::Workload => (tag("berth.dev/namespace"), tag("berth.dev/workload")),
+            By::Group => (
+                r["resourceGroup"].as_str().unwrap_or("").to_string(),
+                r["containerGroup"].as_str().unwrap_or("").to_string(),
+            ),
+        };
+        let s = sums.entry(key).or_default();
+        for (i, k) in ["vcpuSeconds", "memoryGbSeconds", "cost"]
+            .iter()
+            .enumerate()
+        {
+            s[i] += r[*k].as_f64().unwrap_or(0.0);
+        }
+    }
+    let value: Vec<Value> = sums
+        .into_iter()
+        .map(|((a, b), s)| {
+            serde_json::json!({"namespace": a, "workload": b, "vcpuSeconds": s[0],
+                "memoryGbSeconds": s[1], "cost": s[2], "currency": u["total"]["currency"]})
+        })
+        .collect();
+    serde_json::json!({"from": u["from"], "to": u["to"], "value": value, "total": u["total"]})
 }
 
 #[derive(clap::Args, Debug)]
@@ -524,6 +567,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             name,
             start_time,
             end_time,
+            by,
             output,
         } => {
             let mut window = Vec::new();
@@ -542,8 +586,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 )
                 .await
                 .map_err(explain)?;
+            let (u, columns) = match by {
+                By::Group => (u, ["resourceGroup", "containerGroup"]),
+                By::Namespace => (usage_by(&u, by), ["namespace", "workload"]),
+                By::Workload => (usage_by(&u, by), ["namespace", "workload"]),
+            };
             match output {
-                Output::Table => usage_table(&u),
+                Output::Table => usage_table(&u, columns),
                 o => print(&u, o)?,
             }
         }
@@ -551,17 +600,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn usage_table(u: &Value) {
+/// The usage rows as a table; `columns`: the two naming each row (their JSON keys).
+fn usage_table(u: &Value, columns: [&str; 2]) {
+    let title = |k: &str| match k {
+        "resourceGroup" => "ResourceGroup",
+        "containerGroup" => "Name",
+        "namespace" => "Namespace",
+        _ => "Workload",
+    };
     println!(
-        "{:<20} {:<24} {:>14} {:>16} {:>12}",
-        "ResourceGroup", "Name", "vCPU-seconds", "GB-seconds", "Cost"
+        "{:<20} {:<32} {:>14} {:>16} {:>12}",
+        title(columns[0]),
+        title(columns[1]),
+        "vCPU-seconds",
+        "GB-seconds",
+        "Cost"
     );
     let cur = u["total"]["currency"].as_str().unwrap_or("");
     for r in u["value"].as_array().into_iter().flatten() {
         println!(
-            "{:<20} {:<24} {:>14.1} {:>16.1} {:>8.6} {cur}",
-            r["resourceGroup"].as_str().unwrap_or(""),
-            r["containerGroup"].as_str().unwrap_or(""),
+            "{:<20} {:<32} {:>14.1} {:>16.1} {:>8.6} {cur}",
+            r[columns[0]].as_str().unwrap_or(""),
+            r[columns[1]].as_str().unwrap_or(""),
             r["vcpuSeconds"].as_f64().unwrap_or(0.0),
             r["memoryGbSeconds"].as_f64().unwrap_or(0.0),
             r["cost"].as_f64().unwrap_or(0.0),
@@ -569,7 +629,7 @@ fn usage_table(u: &Value) {
     }
     let t = &u["total"];
     println!(
-        "{:<20} {:<24} {:>14.1} {:>16.1} {:>8.6} {cur}",
+        "{:<20} {:<32} {:>14.1} {:>16.1} {:>8.6} {cur}",
         "total",
         "",
         t["vcpuSeconds"].as_f64().unwrap_or(0.0),

@@ -37,6 +37,10 @@ pub struct Args {
     /// full.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub virtual_node: bool,
+    /// Run no local agent: every pod lands on the virtual node (untainted here) and runs as a
+    /// container group on `--runtime`.
+    #[arg(long, conflicts_with = "virtual_node")]
+    pub instances_only: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -70,7 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut agent = None;
-    if let Some(kind) = kind {
+    if let (Some(kind), false) = (kind, args.instances_only) {
         let agent_args = super::agent::Args {
             server: Some(server.url()),
             token: Some(server.tokens.node_join.clone()),
@@ -113,7 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    let vnode = match (&instances, args.virtual_node) {
+    let vnode = match (&instances, args.virtual_node || args.instances_only) {
         (Some(i), true) => {
             let vargs = super::vnode::Args {
                 server: server.url(),
@@ -131,7 +135,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 lease_seconds: 1,
             };
             // One CA signs both APIs here.
-            let cfg = super::vnode::config(&vargs, server.ca_pem.clone(), server.ca_pem.clone());
+            let mut cfg =
+                super::vnode::config(&vargs, server.ca_pem.clone(), server.ca_pem.clone());
+            // With no other node, every pod is for the virtual one.
+            cfg.taint = !args.instances_only;
             Some(tokio::spawn(async move {
                 if let Err(e) = berth_vnode::run(cfg).await {
                     tracing::error!(error = %berth_core::error::Chain(&e), "the virtual node stopped");

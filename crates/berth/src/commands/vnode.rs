@@ -75,6 +75,7 @@ pub fn config(args: &Args, ca_pem: String, instances_ca_pem: String) -> berth_vn
         listen: args.listen,
         lease_every: Duration::from_secs(args.lease_seconds.max(1)),
         sync_every: Duration::from_secs(1),
+        taint: true,
     }
 }
 
