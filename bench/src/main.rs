@@ -11,6 +11,7 @@ mod failover;
 mod instances;
 mod network;
 mod scheduler;
+mod vnode;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 #[derive(Parser)]
 struct Cli {
-    /// Which benchmark: `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale` or `network`.
+    /// Which benchmark: `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale`, `network` or `vnode`.
     which: String,
     /// Creates per run.
     #[arg(long, default_value_t = 20_000)]
@@ -300,9 +301,10 @@ async fn main() -> anyhow::Result<()> {
         "failover" => failover::run(10).await,
         "autoscale" => autoscale::run(5).await,
         "network" => network::run().await,
+        "vnode" => vnode::run(100).await,
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale` or `network`"
+                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale`, `network` or `vnode`"
             )
         }
     }

@@ -178,6 +178,15 @@ spec:
     })
     .await;
 
+    // And their containers with them.
+    let service = std::fs::read_to_string(b.dir.path().join("instances/node-name")).unwrap();
+    eventually(30, "no container of the instances service left", || async {
+        common::node_containers(service.trim())
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
     // What the burst cost, per workload, after its groups are gone.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
         .args([

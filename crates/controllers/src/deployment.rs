@@ -211,10 +211,24 @@ impl Limits {
 
 /// Decide one pass over a Deployment from what the caches show: `sets` are the ReplicaSets
 /// it controls, `pods` (only read with automatic rollback on) any pods of theirs. Pure.
+/// What a Deployment that opted into rebalancing (`berth.dev/rebalance: "true"`) has on
+/// virtual nodes, and whether a real node has room for one more of its pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Burst {
+    /// Its pods on virtual nodes.
+    pub on_virtual: i32,
+    /// A real node has room for one more of its pods.
+    pub room: bool,
+}
+
+/// The annotation that opts a Deployment into moving burst pods back to real nodes.
+pub const REBALANCE: &str = "berth.dev/rebalance";
+
 pub fn plan(
     d: &Deployment,
     sets: &[Arc<ReplicaSet>],
     pods: &[Arc<Pod>],
+    burst: Burst,
     now: Timestamp,
 ) -> Result<Plan, Error> {
     let meta = &d.metadata;
@@ -311,9 +325,20 @@ pub fn plan(
             .map(|r| status_of(r).0)
             .sum();
         let total: i32 = targets.iter().map(|t| t.1).sum();
+        // Rebalancing, once rolled out: one pod more (it lands on the real node with room),
+        // and once it is available, one fewer, which the ReplicaSet takes from a virtual node
+        // first: never fewer available than `replicas`, one pod at a time.
+        let settled = old_pods == 0 && targets.iter().all(|t| is_new(&t.0) || t.1 == 0);
+        let available = status_of(new_rs).2;
+        let rebalance = rolling && settled && burst.on_virtual > 0;
         let new_target = if rolling {
             let cur = spec_replicas(new_rs);
-            if cur > replicas {
+            // Start one move (room, all available), or wait for the one under way.
+            let start = cur == replicas && burst.room && available >= replicas;
+            let under_way = cur == replicas + 1 && available < replicas + 1;
+            if rebalance && (start || under_way) {
+                replicas + 1
+            } else if cur > replicas {
                 replicas
             } else {
                 (cur + (replicas + surge - total).max(0)).min(replicas)
@@ -404,8 +429,9 @@ pub fn plan(
     }
     let requeue = if changed {
         Duration::from_secs(1)
-    } else if !progress.complete {
-        // Soon enough to see a crash loop, and a deadline, within a couple of seconds.
+    } else if !progress.complete || burst.on_virtual > 0 {
+        // Soon enough to see a crash loop, and a deadline, within a couple of seconds; and
+        // room that returns on a real node, for pods to move back to.
         Duration::from_secs(2)
     } else {
         Duration::from_secs(300)
@@ -724,8 +750,105 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     } else {
         Vec::new()
     };
-    let plan = plan(&d, &sets, &pods, Timestamp::now())?;
+    let burst = burst(&d, &sets, &ctx);
+    let plan = plan(&d, &sets, &pods, burst, Timestamp::now())?;
     execute(&ctx, &d, plan).await
+}
+
+/// CPU (millicores) and memory (bytes) a pod requests.
+fn requests(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> (u64, u64) {
+    let mut out = (0, 0);
+    for c in spec.into_iter().flat_map(|s| s.containers.iter()) {
+        let r = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+        let get = |k: &str| r.and_then(|r| r.get(k)).map(|q| q.0.as_str());
+        out.0 += get("cpu")
+            .and_then(berth_core::quantity::cpu_millis)
+            .unwrap_or(0);
+        out.1 += get("memory")
+            .and_then(berth_core::quantity::bytes)
+            .unwrap_or(0);
+    }
+    out
+}
+
+/// For a Deployment that opted into rebalancing: its pods on virtual nodes, and whether a
+/// schedulable, Ready real node has the CPU, memory and pod room for one more of its pods
+/// (the scheduler still decides; a pod that lands on a virtual node anyway is taken back).
+fn burst(d: &Deployment, sets: &[Arc<ReplicaSet>], ctx: &Context) -> Burst {
+    let on = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REBALANCE))
+        .is_some_and(|v| v == "true");
+    if !on {
+        return Burst::default();
+    }
+    let nodes = ctx.nodes.state();
+    let virtual_node = |name: &str| {
+        nodes
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(name) && crate::replicaset::is_virtual(n))
+    };
+    let uids: Vec<&str> = sets
+        .iter()
+        .filter_map(|r| r.metadata.uid.as_deref())
+        .collect();
+    let pods = ctx.pods.state();
+    let on_virtual = pods
+        .iter()
+        .filter(|p| uids.iter().any(|u| controlled_by(&p.metadata, u)))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(virtual_node)
+        })
+        .count() as i32;
+    let want = requests(d.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+    let room = on_virtual > 0
+        && nodes.iter().any(|n| {
+            let name = n.metadata.name.as_deref().unwrap_or_default();
+            let spec = n.spec.as_ref();
+            let status = n.status.as_ref();
+            let ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if crate::replicaset::is_virtual(n)
+                || !ready
+                || spec.and_then(|s| s.unschedulable) == Some(true)
+            {
+                return false;
+            }
+            let alloc = status.and_then(|s| s.allocatable.as_ref());
+            let amount = |k: &str, parse: fn(&str) -> Option<u64>| {
+                alloc
+                    .and_then(|a| a.get(k))
+                    .and_then(|q| parse(&q.0))
+                    .unwrap_or(0)
+            };
+            let mut used = (0u64, 0u64, 0u64);
+            for p in pods.iter().filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name)
+                    && !matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded" | "Failed")
+                    )
+            }) {
+                let (c, m) = requests(p.spec.as_ref());
+                used = (used.0 + c, used.1 + m, used.2 + 1);
+            }
+            let (cpu, mem) = (
+                amount("cpu", berth_core::quantity::cpu_millis),
+                amount("memory", berth_core::quantity::bytes),
+            );
+            let pods_max = amount("pods", |q| q.parse().ok());
+            used.0 + want.0 <= cpu && used.1 + want.1 <= mem && used.2 < pods_max
+        });
+    Burst { on_virtual, room }
 }
 
 /// Make a plan's writes in order, each Event after its write; a create or replace that lost
@@ -1114,7 +1237,7 @@ mod tests {
         }
 
         fn step(&mut self) {
-            let plan = plan(&self.d, &self.observed(), &[], self.now).unwrap();
+            let plan = plan(&self.d, &self.observed(), &[], Burst::default(), self.now).unwrap();
             self.apply(plan);
             self.now += jiff::SignedDuration::from_secs(1);
         }
@@ -1204,7 +1327,7 @@ mod tests {
         let new = w.sets[1].rs.metadata.name.clone().unwrap();
         w.set(&new).pods = vec![false];
         assert_eq!(w.set(&old).pods.len(), 9);
-        let p = plan(&w.d, &w.observed(), &[], w.now).unwrap();
+        let p = plan(&w.d, &w.observed(), &[], Burst::default(), w.now).unwrap();
         assert!(
             !p.writes
                 .iter()
@@ -1217,7 +1340,7 @@ mod tests {
     #[test]
     fn a_new_template_gets_a_new_set_at_the_next_revision_with_the_surge() {
         let mut w = World::rolled_out(4, 1, 0, 7);
-        let p = plan(&w.d, &w.observed(), &[], w.now).unwrap();
+        let p = plan(&w.d, &w.observed(), &[], Burst::default(), w.now).unwrap();
         let [Write::Create(rs)] = p.writes.as_slice() else {
             panic!("one create, got {:?}", p.writes);
         };
@@ -1242,7 +1365,7 @@ mod tests {
             w.kubelets(100);
         }
         w.d.spec.as_mut().unwrap().template = deployment(1, 0, 1, "v1").spec.unwrap().template;
-        let p = plan(&w.d, &w.observed(), &[], w.now).unwrap();
+        let p = plan(&w.d, &w.observed(), &[], Burst::default(), w.now).unwrap();
         assert!(
             matches!(p.writes.as_slice(), [Write::Promote { revision: 3, .. }]),
             "{:?}",
@@ -1273,7 +1396,14 @@ mod tests {
                 "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
         }))
         .unwrap();
-        let p = plan(&w.d, &w.observed(), &[Arc::new(pod)], w.now).unwrap();
+        let p = plan(
+            &w.d,
+            &w.observed(),
+            &[Arc::new(pod)],
+            Burst::default(),
+            w.now,
+        )
+        .unwrap();
         let back = p.writes.iter().find_map(|w| match w {
             Write::Replace {
                 deployment,
@@ -1308,7 +1438,7 @@ mod tests {
     fn a_paused_deployment_creates_and_scales_nothing() {
         let mut w = World::rolled_out(3, 1, 0, 11);
         w.d.spec.as_mut().unwrap().paused = Some(true);
-        let p = plan(&w.d, &w.observed(), &[], w.now).unwrap();
+        let p = plan(&w.d, &w.observed(), &[], Burst::default(), w.now).unwrap();
         assert!(
             p.writes
                 .iter()
@@ -1334,5 +1464,58 @@ mod tests {
             (0, 1),
             "neither allowed: one unavailable"
         );
+    }
+
+    #[test]
+    fn rebalancing_moves_one_pod_at_a_time_and_never_drops_below_replicas() {
+        // Rolled out whole on the second template first.
+        let mut w = World::rolled_out(4, 1, 0, 7);
+        for _ in 0..100 {
+            w.step();
+            w.replicasets(0);
+            w.kubelets(100);
+        }
+        assert_eq!(
+            (
+                w.sets.iter().filter(|s| !s.pods.is_empty()).count(),
+                w.pods()
+            ),
+            (1, (4, 4))
+        );
+        let burst = Burst {
+            on_virtual: 2,
+            room: true,
+        };
+        let target = |w: &World| w.spec_total();
+        let step = |w: &mut World, burst: Burst| {
+            let p = plan(&w.d, &w.observed(), &[], burst, w.now).unwrap();
+            w.apply(p);
+        };
+        assert_eq!(target(&w), 4);
+        // One more, which the scheduler puts on the real node with room.
+        step(&mut w, burst);
+        assert_eq!(target(&w), 5);
+        w.replicasets(0);
+        // It is not available yet: the set stays at one more.
+        step(&mut w, burst);
+        assert_eq!(target(&w), 5);
+        assert!(w.pods().1 >= 4);
+        w.kubelets(100);
+        // Available: back to 4 (the ReplicaSet gives up a virtual-node pod first).
+        step(&mut w, burst);
+        assert_eq!(target(&w), 4);
+        w.replicasets(0);
+        assert_eq!(w.pods(), (4, 4));
+        // No room on a real node, or nothing on a virtual one: nothing moves.
+        step(
+            &mut w,
+            Burst {
+                on_virtual: 1,
+                room: false,
+            },
+        );
+        assert_eq!(target(&w), 4);
+        step(&mut w, Burst::default());
+        assert_eq!(target(&w), 4);
     }
 }

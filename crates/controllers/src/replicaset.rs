@@ -205,7 +205,7 @@ async fn execute(
 }
 
 /// Is the node a virtual one (a virtual kubelet's, billed by the second)?
-fn is_virtual(n: &Node) -> bool {
+pub(crate) fn is_virtual(n: &Node) -> bool {
     n.metadata
         .labels
         .as_ref()

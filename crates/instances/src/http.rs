@@ -236,11 +236,24 @@ async fn get_group(
     Ok(Json(api.service.get(&key(sub, rg, name))?))
 }
 
+/// Run a stateful operation to its end even if the caller hangs up: one cut short between
+/// its store write and its teardown would leave containers nothing knows of.
+async fn to_the_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = std::result::Result<T, ArmError>> + Send + 'static,
+) -> std::result::Result<T, ArmError> {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|e| Err(ArmError::new(500, "InternalServerError", e.to_string())))
+}
+
 async fn delete_group(
     State(api): St,
     Path((sub, rg, name)): Path<(String, String, String)>,
 ) -> Result<Response> {
-    Ok(match api.service.delete(&key(sub, rg, name)).await? {
+    let service = api.service.clone();
+    let k = key(sub, rg, name);
+    let deleted = to_the_end(async move { service.delete(&k).await }).await?;
+    Ok(match deleted {
         Some(view) => (StatusCode::OK, Json(view)).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
@@ -315,11 +328,13 @@ async fn action(
     let k = key(sub.clone(), rg, name);
     match action.as_str() {
         "restart" => {
-            api.service.restart(&k).await?;
+            let (service, k) = (api.service.clone(), k.clone());
+            to_the_end(async move { service.restart(&k).await }).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         "stop" => {
-            api.service.stop(&k).await?;
+            let (service, k) = (api.service.clone(), k.clone());
+            to_the_end(async move { service.stop(&k).await }).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         "start" => {

@@ -267,7 +267,7 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
         aci,
         cfg: cfg.clone(),
         refused: HashSet::new(),
-        deleting: HashSet::new(),
+        deleting: Arc::default(),
         waiting: HashMap::new(),
         meter: HashMap::new(),
         metered_at: None,
@@ -288,7 +288,7 @@ struct Vnode {
     /// Pods refused (by uid): their Failed status is written once.
     refused: HashSet<String>,
     /// Groups being deleted (by name), so a pass does not delete them twice.
-    deleting: HashSet<String>,
+    deleting: Arc<std::sync::Mutex<HashSet<String>>>,
     /// Pods whose group the service would not make yet (by uid), and why.
     waiting: HashMap<String, String>,
     /// Each group's `meteredUsage` row (by group name), and when it was read.
@@ -404,7 +404,8 @@ impl Vnode {
         }
         // Groups of pods that are gone (deleted while this node was away).
         for name in groups.keys() {
-            if !wanted.contains_key(name) && !self.deleting.contains(name) {
+            if !wanted.contains_key(name) && !self.deleting.lock().expect("deleting").contains(name)
+            {
                 tracing::info!(group = %name, "removing a group whose pod is gone");
                 let _ = self.aci.delete(&self.target(name)).await;
             }
@@ -496,9 +497,14 @@ impl Vnode {
         }
     }
 
-    /// A pod being deleted: its group goes (within the pod's grace period), then the pod.
+    /// A pod being deleted: its group goes, then the pod.
     fn finish(&mut self, pod: &Pod, name: &str, has_group: bool) {
-        if !self.deleting.insert(name.to_string()) {
+        if !self
+            .deleting
+            .lock()
+            .expect("deleting")
+            .insert(name.to_string())
+        {
             return;
         }
         let aci = self.aci.clone();
@@ -508,29 +514,20 @@ impl Vnode {
             node: self.owner.node.clone(),
         };
         let r = pod_ref(pod);
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .unwrap_or(30)
-            .max(0) as u64;
+        let deleting = self.deleting.clone();
+        let name = name.to_string();
         tokio::spawn(async move {
-            if has_group {
-                // The service stops the containers with their own grace; never wait past
-                // the pod's.
-                let delete = aci.delete(&target);
-                match tokio::time::timeout(Duration::from_secs(grace.max(1)), delete).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(group = %target.name, error = %berth_core::error::Chain(&e), "group delete failed")
-                    }
-                    Err(_) => {
-                        tracing::warn!(group = %target.name, "group delete outlasted the grace period")
-                    }
+            // The service stops the group's containers (with its own short grace) before it
+            // answers; the pod goes once its group has. A failure is tried again next pass.
+            let gone = !has_group || aci.delete(&target).await.is_ok();
+            if gone {
+                if let Err(e) = owner.deleted(&r).await {
+                    tracing::debug!(error = %e, pod = %r.name, "pod not finalized");
                 }
+            } else {
+                tracing::warn!(group = %target.name, "group delete failed; trying again");
             }
-            if let Err(e) = owner.deleted(&r).await {
-                tracing::debug!(error = %e, pod = %r.name, "pod not finalized");
-            }
+            deleting.lock().expect("deleting").remove(&name);
         });
     }
 }

@@ -1,0 +1,239 @@
+//! `berth-bench vnode`: a burst of pods over a full cluster onto the virtual node.
+//!
+//! `berth up` on Docker with its real node cordoned (full), a Deployment of `n` pods that
+//! tolerate the virtual node's taint: the time until the last is Running, and each pod's
+//! time from first listed to Running (p50/p99, lists polled every 50 ms), next to `n`
+//! `docker run -d` of the same image, one after another, in the same run; then the time to
+//! give them all back (scale to 0 -> no pod and no container of the instances service left).
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::failover::{berth_bin, client_for, control_plane};
+use crate::percentile;
+
+const IMAGE: &str = "berth/pause:1";
+
+fn containers_of(node: &str) -> usize {
+    Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=berth.node={node}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub async fn run(n: usize) -> anyhow::Result<()> {
+    let bin = berth_bin()?;
+    let dir = tempfile::tempdir()?;
+    let node = format!("bench-vk-{}", std::process::id());
+    let (_cp, _url) = control_plane(
+        &bin,
+        dir.path(),
+        &[
+            "--runtime",
+            "docker",
+            "--node-name",
+            &node,
+            "--cluster-cidr",
+            "10.251.0.0/16",
+            "--cluster-dns",
+            "10.96.0.251",
+        ],
+    )?;
+    let client = client_for(dir.path()).await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let t = Instant::now();
+    while nodes.get_opt("berth-instances").await?.is_none() || nodes.get_opt(&node).await?.is_none()
+    {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(30),
+            "the nodes did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The cluster is full: nothing more goes to the real node.
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await?;
+    let service = std::fs::read_to_string(dir.path().join("instances/node-name"))
+        .context("the instances service's node name")?
+        .trim()
+        .to_string();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let deployment = |replicas: usize| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "burst"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "burst"}},
+            "template": {"metadata": {"labels": {"app": "burst"}}, "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+                "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "Never",
+                    "command": ["/busybox", "sleep", "3600"],
+                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}}]}}}})
+    };
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    // One pod first: the instances service has its images and sandboxes warm.
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment(1))?,
+        )
+        .await?;
+    wait_running(&pods, 1, Duration::from_secs(60)).await?;
+
+    let lp = ListParams::default().labels("app=burst");
+    let before: Vec<String> = pods
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let t0 = Instant::now();
+    deployments
+        .patch(
+            "burst",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": n + 1}})),
+        )
+        .await?;
+    let mut seen: HashMap<String, Instant> = HashMap::new();
+    let mut running: HashMap<String, Instant> = HashMap::new();
+    while running.len() < n {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(300),
+            "only {} of {n} Running after 300 s",
+            running.len()
+        );
+        let now = Instant::now();
+        for p in pods.list(&lp).await?.items {
+            let Some(name) = p.metadata.name.clone() else {
+                continue;
+            };
+            if before.contains(&name) {
+                continue;
+            }
+            seen.entry(name.clone()).or_insert(now);
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            if phase == Some("Running") {
+                anyhow::ensure!(
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("berth-instances"),
+                    "pod {name} ran off the virtual node"
+                );
+                running.entry(name).or_insert(now);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = running.values().max().map(|t| *t - t0).unwrap_or_default();
+    let mut per: Vec<Duration> = running
+        .iter()
+        .map(|(name, t)| t.saturating_duration_since(seen[name]))
+        .collect();
+    per.sort();
+
+    // Give back: scale to 0 until no pod and no group container is left.
+    let t1 = Instant::now();
+    deployments
+        .patch(
+            "burst",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await?;
+    loop {
+        anyhow::ensure!(
+            t1.elapsed() < Duration::from_secs(300),
+            "the give-back did not end"
+        );
+        if pods.list(&lp).await?.items.is_empty() && containers_of(&service) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = t1.elapsed();
+
+    // The engine alone, one `docker run -d` after another.
+    let label = format!("berth.node=bench-run-{}", std::process::id());
+    let mut runs = Vec::new();
+    let t2 = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = Command::new("docker")
+            .args([
+                "run", "-d", "--label", &label, IMAGE, "/busybox", "sleep", "3600",
+            ])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "docker run failed");
+        runs.push(t.elapsed());
+    }
+    let docker_all = t2.elapsed();
+    runs.sort();
+    let ids = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={label}")])
+        .output()?;
+    let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
+    }
+
+    println!("burst of {n} pods onto the virtual node (real node full), Docker, image present:");
+    println!(
+        "  all {n} Running after {:8.1} ms   per pod (listed -> Running): p50 {:7.1} ms  p99 {:7.1} ms",
+        ms(all),
+        ms(percentile(&per, 0.5)),
+        ms(percentile(&per, 0.99))
+    );
+    println!(
+        "  {n} x `docker run -d`, one after another: {:8.1} ms   each: p50 {:7.1} ms  p99 {:7.1} ms",
+        ms(docker_all),
+        ms(percentile(&runs, 0.5)),
+        ms(percentile(&runs, 0.99))
+    );
+    println!(
+        "  burst / docker run: {:.2}x   give back (scale to 0 -> no pod, no container): {:8.1} ms",
+        all.as_secs_f64() / docker_all.as_secs_f64(),
+        ms(back)
+    );
+    let _ = deployments.delete("burst", &Default::default()).await;
+    Ok(())
+}
+
+async fn wait_running(pods: &Api<Pod>, n: usize, limit: Duration) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("app=burst"))
+            .await?;
+        let up = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        if up >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(t.elapsed() < limit, "{up} of {n} Running after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
