@@ -296,6 +296,19 @@ struct Vnode {
     metered_at: Option<std::time::Instant>,
 }
 
+/// What came of a pod's PUT.
+enum Put {
+    Made,
+    /// The node will not run the pod: why, with the field.
+    Refused(String),
+    Failed(ClientError),
+    /// Its ConfigMaps or Secrets could not be read: next pass.
+    Again,
+}
+
+/// Group PUTs in flight at once in a pass.
+const PUTS_AT_ONCE: usize = 16;
+
 /// How often the groups' meters are read into their pods' conditions.
 const METER_EVERY: Duration = Duration::from_secs(10);
 
@@ -365,6 +378,7 @@ impl Vnode {
         self.read_meters().await;
         let now = berth_core::kube_time(Timestamp::now());
         let mut wanted: HashMap<String, &Pod> = HashMap::new();
+        let mut new: Vec<(Arc<Pod>, PodRef, String)> = Vec::new();
         for pod in pods {
             let name = group::group_name(pod);
             wanted.insert(name.clone(), pod);
@@ -399,8 +413,21 @@ impl Vnode {
                     );
                     let _ = self.owner.write_status(&r, &lost).await;
                 }
-                None => self.create(pod, &r, &name, &now).await,
+                None => new.push((pod.clone(), r, name)),
             }
+        }
+        // New pods' groups, several PUTs at once (each may wait on the service's runner).
+        let this = &*self;
+        let puts: Vec<(PodRef, String, Put)> = futures::stream::iter(new)
+            .map(|(pod, r, name)| async move {
+                let put = this.put(&pod, &r, &name).await;
+                (r, name, put)
+            })
+            .buffer_unordered(PUTS_AT_ONCE)
+            .collect()
+            .await;
+        for (r, name, put) in puts {
+            self.record(&r, &name, put, &now).await;
         }
         // Groups of pods that are gone (deleted while this node was away).
         for name in groups.keys() {
@@ -417,7 +444,8 @@ impl Vnode {
     }
 
     /// PUT the group of a new pod, or refuse the pod saying which field.
-    async fn create(&mut self, pod: &Pod, r: &PodRef, name: &str, now: &str) {
+    /// PUT the group of a new pod (what happened; the caller records it).
+    async fn put(&self, pod: &Pod, r: &PodRef, name: &str) -> Put {
         let (cms, secrets) = group::wanted(pod);
         let mut refs = group::Refs::default();
         for (kind, names, into) in [
@@ -431,7 +459,7 @@ impl Vnode {
                     }
                     Ok(None) => {}
                     // Try again next pass.
-                    Err(_) => return,
+                    Err(_) => return Put::Again,
                 }
             }
         }
@@ -441,16 +469,21 @@ impl Vnode {
             &self.cfg.join.node_name,
             &self.cfg.instances.location,
         );
-        let put = match group {
-            Ok(g) => self.aci.put(&self.target(name), &g).await.map(|_| ()),
-            Err(refusal) => {
-                self.refuse(r, "ProviderFailed", &refusal.to_string(), now)
-                    .await;
-                return;
-            }
-        };
+        match group {
+            Ok(g) => match self.aci.put(&self.target(name), &g).await {
+                Ok(_) => Put::Made,
+                Err(e) => Put::Failed(e),
+            },
+            Err(refusal) => Put::Refused(refusal.to_string()),
+        }
+    }
+
+    /// Record what came of a pod's PUT.
+    async fn record(&mut self, r: &PodRef, name: &str, put: Put, now: &str) {
         match put {
-            Ok(()) => {
+            Put::Again => {}
+            Put::Refused(message) => self.refuse(r, "ProviderFailed", &message, now).await,
+            Put::Made => {
                 self.waiting.remove(&r.uid);
                 tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), group = %name, "container group created");
                 self.owner.event(
@@ -461,7 +494,9 @@ impl Vnode {
                 );
             }
             // The service refuses the group (ACI's validation): the pod cannot run here.
-            Err(ClientError::Arm(e)) if e.status < 500 && e.status != 409 && e.status != 429 => {
+            Put::Failed(ClientError::Arm(e))
+                if e.status < 500 && e.status != 409 && e.status != 429 =>
+            {
                 let at = e
                     .target
                     .as_deref()
@@ -471,7 +506,7 @@ impl Vnode {
                 self.refuse(r, "ProviderFailed", &message, now).await;
             }
             // No room, or the service is away: the pod waits, saying why (once per reason).
-            Err(e) => {
+            Put::Failed(e) => {
                 let why = berth_core::error::Chain(&e).to_string();
                 if self.waiting.get(&r.uid) != Some(&why) {
                     tracing::info!(pod = %r.name, error = %why, "container group not created yet; retrying");
