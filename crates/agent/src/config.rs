@@ -69,12 +69,14 @@ async fn source(
 }
 
 /// A pod field for `valueFrom.fieldRef`.
-fn field(pod: &Pod, path: &str, pod_ip: Option<&str>) -> Option<String> {
+/// The value of a `fieldRef` path (`Some(None)`: served, unset); `None` for a path that is
+/// not served.
+pub fn field(pod: &Pod, path: &str, pod_ip: Option<&str>) -> Option<Option<String>> {
     let m = &pod.metadata;
     let label = |map: &Option<BTreeMap<String, String>>, key: &str| {
         map.as_ref().and_then(|l| l.get(key)).cloned()
     };
-    match path {
+    Some(match path {
         "metadata.name" => m.name.clone(),
         "metadata.namespace" => m.namespace.clone(),
         "metadata.uid" => m.uid.clone(),
@@ -97,10 +99,10 @@ fn field(pod: &Pod, path: &str, pod_ip: Option<&str>) -> Option<String> {
             {
                 label(&m.annotations, k)
             } else {
-                None
+                return None;
             }
         }
-    }
+    })
 }
 
 /// The container's environment, in order: `envFrom` sources first, then `env`.
@@ -166,7 +168,9 @@ pub async fn environment(
                         None => return Err(ConfigError::Missing { kind, name }),
                     }
                 } else if let Some(f) = &from.field_ref {
-                    field(pod, &f.field_path, pod_ip).unwrap_or_default()
+                    field(pod, &f.field_path, pod_ip)
+                        .flatten()
+                        .unwrap_or_default()
                 } else {
                     return Err(ConfigError::Unsupported {
                         what: format!("env {}: resourceFieldRef", e.name),

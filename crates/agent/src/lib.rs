@@ -210,24 +210,8 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     let serving = join.serving(&client, &cfg.address).await?;
     let mut tasks = tokio::task::JoinSet::new();
 
-    // Pods bound to this node.
-    let api: kube::Api<Pod> = kube::Api::all(client.clone());
-    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
-    let (reader, writer) = reflector::store();
-    let changed = Arc::new(tokio::sync::Notify::new());
-    {
-        let changed = changed.clone();
-        let stream = reflector(writer, watcher(api, wc)).default_backoff();
-        tasks.spawn(async move {
-            let mut stream = stream.boxed();
-            while let Some(ev) = stream.next().await {
-                if let Err(e) = ev {
-                    tracing::warn!(error = %e, "pod watch failed; retrying");
-                }
-                changed.notify_one();
-            }
-        });
-    }
+    let (reader, changed, watch) = watch_node_pods(&client, &cfg.node_name);
+    tasks.spawn(watch);
     let (port, endpoint) = server::serve(
         cfg.listen,
         &cfg.node_name,
@@ -394,6 +378,34 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             Err(AgentError::Removed { node: cfg.node_name.clone() })
         }
     }
+}
+
+/// The pods bound to `node`: their cache, a notice on every change, and the watch to run
+/// (it retries with back-off). The agent's and the virtual node's.
+pub fn watch_node_pods(
+    client: &kube::Client,
+    node: &str,
+) -> (
+    reflector::Store<Pod>,
+    Arc<tokio::sync::Notify>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let api: kube::Api<Pod> = kube::Api::all(client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let (reader, writer) = reflector::store();
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let notify = changed.clone();
+    let stream = reflector(writer, watcher(api, wc)).default_backoff();
+    let watch = async move {
+        let mut stream = stream.boxed();
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "pod watch failed; retrying");
+            }
+            notify.notify_one();
+        }
+    };
+    (reader, changed, watch)
 }
 
 /// Resolves once this node's Node is deleted (and a read confirms it is gone).

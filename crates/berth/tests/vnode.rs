@@ -6,19 +6,26 @@ mod common;
 
 use common::{eventually, unique, Berth, BusyboxImage};
 
-fn groups(b: &Berth) -> Vec<String> {
+/// `berth container <args> -o json` on this cluster's instances service.
+fn container_json(b: &Berth, args: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["container", "list", "-o", "json", "--data-dir"])
+        .arg("container")
+        .args(args)
+        .args(["-o", "json", "--data-dir"])
         .arg(b.dir.path())
         .output()
-        .expect("berth container list");
+        .expect("berth container");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    list.as_array()
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+fn groups(b: &Berth) -> Vec<String> {
+    container_json(b, &["list"])
+        .as_array()
         .into_iter()
         .flatten()
         .filter_map(|g| g["name"].as_str().map(String::from))
@@ -188,25 +195,7 @@ spec:
     .await;
 
     // What the burst cost, per workload, after its groups are gone.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args([
-            "container",
-            "usage",
-            "--by",
-            "workload",
-            "-o",
-            "json",
-            "--data-dir",
-        ])
-        .arg(b.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let usage = container_json(&b, &["usage", "--by", "workload"]);
     let rows = usage["value"].as_array().unwrap();
     let burst_row = rows
         .iter()

@@ -293,61 +293,57 @@ fn environment(pod: &Pod, c: &Container, refs: &Refs, at: &str) -> Result<Vec<En
             put(e.name.clone(), e.value.clone().unwrap_or_default(), false);
             continue;
         };
-        let (value, secure) = if let Some(r) = &from.config_map_key_ref {
-            let v = refs.config_maps.get(&r.name).and_then(|d| d.get(&r.key));
-            match v {
-                Some(v) => (text(v), false),
-                None if r.optional == Some(true) => continue,
+        let key_ref = match (&from.config_map_key_ref, &from.secret_key_ref) {
+            (Some(r), _) => Some((
+                &refs.config_maps,
+                false,
+                r.name.as_str(),
+                r.key.as_str(),
+                r.optional,
+                "ConfigMap",
+                "configMapKeyRef",
+            )),
+            (_, Some(r)) => Some((
+                &refs.secrets,
+                true,
+                r.name.as_str(),
+                r.key.as_str(),
+                r.optional,
+                "Secret",
+                "secretKeyRef",
+            )),
+            _ => None,
+        };
+        let (value, secure) = if let Some((maps, secure, name, key, optional, kind, at_ref)) =
+            key_ref
+        {
+            match maps.get(name).and_then(|d| d.get(key)) {
+                Some(v) => (text(v), secure),
+                None if optional == Some(true) => continue,
                 None => {
                     return Err(refuse(
-                        format!("{field}.configMapKeyRef"),
-                        format!("ConfigMap {:?} has no key {:?}", r.name, r.key),
-                    ))
-                }
-            }
-        } else if let Some(r) = &from.secret_key_ref {
-            let v = refs.secrets.get(&r.name).and_then(|d| d.get(&r.key));
-            match v {
-                Some(v) => (text(v), true),
-                None if r.optional == Some(true) => continue,
-                None => {
-                    return Err(refuse(
-                        format!("{field}.secretKeyRef"),
-                        format!("Secret {:?} has no key {:?}", r.name, r.key),
+                        format!("{field}.{at_ref}"),
+                        format!("{kind} {name:?} has no key {key:?}"),
                     ))
                 }
             }
         } else if let Some(r) = &from.field_ref {
-            let meta = &pod.metadata;
-            let spec = pod.spec.as_ref();
-            let v = match r.field_path.as_str() {
-                "metadata.name" => meta.name.clone(),
-                "metadata.namespace" => meta.namespace.clone(),
-                "metadata.uid" => meta.uid.clone(),
-                "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
-                "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
-                path => {
-                    let label = path
-                        .strip_prefix("metadata.labels['")
-                        .and_then(|p| p.strip_suffix("']"));
-                    let annotation = path
-                        .strip_prefix("metadata.annotations['")
-                        .and_then(|p| p.strip_suffix("']"));
-                    match (label, annotation) {
-                        (Some(k), _) => meta.labels.as_ref().and_then(|l| l.get(k).cloned()),
-                        (_, Some(k)) => {
-                            meta.annotations.as_ref().and_then(|a| a.get(k).cloned())
-                        }
-                        _ => {
-                            return Err(refuse(
-                                format!("{field}.fieldRef.fieldPath"),
-                                format!("{path:?} is not known before the group starts; container groups take metadata.name, metadata.namespace, metadata.uid, labels, annotations, spec.nodeName and spec.serviceAccountName"),
-                            ))
-                        }
-                    }
-                }
+            // The agent's resolver, less what is only known once the group runs.
+            let path = r.field_path.as_str();
+            let known = if path.starts_with("status.") {
+                None
+            } else {
+                berth_agent::config::field(pod, path, None)
             };
-            (v.unwrap_or_default(), false)
+            match known {
+                Some(v) => (v.unwrap_or_default(), false),
+                None => {
+                    return Err(refuse(
+                        format!("{field}.fieldRef.fieldPath"),
+                        format!("{path:?} is not known before the group starts; container groups take metadata.name, metadata.namespace, metadata.uid, labels, annotations, spec.nodeName and spec.serviceAccountName"),
+                    ))
+                }
+            }
         } else {
             return Err(refuse(
                 field,
@@ -759,6 +755,11 @@ mod tests {
                 json!({"containers": [{"name": "c", "image": "x",
                        "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "none", "key": "k"}}}]}]}),
                 "spec.containers[0].env[0].valueFrom.secretKeyRef",
+            ),
+            (
+                json!({"containers": [{"name": "c", "image": "x",
+                       "env": [{"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}]}),
+                "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath",
             ),
         ];
         for (spec, field) in cases {

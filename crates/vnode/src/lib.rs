@@ -32,7 +32,6 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::{json, Value};
 
 /// The label and taint that mark a virtual node (Virtual Kubelet's).
@@ -181,9 +180,7 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
         })?;
     // Logs and exec, as an agent serves them, through the instances API.
     let serving = cfg.join.serving(&client, &cfg.address).await?;
-    let api: Api<Pod> = Api::all(client.clone());
-    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.join.node_name));
-    let (reader, writer) = reflector::store();
+    let (reader, changed, watch) = berth_agent::watch_node_pods(&client, &cfg.join.node_name);
     let groups_runtime = Arc::new(runtime::Groups {
         aci: aci.clone(),
         subscription: i.subscription.clone(),
@@ -243,20 +240,7 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
         });
     }
 
-    let changed = Arc::new(tokio::sync::Notify::new());
-    {
-        let changed = changed.clone();
-        let stream = reflector(writer, watcher(api, wc)).default_backoff();
-        tasks.spawn(async move {
-            let mut stream = stream.boxed();
-            while let Some(ev) = stream.next().await {
-                if let Err(e) = ev {
-                    tracing::warn!(error = %e, "pod watch failed; retrying");
-                }
-                changed.notify_one();
-            }
-        });
-    }
+    tasks.spawn(watch);
     // Never act on an empty view: it would look like every pod had gone.
     let _ = reader.wait_until_ready().await;
     let mut node = Vnode {

@@ -194,18 +194,10 @@ impl Runtime for Groups {
         let line = command.join(" ");
         let (out_tx, out_rx) = futures::channel::mpsc::unbounded();
         let (writer, reader) = tokio::io::duplex(16 * 1024);
-        let input = futures::stream::unfold(reader, |mut r| async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = vec![0u8; 4096];
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((buf, r))
-                }
-            }
-        })
-        .boxed();
+        let input = berth_agent::runtime::chunks(Box::new(reader))
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .filter_map(|r| futures::future::ready(r.ok().map(|b| b.to_vec())))
+            .boxed();
         let aci = self.aci.clone();
         let session = tokio::spawn(async move {
             aci.connect(&g, &container, Some(&line), input, |bytes| {

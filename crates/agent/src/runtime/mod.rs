@@ -196,6 +196,25 @@ pub struct LogOptions {
     pub timestamps: bool,
 }
 
+/// The bytes of a reader as a stream of chunks, as they come; an error ends it.
+pub fn chunks(
+    r: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
+    use tokio::io::AsyncReadExt;
+    futures::stream::unfold(Some(r), |r| async move {
+        let mut r = r?;
+        let mut buf = vec![0u8; 8192];
+        match r.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(r)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
 /// A container's output, stdout and stderr interleaved as written.
 pub type LogStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
 

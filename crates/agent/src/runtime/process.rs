@@ -701,8 +701,7 @@ impl Runtime for ProcessRuntime {
             })?;
         let lines = |r: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>, ch: Channel| {
             let reader = r.expect("piped");
-            tokio_util_stream(reader)
-                .map(move |b| b.map(|b| (ch, b)).map_err(io("read exec output")))
+            super::chunks(reader).map(move |b| b.map(|b| (ch, b)).map_err(io("read exec output")))
         };
         let out = lines(
             child.stdout.take().map(|s| Box::new(s) as _),
@@ -753,25 +752,6 @@ impl Runtime for ProcessRuntime {
         session.output.for_each(|_| async {}).await;
         session.exit.await
     }
-}
-
-/// The bytes of a reader as a stream of chunks.
-fn tokio_util_stream(
-    r: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
-    use tokio::io::AsyncReadExt;
-    futures::stream::unfold(Some(r), |r| async move {
-        let mut r = r?;
-        let mut buf = vec![0u8; 8192];
-        match r.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(bytes::Bytes::from(buf)), Some(r)))
-            }
-            Err(e) => Some((Err(e), None)),
-        }
-    })
 }
 
 #[cfg(test)]
