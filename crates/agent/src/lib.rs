@@ -499,44 +499,16 @@ async fn pod_network(
             cfg.address
         )
     })?;
-    // A host (or a namespace standing for one) forwards for its pods, and bridged pod
-    // traffic passes netfilter so Service replies are translated back.
-    for (knob, what) in [
-        ("/proc/sys/net/ipv4/ip_forward", "forwarding"),
-        (
-            "/proc/sys/net/bridge/bridge-nf-call-iptables",
-            "netfilter on bridged traffic",
-        ),
-    ] {
-        if let Err(e) = std::fs::write(knob, "1") {
-            tracing::warn!(error = %e, "{what} could not be turned on ({knob})");
-        }
-    }
-    let made = |e: &dyn std::error::Error| {
-        format!(
-            "the pod network could not be made: {}",
-            berth_core::error::Chain(e)
-        )
-    };
-    let links: Arc<dyn net::links::Links> =
-        Arc::new(net::links::Kernel::connect().map_err(|e| made(&e))?);
-    let underlay = links.mtu_of(local).await.ok().flatten();
-    let mtu = underlay
-        .unwrap_or(1500)
-        .saturating_sub(net::overlay::OVERHEAD);
-    let net = net::podnet::PodNet::new(links.clone(), &cfg.node_name, cidr, &cfg.data_dir, mtu)
-        .await
-        .map_err(|e| made(&e))?;
     let wide = cfg
         .proxy
         .as_ref()
         .and_then(|p| p.cluster_cidr.clone())
         .unwrap_or_else(|| cidr.to_string());
-    if let Err(e) = net::accept_in_docker_forward(&wide).await {
-        tracing::warn!(error = %e, "pods may not reach each other: Docker's firewall drops forwarded traffic")
-    }
+    let (net, links) =
+        net::make_pod_network(&cfg.node_name, cidr, &cfg.data_dir, Some(local), &wide).await?;
+    let mtu = net.mtu;
     let bridge = net.bridge.clone();
-    runtime.use_pod_network(Arc::new(net)).await?;
+    runtime.use_pod_network(net).await?;
     tracing::info!(node = %cfg.node_name, %cidr, %bridge, "pod network");
     let overlay = net::overlay::run(
         client.clone(),

@@ -357,3 +357,250 @@ spec:
 fn web_ips_of(b: &Berth, pod: &str) -> String {
     b.kubectl_ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
 }
+
+/// A process inside host `i`'s namespace, its output in `log`.
+fn in_host(hosts: &Hosts, i: usize, args: &[&str], log: &std::path::Path) -> Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &hosts.names[i],
+            env!("CARGO_BIN_EXE_berth"),
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(log)
+                .map(Stdio::from)
+                .unwrap_or(Stdio::null()),
+        )
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("berth runs")
+}
+
+#[tokio::test]
+async fn burst_pods_on_a_virtual_node_share_the_pod_network_both_ways() {
+    let img = common::BusyboxImage::build();
+    let hosts = Hosts::make();
+    let b = Berth::up_at(&format!("{}.254:0", hosts.subnet()), &["--runtime", "none"]);
+    let flag = |f: &str| b.flag(f).expect("the flag was given").to_string();
+    let names = [common::unique("va"), common::unique("vb")];
+    let vnode = common::unique("vn");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let idir = tempfile::tempdir().unwrap();
+    // Dropped after the processes are killed (declared before them), so nothing is
+    // restarted behind the cleanup.
+    struct Containers(Vec<String>);
+    impl Drop for Containers {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                common::remove_node_containers(n);
+            }
+        }
+    }
+    let _containers = Containers(names.to_vec());
+    struct Service(std::path::PathBuf);
+    impl Drop for Service {
+        fn drop(&mut self) {
+            if let Ok(n) = std::fs::read_to_string(self.0.join("instances/node-name")) {
+                common::remove_node_containers(n.trim());
+                // The bridge is in host A's namespace, which goes with the test.
+            }
+        }
+    }
+    let _service = Service(idir.path().to_path_buf());
+    struct Procs(Vec<Child>);
+    impl Drop for Procs {
+        fn drop(&mut self) {
+            for a in &mut self.0 {
+                let _ = a.kill();
+                let _ = a.wait();
+            }
+        }
+    }
+    let mut procs = Procs(
+        (0..2)
+            .map(|i| agent(&b, &hosts, i, &names[i], dirs[i].path()))
+            .collect(),
+    );
+    // The instances service on host A, its groups on the virtual node's block of the
+    // cluster network (the top one, which the node IPAM hands out last).
+    let cluster = flag("--cluster-cidr");
+    let block = cluster.replace(".0.0/16", ".250.0/24");
+    let idata = idir.path().to_str().unwrap();
+    procs.0.push(in_host(
+        &hosts,
+        0,
+        &[
+            "instances",
+            "--data-dir",
+            idata,
+            "--runtime",
+            "docker",
+            "--instances-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--pod-network",
+            &block,
+            "--cluster-cidr",
+            &cluster,
+        ],
+        &idir.path().join("instances.log"),
+    ));
+    let client_cfg: serde_json::Value = eventually(30, "the instances service to start", || {
+        let read = std::fs::read(idir.path().join("instances.json"));
+        async move { read.ok().and_then(|b| serde_json::from_slice(&b).ok()) }
+    })
+    .await;
+    let token = b.node_token();
+    let ca = b.dir.path().join("pki/ca.pem");
+    let address = hosts.address(0);
+    procs.0.push(in_host(
+        &hosts,
+        0,
+        &[
+            "vnode",
+            "--server",
+            &b.url,
+            "--token",
+            &token,
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--name",
+            &vnode,
+            "--address",
+            &address,
+            "--listen",
+            &format!("{address}:0"),
+            "--instances",
+            client_cfg["server"].as_str().unwrap(),
+            "--instances-token",
+            client_cfg["token"].as_str().unwrap(),
+            "--instances-ca-file",
+            client_cfg["caFile"].as_str().unwrap(),
+            "--pod-network-via",
+            &names[0],
+            "--pod-cidr",
+            &block,
+            "--cluster-dns",
+            &flag("--cluster-dns"),
+        ],
+        &idir.path().join("vnode.log"),
+    ));
+    for n in names.iter().chain([&vnode]) {
+        eventually(30, "every node Ready", || async {
+            let out = b.kubectl(&[
+                "get",
+                "node",
+                n,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            (out.stdout == b"True").then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        b.kubectl_ok(&["get", "node", &vnode, "-o", "jsonpath={.spec.podCIDR}"]),
+        block
+    );
+    let serve = |what: &str| {
+        format!(
+            r#"["/bin/sh", "-c", "mkdir -p /w && echo {what} > /w/index.html && exec httpd -f -p 8080 -h /w"]"#
+        )
+    };
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: real, labels: {{app: real}}}}
+spec:
+  nodeName: {hb}
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: web, image: {img}, command: {real}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: burst, labels: {{app: burst}}}}
+spec:
+  nodeName: {vnode}
+  tolerations: [{{key: virtual-kubelet.io/provider, operator: Exists}}]
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: web, image: {img}, command: {burst}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {hb}
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: c, image: {img}, command: ["/bin/sleep", "3600"]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: real}}
+spec:
+  selector: {{app: real}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: burst}}
+spec:
+  selector: {{app: burst}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"#,
+            img = img.tag,
+            hb = names[1],
+            real = serve("real"),
+            burst = serve("burst"),
+        ),
+    );
+    for p in ["real", "burst", "client"] {
+        b.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{p}"),
+            "--timeout=90s",
+        ]);
+    }
+    let ip = |p: &str| b.kubectl_ok(&["get", "pod", p, "-o", "jsonpath={.status.podIP}"]);
+    let burst_ip = ip("burst");
+    let prefix = block.trim_end_matches("0/24");
+    assert!(burst_ip.starts_with(prefix), "{burst_ip} is not in {block}");
+    let fetch = |from: &str, url: &str| {
+        let out = b.kubectl(&["exec", from, "--", "wget", "-q", "-O", "-", url]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // A cluster pod on the other host reaches the burst pod by its IP, its Service's
+    // ClusterIP and its name; the burst pod reaches the cluster pod the same ways.
+    let ways = [
+        ("client", format!("http://{burst_ip}:8080/"), "burst"),
+        ("client", "http://burst/".to_string(), "burst"),
+        ("burst", format!("http://{}:8080/", ip("real")), "real"),
+        ("burst", "http://real/".to_string(), "real"),
+        (
+            "burst",
+            "http://real.default.svc.cluster.local/".to_string(),
+            "real",
+        ),
+    ];
+    for (from, url, want) in &ways {
+        eventually(20, &format!("{from} -> {url}"), || {
+            let got = fetch(from, url);
+            async move { (got == *want).then_some(()) }
+        })
+        .await;
+    }
+    let resolv = b.kubectl_ok(&["exec", "burst", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains(&format!("nameserver {}", flag("--cluster-dns")))
+            && resolv.contains("search default.svc.cluster.local"),
+        "{resolv}"
+    );
+    drop(procs);
+}

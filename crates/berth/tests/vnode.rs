@@ -95,7 +95,7 @@ spec:
       containers:
       - name: c
         image: {image}
-        command: ["sh", "-c", "echo started on $(hostname); while true; do sleep 1; done"]
+        command: ["sh", "-c", "mkdir -p /w && hostname > /w/index.html && httpd -p 8080 -h /w; echo started on $(hostname); while true; do sleep 1; done"]
         resources: {{requests: {{cpu: {request}, memory: 32Mi}}}}
 "#,
         image = image.tag,
@@ -118,8 +118,24 @@ spec:
     // Each burst pod is a group, with the pod's address.
     let names = groups(&b);
     assert_eq!(names.len(), burst.len(), "{names:?}");
+    // on the virtual node's block of the pod network, reached from the real node's pods.
+    let block = b.kubectl_ok(&[
+        "get",
+        "node",
+        "berth-instances",
+        "-o",
+        "jsonpath={.spec.podCIDR}",
+    ]);
     let ip = b.kubectl_ok(&["get", "pod", burst[0], "-o", "jsonpath={.status.podIP}"]);
-    assert!(!ip.is_empty(), "a burst pod has an address");
+    assert!(
+        !block.is_empty() && ip.starts_with(block.trim_end_matches("0/24")),
+        "the burst pod's address {ip} is on the virtual node's {block}"
+    );
+    let real_pod = placed.iter().find(|(_, n, _)| *n == node).unwrap();
+    let url = format!("http://{ip}:8080/");
+    let answer = b.kubectl_ok(&["exec", &real_pod.0, "--", "wget", "-q", "-O", "-", &url]);
+    let its_name = b.kubectl_ok(&["exec", burst[0], "--", "hostname"]);
+    assert_eq!(answer.trim(), its_name.trim(), "the burst pod answered");
 
     // logs and exec reach a burst pod through the API server, as on any node.
     let logs = eventually(20, "the burst pod's log", || async {

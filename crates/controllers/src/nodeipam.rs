@@ -62,13 +62,19 @@ fn pod_cidr(node: &Node) -> Option<&str> {
         .filter(|c| !c.is_empty())
 }
 
-fn is_virtual(node: &Node) -> bool {
-    node.metadata
-        .labels
+/// A virtual node off the pod network (its pods' addresses are its provider's): it gets
+/// no block. One whose groups join the pod network (`berth.dev/pod-network-via`) does.
+fn is_virtual_off_network(node: &Node) -> bool {
+    let m = &node.metadata;
+    m.labels
         .as_ref()
         .and_then(|l| l.get("type"))
         .map(String::as_str)
         == Some("virtual-kubelet")
+        && !m
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(berth_core::net::VIA_ANNOTATION))
 }
 
 /// Decide the sweep. `told` holds the nodes already warned about (a refusal is said once).
@@ -115,7 +121,7 @@ pub fn plan(nodes: &[Arc<Node>], settings: Settings, told: &HashSet<String>) -> 
     let mut next = 0u32;
     let used: BTreeSet<Cidr> = taken.iter().copied().collect();
     for node in sorted {
-        if pod_cidr(node).is_some() || is_virtual(node) {
+        if pod_cidr(node).is_some() || is_virtual_off_network(node) {
             continue;
         }
         let name = node.metadata.name.clone().unwrap_or_default();
@@ -246,6 +252,25 @@ mod tests {
                     cidr: "10.42.3.0/24".parse().unwrap()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn virtual_nodes_get_a_block_only_on_the_pod_network() {
+        let virtual_node = |name: &str, via: Option<&str>| {
+            let mut n = (*node(name, None)).clone();
+            n.metadata.labels = Some([("type".to_string(), "virtual-kubelet".to_string())].into());
+            n.metadata.annotations =
+                via.map(|v| [(berth_core::net::VIA_ANNOTATION.to_string(), v.to_string())].into());
+            Arc::new(n)
+        };
+        let nodes = [virtual_node("off", None), virtual_node("on", Some("a"))];
+        assert_eq!(
+            plan(&nodes, settings("10.42.0.0/16"), &HashSet::new()),
+            [Write::Assign {
+                node: "on".into(),
+                cidr: "10.42.0.0/24".parse().unwrap()
+            }]
         );
     }
 

@@ -3,6 +3,11 @@
 
 use std::net::Ipv4Addr;
 
+/// The annotation of a node whose pod CIDR lives on another node's host (a virtual node's
+/// container groups on a cluster host): that node's name. The other nodes reach the CIDR
+/// through that node's overlay endpoint; on that node itself it is local.
+pub const VIA_ANNOTATION: &str = "berth.dev/pod-network-via";
+
 /// An IPv4 network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {

@@ -347,6 +347,26 @@ impl Runtime for Pool {
     async fn release(&self) {
         futures::future::join_all(self.hosts.iter().map(|h| h.runtime.release())).await;
     }
+
+    /// The groups of the hosts that can (an engine on this machine) join `net`; the others
+    /// keep their engine's network. An error only when no host could.
+    async fn use_pod_network(
+        &self,
+        net: std::sync::Arc<berth_agent::net::podnet::PodNet>,
+    ) -> Result<(), String> {
+        let mut why = Vec::new();
+        for h in &self.hosts {
+            match h.runtime.use_pod_network(net.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => why.push(format!("host {}: {e}", h.name)),
+            }
+        }
+        Err(why.join("; "))
+    }
+
+    fn mounts_pod_files(&self) -> bool {
+        self.hosts.iter().all(|h| h.runtime.mounts_pod_files())
+    }
 }
 
 #[cfg(test)]

@@ -8,9 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use berth_agent::PodDns;
 use berth_core::aci::{
-    ContainerDef, ContainerGroup, ContainerProperties, EnvVar, ExecAction, GroupProperties,
-    HttpGet, IpAddress, Port, Probe, ResourceAmounts, Resources, VolumeDef, VolumeMount,
+    ContainerDef, ContainerGroup, ContainerProperties, DnsConfig, EnvVar, ExecAction,
+    GroupProperties, HttpGet, IpAddress, Port, Probe, ResourceAmounts, Resources, VolumeDef,
+    VolumeMount,
 };
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -478,12 +480,14 @@ fn secret_volume(
     Ok(out)
 }
 
-/// The group for `pod` on virtual node `node` in `location`.
+/// The group for `pod` on virtual node `node` in `location`; with `dns` (groups on the
+/// cluster's pod network) its resolver is the cluster DNS, as a pod's on any node.
 pub fn group_for(
     pod: &Pod,
     refs: &Refs,
     node: &str,
     location: &str,
+    dns: Option<&PodDns>,
 ) -> Result<ContainerGroup, Refusal> {
     let Some(spec) = &pod.spec else {
         return Err(refuse("spec", "the pod has no spec"));
@@ -607,6 +611,11 @@ pub fn group_for(
             }),
             os_type: "Linux".into(),
             volumes,
+            dns_config: berth_agent::pods::files::resolver(pod, dns, &[]).map(|r| DnsConfig {
+                name_servers: r.servers,
+                search_domains: (!r.search.is_empty()).then(|| r.search.join(" ")),
+                options: (!r.options.is_empty()).then(|| r.options.join(" ")),
+            }),
             ..Default::default()
         },
         ..Default::default()
@@ -669,7 +678,7 @@ mod tests {
                 BTreeSet::from(["token".to_string()])
             )
         );
-        let g = group_for(&p, &refs, "vk", "eastus").unwrap();
+        let g = group_for(&p, &refs, "vk", "eastus", None).unwrap();
         let c = &g.properties.containers[0].properties;
         assert_eq!(c.command, ["nginx", "-g", "daemon off;"]);
         assert_eq!(c.ports[0].port, 80);
@@ -763,7 +772,7 @@ mod tests {
             ),
         ];
         for (spec, field) in cases {
-            let err = group_for(&pod(spec), &Refs::default(), "vk", "eastus").unwrap_err();
+            let err = group_for(&pod(spec), &Refs::default(), "vk", "eastus", None).unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
     }

@@ -66,6 +66,20 @@ pub struct Config {
     /// Taint the node (`virtual-kubelet.io/provider=berth:NoSchedule`) so only pods that
     /// tolerate it land here; off where it is the only node.
     pub taint: bool,
+    /// Groups on a host of the cluster, on its pod network.
+    pub pod_network: Option<PodNetwork>,
+}
+
+/// Where the node's groups sit on the cluster's pod network: on the host of agent `via`, on
+/// a bridge of the instances service's for the node's pod CIDR (`berth instances
+/// --pod-network`), which that agent's VTEP carries for the other nodes.
+#[derive(Debug, Clone)]
+pub struct PodNetwork {
+    pub via: String,
+    /// The pod CIDR to register with; `None`: the one the node IPAM assigns.
+    pub cidr: Option<berth_core::net::Cidr>,
+    /// The cluster DNS for pods that ask for it (`dnsPolicy: ClusterFirst`).
+    pub dns: Option<berth_agent::PodDns>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,20 +129,30 @@ fn node_object(cfg: &Config, groups: i64, cores: i64, port: u16) -> Value {
         "cpu": cores.to_string(), "memory": format!("{}Gi", cores * 4),
         "pods": groups.to_string(), "ephemeral-storage": "1Ti",
     });
+    let net = cfg.pod_network.as_ref();
+    let mut spec = json!({"taints": if cfg.taint {
+        json!([{"key": TAINT_KEY, "value": TAINT_VALUE, "effect": "NoSchedule"}])
+    } else {
+        json!([])
+    }});
+    if let Some(cidr) = net.and_then(|n| n.cidr) {
+        spec["podCIDR"] = json!(cidr.to_string());
+        spec["podCIDRs"] = json!([cidr.to_string()]);
+    }
+    let annotations = match net {
+        Some(n) => json!({berth_agent::net::overlay::VIA_ANNOTATION: n.via}),
+        None => json!({}),
+    };
     json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {
+        "metadata": {"name": name, "annotations": annotations, "labels": {
             "type": "virtual-kubelet",
             "kubernetes.io/role": "agent",
             "kubernetes.io/hostname": name,
             "kubernetes.io/os": "linux",
             "berth.dev/runtime": "instances",
         }},
-        "spec": {"taints": if cfg.taint {
-            json!([{"key": TAINT_KEY, "value": TAINT_VALUE, "effect": "NoSchedule"}])
-        } else {
-            json!([])
-        }},
+        "spec": spec,
         "status": {
             "capacity": amount, "allocatable": amount,
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -452,6 +476,7 @@ impl Vnode {
             &refs,
             &self.cfg.join.node_name,
             &self.cfg.instances.location,
+            self.cfg.pod_network.as_ref().and_then(|n| n.dns.as_ref()),
         );
         match group {
             Ok(g) => match self.aci.put(&self.target(name), &g).await {

@@ -59,6 +59,52 @@ where
     (reader, keep)
 }
 
+/// Make a pod network on this host: forwarding and netfilter on bridged traffic turned on,
+/// the bridge for `cidr` named after `owner` (its addresses recorded under `data_dir`), the
+/// MTU the underlay's (the interface holding `underlay`, else 1500) less VXLAN's, and
+/// Docker's firewall told to let `wide` (the cluster CIDR) through. The agent makes its
+/// node's this way, and the instances service the one its groups join on a cluster host.
+pub async fn make_pod_network(
+    owner: &str,
+    cidr: berth_core::net::Cidr,
+    data_dir: &std::path::Path,
+    underlay: Option<std::net::Ipv4Addr>,
+    wide: &str,
+) -> Result<(Arc<podnet::PodNet>, Arc<dyn links::Links>), String> {
+    // A host (or a namespace standing for one) forwards for its pods, and bridged pod
+    // traffic passes netfilter so Service replies are translated back.
+    for (knob, what) in [
+        ("/proc/sys/net/ipv4/ip_forward", "forwarding"),
+        (
+            "/proc/sys/net/bridge/bridge-nf-call-iptables",
+            "netfilter on bridged traffic",
+        ),
+    ] {
+        if let Err(e) = std::fs::write(knob, "1") {
+            tracing::warn!(error = %e, "{what} could not be turned on ({knob})");
+        }
+    }
+    let made = |e: &dyn std::error::Error| {
+        format!(
+            "the pod network could not be made: {}",
+            berth_core::error::Chain(e)
+        )
+    };
+    let links: Arc<dyn links::Links> = Arc::new(links::Kernel::connect().map_err(|e| made(&e))?);
+    let found = match underlay {
+        Some(addr) => links.mtu_of(addr).await.ok().flatten(),
+        None => None,
+    };
+    let mtu = found.unwrap_or(1500).saturating_sub(overlay::OVERHEAD);
+    let net = podnet::PodNet::new(links.clone(), owner, cidr, data_dir, mtu)
+        .await
+        .map_err(|e| made(&e))?;
+    if let Err(e) = accept_in_docker_forward(wide).await {
+        tracing::warn!(error = %e, "pods may not reach each other: Docker's firewall drops forwarded traffic")
+    }
+    Ok((Arc::new(net), links))
+}
+
 /// The rule in Docker's `DOCKER-USER` chain that accepts traffic from (`-s`) or to (`-d`)
 /// the pod network.
 fn docker_user_rule<'a>(dir: &'a str, cidr: &'a str) -> [&'a str; 9] {

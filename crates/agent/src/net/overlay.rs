@@ -60,9 +60,20 @@ fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
         .ok()
 }
 
+pub use berth_core::net::VIA_ANNOTATION;
+
+fn annotation<'a>(n: &'a Node, key: &str) -> Option<&'a str> {
+    n.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
 /// What the overlay should hold, from the nodes: whether this node needs its device at all
 /// (some other node has a pod CIDR and an address), and the peers it can program (those
-/// that also published their MAC). Pure.
+/// that also published their MAC). A node carried by another (`berth.dev/pod-network-via`)
+/// is reached through its carrier, and not at all from the carrier itself. Pure.
 pub fn peers(nodes: &[Arc<Node>], me: &str) -> (bool, Vec<Peer>) {
     let mut wanted = false;
     let mut out = Vec::new();
@@ -75,17 +86,22 @@ pub fn peers(nodes: &[Arc<Node>], me: &str) -> (bool, Vec<Peer>) {
             .as_ref()
             .and_then(|s| s.pod_cidr.as_deref())
             .and_then(|c| c.parse::<Cidr>().ok());
-        let (Some(cidr), Some(vtep)) = (cidr, internal_ip(n)) else {
+        let carrier = match annotation(n, VIA_ANNOTATION) {
+            None => Some(&**n),
+            Some(via) if via == me => continue,
+            Some(via) => nodes
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(via))
+                .map(|c| &**c),
+        };
+        let (Some(cidr), Some(carrier)) = (cidr, carrier) else {
+            continue;
+        };
+        let Some(vtep) = internal_ip(carrier) else {
             continue;
         };
         wanted = true;
-        let mac = n
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(MAC_ANNOTATION))
-            .and_then(|m| parse_mac(m));
-        if let Some(mac) = mac {
+        if let Some(mac) = annotation(carrier, MAC_ANNOTATION).and_then(parse_mac) {
             out.push(Peer { cidr, vtep, mac });
         }
     }
@@ -227,6 +243,18 @@ mod tests {
                 mac: [2, 0, 0, 0, 0, 2],
             }]
         );
+        // A virtual node's groups on b's host are reached through b, and are local on b.
+        let mut carried = (*node("vn", Some("10.42.9.0/24"), Some("127.0.0.1"), None)).clone();
+        carried.metadata.annotations = Some([(VIA_ANNOTATION.to_string(), "b".to_string())].into());
+        let mut with = nodes.to_vec();
+        with.push(Arc::new(carried));
+        let vn = Peer {
+            cidr: "10.42.9.0/24".parse().unwrap(),
+            vtep: Ipv4Addr::new(192, 0, 2, 2),
+            mac: [2, 0, 0, 0, 0, 2],
+        };
+        assert_eq!(super::peers(&with, "me").1[1], vn);
+        assert!(!super::peers(&with, "b").1.iter().any(|p| p.cidr == vn.cidr));
         // Alone, a node makes no device at all.
         assert_eq!(super::peers(&nodes[..1], "me"), (false, vec![]));
         assert_eq!(

@@ -21,55 +21,71 @@ pub struct PodDns {
     pub domain: String,
 }
 
-/// The pod's resolv.conf, or `None` where the runtime's own (the host's) stands.
-pub fn resolv_conf(pod: &Pod, dns: &PodDns, host_search: &[String]) -> Option<String> {
+/// A pod's resolver: what its resolv.conf says.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Resolver {
+    pub servers: Vec<String>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// The pod's resolver, or `None` where the runtime's own (the host's) stands; with no
+/// cluster DNS (`dns` None) only a pod's `dnsPolicy: None` has one.
+pub fn resolver(pod: &Pod, dns: Option<&PodDns>, host_search: &[String]) -> Option<Resolver> {
     let spec = pod.spec.as_ref()?;
     let host_network = spec.host_network == Some(true);
     let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Vec<String>) =
-        match policy {
-            "ClusterFirst" if host_network => return None,
-            "ClusterFirst" | "ClusterFirstWithHostNet" => (
-                vec![dns.nameserver.to_string()],
-                [
-                    format!("{ns}.svc.{}", dns.domain),
-                    format!("svc.{}", dns.domain),
-                    dns.domain.clone(),
-                ]
-                .into_iter()
-                .chain(host_search.iter().cloned())
-                .collect(),
-                vec!["ndots:5".into()],
-            ),
-            "None" => (vec![], vec![], vec![]),
-            _ => return None,
-        };
+    let mut r = match (policy, dns) {
+        ("ClusterFirst", _) if host_network => return None,
+        ("ClusterFirst" | "ClusterFirstWithHostNet", Some(dns)) => Resolver {
+            servers: vec![dns.nameserver.to_string()],
+            search: [
+                format!("{ns}.svc.{}", dns.domain),
+                format!("svc.{}", dns.domain),
+                dns.domain.clone(),
+            ]
+            .into_iter()
+            .chain(host_search.iter().cloned())
+            .collect(),
+            options: vec!["ndots:5".into()],
+        },
+        ("None", _) => Resolver::default(),
+        _ => return None,
+    };
     if let Some(cfg) = &spec.dns_config {
-        servers.extend(cfg.nameservers.iter().flatten().cloned());
-        search.extend(cfg.searches.iter().flatten().cloned());
+        r.servers.extend(cfg.nameservers.iter().flatten().cloned());
+        r.search.extend(cfg.searches.iter().flatten().cloned());
         for o in cfg.options.iter().flatten() {
             let Some(name) = o.name.as_deref() else {
                 continue;
             };
             // A pod's option replaces one of the same name.
-            options.retain(|x| x.split(':').next() != Some(name));
-            options.push(match &o.value {
+            r.options.retain(|x| x.split(':').next() != Some(name));
+            r.options.push(match &o.value {
                 Some(v) => format!("{name}:{v}"),
                 None => name.to_string(),
             });
         }
     }
+    r.search.dedup();
+    // resolv.conf reads three name servers.
+    r.servers.truncate(3);
+    Some(r)
+}
+
+/// The pod's resolv.conf, or `None` where the runtime's own (the host's) stands.
+pub fn resolv_conf(pod: &Pod, dns: Option<&PodDns>, host_search: &[String]) -> Option<String> {
+    let r = resolver(pod, dns, host_search)?;
     let mut out = String::new();
-    if !search.is_empty() {
-        search.dedup();
-        out.push_str(&format!("search {}\n", search.join(" ")));
+    if !r.search.is_empty() {
+        out.push_str(&format!("search {}\n", r.search.join(" ")));
     }
-    for s in servers.iter().take(3) {
+    for s in &r.servers {
         out.push_str(&format!("nameserver {s}\n"));
     }
-    if !options.is_empty() {
-        out.push_str(&format!("options {}\n", options.join(" ")));
+    if !r.options.is_empty() {
+        out.push_str(&format!("options {}\n", r.options.join(" ")));
     }
     Some(out)
 }
@@ -129,14 +145,15 @@ pub fn write(
     dir: &Path,
     pod: &Pod,
     pod_ip: Option<&str>,
-    dns: &PodDns,
+    dns: Option<&PodDns>,
     host_search: &[String],
 ) -> std::io::Result<Vec<Mount>> {
     std::fs::create_dir_all(dir)?;
     let mut mounts = Vec::new();
     let hosts_file = dir.join("hosts");
-    std::fs::write(&hosts_file, hosts(pod, pod_ip, &dns.domain))?;
-    if pod.spec.as_ref().and_then(|s| s.host_network) != Some(true) {
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    if let (Some(dns), false) = (dns, host_network) {
+        std::fs::write(&hosts_file, hosts(pod, pod_ip, &dns.domain))?;
         mounts.push(Mount {
             host_path: hosts_file.to_string_lossy().into_owned(),
             container_path: "/etc/hosts".into(),
@@ -191,7 +208,12 @@ mod tests {
 
     #[test]
     fn cluster_first_names_the_cluster_dns_and_search_path() {
-        let conf = resolv_conf(&pod(PodSpec::default()), &dns(), &["corp.example".into()]).unwrap();
+        let conf = resolv_conf(
+            &pod(PodSpec::default()),
+            Some(&dns()),
+            &["corp.example".into()],
+        )
+        .unwrap();
         assert_eq!(
             conf,
             "search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\n\
@@ -202,12 +224,12 @@ mod tests {
             host_network: Some(true),
             ..Default::default()
         };
-        assert!(resolv_conf(&pod(host.clone()), &dns(), &[]).is_none());
+        assert!(resolv_conf(&pod(host.clone()), Some(&dns()), &[]).is_none());
         let with = PodSpec {
             dns_policy: Some("ClusterFirstWithHostNet".into()),
             ..host
         };
-        assert!(resolv_conf(&pod(with), &dns(), &[])
+        assert!(resolv_conf(&pod(with), Some(&dns()), &[])
             .unwrap()
             .contains("nameserver 10.96.0.10"));
     }
@@ -228,14 +250,20 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resolv_conf(&pod(none), &dns(), &[]).unwrap(),
+            resolv_conf(&pod(none.clone()), Some(&dns()), &[]).unwrap(),
             "search extra.local\nnameserver 192.0.2.53\noptions ndots:2\n"
         );
+        // With no cluster DNS (container groups) only a pod's own resolver is written.
+        assert_eq!(
+            resolv_conf(&pod(none), None, &[]).unwrap(),
+            "search extra.local\nnameserver 192.0.2.53\noptions ndots:2\n"
+        );
+        assert!(resolv_conf(&pod(PodSpec::default()), None, &[]).is_none());
         let first = PodSpec {
             dns_config: Some(cfg),
             ..Default::default()
         };
-        let conf = resolv_conf(&pod(first), &dns(), &[]).unwrap();
+        let conf = resolv_conf(&pod(first), Some(&dns()), &[]).unwrap();
         assert!(
             conf.contains("nameserver 10.96.0.10\nnameserver 192.0.2.53\n"),
             "{conf}"

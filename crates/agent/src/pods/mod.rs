@@ -236,7 +236,13 @@ impl PodSync {
         config.mounts = crate::config::mounts(&*self.owner, full, spec, &self.data_dir)
             .await
             .map_err(failed)?;
-        if let (Some((dns, search)), true) = (&self.dns, self.runtime.mounts_pod_files()) {
+        // Files of the pod's own: with a cluster DNS, or a resolver the pod names itself.
+        let own_resolver = full.spec.as_ref().and_then(|s| s.dns_policy.as_deref()) == Some("None");
+        if (self.dns.is_some() || own_resolver) && self.runtime.mounts_pod_files() {
+            let (dns, search) = match &self.dns {
+                Some((dns, search)) => (Some(dns), search.as_slice()),
+                None => (None, &[][..]),
+            };
             let uid = full.metadata.uid.as_deref().unwrap_or_default();
             let dir = crate::config::pod_dir(&self.data_dir, uid).join("etc");
             let own =

@@ -1131,6 +1131,11 @@ impl Runtime for DockerRuntime {
         &self,
         net: std::sync::Arc<crate::net::podnet::PodNet>,
     ) -> Result<(), String> {
+        if self.remote {
+            return Err(
+                "its Docker engine is on another machine, where this host's bridge is not".into(),
+            );
+        }
         if self.podnet.set(net).is_err() {
             return Ok(());
         }

@@ -54,6 +54,15 @@ pub struct Args {
     /// The runtime groups run on: docker, process or mock.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
     pub runtime: RuntimeKind,
+    /// On a host of a Berth cluster: give the groups on this host (those without public
+    /// ports) addresses of CIDR on a bridge of their own, so cluster pods reach them. CIDR is
+    /// the pod CIDR of the virtual node that drives this service (`berth vnode --pod-cidr`),
+    /// which this host's agent carries over the overlay (`berth vnode --pod-network-via`).
+    #[arg(long, value_name = "CIDR")]
+    pub pod_network: Option<berth_core::net::Cidr>,
+    /// The cluster CIDR (with --pod-network): what Docker's firewall lets through.
+    #[arg(long, value_name = "CIDR", requires = "pod_network")]
+    pub cluster_cidr: Option<berth_core::net::Cidr>,
 }
 
 /// What `berth container` reads to reach the service.
@@ -215,10 +224,38 @@ pub async fn start(
     Ok(inst)
 }
 
+/// Put the service's groups on this host on a cluster's pod network: a bridge for `cidr`
+/// named after the service's node, addresses recorded in its data dir, Docker's firewall
+/// letting `wide` through. Groups started from now on join it (spare sandboxes are made
+/// anew); those already running keep the engine's network.
+pub async fn join_pod_network(
+    service: &berth_instances::Service,
+    data_dir: &Path,
+    cidr: berth_core::net::Cidr,
+    wide: &str,
+) -> anyhow::Result<String> {
+    let dir = data_dir.join("instances");
+    let node = node_name(&dir)?;
+    let (net, _) = berth_agent::net::make_pod_network(&node, cidr, &dir, None, wide)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let bridge = net.bridge.clone();
+    berth_agent::Runtime::use_pod_network(service.runtime().as_ref(), net)
+        .await
+        .map_err(|e| anyhow::anyhow!("no host of this service can join the pod network: {e}"))?;
+    tracing::info!(%cidr, %bridge, "container groups join the pod network");
+    Ok(bridge)
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let tokens = berth_apiserver::auth::Tokens::load_or_create(&args.data_dir.join("tokens.json"))
         .context("loading the tokens")?;
     let inst = start(&args.data_dir, &args.instances, args.runtime, tokens.admin).await?;
+    if let Some(cidr) = args.pod_network {
+        let wide = args.cluster_cidr.unwrap_or(cidr).to_string();
+        let bridge = join_pod_network(&inst.service, &args.data_dir, cidr, &wide).await?;
+        println!("Groups on this host get addresses of {cidr} on bridge {bridge}");
+    }
     if let Some(dns) = inst.dns_addr {
         println!("DNS for {} at {dns} (udp)", args.instances.dns_zone);
     }

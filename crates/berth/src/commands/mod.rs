@@ -119,6 +119,17 @@ impl ControlArgs {
     }
 }
 
+/// A client configuration for `server` with its admin token.
+pub async fn admin_config(server: &berth_apiserver::Server) -> anyhow::Result<kube::Config> {
+    use anyhow::Context;
+    let yaml = berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin);
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&yaml).context("reading our kubeconfig")?;
+    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("building an API client with the admin token")
+}
+
 /// Start the scheduler and the other control loops against `server` with the admin token;
 /// they run until the returned task is aborted.
 pub async fn start_control_plane(
@@ -128,12 +139,7 @@ pub async fn start_control_plane(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use anyhow::Context;
     let settings = args.settings()?;
-    let yaml = berth_apiserver::kubeconfig(&server.url(), &server.ca_pem, &server.tokens.admin);
-    let kubeconfig =
-        kube::config::Kubeconfig::from_yaml(&yaml).context("reading our kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .context("building the control plane's API client")?;
+    let config = admin_config(server).await?;
     let client = kube::Client::try_from(config.clone())
         .context("building the control plane's API client")?;
     let cfg = berth_scheduler::binder::Config {

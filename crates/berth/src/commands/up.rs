@@ -117,6 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let admin = super::admin_config(&server).await?;
     let vnode = match (&instances, args.virtual_node || args.instances_only) {
         (Some(i), true) => {
             let vargs = super::vnode::Args {
@@ -133,15 +134,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 resource_group: None,
                 location: "eastus".into(),
                 lease_seconds: 1,
+                // The groups join the local agent's pod network (given the CIDR the node
+                // IPAM assigns the virtual node, below).
+                pod_network_via: agent.is_some().then(|| node.clone()),
+                pod_cidr: None,
+                cluster_dns: agent.is_some().then_some(args.serve.cluster_dns),
+                cluster_domain: "cluster.local".into(),
             };
             // One CA signs both APIs here.
             let mut cfg =
                 super::vnode::config(&vargs, server.ca_pem.clone(), server.ca_pem.clone());
             // With no other node, every pod is for the virtual one.
             cfg.taint = !args.instances_only;
+            let joined = cfg.pod_network.is_some().then(|| {
+                join_when_assigned(
+                    admin.clone(),
+                    i.service.clone(),
+                    args.serve.data_dir.clone(),
+                    args.control.cluster_cidr.to_string(),
+                )
+            });
             Some(tokio::spawn(async move {
-                if let Err(e) = berth_vnode::run(cfg).await {
-                    tracing::error!(error = %berth_core::error::Chain(&e), "the virtual node stopped");
+                let run = async {
+                    if let Err(e) = berth_vnode::run(cfg).await {
+                        tracing::error!(error = %berth_core::error::Chain(&e), "the virtual node stopped");
+                    }
+                };
+                match joined {
+                    Some(j) => {
+                        futures::join!(run, j);
+                    }
+                    None => run.await,
                 }
             }))
         }
@@ -199,4 +222,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await;
     server.shutdown();
     Ok(())
+}
+
+/// Once the node IPAM gives the virtual node its pod CIDR, put the instances service's
+/// groups on the pod network with it (the local agent carries it for the other nodes).
+async fn join_when_assigned(
+    config: kube::Config,
+    instances: std::sync::Arc<berth_instances::Service>,
+    data_dir: std::path::PathBuf,
+    wide: String,
+) {
+    let joined = async {
+        let client = kube::Client::try_from(config)?;
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+        let cidr = loop {
+            let assigned = nodes
+                .get_opt(super::vnode::UP_NAME)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|n| n.spec?.pod_cidr);
+            if let Some(c) = assigned {
+                break c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        let cidr: berth_core::net::Cidr = cidr.parse()?;
+        super::instances::join_pod_network(&instances, &data_dir, cidr, &wide).await
+    };
+    if let Err(e) = joined.await {
+        tracing::warn!(error = %format!("{e:#}"), "container groups keep the engine's network");
+    }
 }

@@ -50,6 +50,22 @@ pub struct Args {
     /// Seconds between Lease renewals (the Lease lasts four).
     #[arg(long, default_value_t = 1)]
     pub lease_seconds: u64,
+    /// The instances service runs its groups on the host of this cluster node, on the pod
+    /// network (`berth instances --pod-network`): the node's agent carries the virtual
+    /// node's pod CIDR over the overlay, and pods reach the groups by pod IP and Services.
+    #[arg(long, value_name = "NODE")]
+    pub pod_network_via: Option<String>,
+    /// The virtual node's pod CIDR (the one given to `berth instances --pod-network`);
+    /// without it, the node IPAM's.
+    #[arg(long, value_name = "CIDR", requires = "pod_network_via")]
+    pub pod_cidr: Option<berth_core::net::Cidr>,
+    /// The cluster DNS address groups on the pod network resolve with (the agents'
+    /// --cluster-dns).
+    #[arg(long, value_name = "IP", requires = "pod_network_via")]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
 }
 
 pub fn config(args: &Args, ca_pem: String, instances_ca_pem: String) -> berth_vnode::Config {
@@ -76,6 +92,17 @@ pub fn config(args: &Args, ca_pem: String, instances_ca_pem: String) -> berth_vn
         lease_every: Duration::from_secs(args.lease_seconds.max(1)),
         sync_every: Duration::from_secs(1),
         taint: true,
+        pod_network: args
+            .pod_network_via
+            .clone()
+            .map(|via| berth_vnode::PodNetwork {
+                via,
+                cidr: args.pod_cidr,
+                dns: args.cluster_dns.map(|nameserver| berth_agent::PodDns {
+                    nameserver,
+                    domain: args.cluster_domain.clone(),
+                }),
+            }),
     }
 }
 

@@ -55,7 +55,22 @@ pub struct GroupProperties {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sku: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<DnsConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_view: Option<Value>,
+}
+
+/// The group's resolver: its containers' resolv.conf, in place of the host's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DnsConfig {
+    pub name_servers: Vec<String>,
+    /// Space-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_domains: Option<String>,
+    /// Space-separated resolv.conf options (`ndots:5`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -405,6 +420,30 @@ mod tests {
         assert_eq!(pod["spec"]["containers"][1]["env"][1]["value"], "x");
         let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
         assert_eq!(typed.spec.unwrap().containers.len(), 2);
+    }
+
+    #[test]
+    fn a_groups_dns_config_is_its_pods_resolver_and_is_checked() {
+        let mut g = group();
+        g.properties.dns_config = Some(DnsConfig {
+            name_servers: vec!["10.96.0.10".into()],
+            search_domains: Some("ns.svc.cluster.local svc.cluster.local".into()),
+            options: Some("ndots:5 rotate".into()),
+        });
+        assert_eq!(validate(&g), Ok(()));
+        let pod = to_pod(&g, "rg", "g", "u1", &NoGit);
+        assert_eq!(pod["spec"]["dnsPolicy"], "None");
+        assert_eq!(
+            pod["spec"]["dnsConfig"],
+            json!({"nameservers": ["10.96.0.10"],
+                   "searches": ["ns.svc.cluster.local", "svc.cluster.local"],
+                   "options": [{"name": "ndots", "value": "5"}, {"name": "rotate"}]})
+        );
+        g.properties.dns_config.as_mut().unwrap().name_servers = vec!["dns.example".into()];
+        assert_eq!(
+            validate(&g).unwrap_err().target.as_deref(),
+            Some("properties.dnsConfig.nameServers[0]")
+        );
     }
 
     #[test]

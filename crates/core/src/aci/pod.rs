@@ -120,7 +120,7 @@ pub fn to_pod(
             }
         })
         .collect();
-    json!({
+    let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "uid": uid},
@@ -131,7 +131,30 @@ pub fn to_pod(
             "terminationGracePeriodSeconds": 5,
             "volumes": volumes,
         }
-    })
+    });
+    // A group's own resolver replaces the host's, as a pod's `dnsPolicy: None` does.
+    if let Some(d) = &p.dns_config {
+        let words = |s: &Option<String>| -> Vec<String> {
+            s.iter()
+                .flat_map(|s| s.split_whitespace())
+                .map(String::from)
+                .collect()
+        };
+        let options: Vec<Value> = words(&d.options)
+            .iter()
+            .map(|o| match o.split_once(':') {
+                Some((name, value)) => json!({"name": name, "value": value}),
+                None => json!({"name": o}),
+            })
+            .collect();
+        pod["spec"]["dnsPolicy"] = json!("None");
+        pod["spec"]["dnsConfig"] = json!({
+            "nameservers": d.name_servers,
+            "searches": words(&d.search_domains),
+            "options": options,
+        });
+    }
+    pod
 }
 
 /// The decoded secret volume `name` of a group: the pod reads it as Secret `<group>.<volume>`.

@@ -396,6 +396,24 @@ pub fn validate(g: &ContainerGroup) -> Result<(), ArmError> {
             }
         }
     }
+    if let Some(d) = &p.dns_config {
+        if d.name_servers.is_empty() {
+            return Err(ArmError::bad(
+                "InvalidDnsConfig",
+                "properties.dnsConfig.nameServers",
+                "A DNS configuration needs at least one name server.".to_string(),
+            ));
+        }
+        for (j, s) in d.name_servers.iter().enumerate() {
+            if s.parse::<std::net::IpAddr>().is_err() {
+                return Err(ArmError::bad(
+                    "InvalidDnsConfig",
+                    format!("properties.dnsConfig.nameServers[{j}]"),
+                    format!("The name server '{s}' is not an IP address."),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
