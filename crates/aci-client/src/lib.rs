@@ -229,13 +229,62 @@ impl Client {
         g: &GroupRef,
         container: &str,
         tail: Option<u64>,
+        previous: bool,
     ) -> Result<String, ClientError> {
-        let mut path = format!("{}/containers/{container}/logs", g.path());
+        let mut query = Vec::new();
         if let Some(t) = tail {
-            path.push_str(&format!("?tail={t}"));
+            query.push(format!("tail={t}"));
+        }
+        // Berth's instances service: the run before the current one.
+        if previous {
+            query.push("previous=true".to_string());
+        }
+        let mut path = format!("{}/containers/{container}/logs", g.path());
+        if !query.is_empty() {
+            path.push_str(&format!("?{}", query.join("&")));
         }
         let a = self.call("GET", &path, None).await?;
         Ok(a.body["content"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Each running container's use now, from Azure Monitor's metrics of the group:
+    /// container name -> (CPU in millicores, memory in bytes).
+    pub async fn metrics(
+        &self,
+        g: &GroupRef,
+    ) -> Result<std::collections::BTreeMap<String, (f64, u64)>, ClientError> {
+        let path = format!(
+            "{}/providers/Microsoft.Insights/metrics?metricnames=CpuUsage,MemoryUsage\
+             &%24filter=containerName%20eq%20%27%2A%27&api-version=2018-01-01",
+            g.path()
+        );
+        let a = self.call("GET", &path, None).await?;
+        let mut out = std::collections::BTreeMap::<String, (f64, u64)>::new();
+        for metric in a.body["value"].as_array().into_iter().flatten() {
+            let cpu = metric["name"]["value"] == "CpuUsage";
+            for series in metric["timeseries"].as_array().into_iter().flatten() {
+                let container = series["metadatavalues"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["name"]["value"] == "containername")
+                    .and_then(|m| m["value"].as_str());
+                let latest = series["data"]
+                    .as_array()
+                    .and_then(|d| d.last())
+                    .and_then(|p| p["average"].as_f64());
+                let (Some(container), Some(v)) = (container, latest) else {
+                    continue;
+                };
+                let entry = out.entry(container.to_string()).or_default();
+                if cpu {
+                    entry.0 = v;
+                } else {
+                    entry.1 = v as u64;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Open an exec (`Some(command)`) or attach (`None`) socket: the password is sent,

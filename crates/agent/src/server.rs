@@ -45,43 +45,13 @@ pub enum ServeError {
     },
 }
 
-/// A CPU sample: when, the cumulative CPU time, and the rate it gave.
-type Sample = (jiff::Timestamp, u64, Option<u64>);
-
 struct AgentState {
     runtime: Arc<dyn Runtime>,
     pods: Store<Pod>,
     token: String,
     node: String,
-    /// The last CPU sample per container id (and "" for the node), and the rate it gave.
-    samples: std::sync::Mutex<HashMap<String, Sample>>,
-}
-
-impl AgentState {
-    /// CPU use in nanocores since the previous sample of `key` (or since `since`, the first
-    /// time), remembering this one. Samples less than a second apart are too noisy to divide:
-    /// those get the rate last computed, and `None` when there is none yet (a container that
-    /// has just started would otherwise report its own start-up as load).
-    fn rate(
-        &self,
-        key: &str,
-        now: jiff::Timestamp,
-        cpu_nanos: u64,
-        since: jiff::Timestamp,
-    ) -> Option<u64> {
-        let mut samples = self.samples.lock().expect("samples");
-        let (t0, c0, last) = samples.get(key).copied().unwrap_or((since, 0, None));
-        let dt = (now.as_nanosecond() - t0.as_nanosecond()).max(1) as u128;
-        if dt < 1_000_000_000 {
-            if last.is_none() && !samples.contains_key(key) {
-                samples.insert(key.to_string(), (now, cpu_nanos, None));
-            }
-            return last;
-        }
-        let rate = (cpu_nanos.saturating_sub(c0) as u128 * 1_000_000_000 / dt) as u64;
-        samples.insert(key.to_string(), (now, cpu_nanos, Some(rate)));
-        Some(rate)
-    }
+    /// CPU samples per container id (and "" for the node).
+    rates: crate::runtime::CpuRates,
 }
 
 /// The host's CPU time used (ns, all cores) and memory (total, available), from /proc.
@@ -143,12 +113,10 @@ pub fn serve(
         pods,
         token: serving.proxy_token.clone(),
         node: node.to_string(),
-        // The node's first sample, so that its first rate covers the time since start.
-        samples: std::sync::Mutex::new(HashMap::from([(
-            String::new(),
-            (jiff::Timestamp::now(), host_usage().0, None),
-        )])),
+        rates: Default::default(),
     });
+    // The node's first sample, so that its first rate covers the time since start.
+    state.rates.seed("", jiff::Timestamp::now(), host_usage().0);
     let app = axum::Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
@@ -215,7 +183,8 @@ async fn summary(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Re
             let Ok(st) = st else {
                 continue;
             };
-            let Some(cores) = state.rate(&c.id, now, st.cpu_nanos, started_at) else {
+            let rate = || state.rates.rate(&c.id, now, st.cpu_nanos, started_at);
+            let Some(cores) = st.nano_cores.or_else(rate) else {
                 continue;
             };
             pod_cores += cores;
@@ -236,12 +205,10 @@ async fn summary(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Re
         }));
     }
     state
-        .samples
-        .lock()
-        .expect("samples")
-        .retain(|id, _| id.is_empty() || observed.containers.iter().any(|c| &c.id == id));
+        .rates
+        .retain(|id| id.is_empty() || observed.containers.iter().any(|c| c.id == id));
     let (host_cpu, total, available) = host_usage();
-    let cores = state.rate("", now, host_cpu, now).unwrap_or(0);
+    let cores = state.rates.rate("", now, host_cpu, now).unwrap_or(0);
     let (cpu, mut memory) = usage(cores, host_cpu, total.saturating_sub(available));
     memory["availableBytes"] = available.into();
     axum::Json(serde_json::json!({

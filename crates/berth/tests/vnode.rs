@@ -144,8 +144,49 @@ spec:
     })
     .await;
     assert!(logs.contains("started on"), "{logs}");
-    let out = b.kubectl_ok(&["exec", burst[0], "--", "echo", "inside"]);
-    assert_eq!(out.trim(), "inside");
+    let out = b.kubectl_ok(&["exec", burst[0], "--", "sh", "-c", "echo 'in  side'"]);
+    assert_eq!(out.trim(), "in  side", "an argument with spaces arrives whole");
+    // kubectl top reads the group's metrics.
+    let top = eventually(30, "kubectl top on a burst pod", || async {
+        let out = b.kubectl(&["top", "pod", burst[0], "--no-headers"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.success() && text.contains(burst[0].as_str())).then_some(text)
+    })
+    .await;
+    let memory = top.split_whitespace().nth(2).unwrap_or_default();
+    assert!(memory.ends_with("Mi") || memory.ends_with("Ki"), "{top}");
+    // A burst pod that restarts keeps its previous run's log.
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: crashy}}
+spec:
+  nodeName: berth-instances
+  containers:
+  - name: c
+    image: {image}
+    command: ["sh", "-c", "echo run of $(date +%s%N); sleep 1; exit 3"]
+"#,
+            image = image.tag
+        ),
+    );
+    eventually(60, "the restarted pod's previous log", || async {
+        let restarts = b.kubectl_ok(&[
+            "get",
+            "pod",
+            "crashy",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ]);
+        let before = b.kubectl(&["logs", "crashy", "--previous"]);
+        let before = String::from_utf8_lossy(&before.stdout).to_string();
+        (restarts.parse::<u32>().unwrap_or(0) >= 1 && before.starts_with("run of ")).then_some(())
+    })
+    .await;
+    b.kubectl_ok(&["delete", "pod", "crashy", "--wait=true"]);
 
     // Each burst pod shows its group's meter.
     let metered = eventually(30, "a burst pod's meter", || async {

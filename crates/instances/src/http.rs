@@ -22,6 +22,9 @@ use crate::db::Key;
 use crate::service::{OpStatus, Service};
 
 const PROVIDER: &str = "providers/Microsoft.ContainerInstance";
+/// A group's metrics, under the group (Azure Monitor's path for any resource).
+const METRICS: &str = "/providers/Microsoft.Insights/metrics";
+const METRICS_VERSIONS: &[&str] = &["2018-01-01", "2019-07-01", "2023-10-01", "2024-02-01"];
 
 pub struct Api {
     pub service: Arc<Service>,
@@ -71,6 +74,7 @@ pub fn router(api: Arc<Api>) -> Router {
             put(put_group).get(get_group).delete(delete_group).patch(patch_group),
         )
         .route(&format!("{groups}/{{name}}/{{action}}"), post(action).get(usage_one))
+        .route(&format!("{groups}/{{name}}{METRICS}"), get(metrics))
         .route(
             &format!("{groups}/{{name}}/containers/{{c}}/{{verb}}"),
             get(logs).post(connect),
@@ -123,17 +127,23 @@ async fn guard(State(api): St, req: Request, next: Next) -> Response {
             .find(|(k, _)| *k == "api-version")
             .map(|(_, v)| v.to_string())
     });
+    // A group's metrics are Azure Monitor's resource, with its own versions.
+    let (versions, kind) = if path.ends_with(METRICS) {
+        (METRICS_VERSIONS, "Microsoft.Insights/metrics")
+    } else {
+        (aci::API_VERSIONS, aci::TYPE)
+    };
     match version {
         None => Arm(ArmError::bad(
             "MissingApiVersionParameter",
             "api-version",
-            format!("The api-version query parameter (?api-version=) is required for all requests; supported: {}.", aci::API_VERSIONS.join(", ")),
+            format!("The api-version query parameter (?api-version=) is required for all requests; supported: {}.", versions.join(", ")),
         ))
         .into_response(),
-        Some(v) if !aci::API_VERSIONS.contains(&v.as_str()) => Arm(ArmError::bad(
+        Some(v) if !versions.contains(&v.as_str()) => Arm(ArmError::bad(
             "NoRegisteredProviderFound",
             "api-version",
-            format!("The api-version '{v}' is not supported for resource type '{}'; supported: {}.", aci::TYPE, aci::API_VERSIONS.join(", ")),
+            format!("The api-version '{v}' is not supported for resource type '{kind}'; supported: {}.", versions.join(", ")),
         ))
         .into_response(),
         Some(_) => next.run(req).await,
@@ -441,9 +451,10 @@ async fn logs(
         })?),
     };
     let timestamps = param(&q, "timestamps") == Some("true");
+    let previous = param(&q, "previous") == Some("true");
     let content = api
         .service
-        .logs(&key(sub, rg, name), &c, tail, timestamps)
+        .logs(&key(sub, rg, name), &c, tail, timestamps, previous)
         .await?;
     Ok(Json(json!({ "content": content })))
 }
@@ -477,7 +488,15 @@ async fn connect(
                 decode(&body)?
             };
             let command = req.command.unwrap_or_else(|| "/bin/sh".into());
-            let argv: Vec<String> = command.split_whitespace().map(String::from).collect();
+            // Words as a shell splits them (quotes keep spaces in an argument), which for
+            // a command without quotes is ACI's split at spaces.
+            let Some(argv) = shlex::split(&command) else {
+                return Err(Arm(ArmError::bad(
+                    "InvalidParameter",
+                    "command",
+                    format!("The exec command {command:?} has an unclosed quote or a trailing backslash."),
+                )));
+            };
             if argv.is_empty() {
                 return Err(Arm(ArmError::bad(
                     "InvalidParameter",
@@ -680,6 +699,74 @@ async fn usage_group(
         .service
         .usage(&sub, Some(&rg), param(&q, "containerGroup"), from, to)?;
     Ok(usage_answer(&api, list, from, to))
+}
+
+/// `GET <group>/providers/Microsoft.Insights/metrics?metricnames=CpuUsage,MemoryUsage`: the
+/// group's use now, as Azure Monitor answers for a container group (one data point, CPU in
+/// millicores, memory in bytes; per container with `$filter=containerName eq '*'`, else the
+/// group's sum).
+async fn metrics(
+    State(api): St,
+    Path((sub, rg, name)): Path<(String, String, String)>,
+    q: Query<Vec<(String, String)>>,
+) -> Result<Json<Value>> {
+    let names = param(&q, "metricnames").unwrap_or("CpuUsage,MemoryUsage");
+    let mut wanted = Vec::new();
+    for m in names.split(',').map(str::trim) {
+        match m {
+            "CpuUsage" => wanted.push((m, "Count", "CPU Usage")),
+            "MemoryUsage" => wanted.push((m, "Bytes", "Memory Usage")),
+            other => {
+                return Err(Arm(ArmError::bad(
+                    "BadRequest",
+                    "metricnames",
+                    format!("Metric '{other}' is not published for container groups; use CpuUsage and MemoryUsage."),
+                )))
+            }
+        }
+    }
+    let split =
+        param(&q, "$filter").is_some_and(|f| f.to_ascii_lowercase().contains("containername"));
+    let k = key(sub, rg, name);
+    let list = api.service.metrics(&k).await?;
+    let now = Timestamp::now().to_string();
+    let id = format!(
+        "/subscriptions/{}/resourceGroups/{}/{PROVIDER}/containerGroups/{}",
+        k.sub, k.rg, k.name
+    );
+    let value: Vec<Value> = wanted
+        .iter()
+        .map(|(metric, unit, shown)| {
+            let read = |m: &crate::service::ContainerMetrics| match *metric {
+                "CpuUsage" => m.cpu_millicores,
+                _ => m.memory_bytes as f64,
+            };
+            let point = |v: f64| json!([{"timeStamp": now, "average": v}]);
+            let series: Vec<Value> = if split {
+                list.iter()
+                    .map(|m| json!({
+                        "metadatavalues": [{"name": {"value": "containername", "localizedValue": "containername"}, "value": m.container}],
+                        "data": point(read(m)),
+                    }))
+                    .collect()
+            } else {
+                vec![json!({"metadatavalues": [], "data": point(list.iter().map(read).sum())})]
+            };
+            json!({
+                "id": format!("{id}{METRICS}/{metric}"),
+                "type": "Microsoft.Insights/metrics",
+                "name": {"value": metric, "localizedValue": shown},
+                "unit": unit,
+                "timeseries": series,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "cost": 0,
+        "interval": "PT1M",
+        "namespace": "Microsoft.ContainerInstance/containerGroups",
+        "value": value,
+    })))
 }
 
 async fn usage_one(

@@ -4,16 +4,16 @@
 //! node makes and removes groups itself, so the lifecycle calls are refused.
 //!
 //! ACI's limits show through: logs are read whole (`follow` polls them each second and
-//! sends what is new), an exec runs a command split at spaces on a terminal and reports
-//! no exit code (0), and there are no resource statistics.
+//! sends what is new), an exec runs a command line (shell-quoted; ACI itself splits at
+//! spaces) on a terminal and reports no exit code (0).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_aci_client::{Client as Aci, GroupRef};
 use berth_agent::runtime::{
-    Channel, ContainerConfig, ExecSession, LogOptions, LogStream, Observed, ObservedContainer,
-    ObservedSandbox, PodRef, PullPolicy, Runtime, RuntimeError, State,
+    Channel, ContainerConfig, ContainerStats, ExecSession, LogOptions, LogStream, Observed,
+    ObservedContainer, ObservedSandbox, PodRef, PullPolicy, Runtime, RuntimeError, State,
 };
 use futures::{FutureExt, StreamExt};
 use serde_json::Value;
@@ -42,13 +42,38 @@ fn not_here(what: &'static str) -> RuntimeError {
     }
 }
 
+/// The suffix of a container id that names its previous run.
+const PREVIOUS: &str = "/previous";
+
 fn time(v: &Value) -> Option<jiff::Timestamp> {
     v.as_str().and_then(|t| t.parse().ok())
 }
 
+/// A container state in ACI's words as the runtime's.
+fn state_of(v: &Value) -> Option<State> {
+    match v["state"].as_str()? {
+        "Running" => Some(State::Running {
+            started_at: time(&v["startTime"]).unwrap_or_default(),
+        }),
+        "Terminated" => Some(State::Exited {
+            exit_code: v["exitCode"].as_i64().unwrap_or(0),
+            started_at: time(&v["startTime"]),
+            finished_at: time(&v["finishTime"]).unwrap_or_default(),
+            oom_killed: false,
+        }),
+        _ => None,
+    }
+}
+
 impl Groups {
-    fn target(&self, id: &str) -> Option<(GroupRef, String)> {
+    /// The group and container of `id` (`<group>/<container>`, or with `/previous` the
+    /// container's run before its current one).
+    fn target(&self, id: &str) -> Option<(GroupRef, String, bool)> {
         let (group, container) = id.split_once('/')?;
+        let (container, previous) = match container.strip_suffix(PREVIOUS) {
+            Some(c) => (c, true),
+            None => (container, false),
+        };
         Some((
             GroupRef {
                 sub: self.subscription.clone(),
@@ -56,6 +81,7 @@ impl Groups {
                 name: group.to_string(),
             },
             container.to_string(),
+            previous,
         ))
     }
 }
@@ -105,28 +131,25 @@ impl Runtime for Groups {
             let p = &g.properties;
             for c in p.containers.iter().chain(&p.init_containers) {
                 let view = c.properties.instance_view.clone().unwrap_or_default();
-                let current = &view["currentState"];
-                let state = match current["state"].as_str() {
-                    Some("Running") => State::Running {
-                        started_at: time(&current["startTime"]).unwrap_or_default(),
-                    },
-                    Some("Terminated") => State::Exited {
-                        exit_code: current["exitCode"].as_i64().unwrap_or(0),
-                        started_at: time(&current["startTime"]),
-                        finished_at: time(&current["finishTime"]).unwrap_or_default(),
-                        oom_killed: false,
-                    },
-                    _ => State::Created,
-                };
-                out.containers.push(ObservedContainer {
-                    id: format!("{name}/{}", c.name),
+                let attempt = view["restartCount"].as_u64().unwrap_or(0) as u32;
+                let observed = |id: String, attempt: u32, state: State| ObservedContainer {
+                    id,
                     pod_uid: uid.clone(),
                     name: c.name.clone(),
-                    attempt: view["restartCount"].as_u64().unwrap_or(0) as u32,
+                    attempt,
                     image: c.properties.image.clone(),
                     image_id: String::new(),
                     state,
-                });
+                };
+                let id = format!("{name}/{}", c.name);
+                // The run before this one, for `kubectl logs --previous`.
+                let before = state_of(&view["previousState"]);
+                if let (true, Some(s @ State::Exited { .. })) = (attempt > 0, before) {
+                    out.containers
+                        .push(observed(format!("{id}{PREVIOUS}"), attempt - 1, s));
+                }
+                let state = state_of(&view["currentState"]).unwrap_or(State::Created);
+                out.containers.push(observed(id, attempt, state));
             }
         }
         Ok(out)
@@ -141,10 +164,10 @@ impl Runtime for Groups {
     }
 
     async fn logs(&self, id: &str, opts: &LogOptions) -> Result<LogStream, RuntimeError> {
-        let (g, container) = self.target(id).ok_or_else(|| not_here("this container"))?;
+        let (g, container, previous) = self.target(id).ok_or_else(|| not_here("this container"))?;
         let first = self
             .aci
-            .logs(&g, &container, opts.tail)
+            .logs(&g, &container, opts.tail, previous)
             .await
             .map_err(failed("read logs"))?;
         let head = futures::stream::once(async move { Ok(bytes::Bytes::from(first.clone())) });
@@ -154,7 +177,7 @@ impl Runtime for Groups {
         // Follow: read the whole log each second and send what was added.
         let aci = self.aci.clone();
         let seen = aci
-            .logs(&g, &container, None)
+            .logs(&g, &container, None, false)
             .await
             .map(|l| l.len())
             .unwrap_or(0);
@@ -162,7 +185,7 @@ impl Runtime for Groups {
             futures::stream::unfold((aci, g, container, seen), |(aci, g, c, seen)| async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    match aci.logs(&g, &c, None).await {
+                    match aci.logs(&g, &c, None, false).await {
                         Ok(all) if all.len() > seen => {
                             let new = bytes::Bytes::from(all.as_bytes()[seen..].to_vec());
                             let len = all.len();
@@ -177,6 +200,24 @@ impl Runtime for Groups {
         Ok(head.chain(more).boxed())
     }
 
+    /// A running container's use, from the group's metrics (a rate, not a total).
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        let (g, container, _) = self.target(id).ok_or_else(|| not_here("this container"))?;
+        let all = self.aci.metrics(&g).await.map_err(failed("read metrics"))?;
+        let (millicores, bytes) =
+            all.get(&container)
+                .copied()
+                .ok_or(RuntimeError::NotSupported {
+                    driver: DRIVER,
+                    what: "metrics of a container that has just started",
+                })?;
+        Ok(ContainerStats {
+            cpu_nanos: 0,
+            working_set_bytes: bytes,
+            nano_cores: Some((millicores * 1e6) as u64),
+        })
+    }
+
     async fn exec(
         &self,
         id: &str,
@@ -184,14 +225,15 @@ impl Runtime for Groups {
         _tty: bool,
         stdin: bool,
     ) -> Result<ExecSession, RuntimeError> {
-        let (g, container) = self.target(id).ok_or_else(|| not_here("this container"))?;
-        if command.iter().any(|a| a.chars().any(char::is_whitespace)) {
-            return Err(RuntimeError::Start {
-                container,
-                message: "a container group's exec splits its command at spaces, so no argument may hold one (use a script in the image)".into(),
-            });
-        }
-        let line = command.join(" ");
+        let (g, container, _) = self.target(id).ok_or_else(|| not_here("this container"))?;
+        // Berth's instances service splits the line as a shell does; ACI itself splits at
+        // spaces, where an argument that needs quoting cannot pass.
+        let line = shlex::try_join(command.iter().map(String::as_str)).map_err(|e| {
+            RuntimeError::Start {
+                container: container.clone(),
+                message: format!("the command cannot be sent to a container group: {e}"),
+            }
+        })?;
         let (out_tx, out_rx) = futures::channel::mpsc::unbounded();
         let (writer, reader) = tokio::io::duplex(16 * 1024);
         let input = berth_agent::runtime::chunks(Box::new(reader))

@@ -955,6 +955,7 @@ impl Runtime for DockerRuntime {
         Ok(super::ContainerStats {
             cpu_nanos,
             working_set_bytes: usage.saturating_sub(inactive),
+            nano_cores: None,
         })
     }
 

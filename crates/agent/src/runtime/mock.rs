@@ -253,6 +253,7 @@ impl Runtime for MockRuntime {
         Ok(super::ContainerStats {
             cpu_nanos: ran * 1_000,
             working_set_bytes: 1 << 20,
+            nano_cores: None,
         })
     }
 

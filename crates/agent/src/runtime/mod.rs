@@ -225,6 +225,58 @@ pub struct ContainerStats {
     pub cpu_nanos: u64,
     /// Memory in use that the kernel cannot drop: usage less inactive file cache.
     pub working_set_bytes: u64,
+    /// CPU use now, in nanocores, where the driver reads a rate rather than a total (a
+    /// container group's metrics); otherwise the caller divides two totals.
+    pub nano_cores: Option<u64>,
+}
+
+/// A CPU sample: when, the cumulative CPU time, and the rate it gave.
+type Sample = (jiff::Timestamp, u64, Option<u64>);
+
+/// CPU rates from cumulative CPU times, sampled per key (a container id).
+#[derive(Default)]
+pub struct CpuRates {
+    samples: std::sync::Mutex<std::collections::HashMap<String, Sample>>,
+}
+
+impl CpuRates {
+    /// Start `key` at `cpu_nanos` now, so its first rate covers the time from here.
+    pub fn seed(&self, key: &str, now: jiff::Timestamp, cpu_nanos: u64) {
+        self.samples
+            .lock()
+            .expect("samples")
+            .insert(key.to_string(), (now, cpu_nanos, None));
+    }
+
+    /// CPU use in nanocores since the previous sample of `key` (or since `since`, the first
+    /// time), remembering this one. Samples less than a second apart are too noisy to divide:
+    /// those get the rate last computed, and `None` when there is none yet (a container that
+    /// has just started would otherwise report its own start-up as load).
+    pub fn rate(
+        &self,
+        key: &str,
+        now: jiff::Timestamp,
+        cpu_nanos: u64,
+        since: jiff::Timestamp,
+    ) -> Option<u64> {
+        let mut samples = self.samples.lock().expect("samples");
+        let (t0, c0, last) = samples.get(key).copied().unwrap_or((since, 0, None));
+        let dt = (now.as_nanosecond() - t0.as_nanosecond()).max(1) as u128;
+        if dt < 1_000_000_000 {
+            if last.is_none() && !samples.contains_key(key) {
+                samples.insert(key.to_string(), (now, cpu_nanos, None));
+            }
+            return last;
+        }
+        let rate = (cpu_nanos.saturating_sub(c0) as u128 * 1_000_000_000 / dt) as u64;
+        samples.insert(key.to_string(), (now, cpu_nanos, Some(rate)));
+        Some(rate)
+    }
+
+    /// Forget the keys `keep` refuses.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.samples.lock().expect("samples").retain(|k, _| keep(k));
+    }
 }
 
 /// Which stream a piece of exec output came from.

@@ -607,6 +607,7 @@ impl Runtime for ProcessRuntime {
             return Ok(ContainerStats {
                 cpu_nanos,
                 working_set_bytes,
+                nano_cores: None,
             });
         }
         let pid = st["pid"].as_u64().unwrap_or(0);
@@ -631,6 +632,7 @@ impl Runtime for ProcessRuntime {
         Ok(ContainerStats {
             cpu_nanos: ticks * 10_000_000,
             working_set_bytes: rss_kib * 1024,
+            nano_cores: None,
         })
     }
 

@@ -503,7 +503,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let g = at(&target);
             let name = first_container(&c, &g, container_name).await?;
-            print!("{}", c.logs(&g, &name, tail).await.map_err(explain)?);
+            print!("{}", c.logs(&g, &name, tail, false).await.map_err(explain)?);
             if follow {
                 c.connect(&g, &name, None, futures::stream::pending(), stdout_bytes)
                     .await

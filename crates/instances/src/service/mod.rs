@@ -45,7 +45,7 @@ pub use metering::Prices;
 pub use operations::OpStatus;
 use operations::Operation;
 use placement::requests;
-pub use sessions::Session;
+pub use sessions::{ContainerMetrics, Session};
 
 pub struct Config {
     pub data_dir: PathBuf,
@@ -74,6 +74,8 @@ pub struct Service {
     cfg: Config,
     ops: Mutex<HashMap<String, Operation>>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// CPU samples of running containers, for their metrics.
+    rates: berth_agent::runtime::CpuRates,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +157,7 @@ impl Service {
             cfg,
             ops: Mutex::default(),
             sessions: Mutex::default(),
+            rates: Default::default(),
         });
         let rows = svc
             .db

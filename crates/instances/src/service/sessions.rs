@@ -22,9 +22,63 @@ pub struct Session {
     pub(super) expires: std::time::Instant,
 }
 
+/// One container's use now: CPU in millicores (since the previous reading, at least a
+/// second apart) and memory in bytes (its working set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerMetrics {
+    pub container: String,
+    pub cpu_millicores: f64,
+    pub memory_bytes: u64,
+}
+
 impl Service {
+    /// What each running container of a group uses now (the metrics ACI publishes as
+    /// `CpuUsage` and `MemoryUsage`); a container just started has no CPU figure yet.
+    pub async fn metrics(&self, key: &Key) -> Result<Vec<ContainerMetrics>, ArmError> {
+        let uid = self.with_group(key, |l| l.uid.clone())?;
+        let obs = self.runtime.list().await.map_err(internal)?;
+        let now = jiff::Timestamp::now();
+        let mut running: Vec<_> = obs
+            .containers
+            .iter()
+            .filter(|c| c.pod_uid == uid)
+            .filter_map(|c| match c.state {
+                berth_agent::runtime::State::Running { started_at } => Some((c, started_at)),
+                _ => None,
+            })
+            .collect();
+        running.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let stats =
+            futures::future::join_all(running.iter().map(|(c, _)| self.runtime.stats(&c.id))).await;
+        let mut out = Vec::new();
+        for ((c, started_at), st) in running.into_iter().zip(stats) {
+            let Ok(st) = st else { continue };
+            let Some(nano) = self.rates.rate(&c.id, now, st.cpu_nanos, started_at) else {
+                continue;
+            };
+            out.push(ContainerMetrics {
+                container: c.name.clone(),
+                cpu_millicores: nano as f64 / 1e6,
+                memory_bytes: st.working_set_bytes,
+            });
+        }
+        self.rates
+            .retain(|id| obs.containers.iter().any(|c| c.id == id));
+        Ok(out)
+    }
+
     /// The runtime id of a container's latest attempt.
     async fn container_id(&self, key: &Key, container: &str) -> Result<String, ArmError> {
+        self.attempt_id(key, container, false).await
+    }
+
+    /// The runtime id of a container's latest attempt, or (`previous`) the one before it.
+    async fn attempt_id(
+        &self,
+        key: &Key,
+        container: &str,
+        previous: bool,
+    ) -> Result<String, ArmError> {
         let (uid, known) = self.with_group(key, |l| {
             let known = l
                 .group
@@ -46,31 +100,41 @@ impl Service {
             ));
         }
         let obs = self.runtime.list().await.map_err(internal)?;
-        obs.containers
+        let mut attempts: Vec<_> = obs
+            .containers
             .iter()
             .filter(|c| c.pod_uid == uid && c.name == container)
-            .max_by_key(|c| c.attempt)
-            .map(|c| c.id.clone())
-            .ok_or_else(|| {
+            .collect();
+        attempts.sort_by_key(|c| std::cmp::Reverse(c.attempt));
+        if previous {
+            return attempts.get(1).map(|c| c.id.clone()).ok_or_else(|| {
                 ArmError::new(
-                    409,
-                    "ContainerNotRunning",
-                    format!(
-                        "The container '{container}' has not started yet; try again once it runs."
-                    ),
+                    404,
+                    "PreviousContainerNotFound",
+                    format!("The container '{container}' has not been restarted, so it has no previous run to show."),
                 )
-            })
+            });
+        }
+        attempts.first().map(|c| c.id.clone()).ok_or_else(|| {
+            ArmError::new(
+                409,
+                "ContainerNotRunning",
+                format!("The container '{container}' has not started yet; try again once it runs."),
+            )
+        })
     }
 
-    /// The last lines of a container's output.
+    /// The last lines of a container's output (`previous`: of its run before this one, a
+    /// Berth addition to ACI's logs call, as `kubectl logs --previous`).
     pub async fn logs(
         &self,
         key: &Key,
         container: &str,
         tail: Option<u64>,
         timestamps: bool,
+        previous: bool,
     ) -> Result<String, ArmError> {
-        let id = self.container_id(key, container).await?;
+        let id = self.attempt_id(key, container, previous).await?;
         let opts = LogOptions {
             follow: false,
             tail,
