@@ -76,6 +76,9 @@ pub struct Service {
     sessions: Mutex<HashMap<String, Session>>,
     /// CPU samples of running containers, for their metrics.
     rates: berth_agent::runtime::CpuRates,
+    /// Per group (uid), held while a pass syncs it, outside the tick lock: a teardown waits
+    /// for it, so no container starts behind a stop.
+    syncing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +161,7 @@ impl Service {
             ops: Mutex::default(),
             sessions: Mutex::default(),
             rates: Default::default(),
+            syncing: Mutex::default(),
         });
         let rows = svc
             .db

@@ -75,13 +75,34 @@ impl Service {
                 })
                 .unzip()
         };
-        let syncs = pods.iter().map(|p| self.sync.sync(p, &obs));
+        // Each group's sync runs under its own guard, taken here under the tick lock; the
+        // lock itself is let go before any container starts, so deployments and stops of
+        // other groups go on while this pass waits for the engine.
+        let guarded: Vec<(&Pod, tokio::sync::OwnedMutexGuard<()>)> = {
+            let mut syncing = self.syncing.lock().expect("syncing");
+            syncing.retain(|uid, _| live.contains(uid));
+            pods.iter()
+                .zip(&live)
+                .filter_map(|(p, uid)| {
+                    let guard = syncing.entry(uid.clone()).or_default().clone();
+                    guard.try_lock_owned().ok().map(|g| (p, g))
+                })
+                .collect()
+        };
+        drop(_pass);
+        let syncs = guarded.into_iter().map(|(p, guard)| async {
+            let res = self.sync.sync(p, &obs).await;
+            drop(guard);
+            res
+        });
         live.extend(draining);
         for res in futures::future::join_all(syncs).await {
             if let Err(e) = res {
                 tracing::warn!(error = %berth_core::error::Chain(&e), "syncing a container group failed");
             }
         }
+        // What was running at the listing and belongs to no group now (containers of groups
+        // made since were not listed).
         self.sync.remove_orphans(&live, &obs).await;
     }
 
@@ -106,6 +127,11 @@ impl Service {
     /// Stop and remove every container and the sandbox of one group's pod, claimed by
     /// [`Self::begin_drain`]; run without the tick lock, and releases the claim.
     pub(super) async fn teardown(&self, uid: &str, grace: Duration) -> Result<(), RuntimeError> {
+        // A pass that took the group before the claim may still be starting its containers.
+        let in_flight = self.syncing.lock().expect("syncing").get(uid).cloned();
+        if let Some(sync) = in_flight {
+            let _done = sync.lock().await;
+        }
         let res = self.stop_pod(uid, grace).await;
         self.end_drain(uid);
         res
