@@ -49,6 +49,31 @@ fn time(v: &Value) -> Option<jiff::Timestamp> {
     v.as_str().and_then(|t| t.parse().ok())
 }
 
+/// Undo a terminal's output translation (each `\n` sent as `\r\n`), across chunks.
+#[derive(Default)]
+struct LineEnds {
+    /// The last chunk ended in `\r`, held back until the next shows what follows it.
+    held: bool,
+}
+
+impl LineEnds {
+    fn undo(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len() + 1);
+        let mut input = bytes.iter().copied().peekable();
+        if std::mem::take(&mut self.held) && input.peek() != Some(&b'\n') {
+            out.push(b'\r');
+        }
+        while let Some(b) = input.next() {
+            match (b, input.peek()) {
+                (b'\r', Some(b'\n')) => {}
+                (b'\r', None) => self.held = true,
+                _ => out.push(b),
+            }
+        }
+        out
+    }
+}
+
 /// A container state in ACI's words as the runtime's.
 fn state_of(v: &Value) -> Option<State> {
     match v["state"].as_str()? {
@@ -222,7 +247,7 @@ impl Runtime for Groups {
         &self,
         id: &str,
         command: &[String],
-        _tty: bool,
+        tty: bool,
         stdin: bool,
     ) -> Result<ExecSession, RuntimeError> {
         let (g, container, _) = self.target(id).ok_or_else(|| not_here("this container"))?;
@@ -241,10 +266,16 @@ impl Runtime for Groups {
             .filter_map(|r| futures::future::ready(r.ok().map(|b| b.to_vec())))
             .boxed();
         let aci = self.aci.clone();
+        // A group's exec is always a terminal: where the caller asked for none, its line
+        // ends go back to what the program wrote.
+        let mut lines = (!tty).then(LineEnds::default);
         let session = tokio::spawn(async move {
             aci.connect(&g, &container, Some(&line), input, |bytes| {
-                let _ = out_tx
-                    .unbounded_send(Ok((Channel::Stdout, bytes::Bytes::copy_from_slice(bytes))));
+                let out = match &mut lines {
+                    Some(l) => l.undo(bytes),
+                    None => bytes.to_vec(),
+                };
+                let _ = out_tx.unbounded_send(Ok((Channel::Stdout, bytes::Bytes::from(out))));
             })
             .await
         });
@@ -262,5 +293,19 @@ impl Runtime for Groups {
             }
             .boxed(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LineEnds;
+
+    #[test]
+    fn a_terminals_line_ends_are_undone_across_chunks() {
+        let mut l = LineEnds::default();
+        let mut out = l.undo(b"one\r\ntwo\r");
+        out.extend(l.undo(b"\nthree\r"));
+        out.extend(l.undo(b"x\r\n"));
+        assert_eq!(out, b"one\ntwo\nthree\rx\n");
     }
 }
