@@ -37,6 +37,8 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let bin = berth_bin()?;
     let dir = tempfile::tempdir()?;
     let node = format!("bench-vk-{}", std::process::id());
+    // Dropped after the control plane (declared before it).
+    let mut leftovers = Leftovers(vec![node.clone()]);
     let (_cp, _url) = control_plane(
         &bin,
         dir.path(),
@@ -74,6 +76,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         .context("the instances service's node name")?
         .trim()
         .to_string();
+    leftovers.0.push(service.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let deployment = |replicas: usize| {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "burst"},
@@ -199,6 +202,25 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     );
     let _ = deployments.delete("burst", &Default::default()).await;
     Ok(())
+}
+
+/// The bridges and nftables tables the node and the instances service made, removed when
+/// the bench ends (a stopped agent leaves its network to its pods).
+struct Leftovers(Vec<String>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let bridge = berth_agent::net::podnet::bridge_name(n);
+            let table = berth_agent::net::nft::table_for(n);
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "ip link del {bridge} 2>/dev/null; nft delete table ip {table} 2>/dev/null"
+                ))
+                .status();
+        }
+    }
 }
 
 /// `docker run -d` started `at_once` at a time.

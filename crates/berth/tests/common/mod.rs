@@ -249,6 +249,11 @@ impl Drop for Berth {
             }
         } else if let (Some("process"), Some(node)) = (flag("--runtime"), flag("--node-name")) {
             remove_node_network(node);
+            // The instances service's bridge for the virtual node's pods.
+            let service = std::fs::read_to_string(self.dir.path().join("instances/node-name"));
+            if let Ok(service) = service {
+                remove_node_network(service.trim());
+            }
             unmount_under(self.dir.path());
         }
         // The agent let its cluster CIDR through Docker's firewall.
