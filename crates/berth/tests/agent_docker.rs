@@ -805,6 +805,10 @@ fn ctrl_c_stops_berth_up_in_order_and_leaves_no_warm_sandboxes() {
     std::thread::spawn(move || for _ in lines {});
     // The instances service keeps the pool (a pod's sandbox is made for it, with its name).
     let service = std::fs::read_to_string(dir.path().join("instances/node-name")).unwrap();
+    // Its containers and its bridge for the virtual node's pods go when the test ends.
+    let _service = Node {
+        name: service.trim().to_string(),
+    };
     let warm = || {
         node_containers(service.trim())
             .into_iter()
