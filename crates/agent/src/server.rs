@@ -268,7 +268,7 @@ async fn container_logs(
         Ok(a) => a,
         Err(refused) => return refused,
     };
-    let previous = q.get("previous").is_some_and(|v| v == "true");
+    let previous = q.get("previous").is_some_and(|v| flag_value(v));
     let Some(target) = attempts.get(usize::from(previous)) else {
         let what = if previous {
             "previous terminated container"
@@ -290,10 +290,10 @@ async fn container_logs(
                 .map(|t| t.as_second())
         });
     let opts = LogOptions {
-        follow: q.get("follow").is_some_and(|v| v == "true") && !previous,
+        follow: q.get("follow").is_some_and(|v| flag_value(v)) && !previous,
         tail: q.get("tailLines").and_then(|n| n.parse().ok()),
         since,
-        timestamps: q.get("timestamps").is_some_and(|v| v == "true"),
+        timestamps: q.get("timestamps").is_some_and(|v| flag_value(v)),
     };
     match state.runtime.logs(&target.id, &opts).await {
         Ok(stream) => {
@@ -304,9 +304,10 @@ async fn container_logs(
     }
 }
 
+use berth_core::query::flag as flag_value;
+
 fn flag(q: &[(String, String)], name: &str) -> bool {
-    q.iter()
-        .any(|(k, v)| k == name && (v == "true" || v == "1"))
+    q.iter().any(|(k, v)| k == name && flag_value(v))
 }
 
 async fn exec(

@@ -461,7 +461,7 @@ async fn resource(
         Ok(opts)
     };
     let sub = target.sub.as_deref();
-    let is_watch = target.watch || q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let is_watch = target.watch || q.get("watch").is_some_and(|w| berth_core::query::flag(w));
     let action = match (&method, target.name.is_some(), sub) {
         (&Method::GET, false, None) if is_watch => Action::Watch,
         (&Method::GET, false, None) => Action::List,

@@ -209,9 +209,71 @@ fn anyhow_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// `v`'s members in `order` (the rest after, as they come), each rendered by `member`.
+fn ordered(v: &Value, order: &[&str], member: impl Fn(&str, &Value) -> String) -> String {
+    let Some(m) = v.as_object() else {
+        return v.to_string();
+    };
+    let keys = order
+        .iter()
+        .copied()
+        .filter(|k| m.contains_key(*k))
+        .chain(m.keys().map(String::as_str).filter(|k| !order.contains(k)));
+    let parts: Vec<String> = keys
+        .map(|k| format!("{}:{}", Value::from(k), member(k, &m[k])))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// A `Status` as Kubernetes writes it: its fields in the Go type's order and a closing
+/// newline (clients that compare error bodies as text expect both).
+pub fn status_text(status: &Value) -> String {
+    let cause =
+        |_: &str, c: &Value| ordered(c, &["reason", "message", "field"], |_, v| v.to_string());
+    let detail = |k: &str, v: &Value| match (k, v.as_array()) {
+        ("causes", Some(causes)) => {
+            format!(
+                "[{}]",
+                causes
+                    .iter()
+                    .map(|c| cause("", c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        }
+        _ => v.to_string(),
+    };
+    let top = |k: &str, v: &Value| match k {
+        "details" => ordered(
+            v,
+            &[
+                "name",
+                "group",
+                "kind",
+                "uid",
+                "causes",
+                "retryAfterSeconds",
+            ],
+            detail,
+        ),
+        _ => v.to_string(),
+    };
+    let order = [
+        "kind",
+        "apiVersion",
+        "metadata",
+        "status",
+        "message",
+        "reason",
+        "details",
+        "code",
+    ];
+    format!("{}\n", ordered(status, &order, top))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
+        let body = status_text(&self.to_status()).into_bytes();
         (
             self.code,
             [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -228,4 +290,29 @@ pub fn success(code: u16, details: Option<Value>) -> Value {
         s["details"] = d;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_written_in_kubernetes_field_order() {
+        let status = json!({
+            "code": 409, "reason": "AlreadyExists", "status": "Failure", "metadata": {},
+            "apiVersion": "v1", "kind": "Status", "message": "deployments.apps \"x\" already exists",
+            "details": {"kind": "deployments", "group": "apps", "name": "x",
+                        "causes": [{"field": "spec", "message": "m", "reason": "FieldValueInvalid"}]},
+        });
+        assert_eq!(
+            status_text(&status),
+            concat!(
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","#,
+                r#""message":"deployments.apps \"x\" already exists","reason":"AlreadyExists","#,
+                r#""details":{"name":"x","group":"apps","kind":"deployments","causes":"#,
+                r#"[{"reason":"FieldValueInvalid","message":"m","field":"spec"}]},"code":409}"#,
+                "\n"
+            )
+        );
+    }
 }

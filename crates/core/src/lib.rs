@@ -13,6 +13,7 @@ pub mod kinds;
 pub mod net;
 pub mod patch;
 pub mod quantity;
+pub mod query;
 pub mod resources;
 pub mod selector;
 pub mod table;

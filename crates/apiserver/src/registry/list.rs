@@ -31,7 +31,7 @@ pub struct ListParams {
 }
 
 fn parse_bool(q: &HashMap<String, String>, k: &str) -> bool {
-    q.get(k).is_some_and(|v| v == "true" || v == "1")
+    q.get(k).is_some_and(|v| berth_core::query::flag(v))
 }
 
 impl ListParams {

@@ -10,6 +10,11 @@ use crate::table::{col, wide, Column, AGE, NAME};
 use crate::validation::{self, FieldError};
 
 pub(super) fn default_service(obj: &mut Value) {
+    // Kubernetes answers every Service with a status (clients read it as present).
+    if let Some(o) = obj.as_object_mut() {
+        o.entry("status")
+            .or_insert_with(|| json!({"loadBalancer": {}}));
+    }
     let Some(spec) = obj.get_mut("spec") else {
         return;
     };
