@@ -370,8 +370,11 @@ async fn pump(
     let input_task = tokio::spawn(async move {
         let mut input = input;
         while let Some(Ok(msg)) = rx.next().await {
+            // The channel byte leads either kind of frame: the Python client sends text
+            // (its stdin as a string after `chr(0)`).
             let data = match msg {
                 Message::Binary(b) => b,
+                Message::Text(t) => bytes::Bytes::copy_from_slice(t.as_str().as_bytes()),
                 Message::Close(_) => break,
                 _ => continue,
             };
