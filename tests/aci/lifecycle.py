@@ -98,6 +98,16 @@ def main():
         time.sleep(0.5)
     step("logs", "sidecar fetched from web over localhost")
 
+    # The provider's own operations: what it offers, the images its hosts hold, and what a
+    # group must reach outside (nothing, on a host without a registry).
+    ops = [o.name for o in client.operations.list()]
+    assert "Microsoft.ContainerInstance/containerGroups/write" in ops, ops
+    cached = [c.image for c in client.location.list_cached_images("eastus")]
+    assert image in cached, cached
+    outbound = client.container_groups.get_outbound_network_dependencies_endpoints(rg, name)
+    assert list(outbound) == [], outbound
+    step("provider", f"{len(ops)} operations, {len(cached)} cached images")
+
     client.container_groups.begin_restart(rg, name).result()
     deadline = time.time() + 20
     while True:

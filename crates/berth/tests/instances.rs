@@ -196,6 +196,7 @@ fn the_azure_sdk_drives_a_group_through_its_life() {
         "public-port",
         "list",
         "logs",
+        "provider",
         "restart Running",
         "stop Stopped",
         "start Running",

@@ -79,6 +79,12 @@ pub fn router(api: Arc<Api>) -> Router {
             &format!("{groups}/{{name}}/containers/{{c}}/{{verb}}"),
             get(logs).post(connect),
         )
+        .route(&format!("/{PROVIDER}/operations"), get(operations))
+        // (the SDK spells this path's `resourcegroups` in lower case; ARM takes either)
+        .route(
+            "/subscriptions/{sub}/{rgs}/{rg}/providers/Microsoft.Network/virtualNetworks/{vnet}/subnets/{subnet}/providers/Microsoft.ContainerInstance/serviceAssociationLinks/{link}",
+            axum::routing::any(no_subnets),
+        )
         .route("/berth/instances/ws/{token}", get(websocket))
         .fallback(|| async {
             Arm(ArmError::new(
@@ -399,6 +405,44 @@ async fn operation(
     Ok(Json(out))
 }
 
+/// `GET /providers/Microsoft.ContainerInstance/operations`: what the provider offers, as
+/// ARM lists a provider's operations.
+async fn operations() -> Json<Value> {
+    let op = |name: &str, resource: &str, operation: &str, description: &str| {
+        json!({
+            "name": format!("Microsoft.ContainerInstance/{name}"),
+            "display": {"provider": "Microsoft Container Instance", "resource": resource,
+                        "operation": operation, "description": description},
+            "origin": "User",
+        })
+    };
+    Json(json!({"value": [
+        op("containerGroups/read", "Container Group", "Get Container Group", "Get all container groups."),
+        op("containerGroups/write", "Container Group", "Create or Update Container Group", "Create or update a container group."),
+        op("containerGroups/delete", "Container Group", "Delete Container Group", "Delete a container group."),
+        op("containerGroups/restart/action", "Container Group", "Restart Container Group", "Restart every container of a group."),
+        op("containerGroups/stop/action", "Container Group", "Stop Container Group", "Stop every container of a group."),
+        op("containerGroups/start/action", "Container Group", "Start Container Group", "Start a stopped container group."),
+        op("containerGroups/containers/logs/read", "Container", "Get Container Logs", "Get the logs of a container."),
+        op("containerGroups/containers/exec/action", "Container", "Exec Into Container", "Run a command in a container."),
+        op("containerGroups/containers/attach/action", "Container", "Attach To Container", "Follow a container's output."),
+        op("containerGroups/outboundNetworkDependenciesEndpoints/read", "Container Group", "List Outbound Network Dependencies", "List what a group must reach outside."),
+        op("locations/usages/read", "Usage", "Get Usage", "Get the quota and use of a location."),
+        op("locations/capabilities/read", "Capabilities", "Get Capabilities", "Get what a location offers."),
+        op("locations/cachedImages/read", "Cached Images", "Get Cached Images", "Get the images the hosts hold."),
+        op("locations/operations/read", "Operation", "Get Operation", "Get the state of a long-running operation."),
+    ]}))
+}
+
+/// Subnet service association links: there are no virtual networks to delegate here.
+async fn no_subnets() -> Arm {
+    Arm(ArmError::bad(
+        "VirtualNetworkNotSupported",
+        "subnet",
+        "This service has no virtual networks or subnets to link; a host's groups join a Berth cluster's pod network with `berth instances --pod-network` instead.".to_string(),
+    ))
+}
+
 async fn location(
     State(api): St,
     Path((sub, loc, what)): Path<(String, String, String)>,
@@ -420,10 +464,21 @@ async fn location(
             "ipAddressType": "Public", "gpu": "None",
             "capabilities": {"maxMemoryInGB": aci::MAX_MEMORY_GB, "maxCpu": aci::MAX_CPU, "maxGpuCount": 0},
         }]}))),
+        // The images the hosts hold: a group of only these starts without a pull.
+        "cachedImages" => {
+            let images = api.service.runtime().images().await.unwrap_or_default();
+            let value: Vec<Value> = images
+                .into_iter()
+                .map(|image| json!({"osType": "Linux", "image": image}))
+                .collect();
+            Ok(Json(json!({ "value": value })))
+        }
         other => Err(Arm(ArmError::new(
             404,
             "NotFound",
-            format!("'{other}' is not served for locations; use usages or capabilities."),
+            format!(
+                "'{other}' is not served for locations; use usages, capabilities or cachedImages."
+            ),
         ))),
     }
 }
@@ -774,11 +829,17 @@ async fn usage_one(
     Path((sub, rg, name, what)): Path<(String, String, String, String)>,
     q: Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>> {
+    if what == "outboundNetworkDependenciesEndpoints" {
+        // A group here needs nothing outside its host to run (no registry, no storage
+        // account): the list is empty, for a group that exists.
+        api.service.get(&key(sub, rg, name))?;
+        return Ok(Json(json!([])));
+    }
     if what != "meteredUsage" {
         return Err(Arm(ArmError::new(
             405,
             "MethodNotAllowed",
-            format!("GET is not served for '{what}'; restart, stop and start are POST."),
+            format!("GET is not served for '{what}'; restart, stop and start are POST, meteredUsage and outboundNetworkDependenciesEndpoints are GET."),
         )));
     }
     let (from, to) = window(&q)?;

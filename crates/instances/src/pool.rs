@@ -348,6 +348,15 @@ impl Runtime for Pool {
         futures::future::join_all(self.hosts.iter().map(|h| h.runtime.release())).await;
     }
 
+    /// The images any host holds (hosts that cannot say are left out).
+    async fn images(&self) -> Result<Vec<String>, RuntimeError> {
+        let all = futures::future::join_all(self.hosts.iter().map(|h| h.runtime.images())).await;
+        let mut names: Vec<String> = all.into_iter().flatten().flatten().collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     /// The groups of the hosts that can (an engine on this machine) join `net`; the others
     /// keep their engine's network. An error only when no host could.
     async fn use_pod_network(

@@ -1128,6 +1128,21 @@ impl Runtime for DockerRuntime {
         Ok(())
     }
 
+    async fn images(&self) -> Result<Vec<String>, RuntimeError> {
+        let list = self
+            .docker
+            .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+            .await
+            .map_err(err("list images"))?;
+        let mut names: Vec<String> = list
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter(|t| t != "<none>:<none>")
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     async fn use_pod_network(
         &self,
         net: std::sync::Arc<crate::net::podnet::PodNet>,

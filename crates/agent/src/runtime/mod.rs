@@ -353,6 +353,15 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
+    /// The images this runtime holds, by name and tag (a capability: drivers without images
+    /// say `NotSupported`).
+    async fn images(&self) -> Result<Vec<String>, RuntimeError> {
+        Err(RuntimeError::NotSupported {
+            driver: self.name(),
+            what: "listing images",
+        })
+    }
+
     /// A running container's CPU and memory use.
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
         let _ = id;
