@@ -244,18 +244,22 @@ pub fn status_text(status: &Value) -> String {
         _ => v.to_string(),
     };
     let top = |k: &str, v: &Value| match k {
-        "details" => ordered(
-            v,
-            &[
+        "details" => {
+            // Go leaves out its empty strings (`omitempty`): a core resource has no group.
+            let mut v = v.clone();
+            if let Some(m) = v.as_object_mut() {
+                m.retain(|_, x| x.as_str() != Some(""));
+            }
+            let order = [
                 "name",
                 "group",
                 "kind",
                 "uid",
                 "causes",
                 "retryAfterSeconds",
-            ],
-            detail,
-        ),
+            ];
+            ordered(&v, &order, detail)
+        }
         _ => v.to_string(),
     };
     let order = [
@@ -301,7 +305,7 @@ mod tests {
         let status = json!({
             "code": 409, "reason": "AlreadyExists", "status": "Failure", "metadata": {},
             "apiVersion": "v1", "kind": "Status", "message": "deployments.apps \"x\" already exists",
-            "details": {"kind": "deployments", "group": "apps", "name": "x",
+            "details": {"kind": "deployments", "group": "apps", "name": "x", "uid": "",
                         "causes": [{"field": "spec", "message": "m", "reason": "FieldValueInvalid"}]},
         });
         assert_eq!(
