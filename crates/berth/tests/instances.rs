@@ -152,6 +152,7 @@ fn free_port() -> u16 {
 /// The Python with `azure-mgmt-containerinstance` that `scripts/test.sh` prepares.
 fn sdk_python() -> PathBuf {
     let python = std::env::var_os("BERTH_ACI_PYTHON")
+        .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/aci-venv/bin/python")
