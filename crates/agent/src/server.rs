@@ -6,8 +6,10 @@
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&sinceSeconds&sinceTime&timestamps&previous`
 //! `GET /stats/summary` (the kubelet's Summary API shape: node and container CPU and memory)
 //! `GET /exec/{namespace}/{pod}/{container}?command=..&stdin&tty` (WebSocket,
-//! `v5.channel.k8s.io` or `v4.channel.k8s.io`: each binary message starts with its channel:
-//! 0 stdin, 1 stdout, 2 stderr, 3 the final status, 4 terminal size; v5 adds 255 to close one)
+//! `v5.channel.k8s.io`, `v4.channel.k8s.io` or `channel.k8s.io`: each binary message starts
+//! with its channel: 0 stdin, 1 stdout, 2 stderr, 3 errors (v4, v5: the final Status), 4
+//! terminal size; v5 adds 255 to close one. `base64.channel.k8s.io`: text messages, the
+//! channel as a digit and the data in base64)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -346,14 +348,89 @@ async fn exec(
         Ok(s) => s,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, Chain(&e).to_string()),
     };
-    ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
-        .on_upgrade(move |socket| pump(socket, session, command))
+    ws.protocols(Framing::PROTOCOLS).on_upgrade(move |socket| {
+        let framing = Framing::of(socket.protocol().and_then(|p| p.to_str().ok()));
+        pump(socket, framing, session, command)
+    })
+}
+
+/// How channel messages travel, by the subprotocol agreed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// Binary messages led by the channel byte; the error channel carries a Status (v4, v5).
+    Status,
+    /// Binary messages; the error channel carries the error's text (`channel.k8s.io`).
+    Plain,
+    /// Text messages: the channel as an ASCII digit, the data in base64.
+    Base64,
+}
+
+impl Framing {
+    const PROTOCOLS: [&'static str; 4] = [
+        "v5.channel.k8s.io",
+        "v4.channel.k8s.io",
+        "channel.k8s.io",
+        "base64.channel.k8s.io",
+    ];
+
+    fn of(protocol: Option<&str>) -> Framing {
+        match protocol {
+            Some("channel.k8s.io") => Framing::Plain,
+            Some("base64.channel.k8s.io") => Framing::Base64,
+            _ => Framing::Status,
+        }
+    }
+
+    fn encode(self, channel: u8, data: &[u8]) -> axum::extract::ws::Message {
+        use axum::extract::ws::Message;
+        use base64::Engine as _;
+        match self {
+            Framing::Base64 => {
+                let text = format!(
+                    "{channel}{}",
+                    base64::engine::general_purpose::STANDARD.encode(data)
+                );
+                Message::Text(text.into())
+            }
+            _ => {
+                let mut frame = Vec::with_capacity(data.len() + 1);
+                frame.push(channel);
+                frame.extend_from_slice(data);
+                Message::Binary(frame.into())
+            }
+        }
+    }
+
+    /// A message from the client as (channel, data); `None` for what carries none.
+    fn decode(self, msg: axum::extract::ws::Message) -> Option<(u8, Vec<u8>)> {
+        use axum::extract::ws::Message;
+        use base64::Engine as _;
+        // The channel byte leads either kind of frame on the binary protocols: the Python
+        // client sends text (its stdin as a string after `chr(0)`).
+        let raw: Vec<u8> = match msg {
+            Message::Binary(b) => b.to_vec(),
+            Message::Text(t) => t.as_str().as_bytes().to_vec(),
+            _ => return None,
+        };
+        let (&first, rest) = raw.split_first()?;
+        match self {
+            Framing::Base64 => {
+                let channel = first.checked_sub(b'0').filter(|c| *c <= 9)?;
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(rest)
+                    .ok()?;
+                Some((channel, data))
+            }
+            _ => Some((first, rest.to_vec())),
+        }
+    }
 }
 
 /// Carry an exec session over a channel-multiplexed WebSocket until the command ends, then
 /// send its status on channel 3.
 async fn pump(
     socket: axum::extract::ws::WebSocket,
+    framing: Framing,
     session: crate::runtime::ExecSession,
     command: Vec<String>,
 ) {
@@ -370,31 +447,28 @@ async fn pump(
     let input_task = tokio::spawn(async move {
         let mut input = input;
         while let Some(Ok(msg)) = rx.next().await {
-            // The channel byte leads either kind of frame: the Python client sends text
-            // (its stdin as a string after `chr(0)`).
-            let data = match msg {
-                Message::Binary(b) => b,
-                Message::Text(t) => bytes::Bytes::copy_from_slice(t.as_str().as_bytes()),
-                Message::Close(_) => break,
-                _ => continue,
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+            let Some((channel, data)) = framing.decode(msg) else {
+                continue;
             };
-            match data.first() {
-                Some(0) => {
+            match channel {
+                0 => {
                     if let Some(w) = input.as_mut() {
-                        if w.write_all(&data[1..]).await.is_err() {
+                        if w.write_all(&data).await.is_err() {
                             input = None;
                         }
                     }
                 }
-                Some(4) => {
-                    let size: serde_json::Value =
-                        serde_json::from_slice(&data[1..]).unwrap_or_default();
+                4 => {
+                    let size: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
                     let w = size["Width"].as_u64().unwrap_or(80) as u16;
                     let h = size["Height"].as_u64().unwrap_or(24) as u16;
                     resize(w, h).await;
                 }
                 // v5: the client closed a stream; stdin is the only one it writes.
-                Some(255) if data.get(1) == Some(&0) => {
+                255 if data.first() == Some(&0) => {
                     if let Some(mut w) = input.take() {
                         let _ = w.shutdown().await;
                     }
@@ -407,13 +481,11 @@ async fn pump(
         let Ok((channel, bytes)) = chunk else {
             break;
         };
-        let mut frame = Vec::with_capacity(bytes.len() + 1);
-        frame.push(match channel {
+        let channel = match channel {
             crate::runtime::Channel::Stdout => 1,
             crate::runtime::Channel::Stderr => 2,
-        });
-        frame.extend_from_slice(&bytes);
-        if tx.send(Message::Binary(frame.into())).await.is_err() {
+        };
+        if tx.send(framing.encode(channel, &bytes)).await.is_err() {
             break;
         }
     }
@@ -429,9 +501,14 @@ async fn pump(
             "message": Chain(&e).to_string(),
         }),
     };
-    let mut frame = vec![3u8];
-    frame.extend_from_slice(status.to_string().as_bytes());
-    let _ = tx.send(Message::Binary(frame.into())).await;
+    // The older protocols carry only an error's text, and nothing on success.
+    let error = match framing {
+        Framing::Status => Some(status.to_string()),
+        _ => status["message"].as_str().map(String::from),
+    };
+    if let Some(error) = error {
+        let _ = tx.send(framing.encode(3, error.as_bytes())).await;
+    }
     let _ = tx
         .send(Message::Close(Some(axum::extract::ws::CloseFrame {
             code: axum::extract::ws::close_code::NORMAL,
@@ -439,4 +516,29 @@ async fn pump(
         })))
         .await;
     input_task.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Framing;
+    use axum::extract::ws::Message;
+
+    #[test]
+    fn each_protocol_frames_channels_its_own_way() {
+        let bin = Framing::of(Some("v4.channel.k8s.io")).encode(1, b"hi");
+        assert_eq!(bin, Message::Binary(vec![1, b'h', b'i'].into()));
+        assert_eq!(Framing::of(Some("channel.k8s.io")), Framing::Plain);
+        let b64 = Framing::of(Some("base64.channel.k8s.io"));
+        assert_eq!(b64.encode(2, b"hi"), Message::Text("2aGk=".into()));
+        assert_eq!(
+            b64.decode(Message::Text("0ZWNobyBoaQo=".into())),
+            Some((0, b"echo hi\n".to_vec()))
+        );
+        assert_eq!(b64.decode(Message::Text("xaGk=".into())), None);
+        // The Python client writes stdin as text after chr(0).
+        assert_eq!(
+            Framing::Status.decode(Message::Text("\u{0}ls\n".into())),
+            Some((0, b"ls\n".to_vec()))
+        );
+    }
 }

@@ -52,7 +52,12 @@ fn url_host(address: &str) -> String {
 }
 
 /// The WebSocket subprotocols Berth speaks for exec and attach, best first.
-const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+const EXEC_PROTOCOLS: &[&str] = &[
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "channel.k8s.io",
+    "base64.channel.k8s.io",
+];
 
 /// The query parameters `kubectl logs` sends that the agent understands.
 const LOG_PARAMS: &[&str] = &[
@@ -273,8 +278,9 @@ impl NodeProxy {
             .await
             .map_err(|_| {
                 ApiError::bad_request(
-                    "exec and attach need a WebSocket upgrade (v5.channel.k8s.io or \
-                     v4.channel.k8s.io); SPDY is not supported",
+                    "exec and attach need a WebSocket upgrade (v5.channel.k8s.io, \
+                     v4.channel.k8s.io, channel.k8s.io or base64.channel.k8s.io); SPDY is not \
+                     supported",
                 )
             })?;
         let protocol = EXEC_PROTOCOLS
