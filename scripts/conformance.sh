@@ -64,6 +64,8 @@ berth=$repo/target/debug/berth
 up=$!
 cleanup() {
   kill -INT "$up" 2>/dev/null || true
+  for _ in $(seq 1 30); do kill -0 "$up" 2>/dev/null || break; sleep 1; done
+  kill -9 "$up" 2>/dev/null || true
   wait "$up" 2>/dev/null || true
   local inst
   inst=$(cat "$data/instances/node-name" 2>/dev/null || true)
@@ -80,6 +82,7 @@ cleanup() {
 trap cleanup EXIT
 for _ in $(seq 1 60); do
   [ -f "$data/kubeconfig" ] && [ -f "$data/instances.json" ] && break
+  kill -0 "$up" 2>/dev/null || break
   sleep 1
 done
 [ -f "$data/kubeconfig" ] || { cat "$data/up.log" >&2; echo "berth up did not start" >&2; exit 1; }
@@ -88,7 +91,7 @@ failed=0
 k8s_log="$repo/target/conformance-k8s.log"
 CONFORMANCE_VENV="$venv" K8S_E2E_TIMEOUT="${K8S_E2E_TIMEOUT:-90}" \
   "$kit/run-k8s-e2e.sh" "$data/kubeconfig" >"$k8s_log" 2>&1 || true
-grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$k8s_log" | tail -1
+grep -E '^=+ .*(passed|failed)' "$k8s_log" | tail -1 || true
 passed=$(grep -c '^PASSED ' "$k8s_log" || true)
 if [ "$passed" -eq 0 ]; then
   tail -40 "$k8s_log" >&2
@@ -99,12 +102,12 @@ while read -r test; do
   ok=0
   for a in "${allowed_k8s[@]}"; do [ "${test##*::}" = "${a##*::}" ] && [[ "$test" == *"$a" ]] && ok=1; done
   if [ "$ok" -eq 0 ]; then echo "FAILED (not allowed): $test" >&2; failed=1; fi
-done < <(grep -E '^FAILED ' "$k8s_log" | sed -E 's/^FAILED ([^ ]+).*/\1/')
+done < <(grep -E '^(FAILED|ERROR) [^ ]*::' "$k8s_log" | sed -E 's/^(FAILED|ERROR) ([^ ]+).*/\2/' | sort -u)
 
 aci_log="$repo/target/conformance-aci.log"
 "$venv/bin/python" "$kit/aci-samples/run_samples.py" "$data/instances.json" \
   --image berth/pause:1 --command '["/busybox","sleep","3600"]' >"$aci_log" 2>&1 || true
-tail -1 "$aci_log"
+tail -1 "$aci_log" || true
 grep -q ' passed, ' "$aci_log" || { tail -40 "$aci_log" >&2; echo "the Azure samples did not run: see $aci_log" >&2; exit 1; }
 while read -r line; do
   name=$(echo "$line" | awk '{print $2}')

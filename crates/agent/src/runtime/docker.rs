@@ -312,26 +312,8 @@ impl DockerRuntime {
     /// adopted.
     pub async fn with_warm_pool(mut self, n: usize) -> Result<Self, RuntimeError> {
         self.warm_target = n;
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{L_NODE}={}", self.node), format!("{L_WARM}=true")],
-        )]);
-        let opts = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let found = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(err("list warm sandboxes"))?;
-        for c in found {
-            let claimed = c
-                .names
-                .iter()
-                .flatten()
-                .any(|n| n.trim_start_matches('/').starts_with(CLAIMED));
-            let (Some(id), false) = (c.id, claimed) else {
+        for c in self.spare_sandboxes().await? {
+            let Some(id) = c.id else {
                 continue;
             };
             if c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
@@ -354,6 +336,34 @@ impl DockerRuntime {
             }
         }
         Ok(self)
+    }
+
+    /// The warm sandboxes of this node in the engine, started or not, that no pod claimed.
+    async fn spare_sandboxes(
+        &self,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{L_NODE}={}", self.node), format!("{L_WARM}=true")],
+        )]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(err("list warm sandboxes"))?;
+        Ok(found
+            .into_iter()
+            .filter(|c| {
+                !c.names
+                    .iter()
+                    .flatten()
+                    .any(|n| n.trim_start_matches('/').starts_with(CLAIMED))
+            })
+            .collect())
     }
 
     /// Start a sandbox for `pod`, or (with `pod` None) a warm one for the pool.
@@ -669,6 +679,12 @@ impl Runtime for DockerRuntime {
         let spare: Vec<ObservedSandbox> = std::mem::take(&mut *self.warm.lock().expect("warm"));
         for sb in spare {
             let _ = Runtime::remove(self, &sb.id).await;
+        }
+        // And any a fill cut short (its task aborted) made but never counted.
+        for c in self.spare_sandboxes().await.unwrap_or_default() {
+            if let Some(id) = c.id {
+                let _ = Runtime::remove(self, &id).await;
+            }
         }
     }
 

@@ -132,11 +132,20 @@ impl Group {
 pub(super) struct Registry {
     pub groups: Mutex<BTreeMap<Key, Group>>,
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// Groups (by uid) whose containers are being stopped outside the tick lock, so that a
+    /// slow stop never holds up other groups: the runner neither syncs nor reaps them, and
+    /// what a sync begun before the claim still reports of them is not theirs any more
+    /// (a redeploy, stop or restart has replaced it).
+    pub draining: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Registry {
     pub fn bump(&self) {
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn is_draining(&self, uid: &str) -> bool {
+        self.draining.lock().expect("draining").contains(uid)
     }
 }
 
@@ -171,6 +180,9 @@ pub(super) struct GroupOwner {
 #[async_trait::async_trait]
 impl PodOwner for GroupOwner {
     async fn write_status(&self, pod: &PodRef, status: &Value) -> Result<(), OwnerError> {
+        if self.registry.is_draining(&pod.uid) {
+            return Ok(());
+        }
         {
             let mut groups = self.registry.groups.lock().expect("groups");
             let Some(l) = groups.values_mut().find(|l| l.uid == pod.uid) else {
@@ -189,6 +201,9 @@ impl PodOwner for GroupOwner {
     }
 
     fn event(&self, pod: &PodRef, type_: &str, reason: &str, message: String) {
+        if self.registry.is_draining(&pod.uid) {
+            return;
+        }
         let mut groups = self.registry.groups.lock().expect("groups");
         let Some(l) = groups.values_mut().find(|l| l.uid == pod.uid) else {
             return;

@@ -67,9 +67,6 @@ pub struct Service {
     sync: Arc<PodSync>,
     registry: Arc<Registry>,
     tick_lock: tokio::sync::Mutex<()>,
-    /// Groups (by uid) whose containers are being stopped outside the tick lock, so that a
-    /// slow stop never holds up other groups: the runner neither syncs nor reaps them.
-    draining: Mutex<std::collections::HashSet<String>>,
     kick: Arc<tokio::sync::Notify>,
     cfg: Config,
     ops: Mutex<HashMap<String, Operation>>,
@@ -138,6 +135,7 @@ impl Service {
         let registry = Arc::new(Registry {
             groups: Mutex::default(),
             changed,
+            draining: Mutex::default(),
         });
         let host = Arc::new(GroupOwner {
             registry: registry.clone(),
@@ -155,7 +153,6 @@ impl Service {
             sync,
             registry,
             tick_lock: tokio::sync::Mutex::new(()),
-            draining: Mutex::default(),
             kick: Arc::new(tokio::sync::Notify::new()),
             cfg,
             ops: Mutex::default(),

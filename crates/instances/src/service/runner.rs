@@ -58,7 +58,7 @@ impl Service {
                 return;
             }
         };
-        let draining = self.draining.lock().expect("draining").clone();
+        let draining = self.registry.draining.lock().expect("draining").clone();
         self.move_off_silent_hosts(&draining).await;
         let (pods, mut live): (Vec<Pod>, Vec<String>) = {
             let groups = self.registry.groups.lock().expect("groups");
@@ -110,6 +110,7 @@ impl Service {
     /// at a time per group, as ARM has it.
     pub(super) fn begin_drain(&self, uid: &str, name: &str) -> Result<(), ArmError> {
         if self
+            .registry
             .draining
             .lock()
             .expect("draining")
@@ -139,7 +140,7 @@ impl Service {
 
     /// Give back a claim taken by [`Self::begin_drain`].
     pub(super) fn end_drain(&self, uid: &str) {
-        self.draining.lock().expect("draining").remove(uid);
+        self.registry.draining.lock().expect("draining").remove(uid);
     }
 
     async fn stop_pod(&self, uid: &str, grace: Duration) -> Result<(), RuntimeError> {
