@@ -110,44 +110,98 @@ impl Drop for Hosts {
 /// `berth agent` as host `i`, inside its namespace.
 fn agent(b: &Berth, hosts: &Hosts, i: usize, name: &str, dir: &std::path::Path) -> Child {
     let token = b.node_token();
-    let flag = |f: &str| {
-        let at = b
-            .extra
-            .iter()
-            .position(|a| a == f)
-            .expect("the flag was given");
-        b.extra[at + 1].clone()
-    };
+    let flag = |f: &str| b.flag(f).expect("the flag was given").to_string();
     let address = hosts.address(i);
+    let ca = b.dir.path().join("pki/ca.pem");
+    let args = [
+        "agent",
+        "--server",
+        &b.url,
+        "--token",
+        &token,
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--name",
+        name,
+        "--address",
+        &address,
+        "--runtime",
+        "docker",
+        "--listen",
+        &format!("{address}:0"),
+        "--cluster-cidr",
+        &flag("--cluster-cidr"),
+        "--cluster-dns",
+        &flag("--cluster-dns"),
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+    in_host(
+        hosts,
+        i,
+        &args,
+        &dir.join("agent.log"),
+        "info,berth_agent=debug",
+    )
+}
+
+/// A process inside host `i`'s namespace, its output in `log`.
+fn in_host(hosts: &Hosts, i: usize, args: &[&str], log: &std::path::Path, filter: &str) -> Child {
     Command::new("ip")
         .args([
             "netns",
             "exec",
             &hosts.names[i],
             env!("CARGO_BIN_EXE_berth"),
-            "agent",
         ])
-        .args(["--server", &b.url, "--token", &token, "--ca-file"])
-        .arg(b.dir.path().join("pki/ca.pem"))
-        .args(["--name", name, "--address", &address, "--runtime", "docker"])
-        .args(["--listen", &format!("{address}:0")])
-        .args([
-            "--cluster-cidr",
-            &flag("--cluster-cidr"),
-            "--cluster-dns",
-            &flag("--cluster-dns"),
-        ])
-        .arg("--data-dir")
-        .arg(dir)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(
-            std::fs::File::create(dir.join("agent.log"))
+            std::fs::File::create(log)
                 .map(Stdio::from)
                 .unwrap_or(Stdio::null()),
         )
-        .env("RUST_LOG", "info,berth_agent=debug")
+        .env("RUST_LOG", filter)
         .spawn()
-        .expect("berth agent runs")
+        .expect("berth runs")
+}
+
+/// Processes killed however the test ends (a namespace lives while a process is in it).
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for a in &mut self.0 {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+/// The containers of these nodes, removed however the test ends.
+struct Containers(Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            common::remove_node_containers(n);
+        }
+    }
+}
+
+/// Wait until node `n` is Ready.
+async fn ready(b: &Berth, n: &str, what: &str) {
+    eventually(30, what, || async {
+        let out = b.kubectl(&[
+            "get",
+            "node",
+            n,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        (out.stdout == b"True").then_some(())
+    })
+    .await;
 }
 
 fn words(s: String) -> Vec<String> {
@@ -163,42 +217,14 @@ async fn pods_and_services_reach_across_hosts_over_the_overlay() {
     let b = Berth::up_at(&format!("{}.254:0", hosts.subnet()), &["--runtime", "none"]);
     let names = [common::unique("ha"), common::unique("hb")];
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    /// Agents are killed however the test ends (a namespace lives while a process is in it).
-    struct Agents(Vec<Child>);
-    impl Drop for Agents {
-        fn drop(&mut self) {
-            for a in &mut self.0 {
-                let _ = a.kill();
-                let _ = a.wait();
-            }
-        }
-    }
-    let mut agents = Agents(
+    let mut agents = Procs(
         (0..2)
             .map(|i| agent(&b, &hosts, i, &names[i], dirs[i].path()))
             .collect(),
     );
-    struct Containers(Vec<String>);
-    impl Drop for Containers {
-        fn drop(&mut self) {
-            for n in &self.0 {
-                common::remove_node_containers(n);
-            }
-        }
-    }
     let _containers = Containers(names.to_vec());
     for n in &names {
-        eventually(30, "both hosts Ready", || async {
-            let out = b.kubectl(&[
-                "get",
-                "node",
-                n,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ]);
-            (out.stdout == b"True").then_some(())
-        })
-        .await;
+        ready(&b, n, "both hosts Ready").await;
     }
     // Web pods on host B only: host A is cordoned while they are placed.
     b.kubectl_ok(&["cordon", &names[0]]);
@@ -358,27 +384,6 @@ fn web_ips_of(b: &Berth, pod: &str) -> String {
     b.kubectl_ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
 }
 
-/// A process inside host `i`'s namespace, its output in `log`.
-fn in_host(hosts: &Hosts, i: usize, args: &[&str], log: &std::path::Path) -> Child {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &hosts.names[i],
-            env!("CARGO_BIN_EXE_berth"),
-        ])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(log)
-                .map(Stdio::from)
-                .unwrap_or(Stdio::null()),
-        )
-        .env("RUST_LOG", "info")
-        .spawn()
-        .expect("berth runs")
-}
-
 #[tokio::test]
 async fn burst_pods_on_a_virtual_node_share_the_pod_network_both_ways() {
     let img = common::BusyboxImage::build();
@@ -391,14 +396,6 @@ async fn burst_pods_on_a_virtual_node_share_the_pod_network_both_ways() {
     let idir = tempfile::tempdir().unwrap();
     // Dropped after the processes are killed (declared before them), so nothing is
     // restarted behind the cleanup.
-    struct Containers(Vec<String>);
-    impl Drop for Containers {
-        fn drop(&mut self) {
-            for n in &self.0 {
-                common::remove_node_containers(n);
-            }
-        }
-    }
     let _containers = Containers(names.to_vec());
     struct Service(std::path::PathBuf);
     impl Drop for Service {
@@ -410,15 +407,6 @@ async fn burst_pods_on_a_virtual_node_share_the_pod_network_both_ways() {
         }
     }
     let _service = Service(idir.path().to_path_buf());
-    struct Procs(Vec<Child>);
-    impl Drop for Procs {
-        fn drop(&mut self) {
-            for a in &mut self.0 {
-                let _ = a.kill();
-                let _ = a.wait();
-            }
-        }
-    }
     let mut procs = Procs(
         (0..2)
             .map(|i| agent(&b, &hosts, i, &names[i], dirs[i].path()))
@@ -448,6 +436,7 @@ async fn burst_pods_on_a_virtual_node_share_the_pod_network_both_ways() {
             &cluster,
         ],
         &idir.path().join("instances.log"),
+        "info",
     ));
     let client_cfg: serde_json::Value = eventually(30, "the instances service to start", || {
         let read = std::fs::read(idir.path().join("instances.json"));
@@ -488,19 +477,10 @@ async fn burst_pods_on_a_virtual_node_share_the_pod_network_both_ways() {
             &flag("--cluster-dns"),
         ],
         &idir.path().join("vnode.log"),
+        "info",
     ));
     for n in names.iter().chain([&vnode]) {
-        eventually(30, "every node Ready", || async {
-            let out = b.kubectl(&[
-                "get",
-                "node",
-                n,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ]);
-            (out.stdout == b"True").then_some(())
-        })
-        .await;
+        ready(&b, n, "every node Ready").await;
     }
     assert_eq!(
         b.kubectl_ok(&["get", "node", &vnode, "-o", "jsonpath={.spec.podCIDR}"]),
