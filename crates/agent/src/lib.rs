@@ -524,16 +524,25 @@ async fn pod_network(
     ))
 }
 
-/// Bind the node's DNS server: UDP where asked, TCP on the same port.
+/// Bind the node's DNS server: UDP where asked, TCP on the same port. Asked for port 0, the
+/// kernel picks a free UDP port whose TCP twin may be taken (by any connection's local end),
+/// so a few picks are tried before giving up.
 async fn listen_dns(d: &DnsConfig) -> Result<net::Dns, AgentError> {
     let failed = |addr| move |source| AgentError::Dns { addr, source };
-    let udp = tokio::net::UdpSocket::bind(d.listen)
-        .await
-        .map_err(failed(d.listen))?;
-    let bound = udp.local_addr().map_err(failed(d.listen))?;
-    let tcp = tokio::net::TcpListener::bind(bound)
-        .await
-        .map_err(failed(bound))?;
+    let tries = if d.listen.port() == 0 { 20 } else { 1 };
+    let mut attempt = 0;
+    let (udp, tcp, bound) = loop {
+        attempt += 1;
+        let udp = tokio::net::UdpSocket::bind(d.listen)
+            .await
+            .map_err(failed(d.listen))?;
+        let bound = udp.local_addr().map_err(failed(d.listen))?;
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(tcp) => break (udp, tcp, bound),
+            Err(e) if attempt < tries => tracing::debug!(%bound, error = %e, "TCP twin taken"),
+            Err(e) => return Err(failed(bound)(e)),
+        }
+    };
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     tracing::info!(listen = %bound, domain = %d.domain, "cluster DNS");
     Ok(net::Dns {
