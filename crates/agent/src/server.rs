@@ -4,6 +4,7 @@
 //! for this node (so nobody else can read the node's logs).
 //!
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&sinceSeconds&sinceTime&timestamps&previous`
+//! `GET /portForward/{namespace}/{pod}?port=P` (WebSocket: the pod's port as binary messages)
 //! `GET /stats/summary` (the kubelet's Summary API shape: node and container CPU and memory)
 //! `GET /exec/{namespace}/{pod}/{container}?command=..&stdin&tty` (WebSocket,
 //! `v5.channel.k8s.io`, `v4.channel.k8s.io` or `channel.k8s.io`: each binary message starts
@@ -128,6 +129,10 @@ pub fn serve(
             "/exec/{namespace}/{pod}/{container}",
             axum::routing::get(exec),
         )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            axum::routing::get(port_forward),
+        )
         .route("/stats/summary", axum::routing::get(summary))
         .with_state(state);
     let listener = tokio::net::TcpListener::from_std(listener).map_err(listen)?;
@@ -221,17 +226,17 @@ async fn summary(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Re
 }
 
 /// Check the caller is the API server, and find the attempts of a container, newest first.
-async fn attempts(
+/// The uid of pod `namespace/pod` on this node, for the API server's proxy token only.
+fn pod_uid(
     state: &AgentState,
     headers: &HeaderMap,
     namespace: &str,
     pod: &str,
-    container: &str,
-) -> Result<Vec<crate::runtime::ObservedContainer>, Response> {
+) -> Result<String, (StatusCode, String)> {
     if !authorized(state, headers) {
-        return Err(refuse(StatusCode::UNAUTHORIZED, "Unauthorized".into()));
+        return Err((StatusCode::UNAUTHORIZED, "Unauthorized".into()));
     }
-    let Some(uid) = state
+    state
         .pods
         .state()
         .iter()
@@ -240,12 +245,22 @@ async fn attempts(
                 && p.metadata.name.as_deref() == Some(pod)
         })
         .and_then(|p| p.metadata.uid.clone())
-    else {
-        return Err(refuse(
-            StatusCode::NOT_FOUND,
-            format!("pod {namespace}/{pod} is not on this node"),
-        ));
-    };
+        .ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("pod {namespace}/{pod} is not on this node"),
+            )
+        })
+}
+
+async fn attempts(
+    state: &AgentState,
+    headers: &HeaderMap,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<Vec<crate::runtime::ObservedContainer>, Response> {
+    let uid = pod_uid(state, headers, namespace, pod).map_err(|(c, m)| refuse(c, m))?;
     let observed = state
         .runtime
         .list()
@@ -352,6 +367,110 @@ async fn exec(
         let framing = Framing::of(socket.protocol().and_then(|p| p.to_str().ok()));
         pump(socket, framing, session, command)
     })
+}
+
+/// `GET /portForward/{namespace}/{pod}?port=P` (WebSocket): a connection to `P` on the
+/// loopback of the pod's network namespace, its bytes carried in binary messages; an empty
+/// message says that side has no more to send (a half-close), and the session ends once
+/// both sides have said so. The connection is made before the upgrade, so a refused port
+/// is an HTTP error the API server passes on.
+async fn port_forward(
+    State(state): State<Arc<AgentState>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let uid = match pod_uid(&state, &headers, &namespace, &pod) {
+        Ok(uid) => uid,
+        Err((code, message)) => return refuse(code, message),
+    };
+    let Some(port) = q
+        .get("port")
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|p| *p > 0)
+    else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid port {:?}: a port-forward needs a port in 1-65535",
+                q.get("port")
+            ),
+        );
+    };
+    let sandbox = match state.runtime.list().await {
+        Ok(o) => o
+            .sandboxes
+            .into_iter()
+            .find(|s| s.pod_uid == uid && s.running),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, Chain(&e).to_string()),
+    };
+    let Some(sandbox) = sandbox else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("pod {namespace}/{pod} has no running sandbox to forward into"),
+        );
+    };
+    let netns = match state.runtime.net_namespace(&sandbox.id).await {
+        Ok(ns) => ns,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, Chain(&e).to_string()),
+    };
+    let conn = match crate::runtime::podns::connect_loopback(netns, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                format!("error forwarding port {port} to pod {pod}, uid {uid}: {e}"),
+            )
+        }
+    };
+    ws.on_upgrade(move |socket| splice(socket, conn))
+}
+
+/// Carry bytes between a WebSocket and a TCP connection, half-closes included (see
+/// [`port_forward`]).
+async fn splice(socket: axum::extract::ws::WebSocket, conn: tokio::net::TcpStream) {
+    use axum::extract::ws::Message;
+    use futures::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut tx, mut rx) = socket.split();
+    let (mut from_pod, mut to_pod) = conn.into_split();
+    let up = async move {
+        while let Some(Ok(msg)) = rx.next().await {
+            let data = match msg {
+                Message::Binary(b) => b,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if data.is_empty() || to_pod.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_pod.shutdown().await;
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_pod.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Message::Binary(Vec::new().into())).await;
+        Some(tx)
+    };
+    let (_, tx) = tokio::join!(up, down);
+    if let Some(mut tx) = tx {
+        let _ = tx.close().await;
+    }
 }
 
 /// How channel messages travel, by the subprotocol agreed.

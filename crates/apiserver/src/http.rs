@@ -135,6 +135,19 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
                 .pod_exec(&app.registry, &app.tokens, &ns, &name, req)
                 .await
         }
+        ["api", "v1", "namespaces", ns, "pods", name, "portforward"]
+            if matches!(*req.method(), Method::GET | Method::POST) =>
+        {
+            if identity != Identity::Admin {
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{name}\" is forbidden: only the admin may port-forward to pods"
+                )));
+            }
+            let (ns, name) = (ns.to_string(), name.to_string());
+            app.proxy
+                .pod_port_forward(&app.registry, &app.tokens, &ns, &name, req)
+                .await
+        }
         ["api", "v1", "nodes", node, "proxy", rest @ ..] if read_only => {
             if identity != Identity::Admin {
                 return Err(ApiError::forbidden(format!(

@@ -11,9 +11,11 @@ pub mod discovery;
 pub mod format;
 pub mod http;
 pub mod metrics;
+pub mod portforward;
 mod protobuf;
 pub mod proxy;
 pub mod registry;
+pub mod spdy;
 pub mod status;
 
 use std::net::SocketAddr;

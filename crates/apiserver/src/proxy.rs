@@ -24,6 +24,7 @@ use crate::status::ApiError;
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// An HTTPS client that trusts only the cluster CA.
+#[derive(Clone)]
 pub struct NodeProxy {
     client: Client<Https, Body>,
     tls: Arc<rustls::ClientConfig>,
@@ -40,6 +41,14 @@ struct Target {
 impl Target {
     fn host(&self) -> String {
         url_host(&self.address)
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            node: self.node.clone(),
+            address: self.address.clone(),
+            port: self.port,
+        }
     }
 }
 
@@ -86,8 +95,7 @@ impl NodeProxy {
         name: &str,
         query: &[(String, String)],
     ) -> Result<Target, ApiError> {
-        let pods = resources::of_kind(Kind::Pod);
-        let pod = registry.get(pods, Some(ns), name).await?;
+        let (pod, at) = Self::pod_endpoint(registry, ns, name).await?;
         let names = |path: &str| -> Vec<String> {
             pod.pointer(path)
                 .and_then(Value::as_array)
@@ -117,20 +125,40 @@ impl NodeProxy {
                 )))
             }
         };
-        let node_name = pod
+        Ok(Target {
+            container,
+            node: at.node,
+            address: at.address,
+            port: at.port,
+        })
+    }
+
+    /// A pod, and the agent of the node it is bound to.
+    async fn pod_endpoint(
+        registry: &Registry,
+        ns: &str,
+        name: &str,
+    ) -> Result<(Value, Endpoint), ApiError> {
+        let pod = registry
+            .get(resources::of_kind(Kind::Pod), Some(ns), name)
+            .await?;
+        let node = pod
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .ok_or_else(|| {
                 ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-            })?;
-        let (address, port) = Self::agent_endpoint(registry, node_name).await?;
-        Ok(Target {
-            container,
-            node: node_name.to_string(),
-            address,
-            port,
-        })
+            })?
+            .to_string();
+        let (address, port) = Self::agent_endpoint(registry, &node).await?;
+        Ok((
+            pod,
+            Endpoint {
+                node,
+                address,
+                port,
+            },
+        ))
     }
 
     /// The address and port of a node's agent, from the Node's status.
@@ -261,7 +289,6 @@ impl NodeProxy {
         req: axum::extract::Request,
     ) -> Result<Response, ApiError> {
         use axum::extract::FromRequestParts;
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let (mut parts, _) = req.into_parts();
         let axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>> =
             axum::extract::Query::try_from_uri(&parts.uri)
@@ -308,55 +335,202 @@ impl NodeProxy {
             t.container,
             params.join("&")
         );
+        let agent = self
+            .agent_socket(
+                &tokens.proxy_token(&t.node),
+                &t.endpoint(),
+                &url,
+                Some(protocol),
+            )
+            .await
+            .map_err(AgentRefusal::into_api_error)?;
+        Ok(ws
+            .protocols([*protocol])
+            .on_upgrade(move |client| pipe(client, agent)))
+    }
+}
+
+impl NodeProxy {
+    /// `pods/<name>/portforward`, in whichever protocol the client speaks (see
+    /// [`crate::portforward`]); each connection it opens goes to the pod's agent.
+    pub async fn pod_port_forward(
+        &self,
+        registry: &Registry,
+        tokens: &Tokens,
+        ns: &str,
+        name: &str,
+        req: axum::extract::Request,
+    ) -> Result<Response, ApiError> {
+        use crate::portforward as pf;
+        use axum::extract::FromRequestParts;
+        let (mut parts, _) = req.into_parts();
+        let axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>> =
+            axum::extract::Query::try_from_uri(&parts.uri)
+                .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+        let (_, at) = Self::pod_endpoint(registry, ns, name).await?;
+        let proxy = self.clone();
+        let token = tokens.proxy_token(&at.node);
+        let base = format!(
+            "wss://{}:{}/portForward/{}/{}",
+            url_host(&at.address),
+            at.port,
+            encode(ns),
+            encode(name)
+        );
+        let dial: pf::Dial = Arc::new(move |port| {
+            let (proxy, token, at) = (proxy.clone(), token.clone(), at.clone());
+            let url = format!("{base}?port={port}");
+            Box::pin(async move {
+                proxy
+                    .agent_socket(&token, &at, &url, None)
+                    .await
+                    .map_err(|e| e.message().to_string())
+            })
+        });
+        let upgrade = |name: &str| {
+            parts
+                .headers
+                .get_all(http::header::UPGRADE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(name)))
+        };
+        if upgrade("SPDY/3.1") {
+            return pf::spdy_upgrade(&mut parts, dial);
+        }
+        if !upgrade("websocket") {
+            return Err(ApiError::bad_request(
+                "port-forward needs an upgrade: Upgrade: SPDY/3.1 (X-Stream-Protocol-Version: \
+                 portforward.k8s.io) or a WebSocket (SPDY/3.1+portforward.k8s.io or \
+                 v4.channel.k8s.io)",
+            ));
+        }
+        let offered: Vec<String> = parts
+            .headers
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_string())
+            .collect();
+        let ws = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| ApiError::bad_request(format!("a bad WebSocket upgrade: {e}")))?;
+        if offered.iter().any(|p| p == pf::SPDY_TUNNEL) {
+            return Ok(ws
+                .protocols([pf::SPDY_TUNNEL])
+                .on_upgrade(move |socket| pf::spdy_tunnel(socket, dial)));
+        }
+        if !offered.is_empty() && !offered.iter().any(|p| p == pf::CHANNELS) {
+            return Err(ApiError::bad_request(format!(
+                "none of the offered WebSocket protocols {offered:?} is supported for \
+                 port-forward: use {} or {}",
+                pf::SPDY_TUNNEL,
+                pf::CHANNELS
+            )));
+        }
+        let ports = pf::ports(&query)?;
+        Ok(ws
+            .protocols([pf::CHANNELS])
+            .on_upgrade(move |socket| pf::channel_session(socket, ports, dial)))
+    }
+}
+
+/// A WebSocket to an agent, over TLS that trusts only the cluster CA.
+pub type AgentSocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Where a node's agent listens, and who it is.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub node: String,
+    pub address: String,
+    pub port: u16,
+}
+
+/// Why an agent did not take a WebSocket.
+#[derive(Debug)]
+pub enum AgentRefusal {
+    /// It answered, with this status and message.
+    Answered(http::StatusCode, String),
+    /// It could not be reached (or the handshake failed).
+    Unreachable(String),
+}
+
+impl AgentRefusal {
+    /// The agent's message, for a client's error channel.
+    pub fn message(&self) -> &str {
+        match self {
+            AgentRefusal::Answered(_, m) | AgentRefusal::Unreachable(m) => m,
+        }
+    }
+
+    fn into_api_error(self) -> ApiError {
+        match self {
+            AgentRefusal::Answered(status, body) if status.as_u16() == 404 => {
+                ApiError::new(status, "NotFound", body)
+            }
+            AgentRefusal::Answered(_, body) => ApiError::bad_request(body),
+            AgentRefusal::Unreachable(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl NodeProxy {
+    /// Open a WebSocket to `url` (`wss://` on the node's agent), presenting the proxy token
+    /// of the node and offering `protocol`.
+    pub async fn agent_socket(
+        &self,
+        token: &str,
+        at: &Endpoint,
+        url: &str,
+        protocol: Option<&str>,
+    ) -> Result<AgentSocket, AgentRefusal> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let unreachable = |e: String| {
-            ApiError::internal(format!(
+            AgentRefusal::Unreachable(format!(
                 "reaching the agent of node {} at {}:{} failed: {e}",
-                t.node, t.address, t.port
+                at.node, at.address, at.port
             ))
         };
         let mut agent_req = url
-            .as_str()
             .into_client_request()
             .map_err(|e| unreachable(e.to_string()))?;
         let h = agent_req.headers_mut();
         h.insert(
             http::header::AUTHORIZATION,
-            format!("Bearer {}", tokens.proxy_token(&t.node))
+            format!("Bearer {token}")
                 .parse()
                 .map_err(|_| unreachable("a bad token".into()))?,
         );
-        h.insert(
-            http::header::SEC_WEBSOCKET_PROTOCOL,
-            http::HeaderValue::from_static(protocol),
-        );
-        let tcp = tokio::net::TcpStream::connect((t.address.as_str(), t.port))
+        if let Some(p) = protocol {
+            h.insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                p.parse()
+                    .map_err(|_| unreachable("a bad protocol".into()))?,
+            );
+        }
+        let tcp = tokio::net::TcpStream::connect((at.address.as_str(), at.port))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let server_name = rustls::pki_types::ServerName::try_from(t.address.clone())
+        let server_name = rustls::pki_types::ServerName::try_from(at.address.clone())
             .map_err(|e| unreachable(e.to_string()))?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(server_name, tcp)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let (agent, resp) = match tokio_tungstenite::client_async(agent_req, tls).await {
-            Ok(ok) => ok,
+        match tokio_tungstenite::client_async(agent_req, tls).await {
+            Ok((socket, _)) => Ok(socket),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let body = resp
                     .body()
                     .as_ref()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
-                return Err(match resp.status().as_u16() {
-                    404 => ApiError::new(resp.status(), "NotFound", body),
-                    _ => ApiError::bad_request(body),
-                });
+                Err(AgentRefusal::Answered(resp.status(), body))
             }
-            Err(e) => return Err(unreachable(e.to_string())),
-        };
-        let _ = resp;
-        Ok(ws
-            .protocols([*protocol])
-            .on_upgrade(move |client| pipe(client, agent)))
+            Err(e) => Err(unreachable(e.to_string())),
+        }
     }
 }
 

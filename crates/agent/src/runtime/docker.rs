@@ -4,6 +4,7 @@
 //! static busybox (Debian's `busybox-static`): no registry is needed.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -486,6 +487,26 @@ impl DockerRuntime {
         })
     }
 
+    /// The init process of a running container, whose namespaces are the pod's.
+    async fn init_pid(&self, id: &str) -> Result<i64, RuntimeError> {
+        let info = self
+            .docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(err("inspect sandbox"))?;
+        match info.state.and_then(|s| s.pid) {
+            Some(pid) if pid > 0 => Ok(pid),
+            _ => Err(RuntimeError::Driver {
+                driver: DRIVER,
+                operation: "inspect sandbox",
+                source: format!("sandbox {id} is not running").into(),
+            }),
+        }
+    }
+
     /// Link a started sandbox (its init at `pid`) into the pod network.
     async fn join_pod_network(
         &self,
@@ -493,7 +514,7 @@ impl DockerRuntime {
         uid: &str,
         pid: i64,
     ) -> Result<String, RuntimeError> {
-        let netns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
         net.attach(uid, &netns)
             .await
             .map(|ip| ip.to_string())
@@ -1068,6 +1089,11 @@ impl Runtime for DockerRuntime {
             resize,
             exit,
         })
+    }
+
+    async fn net_namespace(&self, sandbox: &str) -> Result<Option<PathBuf>, RuntimeError> {
+        let pid = self.init_pid(sandbox).await?;
+        Ok(Some(PathBuf::from(format!("/proc/{pid}/ns/net"))))
     }
 
     async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {

@@ -386,6 +386,19 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
+    /// The network namespace file of a sandbox, for port-forwarding into it; `None` where
+    /// the pod shares the agent's (a process pod without a network of its own).
+    async fn net_namespace(
+        &self,
+        sandbox: &str,
+    ) -> Result<Option<std::path::PathBuf>, RuntimeError> {
+        let _ = sandbox;
+        Err(RuntimeError::NotSupported {
+            driver: self.name(),
+            what: "port-forward",
+        })
+    }
+
     /// Background upkeep between sync passes (the Docker driver refills its warm pool).
     async fn maintain(&self) {}
 

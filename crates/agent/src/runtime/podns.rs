@@ -128,6 +128,39 @@ pub fn join(fds: &[(RawFd, libc::c_int)]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Connect to `port` on the loopback of the network namespace at `netns` (the agent's own
+/// where `None`), as the kubelet's port-forward does: 127.0.0.1 first, then ::1. The socket
+/// is made on a thread that joins the namespace and ends, so no thread of the agent is left
+/// in a pod's namespace; a connected socket stays in the namespace it was made in.
+pub async fn connect_loopback(
+    netns: Option<PathBuf>,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let connected = (|| -> std::io::Result<std::net::TcpStream> {
+            if let Some(path) = &netns {
+                let ns = File::open(path)?;
+                // SAFETY: setns on an open namespace descriptor; this thread ends right after.
+                check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0)?;
+            }
+            let timeout = std::time::Duration::from_secs(10);
+            let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+            let stream = std::net::TcpStream::connect_timeout(&v4, timeout).or_else(|first| {
+                std::net::TcpStream::connect_timeout(&v6, timeout).map_err(|_| first)
+            })?;
+            stream.set_nonblocking(true)?;
+            Ok(stream)
+        })();
+        let _ = tx.send(connected);
+    });
+    let stream = rx
+        .await
+        .map_err(|_| std::io::Error::other("the connecting thread panicked"))??;
+    tokio::net::TcpStream::from_std(stream)
+}
+
 /// Take the pod's namespaces away (its veth goes with the network one once no process
 /// holds it).
 pub fn remove(dir: &Path) {

@@ -749,6 +749,12 @@ impl Runtime for ProcessRuntime {
         self.mounts.is_ok()
     }
 
+    async fn net_namespace(&self, sandbox: &str) -> Result<Option<PathBuf>, RuntimeError> {
+        let uid = sandbox.strip_suffix("~sandbox").unwrap_or(sandbox);
+        let path = podns::net_path(&self.ns_dir(uid));
+        Ok(path.exists().then_some(path))
+    }
+
     async fn exec_status(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
         let session = self.exec(id, command, false, false).await?;
         session.output.for_each(|_| async {}).await;
