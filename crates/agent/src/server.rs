@@ -4,6 +4,8 @@
 //! for this node (so nobody else can read the node's logs).
 //!
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&sinceSeconds&sinceTime&timestamps&previous`
+//! `GET /attach/{namespace}/{pod}/{container}?stdin&tty` (WebSocket, as exec: the container's
+//! own stdio)
 //! `GET /portForward/{namespace}/{pod}?port=P` (WebSocket: the pod's port as binary messages)
 //! `GET /stats/summary` (the kubelet's Summary API shape: node and container CPU and memory)
 //! `GET /exec/{namespace}/{pod}/{container}?command=..&stdin&tty` (WebSocket,
@@ -128,6 +130,10 @@ pub fn serve(
         .route(
             "/exec/{namespace}/{pod}/{container}",
             axum::routing::get(exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            axum::routing::get(attach),
         )
         .route(
             "/portForward/{namespace}/{pod}",
@@ -334,6 +340,31 @@ async fn exec(
     headers: HeaderMap,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
+    let at = (namespace, pod, container);
+    stdio_session(state, at, q, headers, ws, true).await
+}
+
+async fn attach(
+    State(state): State<Arc<AgentState>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let at = (namespace, pod, container);
+    stdio_session(state, at, q, headers, ws, false).await
+}
+
+/// An exec (a `command` run in the container) or an attach (to the container's own stdio),
+/// served on the WebSocket.
+async fn stdio_session(
+    state: Arc<AgentState>,
+    (namespace, pod, container): (String, String, String),
+    q: Vec<(String, String)>,
+    headers: HeaderMap,
+    ws: axum::extract::ws::WebSocketUpgrade,
+    exec: bool,
+) -> Response {
     let attempts = match attempts(&state, &headers, &namespace, &pod, &container).await {
         Ok(a) => a,
         Err(refused) => return refused,
@@ -352,14 +383,19 @@ async fn exec(
         .filter(|(k, _)| k == "command")
         .map(|(_, v)| v.clone())
         .collect();
-    if command.is_empty() {
+    if exec && command.is_empty() {
         return refuse(
             StatusCode::BAD_REQUEST,
             "you must specify at least one command for the container".into(),
         );
     }
     let (tty, stdin) = (flag(&q, "tty"), flag(&q, "stdin"));
-    let session = match state.runtime.exec(&target.id, &command, tty, stdin).await {
+    let session = if exec {
+        state.runtime.exec(&target.id, &command, tty, stdin).await
+    } else {
+        state.runtime.attach(&target.id, tty, stdin).await
+    };
+    let session = match session {
         Ok(s) => s,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, Chain(&e).to_string()),
     };

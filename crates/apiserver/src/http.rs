@@ -125,14 +125,9 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
                     "pods \"{name}\" is forbidden: only the admin may exec into pods"
                 )));
             }
-            if segs[6] == "attach" {
-                return Err(ApiError::bad_request(
-                    "attach is not supported yet; use exec",
-                ));
-            }
-            let (ns, name) = (ns.to_string(), name.to_string());
+            let (ns, name, what) = (ns.to_string(), name.to_string(), segs[6].to_string());
             app.proxy
-                .pod_exec(&app.registry, &app.tokens, &ns, &name, req)
+                .pod_exec(&app.registry, &app.tokens, &ns, &name, &what, req)
                 .await
         }
         ["api", "v1", "namespaces", ns, "pods", name, "portforward"]

@@ -286,6 +286,7 @@ impl NodeProxy {
         tokens: &Tokens,
         ns: &str,
         name: &str,
+        what: &str,
         req: axum::extract::Request,
     ) -> Result<Response, ApiError> {
         use axum::extract::FromRequestParts;
@@ -329,7 +330,7 @@ impl NodeProxy {
             params.push(String::new());
         }
         let url = format!(
-            "wss://{}:{}/exec/{ns}/{name}/{}?{}",
+            "wss://{}:{}/{what}/{ns}/{name}/{}?{}",
             t.host(),
             t.port,
             t.container,

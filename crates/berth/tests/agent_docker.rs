@@ -309,6 +309,106 @@ fn readiness_probe_gates_ready_and_failing_liveness_restarts() {
 }
 
 #[test]
+fn kubectl_cp_both_ways_run_i_and_attach() {
+    let (image, node, b) = start();
+    let pod = |name: &str, script: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{
+              "nodeName":"{node}","terminationGracePeriodSeconds":1,"containers":[
+              {{"name":"c","image":"{img}","command":["/bin/sh","-c","{script}"]}}]}}}}"#,
+            node = node.name,
+            img = image.tag
+        )
+    };
+    b.kubectl_stdin_ok(&["create", "-f", "-"], &pod("box", "mkdir -p /tmp; sleep 3600"));
+    b.kubectl_stdin_ok(
+        &["create", "-f", "-"],
+        &pod("ticker", "while true; do echo tick; sleep 0.2; done"),
+    );
+    for p in ["box", "ticker"] {
+        b.kubectl_ok(&[
+            "wait",
+            &format!("pod/{p}"),
+            "--for=condition=Ready",
+            "--timeout=60s",
+        ]);
+    }
+
+    // kubectl cp: a directory with a binary file into the pod (tar over exec stdin, ended
+    // by the v5 close signal) and back out (tar over exec stdout).
+    let src = tempfile::tempdir().unwrap();
+    let blob: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(src.path().join("blob.bin"), &blob).unwrap();
+    std::fs::write(src.path().join("note.txt"), "copied\n").unwrap();
+    let src_arg = src.path().display().to_string();
+    b.kubectl_ok(&["cp", &src_arg, "box:/tmp/in"]);
+    assert_eq!(
+        b.kubectl_ok(&["exec", "box", "--", "cat", "/tmp/in/note.txt"]),
+        "copied\n"
+    );
+    let back = tempfile::tempdir().unwrap();
+    let dst = back.path().join("out");
+    b.kubectl_ok(&["cp", "box:/tmp/in", &dst.display().to_string()]);
+    assert_eq!(
+        std::fs::read(dst.join("blob.bin")).unwrap(),
+        blob,
+        "the blob came back whole"
+    );
+
+    // kubectl run -i: attach to the container's own stdin and output.
+    let out = b.kubectl_stdin(
+        &[
+            "run",
+            "asker",
+            &format!("--image={}", image.tag),
+            "--restart=Never",
+            "-i",
+            "--rm",
+            &format!(
+                "--overrides={{\"spec\":{{\"nodeName\":\"{}\"}}}}",
+                node.name
+            ),
+            "--",
+            "/bin/sh",
+            "-c",
+            "read x; echo got:$x",
+        ],
+        "hello\n",
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("got:hello"),
+        "kubectl run -i: {said} / {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // kubectl attach: the running container's output from now on.
+    let mut attach = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", b.kubeconfig())
+        .args(["attach", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(attach.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = lines.read_line(&mut first);
+            let _ = tx.send(first);
+        });
+        first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    }
+    let _ = attach.kill();
+    let _ = attach.wait();
+    assert_eq!(first.trim(), "tick", "kubectl attach");
+}
+
+#[test]
 fn kubectl_logs_and_exec_reach_the_containers() {
     let (image, node, b) = start();
     // One container counts lines; the other says one thing and sleeps.

@@ -135,6 +135,11 @@ pub fn container_config(c: &Container, attempt: u32) -> ContainerConfig {
             .and_then(|q| quantity::bytes(&q.0)),
         pull_policy: PullPolicy::parse(c.image_pull_policy.as_deref()),
         attempt,
+        stdio: super::runtime::Stdio {
+            stdin: c.stdin == Some(true),
+            stdin_once: c.stdin_once == Some(true),
+            tty: c.tty == Some(true),
+        },
     }
 }
 

@@ -70,6 +70,31 @@ fn uuid_like() -> String {
 
 use super::fnv;
 
+/// The output of an exec or attach, as channel chunks.
+fn session_output(
+    output: std::pin::Pin<
+        Box<
+            dyn futures::Stream<
+                    Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+                > + Send,
+        >,
+    >,
+) -> futures::stream::BoxStream<'static, Result<(super::Channel, bytes::Bytes), RuntimeError>> {
+    use bollard::container::LogOutput;
+    output
+        .filter_map(|chunk| async move {
+            match chunk {
+                Ok(LogOutput::StdErr { message }) => Some(Ok((super::Channel::Stderr, message))),
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    Some(Ok((super::Channel::Stdout, message)))
+                }
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(err("read the container's output")(e))),
+            }
+        })
+        .boxed()
+}
+
 /// The sandbox's address on its (first) network.
 fn sandbox_ip(settings: Option<bollard::models::NetworkSettings>) -> Option<String> {
     settings?
@@ -760,6 +785,11 @@ impl Runtime for DockerRuntime {
             env: Some(env),
             working_dir: c.working_dir.clone(),
             labels: Some(labels),
+            // `stdin`/`tty` in the spec: kept open for `kubectl attach`.
+            open_stdin: Some(c.stdio.stdin),
+            stdin_once: Some(c.stdio.stdin_once),
+            attach_stdin: Some(c.stdio.stdin),
+            tty: Some(c.stdio.tty),
             host_config: Some(HostConfig {
                 network_mode: Some(ns.clone()),
                 ipc_mode: Some(ns),
@@ -1036,21 +1066,7 @@ impl Runtime for DockerRuntime {
                 message: "the exec started detached".into(),
             });
         };
-        let output = output
-            .filter_map(|chunk| async move {
-                match chunk {
-                    Ok(bollard::container::LogOutput::StdErr { message }) => {
-                        Some(Ok((super::Channel::Stderr, message)))
-                    }
-                    Ok(bollard::container::LogOutput::StdOut { message })
-                    | Ok(bollard::container::LogOutput::Console { message }) => {
-                        Some(Ok((super::Channel::Stdout, message)))
-                    }
-                    Ok(bollard::container::LogOutput::StdIn { .. }) => None,
-                    Err(e) => Some(Err(err("read exec output")(e))),
-                }
-            })
-            .boxed();
+        let output = session_output(output);
         let (docker, exec_id) = (self.docker.clone(), exec.id.clone());
         let resize = Box::new(move |width: u16, height: u16| {
             let (docker, exec_id) = (docker.clone(), exec_id.clone());
@@ -1088,6 +1104,53 @@ impl Runtime for DockerRuntime {
             input: stdin.then_some(input),
             resize,
             exit,
+        })
+    }
+
+    async fn attach(
+        &self,
+        id: &str,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<super::ExecSession, RuntimeError> {
+        let attached = self
+            .docker
+            .attach_container(
+                id,
+                Some(bollard::query_parameters::AttachContainerOptions {
+                    stdin,
+                    stdout: true,
+                    stderr: true,
+                    stream: true,
+                    logs: false,
+                    detach_keys: None,
+                }),
+            )
+            .await
+            .map_err(err("attach"))?;
+        let (docker, container) = (self.docker.clone(), id.to_string());
+        let resize = Box::new(move |width: u16, height: u16| {
+            let (docker, container) = (docker.clone(), container.clone());
+            async move {
+                if tty {
+                    let _ = docker
+                        .resize_container_tty(
+                            &container,
+                            bollard::query_parameters::ResizeContainerTTYOptions {
+                                h: height as i32,
+                                w: width as i32,
+                            },
+                        )
+                        .await;
+                }
+            }
+            .boxed()
+        });
+        Ok(super::ExecSession {
+            output: session_output(attached.output),
+            input: stdin.then_some(attached.input),
+            resize,
+            exit: async { Ok(0) }.boxed(),
         })
     }
 

@@ -96,6 +96,16 @@ pub struct ContainerConfig {
     pub pull_policy: PullPolicy,
     /// 0 for the first run, +1 for each restart.
     pub attempt: u32,
+    /// Whether the container keeps stdin open and has a terminal (for `kubectl attach`).
+    pub stdio: Stdio,
+}
+
+/// A container's `stdin`, `stdinOnce` and `tty`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stdio {
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
 }
 
 /// A container's state as the runtime sees it.
@@ -383,6 +393,17 @@ pub trait Runtime: Send + Sync + 'static {
         Err(RuntimeError::NotSupported {
             driver: self.name(),
             what: "exec",
+        })
+    }
+
+    /// Attach to a running container's own stdio (`kubectl attach`, `kubectl run -i`): its
+    /// output from now on, its stdin where it keeps one open. The session's exit is 0: an
+    /// attach reports no exit code.
+    async fn attach(&self, id: &str, tty: bool, stdin: bool) -> Result<ExecSession, RuntimeError> {
+        let _ = (id, tty, stdin);
+        Err(RuntimeError::NotSupported {
+            driver: self.name(),
+            what: "attach",
         })
     }
 

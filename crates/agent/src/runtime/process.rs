@@ -779,6 +779,7 @@ mod tests {
             memory_bytes: None,
             pull_policy: PullPolicy::IfNotPresent,
             attempt: 0,
+            stdio: Default::default(),
         }
     }
 

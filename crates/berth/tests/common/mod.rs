@@ -382,7 +382,7 @@ impl BusyboxImage {
         std::fs::copy(&busybox, bin.join("busybox")).unwrap();
         for applet in [
             "sh", "httpd", "cat", "echo", "sleep", "wget", "ls", "kill", "date", "true", "false",
-            "mkdir", "hostname", "nslookup", "nc", "rm",
+            "mkdir", "hostname", "nslookup", "nc", "rm", "tar",
         ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
