@@ -17,6 +17,7 @@ fn config(name: &str, command: &[&str]) -> ContainerConfig {
         memory_bytes: Some(64 << 20),
         pull_policy: PullPolicy::IfNotPresent,
         attempt: 0,
+        stdio: Default::default(),
     }
 }
 
