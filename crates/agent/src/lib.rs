@@ -22,6 +22,7 @@ pub mod probes;
 pub mod runner;
 pub mod runtime;
 pub mod server;
+pub mod telemetry;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -212,12 +213,14 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
 
     let (reader, changed, watch) = watch_node_pods(&client, &cfg.node_name);
     tasks.spawn(watch);
+    let metrics = telemetry::Metrics::default();
     let (port, endpoint) = server::serve(
         cfg.listen,
         &cfg.node_name,
         &serving,
         runtime.clone(),
         reader.clone(),
+        metrics.clone(),
     )
     .map_err(AgentError::Serve)?;
     tasks.spawn(endpoint);
@@ -353,6 +356,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
             cfg.data_dir.clone(),
         )
         .with_dns(cfg.pod_dns.clone())
+        .with_metrics(metrics)
         .with_host_ip(Some(cfg.address.clone()))
         .with_routes(routes.map(|c| Arc::new(move |uid: &str| c.routed(uid)) as pods::Routed)),
     );

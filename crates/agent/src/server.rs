@@ -7,6 +7,7 @@
 //! `GET /attach/{namespace}/{pod}/{container}?stdin&tty` (WebSocket, as exec: the container's
 //! own stdio)
 //! `GET /portForward/{namespace}/{pod}?port=P` (WebSocket: the pod's port as binary messages)
+//! `GET /metrics` (Prometheus' text format)
 //! `GET /stats/summary` (the kubelet's Summary API shape: node and container CPU and memory)
 //! `GET /exec/{namespace}/{pod}/{container}?command=..&stdin&tty` (WebSocket,
 //! `v5.channel.k8s.io`, `v4.channel.k8s.io` or `channel.k8s.io`: each binary message starts
@@ -57,6 +58,7 @@ struct AgentState {
     node: String,
     /// CPU samples per container id (and "" for the node).
     rates: crate::runtime::CpuRates,
+    metrics: crate::telemetry::Metrics,
 }
 
 /// The host's CPU time used (ns, all cores) and memory (total, available), from /proc.
@@ -99,6 +101,7 @@ pub fn serve(
     serving: &Serving,
     runtime: Arc<dyn Runtime>,
     pods: Store<Pod>,
+    metrics: crate::telemetry::Metrics,
 ) -> Result<(u16, impl std::future::Future<Output = ()> + Send + 'static), ServeError> {
     let config = berth_tls::server_config(
         &serving.cert_pem,
@@ -119,6 +122,7 @@ pub fn serve(
         token: serving.proxy_token.clone(),
         node: node.to_string(),
         rates: Default::default(),
+        metrics,
     });
     // The node's first sample, so that its first rate covers the time since start.
     state.rates.seed("", jiff::Timestamp::now(), host_usage().0);
@@ -140,6 +144,7 @@ pub fn serve(
             axum::routing::get(port_forward),
         )
         .route("/stats/summary", axum::routing::get(summary))
+        .route("/metrics", axum::routing::get(prometheus_text))
         .with_state(state);
     let listener = tokio::net::TcpListener::from_std(listener).map_err(listen)?;
     Ok((port, berth_tls::accept(listener, config, app)))
@@ -155,6 +160,24 @@ fn authorized(state: &AgentState, headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     presented == Some(state.token.as_str())
+}
+
+/// `GET /metrics`: Prometheus' text format.
+async fn prometheus_text(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    match state.runtime.list().await {
+        Ok(observed) => (
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            state.metrics.render(&observed),
+        )
+            .into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, Chain(&e).to_string()),
+    }
 }
 
 /// `GET /stats/summary`: CPU and memory of the node and of each running container, in the

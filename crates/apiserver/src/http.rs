@@ -33,11 +33,21 @@ pub struct AppState {
     pub pki: berth_tls::TlsFiles,
     /// Calls to agents (logs).
     pub proxy: crate::proxy::NodeProxy,
+    /// `/metrics`.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
-/// The one routing table: everything goes to [`handle`], which routes by path.
+/// The one routing table: everything goes to [`handle`], which routes by path; every
+/// request is counted and timed on the way.
 pub fn router(state: Arc<AppState>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(state)
+    let telemetry = state.telemetry.clone();
+    axum::Router::new()
+        .fallback(handle)
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            telemetry,
+            crate::telemetry::track,
+        ))
 }
 
 /// Every request enters here.
@@ -87,6 +97,22 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     match segs.as_slice() {
         ["version"] if read_only => ok(&discovery::version()),
+        ["metrics"] if read_only => {
+            if identity != Identity::Admin {
+                return Err(ApiError::forbidden(
+                    "forbidden: only the admin may read /metrics",
+                ));
+            }
+            Ok((
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                app.telemetry.render(),
+            )
+                .into_response())
+        }
         ["healthz" | "livez"] if read_only => Ok((StatusCode::OK, "ok").into_response()),
         ["readyz"] if read_only => match app.registry.store().current_revision().await {
             Ok(_) => Ok((StatusCode::OK, "ok").into_response()),

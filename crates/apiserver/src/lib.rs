@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod registry;
 pub mod spdy;
 pub mod status;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +88,8 @@ pub struct Server {
     pub registry: Registry,
     accept: tokio::task::JoinHandle<()>,
     store: Arc<SqliteStore>,
+    /// What `/metrics` serves; other parts of the process register theirs here.
+    pub telemetry: telemetry::Telemetry,
 }
 
 impl Server {
@@ -142,7 +145,8 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
     let tls_config = berth_tls::server_config_from(&files).map_err(StartError::Tls)?;
     let tokens =
         Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(StartError::Tokens)?;
-    let registry = Registry::new(store.clone() as Arc<dyn Store>);
+    let telemetry = telemetry::Telemetry::default();
+    let registry = Registry::new(telemetry.timed_store(store.clone() as Arc<dyn Store>));
     registry.bootstrap().await.map_err(StartError::Bootstrap)?;
 
     let listener = TcpListener::bind(cfg.listen)
@@ -165,6 +169,7 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         bookmark_every: cfg.bookmark_every,
         pki: berth_tls::TlsFiles::in_dir(&cfg.data_dir),
         proxy: proxy::NodeProxy::new(&ca_pem),
+        telemetry: telemetry.clone(),
     });
     let app = http::router(state);
     let accept = serve_tls(listener, tls_config, app);
@@ -176,6 +181,7 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         registry,
         accept,
         store,
+        telemetry,
     })
 }
 

@@ -130,6 +130,7 @@ thread_local! {
                 bookmark_every: Duration::from_secs(1),
                 pki: berth_tls::TlsFiles::in_dir(&dir),
                 proxy: berth_apiserver::proxy::NodeProxy::new(""),
+                telemetry: Default::default(),
             }))
         });
         (rt, app)

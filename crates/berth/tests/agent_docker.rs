@@ -320,7 +320,10 @@ fn kubectl_cp_both_ways_run_i_and_attach() {
             img = image.tag
         )
     };
-    b.kubectl_stdin_ok(&["create", "-f", "-"], &pod("box", "mkdir -p /tmp; sleep 3600"));
+    b.kubectl_stdin_ok(
+        &["create", "-f", "-"],
+        &pod("box", "mkdir -p /tmp; sleep 3600"),
+    );
     b.kubectl_stdin_ok(
         &["create", "-f", "-"],
         &pod("ticker", "while true; do echo tick; sleep 0.2; done"),

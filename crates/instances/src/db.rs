@@ -185,6 +185,19 @@ impl Db {
 
     /// Usage per group of a subscription (optionally one resource group, one group) within
     /// `[from_ms, to_ms)`; open intervals count up to `now_ms`.
+    /// Everything metered so far (up to `now_ms`): (vCPU-seconds, GB-seconds).
+    pub fn totals(&self, now_ms: i64) -> Result<(f64, f64), DbError> {
+        let conn = self.conn();
+        let totals = conn.query_row(
+            "SELECT COALESCE(SUM(cpu * (COALESCE(end_ms, ?1) - start_ms)), 0),
+                    COALESCE(SUM(memory_gb * (COALESCE(end_ms, ?1) - start_ms)), 0)
+             FROM meter",
+            params![now_ms],
+            |r| Ok((r.get::<_, f64>(0)? / 1000.0, r.get::<_, f64>(1)? / 1000.0)),
+        )?;
+        Ok(totals)
+    }
+
     pub fn usage(
         &self,
         sub: &str,

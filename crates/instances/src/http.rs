@@ -31,6 +31,8 @@ pub struct Api {
     pub token: String,
     /// Groups per page of a list answer (the rest follow `nextLink`).
     pub page_size: usize,
+    /// `/metrics`.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 type St = State<Arc<Api>>;
@@ -86,6 +88,7 @@ pub fn router(api: Arc<Api>) -> Router {
             axum::routing::any(no_subnets),
         )
         .route("/berth/instances/ws/{token}", get(websocket))
+        .route("/metrics", get(prometheus_text))
         .fallback(|| async {
             Arm(ArmError::new(
                 404,
@@ -95,6 +98,18 @@ pub fn router(api: Arc<Api>) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(api.clone(), guard))
         .with_state(api)
+}
+
+/// `GET /metrics` (with the service's token; no api-version): Prometheus' text format.
+async fn prometheus_text(State(api): St) -> Response {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        api.telemetry.render(&api.service),
+    )
+        .into_response()
 }
 
 /// Bearer token and api-version, before any handler. The WebSocket path is authenticated
@@ -126,6 +141,9 @@ async fn guard(State(api): St, req: Request, next: Next) -> Response {
         r.headers_mut()
             .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         return r;
+    }
+    if path == "/metrics" {
+        return next.run(req).await;
     }
     let version = req.uri().query().and_then(|q| {
         q.split('&')

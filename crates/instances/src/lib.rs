@@ -10,6 +10,7 @@ pub mod dns;
 pub mod http;
 pub mod pool;
 pub mod service;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,6 +100,7 @@ pub async fn start(cfg: Config, pool: Arc<Pool>) -> Result<Instances, StartError
         service: service.clone(),
         token: cfg.token,
         page_size: cfg.page_size.max(1),
+        telemetry: Default::default(),
     });
     let mut tasks = vec![service.spawn_runner()];
     let mut dns_addr = None;

@@ -38,6 +38,55 @@ pub struct Config {
     /// they must not take the API server's time from binds, so past this budget, and once
     /// [`EVENT_QUEUE`] wait to be written, further Events are dropped.
     pub events: EventBudget,
+    /// Attempts and their latency, for `/metrics`.
+    pub metrics: Metrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The scheduler's metrics, under kube-scheduler's names.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    attempts: prometheus_client::metrics::family::Family<
+        ResultLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+        Metrics {
+            attempts: Default::default(),
+            // 1 µs to about 1 s: a placement is a computation over the snapshot.
+            latency: Histogram::new(exponential_buckets(0.000_001, 4.0, 11)),
+        }
+    }
+}
+
+impl Metrics {
+    /// Put these metrics in `registry`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "scheduler_schedule_attempts",
+            "Placement attempts, by result (scheduled, unschedulable)",
+            self.attempts.clone(),
+        );
+        registry.register(
+            "scheduler_scheduling_algorithm_duration_seconds",
+            "Time to decide where one pod goes",
+            self.latency.clone(),
+        );
+    }
+
+    fn attempt(&self, result: &'static str, took: std::time::Duration) {
+        self.attempts.get_or_create(&ResultLabel { result }).inc();
+        self.latency.observe(took.as_secs_f64());
+    }
 }
 
 /// A token bucket for writing Events: `burst` at once, then `per_second`.
@@ -68,6 +117,7 @@ impl Default for Config {
             scheduler_name: "default-scheduler".into(),
             concurrency: 64,
             events: EventBudget::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -191,7 +241,14 @@ impl Binder {
             };
             let info = waiting.info.clone();
             self.snapshot.track(&info);
-            match schedule(&self.snapshot, &info, &self.cfg.profile) {
+            let started = std::time::Instant::now();
+            let placement = schedule(&self.snapshot, &info, &self.cfg.profile);
+            let result = match placement {
+                Placement::Node(_) => "scheduled",
+                Placement::Unschedulable(_) => "unschedulable",
+            };
+            self.cfg.metrics.attempt(result, started.elapsed());
+            match placement {
                 Placement::Node(node) => {
                     self.snapshot.place(info.clone(), &node);
                     self.in_flight.insert(key.clone(), info.uid.clone());

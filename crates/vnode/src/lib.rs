@@ -211,12 +211,14 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
         resource_group: i.resource_group.clone(),
         node: cfg.join.node_name.clone(),
     });
+    let metrics = berth_agent::telemetry::Metrics::default(); // the group runtime's gauges
     let (port, endpoint) = berth_agent::server::serve(
         cfg.listen,
         &cfg.join.node_name,
         &serving,
         groups_runtime,
         reader.clone(),
+        metrics,
     )
     .map_err(VnodeError::Serve)?;
     register(&client, &cfg, node_object(&cfg, groups, cores, port))

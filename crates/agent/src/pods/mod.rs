@@ -70,6 +70,8 @@ pub struct PodSync {
     routed: Option<Routed>,
     /// The node's address: a host-network pod's address.
     host_ip: Option<String>,
+    /// Pod start latency, for `/metrics`.
+    metrics: crate::telemetry::Metrics,
 }
 
 /// See [`PodSync::with_routes`].
@@ -161,7 +163,14 @@ impl PodSync {
             dns: None,
             routed: None,
             host_ip: None,
+            metrics: Default::default(),
         }
+    }
+
+    /// Where pod start latencies go.
+    pub fn with_metrics(mut self, metrics: crate::telemetry::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The node's address, which host-network pods report as theirs.
@@ -593,6 +602,15 @@ impl PodSync {
                 continue;
             };
             self.start(pod, r, sandbox, c, start.attempt).await;
+        }
+        let running = |s: Option<&Value>| s.is_some_and(|s| s["phase"] == "Running");
+        if running(Some(&plan.status)) && !self.remember(&r.uid, |m| running(m.written.as_ref())) {
+            if let Some(created) = &pod.metadata.creation_timestamp {
+                let took = jiff::Timestamp::now().duration_since(created.0);
+                if let Ok(took) = std::time::Duration::try_from(took) {
+                    self.metrics.pod_started(took);
+                }
+            }
         }
         self.write_status(r, plan.status).await
     }

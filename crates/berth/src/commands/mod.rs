@@ -152,6 +152,13 @@ pub async fn start_control_plane(
         },
         ..Default::default()
     };
+    cfg.metrics.register(
+        &mut server
+            .telemetry
+            .registry
+            .write()
+            .expect("the metrics registry"),
+    );
     // Who this server is in the leader election: stable across its restarts (so a restarted
     // server resumes its own Lease at once), distinct between servers (each has its data dir).
     let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());

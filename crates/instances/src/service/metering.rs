@@ -54,6 +54,26 @@ impl Service {
             .map_err(internal)
     }
 
+    /// Everything metered so far: (vCPU-seconds, GB-seconds).
+    pub fn metered(&self) -> Result<(f64, f64), ArmError> {
+        self.db.totals(now_ms()).map_err(internal)
+    }
+
+    /// Groups held now, by provisioning state (`Stopped` for stopped ones).
+    pub fn group_states(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let groups = self.registry.groups.lock().expect("groups");
+        let mut by = std::collections::BTreeMap::new();
+        for l in groups.values() {
+            let state = if l.lifecycle.is_stopped() {
+                "Stopped"
+            } else {
+                l.lifecycle.provisioning_state()
+            };
+            *by.entry(state).or_insert(0) += 1;
+        }
+        by
+    }
+
     /// How many groups a subscription holds, for `locations/{l}/usages`.
     pub fn count(&self, sub: &str) -> (usize, f64) {
         let groups = self.registry.groups.lock().expect("groups");
