@@ -36,9 +36,8 @@ allowed_k8s=(
   "TestUtils::test_create_multi_resource_from_directory"
   "TestUtils::test_create_rbac_role_from_yaml"
   "TestUtils::test_create_rbac_role_from_yaml_with_verbose_enabled"
-  # Still open in the every-client issue: server-side apply's managedFields, and the
-  # dynamic client's discovery cache compared across clients.
-  "TestDynamicClient::test_server_side_apply_api"
+  # Still open in the every-client issue: the dynamic client's discovery cache compared
+  # across clients.
   "TestDiscoverer::test_cache_decoder_resource_and_subresource"
 )
 # Samples that ask for what a self-hosted service has no counterpart for; each must still

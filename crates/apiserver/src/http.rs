@@ -460,6 +460,11 @@ async fn resource(
     )?;
     let Query(q): Query<HashMap<String, String>> = Query::try_from_uri(req.uri())
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let accept = req
         .headers()
         .get(header::ACCEPT)
@@ -533,10 +538,19 @@ async fn resource(
     };
     let ns = target.namespace.as_deref();
     let name = target.name.as_deref().unwrap_or("");
+    if q.get("fieldManager").is_some_and(|m| m.len() > 128) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "fieldManager: Too long: may not be more than 128 bytes",
+        ));
+    }
     let write = WriteOptions {
         dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
         validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
         field_manager: q.get("fieldManager").cloned(),
+        force: q.get("force").is_some_and(|f| berth_core::query::flag(f)),
+        user_agent: user_agent.clone(),
     };
     let reg = &app.registry;
     if let Some(scope) = &node_scope {
@@ -572,7 +586,16 @@ async fn resource(
         )),
         Action::Patch(kind, body, part) => {
             if kind == PatchType::Apply && write.field_manager.as_deref().unwrap_or("").is_empty() {
-                return Err(ApiError::bad_request("PATCH requests with application/apply-patch+yaml need a fieldManager query parameter"));
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                ));
+            }
+            if kind != PatchType::Apply && write.force {
+                return Err(ApiError::forbidden(
+                    "force: Forbidden: may not be specified for non-apply patch",
+                ));
             }
             if kind == PatchType::Apply && versions.converts() {
                 return Err(ApiError::new(

@@ -527,3 +527,114 @@ async fn kubectl_autoscale_speaks_autoscaling_v1_over_the_v2_object() {
     let resources = b.kubectl_ok(&["api-resources", "--api-group=autoscaling", "-o", "wide"]);
     assert!(resources.contains("autoscaling/v2"), "{resources}");
 }
+
+const OWNED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: owned
+  labels: {app: owned, tier: web}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: owned}
+  template:
+    metadata:
+      labels: {app: owned}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        env:
+        - {name: KEEP, value: "1"}
+        - {name: DROP, value: "2"}
+"#;
+
+#[test]
+fn server_side_apply_owns_fields_removes_dropped_ones_and_names_conflicts() {
+    let b = Berth::up(&[]);
+    let apply = |yaml: &str, extra: &[&str]| {
+        let mut args = vec!["apply", "--server-side", "-f", "-"];
+        args.extend_from_slice(extra);
+        b.kubectl_stdin(&args, yaml)
+    };
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(apply(OWNED, &[]));
+    // Applied again without a label and an env var: both go.
+    let fewer = OWNED
+        .replace(", tier: web", "")
+        .replace("        - {name: DROP, value: \"2\"}\n", "");
+    ok(apply(&fewer, &[]));
+    assert_eq!(
+        jsonpath(
+            &b,
+            &["deploy", "owned"],
+            "{.metadata.labels} {.spec.template.spec.containers[0].env[*].name}"
+        ),
+        r#"{"app":"owned"} KEEP"#
+    );
+    let managers = || {
+        jsonpath(
+            &b,
+            &["deploy", "owned", "--show-managed-fields"],
+            r#"{range .metadata.managedFields[*]}{.manager}/{.operation};{end}"#,
+        )
+    };
+    assert!(managers().contains("kubectl/Apply;"), "{}", managers());
+
+    // Another manager changing replicas conflicts, naming the field and the owner.
+    let more = fewer.replace("replicas: 1", "replicas: 3");
+    let out = apply(&more, &["--field-manager=ci"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(r#"conflict with "kubectl": .spec.replicas"#),
+        "{err}"
+    );
+    // diff shows what a forced apply would change; the apply then takes the field over.
+    let diff = b.kubectl_stdin(
+        &[
+            "diff",
+            "--server-side",
+            "--field-manager=ci",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        &more,
+    );
+    assert_eq!(diff.status.code(), Some(1), "diff found a difference");
+    assert!(
+        String::from_utf8_lossy(&diff.stdout).contains("+  replicas: 3"),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    assert_eq!(jsonpath(&b, &["deploy", "owned"], "{.spec.replicas}"), "1");
+    ok(apply(&more, &["--field-manager=ci", "--force-conflicts"]));
+    assert_eq!(jsonpath(&b, &["deploy", "owned"], "{.spec.replicas}"), "3");
+    assert!(managers().contains("ci/Apply;"), "{}", managers());
+
+    // A dry run answers with managedFields and stores nothing.
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dry\ndata:\n  k: v\n";
+    let out = b.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[0].manager}",
+            "-f",
+            "-",
+        ],
+        cm,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kubectl");
+    assert!(!b.kubectl(&["get", "cm", "dry"]).status.success());
+}

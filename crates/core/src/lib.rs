@@ -9,6 +9,7 @@
 pub mod aci;
 pub mod error;
 pub mod events;
+pub mod fields;
 pub mod kinds;
 pub mod net;
 pub mod patch;

@@ -217,7 +217,14 @@ impl Registry {
                 list.retain(|f| f != finalizer);
             }
             match self
-                .write_update(res, &current, obj, Part::Main, &WriteOptions::default())
+                .write_update(
+                    res,
+                    &current,
+                    obj,
+                    Part::Main,
+                    &WriteOptions::default(),
+                    false,
+                )
                 .await
             {
                 Err(e) if e.reason == "Conflict" => continue,

@@ -13,6 +13,7 @@
 
 mod delete;
 mod list;
+mod managed;
 mod namespace;
 mod service;
 mod subresource;
@@ -60,6 +61,30 @@ pub struct WriteOptions {
     pub dry_run: bool,
     pub validation: FieldValidation,
     pub field_manager: Option<String>,
+    /// An apply takes over the fields it conflicts on (`force=true`).
+    pub force: bool,
+    /// The client's `User-Agent`, which names the manager of a write without `fieldManager`.
+    pub user_agent: Option<String>,
+}
+
+impl WriteOptions {
+    /// Who this write's fields belong to.
+    pub fn manager(&self) -> String {
+        match self.field_manager.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => m.to_string(),
+            None => managed::manager_from_user_agent(self.user_agent.as_deref()),
+        }
+    }
+}
+
+/// The top-level fields a write to `part` of `res` leaves to the other endpoint (and whose
+/// ownership it does not track).
+fn reset_fields(res: &Resource, part: Part) -> &'static [&'static str] {
+    match (res.status, part) {
+        (true, Part::Main) => &["status"],
+        (true, Part::Status) => &["spec"],
+        (false, _) => &[],
+    }
 }
 
 /// The result of a write: the object as stored, whether it was created, and warnings for
@@ -312,6 +337,18 @@ impl Registry {
         body: Value,
         opts: &WriteOptions,
     ) -> Result<Outcome, ApiError> {
+        self.create_inner(res, ns, body, opts, false).await
+    }
+
+    /// Create; `applied`: the body is an apply's result and carries its managedFields.
+    async fn create_inner(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        body: Value,
+        opts: &WriteOptions,
+        applied: bool,
+    ) -> Result<Outcome, ApiError> {
         let mut warnings = Vec::new();
         let mut obj = self.admit_body(res, ns, body, opts.validation, &mut warnings)?;
         let m = meta_mut(&mut obj);
@@ -332,7 +369,6 @@ impl Registry {
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
             "selfLink",
-            "managedFields",
         ] {
             m.remove(f);
         }
@@ -365,6 +401,19 @@ impl Registry {
         if res.kind == Kind::Service {
             _alloc_guard = self.alloc.lock().await;
             service::allocate_and_claim(self, &mut obj, None, opts.dry_run).await?;
+        }
+        if !applied {
+            let (manager, api_version, time) = (opts.manager(), res.api_version(), now());
+            managed::on_create(
+                &mut obj,
+                &managed::Writer {
+                    manager: &manager,
+                    api_version: &api_version,
+                    subresource: None,
+                    reset: reset_fields(res, Part::Main),
+                    now: &time,
+                },
+            );
         }
         let name = name_of(&obj).to_string();
         if opts.dry_run {
@@ -423,7 +472,9 @@ impl Registry {
                 return Err(ApiError::modified(res, name));
             }
         }
-        let mut out = self.write_update(res, &current, new, part, opts).await?;
+        let mut out = self
+            .write_update(res, &current, new, part, opts, false)
+            .await?;
         out.warnings = warnings;
         Ok(out)
     }
@@ -437,6 +488,7 @@ impl Registry {
         mut new: Value,
         part: Part,
         opts: &WriteOptions,
+        applied: bool,
     ) -> Result<Outcome, ApiError> {
         let old = from_kv(current)?;
         let name = name_of(&old).to_string();
@@ -485,10 +537,23 @@ impl Registry {
                     None => m.remove(f),
                 };
             }
-            m.remove("managedFields");
             m.remove("selfLink");
         }
         kinds::default(res.kind, &mut new);
+        if !applied {
+            let (manager, api_version, time) = (opts.manager(), res.api_version(), now());
+            managed::on_update(
+                &old,
+                &mut new,
+                &managed::Writer {
+                    manager: &manager,
+                    api_version: &api_version,
+                    subresource: (part == Part::Status).then_some("status"),
+                    reset: reset_fields(res, part),
+                    now: &time,
+                },
+            )?;
+        }
         if res.generation && part != Part::Status {
             let mut changed = spec_part(&old) != spec_part(&new);
             if res.kind == Kind::Deployment {
@@ -594,16 +659,28 @@ impl Registry {
             _ => body.pointer("/metadata/resourceVersion").is_some(),
         };
         for _ in 0..8 {
+            let (manager, api_version, time) = (opts.manager(), res.api_version(), now());
+            let writer = managed::Writer {
+                manager: &manager,
+                api_version: &api_version,
+                subresource: (part == Part::Status).then_some("status"),
+                reset: reset_fields(res, part),
+                now: &time,
+            };
             let Some(current) = self.get_kv(res, ns, name).await? else {
                 if kind == PatchType::Apply && part == Part::Main {
-                    let mut obj = body.clone();
+                    let mut obj = managed::on_apply(&Value::Null, body, &writer, opts.force)?;
                     meta_mut(&mut obj).insert("name".into(), json!(name));
-                    return self.create(res, ns, obj, opts).await;
+                    return self.create_inner(res, ns, obj, opts, true).await;
                 }
                 return Err(ApiError::not_found(res, name));
             };
             let mut obj = convert::from_storage(served, from_kv(&current)?);
-            apply_patch(&mut obj, kind, body)?;
+            if kind == PatchType::Apply {
+                obj = managed::on_apply(&obj, body, &writer, opts.force)?;
+            } else {
+                apply_patch(&mut obj, kind, body)?;
+            }
             let obj = convert::to_storage(served, obj)
                 .map_err(|e| ApiError::unconvertible(served, name, e))?;
             let mut warnings = Vec::new();
@@ -618,7 +695,11 @@ impl Registry {
             if pinned.is_some_and(|rv| rv != current.mod_revision) {
                 return Err(ApiError::modified(res, name));
             }
-            match self.write_update(res, &current, obj, part, opts).await {
+            let applied = kind == PatchType::Apply;
+            match self
+                .write_update(res, &current, obj, part, opts, applied)
+                .await
+            {
                 Err(e) if e.reason == "Conflict" && !pinned_by_patch => continue,
                 Ok(mut out) => {
                     out.warnings = warnings;

@@ -94,7 +94,7 @@ impl Registry {
             };
             obj["spec"]["replicas"] = Value::Number(replicas);
             match self
-                .write_update(res, &current, obj, Part::Main, opts)
+                .write_update(res, &current, obj, Part::Main, opts, false)
                 .await
             {
                 // A PATCH, or a PUT that pinned no resourceVersion, retries on a fresh read.
