@@ -36,8 +36,9 @@ allowed_k8s=(
   "TestUtils::test_create_multi_resource_from_directory"
   "TestUtils::test_create_rbac_role_from_yaml"
   "TestUtils::test_create_rbac_role_from_yaml_with_verbose_enabled"
-  # Still open in the every-client issue: the dynamic client's discovery cache compared
-  # across clients.
+  # Fails against any server: it compares two clients' Resource objects with ==, and
+  # kubernetes/dynamic/resource.py defines no __eq__ (identity), so the one decoded from the
+  # cache file is never the one built in memory.
   "TestDiscoverer::test_cache_decoder_resource_and_subresource"
 )
 # Samples that ask for what a self-hosted service has no counterpart for; each must still
