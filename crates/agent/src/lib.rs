@@ -130,6 +130,11 @@ impl Join {
         );
         kc.auth_info.token = Some(token.to_string().into());
         kc.default_namespace = "default".into();
+        // The field manager of what the node writes (as the kubelet's is `kubelet`).
+        kc.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("berth-agent/", env!("CARGO_PKG_VERSION"))),
+        ));
         kube::Client::try_from(kc).map_err(AgentError::Client)
     }
 

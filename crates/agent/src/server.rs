@@ -494,6 +494,7 @@ async fn splice(socket: axum::extract::ws::WebSocket, conn: tokio::net::TcpStrea
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut tx, mut rx) = socket.split();
     let (mut from_pod, mut to_pod) = conn.into_split();
+    // Ok: the API server is done sending (an empty message); Err: its side went away.
     let up = async move {
         while let Some(Ok(msg)) = rx.next().await {
             let data = match msg {
@@ -501,11 +502,15 @@ async fn splice(socket: axum::extract::ws::WebSocket, conn: tokio::net::TcpStrea
                 Message::Close(_) => break,
                 _ => continue,
             };
-            if data.is_empty() || to_pod.write_all(&data).await.is_err() {
+            if data.is_empty() {
+                let _ = to_pod.shutdown().await;
+                return Ok(to_pod);
+            }
+            if to_pod.write_all(&data).await.is_err() {
                 break;
             }
         }
-        let _ = to_pod.shutdown().await;
+        Err(())
     };
     let down = async move {
         let mut buf = vec![0u8; 32 * 1024];
@@ -526,7 +531,16 @@ async fn splice(socket: axum::extract::ws::WebSocket, conn: tokio::net::TcpStrea
         let _ = tx.send(Message::Binary(Vec::new().into())).await;
         Some(tx)
     };
-    let (_, tx) = tokio::join!(up, down);
+    tokio::pin!(down);
+    let tx = tokio::select! {
+        sent = up => match sent {
+            // Half-closed: the pod's answer still goes back.
+            Ok(_to_pod) => (&mut down).await,
+            // Gone: the pod's connection closes whole (both halves dropped here).
+            Err(()) => None,
+        },
+        tx = &mut down => tx,
+    };
     if let Some(mut tx) = tx {
         let _ = tx.close().await;
     }
@@ -622,7 +636,9 @@ async fn pump(
         exit,
     } = session;
     let (mut tx, mut rx) = socket.split();
-    let input_task = tokio::spawn(async move {
+    // Ends when the client goes away (closing stdin, so a container attached with
+    // `stdinOnce` sees its end even over a protocol without a close signal).
+    let mut input_task = tokio::spawn(async move {
         let mut input = input;
         while let Some(Ok(msg)) = rx.next().await {
             if matches!(msg, Message::Close(_)) {
@@ -654,18 +670,29 @@ async fn pump(
                 _ => {}
             }
         }
-    });
-    while let Some(chunk) = output.next().await {
-        let Ok((channel, bytes)) = chunk else {
-            break;
-        };
-        let channel = match channel {
-            crate::runtime::Channel::Stdout => 1,
-            crate::runtime::Channel::Stderr => 2,
-        };
-        if tx.send(framing.encode(channel, &bytes)).await.is_err() {
-            break;
+        if let Some(mut w) = input {
+            let _ = w.shutdown().await;
         }
+    });
+    let forward = async {
+        while let Some(chunk) = output.next().await {
+            let Ok((channel, bytes)) = chunk else {
+                break;
+            };
+            let channel = match channel {
+                crate::runtime::Channel::Stdout => 1,
+                crate::runtime::Channel::Stderr => 2,
+            };
+            if tx.send(framing.encode(channel, &bytes)).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = forward => {}
+        // The client is gone: nothing more to tell it (a quiet container would otherwise
+        // hold this session, and its attach, open).
+        _ = &mut input_task => return,
     }
     let status = match exit.await {
         Ok(0) => serde_json::json!({"metadata": {}, "status": "Success"}),

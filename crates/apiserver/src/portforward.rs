@@ -57,12 +57,12 @@ async fn forward(
     port: u16,
     key: u64,
     mut from_client: mpsc::UnboundedReceiver<Bytes>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 ) {
     let socket = match dial(port).await {
         Ok(s) => s,
         Err(e) => {
-            let _ = events.send(Event::Done(key, Some(e)));
+            let _ = events.send(Event::Done(key, Some(e))).await;
             return;
         }
     };
@@ -86,7 +86,7 @@ async fn forward(
                 AgentMessage::Close(_) => break,
                 _ => continue,
             };
-            if data.is_empty() || events.send(Event::Data(key, data)).is_err() {
+            if data.is_empty() || events.send(Event::Data(key, data)).await.is_err() {
                 break;
             }
         }
@@ -95,12 +95,22 @@ async fn forward(
     tokio::select! {
         how = up => match how {
             Upstream::Reset => return,
-            Upstream::HalfClosed | Upstream::AgentGone => (&mut down).await,
+            // The client sends no more; the pod's answer still comes, unless the client's
+            // session ends first.
+            Upstream::HalfClosed | Upstream::AgentGone => tokio::select! {
+                _ = &mut down => {}
+                _ = events.closed() => return,
+            },
         },
         _ = &mut down => {}
     }
-    let _ = events.send(Event::Done(key, None));
+    let _ = events.send(Event::Done(key, None)).await;
 }
+
+/// Frames or messages waiting to go to the client, and a forward's events waiting for the
+/// session: bounded, so a slow client holds back the pod (through the agent's WebSocket)
+/// rather than filling the API server's memory.
+const QUEUE: usize = 64;
 
 /// One connection of a SPDY session: its two streams and the way to its forward.
 struct Request {
@@ -114,11 +124,11 @@ struct Request {
 /// and what is written goes to `output`, one frame per buffer.
 pub async fn spdy_session(
     mut input: impl Stream<Item = Bytes> + Unpin,
-    output: mpsc::UnboundedSender<Vec<u8>>,
+    output: mpsc::Sender<Vec<u8>>,
     dial: Dial,
 ) {
     let mut codec = Codec::default();
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (events_tx, mut events) = mpsc::channel(QUEUE);
     // By request id; each has a key of its own for its forward's events.
     let mut keys: HashMap<String, u64> = HashMap::new();
     let mut requests: HashMap<u64, Request> = HashMap::new();
@@ -135,7 +145,7 @@ pub async fn spdy_session(
                         Ok(None) => break,
                         Err(e) => {
                             tracing::debug!(error = %e, "port-forward: SPDY from the client is malformed");
-                            let _ = output.send(codec.encode(&Frame::GoAway { last_good: 0, status: spdy::PROTOCOL_ERROR }));
+                            let _ = output.send(codec.encode(&Frame::GoAway { last_good: 0, status: spdy::PROTOCOL_ERROR })).await;
                             return;
                         }
                     };
@@ -144,7 +154,7 @@ pub async fn spdy_session(
                             let kind = Frame::header(&headers, "streamtype").unwrap_or("");
                             let port = Frame::header(&headers, "port").and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0);
                             let (Some(port), "data" | "error") = (port, kind) else {
-                                let _ = output.send(codec.encode(&Frame::RstStream { id, status: spdy::PROTOCOL_ERROR }));
+                                let _ = output.send(codec.encode(&Frame::RstStream { id, status: spdy::PROTOCOL_ERROR })).await;
                                 continue;
                             };
                             // Clients older than request ids open the data stream right
@@ -152,7 +162,7 @@ pub async fn spdy_session(
                             let request = Frame::header(&headers, "requestid").map(String::from).unwrap_or_else(|| {
                                 (if kind == "data" { id.saturating_sub(2) } else { id }).to_string()
                             });
-                            let _ = output.send(codec.encode(&Frame::SynReply { id, flags: 0, headers: vec![] }));
+                            let _ = output.send(codec.encode(&Frame::SynReply { id, flags: 0, headers: vec![] })).await;
                             let key = *keys.entry(request).or_insert_with(|| { next_key += 1; next_key });
                             let r = requests.entry(key).or_insert(Request { port, error: None, data: None, to_pod: None });
                             if kind == "data" { r.data = Some(id) } else { r.error = Some(id) }
@@ -187,7 +197,7 @@ pub async fn spdy_session(
                             }
                         }
                         Frame::Ping(id) => {
-                            let _ = output.send(codec.encode(&Frame::Ping(id)));
+                            let _ = output.send(codec.encode(&Frame::Ping(id))).await;
                         }
                         Frame::GoAway { .. } => return,
                         Frame::SynReply { .. } | Frame::Ignored(_) => {}
@@ -197,7 +207,7 @@ pub async fn spdy_session(
             Some(event) = events.recv() => match event {
                 Event::Data(key, bytes) => {
                     if let Some(id) = requests.get(&key).and_then(|r| r.data) {
-                        let _ = output.send(spdy::data_frame(id, 0, &bytes));
+                        let _ = output.send(spdy::data_frame(id, 0, &bytes)).await;
                     }
                 }
                 Event::Done(key, error) => {
@@ -208,12 +218,12 @@ pub async fn spdy_session(
                     // stream closed, then the data stream.
                     if let Some(id) = r.error {
                         if let Some(e) = error {
-                            let _ = output.send(spdy::data_frame(id, 0, e.as_bytes()));
+                            let _ = output.send(spdy::data_frame(id, 0, e.as_bytes())).await;
                         }
-                        let _ = output.send(spdy::data_frame(id, spdy::FLAG_FIN, &[]));
+                        let _ = output.send(spdy::data_frame(id, spdy::FLAG_FIN, &[])).await;
                     }
                     if let Some(id) = r.data {
-                        let _ = output.send(spdy::data_frame(id, spdy::FLAG_FIN, &[]));
+                        let _ = output.send(spdy::data_frame(id, spdy::FLAG_FIN, &[])).await;
                     }
                 }
             },
@@ -226,7 +236,7 @@ pub async fn spdy_session(
 pub async fn channel_session(socket: axum::extract::ws::WebSocket, ports: Vec<u16>, dial: Dial) {
     use axum::extract::ws::{CloseFrame, Message};
     let (mut tx, mut rx) = socket.split();
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (events_tx, mut events) = mpsc::channel(QUEUE);
     let mut to_pod = Vec::with_capacity(ports.len());
     for (i, port) in ports.iter().enumerate() {
         let [lo, hi] = port.to_le_bytes();
@@ -355,7 +365,7 @@ pub fn spdy_upgrade(parts: &mut http::request::Parts, dial: Dial) -> Result<Resp
             }
         };
         let (read, mut write) = tokio::io::split(upgraded);
-        let (output, mut frames) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (output, mut frames) = mpsc::channel::<Vec<u8>>(QUEUE);
         let writer = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             while let Some(f) = frames.recv().await {
@@ -399,7 +409,7 @@ fn read_chunks(
 pub async fn spdy_tunnel(socket: axum::extract::ws::WebSocket, dial: Dial) {
     use axum::extract::ws::Message;
     let (mut tx, rx) = socket.split();
-    let (output, mut frames) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (output, mut frames) = mpsc::channel::<Vec<u8>>(QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(f) = frames.recv().await {
             if tx.send(Message::Binary(f.into())).await.is_err() {

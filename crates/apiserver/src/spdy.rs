@@ -22,8 +22,11 @@ const PING: u16 = 6;
 const GOAWAY: u16 = 7;
 const HEADERS: u16 = 8;
 
-/// The largest frame accepted (SPDY's length field is 24 bits).
-const MAX_LENGTH: usize = 0xFF_FFFF;
+/// The largest decompressed header block accepted: port-forward's headers are a few dozen
+/// bytes, and a block is where a few compressed bytes could ask for a lot of memory.
+const MAX_HEADERS: usize = 64 * 1024;
+/// The most name/value pairs a block may carry (values split at NUL included).
+const MAX_PAIRS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
@@ -251,14 +254,15 @@ impl Codec {
                 }
                 Ok(_) => {}
             }
-            if plain.len() > MAX_LENGTH {
+            if plain.len() > MAX_HEADERS {
                 return Err(SpdyError::Length(plain.len()));
             }
         }
-        if plain.len() > MAX_LENGTH {
-            return Err(SpdyError::Length(plain.len()));
-        }
-        parse_block(&plain).ok_or_else(|| bad("a length runs past the block's end"))
+        parse_block(&plain).ok_or_else(|| {
+            bad(&format!(
+                "a length runs past the block's end, or it has more than {MAX_PAIRS} pairs"
+            ))
+        })
     }
 
     fn write_headers(&mut self, headers: &[(String, String)]) -> Vec<u8> {
@@ -328,6 +332,9 @@ fn parse_block(mut b: &[u8]) -> Option<Vec<(String, String)>> {
         let name = take(&mut b)?.to_ascii_lowercase();
         let values = take(&mut b)?;
         for v in values.split('\0') {
+            if pairs.len() == MAX_PAIRS {
+                return None;
+            }
             pairs.push((name.clone(), v.to_string()));
         }
     }
@@ -507,6 +514,24 @@ mod tests {
         let mut c = Codec::default();
         c.feed(&[0x80, 3, 0, 3, 0, 0, 0, 2, 0, 0]);
         assert!(matches!(c.next_frame(), Err(SpdyError::Length(2))));
+    }
+
+    #[test]
+    fn a_header_block_that_inflates_past_the_limit_is_refused() {
+        let (mut client, mut server) = (Codec::default(), Codec::default());
+        let huge = "\0".repeat(1 << 20);
+        let bytes = client.encode(&Frame::SynStream {
+            id: 1,
+            flags: 0,
+            headers: vec![("x".into(), huge)],
+        });
+        assert!(
+            bytes.len() < 16 * 1024,
+            "it compresses well: {}",
+            bytes.len()
+        );
+        server.feed(&bytes);
+        assert!(matches!(server.next_frame(), Err(SpdyError::Length(_))));
     }
 
     #[test]

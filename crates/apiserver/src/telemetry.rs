@@ -122,10 +122,10 @@ impl Telemetry {
 /// What a request is, in the terms of Kubernetes' request metrics.
 fn classify(method: &http::Method, path: &str, query: Option<&str>, apply: bool) -> LatencyLabels {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let rest: &[&str] = match segs.as_slice() {
-        ["api", _, rest @ ..] => rest,
-        ["apis", _, _, rest @ ..] => rest,
-        _ => &[],
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", v, rest),
+        ["apis", g, v, rest @ ..] => (g, v, rest),
+        _ => ("", "", &[]),
     };
     let rest = match rest {
         ["namespaces", ns, sub @ ("status" | "finalize")] => vec!["namespaces", ns, sub],
@@ -136,10 +136,36 @@ fn classify(method: &http::Method, path: &str, query: Option<&str>, apply: bool)
         }
         other => other.to_vec(),
     };
+    // Labels only from what is served, so that requests for made-up paths cannot grow the
+    // series without bound.
     let (resource, name, sub) = (
-        rest.first().copied().unwrap_or(""),
+        rest.first()
+            .copied()
+            .filter(|r| {
+                berth_core::resources::find(group, version, r).is_some()
+                    || (group == crate::metrics::GROUP && matches!(*r, "nodes" | "pods"))
+            })
+            .unwrap_or(""),
         rest.get(1).copied(),
-        rest.get(2).copied().unwrap_or(""),
+        rest.get(2)
+            .copied()
+            .filter(|s| {
+                matches!(
+                    *s,
+                    "status"
+                        | "scale"
+                        | "binding"
+                        | "log"
+                        | "exec"
+                        | "attach"
+                        | "portforward"
+                        | "proxy"
+                        | "eviction"
+                        | "finalize"
+                        | "ephemeralcontainers"
+                )
+            })
+            .unwrap_or(""),
     );
     let watch = query.is_some_and(|q| {
         q.split('&').any(
@@ -356,6 +382,15 @@ mod tests {
             s("DELETECOLLECTION", "pods", "")
         );
         assert_eq!(c(M::GET, "/version", None, false), s("GET", "", ""));
+        // Made-up resources and subresources get no label of their own.
+        assert_eq!(
+            c(M::GET, "/api/v1/namespaces/d/made-up-1/x/y", None, false),
+            s("GET", "", "")
+        );
+        assert_eq!(
+            c(M::GET, "/api/v1/namespaces/d/pods/p/made-up", None, false),
+            s("GET", "pods", "")
+        );
     }
 
     #[test]

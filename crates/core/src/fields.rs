@@ -196,6 +196,69 @@ impl FieldSet {
     }
 }
 
+impl Step {
+    /// The step as a `fieldsV1` key.
+    fn encoded(&self) -> String {
+        match self {
+            Step::Field(f) => format!("f:{f}"),
+            Step::Key(k) => format!("k:{k}"),
+            Step::Value(v) => format!("v:{v}"),
+        }
+    }
+}
+
+/// Take the members of `set` out of a `fieldsV1` tree in place, walking only `set` (a write
+/// changes a few fields; an object's entries hold many).
+pub fn subtract_from_fields_v1(tree: &mut Map<String, Value>, set: &FieldSet) {
+    for (step, sub) in &set.children {
+        let key = step.encoded();
+        let Some(Value::Object(child)) = tree.get_mut(&key) else {
+            continue;
+        };
+        if child.is_empty() {
+            // A leaf member.
+            if sub.member {
+                tree.remove(&key);
+            }
+            continue;
+        }
+        if sub.member {
+            child.remove(".");
+        }
+        subtract_from_fields_v1(child, sub);
+        if child.is_empty() {
+            tree.remove(&key);
+        } else if child.len() == 1 && child.contains_key(".") {
+            child.clear(); // a member left without children is a leaf
+        }
+    }
+}
+
+/// Add the members of `set` to a `fieldsV1` tree in place.
+pub fn add_to_fields_v1(tree: &mut Map<String, Value>, set: &FieldSet) {
+    for (step, sub) in &set.children {
+        if sub.is_empty() {
+            continue;
+        }
+        let key = step.encoded();
+        let existed = tree.contains_key(&key);
+        let child = tree.entry(key).or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(child) = child else {
+            continue;
+        };
+        let was_leaf = existed && child.is_empty();
+        let has_children = sub.children.values().any(|c| !c.is_empty());
+        if has_children {
+            add_to_fields_v1(child, sub);
+            if sub.member || was_leaf {
+                child.insert(".".into(), Value::Object(Map::new()));
+            }
+        } else if !child.is_empty() && sub.member {
+            child.insert(".".into(), Value::Object(Map::new()));
+        }
+    }
+}
+
 /// How a list merges and is owned.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum ListType {
@@ -382,10 +445,12 @@ fn diff(name: &str, old: &Value, new: &Value, added: &mut FieldSet, removed: &mu
         (Value::Object(o), Value::Object(n)) if !atomic_object(name) => {
             // Who owns what is not itself owned.
             for (k, nv) in n.iter().filter(|(k, _)| *k != "managedFields") {
-                let step = Step::Field(k.clone());
                 match o.get(k) {
-                    None => all_of(k, nv, added.child(step)),
+                    // Most of an object is unchanged by a write: no allocation for that.
+                    Some(ov) if ov == nv => {}
+                    None => all_of(k, nv, added.child(Step::Field(k.clone()))),
                     Some(ov) => {
+                        let step = Step::Field(k.clone());
                         let (mut a, mut r) = (FieldSet::default(), FieldSet::default());
                         diff(k, ov, nv, &mut a, &mut r);
                         if !a.is_empty() {
@@ -404,19 +469,15 @@ fn diff(name: &str, old: &Value, new: &Value, added: &mut FieldSet, removed: &mu
                 removed.child(Step::Field(k.clone())).member = true;
             }
         }
+        _ if old == new => {}
         (Value::Array(o), Value::Array(n)) => {
             match list_type(name, if n.is_empty() { o } else { n }) {
                 ListType::Map(keys) => {
-                    let index = |items: &[Value]| -> BTreeMap<String, Value> {
-                        items
-                            .iter()
-                            .filter_map(|i| element_key(keys, i).map(|k| (k, i.clone())))
-                            .collect()
-                    };
-                    let (oi, ni) = (index(o), index(n));
+                    let (oi, ni) = (index_by(keys, o), index_by(keys, n));
                     for (key, nv) in &ni {
                         let step = Step::Key(key.clone());
                         match oi.get(key) {
+                            Some(ov) if ov == nv => {}
                             None => {
                                 let el = added.child(step);
                                 el.member = true;
@@ -467,6 +528,14 @@ fn diff(name: &str, old: &Value, new: &Value, added: &mut FieldSet, removed: &mu
             }
         }
     }
+}
+
+/// A list-map's elements by key.
+fn index_by<'a>(keys: &[&str], items: &'a [Value]) -> BTreeMap<String, &'a Value> {
+    items
+        .iter()
+        .filter_map(|i| element_key(keys, i).map(|k| (k, i)))
+        .collect()
 }
 
 /// `config` merged into `live`: objects field by field, list-maps element by element (new
@@ -699,6 +768,37 @@ mod tests {
             .unwrap();
         assert_eq!(cs.len(), 1, "{cs:?}");
         assert_eq!(cs[0]["ports"], json!([{"containerPort": 80}]));
+    }
+
+    #[test]
+    fn editing_fields_v1_in_place_agrees_with_the_set_operations() {
+        let a = applied(&deployment(
+            2,
+            json!({"app": "web", "x": "1"}),
+            json!([{"containerPort": 80}, {"containerPort": 81}]),
+        ))
+        .unwrap();
+        let b = applied(&json!({"metadata": {"labels": {"x": "2", "y": "3"}},
+            "spec": {"replicas": 5, "template": {"spec": {"containers": [
+                {"name": "nginx", "ports": [{"containerPort": 81}]}]}}}}))
+        .unwrap();
+        let (c, _) = changed(&json!({}), &deployment(1, json!({"z": "1"}), json!([])));
+        for (x, y) in [(&a, &b), (&b, &a), (&a, &c), (&c, &b)] {
+            let mut tree = x.to_fields_v1().as_object().unwrap().clone();
+            subtract_from_fields_v1(&mut tree, y);
+            assert_eq!(
+                FieldSet::from_fields_v1(&Value::Object(tree)).unwrap(),
+                FieldSet::from_fields_v1(&x.difference(y).to_fields_v1()).unwrap()
+            );
+            let mut tree = x.to_fields_v1().as_object().unwrap().clone();
+            add_to_fields_v1(&mut tree, y);
+            let mut union = x.clone();
+            union.union(y);
+            assert_eq!(
+                FieldSet::from_fields_v1(&Value::Object(tree)).unwrap(),
+                FieldSet::from_fields_v1(&union.to_fields_v1()).unwrap()
+            );
+        }
     }
 
     #[test]

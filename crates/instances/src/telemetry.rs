@@ -61,6 +61,8 @@ impl Default for Telemetry {
 impl Telemetry {
     /// The text format, as the service stands now.
     pub fn render(&self, service: &Arc<Service>) -> String {
+        // One scrape at a time: the gauges are cleared and refilled.
+        let mut counted = self.counted.lock().expect("counted");
         self.groups.clear();
         for (state, n) in service.group_states() {
             self.groups
@@ -68,7 +70,6 @@ impl Telemetry {
                 .set(n as i64);
         }
         if let Ok((cpu, gb)) = service.metered() {
-            let mut counted = self.counted.lock().expect("counted");
             // A counter only goes up: a total read lower (a deleted meter row) adds nothing.
             self.vcpu_seconds.inc_by((cpu - counted.0).max(0.0));
             self.gb_seconds.inc_by((gb - counted.1).max(0.0));

@@ -603,8 +603,12 @@ impl PodSync {
             };
             self.start(pod, r, sandbox, c, start.attempt).await;
         }
-        let running = |s: Option<&Value>| s.is_some_and(|s| s["phase"] == "Running");
-        if running(Some(&plan.status)) && !self.remember(&r.uid, |m| running(m.written.as_ref())) {
+        // A pod turning Running now, not one that was Running before (an agent restarted).
+        let was_running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if plan.status["phase"] == "Running"
+            && !was_running
+            && !self.remember(&r.uid, |m| std::mem::replace(&mut m.start_recorded, true))
+        {
             if let Some(created) = &pod.metadata.creation_timestamp {
                 let took = jiff::Timestamp::now().duration_since(created.0);
                 if let Ok(took) = std::time::Duration::try_from(took) {

@@ -84,6 +84,8 @@ pub struct Memory {
     pub sandbox_failures: HashSet<String>,
     /// The status last written, to skip writes that change nothing.
     pub written: Option<Value>,
+    /// Its start latency was recorded (once per pod, for `/metrics`).
+    pub start_recorded: bool,
 }
 
 /// Where a pod is in its life, as far as the agent is concerned.

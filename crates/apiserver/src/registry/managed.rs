@@ -10,6 +10,15 @@ use serde_json::{json, Map, Value};
 
 use crate::status::ApiError;
 
+/// Whether writes record managedFields: always, unless `BERTH_MANAGED_FIELDS=off` is set in
+/// the server's environment (for measuring what tracking costs; applies still track).
+pub fn tracking() -> bool {
+    static ON: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var("BERTH_MANAGED_FIELDS").map_or(true, |v| v != "off")
+    });
+    *ON
+}
+
 /// One manager's entry.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -66,6 +75,55 @@ impl Entry {
     }
 }
 
+/// At most this many Update entries are kept; the oldest go into `ancient-changes`.
+const MAX_UPDATE_MANAGERS: usize = 10;
+
+/// Fold the oldest Update entries into one `ancient-changes` entry (per apiVersion), as
+/// Kubernetes does, so free-form manager names cannot grow an object without bound.
+fn cap_updates(entries: &mut Vec<Entry>) {
+    let updates = entries.iter().filter(|e| e.operation == "Update").count();
+    if updates <= MAX_UPDATE_MANAGERS {
+        return;
+    }
+    let mut order: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].operation == "Update" && entries[i].manager != "ancient-changes")
+        .collect();
+    order.sort_by(|&a, &b| entries[a].time.cmp(&entries[b].time));
+    // The excess, and one more if the ancient entry is still to be made (it takes a place).
+    let has_ancient = entries.iter().any(|e| e.manager == "ancient-changes");
+    let excess = updates - MAX_UPDATE_MANAGERS + usize::from(!has_ancient);
+    let fold: Vec<usize> = order.into_iter().take(excess).collect();
+    let mut folded: Vec<Entry> = Vec::new();
+    for &i in &fold {
+        let e = &entries[i];
+        match folded.iter_mut().find(|a| a.api_version == e.api_version) {
+            Some(a) => a.set.union(&e.set),
+            None => folded.push(Entry {
+                manager: "ancient-changes".into(),
+                operation: "Update".into(),
+                api_version: e.api_version.clone(),
+                time: None,
+                subresource: None,
+                set: e.set.clone(),
+            }),
+        }
+    }
+    let mut i = 0;
+    entries.retain(|_| {
+        i += 1;
+        !fold.contains(&(i - 1))
+    });
+    for a in folded {
+        match entries
+            .iter_mut()
+            .find(|e| e.manager == "ancient-changes" && e.api_version == a.api_version)
+        {
+            Some(e) => e.set.union(&a.set),
+            None => entries.push(a),
+        }
+    }
+}
+
 /// The entries an object carries (`None` when it has no `managedFields`: it is not tracked).
 fn read(obj: &Value) -> Result<Option<Vec<Entry>>, ApiError> {
     let Some(list) = obj.pointer("/metadata/managedFields") else {
@@ -109,6 +167,7 @@ fn bad(field: &str, why: &str) -> ApiError {
 /// Put `entries` on `obj`: empty ones dropped, Apply before Update, then by time, manager.
 fn write(obj: &mut Value, mut entries: Vec<Entry>) {
     entries.retain(|e| !e.set.is_empty());
+    cap_updates(&mut entries);
     entries.sort_by(|a, b| {
         (a.operation != "Apply")
             .cmp(&(b.operation != "Apply"))
@@ -172,6 +231,9 @@ impl Writer<'_> {
 /// A create: its manager owns every field of the new object (as an update from nothing).
 pub fn on_create(obj: &mut Value, w: &Writer) {
     take(obj);
+    if !tracking() {
+        return;
+    }
     let skeleton = json!({"metadata": {}, "spec": {}});
     let (mut added, _) = fields::changed(&skeleton, obj);
     added.strip(w.reset);
@@ -188,35 +250,115 @@ pub fn on_create(obj: &mut Value, w: &Writer) {
 /// clears them); an object that has none is not tracked.
 pub fn on_update(old: &Value, new: &mut Value, w: &Writer) -> Result<(), ApiError> {
     let stored = old.pointer("/metadata/managedFields");
-    let sent = take(new);
-    let base = match (&sent, stored) {
-        (Some(s), st) if Some(s) != st => s.clone(),
-        (_, Some(st)) => st.clone(),
-        (_, None) => return Ok(()),
-    };
-    let mut holder = json!({"metadata": {"managedFields": base}});
-    let Some(mut entries) = read(&holder)? else {
-        return Ok(());
-    };
-    if entries.is_empty() {
+    if !tracking() {
+        take(new);
+        if let Some(m) = stored {
+            new["metadata"]["managedFields"] = m.clone();
+        }
         return Ok(());
     }
+    let sent = take(new).filter(|v| !v.is_null());
+    let (base, from_client) = match (sent, stored) {
+        (Some(s), st) if Some(&s) != st => (s, true),
+        (_, Some(st)) => (st.clone(), false),
+        (_, None) => return Ok(()),
+    };
     let (mut added, mut removed) = fields::changed(old, new);
     added.strip(w.reset);
     removed.strip(w.reset);
-    if !added.is_empty() || !removed.is_empty() {
-        for e in entries.iter_mut() {
-            e.set = e.set.difference(&added).difference(&removed);
+    if from_client {
+        // Checked and written afresh: what a client sends is not trusted as stored.
+        let mut holder = json!({"metadata": {"managedFields": base}});
+        let Some(mut entries) = read(&holder)? else {
+            return Ok(());
+        };
+        if entries.is_empty() {
+            return Ok(());
         }
-        let e = w.entry(&mut entries, "Update");
-        e.set.union(&added);
-        e.time = Some(w.now.to_string());
+        take_over(&mut entries, &added, &removed, w);
+        write(&mut holder, entries);
+        if let Some(m) = holder["metadata"].get("managedFields").cloned() {
+            new["metadata"]["managedFields"] = m;
+        }
+        return Ok(());
     }
-    write(&mut holder, entries);
-    if let Some(m) = holder["metadata"].get("managedFields").cloned() {
-        new["metadata"]["managedFields"] = m;
+    let Value::Array(mut list) = base else {
+        return Ok(());
+    };
+    if list.is_empty() {
+        return Ok(());
+    }
+    if !added.is_empty() || !removed.is_empty() {
+        // The stored entries are edited in place along the (few) fields this write changed,
+        // rather than each read into a set and written back: this runs on every write.
+        let mut gone = added.clone();
+        gone.union(&removed);
+        let text = |e: &Value, f: &str| e.get(f).and_then(Value::as_str).map(String::from);
+        let mut mine = None;
+        for (i, e) in list.iter_mut().enumerate() {
+            let is_mine = text(e, "manager").as_deref() == Some(w.manager)
+                && text(e, "operation").as_deref() == Some("Update")
+                && text(e, "apiVersion").as_deref() == Some(w.api_version)
+                && text(e, "subresource").filter(|s| !s.is_empty()).as_deref() == w.subresource;
+            let Some(Value::Object(tree)) = e.get_mut("fieldsV1") else {
+                continue;
+            };
+            if is_mine {
+                fields::subtract_from_fields_v1(tree, &removed);
+                fields::add_to_fields_v1(tree, &added);
+                mine = Some(i);
+            } else {
+                fields::subtract_from_fields_v1(tree, &gone);
+            }
+        }
+        match mine {
+            Some(i) => list[i]["time"] = json!(w.now),
+            None if !added.is_empty() => list.push(
+                Entry {
+                    manager: w.manager.to_string(),
+                    operation: "Update".into(),
+                    api_version: w.api_version.to_string(),
+                    time: Some(w.now.to_string()),
+                    subresource: w.subresource.map(String::from),
+                    set: added,
+                }
+                .to_json(),
+            ),
+            None => {}
+        }
+        list.retain(|e| {
+            e.get("fieldsV1")
+                .is_some_and(|f| f.as_object().is_some_and(|m| !m.is_empty()))
+        });
+        if mine.is_none() {
+            // A new manager: the cap and the order are kept on the full path.
+            let mut holder = json!({"metadata": {"managedFields": list}});
+            let entries = read(&holder)?.unwrap_or_default();
+            write(&mut holder, entries);
+            list = match holder["metadata"].get_mut("managedFields").map(Value::take) {
+                Some(Value::Array(l)) => l,
+                _ => Vec::new(),
+            };
+        }
+    }
+    if !list.is_empty() {
+        new["metadata"]["managedFields"] = Value::Array(list);
     }
     Ok(())
+}
+
+/// An update's ownership: its manager owns what it added or changed, which the others give
+/// up; what it removed goes from everyone.
+fn take_over(entries: &mut Vec<Entry>, added: &FieldSet, removed: &FieldSet, w: &Writer) {
+    if added.is_empty() && removed.is_empty() {
+        return;
+    }
+    for e in entries.iter_mut() {
+        e.set = e.set.difference(added).difference(removed);
+    }
+    let e = w.entry(entries, "Update");
+    e.set.union(added);
+    e.time = Some(w.now.to_string());
 }
 
 /// An apply of `config` by `w.manager` to `live` (`Value::Null` when the object is new):
@@ -256,10 +398,13 @@ pub fn on_apply(live: &Value, config: &Value, w: &Writer, force: bool) -> Result
     } else {
         config.clone()
     };
-    let (changes, _) = fields::changed(&live, &merged);
+    let (mut changes, _) = fields::changed(&live, &merged);
+    // What this endpoint does not write (status through the main resource) is no conflict.
+    changes.strip(w.reset);
     let mine = |e: &Entry| e.same_owner(w.manager, "Apply", w.api_version, w.subresource);
-    // kubectl moving from client-side to server-side apply takes over, without a conflict,
-    // the fields its last client-side apply set (as Kubernetes lets it).
+    // kubectl moving from client-side to server-side apply takes over from its client-side
+    // manager, without a conflict, the fields its last client-side apply set (as Kubernetes
+    // lets it); from any other manager they conflict as usual.
     let last_applied = (w.manager == "kubectl")
         .then(|| last_applied_fields(&live, w.reset))
         .flatten()
@@ -270,8 +415,11 @@ pub fn on_apply(live: &Value, config: &Value, w: &Writer, force: bool) -> Result
         if clash.is_empty() {
             continue;
         }
+        let from_client_side = e.manager == "kubectl-client-side-apply" && e.operation == "Update";
         let (taken, refused) = if force {
             (clash, FieldSet::default())
+        } else if !from_client_side {
+            (FieldSet::default(), clash)
         } else {
             let refused = clash.difference(&last_applied);
             (clash.intersection(&last_applied), refused)
@@ -483,6 +631,31 @@ mod tests {
         cleared["metadata"]["managedFields"] = json!([]);
         on_update(&new, &mut cleared, &w("x")).unwrap();
         assert!(cleared.pointer("/metadata/managedFields").is_none());
+    }
+
+    #[test]
+    fn update_managers_are_capped() {
+        let mut obj = cm(json!({}));
+        on_create(&mut obj, &w("creator"));
+        for i in 0..15 {
+            let old = obj.clone();
+            obj["data"][format!("k{i}")] = json!("v");
+            let now = format!("2026-11-28T21:{i:02}:00Z");
+            let manager = format!("job-{i}");
+            let writer = Writer {
+                now: &now,
+                ..w(&manager)
+            };
+            on_update(&old, &mut obj, &writer).unwrap();
+        }
+        let owners = managers(&obj);
+        assert_eq!(owners.len(), 10, "{owners:?}");
+        let ancient = owners
+            .iter()
+            .find(|(m, _, _)| m == "ancient-changes")
+            .unwrap();
+        assert!(ancient.2.contains(&".data.k0".to_string()), "{ancient:?}");
+        assert!(owners.iter().any(|(m, _, _)| m == "job-14"));
     }
 
     #[test]

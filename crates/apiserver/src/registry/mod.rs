@@ -498,7 +498,11 @@ impl Registry {
             // `generation` stays put); everything else stays as stored.
             let status = new.get("status").cloned();
             let annotations = new.pointer("/metadata/annotations").cloned();
+            let applied_fields = new.pointer("/metadata/managedFields").cloned();
             new = old.clone();
+            if let (true, Some(m)) = (applied, applied_fields) {
+                meta_mut(&mut new).insert("managedFields".into(), m);
+            }
             match annotations {
                 Some(a) => {
                     meta_mut(&mut new).insert("annotations".into(), a);

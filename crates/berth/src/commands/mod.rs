@@ -167,11 +167,30 @@ pub async fn start_control_plane(
     let election = berth_controllers::leader::Config::with_lease(identity, lease);
     // Each term gets a client of its own, so nothing of a term that was stopped (watches,
     // connections) carries into the next.
+    // Each loop names itself in its User-Agent, which is the field manager of what it writes
+    // (as kube-scheduler's and kube-controller-manager's are).
+    let named = move |name: &'static str| {
+        let mut c = config.clone();
+        c.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(name),
+        ));
+        kube::Client::try_from(c)
+    };
     let work = move || {
-        let client = kube::Client::try_from(config.clone());
+        let clients = named(concat!(
+            "berth-controller-manager/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .and_then(|c| {
+            Ok((
+                c,
+                named(concat!("berth-scheduler/", env!("CARGO_PKG_VERSION")))?,
+            ))
+        });
         let cfg = cfg.clone();
         async move {
-            let client = match client {
+            let (client, scheduler_client) = match clients {
                 Ok(c) => c,
                 Err(e) => {
                     return tracing::error!(error = %e, "building the control plane's API client")
@@ -183,7 +202,7 @@ pub async fn start_control_plane(
                 }
             };
             let scheduler = async {
-                if let Err(e) = berth_scheduler::binder::run(client.clone(), cfg).await {
+                if let Err(e) = berth_scheduler::binder::run(scheduler_client, cfg).await {
                     tracing::error!(error = %format!("{e:#}"), "the scheduler stopped");
                 }
             };
