@@ -171,6 +171,26 @@ async fn client(
     Ok(kube::Client::try_from(cfg)?)
 }
 
+/// A client as `berth server`'s scheduler has one: it asks for objects without
+/// managedFields, which it never reads.
+async fn scheduler_client(
+    server: &berth_apiserver::Server,
+    dir: &std::path::Path,
+) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(dir.join("kubeconfig"))?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let _ = server;
+    cfg.headers.push((
+        http::HeaderName::from_static(berth_core::fields::OMIT_MANAGED_FIELDS),
+        http::HeaderValue::from_static("true"),
+    ));
+    cfg.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("berth-scheduler"),
+    ));
+    Ok(kube::Client::try_from(cfg)?)
+}
+
 async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut cfg = berth_apiserver::Config::new(dir.path().to_path_buf());

@@ -200,8 +200,10 @@ async fn end_to_end(
         p
     });
     create_all(&pods_api, unscheduled.collect()).await?;
-    // Count binds from a watch the server filters (bound pods only), metadata only.
-    let typed: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // Count binds from a watch the server filters (bound pods only), metadata only, and
+    // without managedFields (the observer reads names only; its decoding shares the cores).
+    let observer = crate::scheduler_client(&server, dir.path()).await?;
+    let typed: Api<Pod> = Api::namespaced(observer, "default");
     let rv = typed
         .list_metadata(&ListParams::default().limit(1))
         .await?
@@ -212,13 +214,14 @@ async fn end_to_end(
         .watch_metadata(&WatchParams::default().fields("spec.nodeName!="), &rv)
         .await?
         .boxed();
+    let sched_client = crate::scheduler_client(&server, dir.path()).await?;
     eprintln!(
         "  {}: {nodes} nodes and {pods} pods stored; starting the scheduler",
         case.label()
     );
     let start = Instant::now();
     let cpu_start = cpu_seconds();
-    let sched = tokio::spawn(berth_scheduler::binder::run(client.clone(), sched_cfg));
+    let sched = tokio::spawn(berth_scheduler::binder::run(sched_client, sched_cfg));
     let mut bound = std::collections::HashSet::new();
     let mut first: Option<Duration> = None;
     while bound.len() < pods {

@@ -135,6 +135,10 @@ impl Join {
             http::header::USER_AGENT,
             http::HeaderValue::from_static(concat!("berth-agent/", env!("CARGO_PKG_VERSION"))),
         ));
+        kc.headers.push((
+            http::HeaderName::from_static(berth_core::fields::OMIT_MANAGED_FIELDS),
+            http::HeaderValue::from_static("true"),
+        ));
         kube::Client::try_from(kc).map_err(AgentError::Client)
     }
 

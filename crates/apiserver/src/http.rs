@@ -448,6 +448,10 @@ async fn resource(
     let versions = Versions {
         served: target.res,
         storage: resources::of_kind(target.res.kind),
+        omit_managed: req
+            .headers()
+            .get(OMIT_MANAGED_FIELDS)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
     };
     let res = versions.storage;
     let method = req.method().clone();
@@ -653,6 +657,17 @@ async fn resource(
 struct Versions {
     served: &'static Resource,
     storage: &'static Resource,
+    /// The client asked for objects without `metadata.managedFields` ([`OMIT_MANAGED_FIELDS`]).
+    omit_managed: bool,
+}
+
+use berth_core::fields::OMIT_MANAGED_FIELDS;
+
+fn strip_managed(mut obj: Value) -> Value {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+    }
+    obj
 }
 
 impl Versions {
@@ -677,6 +692,11 @@ impl Versions {
     /// A stored object as the request's version and shape show it. Tables are made from the
     /// stored object: their columns are the same in every version.
     fn object(&self, obj: Value, shape: Shape) -> Value {
+        let obj = if self.omit_managed {
+            strip_managed(obj)
+        } else {
+            obj
+        };
         match shape {
             Shape::Object if self.converts() => convert::from_storage(self.served, obj),
             _ => format::object(self.storage, obj, shape),
@@ -684,6 +704,9 @@ impl Versions {
     }
 
     fn list(&self, mut listed: crate::registry::ListResult, shape: Shape) -> Value {
+        if self.omit_managed {
+            listed.items = listed.items.into_iter().map(strip_managed).collect();
+        }
         if !self.converts() || shape != Shape::Object {
             return format::list(self.storage, listed, shape);
         }

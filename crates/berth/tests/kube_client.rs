@@ -214,3 +214,44 @@ async fn reflector_recovers_from_410_after_compaction() {
     assert!(*inits.borrow() >= 2, "the 410 must have forced a re-list");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// A create records its manager (the User-Agent's product); `Berth-Omit-Managed-Fields`
+/// answers without them, as Berth's own loops ask.
+#[tokio::test]
+async fn managed_fields_are_recorded_and_can_be_left_out() {
+    let b = Berth::up(&[]);
+    let kc = kube::config::Kubeconfig::read_from(b.kubeconfig()).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    cfg.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("berth-test/1.0 (linux)"),
+    ));
+    let full: Api<ConfigMap> =
+        Api::namespaced(kube::Client::try_from(cfg.clone()).unwrap(), "default");
+    cfg.headers.push((
+        http::HeaderName::from_static(berth_core::fields::OMIT_MANAGED_FIELDS),
+        http::HeaderValue::from_static("true"),
+    ));
+    let lean: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "default");
+    full.create(&PostParams::default(), &cm("owned", "1"))
+        .await
+        .unwrap();
+    let got = full.get("owned").await.unwrap();
+    let entries = got.metadata.managed_fields.expect("managedFields");
+    assert_eq!(entries[0].manager.as_deref(), Some("berth-test"));
+    assert_eq!(entries[0].operation.as_deref(), Some("Update"));
+    assert!(lean
+        .get("owned")
+        .await
+        .unwrap()
+        .metadata
+        .managed_fields
+        .is_none());
+    let listed = lean.list(&Default::default()).await.unwrap();
+    assert!(listed
+        .items
+        .iter()
+        .all(|c| c.metadata.managed_fields.is_none()));
+}

@@ -12,6 +12,12 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+/// A request header of Berth's: `Berth-Omit-Managed-Fields: true` answers objects without
+/// `metadata.managedFields`. Berth's own loops send it: they never read them (kube-scheduler
+/// strips them in its informers too), and a pod's entries double its size on every watch
+/// event they decode.
+pub const OMIT_MANAGED_FIELDS: &str = "berth-omit-managed-fields";
+
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {

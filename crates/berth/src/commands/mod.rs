@@ -175,6 +175,10 @@ pub async fn start_control_plane(
             http::header::USER_AGENT,
             http::HeaderValue::from_static(name),
         ));
+        c.headers.push((
+            http::HeaderName::from_static(berth_core::fields::OMIT_MANAGED_FIELDS),
+            http::HeaderValue::from_static("true"),
+        ));
         kube::Client::try_from(c)
     };
     let work = move || {
