@@ -570,11 +570,17 @@ async fn resource(
     match action {
         Action::Get => ok(&versions.object(reg.get(res, ns, name).await?, shape)),
         Action::List => {
-            let params = ListParams::from_query(res, &q)?;
+            let params = ListParams {
+                omit_managed: versions.omit_managed,
+                ..ListParams::from_query(res, &q)?
+            };
             ok(&versions.list(reg.list(res, ns, &params).await?, shape))
         }
         Action::Watch => {
-            let params = ListParams::from_query(res, &q)?;
+            let params = ListParams {
+                omit_managed: versions.omit_managed,
+                ..ListParams::from_query(res, &q)?
+            };
             let rx = reg.watch(res, ns, params, app.bookmark_every).await?;
             Ok(watch_response(versions, rx, shape))
         }

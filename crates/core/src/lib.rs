@@ -17,6 +17,7 @@ pub mod quantity;
 pub mod query;
 pub mod resources;
 pub mod selector;
+pub mod stored;
 pub mod table;
 pub mod typed;
 pub mod validation;

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{from_kv, meta_mut, store_err, Registry};
+use super::{meta_mut, parse_value, read_kv, store_err, Registry};
 use crate::status::ApiError;
 
 /// The query parameters of a list or watch.
@@ -28,6 +28,9 @@ pub struct ListParams {
     pub timeout: Option<Duration>,
     pub allow_bookmarks: bool,
     pub send_initial_events: bool,
+    /// Objects are read without `metadata.managedFields`: the client asked to go without
+    /// them, so they are skipped while parsing rather than built and dropped.
+    pub omit_managed: bool,
 }
 
 fn parse_bool(q: &HashMap<String, String>, k: &str) -> bool {
@@ -110,6 +113,7 @@ impl ListParams {
             timeout,
             allow_bookmarks: parse_bool(q, "allowWatchBookmarks"),
             send_initial_events: parse_bool(q, "sendInitialEvents"),
+            omit_managed: false,
         })
     }
 
@@ -191,7 +195,7 @@ impl Registry {
         if let (Some(name), true) = (p.fields.exact_name(), ns.is_some() || !res.namespaced) {
             let kv = self.get_kv(res, ns, name).await?;
             let items = kv
-                .map(|kv| from_kv(&kv))
+                .map(|kv| read_kv(&kv, p.omit_managed))
                 .transpose()?
                 .filter(|o| p.matches(o))
                 .into_iter()
@@ -220,7 +224,7 @@ impl Registry {
             revision.get_or_insert(page.revision);
             let n = page.items.len();
             for (i, kv) in page.items.into_iter().enumerate() {
-                let obj = from_kv(&kv)?;
+                let obj = read_kv(&kv, p.omit_managed)?;
                 start_after = Some(kv.key);
                 if !p.matches(&obj) {
                     continue;
@@ -365,7 +369,7 @@ impl Registry {
                     }
                 };
                 latest = event.revision();
-                let Ok(mut object) = serde_json::from_slice::<Value>(&event.kv.value) else {
+                let Ok(mut object) = parse_value(&event.kv.value, p.omit_managed) else {
                     continue;
                 };
                 meta_mut(&mut object).insert(

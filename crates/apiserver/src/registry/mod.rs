@@ -159,10 +159,24 @@ fn rv_of(obj: &Value) -> Option<Revision> {
 
 /// The stored value with `resourceVersion` restored.
 pub(crate) fn from_kv(kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut obj: Value = serde_json::from_slice(&kv.value)
+    read_kv(kv, false)
+}
+
+/// The stored value with `resourceVersion` restored, without its managedFields if `omit_managed`.
+pub(crate) fn read_kv(kv: &KeyValue, omit_managed: bool) -> Result<Value, ApiError> {
+    let mut obj = parse_value(&kv.value, omit_managed)
         .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
     meta_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
     Ok(obj)
+}
+
+/// A stored value, without its managedFields if `omit_managed`.
+pub(crate) fn parse_value(bytes: &[u8], omit_managed: bool) -> serde_json::Result<Value> {
+    if omit_managed {
+        berth_core::stored::parse_omitting_managed(bytes)
+    } else {
+        serde_json::from_slice(bytes)
+    }
 }
 
 fn to_bytes(obj: &Value) -> Vec<u8> {

@@ -5,7 +5,7 @@ use berth_core::selector::label_selector_string;
 use berth_core::FieldError;
 use serde_json::{json, Value};
 
-use super::{apply_patch, from_kv, meta_mut, now, Part, PatchType, Registry, WriteOptions};
+use super::{apply_patch, from_kv, now, Part, PatchType, Registry, WriteOptions};
 use crate::status::ApiError;
 
 fn scale_of(obj: &Value) -> Value {
@@ -135,7 +135,11 @@ impl Registry {
             let Some(current) = self.get_kv(res, ns, name).await? else {
                 return Err(ApiError::not_found(res, name));
             };
-            let mut pod = from_kv(&current)?;
+            // Binding leaves ownership as it is: the managedFields go through as stored.
+            let (mut pod, managed) = berth_core::stored::parse_keeping_managed_raw(&current.value)
+                .map_err(|e| {
+                    ApiError::internal(format!("stored object {} is not JSON: {e}", current.key))
+                })?;
             if let Some(uid) = binding.pointer("/metadata/uid").and_then(Value::as_str) {
                 if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
                     return Err(ApiError::conflict(
@@ -174,11 +178,11 @@ impl Registry {
                 .collect();
             conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
             pod["status"]["conditions"] = json!(conds);
-            meta_mut(&mut pod).remove("resourceVersion");
             // Binding writes spec and status together: write the stored object directly.
+            let bytes = berth_core::stored::to_vec_with_managed(&pod, managed.as_deref());
             match self
                 .store
-                .update(&current.key, super::to_bytes(&pod), current.mod_revision)
+                .update(&current.key, bytes, current.mod_revision)
                 .await
             {
                 Ok(_) => return Ok(crate::status::success(201, None)),
