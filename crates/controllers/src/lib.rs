@@ -11,6 +11,7 @@
 //!  Deployment ──reconcile──▶ ReplicaSets (one per template, pod-template-hash)
 //!                               │  rolling update: surge the new, drain the old
 //!  ReplicaSet ──reconcile──▶ Pods (create in growing batches, delete ranked victims)
+//!  Job ──reconcile──▶ Pods (up to parallelism, until completions succeed), status, TTL
 //!  gc (sweep every second, every served kind) ──▶ deletes what lost its owners;
 //!                                                foreground / orphan finalizers
 //!  nodelifecycle (sweep every 250 ms) ──▶ Lease ran out: NotReady, unreachable taint, evict
@@ -24,6 +25,7 @@ pub mod endpoints;
 mod events;
 pub mod gc;
 pub mod hpa;
+pub mod job;
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -37,8 +39,9 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 
@@ -192,9 +195,16 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     let nodes_changed = Arc::new(tokio::sync::Notify::new());
     // The endpoints sweep runs on any change to what it reads.
     let changed = Arc::new(tokio::sync::Notify::new());
+    // A pod's change wakes its Job, if a Job controls it.
+    let (job_tx, job_rx) = futures::channel::mpsc::unbounded();
     let pod_changes = {
         let changed = changed.clone();
-        pod_changes.inspect(move |_| changed.notify_one())
+        pod_changes.inspect(move |p| {
+            changed.notify_one();
+            if let Some(job) = p.as_ref().ok().and_then(controlling_job) {
+                let _ = job_tx.unbounded_send(job);
+            }
+        })
     };
     let (services, service_changes) = cache(Api::<k8s_openapi::api::core::v1::Service>::all(
         client.clone(),
@@ -227,6 +237,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
             replicaset::reconcile
         ),
         controller("deployment", ctx.clone(), rs_changes, deployment::reconcile),
+        jobs(ctx.clone(), job_rx),
         gc::run(ctx.client.clone()),
         hpa::run(ctx.clone(), hpas),
         endpoints::run(
@@ -297,6 +308,45 @@ async fn controller<K, Owned, R, F>(
     .for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!(controller = kind, error = %e, "reconcile");
+        }
+    })
+    .await;
+}
+
+/// The Job that controls a pod, if one does.
+fn controlling_job(p: &Pod) -> Option<ObjectRef<Job>> {
+    let owner = p
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))?;
+    (owner.kind == "Job" && owner.api_version == "batch/v1").then(|| {
+        ObjectRef::new(&owner.name).within(p.metadata.namespace.as_deref().unwrap_or_default())
+    })
+}
+
+/// The Job controller: every Job, woken by its own changes and its pods' (`pod_jobs`).
+async fn jobs(
+    ctx: Arc<Context>,
+    pod_jobs: impl futures::Stream<Item = ObjectRef<Job>> + Send + 'static,
+) {
+    kube::runtime::Controller::new(
+        Api::<Job>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .reconcile_on(pod_jobs)
+    .run(
+        job::reconcile,
+        |_, e: &Error, _| {
+            tracing::warn!(controller = "job", error = %e, "reconcile failed; retrying in 5 s");
+            kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+        },
+        ctx,
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(controller = "job", error = %e, "reconcile");
         }
     })
     .await;

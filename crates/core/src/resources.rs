@@ -17,6 +17,7 @@ pub enum Kind {
     Lease,
     HorizontalPodAutoscaler,
     EndpointSlice,
+    Job,
 }
 
 /// A served resource: where it lives in the REST tree and which subresources it has.
@@ -230,6 +231,12 @@ pub static RESOURCES: &[Resource] = &[
         true,
     ),
     hpa("v2"),
+    Resource {
+        categories: &["all"],
+        status: true,
+        generation: true,
+        ..res(Kind::Job, "batch", "v1", "Job", "jobs", "job", true)
+    },
     res(
         Kind::EndpointSlice,
         "discovery.k8s.io",

@@ -85,7 +85,7 @@ fn diff_unknown(orig: &Value, canon: &Value, path: String, out: &mut Vec<String>
 
 /// Decode `obj` as `kind`'s schema.
 pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
-    use k8s_openapi::api::{apps, autoscaling, coordination, core, discovery};
+    use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery};
     match kind {
         Kind::Namespace => round_trip::<core::v1::Namespace>(obj),
         Kind::Pod => round_trip::<core::v1::Pod>(obj),
@@ -102,6 +102,7 @@ pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
             round_trip::<autoscaling::v2::HorizontalPodAutoscaler>(obj)
         }
         Kind::EndpointSlice => round_trip::<discovery::v1::EndpointSlice>(obj),
+        Kind::Job => round_trip::<batch::v1::Job>(obj),
     }
 }
 

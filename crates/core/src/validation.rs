@@ -50,6 +50,15 @@ impl FieldError {
         }
     }
 
+    /// A required field, with why it is required here (`when completion mode is Indexed`).
+    pub fn required_because(path: impl Into<String>, why: impl Into<String>) -> Self {
+        FieldError {
+            path: path.into(),
+            reason: Reason::Required,
+            detail: why.into(),
+        }
+    }
+
     pub fn invalid(
         path: impl Into<String>,
         value: impl fmt::Display,

@@ -4,6 +4,7 @@
 
 mod apps;
 mod autoscaling;
+pub mod batch;
 mod config;
 pub mod convert;
 mod namespace;
@@ -69,6 +70,7 @@ pub fn default(kind: Kind, obj: &mut Value) {
             }
         }
         Kind::HorizontalPodAutoscaler => autoscaling::default_hpa(obj),
+        Kind::Job => batch::default_job(obj),
         Kind::Node
         | Kind::Endpoints
         | Kind::Event
@@ -87,6 +89,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
         Kind::Service => service::validate_service(obj, &mut errs),
         Kind::ConfigMap | Kind::Secret => config::validate_data_keys(obj, &mut errs),
         Kind::HorizontalPodAutoscaler => autoscaling::validate_hpa(obj, &mut errs),
+        Kind::Job => batch::validate_job(obj, &mut errs),
         Kind::Namespace
         | Kind::Node
         | Kind::Endpoints
@@ -112,6 +115,7 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<FieldErr
         }
         Kind::Service => service::validate_service_update(old, new, &mut errs),
         Kind::Pod => pod::validate_pod_update(old, new, &mut errs),
+        Kind::Job => batch::validate_job_update(old, new, &mut errs),
         Kind::ConfigMap | Kind::Secret
             if old.get("immutable") == Some(&Value::Bool(true))
                 && (old.get("data") != new.get("data")
@@ -218,6 +222,7 @@ pub fn table_columns(kind: Kind) -> Vec<Column> {
         Kind::Node => node::columns(),
         Kind::Service => service::columns(),
         Kind::Deployment | Kind::ReplicaSet => apps::columns(kind),
+        Kind::Job => batch::job_columns(),
         _ => tables::columns(kind),
     }
 }
@@ -230,6 +235,7 @@ pub fn table_cells(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
         Kind::Node => node::cells(obj, age),
         Kind::Service => service::cells(obj, age),
         Kind::Deployment | Kind::ReplicaSet => apps::cells(kind, obj, age),
+        Kind::Job => batch::job_cells(obj, age, now),
         _ => tables::cells(kind, obj, age, now),
     }
 }
