@@ -1,5 +1,5 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), as kubectl's generators
-//! (`kubectl create namespace|deployment|service|configmap|secret`, `kubectl autoscale`) send
+//! (`kubectl create namespace|deployment|service|configmap|secret|job`, `kubectl autoscale`) send
 //! them: the `k8s\0`
 //! envelope around a `runtime.Unknown` whose `raw` is the object.
 //!
@@ -9,6 +9,7 @@
 
 use k8s_pb::api::apps::v1 as apps;
 use k8s_pb::api::autoscaling::v1 as autoscaling;
+use k8s_pb::api::batch::v1 as batch;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
@@ -66,6 +67,10 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
         ("apps/v1", "Deployment") => {
             let d = apps::Deployment::decode(&raw[..]).map_err(|e| bad("Deployment", e))?;
             json!({"metadata": object_meta(d.metadata), "spec": deployment_spec(d.spec.unwrap_or_default())})
+        }
+        ("batch/v1", "Job") => {
+            let j = batch::Job::decode(&raw[..]).map_err(|e| bad("Job", e))?;
+            json!({"metadata": object_meta(j.metadata), "spec": job_spec(j.spec.unwrap_or_default())})
         }
         ("autoscaling/v1", "HorizontalPodAutoscaler") => {
             let h = autoscaling::HorizontalPodAutoscaler::decode(&raw[..])
@@ -147,6 +152,52 @@ fn object_meta(m: Option<meta::ObjectMeta>) -> Value {
     put_map(&mut o, "labels", m.labels);
     put_map(&mut o, "annotations", m.annotations);
     put_list(&mut o, "finalizers", m.finalizers, Value::String);
+    put_list(&mut o, "ownerReferences", m.owner_references, |r| {
+        let mut ro = json!({});
+        put_str(&mut ro, "apiVersion", r.api_version);
+        put_str(&mut ro, "kind", r.kind);
+        put_str(&mut ro, "name", r.name);
+        put_str(&mut ro, "uid", r.uid);
+        put(&mut ro, "controller", r.controller.map(Value::Bool));
+        put(
+            &mut ro,
+            "blockOwnerDeletion",
+            r.block_owner_deletion.map(Value::Bool),
+        );
+        ro
+    });
+    o
+}
+
+fn pod_template(t: Option<core::PodTemplateSpec>) -> Option<Value> {
+    let t = t?;
+    Some(json!({
+        "metadata": object_meta(t.metadata),
+        "spec": pod_spec(t.spec.unwrap_or_default()),
+    }))
+}
+
+fn job_spec(s: batch::JobSpec) -> Value {
+    let mut o = json!({});
+    let int = |v: Option<i32>| v.map(|v| json!(v));
+    put(&mut o, "parallelism", int(s.parallelism));
+    put(&mut o, "completions", int(s.completions));
+    put(&mut o, "backoffLimit", int(s.backoff_limit));
+    put(
+        &mut o,
+        "activeDeadlineSeconds",
+        s.active_deadline_seconds.map(|v| json!(v)),
+    );
+    put(
+        &mut o,
+        "ttlSecondsAfterFinished",
+        int(s.ttl_seconds_after_finished),
+    );
+    put(&mut o, "selector", label_selector(s.selector));
+    put(&mut o, "manualSelector", s.manual_selector.map(Value::Bool));
+    put_str(&mut o, "completionMode", s.completion_mode);
+    put(&mut o, "suspend", s.suspend.map(Value::Bool));
+    put(&mut o, "template", pod_template(s.template));
     o
 }
 
@@ -242,12 +293,7 @@ fn deployment_spec(s: apps::DeploymentSpec) -> Value {
     let mut o = json!({});
     put(&mut o, "replicas", s.replicas.map(|v| json!(v)));
     put(&mut o, "selector", label_selector(s.selector));
-    if let Some(t) = s.template {
-        o["template"] = json!({
-            "metadata": object_meta(t.metadata),
-            "spec": pod_spec(t.spec.unwrap_or_default()),
-        });
-    }
+    put(&mut o, "template", pod_template(s.template));
     if let Some(st) = s.strategy {
         let mut so = json!({});
         put_str(&mut so, "type", st.r#type);
@@ -371,7 +417,7 @@ mod tests {
     fn garbage_is_a_bad_request_not_a_panic() {
         assert_eq!(decode(b"nope").unwrap_err().code.as_u16(), 400);
         assert_eq!(decode(b"k8s\0\xff\xff\xff").unwrap_err().code.as_u16(), 400);
-        let other = envelope("batch/v1", "Job", vec![]);
+        let other = envelope("apps/v1", "DaemonSet", vec![]);
         assert_eq!(decode(&other).unwrap_err().code.as_u16(), 415);
     }
 }

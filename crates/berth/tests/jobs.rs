@@ -1,0 +1,180 @@
+//! Jobs on `berth up` with the Docker runtime, driven by kubectl.
+
+mod common;
+
+use common::{remove_node_containers, unique, Berth, BusyboxImage};
+
+struct Node {
+    name: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        remove_node_containers(&self.name);
+    }
+}
+
+fn start() -> (BusyboxImage, Node, Berth) {
+    let image = BusyboxImage::build();
+    let node = Node {
+        name: unique("job"),
+    };
+    let b = Berth::up(&["--runtime", "docker", "--node-name", &node.name]);
+    (image, node, b)
+}
+
+fn job(name: &str, image: &str, spec: &str, script: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"batch/v1","kind":"Job","metadata":{{"name":"{name}"}},"spec":{{{spec}
+          "template":{{"spec":{{"restartPolicy":"Never","terminationGracePeriodSeconds":1,
+            "containers":[{{"name":"work","image":"{image}","command":["sh","-c","{script}"]}}]}}}}}}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_run_to_completion_in_parallel_and_by_index() {
+    let (image, _node, b) = start();
+    let tag = image.tag.as_str();
+
+    // kubectl create job: one pod, once; its logs through the Job.
+    b.kubectl_ok(&[
+        "create",
+        "job",
+        "hello",
+        &format!("--image={tag}"),
+        "--",
+        "echo",
+        "hi-from-job",
+    ]);
+    b.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/hello",
+        "--timeout=90s",
+    ]);
+    let logs = b.kubectl_ok(&["logs", "job/hello"]);
+    assert_eq!(logs.trim(), "hi-from-job");
+
+    // Five completions, two at a time.
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &job(
+            "five",
+            tag,
+            r#""completions":5,"parallelism":2,"#,
+            "sleep 1; echo done",
+        ),
+    );
+    b.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/five",
+        "--timeout=120s",
+    ]);
+    let counts = b.kubectl_ok(&[
+        "get",
+        "job",
+        "five",
+        "-o",
+        "jsonpath={.status.succeeded}/{.status.failed}/{.status.completionTime}",
+    ]);
+    assert!(counts.starts_with("5//"), "{counts}");
+    let pods = b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "batch.kubernetes.io/job-name=five",
+        "-o",
+        "jsonpath={.items[*].status.phase}",
+    ]);
+    assert_eq!(
+        pods.split_whitespace().collect::<Vec<_>>(),
+        ["Succeeded"; 5]
+    );
+    let table = b.kubectl_ok(&["get", "job", "five"]);
+    assert!(
+        table.contains("Complete") && table.contains("5/5"),
+        "{table}"
+    );
+
+    // Indexed: each pod sees its own index.
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &job(
+            "indexed",
+            tag,
+            r#""completions":3,"parallelism":3,"completionMode":"Indexed","#,
+            "echo index=$JOB_COMPLETION_INDEX",
+        ),
+    );
+    b.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/indexed",
+        "--timeout=90s",
+    ]);
+    let done = b.kubectl_ok(&[
+        "get",
+        "job",
+        "indexed",
+        "-o",
+        "jsonpath={.status.completedIndexes}",
+    ]);
+    assert_eq!(done, "0-2");
+    let names = b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "batch.kubernetes.io/job-name=indexed",
+        "-o",
+        "name",
+    ]);
+    let mut seen: Vec<String> = names
+        .lines()
+        .map(|pod| b.kubectl_ok(&["logs", pod]).trim().to_string())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["index=0", "index=1", "index=2"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_job_stops_at_its_backoff_limit_and_bad_specs_name_their_field() {
+    let (image, _node, b) = start();
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &job("fails", &image.tag, r#""backoffLimit":1,"#, "exit 3"),
+    );
+    b.kubectl_ok(&[
+        "wait",
+        "--for=condition=failed",
+        "job/fails",
+        "--timeout=90s",
+    ]);
+    let why = b.kubectl_ok(&[
+        "get",
+        "job",
+        "fails",
+        "-o",
+        r#"jsonpath={.status.conditions[?(@.type=="Failed")].reason} {.status.failed}"#,
+    ]);
+    assert_eq!(why, "BackoffLimitExceeded 2");
+    let events = b.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=fails",
+    ]);
+    assert!(events.contains("BackoffLimitExceeded"), "{events}");
+
+    let out = b.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &job("bad", &image.tag, r#""completions":-1,"#, "true"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("spec.completions: Invalid value")
+            && err.contains("must be greater than or equal to 0"),
+        "{err}"
+    );
+}
