@@ -24,16 +24,9 @@ allowed_k8s=(
   "TestDynamicClient::test_async_namespaced_custom_resources"  # apiextensions v1beta1 (gone in 1.22)
   "TestDynamicClient::test_cluster_custom_resources"           # apiextensions v1beta1
   "TestDynamicClient::test_namespaced_custom_resources"        # apiextensions v1beta1
-  # Kinds of the workloads issue (Jobs, DaemonSets, ReplicationControllers) and of the RBAC one.
-  "TestClientBatch::test_job_apis"
+  # Kinds of the workloads issue (DaemonSets) and of the RBAC one.
   "TestClientApps::test_create_daemonset"
   "TestClientApi::test_create_daemonset"
-  "TestClient::test_replication_controller_apis"
-  "TestDynamicClient::test_replication_controller_apis"
-  "TestUtils::test_create_from_multi_resource_yaml"            # holds a ReplicationController
-  "TestUtils::test_create_from_multi_resource_yaml_with_conflict"
-  "TestUtils::test_create_from_multi_resource_yaml_with_multi_conflicts"
-  "TestUtils::test_create_multi_resource_from_directory"
   "TestUtils::test_create_rbac_role_from_yaml"
   "TestUtils::test_create_rbac_role_from_yaml_with_verbose_enabled"
   # Fails against any server: it compares two clients' Resource objects with ==, and

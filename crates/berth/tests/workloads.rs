@@ -787,3 +787,75 @@ spec:
     );
     b.kubectl_ok(&["rollout", "status", "deploy/roll", "--timeout=60s"]);
 }
+
+#[tokio::test]
+async fn a_replication_controller_keeps_its_replicas_and_scales() {
+    let node = common::unique("rc");
+    let b = Berth::up(&["--runtime", "mock", "--node-name", &node]);
+    // The selector and the controller's labels default to the template's.
+    let rc = r#"
+apiVersion: v1
+kind: ReplicationController
+metadata: {name: frontend}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: frontend}}
+    spec:
+      containers: [{name: web, image: busybox}]
+"#;
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], rc);
+    let selector = b.kubectl_ok(&[
+        "get",
+        "rc",
+        "frontend",
+        "-o",
+        "jsonpath={.spec.selector.app}",
+    ]);
+    assert_eq!(selector, "frontend");
+    let ready = |n: &'static str| {
+        let b = &b;
+        move || async move {
+            let out = b.kubectl_ok(&[
+                "get",
+                "rc",
+                "frontend",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ]);
+            (out == n).then_some(())
+        }
+    };
+    eventually(60, "2 ready replicas", ready("2")).await;
+    let owners = b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=frontend",
+        "-o",
+        "jsonpath={.items[*].metadata.ownerReferences[0].kind}",
+    ]);
+    assert_eq!(owners, "ReplicationController ReplicationController");
+    b.kubectl_ok(&["scale", "rc", "frontend", "--replicas=3"]);
+    eventually(60, "3 ready replicas", ready("3")).await;
+    let table = b.kubectl_ok(&["get", "rc", "frontend"]);
+    assert!(
+        table.contains("DESIRED") && table.contains("frontend   3         3         3"),
+        "{table}"
+    );
+    // A pod deleted by hand comes back.
+    let pod = b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=frontend",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    b.kubectl_ok(&["delete", "pod", &pod, "--wait=false"]);
+    eventually(60, "the replacement", || async {
+        let names = b.kubectl_ok(&["get", "pods", "-l", "app=frontend", "-o", "name"]);
+        (names.lines().count() == 3 && !names.contains(&pod)).then_some(())
+    })
+    .await;
+}

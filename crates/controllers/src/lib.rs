@@ -12,6 +12,7 @@
 //!                               │  rolling update: surge the new, drain the old
 //!  ReplicaSet ──reconcile──▶ Pods (create in growing batches, delete ranked victims)
 //!  Job ──reconcile──▶ Pods (up to parallelism, until completions succeed), status, TTL
+//!  ReplicationController ──reconcile──▶ as the ReplicaSet its selector makes
 //!  gc (sweep every second, every served kind) ──▶ deletes what lost its owners;
 //!                                                foreground / orphan finalizers
 //!  nodelifecycle (sweep every 250 ms) ──▶ Lease ran out: NotReady, unreachable taint, evict
@@ -40,7 +41,7 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
@@ -195,14 +196,20 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     let nodes_changed = Arc::new(tokio::sync::Notify::new());
     // The endpoints sweep runs on any change to what it reads.
     let changed = Arc::new(tokio::sync::Notify::new());
-    // A pod's change wakes its Job, if a Job controls it.
+    // A pod's change wakes its Job or ReplicationController, if one controls it (the
+    // ReplicaSet controller reads the same stream for its own).
     let (job_tx, job_rx) = futures::channel::mpsc::unbounded();
+    let (rc_tx, rc_rx) = futures::channel::mpsc::unbounded();
     let pod_changes = {
         let changed = changed.clone();
         pod_changes.inspect(move |p| {
             changed.notify_one();
-            if let Some(job) = p.as_ref().ok().and_then(controlling_job) {
-                let _ = job_tx.unbounded_send(job);
+            if let Ok(p) = p {
+                if let Some(job) = controller_of::<Job>(p) {
+                    let _ = job_tx.unbounded_send(job);
+                } else if let Some(rc) = controller_of::<ReplicationController>(p) {
+                    let _ = rc_tx.unbounded_send(rc);
+                }
             }
         })
     };
@@ -237,7 +244,13 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
             replicaset::reconcile
         ),
         controller("deployment", ctx.clone(), rs_changes, deployment::reconcile),
-        jobs(ctx.clone(), job_rx),
+        woken_by_pods("job", ctx.clone(), job_rx, job::reconcile),
+        woken_by_pods(
+            "replicationcontroller",
+            ctx.clone(),
+            rc_rx,
+            replicaset::reconcile_rc
+        ),
         gc::run(ctx.client.clone()),
         hpa::run(ctx.clone(), hpas),
         endpoints::run(
@@ -313,40 +326,49 @@ async fn controller<K, Owned, R, F>(
     .await;
 }
 
-/// The Job that controls a pod, if one does.
-fn controlling_job(p: &Pod) -> Option<ObjectRef<Job>> {
+/// The object of kind `K` that controls a pod, if one does.
+fn controller_of<K: kube::Resource<DynamicType = ()>>(p: &Pod) -> Option<ObjectRef<K>> {
     let owner = p
         .metadata
         .owner_references
         .iter()
         .flatten()
         .find(|r| r.controller == Some(true))?;
-    (owner.kind == "Job" && owner.api_version == "batch/v1").then(|| {
+    (owner.kind == K::kind(&()) && owner.api_version == K::api_version(&())).then(|| {
         ObjectRef::new(&owner.name).within(p.metadata.namespace.as_deref().unwrap_or_default())
     })
 }
 
-/// The Job controller: every Job, woken by its own changes and its pods' (`pod_jobs`).
-async fn jobs(
+/// Run one controller over every `K`, woken by its own changes and by its pods' (`pod_owners`,
+/// routed from the shared pod cache).
+async fn woken_by_pods<K, R, F>(
+    kind: &'static str,
     ctx: Arc<Context>,
-    pod_jobs: impl futures::Stream<Item = ObjectRef<Job>> + Send + 'static,
-) {
+    pod_owners: impl futures::Stream<Item = ObjectRef<K>> + Send + 'static,
+    reconcile: R,
+) where
+    K: Cached,
+    R: FnMut(Arc<K>, Arc<Context>) -> F,
+    F: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>
+        + Send
+        + 'static,
+{
     kube::runtime::Controller::new(
-        Api::<Job>::all(ctx.client.clone()),
+        Api::<K>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
-    .reconcile_on(pod_jobs)
+    .reconcile_on(pod_owners)
     .run(
-        job::reconcile,
-        |_, e: &Error, _| {
-            tracing::warn!(controller = "job", error = %e, "reconcile failed; retrying in 5 s");
+        reconcile,
+        move |_, e: &Error, _| {
+            tracing::warn!(controller = kind, error = %e, "reconcile failed; retrying in 5 s");
             kube::runtime::controller::Action::requeue(Duration::from_secs(5))
         },
         ctx,
     )
     .for_each(|r| async move {
         if let Err(e) = r {
-            tracing::debug!(controller = "job", error = %e, "reconcile");
+            tracing::debug!(controller = kind, error = %e, "reconcile");
         }
     })
     .await;

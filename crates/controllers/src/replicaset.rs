@@ -1,5 +1,6 @@
 //! The ReplicaSet controller: as many active pods as `spec.replicas`, made from the template
-//! and owned by the set; status counts them.
+//! and owned by the set; status counts them. ReplicationControllers (core/v1) are served by
+//! the same machinery: each is read as the ReplicaSet its equality selector makes.
 //!
 //! Pods are created in batches that double (1, 2, 4, ...) so a template that cannot be created
 //! fails fast; scale-down deletes the pods Kubernetes would pick first (unscheduled, pending,
@@ -11,15 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::{json, Value};
 
 use crate::api_err;
-use crate::events::{involved, record};
+use crate::events::{involved_in, record};
 use crate::ownership::{claim, controller_ref};
 use crate::status::{is_active, ready_since, status_changed, write_status};
 use crate::{Context, Error};
@@ -130,7 +132,77 @@ pub fn plan(
     })
 }
 
+/// The kind of object whose pods a pass counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    ReplicaSet,
+    ReplicationController,
+}
+
+impl Owner {
+    fn api_version(self) -> &'static str {
+        match self {
+            Owner::ReplicaSet => "apps/v1",
+            Owner::ReplicationController => "v1",
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Owner::ReplicaSet => "ReplicaSet",
+            Owner::ReplicationController => "ReplicationController",
+        }
+    }
+}
+
+/// A ReplicationController as the ReplicaSet it stands for: its selector as `matchLabels`.
+pub fn as_replicaset(rc: &ReplicationController) -> ReplicaSet {
+    let spec = rc.spec.clone().unwrap_or_default();
+    let status = rc.status.clone();
+    ReplicaSet {
+        metadata: rc.metadata.clone(),
+        spec: Some(ReplicaSetSpec {
+            replicas: spec.replicas,
+            min_ready_seconds: spec.min_ready_seconds,
+            selector: LabelSelector {
+                match_labels: spec.selector,
+                match_expressions: None,
+            },
+            template: spec.template,
+        }),
+        status: status.map(|s| ReplicaSetStatus {
+            replicas: s.replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            fully_labeled_replicas: s.fully_labeled_replicas,
+            observed_generation: s.observed_generation,
+            conditions: None,
+            terminating_replicas: None,
+        }),
+    }
+}
+
 pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_as(Owner::ReplicaSet, rs, ctx).await
+}
+
+pub async fn reconcile_rc(
+    rc: Arc<ReplicationController>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    reconcile_as(
+        Owner::ReplicationController,
+        Arc::new(as_replicaset(&rc)),
+        ctx,
+    )
+    .await
+}
+
+async fn reconcile_as(
+    owner: Owner,
+    rs: Arc<ReplicaSet>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     ctx.synced().await?;
     if rs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -139,14 +211,18 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     let ns = meta.namespace.clone().unwrap_or_default();
     let uid = meta.uid.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods = claim(
-        &pods_api,
-        ("apps/v1", "ReplicaSet", meta),
-        &Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns),
-        rs.spec.as_ref().map(|s| &s.selector),
-        &ctx.pods,
-    )
-    .await?;
+    let selector = rs.spec.as_ref().map(|s| &s.selector);
+    let by = (owner.api_version(), owner.kind(), meta);
+    let pods = match owner {
+        Owner::ReplicaSet => {
+            let owners = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
+            claim(&pods_api, by, &owners, selector, &ctx.pods).await?
+        }
+        Owner::ReplicationController => {
+            let owners = Api::<ReplicationController>::namespaced(ctx.client.clone(), &ns);
+            claim(&pods_api, by, &owners, selector, &ctx.pods).await?
+        }
+    };
     let present: HashSet<String> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -159,12 +235,13 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             .is_some_and(|n| is_virtual(&n))
     };
     let plan = plan(&rs, &pods, settled, &on_virtual, Timestamp::now())?;
-    execute(&ctx, &rs, &pods_api, plan).await
+    execute(&ctx, owner, &rs, &pods_api, plan).await
 }
 
 /// Make a plan's writes in order; creations and deletions are expected before the next count.
 async fn execute(
     ctx: &Context,
+    owner: Owner,
     rs: &ReplicaSet,
     pods: &Api<Pod>,
     plan: Plan,
@@ -174,7 +251,7 @@ async fn execute(
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     for write in plan.writes {
         match write {
-            Write::Create(count) => create_pods(ctx, rs, pods, count).await?,
+            Write::Create(count) => create_pods(ctx, owner, rs, pods, count).await?,
             Write::Delete(victims) => {
                 ctx.expectations.expect(&uid, vec![], victims.clone());
                 for v in &victims {
@@ -186,7 +263,7 @@ async fn execute(
                 }
                 record(
                     &ctx.client,
-                    involved("ReplicaSet", &rs.metadata),
+                    involved_in(owner.api_version(), owner.kind(), &rs.metadata),
                     "Normal",
                     "SuccessfulDelete",
                     &format!("Deleted {} pod(s): {}", victims.len(), victims.join(", ")),
@@ -194,8 +271,17 @@ async fn execute(
                 );
             }
             Write::Status(status) => {
-                let sets = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
-                write_status(&sets, &name, status, &format!("replicaset {ns}/{name}")).await?;
+                let what = format!("{} {ns}/{name}", owner.kind().to_lowercase());
+                match owner {
+                    Owner::ReplicaSet => {
+                        let sets = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
+                        write_status(&sets, &name, status, &what).await?;
+                    }
+                    Owner::ReplicationController => {
+                        let rcs = Api::<ReplicationController>::namespaced(ctx.client.clone(), &ns);
+                        write_status(&rcs, &name, status, &what).await?;
+                    }
+                }
             }
         }
     }
@@ -214,7 +300,7 @@ pub(crate) fn is_virtual(n: &Node) -> bool {
 }
 
 /// A pod from the set's template, owned by the set.
-fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, Error> {
+fn pod_from_template(owner: Owner, rs: &ReplicaSet) -> Result<Pod, Error> {
     let name = rs.metadata.name.clone().unwrap_or_default();
     let template = rs
         .spec
@@ -226,7 +312,11 @@ fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, Error> {
     meta.name = None;
     meta.generate_name = Some(format!("{name}-"));
     meta.namespace = rs.metadata.namespace.clone();
-    meta.owner_references = Some(vec![controller_ref("apps/v1", "ReplicaSet", &rs.metadata)]);
+    meta.owner_references = Some(vec![controller_ref(
+        owner.api_version(),
+        owner.kind(),
+        &rs.metadata,
+    )]);
     let spec = template.spec.ok_or_else(|| Error::Invalid {
         what: "replicaset",
         name,
@@ -241,12 +331,13 @@ fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, Error> {
 
 async fn create_pods(
     ctx: &Context,
+    owner: Owner,
     rs: &ReplicaSet,
     api: &Api<Pod>,
     count: usize,
 ) -> Result<(), Error> {
     let uid = rs.metadata.uid.clone().unwrap_or_default();
-    let pod = pod_from_template(rs)?;
+    let pod = pod_from_template(owner, rs)?;
     let pp = PostParams::default();
     let mut left = count;
     let mut batch = 1;
@@ -270,7 +361,7 @@ async fn create_pods(
     if !created.is_empty() {
         record(
             &ctx.client,
-            involved("ReplicaSet", &rs.metadata),
+            involved_in(owner.api_version(), owner.kind(), &rs.metadata),
             "Normal",
             "SuccessfulCreate",
             &format!("Created {} pod(s): {}", created.len(), created.join(", ")),
@@ -281,7 +372,7 @@ async fn create_pods(
         let ns = rs.metadata.namespace.clone().unwrap_or_default();
         record(
             &ctx.client,
-            involved("ReplicaSet", &rs.metadata),
+            involved_in(owner.api_version(), owner.kind(), &rs.metadata),
             "Warning",
             "FailedCreate",
             &format!("Error creating: {e}"),

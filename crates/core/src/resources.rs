@@ -18,6 +18,7 @@ pub enum Kind {
     HorizontalPodAutoscaler,
     EndpointSlice,
     Job,
+    ReplicationController,
 }
 
 /// A served resource: where it lives in the REST tree and which subresources it has.
@@ -231,6 +232,22 @@ pub static RESOURCES: &[Resource] = &[
         true,
     ),
     hpa("v2"),
+    Resource {
+        short_names: &["rc"],
+        categories: &["all"],
+        status: true,
+        scale: true,
+        generation: true,
+        ..res(
+            Kind::ReplicationController,
+            "",
+            "v1",
+            "ReplicationController",
+            "replicationcontrollers",
+            "replicationcontroller",
+            true,
+        )
+    },
     Resource {
         categories: &["all"],
         status: true,

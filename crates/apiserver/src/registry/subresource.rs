@@ -20,9 +20,19 @@ fn scale_of(obj: &Value) -> Value {
         "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
         "status": {
             "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
-            "selector": label_selector_string(obj.pointer("/spec/selector")),
+            "selector": scale_selector(obj.pointer("/spec/selector")),
         },
     })
+}
+
+/// A selector as a string; a ReplicationController's is a plain map of labels.
+fn scale_selector(sel: Option<&Value>) -> String {
+    match sel {
+        Some(s) if s.get("matchLabels").is_none() && s.get("matchExpressions").is_none() => {
+            label_selector_string(Some(&json!({ "matchLabels": s })))
+        }
+        other => label_selector_string(other),
+    }
 }
 
 impl Registry {

@@ -1,4 +1,5 @@
-//! apps/v1 Deployments and ReplicaSets: defaults, validation, table.
+//! apps/v1 Deployments and ReplicaSets, and core/v1 ReplicationControllers (a ReplicaSet
+//! with an equality-only selector): defaults, validation, table.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Value};
@@ -33,6 +34,71 @@ pub(super) fn default_deployment(obj: &mut Value) {
 
 pub(super) fn default_replicaset(obj: &mut Value) {
     default_template(obj);
+}
+
+/// A ReplicationController's selector and labels default to its template's labels.
+pub(super) fn default_replication_controller(obj: &mut Value) {
+    default_template(obj);
+    let labels = obj
+        .pointer("/spec/template/metadata/labels")
+        .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+        .cloned();
+    if let Some(labels) = labels {
+        let spec = child(obj, "spec");
+        if spec
+            .get("selector")
+            .is_none_or(|s| s.as_object().is_none_or(|m| m.is_empty()))
+        {
+            spec["selector"] = labels.clone();
+        }
+        let meta = child(obj, "metadata");
+        if meta
+            .get("labels")
+            .is_none_or(|s| s.as_object().is_none_or(|m| m.is_empty()))
+        {
+            meta["labels"] = labels;
+        }
+    }
+}
+
+pub(super) fn validate_replication_controller(obj: &Value, errs: &mut Vec<FieldError>) {
+    let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64);
+    if let Some(r) = replicas.filter(|r| *r < 0) {
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
+    }
+    let selector = obj
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty());
+    let Some(selector) = selector else {
+        errs.push(FieldError::required("spec.selector"));
+        return;
+    };
+    let labels = obj.pointer("/spec/template/metadata/labels");
+    let matches = selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+    if !matches {
+        errs.push(FieldError::invalid(
+            "spec.template.metadata.labels",
+            labels.cloned().unwrap_or(json!({})),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    let pod_spec = obj.pointer("/spec/template/spec").unwrap_or(&Value::Null);
+    super::validate_pod_spec("spec.template.spec", pod_spec, errs);
+    let restart = str_at(pod_spec, "/restartPolicy");
+    if !restart.is_empty() && restart != "Always" {
+        errs.push(FieldError::not_supported(
+            "spec.template.spec.restartPolicy",
+            restart,
+            &["Always"],
+        ));
+    }
 }
 
 fn validate_int_or_percent(path: &str, v: Option<&Value>, errs: &mut Vec<FieldError>) {
@@ -162,9 +228,13 @@ pub(super) fn columns(kind: Kind) -> Vec<Column> {
     cols
 }
 
-/// The SELECTOR cell: `app=web,tier in (a,b)`, or `<none>`.
+/// The SELECTOR cell: `app=web,tier in (a,b)`, or `<none>`; a ReplicationController's
+/// selector is a plain map.
 fn selector_cell(sel: Option<&Value>) -> String {
-    let s = crate::selector::label_selector_string(sel);
+    let plain = sel
+        .filter(|s| s.get("matchLabels").is_none() && s.get("matchExpressions").is_none())
+        .map(|s| json!({ "matchLabels": s }));
+    let s = crate::selector::label_selector_string(plain.as_ref().or(sel));
     if s.is_empty() {
         "<none>".into()
     } else {

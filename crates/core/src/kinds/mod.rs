@@ -62,6 +62,7 @@ pub fn default(kind: Kind, obj: &mut Value) {
         Kind::Pod => pod::default_pod(obj),
         Kind::Deployment => apps::default_deployment(obj),
         Kind::ReplicaSet => apps::default_replicaset(obj),
+        Kind::ReplicationController => apps::default_replication_controller(obj),
         Kind::Service => service::default_service(obj),
         Kind::Namespace => namespace::default_namespace(obj),
         Kind::Secret => {
@@ -90,6 +91,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
         Kind::ConfigMap | Kind::Secret => config::validate_data_keys(obj, &mut errs),
         Kind::HorizontalPodAutoscaler => autoscaling::validate_hpa(obj, &mut errs),
         Kind::Job => batch::validate_job(obj, &mut errs),
+        Kind::ReplicationController => apps::validate_replication_controller(obj, &mut errs),
         Kind::Namespace
         | Kind::Node
         | Kind::Endpoints
@@ -210,7 +212,7 @@ pub fn field_labels(kind: Kind) -> &'static [&'static str] {
         Kind::Node => &["spec.unschedulable"],
         Kind::Secret => &["type"],
         Kind::Namespace => &["status.phase"],
-        Kind::ReplicaSet => &["status.replicas"],
+        Kind::ReplicaSet | Kind::ReplicationController => &["status.replicas"],
         _ => &[],
     }
 }
@@ -221,7 +223,7 @@ pub fn table_columns(kind: Kind) -> Vec<Column> {
         Kind::Pod => pod::columns(),
         Kind::Node => node::columns(),
         Kind::Service => service::columns(),
-        Kind::Deployment | Kind::ReplicaSet => apps::columns(kind),
+        Kind::Deployment | Kind::ReplicaSet | Kind::ReplicationController => apps::columns(kind),
         Kind::Job => batch::job_columns(),
         _ => tables::columns(kind),
     }
@@ -234,7 +236,9 @@ pub fn table_cells(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
         Kind::Pod => pod::cells(obj, age),
         Kind::Node => node::cells(obj, age),
         Kind::Service => service::cells(obj, age),
-        Kind::Deployment | Kind::ReplicaSet => apps::cells(kind, obj, age),
+        Kind::Deployment | Kind::ReplicaSet | Kind::ReplicationController => {
+            apps::cells(kind, obj, age)
+        }
         Kind::Job => batch::job_cells(obj, age, now),
         _ => tables::cells(kind, obj, age, now),
     }
