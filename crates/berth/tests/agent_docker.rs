@@ -4,24 +4,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{node_containers, remove_node_containers, unique, Berth, BusyboxImage};
-
-struct Node {
-    name: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        remove_node_containers(&self.name);
-    }
-}
+use common::{node_containers, Berth, BusyboxImage, Node};
 
 /// A test image, a fresh node name, and `berth up` with a Docker agent registered as that
 /// node. Bound as `let (image, node, b) = start();`, the server goes first on drop, then the
 /// node's containers, then the image.
 fn start() -> (BusyboxImage, Node, Berth) {
     let image = BusyboxImage::build();
-    let node = Node { name: unique("n") };
+    let node = Node::new("n");
     let b = Berth::up(&["--runtime", "docker", "--node-name", &node.name]);
     wait_for(&b, 20, "the node", &["get", "nodes", "-o", "name"], |s| {
         s.contains(&node.name)
@@ -875,7 +865,7 @@ fn ctrl_c_stops_berth_up_in_order_and_leaves_no_warm_sandboxes() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Command, Stdio};
     common::require_docker();
-    let node = Node { name: unique("n") };
+    let node = Node::new("n");
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .arg("up")

@@ -2,23 +2,11 @@
 
 mod common;
 
-use common::{remove_node_containers, unique, Berth, BusyboxImage};
-
-struct Node {
-    name: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        remove_node_containers(&self.name);
-    }
-}
+use common::{Berth, BusyboxImage, Node};
 
 fn start() -> (BusyboxImage, Node, Berth) {
     let image = BusyboxImage::build();
-    let node = Node {
-        name: unique("job"),
-    };
+    let node = Node::new("job");
     let b = Berth::up(&["--runtime", "docker", "--node-name", &node.name]);
     (image, node, b)
 }

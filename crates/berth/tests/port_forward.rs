@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{remove_node_containers, unique, Berth, BusyboxImage};
+use common::{unique, Berth, BusyboxImage, Node};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
@@ -104,19 +104,11 @@ fn wait_ready(b: &Berth, pod: &str) {
     ]);
 }
 
-struct Node(String);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        remove_node_containers(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn kubectl_and_kube_rs_forward_to_a_docker_pod_and_a_service() {
     let image = BusyboxImage::build();
-    let node = Node(unique("pf"));
-    let b = Berth::up(&["--runtime", "docker", "--node-name", &node.0]);
+    let node = Node::new("pf");
+    let b = Berth::up(&["--runtime", "docker", "--node-name", &node.name]);
     // httpd on the pod's loopback too: a forward reaches what only the pod itself can.
     let pod = format!(
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"web","labels":{{"app":"web"}}}},

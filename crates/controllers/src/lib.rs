@@ -291,7 +291,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
 
 /// Run one controller until its watches end: kube-runtime's `Controller` over every `K`,
 /// woken by changes to `K` and to what `K` owns (`changes`, from a shared cache), calling
-/// `reconcile` one object at a time. A failed reconcile is logged and tried again in 5 s.
+/// `reconcile` one object at a time.
 async fn controller<K, Owned, R, F>(
     kind: &'static str,
     ctx: Arc<Context>,
@@ -305,25 +305,8 @@ async fn controller<K, Owned, R, F>(
         + Send
         + 'static,
 {
-    kube::runtime::Controller::new(
-        Api::<K>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    )
-    .owns_stream(changes)
-    .run(
-        reconcile,
-        move |_, e: &Error, _| {
-            tracing::warn!(controller = kind, error = %e, "reconcile failed; retrying in 5 s");
-            kube::runtime::controller::Action::requeue(Duration::from_secs(5))
-        },
-        ctx,
-    )
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(controller = kind, error = %e, "reconcile");
-        }
-    })
-    .await;
+    let watched = watched::<K>(&ctx).owns_stream(changes);
+    drive(kind, watched, ctx, reconcile).await;
 }
 
 /// The object of kind `K` that controls a pod, if one does.
@@ -353,25 +336,47 @@ async fn woken_by_pods<K, R, F>(
         + Send
         + 'static,
 {
+    let watched = watched::<K>(&ctx).reconcile_on(pod_owners);
+    drive(kind, watched, ctx, reconcile).await;
+}
+
+/// kube-runtime's `Controller` over every `K`.
+fn watched<K: Cached>(ctx: &Context) -> kube::runtime::Controller<K> {
     kube::runtime::Controller::new(
         Api::<K>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
-    .reconcile_on(pod_owners)
-    .run(
-        reconcile,
-        move |_, e: &Error, _| {
-            tracing::warn!(controller = kind, error = %e, "reconcile failed; retrying in 5 s");
-            kube::runtime::controller::Action::requeue(Duration::from_secs(5))
-        },
-        ctx,
-    )
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(controller = kind, error = %e, "reconcile");
-        }
-    })
-    .await;
+}
+
+/// Run `controller`, calling `reconcile` one object at a time; a failed reconcile is logged
+/// and tried again in 5 s.
+async fn drive<K, R, F>(
+    kind: &'static str,
+    controller: kube::runtime::Controller<K>,
+    ctx: Arc<Context>,
+    reconcile: R,
+) where
+    K: Cached,
+    R: FnMut(Arc<K>, Arc<Context>) -> F,
+    F: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>
+        + Send
+        + 'static,
+{
+    controller
+        .run(
+            reconcile,
+            move |_, e: &Error, _| {
+                tracing::warn!(controller = kind, error = %e, "reconcile failed; retrying in 5 s");
+                kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+            },
+            ctx,
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(controller = kind, error = %e, "reconcile");
+            }
+        })
+        .await;
 }
 
 impl Context {

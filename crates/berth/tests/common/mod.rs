@@ -450,6 +450,25 @@ pub fn node_containers(node: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// A node name for a test's agent; what Berth made for it on the host goes when it drops.
+pub struct Node {
+    pub name: String,
+}
+
+impl Node {
+    pub fn new(prefix: &str) -> Node {
+        Node {
+            name: unique(prefix),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        remove_node_containers(&self.name);
+    }
+}
+
 /// Remove every container Berth made for `node`, and its pod bridge and nftables table
 /// (test cleanup).
 pub fn remove_node_containers(node: &str) {

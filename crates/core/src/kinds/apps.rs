@@ -89,6 +89,11 @@ pub(super) fn validate_replication_controller(obj: &Value, errs: &mut Vec<FieldE
             "`selector` does not match template `labels`",
         ));
     }
+    validate_long_running_template(obj, errs);
+}
+
+/// `spec.template.spec`: a valid pod spec whose pods run until stopped (`Always`).
+fn validate_long_running_template(obj: &Value, errs: &mut Vec<FieldError>) {
     let pod_spec = obj.pointer("/spec/template/spec").unwrap_or(&Value::Null);
     super::validate_pod_spec("spec.template.spec", pod_spec, errs);
     let restart = str_at(pod_spec, "/restartPolicy");
@@ -97,6 +102,46 @@ pub(super) fn validate_replication_controller(obj: &Value, errs: &mut Vec<FieldE
             "spec.template.spec.restartPolicy",
             restart,
             &["Always"],
+        ));
+    }
+}
+
+/// `spec.selector`: present, a label selector, and matching the template's labels;
+/// `refuse_empty` is the message for an empty one, where empty is refused.
+pub(super) fn validate_selector(
+    obj: &Value,
+    refuse_empty: Option<&str>,
+    errs: &mut Vec<FieldError>,
+) {
+    let Some(sel) = obj.pointer("/spec/selector").filter(|s| !s.is_null()) else {
+        errs.push(FieldError::required("spec.selector"));
+        return;
+    };
+    let parsed = serde_json::from_value::<LabelSelector>(sel.clone())
+        .ok()
+        .and_then(|s| Selector::from_label_selector(&s).ok());
+    let Some(s) = parsed else {
+        errs.push(FieldError::invalid(
+            "spec.selector",
+            sel,
+            "invalid label selector",
+        ));
+        return;
+    };
+    if let (true, Some(why)) = (s.is_empty(), refuse_empty) {
+        errs.push(FieldError::invalid("spec.selector", sel, why));
+        return;
+    }
+    let template = obj.pointer("/spec/template").unwrap_or(&Value::Null);
+    if !s.matches_object(template) {
+        let labels = template
+            .pointer("/metadata/labels")
+            .cloned()
+            .unwrap_or(json!({}));
+        errs.push(FieldError::invalid(
+            "spec.template.metadata.labels",
+            labels,
+            "`selector` does not match template `labels`",
         ));
     }
 }
@@ -126,50 +171,8 @@ pub(super) fn validate_workload(kind: Kind, obj: &Value, errs: &mut Vec<FieldErr
             "must be greater than or equal to 0",
         ));
     }
-    match obj.pointer("/spec/selector") {
-        None | Some(Value::Null) => errs.push(FieldError::required("spec.selector")),
-        Some(sel) => {
-            let parsed = serde_json::from_value::<LabelSelector>(sel.clone())
-                .ok()
-                .and_then(|s| Selector::from_label_selector(&s).ok());
-            match parsed {
-                None => errs.push(FieldError::invalid(
-                    "spec.selector",
-                    sel,
-                    "invalid label selector",
-                )),
-                Some(s) if s.is_empty() => errs.push(FieldError::invalid(
-                    "spec.selector",
-                    sel,
-                    "empty selector is invalid for deployment",
-                )),
-                Some(s) => {
-                    let template = obj.pointer("/spec/template").unwrap_or(&Value::Null);
-                    if !s.matches_object(template) {
-                        let labels = template
-                            .pointer("/metadata/labels")
-                            .cloned()
-                            .unwrap_or(json!({}));
-                        errs.push(FieldError::invalid(
-                            "spec.template.metadata.labels",
-                            labels,
-                            "`selector` does not match template `labels`",
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    let pod_spec = obj.pointer("/spec/template/spec").unwrap_or(&Value::Null);
-    super::validate_pod_spec("spec.template.spec", pod_spec, errs);
-    let restart = str_at(pod_spec, "/restartPolicy");
-    if !restart.is_empty() && restart != "Always" {
-        errs.push(FieldError::not_supported(
-            "spec.template.spec.restartPolicy",
-            restart,
-            &["Always"],
-        ));
-    }
+    validate_selector(obj, Some("empty selector is invalid for deployment"), errs);
+    validate_long_running_template(obj, errs);
     if kind == Kind::Deployment {
         let strategy = str_at(obj, "/spec/strategy/type");
         if !["RollingUpdate", "Recreate"].contains(&strategy) {

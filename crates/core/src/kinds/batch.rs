@@ -2,11 +2,9 @@
 //! the immutable fields, and `kubectl get`'s columns.
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Value};
 
 use super::{arr_at, child, default_field, int_at, str_at};
-use crate::selector::Selector;
 use crate::table::{col, human_duration, wide, Column, AGE, NAME};
 use crate::validation::FieldError;
 
@@ -118,7 +116,7 @@ pub(super) fn validate_job(obj: &Value, errs: &mut Vec<FieldError>) {
             Some(_) => {}
         }
     }
-    validate_selector(obj, errs);
+    super::apps::validate_selector(obj, None, errs);
     let pod_spec = obj.pointer("/spec/template/spec").unwrap_or(&Value::Null);
     super::validate_pod_spec("spec.template.spec", pod_spec, errs);
     let restart = str_at(pod_spec, "/restartPolicy");
@@ -141,37 +139,6 @@ pub(super) fn validate_job(obj: &Value, errs: &mut Vec<FieldError>) {
             ));
         }
         validate_failure_policy(policy, errs);
-    }
-}
-
-fn validate_selector(obj: &Value, errs: &mut Vec<FieldError>) {
-    let Some(sel) = obj.pointer("/spec/selector").filter(|s| !s.is_null()) else {
-        errs.push(FieldError::required("spec.selector"));
-        return;
-    };
-    let parsed = serde_json::from_value::<LabelSelector>(sel.clone())
-        .ok()
-        .and_then(|s| Selector::from_label_selector(&s).ok());
-    match parsed {
-        None => errs.push(FieldError::invalid(
-            "spec.selector",
-            sel,
-            "invalid label selector",
-        )),
-        Some(s) => {
-            let template = obj.pointer("/spec/template").unwrap_or(&Value::Null);
-            if !s.matches_object(template) {
-                let labels = template
-                    .pointer("/metadata/labels")
-                    .cloned()
-                    .unwrap_or(json!({}));
-                errs.push(FieldError::invalid(
-                    "spec.template.metadata.labels",
-                    labels,
-                    "`selector` does not match template `labels`",
-                ));
-            }
-        }
     }
 }
 
