@@ -1,5 +1,5 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), as kubectl's generators
-//! (`kubectl create namespace|deployment|service|configmap|secret|job`, `kubectl autoscale`) send
+//! (`kubectl create namespace|deployment|service|configmap|secret|job|cronjob`, `kubectl autoscale`) send
 //! them: the `k8s\0`
 //! envelope around a `runtime.Unknown` whose `raw` is the object.
 //!
@@ -71,6 +71,10 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
         ("batch/v1", "Job") => {
             let j = batch::Job::decode(&raw[..]).map_err(|e| bad("Job", e))?;
             json!({"metadata": object_meta(j.metadata), "spec": job_spec(j.spec.unwrap_or_default())})
+        }
+        ("batch/v1", "CronJob") => {
+            let c = batch::CronJob::decode(&raw[..]).map_err(|e| bad("CronJob", e))?;
+            json!({"metadata": object_meta(c.metadata), "spec": cronjob_spec(c.spec.unwrap_or_default())})
         }
         ("autoscaling/v1", "HorizontalPodAutoscaler") => {
             let h = autoscaling::HorizontalPodAutoscaler::decode(&raw[..])
@@ -198,6 +202,41 @@ fn job_spec(s: batch::JobSpec) -> Value {
     put_str(&mut o, "completionMode", s.completion_mode);
     put(&mut o, "suspend", s.suspend.map(Value::Bool));
     put(&mut o, "template", pod_template(s.template));
+    o
+}
+
+fn cronjob_spec(s: batch::CronJobSpec) -> Value {
+    let mut o = json!({});
+    let int = |v: Option<i32>| v.map(|v| json!(v));
+    put_str(&mut o, "schedule", s.schedule);
+    put(&mut o, "timeZone", s.time_zone.map(Value::String));
+    put(
+        &mut o,
+        "startingDeadlineSeconds",
+        s.starting_deadline_seconds.map(|v| json!(v)),
+    );
+    put_str(&mut o, "concurrencyPolicy", s.concurrency_policy);
+    put(&mut o, "suspend", s.suspend.map(Value::Bool));
+    put(
+        &mut o,
+        "successfulJobsHistoryLimit",
+        int(s.successful_jobs_history_limit),
+    );
+    put(
+        &mut o,
+        "failedJobsHistoryLimit",
+        int(s.failed_jobs_history_limit),
+    );
+    if let Some(t) = s.job_template {
+        put(
+            &mut o,
+            "jobTemplate",
+            Some(json!({
+                "metadata": object_meta(t.metadata),
+                "spec": job_spec(t.spec.unwrap_or_default()),
+            })),
+        );
+    }
     o
 }
 

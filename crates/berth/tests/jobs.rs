@@ -166,3 +166,122 @@ async fn a_failing_job_stops_at_its_backoff_limit_and_bad_specs_name_their_field
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cronjob_makes_a_job_each_minute_and_keeps_its_history() {
+    let (image, _node, b) = start();
+    let tag = image.tag.as_str();
+    // kubectl create cronjob (a protobuf body), then a history of one successful Job.
+    b.kubectl_ok(&[
+        "create",
+        "cronjob",
+        "tick",
+        &format!("--image={tag}"),
+        "--schedule=*/1 * * * *",
+        "--",
+        "echo",
+        "tick",
+    ]);
+    b.kubectl_ok(&[
+        "patch",
+        "cronjob",
+        "tick",
+        "-p",
+        r#"{"spec":{"successfulJobsHistoryLimit":1}}"#,
+    ]);
+    let table = b.kubectl_ok(&["get", "cronjob", "tick"]);
+    assert!(
+        table.contains("*/1 * * * *") && table.contains("False"),
+        "{table}"
+    );
+
+    // A Job by hand from the template, owned by the CronJob.
+    b.kubectl_ok(&["create", "job", "by-hand", "--from=cronjob/tick"]);
+    b.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/by-hand",
+        "--timeout=90s",
+    ]);
+    let made = b.kubectl_ok(&[
+        "get",
+        "job",
+        "by-hand",
+        "-o",
+        r#"jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.annotations.cronjob\.kubernetes\.io/instantiate}"#,
+    ]);
+    assert_eq!(made, "CronJob/manual");
+    assert_eq!(b.kubectl_ok(&["logs", "job/by-hand"]).trim(), "tick");
+
+    // Two scheduled runs, each made on its minute and named by it.
+    let scheduled = |b: &common::Berth| -> Vec<(String, String)> {
+        let out = b.kubectl_ok(&[
+            "get",
+            "jobs",
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.metadata.creationTimestamp} {.metadata.annotations.batch\.kubernetes\.io/cronjob-scheduled-timestamp}{"\n"}{end}"#,
+        ]);
+        out.lines()
+            .filter(|l| l.starts_with("tick-"))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[1].to_string(), f[2].to_string())
+            })
+            .collect()
+    };
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(200);
+    while seen.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two scheduled Jobs within 200 s; saw {seen:?}"
+        );
+        seen.extend(scheduled(&b).into_iter().map(|(c, at)| (at, c)));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    for (at, created) in &seen {
+        let at: jiff::Timestamp = at.parse().unwrap();
+        let created: jiff::Timestamp = created.parse().unwrap();
+        let late = created.duration_since(at).as_secs();
+        assert!(
+            (0..=5).contains(&late),
+            "a Job scheduled for {at} was made at {created}"
+        );
+        assert_eq!(at.as_second() % 60, 0, "{at}");
+    }
+
+    // History: of the Jobs that succeeded (the one by hand counts), only the newest stays.
+    common::eventually(120, "the history trimmed to one successful Job", || async {
+        let out = b.kubectl_ok(&[
+            "get",
+            "jobs",
+            "-o",
+            r#"jsonpath={range .items[?(@.status.succeeded==1)]}{.metadata.name}{"\n"}{end}"#,
+        ]);
+        let done: Vec<&str> = out.lines().collect();
+        let last = b.kubectl_ok(&[
+            "get",
+            "cronjob",
+            "tick",
+            "-o",
+            "jsonpath={.status.lastSuccessfulTime}",
+        ]);
+        (done.len() == 1 && done[0].starts_with("tick-") && !last.is_empty()).then_some(())
+    })
+    .await;
+
+    // A schedule that does not parse names the field.
+    let out = b.kubectl(&[
+        "create",
+        "cronjob",
+        "bad",
+        &format!("--image={tag}"),
+        "--schedule=61 * * * *",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("spec.schedule: Invalid value") && err.contains("outside the minute field"),
+        "{err}"
+    );
+}

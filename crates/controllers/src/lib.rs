@@ -12,6 +12,7 @@
 //!                               │  rolling update: surge the new, drain the old
 //!  ReplicaSet ──reconcile──▶ Pods (create in growing batches, delete ranked victims)
 //!  Job ──reconcile──▶ Pods (up to parallelism, until completions succeed), status, TTL
+//!  CronJob ──reconcile──▶ Jobs (one per scheduled time, woken for the next), history
 //!  ReplicationController ──reconcile──▶ as the ReplicaSet its selector makes
 //!  gc (sweep every second, every served kind) ──▶ deletes what lost its owners;
 //!                                                foreground / orphan finalizers
@@ -21,6 +22,7 @@
 //!  nodeipam (on every node change) ──▶ spec.podCIDR for nodes without one
 //! ```
 
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 mod events;
@@ -40,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -122,6 +124,7 @@ pub struct Context {
     pub replicasets: Store<ReplicaSet>,
     pub deployments: Store<Deployment>,
     pub nodes: Store<Node>,
+    pub jobs: Store<Job>,
     pub expectations: Expectations,
     synced: Synced,
 }
@@ -184,6 +187,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     let (replicasets, rs_changes) = cache(Api::<ReplicaSet>::all(client.clone()));
     let (nodes, node_changes) = cache(Api::<Node>::all(client.clone()));
     let (deployments, deployment_changes) = cache(Api::<Deployment>::all(client.clone()));
+    let (jobs, job_changes) = cache(Api::<Job>::all(client.clone()));
     let (leases, lease_changes) = cache(
         Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
             client.clone(),
@@ -229,11 +233,13 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
             replicasets.clone(),
             deployments.clone(),
             nodes.clone(),
+            jobs.clone(),
         ),
         pods,
         replicasets,
         deployments,
         nodes,
+        jobs,
         expectations: Expectations::default(),
     });
     futures::join!(
@@ -245,6 +251,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
         ),
         controller("deployment", ctx.clone(), rs_changes, deployment::reconcile),
         woken_by_pods("job", ctx.clone(), job_rx, job::reconcile),
+        controller::<CronJob, _, _, _>("cronjob", ctx.clone(), job_changes, cronjob::reconcile),
         woken_by_pods(
             "replicationcontroller",
             ctx.clone(),
@@ -398,6 +405,7 @@ fn all_synced(
     replicasets: Store<ReplicaSet>,
     deployments: Store<Deployment>,
     nodes: Store<Node>,
+    jobs: Store<Job>,
 ) -> Synced {
     async move {
         pods.wait_until_ready().await.map_err(|_| "pod")?;
@@ -409,7 +417,8 @@ fn all_synced(
             .wait_until_ready()
             .await
             .map_err(|_| "deployment")?;
-        nodes.wait_until_ready().await.map_err(|_| "node")
+        nodes.wait_until_ready().await.map_err(|_| "node")?;
+        jobs.wait_until_ready().await.map_err(|_| "job")
     }
     .boxed()
     .shared()

@@ -7,6 +7,7 @@
 //! Anything that needs the time (an AGE column) takes it as an argument.
 
 pub mod aci;
+pub mod cron;
 pub mod error;
 pub mod events;
 pub mod fields;

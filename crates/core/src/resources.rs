@@ -19,6 +19,7 @@ pub enum Kind {
     EndpointSlice,
     Job,
     ReplicationController,
+    CronJob,
 }
 
 /// A served resource: where it lives in the REST tree and which subresources it has.
@@ -253,6 +254,21 @@ pub static RESOURCES: &[Resource] = &[
         status: true,
         generation: true,
         ..res(Kind::Job, "batch", "v1", "Job", "jobs", "job", true)
+    },
+    Resource {
+        short_names: &["cj"],
+        categories: &["all"],
+        status: true,
+        generation: true,
+        ..res(
+            Kind::CronJob,
+            "batch",
+            "v1",
+            "CronJob",
+            "cronjobs",
+            "cronjob",
+            true,
+        )
     },
     res(
         Kind::EndpointSlice,

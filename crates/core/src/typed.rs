@@ -104,6 +104,7 @@ pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
         Kind::EndpointSlice => round_trip::<discovery::v1::EndpointSlice>(obj),
         Kind::Job => round_trip::<batch::v1::Job>(obj),
         Kind::ReplicationController => round_trip::<core::v1::ReplicationController>(obj),
+        Kind::CronJob => round_trip::<batch::v1::CronJob>(obj),
     }
 }
 

@@ -73,6 +73,12 @@ fn non_negative(obj: &Value, field: &str, errs: &mut Vec<FieldError>) {
 }
 
 pub(super) fn validate_job(obj: &Value, errs: &mut Vec<FieldError>) {
+    validate_job_spec(obj, errs);
+    super::apps::validate_selector(obj, None, errs);
+}
+
+/// Check the `spec` of `obj` as a Job's, all but the selector.
+fn validate_job_spec(obj: &Value, errs: &mut Vec<FieldError>) {
     for f in [
         "parallelism",
         "completions",
@@ -116,7 +122,6 @@ pub(super) fn validate_job(obj: &Value, errs: &mut Vec<FieldError>) {
             Some(_) => {}
         }
     }
-    super::apps::validate_selector(obj, None, errs);
     let pod_spec = obj.pointer("/spec/template/spec").unwrap_or(&Value::Null);
     super::validate_pod_spec("spec.template.spec", pod_spec, errs);
     let restart = str_at(pod_spec, "/restartPolicy");
@@ -237,6 +242,157 @@ pub(super) fn validate_job_update(old: &Value, new: &Value, errs: &mut Vec<Field
             "field is immutable",
         ));
     }
+}
+
+/// How CronJobs may run beside their unfinished Jobs.
+const CONCURRENCY: [&str; 3] = ["Allow", "Forbid", "Replace"];
+
+pub(super) fn default_cronjob(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    default_field(spec, "concurrencyPolicy", json!("Allow"));
+    default_field(spec, "suspend", json!(false));
+    default_field(spec, "successfulJobsHistoryLimit", json!(3));
+    default_field(spec, "failedJobsHistoryLimit", json!(1));
+    let template = child(child(child(spec, "jobTemplate"), "spec"), "template");
+    super::default_pod_spec(child(template, "spec"));
+}
+
+/// The zone a CronJob's schedule is read in: its `spec.timeZone`, else the server's.
+pub fn cronjob_zone(name: Option<&str>) -> Result<jiff::tz::TimeZone, String> {
+    match name {
+        None => Ok(jiff::tz::TimeZone::system()),
+        Some("") => Err("timeZone must be nil or non-empty string".into()),
+        Some(n) if n.eq_ignore_ascii_case("local") => Err(
+            "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones"
+                .into(),
+        ),
+        Some(n) => jiff::tz::TimeZone::get(n).map_err(|_| format!("unknown time zone {n}")),
+    }
+}
+
+pub(super) fn validate_cronjob(obj: &Value, errs: &mut Vec<FieldError>) {
+    let name = str_at(obj, "/metadata/name");
+    if name.len() > 52 {
+        // Its Jobs are named `<name>-<minutes since the epoch>`, and must stay labels.
+        errs.push(FieldError::invalid(
+            "metadata.name",
+            name,
+            "must be no more than 52 characters",
+        ));
+    }
+    let schedule = str_at(obj, "/spec/schedule");
+    if schedule.is_empty() {
+        errs.push(FieldError::required("spec.schedule"));
+    } else if schedule.contains("TZ") {
+        errs.push(FieldError::invalid(
+            "spec.schedule",
+            schedule,
+            "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+        ));
+    } else if let Err(why) = schedule.parse::<crate::cron::Schedule>() {
+        errs.push(FieldError::invalid("spec.schedule", schedule, why));
+    }
+    if let Some(tz) = obj.pointer("/spec/timeZone").filter(|v| !v.is_null()) {
+        let zone = tz.as_str().unwrap_or_default();
+        if let Err(why) = cronjob_zone(Some(zone)) {
+            errs.push(FieldError::invalid("spec.timeZone", zone, why));
+        }
+    }
+    let policy = str_at(obj, "/spec/concurrencyPolicy");
+    if !CONCURRENCY.contains(&policy) {
+        errs.push(FieldError::not_supported(
+            "spec.concurrencyPolicy",
+            policy,
+            &CONCURRENCY,
+        ));
+    }
+    for f in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        non_negative(obj, f, errs);
+    }
+    // The Job template is checked as a Job's spec would be, its paths under the template.
+    let mut job = json!({"spec": obj.pointer("/spec/jobTemplate/spec").unwrap_or(&json!({}))});
+    default_field(
+        child(&mut job, "spec"),
+        "completionMode",
+        json!("NonIndexed"),
+    );
+    let mut job_errs = Vec::new();
+    validate_job_spec(&job, &mut job_errs);
+    if job.pointer("/spec/selector").is_some_and(|s| !s.is_null()) {
+        super::apps::validate_selector(&job, None, &mut job_errs);
+    }
+    errs.extend(job_errs.into_iter().map(|mut e| {
+        e.path = e.path.replacen("spec.", "spec.jobTemplate.spec.", 1);
+        e
+    }));
+}
+
+pub(super) fn cronjob_columns() -> Vec<Column> {
+    vec![
+        NAME,
+        col("Schedule", "The schedule defining the interval a job is run"),
+        col(
+            "Timezone",
+            "The timezone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones",
+        ),
+        col(
+            "Suspend",
+            "Whether the job is suspended, or not, for future executions.",
+        ),
+        col("Active", "The number of active jobs."),
+        col(
+            "Last Schedule",
+            "Information when was the last time the job was successfully scheduled.",
+        ),
+        AGE,
+        wide("Containers", "Names of each container in the template."),
+        wide(
+            "Images",
+            "Images referenced by each container in the template.",
+        ),
+        wide(
+            "Selector",
+            "Query over pods that should match the pod count.",
+        ),
+    ]
+}
+
+pub(super) fn cronjob_cells(obj: &Value, age: String, now: Timestamp) -> Vec<Value> {
+    let or_none = |s: String| {
+        if s.is_empty() {
+            "<none>".to_string()
+        } else {
+            s
+        }
+    };
+    let last = obj
+        .pointer("/status/lastScheduleTime")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map(|t| human_duration(now.as_second() - t.as_second()))
+        .unwrap_or_default();
+    let containers = arr_at(obj, "/spec/jobTemplate/spec/template/spec/containers");
+    let names: Vec<&str> = containers.iter().map(|c| str_at(c, "/name")).collect();
+    let images: Vec<&str> = containers.iter().map(|c| str_at(c, "/image")).collect();
+    let selector =
+        crate::selector::label_selector_string(obj.pointer("/spec/jobTemplate/spec/selector"));
+    let suspend = obj.pointer("/spec/suspend") == Some(&json!(true));
+    vec![
+        json!(str_at(obj, "/metadata/name")),
+        json!(str_at(obj, "/spec/schedule")),
+        json!(or_none(str_at(obj, "/spec/timeZone").to_string())),
+        json!(if suspend { "True" } else { "False" }),
+        json!(arr_at(obj, "/status/active").len()),
+        json!(or_none(last)),
+        json!(age),
+        json!(names.join(",")),
+        json!(images.join(",")),
+        json!(or_none(selector)),
+    ]
 }
 
 /// Is the condition `kind` of this object's status `True`?
@@ -393,6 +549,59 @@ mod tests {
         assert_eq!(
             errors(&j),
             ["spec.podFailurePolicy.rules[0].onExitCodes.values"]
+        );
+    }
+
+    fn cronjob() -> Value {
+        json!({"metadata": {"name": "tick", "namespace": "default"}, "spec": {
+            "schedule": "*/1 * * * *",
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "OnFailure",
+                "containers": [{"name": "c", "image": "busybox"}]}}}}}})
+    }
+
+    fn cronjob_errors(mut obj: Value) -> Vec<String> {
+        default_cronjob(&mut obj);
+        let mut errs = Vec::new();
+        validate_cronjob(&obj, &mut errs);
+        errs.iter()
+            .map(|e| format!("{}: {}", e.path, e.detail))
+            .collect()
+    }
+
+    #[test]
+    fn cronjobs_default_and_name_their_bad_fields() {
+        let mut c = cronjob();
+        default_cronjob(&mut c);
+        assert_eq!(c["spec"]["concurrencyPolicy"], "Allow");
+        assert_eq!(c["spec"]["successfulJobsHistoryLimit"], 3);
+        assert_eq!(c["spec"]["failedJobsHistoryLimit"], 1);
+        assert_eq!(cronjob_errors(cronjob()), Vec::<String>::new());
+        let mut c = cronjob();
+        c["spec"]["schedule"] = json!("61 * * * *");
+        assert_eq!(
+            cronjob_errors(c),
+            ["spec.schedule: \"61 * * * *\": 61 is outside the minute field's 0-59"]
+        );
+        let mut c = cronjob();
+        c["spec"]["timeZone"] = json!("Mars/Olympus");
+        c["spec"]["concurrencyPolicy"] = json!("Sometimes");
+        c["spec"]["jobTemplate"]["spec"]["completions"] = json!(-1);
+        let errs = cronjob_errors(c);
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].ends_with("unknown time zone Mars/Olympus"),
+            "{errs:?}"
+        );
+        assert!(errs[1].starts_with("spec.concurrencyPolicy"));
+        assert!(errs[2].starts_with("spec.jobTemplate.spec.completions"));
+        let mut c = cronjob();
+        c["spec"]["timeZone"] = json!("Europe/Paris");
+        assert!(cronjob_errors(c).is_empty());
+        let mut c = cronjob();
+        c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+        assert_eq!(
+            cronjob_errors(c)[0].split(':').next(),
+            Some("spec.jobTemplate.spec.template.spec.restartPolicy")
         );
     }
 

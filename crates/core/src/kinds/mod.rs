@@ -72,6 +72,7 @@ pub fn default(kind: Kind, obj: &mut Value) {
         }
         Kind::HorizontalPodAutoscaler => autoscaling::default_hpa(obj),
         Kind::Job => batch::default_job(obj),
+        Kind::CronJob => batch::default_cronjob(obj),
         Kind::Node
         | Kind::Endpoints
         | Kind::Event
@@ -91,6 +92,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
         Kind::ConfigMap | Kind::Secret => config::validate_data_keys(obj, &mut errs),
         Kind::HorizontalPodAutoscaler => autoscaling::validate_hpa(obj, &mut errs),
         Kind::Job => batch::validate_job(obj, &mut errs),
+        Kind::CronJob => batch::validate_cronjob(obj, &mut errs),
         Kind::ReplicationController => apps::validate_replication_controller(obj, &mut errs),
         Kind::Namespace
         | Kind::Node
@@ -225,6 +227,7 @@ pub fn table_columns(kind: Kind) -> Vec<Column> {
         Kind::Service => service::columns(),
         Kind::Deployment | Kind::ReplicaSet | Kind::ReplicationController => apps::columns(kind),
         Kind::Job => batch::job_columns(),
+        Kind::CronJob => batch::cronjob_columns(),
         _ => tables::columns(kind),
     }
 }
@@ -240,6 +243,7 @@ pub fn table_cells(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
             apps::cells(kind, obj, age)
         }
         Kind::Job => batch::job_cells(obj, age, now),
+        Kind::CronJob => batch::cronjob_cells(obj, age, now),
         _ => tables::cells(kind, obj, age, now),
     }
 }
