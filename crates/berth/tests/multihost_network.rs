@@ -584,3 +584,125 @@ spec:
     );
     drop(procs);
 }
+
+/// Nodes with a Ready daemon pod that is not being deleted, and the pods' names.
+async fn daemon_pods(pods: &kube::Api<k8s_openapi::api::core::v1::Pod>) -> (usize, Vec<String>) {
+    let list = pods
+        .list(&kube::api::ListParams::default().labels("app=daemon"))
+        .await
+        .expect("pods listed");
+    let mut up = std::collections::BTreeSet::new();
+    let mut names = Vec::new();
+    for p in list.items {
+        if p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        names.push(p.metadata.name.clone().unwrap_or_default());
+        let status = p.status.unwrap_or_default();
+        let ready = status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready {
+            up.insert(p.spec.and_then(|s| s.node_name).unwrap_or_default());
+        }
+    }
+    names.sort();
+    (up.len(), names)
+}
+
+#[tokio::test]
+async fn a_daemonset_runs_one_pod_per_host_and_updates_within_max_unavailable() {
+    let img = common::BusyboxImage::build();
+    let hosts = Hosts::make();
+    let b = Berth::up_at(&format!("{}.254:0", hosts.subnet()), &["--runtime", "none"]);
+    let names = [common::unique("da"), common::unique("db")];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let _containers = Containers(names.to_vec());
+    let agents = Procs(
+        (0..2)
+            .map(|i| agent(&b, &hosts, i, &names[i], dirs[i].path()))
+            .collect(),
+    );
+    for n in &names {
+        ready(&b, n, "both hosts Ready").await;
+    }
+    let daemonset = |version: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: daemon}}
+spec:
+  selector: {{matchLabels: {{app: daemon}}}}
+  updateStrategy: {{type: RollingUpdate, rollingUpdate: {{maxUnavailable: 1}}}}
+  template:
+    metadata: {{labels: {{app: daemon}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: d
+        image: {img}
+        command: ["/bin/sh", "-c", "mkdir -p /r; sleep 2; touch /r/up; exec sleep 3600"]
+        env: [{{name: VERSION, value: "{version}"}}]
+        readinessProbe: {{exec: {{command: ["cat", "/r/up"]}}, periodSeconds: 1}}
+"#,
+            img = img.tag
+        )
+    };
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &daemonset("1"));
+    b.kubectl_ok(&["rollout", "status", "ds/daemon", "--timeout=90s"]);
+    let on = b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=daemon",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ]);
+    assert_eq!(words(on), words(names.join(" ")));
+    let table = b.kubectl_ok(&["get", "ds", "daemon"]);
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l
+            .split_whitespace()
+            .take(6)
+            .eq(["daemon", "2", "2", "2", "2", "2"])),
+        "{table}"
+    );
+
+    // The update: one node at a time, never both without a Ready pod.
+    let pods = kube::Api::namespaced(b.client().await, "default");
+    let (_, before) = daemon_pods(&pods).await;
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &daemonset("2"));
+    let started = std::time::Instant::now();
+    let mut fewest = 2;
+    loop {
+        let (up, now) = daemon_pods(&pods).await;
+        fewest = fewest.min(up);
+        assert!(up >= 1, "both hosts lost their daemon pod at once: {now:?}");
+        if up == 2 && now.iter().all(|n| !before.contains(n)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the update did not finish: {now:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(fewest, 1, "the update replaced no Ready pod");
+    b.kubectl_ok(&["rollout", "status", "ds/daemon", "--timeout=30s"]);
+    eventually(30, "only version 2 pods", || async {
+        let versions = b.kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=daemon",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].env[0].value}",
+        ]);
+        (words(versions) == ["2", "2"]).then_some(())
+    })
+    .await;
+    drop(agents);
+}

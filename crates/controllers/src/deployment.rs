@@ -92,7 +92,7 @@ fn status_of(rs: &ReplicaSet) -> (i32, i32, i32) {
 }
 
 /// An int-or-percent of `total`, rounded up (surge) or down (unavailable).
-fn scaled(v: Option<&IntOrString>, total: i32, default_pct: i32, round_up: bool) -> i32 {
+pub(crate) fn scaled(v: Option<&IntOrString>, total: i32, default_pct: i32, round_up: bool) -> i32 {
     let pct = match v {
         Some(IntOrString::Int(n)) => return (*n).max(0),
         Some(IntOrString::String(s)) => s.trim_end_matches('%').parse().unwrap_or(default_pct),

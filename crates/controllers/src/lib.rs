@@ -14,6 +14,7 @@
 //!  Job ──reconcile──▶ Pods (up to parallelism, until completions succeed), status, TTL
 //!  CronJob ──reconcile──▶ Jobs (one per scheduled time, woken for the next), history
 //!  ReplicationController ──reconcile──▶ as the ReplicaSet its selector makes
+//!  DaemonSet ──reconcile──▶ a Pod pinned to each node the template fits; rolling update
 //!  gc (sweep every second, every served kind) ──▶ deletes what lost its owners;
 //!                                                foreground / orphan finalizers
 //!  nodelifecycle (sweep every 250 ms) ──▶ Lease ran out: NotReady, unreachable taint, evict
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 mod events;
@@ -41,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -204,6 +206,9 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     // ReplicaSet controller reads the same stream for its own).
     let (job_tx, job_rx) = futures::channel::mpsc::unbounded();
     let (rc_tx, rc_rx) = futures::channel::mpsc::unbounded();
+    let (ds_tx, ds_rx) = futures::channel::mpsc::unbounded();
+    // Every node change wakes every DaemonSet.
+    let (ds_nodes_tx, ds_nodes_rx) = futures::channel::mpsc::unbounded();
     let pod_changes = {
         let changed = changed.clone();
         pod_changes.inspect(move |p| {
@@ -213,6 +218,8 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
                     let _ = job_tx.unbounded_send(job);
                 } else if let Some(rc) = controller_of::<ReplicationController>(p) {
                     let _ = rc_tx.unbounded_send(rc);
+                } else if let Some(ds) = controller_of::<DaemonSet>(p) {
+                    let _ = ds_tx.unbounded_send(ds);
                 }
             }
         })
@@ -252,6 +259,14 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
         controller("deployment", ctx.clone(), rs_changes, deployment::reconcile),
         woken_by_pods("job", ctx.clone(), job_rx, job::reconcile),
         controller::<CronJob, _, _, _>("cronjob", ctx.clone(), job_changes, cronjob::reconcile),
+        drive(
+            "daemonset",
+            watched::<DaemonSet>(&ctx)
+                .reconcile_on(ds_rx)
+                .reconcile_all_on(ds_nodes_rx),
+            ctx.clone(),
+            daemonset::reconcile
+        ),
         woken_by_pods(
             "replicationcontroller",
             ctx.clone(),
@@ -287,6 +302,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
         lease_changes.for_each(|_| async {}),
         node_changes.for_each(|_| {
             nodes_changed.notify_one();
+            let _ = ds_nodes_tx.unbounded_send(());
             futures::future::ready(())
         }),
         nodeipam::run(ctx.clone(), settings.pod_cidrs, nodes_changed.clone()),

@@ -20,6 +20,7 @@ pub enum Kind {
     Job,
     ReplicationController,
     CronJob,
+    DaemonSet,
 }
 
 /// A served resource: where it lives in the REST tree and which subresources it has.
@@ -254,6 +255,21 @@ pub static RESOURCES: &[Resource] = &[
         status: true,
         generation: true,
         ..res(Kind::Job, "batch", "v1", "Job", "jobs", "job", true)
+    },
+    Resource {
+        short_names: &["ds"],
+        categories: &["all"],
+        status: true,
+        generation: true,
+        ..res(
+            Kind::DaemonSet,
+            "apps",
+            "v1",
+            "DaemonSet",
+            "daemonsets",
+            "daemonset",
+            true,
+        )
     },
     Resource {
         short_names: &["cj"],

@@ -105,6 +105,7 @@ pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
         Kind::Job => round_trip::<batch::v1::Job>(obj),
         Kind::ReplicationController => round_trip::<core::v1::ReplicationController>(obj),
         Kind::CronJob => round_trip::<batch::v1::CronJob>(obj),
+        Kind::DaemonSet => round_trip::<apps::v1::DaemonSet>(obj),
     }
 }
 

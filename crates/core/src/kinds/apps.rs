@@ -1,5 +1,5 @@
-//! apps/v1 Deployments and ReplicaSets, and core/v1 ReplicationControllers (a ReplicaSet
-//! with an equality-only selector): defaults, validation, table.
+//! apps/v1 Deployments, ReplicaSets and DaemonSets, and core/v1 ReplicationControllers (a
+//! ReplicaSet with an equality-only selector): defaults, validation, table.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Value};
@@ -59,6 +59,113 @@ pub(super) fn default_replication_controller(obj: &mut Value) {
             meta["labels"] = labels;
         }
     }
+}
+
+pub(super) fn default_daemonset(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    super::default_pod_spec(child(child(spec, "template"), "spec"));
+    default_field(spec, "revisionHistoryLimit", json!(10));
+    let strategy = child(spec, "updateStrategy");
+    default_field(strategy, "type", json!("RollingUpdate"));
+    if strategy.get("type") == Some(&json!("RollingUpdate")) {
+        let ru = child(strategy, "rollingUpdate");
+        default_field(ru, "maxUnavailable", json!(1));
+        default_field(ru, "maxSurge", json!(0));
+    }
+}
+
+pub(super) fn validate_daemonset(obj: &Value, errs: &mut Vec<FieldError>) {
+    validate_selector(obj, Some("empty selector is invalid for daemonset"), errs);
+    validate_long_running_template(obj, errs);
+    if let Some(m) = obj.pointer("/spec/minReadySeconds").and_then(Value::as_i64) {
+        if m < 0 {
+            errs.push(FieldError::invalid(
+                "spec.minReadySeconds",
+                m,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let strategy = str_at(obj, "/spec/updateStrategy/type");
+    if !["RollingUpdate", "OnDelete"].contains(&strategy) {
+        errs.push(FieldError::not_supported(
+            "spec.updateStrategy.type",
+            strategy,
+            &["OnDelete", "RollingUpdate"],
+        ));
+    }
+    if strategy == "RollingUpdate" {
+        validate_rolling_update(
+            obj.pointer("/spec/updateStrategy/rollingUpdate"),
+            "spec.updateStrategy.rollingUpdate",
+            errs,
+        );
+    }
+}
+
+/// `maxSurge` and `maxUnavailable`: each a count or a percentage, not both zero.
+fn validate_rolling_update(ru: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
+    let surge = ru.and_then(|r| r.get("maxSurge"));
+    let unavail = ru.and_then(|r| r.get("maxUnavailable"));
+    validate_int_or_percent(&format!("{path}.maxSurge"), surge, errs);
+    validate_int_or_percent(&format!("{path}.maxUnavailable"), unavail, errs);
+    let zero = |v: Option<&Value>| matches!(v, Some(v) if v == &json!(0) || v == &json!("0%"));
+    if zero(surge) && zero(unavail) {
+        errs.push(FieldError::invalid(
+            format!("{path}.maxUnavailable"),
+            unavail.cloned().unwrap_or_default(),
+            "may not be 0 when `maxSurge` is 0",
+        ));
+    }
+}
+
+pub(super) fn daemonset_columns() -> Vec<Column> {
+    vec![
+        NAME,
+        int_col("Desired", "The desired number of nodes that should be running the daemon pod."),
+        int_col("Current", "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod."),
+        int_col("Ready", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready."),
+        int_col("Up-to-date", "The total number of nodes that are running updated daemon pod"),
+        int_col("Available", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)"),
+        col("Node Selector", "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node."),
+        AGE,
+        wide("Containers", "Names of each container in the template."),
+        wide("Images", "Images referenced by each container in the template."),
+        wide("Selector", "A label query over pods that are managed by the daemon set."),
+    ]
+}
+
+pub(super) fn daemonset_cells(obj: &Value, age: String) -> Vec<Value> {
+    let containers = arr_at(obj, "/spec/template/spec/containers");
+    let names: Vec<&str> = containers.iter().map(|c| str_at(c, "/name")).collect();
+    let images: Vec<&str> = containers.iter().map(|c| str_at(c, "/image")).collect();
+    let node_selector = obj
+        .pointer("/spec/template/spec/nodeSelector")
+        .and_then(Value::as_object)
+        .map(|m| {
+            let mut kv: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            kv.sort();
+            kv.join(",")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "<none>".into());
+    let n = |f: &str| json!(int_at(obj, &format!("/status/{f}")));
+    vec![
+        json!(str_at(obj, "/metadata/name")),
+        n("desiredNumberScheduled"),
+        n("currentNumberScheduled"),
+        n("numberReady"),
+        n("updatedNumberScheduled"),
+        n("numberAvailable"),
+        json!(node_selector),
+        json!(age),
+        json!(names.join(",")),
+        json!(images.join(",")),
+        json!(selector_cell(obj.pointer("/spec/selector"))),
+    ]
 }
 
 pub(super) fn validate_replication_controller(obj: &Value, errs: &mut Vec<FieldError>) {
@@ -188,18 +295,12 @@ pub(super) fn validate_workload(kind: Kind, obj: &Value, errs: &mut Vec<FieldErr
                 "may not be specified when strategy `type` is 'Recreate'",
             ));
         }
-        let ru = obj.pointer("/spec/strategy/rollingUpdate");
-        let surge = ru.and_then(|r| r.get("maxSurge"));
-        let unavail = ru.and_then(|r| r.get("maxUnavailable"));
-        validate_int_or_percent("spec.strategy.rollingUpdate.maxSurge", surge, errs);
-        validate_int_or_percent("spec.strategy.rollingUpdate.maxUnavailable", unavail, errs);
-        let zero = |v: Option<&Value>| matches!(v, Some(v) if v == &json!(0) || v == &json!("0%"));
-        if strategy == "RollingUpdate" && zero(surge) && zero(unavail) {
-            errs.push(FieldError::invalid(
-                "spec.strategy.rollingUpdate.maxUnavailable",
-                unavail.cloned().unwrap_or_default(),
-                "may not be 0 when `maxSurge` is 0",
-            ));
+        if strategy == "RollingUpdate" {
+            validate_rolling_update(
+                obj.pointer("/spec/strategy/rollingUpdate"),
+                "spec.strategy.rollingUpdate",
+                errs,
+            );
         }
     }
 }

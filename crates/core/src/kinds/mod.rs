@@ -73,6 +73,7 @@ pub fn default(kind: Kind, obj: &mut Value) {
         Kind::HorizontalPodAutoscaler => autoscaling::default_hpa(obj),
         Kind::Job => batch::default_job(obj),
         Kind::CronJob => batch::default_cronjob(obj),
+        Kind::DaemonSet => apps::default_daemonset(obj),
         Kind::Node
         | Kind::Endpoints
         | Kind::Event
@@ -93,6 +94,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
         Kind::HorizontalPodAutoscaler => autoscaling::validate_hpa(obj, &mut errs),
         Kind::Job => batch::validate_job(obj, &mut errs),
         Kind::CronJob => batch::validate_cronjob(obj, &mut errs),
+        Kind::DaemonSet => apps::validate_daemonset(obj, &mut errs),
         Kind::ReplicationController => apps::validate_replication_controller(obj, &mut errs),
         Kind::Namespace
         | Kind::Node
@@ -108,7 +110,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
 pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     match res.kind {
-        Kind::Deployment | Kind::ReplicaSet
+        Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet
             if old.pointer("/spec/selector") != new.pointer("/spec/selector") =>
         {
             errs.push(FieldError::invalid(
@@ -228,6 +230,7 @@ pub fn table_columns(kind: Kind) -> Vec<Column> {
         Kind::Deployment | Kind::ReplicaSet | Kind::ReplicationController => apps::columns(kind),
         Kind::Job => batch::job_columns(),
         Kind::CronJob => batch::cronjob_columns(),
+        Kind::DaemonSet => apps::daemonset_columns(),
         _ => tables::columns(kind),
     }
 }
@@ -244,6 +247,7 @@ pub fn table_cells(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
         }
         Kind::Job => batch::job_cells(obj, age, now),
         Kind::CronJob => batch::cronjob_cells(obj, age, now),
+        Kind::DaemonSet => apps::daemonset_cells(obj, age),
         _ => tables::cells(kind, obj, age, now),
     }
 }
