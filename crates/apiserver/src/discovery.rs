@@ -59,6 +59,7 @@ fn api_resources(group: &str, version: &str) -> Vec<Value> {
         }
         if r.kind == resources::Kind::Pod {
             out.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
+            out.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
         }
     }
     out

@@ -383,6 +383,7 @@ enum Action {
     UpdateScale(Value),
     PatchScale(PatchType, Value),
     Bind(Value),
+    Evict(Value),
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -526,6 +527,7 @@ async fn resource(
             Action::PatchScale(patch_type(&ct)?, body()?)
         }
         (&Method::POST, true, Some("binding")) if res.kind == Kind::Pod => Action::Bind(body()?),
+        (&Method::POST, true, Some("eviction")) if res.kind == Kind::Pod => Action::Evict(body()?),
         (_, true, Some(s @ ("log" | "exec" | "attach" | "portforward" | "proxy")))
             if res.kind == Kind::Pod =>
         {
@@ -535,7 +537,7 @@ async fn resource(
                 format!("pods/{s} needs a node agent running the pod; none serves this pod yet"),
             ))
         }
-        (_, _, Some(s)) if !matches!(s, "status" | "scale" | "binding") => {
+        (_, _, Some(s)) if !matches!(s, "status" | "scale" | "binding" | "eviction") => {
             return Err(ApiError::path_not_found(&path))
         }
         _ => return Err(ApiError::method_not_allowed(method.as_str(), &path)),
@@ -652,6 +654,11 @@ async fn resource(
         Action::Bind(body) => Ok(json_response(
             StatusCode::CREATED,
             &reg.bind(ns, name, &body).await?,
+            &[],
+        )),
+        Action::Evict(body) => Ok(json_response(
+            StatusCode::CREATED,
+            &reg.evict(ns, name, &body).await?,
             &[],
         )),
     }

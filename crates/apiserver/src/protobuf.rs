@@ -1,7 +1,7 @@
-//! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), as kubectl's generators
-//! (`kubectl create namespace|deployment|service|configmap|secret|job|cronjob`, `kubectl autoscale`) send
-//! them: the `k8s\0`
-//! envelope around a `runtime.Unknown` whose `raw` is the object.
+//! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), as kubectl sends them
+//! (`kubectl create namespace|deployment|service|configmap|secret|job|cronjob`, `kubectl
+//! autoscale`, `kubectl drain`'s evictions and deletes): the `k8s\0` envelope around a
+//! `runtime.Unknown` whose `raw` is the object.
 //!
 //! Berth answers JSON and stores JSON, so a protobuf body is decoded with `k8s-pb`'s types and
 //! mapped onto the JSON field names. The mapping covers every field those generators set;
@@ -11,6 +11,7 @@ use k8s_pb::api::apps::v1 as apps;
 use k8s_pb::api::autoscaling::v1 as autoscaling;
 use k8s_pb::api::batch::v1 as batch;
 use k8s_pb::api::core::v1 as core;
+use k8s_pb::api::policy::v1 as policy;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -75,6 +76,16 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
         ("batch/v1", "CronJob") => {
             let c = batch::CronJob::decode(&raw[..]).map_err(|e| bad("CronJob", e))?;
             json!({"metadata": object_meta(c.metadata), "spec": cronjob_spec(c.spec.unwrap_or_default())})
+        }
+        ("policy/v1", "Eviction") => {
+            let e = policy::Eviction::decode(&raw[..]).map_err(|e| bad("Eviction", e))?;
+            let mut o = json!({"metadata": object_meta(e.metadata)});
+            put(&mut o, "deleteOptions", e.delete_options.map(delete_options));
+            o
+        }
+        (_, "DeleteOptions") => {
+            let d = meta::DeleteOptions::decode(&raw[..]).map_err(|e| bad("DeleteOptions", e))?;
+            delete_options(d)
         }
         ("autoscaling/v1", "HorizontalPodAutoscaler") => {
             let h = autoscaling::HorizontalPodAutoscaler::decode(&raw[..])
@@ -237,6 +248,29 @@ fn cronjob_spec(s: batch::CronJobSpec) -> Value {
             })),
         );
     }
+    o
+}
+
+fn delete_options(d: meta::DeleteOptions) -> Value {
+    let mut o = json!({});
+    put(
+        &mut o,
+        "gracePeriodSeconds",
+        d.grace_period_seconds.map(|v| json!(v)),
+    );
+    if let Some(p) = d.preconditions {
+        let mut po = json!({});
+        put_str(&mut po, "uid", p.uid);
+        put_str(&mut po, "resourceVersion", p.resource_version);
+        put(&mut o, "preconditions", Some(po));
+    }
+    put(
+        &mut o,
+        "orphanDependents",
+        d.orphan_dependents.map(Value::Bool),
+    );
+    put_str(&mut o, "propagationPolicy", d.propagation_policy);
+    put_list(&mut o, "dryRun", d.dry_run, Value::String);
     o
 }
 

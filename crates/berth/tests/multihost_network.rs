@@ -706,3 +706,125 @@ spec:
     .await;
     drop(agents);
 }
+
+#[tokio::test]
+async fn drain_evicts_within_the_disruption_budget() {
+    let img = common::BusyboxImage::build();
+    let hosts = Hosts::make();
+    let b = Berth::up_at(&format!("{}.254:0", hosts.subnet()), &["--runtime", "none"]);
+    let names = [common::unique("pa"), common::unique("pb")];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let _containers = Containers(names.to_vec());
+    let agents = Procs(
+        (0..2)
+            .map(|i| agent(&b, &hosts, i, &names[i], dirs[i].path()))
+            .collect(),
+    );
+    for n in &names {
+        ready(&b, n, "both hosts Ready").await;
+    }
+    // Three replicas, all on host B; at least two must stay Ready.
+    b.kubectl_ok(&["cordon", &names[0]]);
+    b.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: {img}
+        command: ["/bin/sh", "-c", "mkdir -p /r; sleep 2; touch /r/up; exec sleep 3600"]
+        readinessProbe: {{exec: {{command: ["cat", "/r/up"]}}, periodSeconds: 1}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {{name: web}}
+spec:
+  minAvailable: 2
+  selector: {{matchLabels: {{app: web}}}}
+"#,
+            img = img.tag
+        ),
+    );
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=90s"]);
+    b.kubectl_ok(&["uncordon", &names[0]]);
+    eventually(30, "the budget to allow one disruption", || async {
+        let allowed = b.kubectl_ok(&[
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "jsonpath={.status.disruptionsAllowed}",
+        ]);
+        (allowed == "1").then_some(())
+    })
+    .await;
+
+    let kubeconfig = b.kubeconfig();
+    let node = names[1].clone();
+    let drain = std::thread::spawn(move || {
+        Command::new("kubectl")
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["drain", &node, "--timeout=120s"])
+            .output()
+            .expect("kubectl runs")
+    });
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(b.client().await, "default");
+    let mut fewest = usize::MAX;
+    while !drain.is_finished() {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app=web"))
+            .await
+            .expect("pods listed");
+        let ready = list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        fewest = fewest.min(ready);
+        assert!(ready >= 2, "the drain left {ready} web pods Ready");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = drain.join().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl drain failed: {said}");
+    // Two pods on the node and a budget of one: the second eviction had to wait its turn.
+    assert!(
+        said.contains("disruption budget") && said.contains("drained"),
+        "{said}"
+    );
+    assert_eq!(fewest, 2, "{said}");
+    let left = b.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "--field-selector",
+        &format!("spec.nodeName={}", names[1]),
+        "-o",
+        "name",
+    ]);
+    assert_eq!(left, "", "pods left on the drained node");
+    b.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    drop(agents);
+}

@@ -15,6 +15,7 @@
 //!  CronJob ──reconcile──▶ Jobs (one per scheduled time, woken for the next), history
 //!  ReplicationController ──reconcile──▶ as the ReplicaSet its selector makes
 //!  DaemonSet ──reconcile──▶ a Pod pinned to each node the template fits; rolling update
+//!  PodDisruptionBudget ──reconcile (on any pod change)──▶ its status, read by pods/eviction
 //!  gc (sweep every second, every served kind) ──▶ deletes what lost its owners;
 //!                                                foreground / orphan finalizers
 //!  nodelifecycle (sweep every 250 ms) ──▶ Lease ran out: NotReady, unreachable taint, evict
@@ -26,6 +27,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 mod events;
 pub mod gc;
@@ -209,10 +211,13 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     let (ds_tx, ds_rx) = futures::channel::mpsc::unbounded();
     // Every node change wakes every DaemonSet.
     let (ds_nodes_tx, ds_nodes_rx) = futures::channel::mpsc::unbounded();
+    // Every pod change wakes every PodDisruptionBudget (there are few).
+    let (pdb_tx, pdb_rx) = futures::channel::mpsc::unbounded();
     let pod_changes = {
         let changed = changed.clone();
         pod_changes.inspect(move |p| {
             changed.notify_one();
+            let _ = pdb_tx.unbounded_send(());
             if let Ok(p) = p {
                 if let Some(job) = controller_of::<Job>(p) {
                     let _ = job_tx.unbounded_send(job);
@@ -266,6 +271,13 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
                 .reconcile_all_on(ds_nodes_rx),
             ctx.clone(),
             daemonset::reconcile
+        ),
+        drive(
+            "disruption",
+            watched::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(&ctx)
+                .reconcile_all_on(pdb_rx),
+            ctx.clone(),
+            disruption::reconcile
         ),
         woken_by_pods(
             "replicationcontroller",

@@ -21,6 +21,7 @@ pub enum Kind {
     ReplicationController,
     CronJob,
     DaemonSet,
+    PodDisruptionBudget,
 }
 
 /// A served resource: where it lives in the REST tree and which subresources it has.
@@ -255,6 +256,20 @@ pub static RESOURCES: &[Resource] = &[
         status: true,
         generation: true,
         ..res(Kind::Job, "batch", "v1", "Job", "jobs", "job", true)
+    },
+    Resource {
+        short_names: &["pdb"],
+        status: true,
+        generation: true,
+        ..res(
+            Kind::PodDisruptionBudget,
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            "poddisruptionbudget",
+            true,
+        )
     },
     Resource {
         short_names: &["ds"],

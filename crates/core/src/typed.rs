@@ -85,7 +85,7 @@ fn diff_unknown(orig: &Value, canon: &Value, path: String, out: &mut Vec<String>
 
 /// Decode `obj` as `kind`'s schema.
 pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
-    use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery};
+    use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, policy};
     match kind {
         Kind::Namespace => round_trip::<core::v1::Namespace>(obj),
         Kind::Pod => round_trip::<core::v1::Pod>(obj),
@@ -106,6 +106,7 @@ pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
         Kind::ReplicationController => round_trip::<core::v1::ReplicationController>(obj),
         Kind::CronJob => round_trip::<batch::v1::CronJob>(obj),
         Kind::DaemonSet => round_trip::<apps::v1::DaemonSet>(obj),
+        Kind::PodDisruptionBudget => round_trip::<policy::v1::PodDisruptionBudget>(obj),
     }
 }
 

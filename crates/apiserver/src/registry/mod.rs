@@ -12,6 +12,7 @@
 //! is put back on every read, as Kubernetes does over etcd.
 
 mod delete;
+mod eviction;
 mod list;
 mod managed;
 mod namespace;

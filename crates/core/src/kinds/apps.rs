@@ -253,7 +253,7 @@ pub(super) fn validate_selector(
     }
 }
 
-fn validate_int_or_percent(path: &str, v: Option<&Value>, errs: &mut Vec<FieldError>) {
+pub(super) fn validate_int_or_percent(path: &str, v: Option<&Value>, errs: &mut Vec<FieldError>) {
     match v {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n >= 0) => {}

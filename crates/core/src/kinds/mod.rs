@@ -10,6 +10,7 @@ pub mod convert;
 mod namespace;
 mod node;
 mod pod;
+mod policy;
 mod service;
 mod tables;
 
@@ -74,7 +75,8 @@ pub fn default(kind: Kind, obj: &mut Value) {
         Kind::Job => batch::default_job(obj),
         Kind::CronJob => batch::default_cronjob(obj),
         Kind::DaemonSet => apps::default_daemonset(obj),
-        Kind::Node
+        Kind::PodDisruptionBudget
+        | Kind::Node
         | Kind::Endpoints
         | Kind::Event
         | Kind::ConfigMap
@@ -95,6 +97,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
         Kind::Job => batch::validate_job(obj, &mut errs),
         Kind::CronJob => batch::validate_cronjob(obj, &mut errs),
         Kind::DaemonSet => apps::validate_daemonset(obj, &mut errs),
+        Kind::PodDisruptionBudget => policy::validate_pdb(obj, &mut errs),
         Kind::ReplicationController => apps::validate_replication_controller(obj, &mut errs),
         Kind::Namespace
         | Kind::Node
@@ -231,6 +234,7 @@ pub fn table_columns(kind: Kind) -> Vec<Column> {
         Kind::Job => batch::job_columns(),
         Kind::CronJob => batch::cronjob_columns(),
         Kind::DaemonSet => apps::daemonset_columns(),
+        Kind::PodDisruptionBudget => policy::pdb_columns(),
         _ => tables::columns(kind),
     }
 }
@@ -248,6 +252,7 @@ pub fn table_cells(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
         Kind::Job => batch::job_cells(obj, age, now),
         Kind::CronJob => batch::cronjob_cells(obj, age, now),
         Kind::DaemonSet => apps::daemonset_cells(obj, age),
+        Kind::PodDisruptionBudget => policy::pdb_cells(obj, age),
         _ => tables::cells(kind, obj, age, now),
     }
 }
