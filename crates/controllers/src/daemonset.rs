@@ -49,6 +49,9 @@ pub struct Plan {
     pub requeue: Option<Duration>,
 }
 
+/// A node that should run a pod, with its pods of older revisions and of the current one.
+type NodePods<'a> = (&'a str, Vec<&'a Arc<Pod>>, Vec<&'a Arc<Pod>>);
+
 /// The node a daemon pod belongs to: its `nodeName`, else the one its affinity pins it to.
 pub fn target_node(p: &Pod) -> Option<String> {
     let spec = p.spec.as_ref()?;
@@ -242,7 +245,7 @@ pub fn plan(
     let (mut desired, mut current, mut misscheduled) = (0, 0, 0);
     let (mut ready, mut avail, mut updated) = (0, 0, 0);
     // Nodes that should run a pod, with their old and new pods.
-    let mut running: Vec<(&str, Vec<&Arc<Pod>>, Vec<&Arc<Pod>>)> = Vec::new();
+    let mut running: Vec<NodePods> = Vec::new();
     for node in nodes {
         let n = NodeInfo::from_node(node);
         let (run, stay) = fits(&info, &n);
@@ -665,7 +668,7 @@ mod tests {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    if ready_since(&x).is_none() && rng % 3 == 0 {
+                    if ready_since(&x).is_none() && rng.is_multiple_of(3) {
                         pod(
                             &new,
                             x.metadata.name.as_deref().unwrap(),

@@ -843,7 +843,7 @@ mod tests {
                 );
                 self.pods[i] = Arc::new(p);
             }
-            self.now = self.now + jiff::SignedDuration::from_secs(15);
+            self.now += jiff::SignedDuration::from_secs(15);
         }
 
         fn active(&self) -> Vec<&Arc<Pod>> {
@@ -934,7 +934,7 @@ mod tests {
         let mut w = World::new(job(Some(1), 1, false, 3), 7);
         w.controller();
         w.kubelets(100, 100);
-        w.now = w.now - jiff::SignedDuration::from_secs(12);
+        w.now -= jiff::SignedDuration::from_secs(12);
         let p = w.controller();
         assert!(
             w.active().is_empty(),
@@ -992,7 +992,7 @@ mod tests {
         assert_eq!(w.finished(), Some("Complete"));
         let p = w.controller();
         assert_eq!(p.requeue, Some(Duration::from_secs(30)));
-        w.now = w.now + jiff::SignedDuration::from_secs(30);
+        w.now += jiff::SignedDuration::from_secs(30);
         assert_eq!(w.controller().writes, vec![Write::DeleteJob]);
 
         let mut j = job(Some(1), 1, false, 6);
