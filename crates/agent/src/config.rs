@@ -44,6 +44,8 @@ pub enum ConfigError {
     },
     #[error("{what} is not supported by Berth yet")]
     Unsupported { what: String },
+    #[error("volume {volume}: {why}")]
+    Claim { volume: String, why: String },
 }
 
 /// The data of a ConfigMap or Secret, as bytes keyed by name; `None` if it does not exist.
@@ -205,6 +207,23 @@ async fn prepare(
     dir: &Path,
     v: &Volume,
 ) -> Result<PathBuf, ConfigError> {
+    if let Some(pvc) = &v.persistent_volume_claim {
+        let path = owner
+            .claim_path(ns, &pvc.claim_name)
+            .await
+            .map_err(|source| ConfigError::Api {
+                kind: "persistentvolumeclaim",
+                name: pvc.claim_name.clone(),
+                source,
+            })?
+            .map_err(|why| ConfigError::Claim {
+                volume: v.name.clone(),
+                why,
+            })?;
+        // A provisioned local volume is made on first use.
+        std::fs::create_dir_all(&path).map_err(io(&v.name, &path))?;
+        return Ok(path);
+    }
     if let Some(hp) = &v.host_path {
         let path = PathBuf::from(&hp.path);
         if matches!(hp.type_.as_deref(), Some("DirectoryOrCreate")) {
@@ -228,7 +247,7 @@ async fn prepare(
     } else {
         return Err(ConfigError::Unsupported {
             what: format!(
-                "volume {:?} (only emptyDir, configMap, secret, hostPath)",
+                "volume {:?} (only emptyDir, configMap, secret, hostPath, persistentVolumeClaim)",
                 v.name
             ),
         });

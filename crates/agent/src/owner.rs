@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{json, Value};
 
@@ -59,6 +61,18 @@ pub trait PodOwner: Send + Sync + 'static {
 
     /// Everything of a deleting pod has been stopped and removed.
     async fn deleted(&self, pod: &PodRef) -> Result<(), OwnerError>;
+
+    /// Where the volume bound to a PersistentVolumeClaim lives on this host, or why it cannot
+    /// be mounted yet.
+    async fn claim_path(
+        &self,
+        _namespace: &str,
+        claim: &str,
+    ) -> Result<Result<std::path::PathBuf, String>, OwnerError> {
+        Ok(Err(format!(
+            "persistentVolumeClaim {claim:?}: claims are not served here"
+        )))
+    }
 }
 
 /// A node agent's pods' owner: the Kubernetes API, with the node's credentials.
@@ -177,5 +191,45 @@ impl PodOwner for ApiOwner {
                 source,
             }),
         }
+    }
+
+    async fn claim_path(
+        &self,
+        ns: &str,
+        claim: &str,
+    ) -> Result<Result<std::path::PathBuf, String>, OwnerError> {
+        let failed = |source| OwnerError::Api {
+            operation: "read a volume claim",
+            source,
+        };
+        let pvc = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+            .get_opt(claim)
+            .await
+            .map_err(failed)?;
+        let Some(pvc) = pvc else {
+            return Ok(Err(format!("persistentvolumeclaim {claim:?} not found")));
+        };
+        let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let volume = pvc
+            .spec
+            .and_then(|s| s.volume_name)
+            .filter(|v| !v.is_empty());
+        let (true, Some(volume)) = (bound, volume) else {
+            return Ok(Err(format!(
+                "persistentvolumeclaim {claim:?} is not bound yet"
+            )));
+        };
+        let pv = Api::<PersistentVolume>::all(self.client.clone())
+            .get_opt(&volume)
+            .await
+            .map_err(failed)?;
+        let spec = pv.and_then(|pv| pv.spec).unwrap_or_default();
+        let path = spec
+            .host_path
+            .map(|h| h.path)
+            .or(spec.local.map(|l| l.path));
+        Ok(path.map(std::path::PathBuf::from).ok_or_else(|| {
+            format!("persistentvolume {volume:?} is neither a hostPath nor a local volume")
+        }))
     }
 }

@@ -16,6 +16,8 @@
 //!  ReplicationController ──reconcile──▶ as the ReplicaSet its selector makes
 //!  DaemonSet ──reconcile──▶ a Pod pinned to each node the template fits; rolling update
 //!  PodDisruptionBudget ──reconcile (on any pod change)──▶ its status, read by pods/eviction
+//!  PersistentVolumeClaim ──reconcile──▶ default class, bind, local-path volumes
+//!  PersistentVolume ──reconcile──▶ Available / Released / deleted
 //!  gc (sweep every second, every served kind) ──▶ deletes what lost its owners;
 //!                                                foreground / orphan finalizers
 //!  nodelifecycle (sweep every 250 ms) ──▶ Lease ran out: NotReady, unreachable taint, evict
@@ -39,6 +41,7 @@ pub mod nodelifecycle;
 mod ownership;
 pub mod replicaset;
 mod status;
+pub mod volume;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -47,7 +50,9 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
+use k8s_openapi::api::core::v1::{
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController,
+};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
@@ -213,12 +218,25 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     let (ds_nodes_tx, ds_nodes_rx) = futures::channel::mpsc::unbounded();
     // Every pod change wakes every PodDisruptionBudget (there are few).
     let (pdb_tx, pdb_rx) = futures::channel::mpsc::unbounded();
+    // A scheduled pod wakes the claims it uses (a local-path claim waits for one).
+    let (claim_tx, claim_rx) = futures::channel::mpsc::unbounded();
+    let (_, claim_changes) = cache(Api::<PersistentVolumeClaim>::all(client.clone()));
+    // A claim's change (its deletion above all) wakes its volume.
+    let volume_wakes = claim_changes.filter_map(|c| {
+        futures::future::ready(c.ok().and_then(|c| {
+            let v = c.spec?.volume_name?;
+            Some(ObjectRef::<PersistentVolume>::new(&v))
+        }))
+    });
     let pod_changes = {
         let changed = changed.clone();
         pod_changes.inspect(move |p| {
             changed.notify_one();
             let _ = pdb_tx.unbounded_send(());
             if let Ok(p) = p {
+                for claim in claims_of(p) {
+                    let _ = claim_tx.unbounded_send(claim);
+                }
                 if let Some(job) = controller_of::<Job>(p) {
                     let _ = job_tx.unbounded_send(job);
                 } else if let Some(rc) = controller_of::<ReplicationController>(p) {
@@ -271,6 +289,18 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
                 .reconcile_all_on(ds_nodes_rx),
             ctx.clone(),
             daemonset::reconcile
+        ),
+        drive(
+            "persistentvolumeclaim",
+            watched::<PersistentVolumeClaim>(&ctx).reconcile_on(claim_rx),
+            ctx.clone(),
+            volume::reconcile_claim
+        ),
+        drive(
+            "persistentvolume",
+            watched::<PersistentVolume>(&ctx).reconcile_on(volume_wakes),
+            ctx.clone(),
+            volume::reconcile_volume
         ),
         drive(
             "disruption",
@@ -342,6 +372,20 @@ async fn controller<K, Owned, R, F>(
 {
     let watched = watched::<K>(&ctx).owns_stream(changes);
     drive(kind, watched, ctx, reconcile).await;
+}
+
+/// The claims a scheduled pod uses.
+fn claims_of(p: &Pod) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+    let Some(spec) = p.spec.as_ref().filter(|s| s.node_name.is_some()) else {
+        return Vec::new();
+    };
+    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+    spec.volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| ObjectRef::new(&c.claim_name).within(ns))
+        .collect()
 }
 
 /// The object of kind `K` that controls a pod, if one does.

@@ -22,6 +22,10 @@ pub enum Kind {
     CronJob,
     DaemonSet,
     PodDisruptionBudget,
+    StatefulSet,
+    PersistentVolumeClaim,
+    PersistentVolume,
+    StorageClass,
 }
 
 /// A served resource: where it lives in the REST tree and which subresources it has.
@@ -256,6 +260,60 @@ pub static RESOURCES: &[Resource] = &[
         status: true,
         generation: true,
         ..res(Kind::Job, "batch", "v1", "Job", "jobs", "job", true)
+    },
+    Resource {
+        short_names: &["sts"],
+        categories: &["all"],
+        status: true,
+        scale: true,
+        generation: true,
+        ..res(
+            Kind::StatefulSet,
+            "apps",
+            "v1",
+            "StatefulSet",
+            "statefulsets",
+            "statefulset",
+            true,
+        )
+    },
+    Resource {
+        short_names: &["pvc"],
+        status: true,
+        ..res(
+            Kind::PersistentVolumeClaim,
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            "persistentvolumeclaim",
+            true,
+        )
+    },
+    Resource {
+        short_names: &["pv"],
+        status: true,
+        ..res(
+            Kind::PersistentVolume,
+            "",
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            "persistentvolume",
+            false,
+        )
+    },
+    Resource {
+        short_names: &["sc"],
+        ..res(
+            Kind::StorageClass,
+            "storage.k8s.io",
+            "v1",
+            "StorageClass",
+            "storageclasses",
+            "storageclass",
+            false,
+        )
     },
     Resource {
         short_names: &["pdb"],

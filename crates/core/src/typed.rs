@@ -85,7 +85,9 @@ fn diff_unknown(orig: &Value, canon: &Value, path: String, out: &mut Vec<String>
 
 /// Decode `obj` as `kind`'s schema.
 pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
-    use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, policy};
+    use k8s_openapi::api::{
+        apps, autoscaling, batch, coordination, core, discovery, policy, storage,
+    };
     match kind {
         Kind::Namespace => round_trip::<core::v1::Namespace>(obj),
         Kind::Pod => round_trip::<core::v1::Pod>(obj),
@@ -107,6 +109,10 @@ pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
         Kind::CronJob => round_trip::<batch::v1::CronJob>(obj),
         Kind::DaemonSet => round_trip::<apps::v1::DaemonSet>(obj),
         Kind::PodDisruptionBudget => round_trip::<policy::v1::PodDisruptionBudget>(obj),
+        Kind::StatefulSet => round_trip::<apps::v1::StatefulSet>(obj),
+        Kind::PersistentVolumeClaim => round_trip::<core::v1::PersistentVolumeClaim>(obj),
+        Kind::PersistentVolume => round_trip::<core::v1::PersistentVolume>(obj),
+        Kind::StorageClass => round_trip::<storage::v1::StorageClass>(obj),
     }
 }
 

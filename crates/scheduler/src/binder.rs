@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::model::{NodeInfo, PodInfo};
+use crate::model::{volume_terms, NodeInfo, NodeTerm, PodInfo};
 use crate::queue::{Key, Queue};
 use crate::schedule::{schedule, spec_error, Placement, Profile};
 use crate::snapshot::Snapshot;
@@ -137,6 +137,8 @@ struct Waiting {
 }
 
 enum Change {
+    Claim(Box<Event<PersistentVolumeClaim>>),
+    Volume(Box<Event<PersistentVolume>>),
     Pod(Box<Event<Pod>>),
     Node(Box<Event<Node>>),
     Namespace(Box<Event<Namespace>>),
@@ -150,9 +152,13 @@ struct Bound {
 }
 
 fn key_of(pod: &Pod) -> Key {
+    key_of_meta(&pod.metadata)
+}
+
+fn key_of_meta(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
     (
-        pod.metadata.namespace.clone().unwrap_or_default(),
-        pod.metadata.name.clone().unwrap_or_default(),
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
     )
 }
 
@@ -181,6 +187,10 @@ struct Binder {
     bound: HashMap<Key, String>,
     /// Keys seen during a relist (a watch restart), to drop what vanished meanwhile.
     relist: Option<Vec<Key>>,
+    /// The volume each bound PersistentVolumeClaim names, by namespace and name.
+    claims: HashMap<Key, String>,
+    /// The nodes each PersistentVolume with a node affinity can be reached from.
+    volumes: HashMap<String, Vec<NodeTerm>>,
     results_tx: mpsc::Sender<Bound>,
     events: mpsc::Sender<Value>,
 }
@@ -200,6 +210,14 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), SchedulerError
             Change::Pod(Box::new(e))
         })
         .boxed(),
+        changes(Api::<PersistentVolumeClaim>::all(client.clone()), |e| {
+            Change::Claim(Box::new(e))
+        })
+        .boxed(),
+        changes(Api::<PersistentVolume>::all(client.clone()), |e| {
+            Change::Volume(Box::new(e))
+        })
+        .boxed(),
     ]);
     let (results_tx, mut results) = mpsc::channel(cfg.concurrency.max(1) * 2);
     let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -212,6 +230,8 @@ pub async fn run(client: kube::Client, cfg: Config) -> Result<(), SchedulerError
         in_flight: HashMap::new(),
         bound: HashMap::new(),
         relist: None,
+        claims: HashMap::new(),
+        volumes: HashMap::new(),
         results_tx,
         events,
     };
@@ -358,6 +378,33 @@ impl Binder {
     fn apply(&mut self, change: Change) {
         match change {
             Change::Pod(e) => self.pod_event(*e),
+            Change::Claim(e) => match *e {
+                Event::Apply(c) | Event::InitApply(c) => {
+                    let key = key_of_meta(&c.metadata);
+                    match c.spec.and_then(|s| s.volume_name).filter(|v| !v.is_empty()) {
+                        Some(v) => self.claims.insert(key, v),
+                        None => self.claims.remove(&key),
+                    };
+                }
+                Event::Delete(c) => {
+                    self.claims.remove(&key_of_meta(&c.metadata));
+                }
+                Event::Init | Event::InitDone => {}
+            },
+            Change::Volume(e) => match *e {
+                Event::Apply(v) | Event::InitApply(v) => {
+                    let name = v.metadata.name.clone().unwrap_or_default();
+                    match volume_terms(&v) {
+                        Ok(Some(terms)) => self.volumes.insert(name, terms),
+                        _ => self.volumes.remove(&name),
+                    };
+                }
+                Event::Delete(v) => {
+                    self.volumes
+                        .remove(v.metadata.name.as_deref().unwrap_or_default());
+                }
+                Event::Init | Event::InitDone => {}
+            },
             Change::Node(e) => match *e {
                 Event::Apply(n) | Event::InitApply(n) => {
                     let info = NodeInfo::from_node(&n);
@@ -473,7 +520,20 @@ impl Binder {
                     return;
                 }
                 match PodInfo::from_pod(pod) {
-                    Ok(info) => {
+                    Ok(mut info) => {
+                        // A pod goes where its volumes are.
+                        for v in spec.and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
+                            let Some(claim) = &v.persistent_volume_claim else {
+                                continue;
+                            };
+                            let terms = self
+                                .claims
+                                .get(&(key.0.clone(), claim.claim_name.clone()))
+                                .and_then(|pv| self.volumes.get(pv));
+                            if let Some(terms) = terms {
+                                info.restrict_to(terms);
+                            }
+                        }
                         let reported = self.queue.get_mut(&key).and_then(|w| w.reported.take());
                         self.queue.add(
                             key,

@@ -318,6 +318,32 @@ fn selector(
     }
 }
 
+/// The nodes a PersistentVolume can be reached from: its required node affinity's terms
+/// (`None`: any node).
+pub fn volume_terms(
+    pv: &k8s_openapi::api::core::v1::PersistentVolume,
+) -> Result<Option<Vec<NodeTerm>>, SpecError> {
+    let Some(req) = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_affinity.as_ref())
+        .and_then(|a| a.required.as_ref())
+    else {
+        return Ok(None);
+    };
+    req.node_selector_terms
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            node_term(
+                &format!("spec.nodeAffinity.required.nodeSelectorTerms[{i}]"),
+                t,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 fn node_term(field: &str, t: &NodeSelectorTerm) -> Result<NodeTerm, SpecError> {
     let req = |f: String, e: &k8s_openapi::api::core::v1::NodeSelectorRequirement| {
         let values = e.values.clone().unwrap_or_default();
@@ -580,6 +606,23 @@ impl PodInfo {
                 .node_affinity
                 .as_ref()
                 .is_none_or(|terms| terms.iter().any(|t| t.matches(name, labels)))
+    }
+
+    /// Narrow the required node affinity to the nodes a volume is reachable from (a
+    /// PersistentVolume's node affinity): each node must also satisfy one of `volume`'s terms.
+    pub fn restrict_to(&mut self, volume: &[NodeTerm]) {
+        self.node_affinity = Some(match self.node_affinity.take() {
+            None => volume.to_vec(),
+            Some(mine) => mine
+                .iter()
+                .flat_map(|a| {
+                    volume.iter().map(move |v| NodeTerm {
+                        labels: [a.labels.clone(), v.labels.clone()].concat(),
+                        names: [a.names.clone(), v.names.clone()].concat(),
+                    })
+                })
+                .collect(),
+        });
     }
 
     /// The first of `taints` with a scheduling effect (`NoSchedule`, `NoExecute`) that the

@@ -786,6 +786,24 @@ impl Registry {
                 Err(e) => return Err(e),
             }
         }
+        // The built-in default StorageClass, unless someone removed or replaced it before.
+        let classes = resources::of_kind(Kind::StorageClass);
+        if self
+            .list(classes, None, &ListParams::default())
+            .await?
+            .items
+            .is_empty()
+        {
+            let class = berth_core::kinds::storage::local_path_class();
+            match self
+                .create(classes, None, class, &WriteOptions::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
         namespace::resume_terminating(self).await?;
         namespace::spawn_cache(self.clone(), self.namespaces.clone()).await
     }

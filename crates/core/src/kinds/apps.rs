@@ -61,6 +61,171 @@ pub(super) fn default_replication_controller(obj: &mut Value) {
     }
 }
 
+pub(super) fn default_statefulset(obj: &mut Value) {
+    default_template(obj);
+    let spec = child(obj, "spec");
+    default_field(spec, "podManagementPolicy", json!("OrderedReady"));
+    default_field(spec, "revisionHistoryLimit", json!(10));
+    let strategy = child(spec, "updateStrategy");
+    default_field(strategy, "type", json!("RollingUpdate"));
+    if strategy.get("type") == Some(&json!("RollingUpdate")) {
+        default_field(child(strategy, "rollingUpdate"), "partition", json!(0));
+    }
+    let retention = child(spec, "persistentVolumeClaimRetentionPolicy");
+    default_field(retention, "whenDeleted", json!("Retain"));
+    default_field(retention, "whenScaled", json!("Retain"));
+    if let Some(claims) = spec
+        .get_mut("volumeClaimTemplates")
+        .and_then(Value::as_array_mut)
+    {
+        for c in claims {
+            default_field(child(c, "spec"), "volumeMode", json!("Filesystem"));
+        }
+    }
+}
+
+pub(super) fn validate_statefulset(obj: &Value, errs: &mut Vec<FieldError>) {
+    if let Some(r) = obj
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .filter(|r| *r < 0)
+    {
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
+    }
+    validate_selector(obj, Some("empty selector is invalid for statefulset"), errs);
+    validate_long_running_template(obj, errs);
+    let policy = str_at(obj, "/spec/podManagementPolicy");
+    if !["OrderedReady", "Parallel"].contains(&policy) {
+        errs.push(FieldError::not_supported(
+            "spec.podManagementPolicy",
+            policy,
+            &["OrderedReady", "Parallel"],
+        ));
+    }
+    let strategy = str_at(obj, "/spec/updateStrategy/type");
+    if !["RollingUpdate", "OnDelete"].contains(&strategy) {
+        errs.push(FieldError::not_supported(
+            "spec.updateStrategy.type",
+            strategy,
+            &["OnDelete", "RollingUpdate"],
+        ));
+    }
+    if let Some(p) = obj
+        .pointer("/spec/updateStrategy/rollingUpdate/partition")
+        .and_then(Value::as_i64)
+        .filter(|p| *p < 0)
+    {
+        errs.push(FieldError::invalid(
+            "spec.updateStrategy.rollingUpdate.partition",
+            p,
+            "must be greater than or equal to 0",
+        ));
+    }
+    let max = obj.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable");
+    validate_int_or_percent(
+        "spec.updateStrategy.rollingUpdate.maxUnavailable",
+        max,
+        errs,
+    );
+    if matches!(max, Some(v) if v == &json!(0) || v == &json!("0%")) {
+        errs.push(FieldError::invalid(
+            "spec.updateStrategy.rollingUpdate.maxUnavailable",
+            max.cloned().unwrap_or_default(),
+            "must be greater than 0",
+        ));
+    }
+    for f in ["whenDeleted", "whenScaled"] {
+        let v = str_at(
+            obj,
+            &format!("/spec/persistentVolumeClaimRetentionPolicy/{f}"),
+        );
+        if !["Retain", "Delete"].contains(&v) {
+            errs.push(FieldError::not_supported(
+                format!("spec.persistentVolumeClaimRetentionPolicy.{f}"),
+                v,
+                &["Delete", "Retain"],
+            ));
+        }
+    }
+    for (i, c) in arr_at(obj, "/spec/volumeClaimTemplates").iter().enumerate() {
+        let path = format!("spec.volumeClaimTemplates[{i}]");
+        let name = str_at(c, "/metadata/name");
+        if let Some(why) = crate::validation::dns1123_subdomain(name) {
+            errs.push(FieldError::invalid(
+                format!("{path}.metadata.name"),
+                name,
+                why,
+            ));
+        }
+        super::storage::validate_claim_spec(
+            &format!("{path}.spec"),
+            c.get("spec").unwrap_or(&Value::Null),
+            errs,
+        );
+    }
+}
+
+/// What a StatefulSet update may change, as Kubernetes allows it.
+pub(super) fn validate_statefulset_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+    let fixed = |o: &Value| {
+        let mut s = o.get("spec").cloned().unwrap_or(json!({}));
+        if let Some(m) = s.as_object_mut() {
+            for k in [
+                "replicas",
+                "ordinals",
+                "template",
+                "updateStrategy",
+                "persistentVolumeClaimRetentionPolicy",
+                "minReadySeconds",
+                "revisionHistoryLimit",
+            ] {
+                m.remove(k);
+            }
+        }
+        s
+    };
+    if fixed(old) != fixed(new) {
+        errs.push(FieldError::forbidden(
+            "spec",
+            "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+        ));
+    }
+}
+
+pub(super) fn statefulset_columns() -> Vec<Column> {
+    vec![
+        NAME,
+        col("Ready", "Number of the pod with ready state"),
+        AGE,
+        wide("Containers", "Names of each container in the template."),
+        wide(
+            "Images",
+            "Images referenced by each container in the template.",
+        ),
+    ]
+}
+
+pub(super) fn statefulset_cells(obj: &Value, age: String) -> Vec<Value> {
+    let containers = arr_at(obj, "/spec/template/spec/containers");
+    let names: Vec<&str> = containers.iter().map(|c| str_at(c, "/name")).collect();
+    let images: Vec<&str> = containers.iter().map(|c| str_at(c, "/image")).collect();
+    vec![
+        json!(str_at(obj, "/metadata/name")),
+        json!(format!(
+            "{}/{}",
+            int_at(obj, "/status/readyReplicas"),
+            int_at(obj, "/spec/replicas")
+        )),
+        json!(age),
+        json!(names.join(",")),
+        json!(images.join(",")),
+    ]
+}
+
 pub(super) fn default_daemonset(obj: &mut Value) {
     let spec = child(obj, "spec");
     super::default_pod_spec(child(child(spec, "template"), "spec"));

@@ -12,6 +12,7 @@ mod node;
 mod pod;
 mod policy;
 mod service;
+pub mod storage;
 mod tables;
 
 use jiff::Timestamp;
@@ -75,6 +76,10 @@ pub fn default(kind: Kind, obj: &mut Value) {
         Kind::Job => batch::default_job(obj),
         Kind::CronJob => batch::default_cronjob(obj),
         Kind::DaemonSet => apps::default_daemonset(obj),
+        Kind::StatefulSet => apps::default_statefulset(obj),
+        Kind::PersistentVolumeClaim => storage::default_pvc(obj),
+        Kind::PersistentVolume => storage::default_pv(obj),
+        Kind::StorageClass => storage::default_storage_class(obj),
         Kind::PodDisruptionBudget
         | Kind::Node
         | Kind::Endpoints
@@ -98,6 +103,10 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
         Kind::CronJob => batch::validate_cronjob(obj, &mut errs),
         Kind::DaemonSet => apps::validate_daemonset(obj, &mut errs),
         Kind::PodDisruptionBudget => policy::validate_pdb(obj, &mut errs),
+        Kind::StatefulSet => apps::validate_statefulset(obj, &mut errs),
+        Kind::PersistentVolumeClaim => storage::validate_pvc(obj, &mut errs),
+        Kind::PersistentVolume => storage::validate_pv(obj, &mut errs),
+        Kind::StorageClass => storage::validate_storage_class(obj, &mut errs),
         Kind::ReplicationController => apps::validate_replication_controller(obj, &mut errs),
         Kind::Namespace
         | Kind::Node
@@ -125,6 +134,18 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<FieldErr
         Kind::Service => service::validate_service_update(old, new, &mut errs),
         Kind::Pod => pod::validate_pod_update(old, new, &mut errs),
         Kind::Job => batch::validate_job_update(old, new, &mut errs),
+        Kind::StatefulSet => {
+            if old.pointer("/spec/selector") != new.pointer("/spec/selector") {
+                errs.push(FieldError::invalid(
+                    "spec.selector",
+                    new.pointer("/spec/selector").unwrap_or(&Value::Null),
+                    "field is immutable",
+                ));
+            }
+            apps::validate_statefulset_update(old, new, &mut errs);
+        }
+        Kind::PersistentVolumeClaim => storage::validate_pvc_update(old, new, &mut errs),
+        Kind::StorageClass => storage::validate_storage_class_update(old, new, &mut errs),
         Kind::ConfigMap | Kind::Secret
             if old.get("immutable") == Some(&Value::Bool(true))
                 && (old.get("data") != new.get("data")
@@ -235,6 +256,10 @@ pub fn table_columns(kind: Kind) -> Vec<Column> {
         Kind::CronJob => batch::cronjob_columns(),
         Kind::DaemonSet => apps::daemonset_columns(),
         Kind::PodDisruptionBudget => policy::pdb_columns(),
+        Kind::StatefulSet => apps::statefulset_columns(),
+        Kind::PersistentVolumeClaim => storage::pvc_columns(),
+        Kind::PersistentVolume => storage::pv_columns(),
+        Kind::StorageClass => storage::storage_class_columns(),
         _ => tables::columns(kind),
     }
 }
@@ -253,6 +278,10 @@ pub fn table_cells(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
         Kind::CronJob => batch::cronjob_cells(obj, age, now),
         Kind::DaemonSet => apps::daemonset_cells(obj, age),
         Kind::PodDisruptionBudget => policy::pdb_cells(obj, age),
+        Kind::StatefulSet => apps::statefulset_cells(obj, age),
+        Kind::PersistentVolumeClaim => storage::pvc_cells(obj, age),
+        Kind::PersistentVolume => storage::pv_cells(obj, age),
+        Kind::StorageClass => storage::storage_class_cells(obj, age),
         _ => tables::cells(kind, obj, age, now),
     }
 }
