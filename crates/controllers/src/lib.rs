@@ -14,6 +14,7 @@
 //!  Job ──reconcile──▶ Pods (up to parallelism, until completions succeed), status, TTL
 //!  CronJob ──reconcile──▶ Jobs (one per scheduled time, woken for the next), history
 //!  ReplicationController ──reconcile──▶ as the ReplicaSet its selector makes
+//!  StatefulSet ──reconcile──▶ Pods <set>-<i> in order, their claims, rolling update
 //!  DaemonSet ──reconcile──▶ a Pod pinned to each node the template fits; rolling update
 //!  PodDisruptionBudget ──reconcile (on any pod change)──▶ its status, read by pods/eviction
 //!  PersistentVolumeClaim ──reconcile──▶ default class, bind, local-path volumes
@@ -40,6 +41,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 mod ownership;
 pub mod replicaset;
+pub mod statefulset;
 mod status;
 pub mod volume;
 
@@ -48,7 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
     Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController,
@@ -214,6 +216,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     let (job_tx, job_rx) = futures::channel::mpsc::unbounded();
     let (rc_tx, rc_rx) = futures::channel::mpsc::unbounded();
     let (ds_tx, ds_rx) = futures::channel::mpsc::unbounded();
+    let (sts_tx, sts_rx) = futures::channel::mpsc::unbounded();
     // Every node change wakes every DaemonSet.
     let (ds_nodes_tx, ds_nodes_rx) = futures::channel::mpsc::unbounded();
     // Every pod change wakes every PodDisruptionBudget (there are few).
@@ -243,6 +246,8 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
                     let _ = rc_tx.unbounded_send(rc);
                 } else if let Some(ds) = controller_of::<DaemonSet>(p) {
                     let _ = ds_tx.unbounded_send(ds);
+                } else if let Some(sts) = controller_of::<StatefulSet>(p) {
+                    let _ = sts_tx.unbounded_send(sts);
                 }
             }
         })
@@ -290,6 +295,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
             ctx.clone(),
             daemonset::reconcile
         ),
+        woken_by_pods("statefulset", ctx.clone(), sts_rx, statefulset::reconcile),
         drive(
             "persistentvolumeclaim",
             watched::<PersistentVolumeClaim>(&ctx).reconcile_on(claim_rx),
