@@ -4,6 +4,7 @@
 //! `berth-bench scheduler`: see [`scheduler`]. `berth-bench agent`: see [`agent`].
 //! `berth-bench instances`: see [`instances`]. `berth-bench failover`: see [`failover`].
 //! `berth-bench autoscale`: see [`autoscale`]. `berth-bench network`: see [`network`].
+//! `berth-bench workloads`: see [`workloads`].
 
 mod agent;
 mod autoscale;
@@ -12,6 +13,7 @@ mod instances;
 mod network;
 mod scheduler;
 mod vnode;
+mod workloads;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 #[derive(Parser)]
 struct Cli {
-    /// Which benchmark: `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale`, `network` or `vnode`.
+    /// Which benchmark: `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale`, `network`, `vnode` or `workloads`.
     which: String,
     /// Creates per run.
     #[arg(long, default_value_t = 20_000)]
@@ -322,9 +324,10 @@ async fn main() -> anyhow::Result<()> {
         "autoscale" => autoscale::run(5).await,
         "network" => network::run().await,
         "vnode" => vnode::run(100).await,
+        "workloads" => workloads::run(1_000, 500).await,
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale`, `network` or `vnode`"
+                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale`, `network`, `vnode` or `workloads`"
             )
         }
     }
