@@ -704,6 +704,29 @@ spec:
         (words(versions) == ["2", "2"]).then_some(())
     })
     .await;
+
+    // The history has both templates, and undo goes back to the first.
+    let history = b.kubectl_ok(&["rollout", "history", "ds/daemon"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    b.kubectl_ok(&["rollout", "undo", "ds/daemon"]);
+    eventually(90, "version 1 again on both hosts", || async {
+        let versions = b.kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=daemon",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].env[0].value}",
+        ]);
+        (words(versions) == ["1", "1"]).then_some(())
+    })
+    .await;
+    b.kubectl_ok(&["rollout", "status", "ds/daemon", "--timeout=60s"]);
     drop(agents);
 }
 

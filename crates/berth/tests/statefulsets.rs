@@ -124,6 +124,11 @@ async fn each_pod_of_a_statefulset_finds_its_own_data_again() {
     })
     .await;
     b.kubectl_ok(&["get", "pvc", "data-db-2"]);
+    let history = b.kubectl_ok(&["rollout", "history", "sts/db"]);
+    assert!(
+        history.lines().any(|l| l.trim_start().starts_with('1')),
+        "{history}"
+    );
 
     // A selector that does not match the template names the field.
     let bad = r#"{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"bad"},

@@ -392,6 +392,30 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         .filter_map(|p| p.metadata.name.clone())
         .collect();
     let settled = ctx.expectations.satisfied(&uid, &present);
+    if let Some(spec) = ds
+        .spec
+        .as_ref()
+        .filter(|_| meta.deletion_timestamp.is_none())
+    {
+        let name = meta.name.clone().unwrap_or_default();
+        let revision = |hash: &str| format!("{name}-{hash}");
+        crate::revisions::record(
+            &ctx,
+            crate::revisions::Owner {
+                kind: "DaemonSet",
+                meta,
+                template: &spec.template,
+                revision: revision(&template_hash(&spec.template)),
+                history_limit: spec.revision_history_limit.unwrap_or(10),
+                in_use: pods
+                    .iter()
+                    .filter_map(|p| p.metadata.labels.as_ref()?.get(REVISION_LABEL))
+                    .map(|h| revision(h))
+                    .collect(),
+            },
+        )
+        .await?;
+    }
     let plan = plan(&ds, &ctx.nodes.state(), &pods, settled, Timestamp::now())?;
     execute(&ctx, &ds, &pods_api, plan).await
 }

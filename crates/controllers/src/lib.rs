@@ -41,6 +41,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 mod ownership;
 pub mod replicaset;
+mod revisions;
 pub mod statefulset;
 mod status;
 pub mod volume;
@@ -137,6 +138,8 @@ pub struct Context {
     pub nodes: Store<Node>,
     pub jobs: Store<Job>,
     pub expectations: Expectations,
+    /// The revision last recorded for each DaemonSet and StatefulSet, by uid.
+    revisions: Mutex<HashMap<String, String>>,
     synced: Synced,
 }
 
@@ -276,6 +279,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
         nodes,
         jobs,
         expectations: Expectations::default(),
+        revisions: Mutex::default(),
     });
     futures::join!(
         controller(

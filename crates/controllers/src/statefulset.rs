@@ -361,6 +361,27 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
     } else {
         HashSet::new()
     };
+    if let Some(spec) = sts
+        .spec
+        .as_ref()
+        .filter(|_| meta.deletion_timestamp.is_none())
+    {
+        crate::revisions::record(
+            &ctx,
+            crate::revisions::Owner {
+                kind: "StatefulSet",
+                meta,
+                template: &spec.template,
+                revision: revision(&sts),
+                history_limit: spec.revision_history_limit.unwrap_or(10),
+                in_use: pods
+                    .iter()
+                    .filter_map(|p| revision_of(p).map(String::from))
+                    .collect(),
+            },
+        )
+        .await?;
+    }
     let plan = plan(&sts, &pods, &claims, Timestamp::now());
     execute(&ctx, &sts, &pods_api, &claims_api, plan).await
 }

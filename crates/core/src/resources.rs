@@ -26,6 +26,7 @@ pub enum Kind {
     PersistentVolumeClaim,
     PersistentVolume,
     StorageClass,
+    ControllerRevision,
 }
 
 /// A served resource: where it lives in the REST tree and which subresources it has.
@@ -277,6 +278,15 @@ pub static RESOURCES: &[Resource] = &[
             true,
         )
     },
+    res(
+        Kind::ControllerRevision,
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+        true,
+    ),
     Resource {
         short_names: &["pvc"],
         status: true,

@@ -113,6 +113,7 @@ pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
         Kind::PersistentVolumeClaim => round_trip::<core::v1::PersistentVolumeClaim>(obj),
         Kind::PersistentVolume => round_trip::<core::v1::PersistentVolume>(obj),
         Kind::StorageClass => round_trip::<storage::v1::StorageClass>(obj),
+        Kind::ControllerRevision => round_trip::<apps::v1::ControllerRevision>(obj),
     }
 }
 

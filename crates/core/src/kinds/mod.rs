@@ -81,6 +81,7 @@ pub fn default(kind: Kind, obj: &mut Value) {
         Kind::PersistentVolume => storage::default_pv(obj),
         Kind::StorageClass => storage::default_storage_class(obj),
         Kind::PodDisruptionBudget
+        | Kind::ControllerRevision
         | Kind::Node
         | Kind::Endpoints
         | Kind::Event
@@ -108,7 +109,8 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
         Kind::PersistentVolume => storage::validate_pv(obj, &mut errs),
         Kind::StorageClass => storage::validate_storage_class(obj, &mut errs),
         Kind::ReplicationController => apps::validate_replication_controller(obj, &mut errs),
-        Kind::Namespace
+        Kind::ControllerRevision
+        | Kind::Namespace
         | Kind::Node
         | Kind::Endpoints
         | Kind::Event

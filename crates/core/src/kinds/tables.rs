@@ -61,6 +61,12 @@ pub(super) fn columns(kind: Kind) -> Vec<Column> {
             int_col("Replicas", "The current number of replicas"),
             AGE,
         ],
+        Kind::ControllerRevision => vec![
+            NAME,
+            col("Controller", "Controller of the object"),
+            int_col("Revision", "Revision of the ControllerRevision"),
+            AGE,
+        ],
         // The other kinds have their own modules.
         _ => vec![NAME, AGE],
     }
@@ -198,6 +204,29 @@ pub(super) fn cells(kind: Kind, obj: &Value, age: String, now: Timestamp) -> Vec
             json!(int_at(obj, "/status/currentReplicas")),
             json!(age),
         ],
+        Kind::ControllerRevision => {
+            let owner = crate::kinds::arr_at(obj, "/metadata/ownerReferences")
+                .iter()
+                .find(|r| r["controller"] == json!(true))
+                .map(|r| {
+                    let group = str_at(r, "/apiVersion")
+                        .split('/')
+                        .next()
+                        .unwrap_or_default();
+                    format!(
+                        "{}.{group}/{}",
+                        str_at(r, "/kind").to_lowercase(),
+                        str_at(r, "/name")
+                    )
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(owner),
+                json!(int_at(obj, "/revision")),
+                json!(age),
+            ]
+        }
         _ => vec![name, json!(age)],
     }
 }
