@@ -347,8 +347,18 @@ async fn execute(ctx: &Context, cj: &CronJob, plan: Plan) -> Result<Action, Erro
         let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
         write_status(&api, &name, status, &format!("cronjob {ns}/{name}")).await?;
     }
+    // A warning that holds until the schedule moves on is written once, not on every pass.
+    let uid = cj.metadata.uid.clone().unwrap_or_default();
+    let since = cj
+        .status
+        .as_ref()
+        .and_then(|s| s.last_schedule_time.as_ref())
+        .map(|t| t.0.to_string())
+        .unwrap_or_default();
     for (type_, reason, message) in plan.events {
-        record(&ctx.client, about(), type_, reason, &message, COMPONENT);
+        if ctx.noted(format!("cronjob/{uid}/{reason}"), &since) {
+            record(&ctx.client, about(), type_, reason, &message, COMPONENT);
+        }
     }
     Ok(plan
         .requeue

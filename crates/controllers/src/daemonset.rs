@@ -33,6 +33,8 @@ use crate::status::{ready_since, status_changed, write_status};
 use crate::{Context, Error};
 
 const COMPONENT: &str = "daemonset-controller";
+/// How long a failed daemon pod stays before it is replaced.
+const FAILED_BACKOFF: i64 = 10;
 /// The label naming the template revision a daemon pod was made from.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
@@ -218,15 +220,29 @@ pub fn plan(
         left <= 0
     };
 
-    // The live pods on each node; failed ones go (the next pass replaces them).
+    // The live pods on each node. A failed one goes once it has been down for the back-off,
+    // and the next pass replaces it: a pod the node keeps refusing is not made in a loop.
     let mut by_node: BTreeMap<String, Vec<&Arc<Pod>>> = BTreeMap::new();
+    let mut backing_off: HashSet<String> = HashSet::new();
+    let mut retry: Option<Duration> = None;
     for p in pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
     {
         let pod_name = p.metadata.name.clone().unwrap_or_default();
         match (target_node(p), phase(p)) {
-            (_, "Failed" | "Succeeded") | (None, _) => out.delete.push(pod_name),
+            (None, _) => out.delete.push(pod_name),
+            (Some(node), "Failed" | "Succeeded") => {
+                let left = crate::job::finished_at(p)
+                    .map_or(0, |t| t.as_second() + FAILED_BACKOFF - now.as_second());
+                if left > 0 {
+                    let d = Duration::from_secs(left as u64);
+                    retry = Some(retry.map_or(d, |w: Duration| w.min(d)));
+                    backing_off.insert(node);
+                } else {
+                    out.delete.push(pod_name);
+                }
+            }
             (Some(node), _) => by_node.entry(node).or_default().push(p),
         }
     }
@@ -262,7 +278,9 @@ pub fn plan(
         }
         desired += 1;
         if here.is_empty() {
-            out.create.push(n.name.clone());
+            if !backing_off.contains(&n.name) {
+                out.create.push(n.name.clone());
+            }
             continue;
         }
         current += 1;
@@ -368,7 +386,7 @@ pub fn plan(
     if status_changed(&old, &status, &fields) {
         out.status = Some(status);
     }
-    out.requeue = wake;
+    out.requeue = [wake, retry].into_iter().flatten().min();
     Ok(out)
 }
 

@@ -16,13 +16,13 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::{json, Value};
 
 use crate::deployment::scaled;
-use crate::status::{ready_since, write_status};
+use crate::status::ready_since;
 use crate::{Context, Error};
 
 /// How long an evicted pod that is still there stays out of the healthy count.
@@ -208,25 +208,27 @@ pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Context>) -> Resu
     if pdb.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let selector = pdb
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.clone())
-        .unwrap_or_default();
-    let selector = berth_core::selector::Selector::from_label_selector(&selector).map_err(|e| {
-        Error::Invalid {
-            what: "poddisruptionbudget",
-            name: name.clone(),
-            why: e.to_string(),
-        }
-    })?;
-    let pods: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(&ns))
-        .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
-        .collect();
+    // In policy/v1 a budget without a selector picks no pods (an empty one picks them all).
+    let selector = match pdb.spec.as_ref().and_then(|s| s.selector.as_ref()) {
+        Some(s) => Some(
+            berth_core::selector::Selector::from_label_selector(s).map_err(|e| Error::Invalid {
+                what: "poddisruptionbudget",
+                name: name.clone(),
+                why: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
+    let pods: Vec<Arc<Pod>> = match selector {
+        None => Vec::new(),
+        Some(selector) => ctx
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(&ns))
+            .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
+            .collect(),
+    };
     let needs_scale = pdb.spec.as_ref().is_some_and(|s| {
         s.max_unavailable.is_some() || matches!(s.min_available, Some(IntOrString::String(_)))
     });
@@ -237,14 +239,23 @@ pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Context>) -> Resu
     };
     let plan = plan(&pdb, &pods, scale, Timestamp::now());
     if let Some(status) = plan.status {
+        // Pinned to the budget as read, so it never overwrites an eviction's decrement made
+        // meanwhile (a 409 means a newer budget, and a newer pass).
         let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
-        write_status(
-            &api,
-            &name,
-            status,
-            &format!("poddisruptionbudget {ns}/{name}"),
-        )
-        .await?;
+        let patch = json!({"metadata": {"resourceVersion": pdb.metadata.resource_version},
+            "status": status});
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+            Err(e) => {
+                return Err(crate::api_err(format!(
+                    "updating the status of poddisruptionbudget {ns}/{name}"
+                ))(e))
+            }
+        }
     }
     Ok(plan
         .requeue

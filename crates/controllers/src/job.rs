@@ -140,7 +140,7 @@ fn condition_since(job: &Job, kind: &str) -> Option<Timestamp> {
 }
 
 /// When a finished pod finished: its last container's end, or when it stopped being ready.
-fn finished_at(p: &Pod) -> Option<Timestamp> {
+pub(crate) fn finished_at(p: &Pod) -> Option<Timestamp> {
     let status = p.status.as_ref()?;
     let ended = status
         .container_statuses

@@ -140,6 +140,8 @@ pub struct Context {
     pub expectations: Expectations,
     /// The revision last recorded for each DaemonSet and StatefulSet, by uid.
     revisions: Mutex<HashMap<String, String>>,
+    /// What was last said about an object, by key: see [`Context::noted`].
+    notes: Mutex<HashMap<String, String>>,
     synced: Synced,
 }
 
@@ -280,6 +282,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
         jobs,
         expectations: Expectations::default(),
         revisions: Mutex::default(),
+        notes: Mutex::default(),
     });
     futures::join!(
         controller(
@@ -469,6 +472,17 @@ async fn drive<K, R, F>(
 }
 
 impl Context {
+    /// Is `value` new for `key`? Remembers it. Events that would otherwise be written on every
+    /// pass (a claim waiting, a CronJob held back) are written when what they say changes.
+    pub fn noted(&self, key: String, value: &str) -> bool {
+        let mut notes = self.notes.lock().expect("notes lock");
+        if notes.get(&key).map(String::as_str) == Some(value) {
+            return false;
+        }
+        notes.insert(key, value.to_string());
+        true
+    }
+
     /// Wait until every cache has been filled once (reconciles must not act on an empty view).
     pub async fn synced(&self) -> Result<(), Error> {
         self.synced

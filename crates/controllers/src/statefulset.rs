@@ -37,8 +37,8 @@ pub const REVISION_LABEL: &str = "controller-revision-hash";
 /// What one pass over a StatefulSet decided.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
-    /// Claims to make before the pods that use them, by name.
-    pub claims: Vec<(String, i32)>,
+    /// Claims to make before the pods that use them: name, template index, ordinal.
+    pub claims: Vec<(String, usize, i32)>,
     /// Ordinals to make a pod for.
     pub create: Vec<i32>,
     /// Pods to delete, by name.
@@ -101,8 +101,13 @@ pub fn plan(
     }
     let name = sts.metadata.name.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0);
-    let start = spec.ordinals.as_ref().and_then(|o| o.start).unwrap_or(0);
-    let wanted = start..start + replicas;
+    let start = spec
+        .ordinals
+        .as_ref()
+        .and_then(|o| o.start)
+        .unwrap_or(0)
+        .max(0);
+    let wanted = start..start.saturating_add(replicas);
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
     let update = revision(sts);
     let min_ready = i64::from(spec.min_ready_seconds.unwrap_or(0).max(0));
@@ -140,16 +145,27 @@ pub fn plan(
         }
     }
     let any_terminating = by_ordinal.values().any(|p| terminating(p));
+    // Every ordinal's claims, its pod's first: a claim removed under a pod comes back.
+    let missing_claims = |i: i32| -> Vec<(String, usize, i32)> {
+        spec.volume_claim_templates
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(t, tpl)| {
+                let template = tpl.metadata.name.as_deref().unwrap_or_default();
+                (claim_name(template, &name, i), t, i)
+            })
+            .filter(|(c, _, _)| !claims.contains(c))
+            .collect()
+    };
+    for i in wanted.clone().filter(|i| by_ordinal.contains_key(i)) {
+        out.claims.extend(missing_claims(i));
+    }
     // Make the missing pods, in order unless Parallel.
     for i in wanted.clone() {
         match by_ordinal.get(&i) {
             None => {
-                for t in spec.volume_claim_templates.iter().flatten() {
-                    let c = claim_name(t.metadata.name.as_deref().unwrap_or_default(), &name, i);
-                    if !claims.contains(&c) {
-                        out.claims.push((c, i));
-                    }
-                }
+                out.claims.extend(missing_claims(i));
                 out.create.push(i);
                 if !parallel {
                     break;
@@ -161,7 +177,6 @@ pub fn plan(
     }
     if !parallel && any_terminating {
         out.create.clear();
-        out.claims.clear();
     }
     let all_healthy = wanted
         .clone()
@@ -418,13 +433,8 @@ async fn execute(
         .as_ref()
         .and_then(|s| s.volume_claim_templates.clone())
         .unwrap_or_default();
-    for (claim_name, i) in &plan.claims {
-        let Some(t) = templates.iter().find(|t| {
-            claim_name.starts_with(&format!(
-                "{}-",
-                t.metadata.name.as_deref().unwrap_or_default()
-            ))
-        }) else {
+    for (claim_name, t, i) in &plan.claims {
+        let Some(t) = templates.get(*t) else {
             continue;
         };
         match claims.create(&pp, &claim_for(sts, t, *i)).await {
@@ -523,7 +533,7 @@ mod tests {
         let s = sts(3, json!({}));
         let p = plan(&s, &[], &HashSet::new(), now());
         assert_eq!(p.create, [0]);
-        assert_eq!(p.claims, [("data-db-0".to_string(), 0)]);
+        assert_eq!(p.claims, [("data-db-0".to_string(), 0, 0)]);
         let made = pod_for(&s, 0);
         let spec = made.spec.unwrap();
         assert_eq!(spec.hostname.as_deref(), Some("db-0"));
@@ -539,7 +549,7 @@ mod tests {
         // db-1 waits for db-0 to be Ready.
         let p = plan(&s, &[running(&s, 0, false)], &HashSet::new(), now());
         assert!(p.create.is_empty());
-        let claims: HashSet<String> = ["data-db-1".to_string()].into();
+        let claims: HashSet<String> = ["data-db-0".to_string(), "data-db-1".to_string()].into();
         let p = plan(&s, &[running(&s, 0, true)], &claims, now());
         assert_eq!(p.create, [1]);
         assert!(p.claims.is_empty(), "db-1's claim is already there");
@@ -593,7 +603,7 @@ mod tests {
                     s = sts(resize, json!({"spec": {"podManagementPolicy": policy}}));
                 }
                 let p = plan(&s, &pods, &claims, now());
-                for (c, _) in &p.claims { claims.insert(c.clone()); }
+                for (c, _, _) in &p.claims { claims.insert(c.clone()); }
                 pods.retain(|x| !p.delete.contains(x.metadata.name.as_ref().unwrap()));
                 for i in &p.create {
                     let name = format!("db-{i}");

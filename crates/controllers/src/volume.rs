@@ -84,18 +84,25 @@ pub fn plan(
         };
     };
     let uid = claim.metadata.uid.clone().unwrap_or_default();
+    // A volume reserved for this claim: by uid, or (made before the claim) by name.
     let claims_it = |v: &PersistentVolume| {
         v.spec
             .as_ref()
             .and_then(|s| s.claim_ref.as_ref())
-            .is_some_and(|r| r.uid.as_deref() == Some(&uid))
+            .is_some_and(|r| match r.uid.as_deref() {
+                Some(u) => u == uid,
+                None => r.name == claim.metadata.name && r.namespace == claim.metadata.namespace,
+            })
     };
     if let Some(name) = spec.volume_name.as_ref().filter(|n| !n.is_empty()) {
         return match volumes
             .iter()
             .find(|v| v.metadata.name.as_ref() == Some(name))
         {
-            Some(_) => Step::Bind(name.clone()),
+            Some(v) if v.spec.as_ref().is_some_and(|s| s.claim_ref.is_none()) || claims_it(v) => {
+                Step::Bind(name.clone())
+            }
+            Some(_) => Step::Wait(Some(format!("volume {name:?} is bound to another claim"))),
             None => Step::Wait(Some(format!("volume {name:?} does not exist"))),
         };
     }
@@ -242,7 +249,10 @@ pub async fn reconcile_claim(
                 if claim.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Pending") {
                     write_status(&claims, &name, json!({"phase": "Pending"}), "claim").await?;
                 }
-                record(&ctx.client, about(), "Normal", reason, &why, COMPONENT);
+                let uid = claim.metadata.uid.clone().unwrap_or_default();
+                if ctx.noted(format!("claim/{uid}"), &why) {
+                    record(&ctx.client, about(), "Normal", reason, &why, COMPONENT);
+                }
             }
             return Ok(Action::await_change());
         }
@@ -308,11 +318,35 @@ async fn bind(ctx: &Context, claim: &PersistentVolumeClaim, volume: &str) -> Res
     let name = claim.metadata.name.clone().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    // Pinned to the volume as it was read: of two claims that chose the same volume at once,
+    // one wins and the other plans again.
+    let current = pvs
+        .get(volume)
+        .await
+        .map_err(api_err(format!("reading volume {volume}")))?;
+    let taken = current
+        .spec
+        .as_ref()
+        .and_then(|s| s.claim_ref.as_ref())
+        .is_some_and(|r| {
+            r.uid
+                .as_ref()
+                .is_some_and(|u| Some(u) != claim.metadata.uid.as_ref())
+        });
+    if taken {
+        return Err(Error::Invalid {
+            what: "persistentvolumeclaim",
+            name: format!("{ns}/{name}"),
+            why: format!("volume {volume} was bound to another claim first; choosing again"),
+        });
+    }
     let pv = pvs
         .patch(
             volume,
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"claimRef": {"apiVersion": "v1",
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "spec": {"claimRef": {"apiVersion": "v1",
                 "kind": "PersistentVolumeClaim", "namespace": ns, "name": name,
                 "uid": claim.metadata.uid}}})),
         )
@@ -376,7 +410,12 @@ pub async fn reconcile_volume(
     .get_opt(claim_ref.name.as_deref().unwrap_or_default())
     .await
     .map_err(api_err(format!("reading the claim of volume {name}")))?;
-    let gone = claim.is_none_or(|c| c.metadata.uid != claim_ref.uid);
+    // A claimRef without a uid reserves the volume for a claim still to come.
+    let gone = match (&claim, &claim_ref.uid) {
+        (None, Some(_)) => true,
+        (Some(c), Some(uid)) => c.metadata.uid.as_ref() != Some(uid),
+        (_, None) => false,
+    };
     if !gone {
         return Ok(Action::await_change());
     }

@@ -2,10 +2,12 @@
 //! day of month, month, day of week; Sunday is 0), each `*`, `?`, a value, a range, a list, or
 //! a step (`*/15`, `1-30/5`, `5/10`), with month and weekday names, and the `@hourly`-style
 //! descriptors. When both day fields are restricted a day matches either of them; when one
-//! starts with `*` a day must match both, as in Vixie cron.
+//! is a bare `*` or `?` a day must match both (a stepped `*/2` counts as restricted, as in the
+//! parser Kubernetes uses).
 //!
 //! Times are walked in the civil time of a zone, so `0 9 * * *` in `Europe/Paris` stays at nine
-//! o'clock across daylight saving changes; a time that a change skips is not run that day.
+//! o'clock across daylight saving changes; a time that a change skips is not run that day, and
+//! one it repeats runs once, unless the schedule runs every hour (then both hours run).
 
 use jiff::civil::{DateTime, Time};
 use jiff::tz::TimeZone;
@@ -19,7 +21,7 @@ pub struct Schedule {
     days: u32,
     months: u16,
     weekdays: u8,
-    /// The day-of-month or day-of-week field starts with `*` or `?`: days must match both.
+    /// The day-of-month or day-of-week field is a bare `*` or `?`: days must match both.
     any_day: bool,
 }
 
@@ -81,9 +83,10 @@ impl Field {
         Ok(v)
     }
 
-    /// The bits one field allows, and whether it starts with a star.
+    /// The bits one field allows, and whether it holds a bare star (`*` or `?`, no step).
     fn parse(&self, text: &str) -> Result<(u64, bool), String> {
         let mut bits = 0u64;
+        let mut star = false;
         for part in text.split(',') {
             let (range, step) = match part.split_once('/') {
                 Some((r, s)) => {
@@ -95,6 +98,7 @@ impl Field {
                 None => (part, None),
             };
             let (lo, hi) = if range == "*" || range == "?" {
+                star |= step.unwrap_or(1) <= 1;
                 (self.min, self.max)
             } else if let Some((a, b)) = range.split_once('-') {
                 (self.value(a)?, self.value(b)?)
@@ -112,7 +116,7 @@ impl Field {
             let step = step.unwrap_or(1);
             bits |= (lo..=hi).step_by(step as usize).fold(0, |b, v| b | 1 << v);
         }
-        Ok((bits, text.starts_with('*') || text.starts_with('?')))
+        Ok((bits, star))
     }
 }
 
@@ -157,6 +161,8 @@ impl std::str::FromStr for Schedule {
     }
 }
 
+const EVERY_HOUR: u32 = (1 << 24) - 1;
+
 /// How far ahead [`Schedule::next_after`] looks before deciding a schedule never fires
 /// (`0 0 30 2 *`).
 const HORIZON_YEARS: i16 = 5;
@@ -182,8 +188,6 @@ impl Schedule {
             .second(0)
             .subsec_nanosecond(0)
             .build()
-            .ok()?
-            .checked_add(1.minute())
             .ok()?;
         let end = start.year().saturating_add(HORIZON_YEARS);
         while t.year() <= end {
@@ -208,10 +212,18 @@ impl Schedule {
                 t = t.checked_add(1.minute()).ok()?;
             } else {
                 // A civil time the zone skips (spring forward) is not run; one it repeats
-                // (fall back) runs at its first occurrence only.
-                let at: Zoned = tz.to_ambiguous_zoned(t).earlier().ok()?;
+                // (fall back) runs at its first occurrence only, unless every hour runs.
+                let ambiguous = tz.to_ambiguous_zoned(t);
+                let repeated = ambiguous.is_ambiguous();
+                let at: Zoned = ambiguous.clone().earlier().ok()?;
                 if at.datetime() == t && at.timestamp() > after {
                     return Some(at.timestamp());
+                }
+                if repeated && self.hours == EVERY_HOUR {
+                    let later = ambiguous.later().ok()?;
+                    if later.timestamp() > after {
+                        return Some(later.timestamp());
+                    }
                 }
                 t = t.checked_add(1.minute()).ok()?;
             }
@@ -314,7 +326,7 @@ mod tests {
     }
 
     #[test]
-    fn restricted_day_fields_match_either_a_star_makes_them_both() {
+    fn restricted_day_fields_match_either_a_bare_star_makes_them_both() {
         // The 13th or any Friday.
         assert_eq!(
             next("0 0 13 * 5", "2026-12-06T00:00:00Z"),
@@ -325,14 +337,18 @@ mod tests {
             next("0 0 * * 5", "2026-12-11T00:00:00Z"),
             "2026-12-18T00:00:00Z"
         );
-        // `*/2` starts with a star: odd days that are also Fridays.
+        // `*/2` is a restriction: odd days or Fridays.
         assert_eq!(
             next("0 0 */2 * 5", "2026-12-06T00:00:00Z"),
-            "2026-12-11T00:00:00Z"
+            "2026-12-07T00:00:00Z"
         );
         assert_eq!(
             next("0 0 */2 * 5", "2026-12-11T00:00:00Z"),
-            "2026-12-25T00:00:00Z"
+            "2026-12-13T00:00:00Z"
+        );
+        assert_eq!(
+            next("0 0 */2 * 5", "2026-12-17T00:00:00Z"),
+            "2026-12-18T00:00:00Z"
         );
     }
 
@@ -368,6 +384,12 @@ mod tests {
         let second = s.next_after(first, &paris).unwrap();
         assert_eq!(first.to_string(), "2026-10-25T00:30:00Z");
         assert_eq!(second.to_string(), "2026-10-26T01:30:00Z");
+        // Every hour runs both of the repeated hour's starts.
+        let s: Schedule = "0 * * * *".parse().unwrap();
+        let t = s.next_after(at("2026-10-25T00:00:00Z"), &paris).unwrap();
+        assert_eq!(t.to_string(), "2026-10-25T01:00:00Z");
+        let t = s.next_after(t, &paris).unwrap();
+        assert_eq!(t.to_string(), "2026-10-25T02:00:00Z");
     }
 
     #[test]

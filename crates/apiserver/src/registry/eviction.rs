@@ -62,7 +62,7 @@ impl Registry {
     ) -> Result<Value, ApiError> {
         let pods = resources::of_kind(Kind::Pod);
         let budgets = resources::of_kind(Kind::PodDisruptionBudget);
-        let opts: DeleteOptions = match eviction.get("deleteOptions").filter(|o| !o.is_null()) {
+        let mut opts: DeleteOptions = match eviction.get("deleteOptions").filter(|o| !o.is_null()) {
             Some(o) => serde_json::from_value(o.clone()).map_err(|e| {
                 ApiError::bad_request(format!("invalid deleteOptions in the Eviction: {e}"))
             })?,
@@ -73,6 +73,16 @@ impl Registry {
                 return Err(ApiError::not_found(pods, name));
             };
             let pod = from_kv(&kv)?;
+            // The pod judged is the pod deleted: not a namesake made meanwhile.
+            if opts.preconditions.is_none() {
+                opts.preconditions = Some(super::delete::Preconditions {
+                    uid: pod
+                        .pointer("/metadata/uid")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                    resource_version: None,
+                });
+            }
             let phase = pod
                 .pointer("/status/phase")
                 .and_then(Value::as_str)
@@ -119,6 +129,10 @@ impl Registry {
                 return Err(too_many(format!(
                     "The disruption budget {budget_name} needs {desired} healthy pods and has {healthy} currently"
                 )));
+            }
+            // A dry run asks the budget but takes nothing from it.
+            if !opts.dry_run.is_empty() {
+                return self.delete_evicted(ns, name, &opts).await;
             }
             let status = pdb
                 .as_object_mut()

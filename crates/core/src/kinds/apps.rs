@@ -98,6 +98,17 @@ pub(super) fn validate_statefulset(obj: &Value, errs: &mut Vec<FieldError>) {
     }
     validate_selector(obj, Some("empty selector is invalid for statefulset"), errs);
     validate_long_running_template(obj, errs);
+    if let Some(s) = obj
+        .pointer("/spec/ordinals/start")
+        .and_then(Value::as_i64)
+        .filter(|s| *s < 0)
+    {
+        errs.push(FieldError::invalid(
+            "spec.ordinals.start",
+            s,
+            "must be greater than or equal to 0",
+        ));
+    }
     let policy = str_at(obj, "/spec/podManagementPolicy");
     if !["OrderedReady", "Parallel"].contains(&policy) {
         errs.push(FieldError::not_supported(
