@@ -93,7 +93,7 @@ where
 
 fn pod_spec() -> Value {
     json!({"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-        "containers": [{"name": "c", "image": "busybox", "command": ["true"]}]})
+        "containers": [{"name": "c", "image": "host", "command": ["true"]}]})
 }
 
 async fn count_pods(api: &Api<DynamicObject>, labels: &str, phase: &str) -> anyhow::Result<usize> {

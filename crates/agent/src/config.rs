@@ -316,6 +316,9 @@ pub async fn mounts(
                 mount: m.name.clone(),
             })?;
         let mut host = prepare(owner, &ns, &dir, v).await?;
+        if v.persistent_volume_claim.is_some() {
+            crate::volumes::made_here(data_dir, &host);
+        }
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             if sub.split('/').any(|p| p == "..") {
                 return Err(ConfigError::Unsupported {

@@ -23,6 +23,7 @@ pub mod runner;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
+mod volumes;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -354,6 +355,12 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
 
     // Never act on an empty view: it would look like every pod had gone.
     let _ = reader.wait_until_ready().await;
+    tasks.spawn(volumes::run(
+        client.clone(),
+        reader.clone(),
+        cfg.data_dir.clone(),
+        Duration::from_secs(10),
+    ));
     let sync = Arc::new(
         pods::PodSync::new(
             runtime.clone(),

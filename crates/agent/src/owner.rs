@@ -224,6 +224,30 @@ impl PodOwner for ApiOwner {
             .await
             .map_err(failed)?;
         let spec = pv.and_then(|pv| pv.spec).unwrap_or_default();
+        // A local volume lives on the nodes its affinity names by hostname: not elsewhere.
+        let hosts: Vec<Vec<String>> = spec
+            .node_affinity
+            .as_ref()
+            .and_then(|a| a.required.as_ref())
+            .map(|r| {
+                r.node_selector_terms
+                    .iter()
+                    .filter_map(|t| {
+                        t.match_expressions
+                            .iter()
+                            .flatten()
+                            .find(|e| e.key == "kubernetes.io/hostname" && e.operator == "In")
+                    })
+                    .map(|e| e.values.clone().unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !hosts.is_empty() && !hosts.iter().flatten().any(|h| *h == self.node) {
+            return Ok(Err(format!(
+                "persistentvolume {volume:?} is on node {:?}, not this one",
+                hosts.concat().join(",")
+            )));
+        }
         let path = spec
             .host_path
             .map(|h| h.path)

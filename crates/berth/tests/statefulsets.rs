@@ -143,18 +143,26 @@ async fn each_pod_of_a_statefulset_finds_its_own_data_again() {
             && err.contains("`selector` does not match template `labels`"),
         "{err}"
     );
-    // The local-path volumes live under the class's directory: remove this test's.
-    for (pod, _) in want {
-        let path = b.kubectl_ok(&[
-            "get",
-            "pv",
-            "-o",
-            &format!(
-                "jsonpath={{.items[?(@.spec.claimRef.name==\"data-{pod}\")].spec.hostPath.path}}"
-            ),
-        ]);
-        if path.starts_with("/var/lib/berth/local-path/") {
-            let _ = std::fs::remove_dir_all(path);
-        }
-    }
+    // The claims go, their volumes go (reclaim policy Delete), and the agent removes the
+    // volumes' directories.
+    let paths = b.kubectl_ok(&[
+        "get",
+        "pv",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.hostPath.path} {end}",
+    ]);
+    let paths: Vec<String> = paths.split_whitespace().map(String::from).collect();
+    assert_eq!(paths.len(), 3, "{paths:?}");
+    assert!(
+        paths.iter().all(|p| std::path::Path::new(p).is_dir()),
+        "{paths:?}"
+    );
+    b.kubectl_ok(&["delete", "sts", "db", "--wait=true"]);
+    b.kubectl_ok(&["delete", "pvc", "-l", "app=db"]);
+    eventually(60, "the volumes and their directories to go", || async {
+        let left = b.kubectl_ok(&["get", "pv", "-o", "name"]);
+        let gone = paths.iter().all(|p| !std::path::Path::new(p).exists());
+        (left.is_empty() && gone).then_some(())
+    })
+    .await;
 }

@@ -174,6 +174,29 @@ where
         .map(move |e| e.map(wrap))
 }
 
+/// The pod as placement sees it now: restricted to the nodes its claims' volumes reach, as
+/// bound at this moment (a claim bound while the pod waited counts).
+fn with_volumes(
+    claims: &HashMap<Key, String>,
+    volumes: &HashMap<String, Vec<NodeTerm>>,
+    info: &Arc<PodInfo>,
+) -> Arc<PodInfo> {
+    let terms: Vec<&Vec<NodeTerm>> = info
+        .claims
+        .iter()
+        .filter_map(|c| claims.get(&(info.namespace.clone(), c.clone())))
+        .filter_map(|pv| volumes.get(pv))
+        .collect();
+    if terms.is_empty() {
+        return info.clone();
+    }
+    let mut narrowed = (**info).clone();
+    for t in terms {
+        narrowed.restrict_to(t);
+    }
+    Arc::new(narrowed)
+}
+
 /// The binder's state: its client, the snapshot it decides on, the queue of pods waiting,
 /// and the binds under way.
 struct Binder {
@@ -259,7 +282,7 @@ impl Binder {
             let Some((key, waiting)) = self.queue.pop() else {
                 return;
             };
-            let info = waiting.info.clone();
+            let info = with_volumes(&self.claims, &self.volumes, &waiting.info);
             self.snapshot.track(&info);
             let started = std::time::Instant::now();
             let placement = schedule(&self.snapshot, &info, &self.cfg.profile);
@@ -520,20 +543,7 @@ impl Binder {
                     return;
                 }
                 match PodInfo::from_pod(pod) {
-                    Ok(mut info) => {
-                        // A pod goes where its volumes are.
-                        for v in spec.and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
-                            let Some(claim) = &v.persistent_volume_claim else {
-                                continue;
-                            };
-                            let terms = self
-                                .claims
-                                .get(&(key.0.clone(), claim.claim_name.clone()))
-                                .and_then(|pv| self.volumes.get(pv));
-                            if let Some(terms) = terms {
-                                info.restrict_to(terms);
-                            }
-                        }
+                    Ok(info) => {
                         let reported = self.queue.get_mut(&key).and_then(|w| w.reported.take());
                         self.queue.add(
                             key,

@@ -205,6 +205,9 @@ pub struct PodInfo {
     pub preferred_anti_affinity: Vec<(i64, PodTerm)>,
     pub spread: Vec<Spread>,
     pub host_ports: Vec<HostPort>,
+    /// The PersistentVolumeClaims (in its namespace) the pod mounts: it goes where their
+    /// volumes are (see [`PodInfo::restrict_to`]).
+    pub claims: Vec<String>,
 }
 
 /// A pod spec the scheduler cannot read (the API server should have refused it).
@@ -448,6 +451,12 @@ impl PodInfo {
             return Ok(info);
         };
         info.node_name = spec.node_name.clone().filter(|n| !n.is_empty());
+        info.claims = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
+            .collect();
         info.node_selector = spec
             .node_selector
             .iter()

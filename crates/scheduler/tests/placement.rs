@@ -418,3 +418,29 @@ fn an_unschedulable_pod_is_tried_again_when_room_appears() {
     h.run(t0 + Duration::from_secs(5));
     assert_eq!(h.node_of("p"), Some("n2"));
 }
+
+#[test]
+fn a_pod_goes_where_its_local_volume_is() {
+    let pv: k8s_openapi::api::core::v1::PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": "pvc-1"},
+        "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n3"]}]}]}}}}))
+    .unwrap();
+    let terms = berth_scheduler::model::volume_terms(&pv).unwrap().unwrap();
+    let volumes = json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}],
+        "containers": [{"name": "c", "image": "busybox"}]});
+    let mut p = pod("db-0", json!({}), volumes);
+    assert_eq!(p.claims, ["data"]);
+    p.restrict_to(&terms);
+    let mut h = harness(three());
+    h.submit(p);
+    h.run(Instant::now());
+    assert_eq!(h.node_of("db-0"), Some("n3"));
+    // Its own affinity and the volume's must both hold: zone a and n3 cannot.
+    let mut q = pod("db-1", json!({}), affinity("zone", "In", &["a"]));
+    q.restrict_to(&terms);
+    let mut h = harness(three());
+    h.submit(q);
+    h.run(Instant::now());
+    assert_eq!(h.node_of("db-1"), None);
+}

@@ -470,7 +470,10 @@ impl PodSync {
                 self.finish_in_background(pod, &r, obs);
                 return Ok(());
             }
-            Lifecycle::Done => return Ok(()),
+            Lifecycle::Done => {
+                self.release_finished(&r, obs).await;
+                return Ok(());
+            }
             Lifecycle::Run => {}
         }
         let now = Timestamp::now();
@@ -485,6 +488,27 @@ impl PodSync {
             plan::plan(pod, &sandbox, obs, &verdicts, memory, &self.backoff, now)
         });
         self.execute(pod, &r, &sandbox, plan).await
+    }
+
+    /// A finished pod keeps its containers (and their logs) but not its network, as the
+    /// kubelet does: its sandbox stops and its address goes back to the node's pool, so pods
+    /// that ran to completion (Jobs) never use the pool up. Once per pod.
+    async fn release_finished(&self, r: &PodRef, obs: &Observed) {
+        if self.remember(&r.uid, |m| std::mem::replace(&mut m.network_released, true)) {
+            return;
+        }
+        for s in obs
+            .sandboxes
+            .iter()
+            .filter(|s| s.pod_uid == r.uid && s.running)
+        {
+            if let Err(e) = self.runtime.stop(&s.id, Duration::from_secs(1)).await {
+                tracing::warn!(pod = %r.name, error = %Chain(&e), "stopping a finished pod's sandbox");
+            }
+        }
+        if let Err(e) = self.runtime.release_network(&r.uid).await {
+            tracing::warn!(pod = %r.name, error = %Chain(&e), "releasing a finished pod's network");
+        }
     }
 
     /// A pod being deleted is stopped and removed by a task beside the passes (its grace

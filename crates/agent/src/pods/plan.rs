@@ -86,6 +86,8 @@ pub struct Memory {
     pub written: Option<Value>,
     /// Its start latency was recorded (once per pod, for `/metrics`).
     pub start_recorded: bool,
+    /// It finished and its network went back to the node.
+    pub network_released: bool,
 }
 
 /// Where a pod is in its life, as far as the agent is concerned.

@@ -1196,6 +1196,15 @@ impl Runtime for DockerRuntime {
         Ok(info.exit_code.unwrap_or(-1))
     }
 
+    /// The sandbox (its pause container, which holds the namespace) was stopped by the
+    /// caller; its address goes back to the pool.
+    async fn release_network(&self, uid: &str) -> Result<(), RuntimeError> {
+        if let Some(net) = self.podnet.get() {
+            net.release(uid);
+        }
+        Ok(())
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let opts = RemoveContainerOptionsBuilder::new()
             .force(true)

@@ -354,6 +354,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Remove a stopped container or sandbox.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
 
+    /// A finished pod's network (its namespace and address) goes back to the node, while its
+    /// containers stay for their logs. Runtimes without a pod network have nothing to do.
+    async fn release_network(&self, pod_uid: &str) -> Result<(), RuntimeError> {
+        let _ = pod_uid;
+        Ok(())
+    }
+
     /// A container's output (a capability: drivers without it say `NotSupported`).
     async fn logs(&self, id: &str, opts: &LogOptions) -> Result<LogStream, RuntimeError> {
         let _ = (id, opts);

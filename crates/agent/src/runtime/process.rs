@@ -516,6 +516,14 @@ impl Runtime for ProcessRuntime {
         Ok(())
     }
 
+    async fn release_network(&self, uid: &str) -> Result<(), RuntimeError> {
+        podns::remove(&self.ns_dir(uid));
+        if let Some(net) = self.podnet.get() {
+            net.release(uid);
+        }
+        Ok(())
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         if let Some(uid) = id.strip_suffix("~sandbox") {
             podns::remove(&self.ns_dir(uid));
