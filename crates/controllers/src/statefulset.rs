@@ -43,6 +43,8 @@ pub struct Plan {
     pub create: Vec<i32>,
     /// Pods to delete, by name.
     pub delete: Vec<String>,
+    /// Claims to delete, by name: those of ordinals scaled away, under `whenScaled: Delete`.
+    pub delete_claims: Vec<String>,
     pub status: Option<Value>,
     /// When a pod turns available (`minReadySeconds`).
     pub requeue: Option<Duration>,
@@ -217,6 +219,31 @@ pub fn plan(
             .find(|p| revision_of(p) != Some(update.as_str()));
         if let Some(p) = stale {
             out.delete.push(p.metadata.name.clone().unwrap_or_default());
+        }
+    }
+    // `whenScaled: Delete`: an ordinal scaled away loses its claims once its pod is gone.
+    let scaled_delete = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .and_then(|p| p.when_scaled.as_deref())
+        == Some("Delete");
+    if scaled_delete {
+        for tpl in spec.volume_claim_templates.iter().flatten() {
+            let prefix = format!(
+                "{}-{name}-",
+                tpl.metadata.name.as_deref().unwrap_or_default()
+            );
+            let mut gone: Vec<String> = claims
+                .iter()
+                .filter(|c| {
+                    c.strip_prefix(&prefix)
+                        .and_then(|i| i.parse::<i32>().ok())
+                        .is_some_and(|i| !wanted.contains(&i) && !by_ordinal.contains_key(&i))
+                })
+                .cloned()
+                .collect();
+            gone.sort();
+            out.delete_claims.extend(gone);
         }
     }
     out.delete.sort();
@@ -412,6 +439,23 @@ async fn execute(
     let name = sts.metadata.name.clone().unwrap_or_default();
     let about = || involved("StatefulSet", &sts.metadata);
     let pp = PostParams::default();
+    for claim in &plan.delete_claims {
+        match claims.delete(claim, &DeleteParams::default()).await {
+            Ok(_) => {
+                let msg = format!("delete Claim {claim} in StatefulSet {name} success");
+                record(
+                    &ctx.client,
+                    about(),
+                    "Normal",
+                    "SuccessfulDelete",
+                    &msg,
+                    COMPONENT,
+                );
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(api_err(format!("deleting claim {ns}/{claim}"))(e)),
+        }
+    }
     for victim in &plan.delete {
         match pods.delete(victim, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -563,8 +607,19 @@ mod tests {
         let big = sts(3, json!({}));
         let pods: Vec<Arc<Pod>> = (0..3).map(|i| running(&big, i, true)).collect();
         let s = sts(1, json!({}));
-        let p = plan(&s, &pods, &HashSet::new(), now());
+        let claims: HashSet<String> = (0..3).map(|i| format!("data-db-{i}")).collect();
+        let p = plan(&s, &pods, &claims, now());
         assert_eq!(p.delete, ["db-2"]);
+        assert!(p.delete_claims.is_empty(), "claims are retained by default");
+        // whenScaled: Delete: a scaled-away ordinal's claim goes once its pod has.
+        let s = sts(
+            1,
+            json!({"spec": {"persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete"}}}),
+        );
+        let p = plan(&s, &pods, &claims, now());
+        assert!(p.delete_claims.is_empty(), "db-1 and db-2 still run");
+        let p = plan(&s, &pods[..2], &claims, now());
+        assert_eq!(p.delete_claims, ["data-db-2"]);
     }
 
     #[test]
