@@ -144,7 +144,7 @@ fn decide(case: Case, nodes: usize, init: usize, measured: usize, profile: &Prof
     measured as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn create_all(api: &Api<DynamicObject>, objs: Vec<Value>) -> anyhow::Result<()> {
+pub(crate) async fn create_all(api: &Api<DynamicObject>, objs: Vec<Value>) -> anyhow::Result<()> {
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(objs)
         .map(|o| {
             let api = api.clone();
@@ -258,7 +258,13 @@ async fn end_to_end(
 
 /// CPU time this process has used, user and system, from `/proc/self/stat`.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_of("self")
+}
+
+/// CPU time process `pid` (`self` for this one) has used, user and system, from
+/// `/proc/<pid>/stat`.
+pub(crate) fn cpu_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let ticks: u64 = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))

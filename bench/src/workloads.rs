@@ -13,26 +13,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use futures::StreamExt;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::discovery::ApiResource;
 use serde_json::{json, Value};
 
 use crate::failover::{berth_bin, client_for, control_plane};
-
-/// CPU seconds (user + system) process `pid` has used.
-fn cpu_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let ticks: u64 = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.parse::<u64>().ok())
-        .sum();
-    ticks as f64 / 100.0
-}
+use crate::scheduler::{cpu_of, create_all};
 
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource {
@@ -46,24 +32,6 @@ fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource
         kind: kind.into(),
         plural: plural.into(),
     }
-}
-
-async fn create_all(api: &Api<DynamicObject>, objs: Vec<Value>) -> anyhow::Result<()> {
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(objs)
-        .map(|o| {
-            let api = api.clone();
-            async move {
-                let o: DynamicObject = serde_json::from_value(o)?;
-                api.create(&PostParams::default(), &o)
-                    .await
-                    .map(|_| ())
-                    .context("create")
-            }
-        })
-        .buffer_unordered(50)
-        .collect()
-        .await;
-    results.into_iter().collect()
 }
 
 /// Poll `count` (every 200 ms) until it reaches `want`; the time it took.
@@ -126,7 +94,7 @@ async fn jobs(n: usize) -> anyhow::Result<()> {
     );
     let limit = Duration::from_secs(900);
 
-    let cpu = cpu_of(pid);
+    let cpu = cpu_of(&pid.to_string());
     let bare: Vec<Value> = (0..n)
         .map(|i| json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("bare-{i}"), "labels": {"bench": "bare"}}, "spec": pod_spec()}))
@@ -138,14 +106,14 @@ async fn jobs(n: usize) -> anyhow::Result<()> {
     })
     .await?;
     let bare_time = started.elapsed();
-    let bare_cpu = cpu_of(pid) - cpu;
+    let bare_cpu = cpu_of(&pid.to_string()) - cpu;
     println!(
         "{n} bare pods to Succeeded (baseline): {:>6.1} s, {:.1} ms of berth up's CPU per pod",
         bare_time.as_secs_f64(),
         bare_cpu * 1e3 / n as f64
     );
 
-    let cpu = cpu_of(pid);
+    let cpu = cpu_of(&pid.to_string());
     let made: Vec<Value> = (0..n)
         .map(|i| {
             json!({"apiVersion": "batch/v1", "kind": "Job",
@@ -172,7 +140,7 @@ async fn jobs(n: usize) -> anyhow::Result<()> {
     })
     .await?;
     let job_time = started.elapsed();
-    let job_cpu = cpu_of(pid) - cpu;
+    let job_cpu = cpu_of(&pid.to_string()) - cpu;
     println!(
         "{n} Jobs of one pod to Complete:          {:>6.1} s ({:.2}x the bare pods), {:.1} ms of berth up's CPU per Job ({:.1} ms more than a bare pod: the Job controller and the Jobs' writes)",
         job_time.as_secs_f64(),

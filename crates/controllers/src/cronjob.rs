@@ -21,7 +21,7 @@ use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 
 use crate::api_err;
-use crate::events::{involved_in, record};
+use crate::events::{delete_each, involved_in, record};
 use crate::ownership::{controlled_by, controller_ref};
 use crate::status::write_status;
 use crate::{Context, Error};
@@ -289,22 +289,16 @@ async fn execute(ctx: &Context, cj: &CronJob, plan: Plan) -> Result<Action, Erro
         propagation_policy: Some(PropagationPolicy::Background),
         ..DeleteParams::default()
     };
-    for victim in &plan.delete {
-        match jobs.delete(victim, &background).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => continue,
-            Err(e) => return Err(api_err(format!("deleting job {ns}/{victim}"))(e)),
-        }
-        let msg = format!("Deleted job {victim}");
-        record(
-            &ctx.client,
-            about(),
-            "Normal",
-            "SuccessfulDelete",
-            &msg,
-            COMPONENT,
-        );
-    }
+    delete_each(
+        &ctx.client,
+        &jobs,
+        &plan.delete,
+        &background,
+        about(),
+        COMPONENT,
+        |v| format!("Deleted job {v}"),
+    )
+    .await?;
     let mut status = plan.status;
     if let Some(at) = plan.create {
         let job = job_for(cj, at);

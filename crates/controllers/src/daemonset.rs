@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use crate::api_err;
 use crate::deployment::{scaled, template_hash};
-use crate::events::{involved, record};
+use crate::events::{delete_each, involved, record};
 use crate::ownership::{claim, controller_ref};
 use crate::status::{ready_since, status_changed, write_status};
 use crate::{Context, Error};
@@ -452,22 +452,16 @@ async fn execute(
     if !plan.delete.is_empty() {
         ctx.expectations.expect(&uid, vec![], plan.delete.clone());
     }
-    for victim in &plan.delete {
-        match pods.delete(victim, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => continue,
-            Err(e) => return Err(api_err(format!("deleting pod {ns}/{victim}"))(e)),
-        }
-        let msg = format!("Deleted pod: {victim}");
-        record(
-            &ctx.client,
-            about(),
-            "Normal",
-            "SuccessfulDelete",
-            &msg,
-            COMPONENT,
-        );
-    }
+    delete_each(
+        &ctx.client,
+        pods,
+        &plan.delete,
+        &DeleteParams::default(),
+        about(),
+        COMPONENT,
+        |v| format!("Deleted pod: {v}"),
+    )
+    .await?;
     if !plan.create.is_empty() {
         let hash = ds
             .spec

@@ -32,6 +32,41 @@ pub fn record(
     });
 }
 
+/// Delete each of `names` through `api` (one already gone is skipped), writing a Normal
+/// `SuccessfulDelete` Event about `about` that says `said(name)` for each one deleted.
+pub async fn delete_each<K>(
+    client: &kube::Client,
+    api: &Api<K>,
+    names: &[String],
+    dp: &kube::api::DeleteParams,
+    about: berth_core::events::Involved<'_>,
+    component: &str,
+    said: impl Fn(&str) -> String,
+) -> Result<(), crate::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let what = K::kind(&()).to_lowercase();
+    for name in names {
+        match api.delete(name, dp).await {
+            Ok(_) => record(
+                client,
+                about,
+                "Normal",
+                "SuccessfulDelete",
+                &said(name),
+                component,
+            ),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                let ns = about.namespace;
+                return Err(crate::api_err(format!("deleting {what} {ns}/{name}"))(e));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What an Event about an `apps/v1` object of `kind` refers to.
 pub fn involved<'a>(kind: &'a str, meta: &'a ObjectMeta) -> berth_core::events::Involved<'a> {
     involved_in("apps/v1", kind, meta)

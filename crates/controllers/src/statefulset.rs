@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::api_err;
 use crate::deployment::template_hash;
-use crate::events::{involved, record};
+use crate::events::{delete_each, involved, record};
 use crate::ownership::{claim, controller_ref};
 use crate::status::{ready_since, status_changed, write_status};
 use crate::{Context, Error};
@@ -439,39 +439,26 @@ async fn execute(
     let name = sts.metadata.name.clone().unwrap_or_default();
     let about = || involved("StatefulSet", &sts.metadata);
     let pp = PostParams::default();
-    for claim in &plan.delete_claims {
-        match claims.delete(claim, &DeleteParams::default()).await {
-            Ok(_) => {
-                let msg = format!("delete Claim {claim} in StatefulSet {name} success");
-                record(
-                    &ctx.client,
-                    about(),
-                    "Normal",
-                    "SuccessfulDelete",
-                    &msg,
-                    COMPONENT,
-                );
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(api_err(format!("deleting claim {ns}/{claim}"))(e)),
-        }
-    }
-    for victim in &plan.delete {
-        match pods.delete(victim, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => continue,
-            Err(e) => return Err(api_err(format!("deleting pod {ns}/{victim}"))(e)),
-        }
-        let msg = format!("delete Pod {victim} in StatefulSet {name} successful");
-        record(
-            &ctx.client,
-            about(),
-            "Normal",
-            "SuccessfulDelete",
-            &msg,
-            COMPONENT,
-        );
-    }
+    delete_each(
+        &ctx.client,
+        claims,
+        &plan.delete_claims,
+        &DeleteParams::default(),
+        about(),
+        COMPONENT,
+        |c| format!("delete Claim {c} in StatefulSet {name} success"),
+    )
+    .await?;
+    delete_each(
+        &ctx.client,
+        pods,
+        &plan.delete,
+        &DeleteParams::default(),
+        about(),
+        COMPONENT,
+        |v| format!("delete Pod {v} in StatefulSet {name} successful"),
+    )
+    .await?;
     let templates = sts
         .spec
         .as_ref()
