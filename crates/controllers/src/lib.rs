@@ -139,9 +139,9 @@ pub struct Context {
     pub jobs: Store<Job>,
     pub expectations: Expectations,
     /// The revision last recorded for each DaemonSet and StatefulSet, by uid.
-    revisions: Mutex<HashMap<String, String>>,
+    revisions: Memo,
     /// What was last said about an object, by key: see [`Context::noted`].
-    notes: Mutex<HashMap<String, String>>,
+    notes: Memo,
     synced: Synced,
 }
 
@@ -281,8 +281,8 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
         nodes,
         jobs,
         expectations: Expectations::default(),
-        revisions: Mutex::default(),
-        notes: Mutex::default(),
+        revisions: Memo::default(),
+        notes: Memo::default(),
     });
     futures::join!(
         controller(
@@ -471,16 +471,38 @@ async fn drive<K, R, F>(
         .await;
 }
 
+/// A bounded memo of the last value seen per key. Objects are deleted without a reconcile, so
+/// nothing removes their entries one by one: past [`Memo::CAP`] entries the memo starts over,
+/// which costs at most one more Event or revision lookup per object.
+#[derive(Default)]
+pub(crate) struct Memo(Mutex<HashMap<String, String>>);
+
+impl Memo {
+    const CAP: usize = 16_384;
+
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
+        self.0.lock().expect("memo lock").get(key).cloned()
+    }
+
+    /// Remember `value` for `key`; whether it differs from what was remembered.
+    pub(crate) fn set(&self, key: String, value: &str) -> bool {
+        let mut m = self.0.lock().expect("memo lock");
+        if m.get(&key).map(String::as_str) == Some(value) {
+            return false;
+        }
+        if m.len() >= Self::CAP {
+            m.clear();
+        }
+        m.insert(key, value.to_string());
+        true
+    }
+}
+
 impl Context {
     /// Is `value` new for `key`? Remembers it. Events that would otherwise be written on every
     /// pass (a claim waiting, a CronJob held back) are written when what they say changes.
     pub fn noted(&self, key: String, value: &str) -> bool {
-        let mut notes = self.notes.lock().expect("notes lock");
-        if notes.get(&key).map(String::as_str) == Some(value) {
-            return false;
-        }
-        notes.insert(key, value.to_string());
-        true
+        self.notes.set(key, value)
     }
 
     /// Wait until every cache has been filled once (reconciles must not act on an empty view).

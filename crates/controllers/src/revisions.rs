@@ -44,12 +44,7 @@ fn data(template: &PodTemplateSpec) -> serde_json::Value {
 /// costs nothing otherwise.
 pub async fn record(ctx: &Context, owner: Owner<'_>) -> Result<(), Error> {
     let uid = owner.meta.uid.clone().unwrap_or_default();
-    let known = ctx
-        .revisions
-        .lock()
-        .expect("revisions lock")
-        .get(&uid)
-        .cloned();
+    let known = ctx.revisions.get(&uid);
     if known.as_deref() == Some(owner.revision.as_str()) {
         return Ok(());
     }
@@ -137,9 +132,6 @@ pub async fn record(ctx: &Context, owner: Owner<'_>) -> Result<(), Error> {
             Err(e) => return Err(api_err(format!("deleting revision {ns}/{name}"))(e)),
         }
     }
-    ctx.revisions
-        .lock()
-        .expect("revisions lock")
-        .insert(uid, owner.revision.clone());
+    ctx.revisions.set(uid, &owner.revision);
     Ok(())
 }

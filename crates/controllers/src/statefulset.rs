@@ -5,8 +5,9 @@
 //!
 //! With `OrderedReady` a pod is made only when every lower ordinal is Running and Ready, and
 //! removed (on scale down) only when every other is; with `Parallel` all at once. A rolling
-//! update replaces one pod at a time from the highest ordinal down to `partition`, each once
-//! every pod is Ready again; `OnDelete` replaces only what is deleted. The set never runs two
+//! update replaces pods from the highest ordinal down to `partition`, as many at once as
+//! `maxUnavailable` allows (one by default; ordered sets also wait until every pod is Ready
+//! again); `OnDelete` replaces only what is deleted. The set never runs two
 //! pods of one ordinal: a pod is made again only after the one before it is gone.
 
 use std::collections::{BTreeMap, HashSet};
@@ -23,6 +24,7 @@ use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 
 use crate::api_err;
+use crate::deployment::scaled;
 use crate::deployment::template_hash;
 use crate::events::{delete_each, involved, record};
 use crate::ownership::{claim, controller_ref};
@@ -128,11 +130,13 @@ pub fn plan(
     let terminating = |p: &Pod| p.metadata.deletion_timestamp.is_some();
     let healthy = |p: &Pod| !terminating(p) && phase(p) == "Running" && ready_since(p).is_some();
     let mut available = 0;
-    for p in by_ordinal.values() {
-        if let Some(since) = ready_since(p).filter(|_| !terminating(p)) {
+    let mut available_ordinals = HashSet::new();
+    for (i, p) in &by_ordinal {
+        if let Some(since) = ready_since(p).filter(|_| !terminating(p) && phase(p) == "Running") {
             let left = since.as_second() + min_ready - now.as_second();
             if left <= 0 {
                 available += 1;
+                available_ordinals.insert(*i);
             } else {
                 let d = Duration::from_secs(left as u64);
                 out.requeue = Some(out.requeue.map_or(d, |r| r.min(d)));
@@ -199,27 +203,35 @@ pub fn plan(
         }
     }
 
-    // Rolling update: the highest ordinal of the old revision, at or above the partition,
-    // once every pod is healthy.
+    // Rolling update: the highest ordinals of the old revision, at or above the partition,
+    // as many at once as `maxUnavailable` leaves room for (one by default) counting every
+    // wanted ordinal that is not available, once nothing is being scaled away (and, ordered,
+    // once every pod is healthy).
     let strategy = spec.update_strategy.as_ref();
     let rolling = strategy
         .and_then(|s| s.type_.as_deref())
         .unwrap_or("RollingUpdate")
         == "RollingUpdate";
-    let partition = strategy
-        .and_then(|s| s.rolling_update.as_ref())
-        .and_then(|r| r.partition)
-        .unwrap_or(0);
-    if rolling && all_healthy && !any_terminating && condemned.is_empty() {
+    let rolling_update = strategy.and_then(|s| s.rolling_update.as_ref());
+    let partition = rolling_update.and_then(|r| r.partition).unwrap_or(0);
+    let max_unavailable = rolling_update
+        .and_then(|r| r.max_unavailable.as_ref())
+        .map_or(1, |v| scaled(Some(v), replicas, 0, false).max(1));
+    let unavailable = wanted
+        .clone()
+        .filter(|i| !available_ordinals.contains(i))
+        .count() as i32;
+    if rolling && condemned.is_empty() && (parallel || (all_healthy && !any_terminating)) {
+        let room = (max_unavailable - unavailable).max(0) as usize;
         let stale = wanted
             .clone()
             .rev()
             .filter(|i| *i >= start + partition)
             .filter_map(|i| by_ordinal.get(&i))
-            .find(|p| revision_of(p) != Some(update.as_str()));
-        if let Some(p) = stale {
-            out.delete.push(p.metadata.name.clone().unwrap_or_default());
-        }
+            .filter(|p| !terminating(p) && revision_of(p) != Some(update.as_str()))
+            .take(room);
+        out.delete
+            .extend(stale.filter_map(|p| p.metadata.name.clone()));
     }
     // `whenScaled: Delete`: an ordinal scaled away loses its claims once its pod is gone.
     let scaled_delete = spec
@@ -628,7 +640,80 @@ mod tests {
         assert_eq!(p.status.unwrap()["updatedReplicas"], 2);
     }
 
+    #[test]
+    fn max_unavailable_replaces_several_at_once_and_counts_what_is_down() {
+        let old = sts(5, json!({"spec": {"podManagementPolicy": "Parallel"}}));
+        let new = sts(
+            5,
+            json!({"spec": {"podManagementPolicy": "Parallel",
+                "template": {"spec": {"containers": [{"name": "c", "image": "db:2"}]}},
+                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "40%"}}}}),
+        );
+        let mut pods: Vec<Arc<Pod>> = (0..5).map(|i| running(&old, i, true)).collect();
+        // 40% of 5 is 2: the two highest ordinals go together.
+        assert_eq!(
+            plan(&new, &pods, &HashSet::new(), now()).delete,
+            ["db-3", "db-4"]
+        );
+        // db-4 is back but not Ready, db-3 is not back: nothing more goes.
+        pods[4] = running(&new, 4, false);
+        pods.remove(3);
+        let p = plan(&new, &pods, &HashSet::new(), now());
+        assert!(p.delete.is_empty(), "{:?}", p.delete);
+        assert_eq!(p.create, [3]);
+        // db-4 Ready: room for one more, db-2 (db-3 is still missing).
+        pods[3] = running(&new, 4, true);
+        assert_eq!(plan(&new, &pods, &HashSet::new(), now()).delete, ["db-2"]);
+        // An old pod that is down already counts: with one to spare, none goes.
+        let one = sts(
+            3,
+            json!({"spec": {"podManagementPolicy": "Parallel",
+                "template": {"spec": {"containers": [{"name": "c", "image": "db:2"}]}}}}),
+        );
+        let pods = vec![
+            running(&old, 0, true),
+            running(&old, 1, false),
+            running(&old, 2, true),
+        ];
+        assert!(plan(&one, &pods, &HashSet::new(), now()).delete.is_empty());
+    }
+
     proptest! {
+        /// A rolling update never has more wanted ordinals unavailable than `maxUnavailable`
+        /// (when they all were available to begin with), and ends with every pod updated.
+        #[test]
+        fn an_update_stays_within_max_unavailable(
+            replicas in 1i32..8, max in 1i32..5, parallel in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let policy = if parallel { "Parallel" } else { "OrderedReady" };
+            let old = sts(replicas, json!({"spec": {"podManagementPolicy": policy}}));
+            let new = sts(replicas, json!({"spec": {"podManagementPolicy": policy,
+                "template": {"spec": {"containers": [{"name": "c", "image": "db:2"}]}},
+                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": max}}}}));
+            let claims: HashSet<String> = (0..replicas).map(|i| format!("data-db-{i}")).collect();
+            let mut pods: Vec<Arc<Pod>> = (0..replicas).map(|i| running(&old, i, true)).collect();
+            let mut rng = seed | 1;
+            for step in 0..400 {
+                let p = plan(&new, &pods, &claims, now());
+                pods.retain(|x| !p.delete.contains(x.metadata.name.as_ref().unwrap()));
+                for i in &p.create {
+                    pods.push(running(&new, *i, false));
+                }
+                let down = replicas as usize - pods.iter().filter(|x| ready_since(x).is_some()).count();
+                prop_assert!(down as i32 <= max, "step {}: {} down, max {}", step, down, max);
+                pods = pods.into_iter().map(|x| {
+                    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+                    if ready_since(&x).is_none() && rng.is_multiple_of(3) {
+                        let i = ordinal_of("db", x.metadata.name.as_deref().unwrap()).unwrap();
+                        running(&new, i, true)
+                    } else { x }
+                }).collect();
+            }
+            let update = revision(&new);
+            prop_assert!(pods.iter().all(|x| revision_of(x) == Some(update.as_str())));
+            prop_assert_eq!(pods.len() as i32, replicas);
+        }
+
         /// Whatever the kubelets do, a set never has two pods of one ordinal, and reaches its
         /// replicas.
         #[test]
