@@ -2,11 +2,14 @@
 //!
 //! Two tokens live in `<data-dir>/tokens.json`, generated on first start: the admin token
 //! (full access; written into the kubeconfig) and the node-join token that agents present.
+//! Node tokens and user tokens are derived from the secret kept beside them: a node token
+//! is the node's name and its HMAC, a user token a JWT (HS256) naming the user and groups.
+//! What each identity may do is [`crate::authz`]'s to decide.
 
 use std::path::Path;
+use std::time::Duration;
 
-use axum::http::{HeaderMap, Method};
-use berth_core::Kind;
+use axum::http::HeaderMap;
 use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +94,52 @@ impl Tokens {
         format!("proxy:{node}:{}", self.mac(&format!("proxy/{node}")))
     }
 
+    /// A signed token (a JWT, HS256) for user `name` in `groups`, valid for `ttl` or for good.
+    /// `berth token --user` mints them; RBAC decides what they may do.
+    pub fn user_token(&self, name: &str, groups: &[String], ttl: Option<Duration>) -> String {
+        let now = jiff::Timestamp::now().as_second();
+        let claims = Claims {
+            iss: ISSUER.into(),
+            sub: name.into(),
+            groups: groups.to_vec(),
+            iat: now,
+            exp: ttl.map(|t| now + t.as_secs() as i64),
+        };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.mac("jwt").as_bytes()),
+        )
+        .expect("HS256 signing cannot fail")
+    }
+
+    /// The user a signed token names, if its signature holds and it has not expired.
+    fn verify_user(&self, token: &str) -> Option<crate::authz::User> {
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        v.required_spec_claims.clear();
+        v.validate_aud = false;
+        v.set_issuer(&[ISSUER]);
+        v.leeway = 0;
+        let data = jsonwebtoken::decode::<Claims>(
+            token,
+            &jsonwebtoken::DecodingKey::from_secret(self.mac("jwt").as_bytes()),
+            &v,
+        )
+        .ok()?;
+        let c = data.claims;
+        if c.sub.is_empty() || c.sub.starts_with("system:") {
+            return None;
+        }
+        let mut groups = c.groups;
+        if !groups.iter().any(|g| g == crate::authz::AUTHENTICATED) {
+            groups.push(crate::authz::AUTHENTICATED.into());
+        }
+        Some(crate::authz::User {
+            name: c.sub,
+            groups,
+        })
+    }
+
     fn mac(&self, what: &str) -> String {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.node_secret.as_bytes());
         let tag = ring::hmac::sign(&key, what.as_bytes());
@@ -108,7 +157,23 @@ pub enum Identity {
     Node(String),
     /// No credentials: allowed only on the public paths.
     Anonymous,
+    /// A user or ServiceAccount with a signed token: what RBAC grants it.
+    User(crate::authz::User),
 }
+
+/// What a signed user token says: Kubernetes' claim names where it has them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<String>,
+    iat: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<i64>,
+}
+
+const ISSUER: &str = "berth";
 
 /// Compare in constant time, so a wrong token learns nothing from timing.
 fn same(a: &str, b: &str) -> bool {
@@ -136,6 +201,12 @@ pub fn authenticate(tokens: &Tokens, headers: &HeaderMap) -> Result<Identity, Ap
     if same(token, &tokens.node_join) {
         return Ok(Identity::Bootstrap);
     }
+    if token.matches('.').count() == 2 {
+        return tokens
+            .verify_user(token)
+            .map(Identity::User)
+            .ok_or_else(ApiError::unauthorized);
+    }
     if let Some(name) = token
         .strip_prefix("node:")
         .and_then(|r| r.rsplit_once(':'))
@@ -162,46 +233,6 @@ pub enum NodeScope {
     OwnName,
     /// Only pods bound to the node (their status, their final deletion).
     PodOnNode,
-}
-
-/// May `who` perform `method` on `kind` (and `subresource`) in namespace `ns`? For nodes the
-/// answer may depend on the object, which the caller checks against the returned scope.
-pub fn authorize(
-    who: &Identity,
-    method: &Method,
-    kind: Kind,
-    subresource: Option<&str>,
-    ns: Option<&str>,
-) -> Result<Option<NodeScope>, ApiError> {
-    let node = match who {
-        Identity::Admin => return Ok(None),
-        Identity::Anonymous => return Err(ApiError::unauthorized()),
-        Identity::Bootstrap => {
-            return Err(ApiError::forbidden(
-                "the node-join token may only obtain a node token (POST /berth/v1/nodetoken)",
-            ))
-        }
-        Identity::Node(n) => n,
-    };
-    if matches!(*method, Method::GET | Method::HEAD) {
-        return Ok(None);
-    }
-    let scope = match (kind, subresource) {
-        (Kind::Event, _) => Some(NodeScope::Any),
-        (Kind::Node, None | Some("status")) => Some(NodeScope::OwnName),
-        (Kind::Lease, None) if ns == Some("kube-node-lease") => Some(NodeScope::OwnName),
-        (Kind::Pod, Some("status")) => Some(NodeScope::PodOnNode),
-        // The agent finishes a graceful delete once the pod's containers are gone.
-        (Kind::Pod, None) if *method == Method::DELETE => Some(NodeScope::PodOnNode),
-        _ => None,
-    };
-    scope.map(Some).ok_or_else(|| {
-        ApiError::forbidden(format!(
-            "node {node:?} may not {method} {kind:?}{}{}",
-            subresource.map(|s| format!("/{s}")).unwrap_or_default(),
-            ns.map(|n| format!(" in namespace {n}")).unwrap_or_default(),
-        ))
-    })
 }
 
 #[cfg(test)]
@@ -243,24 +274,39 @@ mod tests {
     }
 
     #[test]
-    fn nodes_write_only_their_own_kinds() {
-        let n = Identity::Node("n1".into());
-        let patch = Method::PATCH;
-        assert_eq!(
-            authorize(&n, &patch, Kind::Node, Some("status"), None).unwrap(),
-            Some(NodeScope::OwnName)
-        );
-        assert_eq!(
-            authorize(&n, &patch, Kind::Pod, Some("status"), Some("x")).unwrap(),
-            Some(NodeScope::PodOnNode)
-        );
-        assert!(authorize(&n, &patch, Kind::Deployment, None, Some("x")).is_err());
-        assert!(authorize(&n, &patch, Kind::Lease, None, Some("default")).is_err());
-        assert!(authorize(&n, &Method::POST, Kind::Pod, None, Some("x")).is_err());
-        assert_eq!(
-            authorize(&n, &Method::GET, Kind::Secret, None, Some("x")).unwrap(),
-            None
-        );
-        assert!(authorize(&Identity::Bootstrap, &Method::GET, Kind::Pod, None, None).is_err());
+    fn user_tokens_carry_their_groups_and_expire() {
+        let t = tokens();
+        let tok = t.user_token("alice", &["dev".into()], None);
+        let Identity::User(u) = authenticate(&t, &bearer(&tok)).unwrap() else {
+            panic!("not a user")
+        };
+        assert_eq!(u.name, "alice");
+        assert_eq!(u.groups, ["dev", "system:authenticated"]);
+        // Signed with another cluster's key: refused.
+        let other = Tokens {
+            node_secret: "x".repeat(40),
+            ..tokens()
+        };
+        assert!(authenticate(&t, &bearer(&other.user_token("alice", &[], None))).is_err());
+        // Expired: refused.
+        let mut c: serde_json::Value = serde_json::json!({"iss": "berth", "sub": "alice",
+            "iat": 1, "exp": 2});
+        let old = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &c,
+            &jsonwebtoken::EncodingKey::from_secret(t.mac("jwt").as_bytes()),
+        )
+        .unwrap();
+        assert!(authenticate(&t, &bearer(&old)).is_err());
+        // No one mints a system: name for themselves.
+        c["sub"] = "system:node:n1".into();
+        c["exp"] = serde_json::json!(i64::MAX / 2);
+        let sys = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &c,
+            &jsonwebtoken::EncodingKey::from_secret(t.mac("jwt").as_bytes()),
+        )
+        .unwrap();
+        assert!(authenticate(&t, &bearer(&sys)).is_err());
     }
 }

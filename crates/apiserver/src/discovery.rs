@@ -70,6 +70,9 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if (group, version) == (crate::metrics::GROUP, crate::metrics::VERSION) {
         return Some(crate::metrics::resource_list());
     }
+    if let Some(list) = crate::authz::review::resource_list(group, version) {
+        return Some(list);
+    }
     resources::of_group_version(group, version).next()?;
     let gv = if group.is_empty() {
         version.to_string()
@@ -108,6 +111,7 @@ fn all_groups() -> Vec<(&'static str, Vec<&'static str>)> {
         .into_iter()
         .map(|(g, _)| (g, resources::group_versions(g)))
         .chain([(crate::metrics::GROUP, vec![crate::metrics::VERSION])])
+        .chain(crate::authz::review::groups())
         .collect()
 }
 

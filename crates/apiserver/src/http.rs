@@ -15,6 +15,7 @@ use berth_core::resources::{self, Kind, Resource};
 use serde_json::{json, Value};
 
 use crate::auth::{self, Identity, Tokens};
+use crate::authz::{review, Attributes};
 use crate::discovery;
 use crate::format::{self, Shape};
 use crate::registry::{
@@ -35,6 +36,8 @@ pub struct AppState {
     pub proxy: crate::proxy::NodeProxy,
     /// `/metrics`.
     pub telemetry: crate::telemetry::Telemetry,
+    /// Who may do what.
+    pub authz: crate::authz::Authorizer,
 }
 
 /// The one routing table: everything goes to [`handle`], which routes by path; every
@@ -89,6 +92,13 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
     if identity == Identity::Anonymous && !auth::is_public(&path) {
         return Err(ApiError::unauthorized());
     }
+    // Anyone may read the public paths; `/berth/v1/...` checks its callers itself.
+    let node_scope = if auth::is_public(&path) || path.starts_with("/berth/") {
+        None
+    } else {
+        let attrs = Attributes::from_request(req.method(), &path, req.uri().query());
+        app.authz.authorize(&identity, &attrs)?
+    };
     let segs: Vec<&str> = path
         .trim_matches('/')
         .split('/')
@@ -97,22 +107,15 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     match segs.as_slice() {
         ["version"] if read_only => ok(&discovery::version()),
-        ["metrics"] if read_only => {
-            if identity != Identity::Admin {
-                return Err(ApiError::forbidden(
-                    "forbidden: only the admin may read /metrics",
-                ));
-            }
-            Ok((
-                StatusCode::OK,
-                [(
-                    header::CONTENT_TYPE,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )],
-                app.telemetry.render(),
-            )
-                .into_response())
-        }
+        ["metrics"] if read_only => Ok((
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            app.telemetry.render(),
+        )
+            .into_response()),
         ["healthz" | "livez"] if read_only => Ok((StatusCode::OK, "ok").into_response()),
         ["readyz"] if read_only => match app.registry.store().current_revision().await {
             Ok(_) => Ok((StatusCode::OK, "ok").into_response()),
@@ -146,11 +149,6 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         ["api", "v1", "namespaces", ns, "pods", name, "exec" | "attach"]
             if matches!(*req.method(), Method::GET | Method::POST) =>
         {
-            if identity != Identity::Admin {
-                return Err(ApiError::forbidden(format!(
-                    "pods \"{name}\" is forbidden: only the admin may exec into pods"
-                )));
-            }
             let (ns, name, what) = (ns.to_string(), name.to_string(), segs[6].to_string());
             app.proxy
                 .pod_exec(&app.registry, &app.tokens, &ns, &name, &what, req)
@@ -159,22 +157,12 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         ["api", "v1", "namespaces", ns, "pods", name, "portforward"]
             if matches!(*req.method(), Method::GET | Method::POST) =>
         {
-            if identity != Identity::Admin {
-                return Err(ApiError::forbidden(format!(
-                    "pods \"{name}\" is forbidden: only the admin may port-forward to pods"
-                )));
-            }
             let (ns, name) = (ns.to_string(), name.to_string());
             app.proxy
                 .pod_port_forward(&app.registry, &app.tokens, &ns, &name, req)
                 .await
         }
         ["api", "v1", "nodes", node, "proxy", rest @ ..] if read_only => {
-            if identity != Identity::Admin {
-                return Err(ApiError::forbidden(format!(
-                    "nodes \"{node}\" is forbidden: only the admin may use the node proxy"
-                )));
-            }
             let mut path = format!("/{}", rest.join("/"));
             if let Some(q) = req.uri().query() {
                 path.push('?');
@@ -185,11 +173,6 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
                 .await
         }
         ["api", "v1", "namespaces", ns, "pods", name, "log"] if read_only => {
-            if identity != Identity::Admin {
-                return Err(ApiError::forbidden(format!(
-                    "pods \"{name}\" is forbidden: only the admin may read logs"
-                )));
-            }
             let Query(query): Query<Vec<(String, String)>> = Query::try_from_uri(req.uri())
                 .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
             app.proxy
@@ -204,12 +187,26 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
                 v.to_string(),
                 rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             );
-            resource(app, &identity, "", &v, &rest, req).await
+            resource(app, &identity, node_scope, "", &v, &rest, req).await
+        }
+        ["apis", g @ (review::AUTHORIZATION | review::AUTHENTICATION), "v1", rest @ ..]
+            if *req.method() == Method::POST =>
+        {
+            let (plural, ns) = match rest {
+                [plural] => (plural.to_string(), None),
+                ["namespaces", ns, plural] => (plural.to_string(), Some(ns.to_string())),
+                _ => return Err(ApiError::path_not_found(&path)),
+            };
+            let g = g.to_string();
+            let ct = content_type(req.headers());
+            let body = parse_body(&ct, &read_body(req.into_body()).await?)?;
+            let answer = review::review(&app.authz, &identity, &g, &plural, ns.as_deref(), body)?;
+            Ok(json_response(StatusCode::CREATED, &answer, &[]))
         }
         ["apis", g, v, rest @ ..] => {
             let (g, v) = (g.to_string(), v.to_string());
             let rest = rest.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-            resource(app, &identity, &g, &v, &rest, req).await
+            resource(app, &identity, node_scope, &g, &v, &rest, req).await
         }
         _ if !read_only
             && segs.first().is_some_and(|s| {
@@ -438,6 +435,7 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
 async fn resource(
     app: &Arc<AppState>,
     who: &Identity,
+    node_scope: Option<auth::NodeScope>,
     group: &str,
     version: &str,
     segs: &[String],
@@ -456,13 +454,6 @@ async fn resource(
     };
     let res = versions.storage;
     let method = req.method().clone();
-    let node_scope = auth::authorize(
-        who,
-        &method,
-        res.kind,
-        target.sub.as_deref(),
-        target.namespace.as_deref(),
-    )?;
     let Query(q): Query<HashMap<String, String>> = Query::try_from_uri(req.uri())
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let user_agent = req
@@ -568,6 +559,28 @@ async fn resource(
             _ => name,
         };
         check_node_scope(reg, scope, who, res, ns, subject).await?;
+    }
+    if matches!(who, Identity::User(_))
+        && matches!(
+            res.kind,
+            Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding
+        )
+    {
+        let after = match &action {
+            Action::Create(body) | Action::Update(body, _) => Some(body.clone()),
+            Action::Patch(kind, body, _) => Some(match reg.get(res, ns, name).await {
+                Ok(mut current) => {
+                    crate::registry::apply_patch(&mut current, *kind, body)?;
+                    current
+                }
+                Err(e) if e.reason == "NotFound" && *kind == PatchType::Apply => body.clone(),
+                Err(e) => return Err(e),
+            }),
+            _ => None,
+        };
+        if let Some(obj) = after {
+            app.authz.check_grant(who, res.kind, ns, &obj)?;
+        }
     }
     match action {
         Action::Get => ok(&versions.object(reg.get(res, ns, name).await?, shape)),

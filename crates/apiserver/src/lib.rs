@@ -7,6 +7,7 @@
 //! and OpenAPI; [`format`] shapes responses (lists, Tables).
 
 pub mod auth;
+pub mod authz;
 pub mod discovery;
 pub mod format;
 pub mod http;
@@ -148,6 +149,12 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
     let telemetry = telemetry::Telemetry::default();
     let registry = Registry::new(telemetry.timed_store(store.clone() as Arc<dyn Store>));
     registry.bootstrap().await.map_err(StartError::Bootstrap)?;
+    authz::policy::bootstrap(&registry)
+        .await
+        .map_err(StartError::Bootstrap)?;
+    let authorizer = authz::Authorizer::start(&registry)
+        .await
+        .map_err(StartError::Bootstrap)?;
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -170,6 +177,7 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         pki: berth_tls::TlsFiles::in_dir(&cfg.data_dir),
         proxy: proxy::NodeProxy::new(&ca_pem),
         telemetry: telemetry.clone(),
+        authz: authorizer,
     });
     let app = http::router(state);
     let accept = serve_tls(listener, tls_config, app);

@@ -1,6 +1,7 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), as kubectl sends them
 //! (`kubectl create namespace|deployment|service|configmap|secret|job|cronjob`, `kubectl
-//! autoscale`, `kubectl drain`'s evictions and deletes): the `k8s\0` envelope around a
+//! autoscale`, `kubectl drain`'s evictions and deletes, `kubectl create serviceaccount|role|
+//! clusterrole|rolebinding|clusterrolebinding|token`, `kubectl auth can-i|whoami`): the `k8s\0` envelope around a
 //! `runtime.Unknown` whose `raw` is the object.
 //!
 //! Berth answers JSON and stores JSON, so a protobuf body is decoded with `k8s-pb`'s types and
@@ -8,10 +9,13 @@
 //! other kinds are refused with 415 and a pointer to JSON.
 
 use k8s_pb::api::apps::v1 as apps;
+use k8s_pb::api::authentication::v1 as authn;
+use k8s_pb::api::authorization::v1 as authz;
 use k8s_pb::api::autoscaling::v1 as autoscaling;
 use k8s_pb::api::batch::v1 as batch;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::api::policy::v1 as policy;
+use k8s_pb::api::rbac::v1 as rbac;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -82,6 +86,99 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
             let mut o = json!({"metadata": object_meta(e.metadata)});
             put(&mut o, "deleteOptions", e.delete_options.map(delete_options));
             o
+        }
+        ("v1", "ServiceAccount") => {
+            let a = core::ServiceAccount::decode(&raw[..]).map_err(|e| bad("ServiceAccount", e))?;
+            let mut o = json!({"metadata": object_meta(a.metadata)});
+            put_list(&mut o, "imagePullSecrets", a.image_pull_secrets, |r| {
+                json!({"name": r.name.unwrap_or_default()})
+            });
+            put(
+                &mut o,
+                "automountServiceAccountToken",
+                a.automount_service_account_token.map(Value::Bool),
+            );
+            o
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => {
+            let r = rbac::Role::decode(&raw[..]).map_err(|e| bad("Role", e))?;
+            let mut o = json!({"metadata": object_meta(r.metadata)});
+            put_list(&mut o, "rules", r.rules, policy_rule);
+            o
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            let r = rbac::ClusterRole::decode(&raw[..]).map_err(|e| bad("ClusterRole", e))?;
+            let mut o = json!({"metadata": object_meta(r.metadata)});
+            put_list(&mut o, "rules", r.rules, policy_rule);
+            if let Some(a) = r.aggregation_rule {
+                let selectors: Vec<Value> = a
+                    .cluster_role_selectors
+                    .into_iter()
+                    .filter_map(|s| label_selector(Some(s)))
+                    .collect();
+                o["aggregationRule"] = json!({"clusterRoleSelectors": selectors});
+            }
+            o
+        }
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+            let b = rbac::RoleBinding::decode(&raw[..]).map_err(|e| bad("RoleBinding", e))?;
+            binding(b.metadata, b.subjects, b.role_ref)
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            let b = rbac::ClusterRoleBinding::decode(&raw[..])
+                .map_err(|e| bad("ClusterRoleBinding", e))?;
+            binding(b.metadata, b.subjects, b.role_ref)
+        }
+        ("authentication.k8s.io/v1", "TokenRequest") => {
+            let t = authn::TokenRequest::decode(&raw[..]).map_err(|e| bad("TokenRequest", e))?;
+            let s = t.spec.unwrap_or_default();
+            let mut spec = json!({"audiences": s.audiences});
+            put(&mut spec, "expirationSeconds", s.expiration_seconds.map(|v| json!(v)));
+            if let Some(b) = s.bound_object_ref {
+                let mut r = json!({});
+                put_str(&mut r, "kind", b.kind);
+                put_str(&mut r, "apiVersion", b.api_version);
+                put_str(&mut r, "name", b.name);
+                put_str(&mut r, "uid", b.u_id);
+                spec["boundObjectRef"] = r;
+            }
+            json!({"metadata": object_meta(t.metadata), "spec": spec})
+        }
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => {
+            let r = authn::SelfSubjectReview::decode(&raw[..])
+                .map_err(|e| bad("SelfSubjectReview", e))?;
+            json!({"metadata": object_meta(r.metadata)})
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            let r = authz::SelfSubjectAccessReview::decode(&raw[..])
+                .map_err(|e| bad("SelfSubjectAccessReview", e))?;
+            let s = r.spec.unwrap_or_default();
+            let mut spec = json!({});
+            if let Some(a) = s.resource_attributes {
+                let mut ra = json!({});
+                put_str(&mut ra, "namespace", a.namespace);
+                put_str(&mut ra, "verb", a.verb);
+                put_str(&mut ra, "group", a.group);
+                put_str(&mut ra, "version", a.version);
+                put_str(&mut ra, "resource", a.resource);
+                put_str(&mut ra, "subresource", a.subresource);
+                put_str(&mut ra, "name", a.name);
+                spec["resourceAttributes"] = ra;
+            }
+            if let Some(a) = s.non_resource_attributes {
+                let mut na = json!({});
+                put_str(&mut na, "path", a.path);
+                put_str(&mut na, "verb", a.verb);
+                spec["nonResourceAttributes"] = na;
+            }
+            json!({"metadata": object_meta(r.metadata), "spec": spec})
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            let r = authz::SelfSubjectRulesReview::decode(&raw[..])
+                .map_err(|e| bad("SelfSubjectRulesReview", e))?;
+            let mut spec = json!({});
+            put_str(&mut spec, "namespace", r.spec.unwrap_or_default().namespace);
+            json!({"metadata": object_meta(r.metadata), "spec": spec})
         }
         (_, "DeleteOptions") => {
             let d = meta::DeleteOptions::decode(&raw[..]).map_err(|e| bad("DeleteOptions", e))?;
@@ -271,6 +368,44 @@ fn delete_options(d: meta::DeleteOptions) -> Value {
     );
     put_str(&mut o, "propagationPolicy", d.propagation_policy);
     put_list(&mut o, "dryRun", d.dry_run, Value::String);
+    o
+}
+
+fn policy_rule(r: rbac::PolicyRule) -> Value {
+    let mut o = json!({"verbs": r.verbs});
+    put_list(&mut o, "apiGroups", r.api_groups, Value::String);
+    put_list(&mut o, "resources", r.resources, Value::String);
+    put_list(&mut o, "resourceNames", r.resource_names, Value::String);
+    put_list(
+        &mut o,
+        "nonResourceURLs",
+        r.non_resource_ur_ls,
+        Value::String,
+    );
+    o
+}
+
+fn binding(
+    metadata: Option<meta::ObjectMeta>,
+    subjects: Vec<rbac::Subject>,
+    role_ref: Option<rbac::RoleRef>,
+) -> Value {
+    let mut o = json!({"metadata": object_meta(metadata)});
+    put_list(&mut o, "subjects", subjects, |s| {
+        let mut v = json!({});
+        put_str(&mut v, "kind", s.kind);
+        // An empty apiGroup is meaningful (ServiceAccounts): keep what was sent.
+        put(&mut v, "apiGroup", s.api_group.map(Value::String));
+        put_str(&mut v, "name", s.name);
+        put_str(&mut v, "namespace", s.namespace);
+        v
+    });
+    let r = role_ref.unwrap_or_default();
+    let mut rr = json!({});
+    put_str(&mut rr, "apiGroup", r.api_group);
+    put_str(&mut rr, "kind", r.kind);
+    put_str(&mut rr, "name", r.name);
+    o["roleRef"] = rr;
     o
 }
 

@@ -119,6 +119,19 @@ impl ApiError {
         }
     }
 
+    /// 422 for one field of a request that is not a stored kind (a review, a token request).
+    pub fn invalid_field(field: &str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        ApiError {
+            code: StatusCode::UNPROCESSABLE_ENTITY,
+            reason: "Invalid",
+            message: format!("{field}: Invalid value: {detail}"),
+            details: Some(
+                json!({"causes": [{"reason": "FieldValueInvalid", "message": detail, "field": field}]}),
+            ),
+        }
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "Forbidden", message)
     }

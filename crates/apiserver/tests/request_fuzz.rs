@@ -131,6 +131,7 @@ thread_local! {
                 pki: berth_tls::TlsFiles::in_dir(&dir),
                 proxy: berth_apiserver::proxy::NodeProxy::new(""),
                 telemetry: Default::default(),
+                authz: Default::default(),
             }))
         });
         (rt, app)

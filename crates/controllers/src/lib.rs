@@ -25,8 +25,10 @@
 //!  hpa (every second) ──▶ metrics.k8s.io usage / requests ──▶ the target's scale
 //!  endpoints (on every pod, Service, Endpoints or slice change) ──▶ Endpoints, EndpointSlices
 //!  nodeipam (on every node change) ──▶ spec.podCIDR for nodes without one
+//!  ClusterRole aggregation (on any ClusterRole change) ──▶ aggregated roles' rules
 //! ```
 
+pub mod aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -137,6 +139,7 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     pub nodes: Store<Node>,
     pub jobs: Store<Job>,
+    pub cluster_roles: Store<k8s_openapi::api::rbac::v1::ClusterRole>,
     pub expectations: Expectations,
     /// The revision last recorded for each DaemonSet and StatefulSet, by uid.
     revisions: Memo,
@@ -266,8 +269,12 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     let (slices, slice_changes) = cache(
         Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(client.clone()),
     );
+    let (cluster_roles, cluster_role_changes) = cache(
+        Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone()),
+    );
     let ctx = Arc::new(Context {
         client,
+        cluster_roles,
         synced: all_synced(
             pods.clone(),
             replicasets.clone(),
@@ -321,6 +328,13 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
                 .reconcile_all_on(pdb_rx),
             ctx.clone(),
             disruption::reconcile
+        ),
+        drive(
+            "clusterrole-aggregation",
+            watched::<k8s_openapi::api::rbac::v1::ClusterRole>(&ctx)
+                .reconcile_all_on(cluster_role_changes.map(|_| ())),
+            ctx.clone(),
+            aggregation::reconcile
         ),
         woken_by_pods(
             "replicationcontroller",

@@ -27,6 +27,11 @@ pub enum Kind {
     PersistentVolume,
     StorageClass,
     ControllerRevision,
+    ServiceAccount,
+    Role,
+    ClusterRole,
+    RoleBinding,
+    ClusterRoleBinding,
 }
 
 /// A served resource: where it lives in the REST tree and which subresources it has.
@@ -128,6 +133,9 @@ const fn res(
         generation: false,
     }
 }
+
+/// The RBAC API group.
+pub const RBAC: &str = "rbac.authorization.k8s.io";
 
 /// The served resources, in discovery order.
 pub static RESOURCES: &[Resource] = &[
@@ -369,6 +377,46 @@ pub static RESOURCES: &[Resource] = &[
             true,
         )
     },
+    Resource {
+        short_names: &["sa"],
+        ..res(
+            Kind::ServiceAccount,
+            "",
+            "v1",
+            "ServiceAccount",
+            "serviceaccounts",
+            "serviceaccount",
+            true,
+        )
+    },
+    res(Kind::Role, RBAC, "v1", "Role", "roles", "role", true),
+    res(
+        Kind::ClusterRole,
+        RBAC,
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        "clusterrole",
+        false,
+    ),
+    res(
+        Kind::RoleBinding,
+        RBAC,
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        true,
+    ),
+    res(
+        Kind::ClusterRoleBinding,
+        RBAC,
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        false,
+    ),
     res(
         Kind::EndpointSlice,
         "discovery.k8s.io",

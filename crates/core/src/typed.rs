@@ -86,7 +86,7 @@ fn diff_unknown(orig: &Value, canon: &Value, path: String, out: &mut Vec<String>
 /// Decode `obj` as `kind`'s schema.
 pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
     use k8s_openapi::api::{
-        apps, autoscaling, batch, coordination, core, discovery, policy, storage,
+        apps, autoscaling, batch, coordination, core, discovery, policy, rbac, storage,
     };
     match kind {
         Kind::Namespace => round_trip::<core::v1::Namespace>(obj),
@@ -114,6 +114,11 @@ pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
         Kind::PersistentVolume => round_trip::<core::v1::PersistentVolume>(obj),
         Kind::StorageClass => round_trip::<storage::v1::StorageClass>(obj),
         Kind::ControllerRevision => round_trip::<apps::v1::ControllerRevision>(obj),
+        Kind::ServiceAccount => round_trip::<core::v1::ServiceAccount>(obj),
+        Kind::Role => round_trip::<rbac::v1::Role>(obj),
+        Kind::ClusterRole => round_trip::<rbac::v1::ClusterRole>(obj),
+        Kind::RoleBinding => round_trip::<rbac::v1::RoleBinding>(obj),
+        Kind::ClusterRoleBinding => round_trip::<rbac::v1::ClusterRoleBinding>(obj),
     }
 }
 

@@ -15,6 +15,7 @@ mod delete;
 mod eviction;
 mod list;
 mod managed;
+pub(crate) mod mirror;
 mod namespace;
 mod service;
 mod subresource;

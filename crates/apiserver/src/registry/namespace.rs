@@ -75,76 +75,18 @@ pub(crate) async fn resume_terminating(registry: &Registry) -> Result<(), ApiErr
 
 type NamespaceCache = std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, bool>>>;
 
-/// Load every namespace into `cache` and return a watch from the revision listed.
-async fn fill(
-    registry: &Registry,
-    cache: &NamespaceCache,
-) -> Result<berth_store::WatchStream, ApiError> {
-    let nsres = resources::of_kind(Kind::Namespace);
-    let listed = registry.list(nsres, None, &ListParams::default()).await?;
-    {
+/// Keep `cache` (namespace -> terminating) in step with the store. While the mirror
+/// rebuilds, the cache is empty and every lookup reads the store.
+pub(crate) async fn spawn_cache(registry: Registry, cache: NamespaceCache) -> Result<(), ApiError> {
+    let prefix = resources::of_kind(Kind::Namespace).key_prefix();
+    let strip = prefix.clone();
+    super::mirror::spawn(registry, prefix, move |objects| {
         let mut c = cache.write().expect("namespace cache");
         c.clear();
-        for ns in &listed.items {
+        for (key, ns) in objects {
             let terminating = ns.pointer("/metadata/deletionTimestamp").is_some();
-            c.insert(super::name_of(ns).to_string(), terminating);
+            c.insert(key.trim_start_matches(&strip).to_string(), terminating);
         }
-    }
-    registry
-        .store
-        .watch(&nsres.key_prefix(), listed.resource_version)
-        .await
-        .map_err(|e| super::store_err(nsres, e))
-}
-
-/// Apply watch events to `cache` until the watch fails.
-async fn follow(stream: &mut berth_store::WatchStream, cache: &NamespaceCache, prefix: &str) {
-    use berth_store::{EventKind, WatchItem};
-    use futures::StreamExt;
-    while let Some(item) = stream.next().await {
-        let event = match item {
-            Ok(WatchItem::Event(e)) => e,
-            Ok(WatchItem::Progress(_)) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "namespace cache watch ended; rebuilding");
-                return;
-            }
-        };
-        let name = event.kv.key.trim_start_matches(prefix).to_string();
-        let mut c = cache.write().expect("namespace cache");
-        match event.kind {
-            EventKind::Delete => {
-                c.remove(&name);
-            }
-            EventKind::Put => {
-                let terminating = serde_json::from_slice::<Value>(&event.kv.value)
-                    .map(|v| v.pointer("/metadata/deletionTimestamp").is_some())
-                    .unwrap_or(false);
-                c.insert(name, terminating);
-            }
-        }
-    }
-}
-
-/// Keep `cache` (namespace -> terminating) in step with the store through a watch. When the
-/// watch falls behind, the cache is emptied (every lookup then reads the store) and rebuilt.
-pub(crate) async fn spawn_cache(registry: Registry, cache: NamespaceCache) -> Result<(), ApiError> {
-    let mut stream = fill(&registry, &cache).await?;
-    let prefix = resources::of_kind(Kind::Namespace).key_prefix();
-    tokio::spawn(async move {
-        loop {
-            follow(&mut stream, &cache, &prefix).await;
-            cache.write().expect("namespace cache").clear();
-            stream = loop {
-                match fill(&registry, &cache).await {
-                    Ok(s) => break s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rebuilding the namespace cache failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            };
-        }
-    });
-    Ok(())
+    })
+    .await
 }

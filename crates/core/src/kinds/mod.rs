@@ -11,6 +11,7 @@ mod namespace;
 mod node;
 mod pod;
 mod policy;
+mod rbac;
 mod service;
 pub mod storage;
 mod tables;
@@ -80,8 +81,12 @@ pub fn default(kind: Kind, obj: &mut Value) {
         Kind::PersistentVolumeClaim => storage::default_pvc(obj),
         Kind::PersistentVolume => storage::default_pv(obj),
         Kind::StorageClass => storage::default_storage_class(obj),
+        Kind::RoleBinding | Kind::ClusterRoleBinding => rbac::default_binding(obj),
         Kind::PodDisruptionBudget
         | Kind::ControllerRevision
+        | Kind::ServiceAccount
+        | Kind::Role
+        | Kind::ClusterRole
         | Kind::Node
         | Kind::Endpoints
         | Kind::Event
@@ -109,7 +114,12 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
         Kind::PersistentVolume => storage::validate_pv(obj, &mut errs),
         Kind::StorageClass => storage::validate_storage_class(obj, &mut errs),
         Kind::ReplicationController => apps::validate_replication_controller(obj, &mut errs),
+        Kind::Role | Kind::ClusterRole => rbac::validate_role(obj, res.namespaced, &mut errs),
+        Kind::RoleBinding | Kind::ClusterRoleBinding => {
+            rbac::validate_binding(obj, res.namespaced, &mut errs)
+        }
         Kind::ControllerRevision
+        | Kind::ServiceAccount
         | Kind::Namespace
         | Kind::Node
         | Kind::Endpoints
@@ -148,6 +158,9 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<FieldErr
         }
         Kind::PersistentVolumeClaim => storage::validate_pvc_update(old, new, &mut errs),
         Kind::StorageClass => storage::validate_storage_class_update(old, new, &mut errs),
+        Kind::RoleBinding | Kind::ClusterRoleBinding => {
+            rbac::validate_binding_update(old, new, &mut errs)
+        }
         Kind::ConfigMap | Kind::Secret
             if old.get("immutable") == Some(&Value::Bool(true))
                 && (old.get("data") != new.get("data")
@@ -175,6 +188,10 @@ fn validate_meta(res: &Resource, obj: &Value) -> Vec<FieldError> {
         let why = match res.kind {
             // Namespaces and services are DNS labels: they become DNS names.
             Kind::Namespace | Kind::Service => validation::dns1123_label(name),
+            // RBAC names are path segments: `system:node`.
+            Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding => {
+                rbac::path_segment(name)
+            }
             _ => validation::dns1123_subdomain(name),
         };
         if let Some(why) = why {
@@ -262,6 +279,9 @@ pub fn table_columns(kind: Kind) -> Vec<Column> {
         Kind::PersistentVolumeClaim => storage::pvc_columns(),
         Kind::PersistentVolume => storage::pv_columns(),
         Kind::StorageClass => storage::storage_class_columns(),
+        Kind::Role | Kind::ClusterRole => rbac::role_columns(),
+        Kind::RoleBinding | Kind::ClusterRoleBinding => rbac::binding_columns(),
+        Kind::ServiceAccount => rbac::service_account_columns(),
         _ => tables::columns(kind),
     }
 }
@@ -284,6 +304,9 @@ pub fn table_cells(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
         Kind::PersistentVolumeClaim => storage::pvc_cells(obj, age),
         Kind::PersistentVolume => storage::pv_cells(obj, age),
         Kind::StorageClass => storage::storage_class_cells(obj, age),
+        Kind::Role | Kind::ClusterRole => rbac::role_cells(obj),
+        Kind::RoleBinding | Kind::ClusterRoleBinding => rbac::binding_cells(obj, age),
+        Kind::ServiceAccount => rbac::service_account_cells(obj, age),
         _ => tables::cells(kind, obj, age, now),
     }
 }
