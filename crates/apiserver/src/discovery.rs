@@ -152,6 +152,9 @@ pub fn openapi_v3_root() -> Value {
     for (g, _) in resources::groups() {
         gvs.extend(resources::group_versions(g).into_iter().map(|v| (g, v)));
     }
+    for (g, vs) in crate::authz::review::groups() {
+        gvs.extend(vs.into_iter().map(|v| (g, v)));
+    }
     for (g, v) in gvs {
         let p = gv_path(g, v);
         let url = format!(
@@ -206,6 +209,23 @@ pub fn openapi_v3_group(path: &str) -> Option<Value> {
         );
         let collection = object_path(r).trim_end_matches("/{name}").to_string();
         paths.insert(collection, json!({"post": op("post")}));
+    }
+    // The reviews are only created. kubectl learns that the server validates fields (and so
+    // needs no schema of its own) from a PATCH operation's parameters, so one is listed.
+    for (plural, kind, namespaced) in crate::authz::review::of_group_version(group, version) {
+        let gvk = json!({"group": group, "version": version, "kind": kind});
+        let base = format!("/{}", gv_path(group, version));
+        let path = if namespaced {
+            format!("{base}/namespaces/{{namespace}}/{plural}")
+        } else {
+            format!("{base}/{plural}")
+        };
+        let op = |verb: &str| {
+            json!({"operationId": format!("{verb}{kind}"), "x-kubernetes-action": verb,
+                "x-kubernetes-group-version-kind": gvk, "parameters": params(),
+                "responses": {"201": {"description": "Created"}}})
+        };
+        paths.insert(path, json!({"post": op("post"), "patch": op("patch")}));
     }
     if paths.is_empty() {
         return None;

@@ -49,19 +49,28 @@ const REVIEWS: &[(&str, &str, &str, bool)] = &[
 
 /// `/apis/<group>/v1` for the two review groups.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    if version != "v1" || ![AUTHORIZATION, AUTHENTICATION].contains(&group) {
+    let served = of_group_version(group, version);
+    if served.is_empty() {
         return None;
     }
-    let resources: Vec<Value> = REVIEWS
-        .iter()
-        .filter(|(g, ..)| *g == group)
-        .map(|(_, plural, kind, namespaced)| {
+    let resources: Vec<Value> = served
+        .into_iter()
+        .map(|(plural, kind, namespaced)| {
             json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind,
                 "verbs": ["create"]})
         })
         .collect();
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
         "groupVersion": format!("{group}/v1"), "resources": resources}))
+}
+
+/// The review resources of one group-version: plural, kind, namespaced.
+pub fn of_group_version(group: &str, version: &str) -> Vec<(&'static str, &'static str, bool)> {
+    REVIEWS
+        .iter()
+        .filter(|(g, ..)| *g == group && version == "v1")
+        .map(|(_, plural, kind, namespaced)| (*plural, *kind, *namespaced))
+        .collect()
 }
 
 /// The review groups, for `/apis`.

@@ -137,11 +137,23 @@ impl Berth {
 
     /// The node-join token of this cluster (`berth token --node`).
     pub fn node_token(&self) -> String {
+        self.token(&["--node"])
+    }
+
+    /// `berth token` on this cluster's data dir with `args` (`--user alice --group dev`).
+    pub fn token(&self, args: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["token", "--node", "--data-dir"])
+            .arg("token")
+            .args(args)
+            .arg("--data-dir")
             .arg(self.dir.path())
             .output()
             .expect("berth token runs");
+        assert!(
+            out.status.success(),
+            "berth token {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout)
             .expect("utf-8")
             .trim()

@@ -1,0 +1,244 @@
+//! RBAC through kubectl, as a cluster's admin and its users would use it: signed user tokens
+//! (`berth token --user`), `kubectl auth can-i`, bindings that grant and, deleted, revoke at
+//! once, Kubernetes' 403 wording, escalation prevention, and the aggregated default roles.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, Berth};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+/// kubectl as the holder of `token`: (success, stdout, stderr).
+fn as_user(b: &Berth, token: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["--token", token];
+    all.extend_from_slice(args);
+    let out = b.kubectl(&all);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn can_i(b: &Berth, token: &str, args: &[&str]) -> String {
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    as_user(b, token, &all).1
+}
+
+#[tokio::test]
+async fn bindings_grant_and_revoke_what_kubectl_auth_can_i_reports() {
+    let b = Berth::up(&["--runtime", "none"]);
+    let alice = b.token(&["--user", "alice", "--group", "dev"]);
+    b.kubectl_ok(&["create", "namespace", "team"]);
+
+    let whoami = as_user(&b, &alice, &["auth", "whoami"]).1;
+    assert!(
+        whoami.contains("alice") && whoami.contains("dev"),
+        "{whoami}"
+    );
+    assert_eq!(can_i(&b, &alice, &["list", "pods", "-n", "team"]), "no");
+    let (ok, _, err) = as_user(&b, &alice, &["get", "pods", "-n", "team"]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            r#"pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the namespace "team""#
+        ),
+        "{err}"
+    );
+
+    // `edit` in one namespace.
+    b.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "alice-edit",
+        "--clusterrole=edit",
+        "--user=alice",
+        "-n",
+        "team",
+    ]);
+    let t0 = Instant::now();
+    while can_i(&b, &alice, &["list", "pods", "-n", "team"]) != "yes" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the binding did not grant within 1 s"
+        );
+    }
+    for (args, want) in [
+        (&["create", "deployments.apps", "-n", "team"][..], "yes"),
+        (&["get", "secrets", "-n", "team"], "yes"),
+        (&["create", "pods/exec", "-n", "team"], "yes"),
+        (&["create", "rolebindings", "-n", "team"], "no"),
+        (&["create", "deployments.apps", "-n", "default"], "no"),
+        (&["list", "pods", "--all-namespaces"], "no"),
+        (&["create", "namespaces"], "no"),
+        (&["create", "clusterrolebindings"], "no"),
+    ] {
+        assert_eq!(can_i(&b, &alice, args), want, "can-i {args:?}");
+    }
+    let list = as_user(&b, &alice, &["auth", "can-i", "--list", "-n", "team"]).1;
+    assert!(list.lines().any(|l| l.starts_with("pods ")), "{list}");
+    // What can-i says is what the API does.
+    let (ok, _, err) = as_user(&b, &alice, &["create", "configmap", "c1", "-n", "team"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_user(&b, &alice, &["create", "configmap", "c1", "-n", "default"]);
+    assert!(
+        !ok && err.contains("cannot create resource \"configmaps\""),
+        "{err}"
+    );
+    let (ok, _, err) = as_user(&b, &alice, &["create", "namespace", "mine"]);
+    assert!(!ok && err.contains("at the cluster scope"), "{err}");
+
+    // Escalation: an admin of the namespace grants what it holds, never more.
+    b.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "alice-admin",
+        "--clusterrole=admin",
+        "--user=alice",
+        "-n",
+        "team",
+    ]);
+    eventually(5, "admin to take effect", || async {
+        (can_i(&b, &alice, &["create", "rolebindings", "-n", "team"]) == "yes").then_some(())
+    })
+    .await;
+    let (ok, _, err) = as_user(
+        &b,
+        &alice,
+        &[
+            "create",
+            "rolebinding",
+            "bob-view",
+            "--clusterrole=view",
+            "--user=bob",
+            "-n",
+            "team",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_user(
+        &b,
+        &alice,
+        &[
+            "create",
+            "rolebinding",
+            "root",
+            "--clusterrole=cluster-admin",
+            "--user=alice",
+            "-n",
+            "team",
+        ],
+    );
+    assert!(
+        !ok && err.contains("is attempting to bind RBAC permissions not currently held"),
+        "{err}"
+    );
+    let (ok, _, err) = as_user(
+        &b,
+        &alice,
+        &[
+            "create",
+            "role",
+            "nodes",
+            "--verb=get",
+            "--resource=nodes",
+            "-n",
+            "team",
+        ],
+    );
+    assert!(
+        !ok && err.contains("is attempting to grant RBAC permissions not currently held"),
+        "{err}"
+    );
+
+    // Deleting the bindings revokes within a second.
+    b.kubectl_ok(&[
+        "delete",
+        "rolebinding",
+        "alice-edit",
+        "alice-admin",
+        "-n",
+        "team",
+    ]);
+    let t0 = Instant::now();
+    loop {
+        let (ok, _, err) = as_user(&b, &alice, &["get", "configmaps", "-n", "team"]);
+        if !ok {
+            assert!(err.contains("forbidden"), "{err}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "still allowed after 1 s"
+        );
+    }
+    // A token signed elsewhere is no one.
+    let (ok, _, err) = as_user(
+        &b,
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.AAAA",
+        &["get", "pods"],
+    );
+    assert!(!ok && err.contains("Unauthorized"), "{err}");
+}
+
+#[tokio::test]
+async fn a_labelled_cluster_role_adds_to_the_default_roles() {
+    let b = Berth::up(&["--runtime", "none"]);
+    let roles: Api<ClusterRole> = Api::all(b.client().await);
+    let extra: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "widgets-view",
+            "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
+        "rules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get"]}],
+    }))
+    .unwrap();
+    roles.create(&PostParams::default(), &extra).await.unwrap();
+    for aggregated in ["view", "edit", "admin"] {
+        eventually(
+            10,
+            &format!("{aggregated} to hold the widgets rule"),
+            || async {
+                let r = roles.get(aggregated).await.ok()?;
+                r.rules?
+                    .iter()
+                    .any(|r| r.resources.as_deref() == Some(&["widgets".to_string()][..]))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    // A user bound to view may now read widgets.
+    let carol = b.token(&["--user", "carol"]);
+    b.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "carol",
+        "--clusterrole=view",
+        "--user=carol",
+        "-n",
+        "default",
+    ]);
+    // kubectl cannot name a resource discovery does not list, so ask with the review itself.
+    let review = r#"{"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"group": "example.com", "resource": "widgets",
+        "verb": "get", "namespace": "default"}}}"#;
+    eventually(5, "carol's binding", || async {
+        let out = b.kubectl_stdin(
+            &[
+                "--token",
+                &carol,
+                "create",
+                "-f",
+                "-",
+                "-o",
+                "jsonpath={.status.allowed}",
+            ],
+            review,
+        );
+        (String::from_utf8_lossy(&out.stdout) == "true").then_some(())
+    })
+    .await;
+}
