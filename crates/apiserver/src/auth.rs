@@ -98,16 +98,43 @@ impl Tokens {
     /// `berth token --user` mints them; RBAC decides what they may do.
     pub fn user_token(&self, name: &str, groups: &[String], ttl: Option<Duration>) -> String {
         let now = jiff::Timestamp::now().as_second();
-        let claims = Claims {
+        self.sign(&Claims {
             iss: ISSUER.into(),
             sub: name.into(),
+            aud: Vec::new(),
             groups: groups.to_vec(),
             iat: now,
+            nbf: None,
             exp: ttl.map(|t| now + t.as_secs() as i64),
-        };
+            kubernetes: None,
+        })
+    }
+
+    /// A ServiceAccount's token (TokenRequest): for `audiences`, until `expires` (unix
+    /// seconds), bound to the account and perhaps a pod.
+    pub fn service_account_token(
+        &self,
+        bound: Bound,
+        audiences: Vec<String>,
+        expires: i64,
+    ) -> String {
+        let now = jiff::Timestamp::now().as_second();
+        self.sign(&Claims {
+            iss: ISSUER.into(),
+            sub: bound.user_name(),
+            aud: audiences,
+            groups: Vec::new(),
+            iat: now,
+            nbf: Some(now),
+            exp: Some(expires),
+            kubernetes: Some(bound),
+        })
+    }
+
+    fn sign(&self, claims: &Claims) -> String {
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
+            claims,
             &jsonwebtoken::EncodingKey::from_secret(self.mac("jwt").as_bytes()),
         )
         .expect("HS256 signing cannot fail")
@@ -120,6 +147,7 @@ impl Tokens {
         v.validate_aud = false;
         v.set_issuer(&[ISSUER]);
         v.leeway = 0;
+        v.validate_nbf = true;
         let data = jsonwebtoken::decode::<Claims>(
             token,
             &jsonwebtoken::DecodingKey::from_secret(self.mac("jwt").as_bytes()),
@@ -127,6 +155,21 @@ impl Tokens {
         )
         .ok()?;
         let c = data.claims;
+        if let Some(bound) = c.kubernetes {
+            // A ServiceAccount's token, if it was made for this API.
+            if c.sub != bound.user_name() || !c.aud.iter().any(|a| a == API_AUDIENCE) {
+                return None;
+            }
+            return Some(crate::authz::User {
+                name: c.sub,
+                groups: vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{}", bound.namespace),
+                    crate::authz::AUTHENTICATED.into(),
+                ],
+                bound: Some(bound),
+            });
+        }
         if c.sub.is_empty() || c.sub.starts_with("system:") {
             return None;
         }
@@ -137,6 +180,7 @@ impl Tokens {
         Some(crate::authz::User {
             name: c.sub,
             groups,
+            bound: None,
         })
     }
 
@@ -167,13 +211,53 @@ struct Claims {
     iss: String,
     sub: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    aud: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     groups: Vec<String>,
     iat: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     exp: Option<i64>,
+    #[serde(
+        rename = "kubernetes.io",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    kubernetes: Option<Bound>,
 }
 
 const ISSUER: &str = "berth";
+
+/// The audience the API server accepts ServiceAccount tokens for (Kubernetes' default).
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// One object a ServiceAccount token names: its name and uid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// What a ServiceAccount token is bound to (its `kubernetes.io` claim): the account and,
+/// for a pod's token, the pod. It is valid only while they exist with those uids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bound {
+    pub namespace: String,
+    pub serviceaccount: ObjRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<ObjRef>,
+}
+
+impl Bound {
+    /// `system:serviceaccount:<ns>:<name>`.
+    pub fn user_name(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.serviceaccount.name
+        )
+    }
+}
 
 /// Compare in constant time, so a wrong token learns nothing from timing.
 fn same(a: &str, b: &str) -> bool {
@@ -184,17 +268,22 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// The bearer token of a request, if it sent one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
 /// Identify the caller from its `Authorization` header. A present but wrong token is a 401.
 pub fn authenticate(tokens: &Tokens, headers: &HeaderMap) -> Result<Identity, ApiError> {
-    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+    if headers.get(axum::http::header::AUTHORIZATION).is_none() {
         return Ok(Identity::Anonymous);
-    };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(ApiError::unauthorized)?;
+    }
+    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
     if same(token, &tokens.admin) {
         return Ok(Identity::Admin);
     }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub telemetry: crate::telemetry::Telemetry,
     /// Who may do what.
     pub authz: crate::authz::Authorizer,
+    /// ServiceAccount tokens whose bound objects were recently seen alive.
+    pub validated: crate::tokenrequest::Validated,
 }
 
 /// The one routing table: everything goes to [`handle`], which routes by path; every
@@ -91,6 +93,13 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
     let identity = auth::authenticate(&app.tokens, req.headers())?;
     if identity == Identity::Anonymous && !auth::is_public(&path) {
         return Err(ApiError::unauthorized());
+    }
+    if let Identity::User(crate::authz::User {
+        bound: Some(bound), ..
+    }) = &identity
+    {
+        let token = auth::bearer(req.headers()).unwrap_or_default();
+        app.validated.check(&app.registry, token, bound).await?;
     }
     // Anyone may read the public paths; `/berth/v1/...` checks its callers itself.
     let node_scope = if auth::is_public(&path) || path.starts_with("/berth/") {
@@ -381,6 +390,7 @@ enum Action {
     PatchScale(PatchType, Value),
     Bind(Value),
     Evict(Value),
+    RequestToken(Value),
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -519,6 +529,9 @@ async fn resource(
         }
         (&Method::POST, true, Some("binding")) if res.kind == Kind::Pod => Action::Bind(body()?),
         (&Method::POST, true, Some("eviction")) if res.kind == Kind::Pod => Action::Evict(body()?),
+        (&Method::POST, true, Some("token")) if res.kind == Kind::ServiceAccount => {
+            Action::RequestToken(body()?)
+        }
         (_, true, Some(s @ ("log" | "exec" | "attach" | "portforward" | "proxy")))
             if res.kind == Kind::Pod =>
         {
@@ -528,7 +541,7 @@ async fn resource(
                 format!("pods/{s} needs a node agent running the pod; none serves this pod yet"),
             ))
         }
-        (_, _, Some(s)) if !matches!(s, "status" | "scale" | "binding" | "eviction") => {
+        (_, _, Some(s)) if !matches!(s, "status" | "scale" | "binding" | "eviction" | "token") => {
             return Err(ApiError::path_not_found(&path))
         }
         _ => return Err(ApiError::method_not_allowed(method.as_str(), &path)),
@@ -672,6 +685,12 @@ async fn resource(
         Action::Evict(body) => Ok(json_response(
             StatusCode::CREATED,
             &reg.evict(ns, name, &body).await?,
+            &[],
+        )),
+        Action::RequestToken(body) => Ok(json_response(
+            StatusCode::CREATED,
+            &crate::tokenrequest::create(reg, &app.tokens, who, ns.unwrap_or_default(), name, body)
+                .await?,
             &[],
         )),
     }

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod spdy;
 pub mod status;
 pub mod telemetry;
+mod tokenrequest;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -178,6 +179,7 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         proxy: proxy::NodeProxy::new(&ca_pem),
         telemetry: telemetry.clone(),
         authz: authorizer,
+        validated: Default::default(),
     });
     let app = http::router(state);
     let accept = serve_tls(listener, tls_config, app);

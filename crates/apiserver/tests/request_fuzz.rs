@@ -132,6 +132,7 @@ thread_local! {
                 proxy: berth_apiserver::proxy::NodeProxy::new(""),
                 telemetry: Default::default(),
                 authz: Default::default(),
+                validated: Default::default(),
             }))
         });
         (rt, app)

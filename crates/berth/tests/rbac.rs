@@ -242,3 +242,82 @@ async fn a_labelled_cluster_role_adds_to_the_default_roles() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_service_account_token_does_what_its_bindings_allow_while_the_account_lives() {
+    let b = Berth::up(&["--runtime", "none"]);
+    b.kubectl_ok(&["create", "namespace", "apps"]);
+    // Every namespace gets its default account and the cluster CA.
+    eventually(
+        10,
+        "the default ServiceAccount and kube-root-ca.crt",
+        || async {
+            let sa = b.kubectl(&["get", "serviceaccount", "default", "-n", "apps"]);
+            let ca = b.kubectl(&[
+                "get",
+                "configmap",
+                "kube-root-ca.crt",
+                "-n",
+                "apps",
+                "-o",
+                r"jsonpath={.data.ca\.crt}",
+            ]);
+            (sa.status.success()
+                && String::from_utf8_lossy(&ca.stdout).contains("BEGIN CERTIFICATE"))
+            .then_some(())
+        },
+    )
+    .await;
+
+    b.kubectl_ok(&["create", "serviceaccount", "robot", "-n", "apps"]);
+    let token = b.kubectl_ok(&["create", "token", "robot", "-n", "apps"]);
+    let token = token.trim();
+    let whoami = as_user(&b, token, &["auth", "whoami"]).1;
+    assert!(
+        whoami.contains("system:serviceaccount:apps:robot"),
+        "{whoami}"
+    );
+    assert!(whoami.contains("system:serviceaccounts:apps"), "{whoami}");
+    let (ok, _, err) = as_user(&b, token, &["get", "pods", "-n", "apps"]);
+    assert!(
+        !ok && err.contains(r#"User "system:serviceaccount:apps:robot" cannot list"#),
+        "{err}"
+    );
+
+    b.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "robot-view",
+        "--clusterrole=view",
+        "--serviceaccount=apps:robot",
+        "-n",
+        "apps",
+    ]);
+    eventually(5, "the binding to reach the account", || async {
+        as_user(&b, token, &["get", "pods", "-n", "apps"])
+            .0
+            .then_some(())
+    })
+    .await;
+    assert!(!as_user(&b, token, &["get", "secrets", "-n", "apps"]).0);
+    assert!(!as_user(&b, token, &["get", "pods", "-n", "default"]).0);
+
+    // A token made for another audience is not accepted here.
+    let other = b.kubectl_ok(&["create", "token", "robot", "-n", "apps", "--audience=vault"]);
+    let (ok, _, err) = as_user(&b, other.trim(), &["get", "pods", "-n", "apps"]);
+    assert!(!ok && err.contains("Unauthorized"), "{err}");
+    let out = b.kubectl(&["create", "token", "robot", "-n", "apps", "--duration=5m"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("less than 10 minutes"),
+        "{err}"
+    );
+
+    // The token dies with its account.
+    b.kubectl_ok(&["delete", "serviceaccount", "robot", "-n", "apps"]);
+    eventually(15, "the token to stop working", || async {
+        let (ok, _, err) = as_user(&b, token, &["get", "pods", "-n", "apps"]);
+        (!ok && err.contains("Unauthorized")).then_some(())
+    })
+    .await;
+}

@@ -25,6 +25,7 @@
 //!  hpa (every second) ──▶ metrics.k8s.io usage / requests ──▶ the target's scale
 //!  endpoints (on every pod, Service, Endpoints or slice change) ──▶ Endpoints, EndpointSlices
 //!  nodeipam (on every node change) ──▶ spec.podCIDR for nodes without one
+//!  Namespace ──reconcile──▶ its `default` ServiceAccount and `kube-root-ca.crt`
 //!  ClusterRole aggregation (on any ClusterRole change) ──▶ aggregated roles' rules
 //! ```
 
@@ -44,6 +45,7 @@ pub mod nodelifecycle;
 mod ownership;
 pub mod replicaset;
 mod revisions;
+mod serviceaccount;
 pub mod statefulset;
 mod status;
 pub mod volume;
@@ -140,6 +142,8 @@ pub struct Context {
     pub nodes: Store<Node>,
     pub jobs: Store<Job>,
     pub cluster_roles: Store<k8s_openapi::api::rbac::v1::ClusterRole>,
+    /// The cluster CA (PEM), for every namespace's `kube-root-ca.crt`.
+    pub root_ca: String,
     pub expectations: Expectations,
     /// The revision last recorded for each DaemonSet and StatefulSet, by uid.
     revisions: Memo,
@@ -194,10 +198,12 @@ where
 }
 
 /// What the controllers are told of the cluster.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// How nodes' pod CIDRs are cut from the cluster's.
     pub pod_cidrs: nodeipam::Settings,
+    /// The cluster CA (PEM) published in every namespace as `kube-root-ca.crt`.
+    pub root_ca: String,
 }
 
 /// Run the controllers until the process ends.
@@ -275,6 +281,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     let ctx = Arc::new(Context {
         client,
         cluster_roles,
+        root_ca: settings.root_ca.clone(),
         synced: all_synced(
             pods.clone(),
             replicasets.clone(),
@@ -328,6 +335,23 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
                 .reconcile_all_on(pdb_rx),
             ctx.clone(),
             disruption::reconcile
+        ),
+        drive(
+            "serviceaccount",
+            watched::<k8s_openapi::api::core::v1::Namespace>(&ctx)
+                .watches(
+                    Api::<k8s_openapi::api::core::v1::ServiceAccount>::all(ctx.client.clone()),
+                    watcher::Config::default().fields("metadata.name=default"),
+                    |sa| sa.metadata.namespace.map(|ns| ObjectRef::new(&ns))
+                )
+                .watches(
+                    Api::<k8s_openapi::api::core::v1::ConfigMap>::all(ctx.client.clone()),
+                    watcher::Config::default()
+                        .fields(&format!("metadata.name={}", serviceaccount::ROOT_CA)),
+                    |cm| cm.metadata.namespace.map(|ns| ObjectRef::new(&ns))
+                ),
+            ctx.clone(),
+            serviceaccount::reconcile
         ),
         drive(
             "clusterrole-aggregation",

@@ -23,6 +23,8 @@ use crate::status::ApiError;
 pub struct User {
     pub name: String,
     pub groups: Vec<String>,
+    /// For a ServiceAccount's token: the objects it stays valid with.
+    pub bound: Option<crate::auth::Bound>,
 }
 
 /// The group every authenticated caller is in; the admin's group.
@@ -45,6 +47,7 @@ impl Identity {
         User {
             name,
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            bound: None,
         }
     }
 }
@@ -297,6 +300,8 @@ fn node_rules(node: &str, a: &Attributes) -> Result<Option<NodeScope>, ApiError>
             Some(NodeScope::OwnName)
         }
         ("", "pods", Some("status")) => Some(NodeScope::PodOnNode),
+        // Tokens for its pods' accounts: the TokenRequest checks the pod is on this node.
+        ("", "serviceaccounts", Some("token")) if a.verb == "create" => Some(NodeScope::Any),
         // The agent finishes a graceful delete once the pod's containers are gone.
         ("", "pods", None) if a.verb == "delete" => Some(NodeScope::PodOnNode),
         _ => None,
@@ -493,7 +498,7 @@ mod tests {
     fn a_refusal_says_who_may_not_do_what_where() {
         let u = User {
             name: "alice".into(),
-            groups: vec![],
+            ..User::default()
         };
         let e = forbidden(
             &u,

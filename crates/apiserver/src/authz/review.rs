@@ -191,6 +191,7 @@ pub fn review(
                 a.namespace = Some(ns.to_string());
             }
             let user = User {
+                bound: None,
                 name: str_at(&spec, "/user").to_string(),
                 groups: spec
                     .get("groups")
@@ -279,7 +280,7 @@ mod tests {
         }
         let alice = Identity::User(User {
             name: "alice".into(),
-            groups: vec![],
+            ..User::default()
         });
         let ask = |verb: &str, ns: &str| {
             let body = json!({"spec": {"resourceAttributes":

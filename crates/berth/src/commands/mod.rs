@@ -115,6 +115,7 @@ impl ControlArgs {
                 self.node_cidr_mask_size,
             )
             .context("checking --cluster-cidr and --node-cidr-mask-size")?,
+            root_ca: String::new(),
         })
     }
 }
@@ -138,7 +139,10 @@ pub async fn start_control_plane(
     args: &ControlArgs,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use anyhow::Context;
-    let settings = args.settings()?;
+    let settings = berth_controllers::Settings {
+        root_ca: server.ca_pem.clone(),
+        ..args.settings()?
+    };
     let config = admin_config(server).await?;
     let client = kube::Client::try_from(config.clone())
         .context("building the control plane's API client")?;
@@ -193,6 +197,7 @@ pub async fn start_control_plane(
             ))
         });
         let cfg = cfg.clone();
+        let settings = settings.clone();
         async move {
             let (client, scheduler_client) = match clients {
                 Ok(c) => c,
