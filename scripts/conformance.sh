@@ -24,9 +24,6 @@ allowed_k8s=(
   "TestDynamicClient::test_async_namespaced_custom_resources"  # apiextensions v1beta1 (gone in 1.22)
   "TestDynamicClient::test_cluster_custom_resources"           # apiextensions v1beta1
   "TestDynamicClient::test_namespaced_custom_resources"        # apiextensions v1beta1
-  # Kinds of the RBAC issue.
-  "TestUtils::test_create_rbac_role_from_yaml"
-  "TestUtils::test_create_rbac_role_from_yaml_with_verbose_enabled"
   # Fails against any server: it compares two clients' Resource objects with ==, and
   # kubernetes/dynamic/resource.py defines no __eq__ (identity), so the one decoded from the
   # cache file is never the one built in memory.
