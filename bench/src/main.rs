@@ -1,12 +1,14 @@
 //! `berth-bench apiserver`: durable creates/s through the HTTPS API with 1 and 50 clients
 //! (p50/p99 latency), against the store alone as the baseline measured in the same run; and
-//! watch fan-out: the time until 100 watchers have all seen one write.
+//! watch fan-out: the time until 100 watchers have all seen one write; and what RBAC costs
+//! (see [`authz`]).
 //! `berth-bench scheduler`: see [`scheduler`]. `berth-bench agent`: see [`agent`].
 //! `berth-bench instances`: see [`instances`]. `berth-bench failover`: see [`failover`].
 //! `berth-bench autoscale`: see [`autoscale`]. `berth-bench network`: see [`network`].
 //! `berth-bench workloads`: see [`workloads`].
 
 mod agent;
+mod authz;
 mod autoscale;
 mod failover;
 mod instances;
@@ -231,6 +233,7 @@ async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
     println!(
         "etcd's published figure for comparison (not measured here): 583 creates/s with one client"
     );
+    authz::run(&server, dir.path(), api.clone(), cli.creates).await?;
 
     // Watch fan-out.
     let mut fanout = Vec::new();
