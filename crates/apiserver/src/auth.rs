@@ -322,6 +322,8 @@ pub enum NodeScope {
     OwnName,
     /// Only pods bound to the node (their status, their final deletion).
     PodOnNode,
+    /// Only a Secret or ConfigMap that a pod bound to the node uses (read by name).
+    UsedByPodOnNode,
 }
 
 #[cfg(test)]

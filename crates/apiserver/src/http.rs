@@ -297,6 +297,22 @@ async fn check_node_scope(
         // Collections (deletecollection) are never one node's.
         _ if name.is_empty() => false,
         auth::NodeScope::OwnName => name == node,
+        auth::NodeScope::UsedByPodOnNode => {
+            let pods = resources::of_kind(Kind::Pod);
+            let on_node = ListParams {
+                fields: berth_core::selector::FieldSelector::parse(&format!(
+                    "spec.nodeName={node}"
+                ))
+                .map_err(|e| ApiError::internal(format!("a node's field selector: {e}")))?,
+                omit_managed: true,
+                ..ListParams::default()
+            };
+            reg.list(pods, ns, &on_node)
+                .await?
+                .items
+                .iter()
+                .any(|p| crate::authz::pod_uses(p, res.kind == Kind::Secret, name))
+        }
         auth::NodeScope::PodOnNode => match reg.get(res, ns, name).await {
             Ok(pod) => pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str()),
             // Let the registry answer NotFound as it would to anyone.
@@ -306,6 +322,11 @@ async fn check_node_scope(
     };
     if allowed {
         Ok(())
+    } else if *scope == auth::NodeScope::UsedByPodOnNode {
+        Err(ApiError::forbidden(format!(
+            "node {node:?} may not read {} {name:?}: no pod bound to it uses it",
+            res.qualified()
+        )))
     } else {
         Err(ApiError::forbidden(format!(
             "node {node:?} may not modify {} {name:?}: it is not this node's",

@@ -1,10 +1,11 @@
 //! Node authorization: the join token buys a node token, and a node token writes only its
-//! own Node and Lease and the pods bound to it (403 otherwise).
+//! own Node and Lease and the pods bound to it, and reads only the Secrets its pods use (403
+//! otherwise).
 
 mod common;
 
 use common::Berth;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -105,5 +106,43 @@ async fn node_tokens_are_scoped_to_their_node() {
             .as_deref(),
         Some("Pending"),
         "nothing changed on the other node's pod"
+    );
+
+    // Secrets: only those its pods use, read by name; never listed.
+    let admin_secrets: Api<Secret> = Api::namespaced(b.client().await, "default");
+    for name in ["used", "unused"] {
+        let s: Secret = serde_json::from_value(json!({"metadata": {"name": name},
+            "stringData": {"k": "v"}}))
+        .unwrap();
+        admin_secrets
+            .create(&PostParams::default(), &s)
+            .await
+            .unwrap();
+    }
+    let pod = serde_json::from_value::<Pod>(json!({"metadata": {"name": "with-secret"},
+        "spec": {"nodeName": "na", "containers": [{"name": "c", "image": "x:1",
+            "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "used", "key": "k"}}}]}]}}))
+    .unwrap();
+    admin.create(&PostParams::default(), &pod).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client_with_token(&b, &token).await, "default");
+    secrets.get("used").await.expect("a secret its pod uses");
+    let refused = secrets.get("unused").await.unwrap_err();
+    let kube::Error::Api(status) = refused else {
+        panic!("expected an API error")
+    };
+    assert_eq!(status.code, 403);
+    assert!(
+        status.message.contains("no pod bound to it uses it"),
+        "{}",
+        status.message
+    );
+    assert_eq!(
+        code(secrets.list(&Default::default()).await.unwrap_err()),
+        403
+    );
+    let everywhere: Api<Secret> = Api::all(client_with_token(&b, &token).await);
+    assert_eq!(
+        code(everywhere.list(&Default::default()).await.unwrap_err()),
+        403
     );
 }

@@ -288,6 +288,17 @@ fn node_rules(node: &str, a: &Attributes) -> Result<Option<NodeScope>, ApiError>
             Err(forbidden(&Identity::Node(node.into()).user(), a))
         };
     }
+    // Secrets and ConfigMaps: only those its pods use, one at a time.
+    if a.group.is_empty() && matches!(resource, "secrets" | "configmaps") {
+        return if a.verb == "get" && !a.name.is_empty() {
+            Ok(Some(NodeScope::UsedByPodOnNode))
+        } else {
+            Err(ApiError::forbidden(format!(
+                "node {node:?} may not {} {resource}: a node reads only the {resource} its pods use, by name",
+                a.verb
+            )))
+        };
+    }
     if matches!(a.verb.as_str(), "get" | "list" | "watch") && matches!(sub, None | Some("status")) {
         return Ok(None);
     }
@@ -317,6 +328,56 @@ fn node_rules(node: &str, a: &Attributes) -> Result<Option<NodeScope>, ApiError>
                 .unwrap_or_default(),
         ))
     })
+}
+
+/// Does `pod` use Secret (`secret`) or ConfigMap (`!secret`) `name`: in a volume (projected
+/// ones included), an env or envFrom reference, or as an image pull secret?
+pub fn pod_uses(pod: &Value, secret: bool, name: &str) -> bool {
+    let spec = pod.get("spec").unwrap_or(&Value::Null);
+    let is = |v: Option<&Value>| v.and_then(Value::as_str) == Some(name);
+    let (vol_key, vol_name, ref_key, key_ref) = if secret {
+        ("secret", "secretName", "secretRef", "secretKeyRef")
+    } else {
+        ("configMap", "name", "configMapRef", "configMapKeyRef")
+    };
+    let list = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for v in list(spec, "volumes") {
+        if v.get(vol_key).is_some_and(|s| is(s.get(vol_name))) {
+            return true;
+        }
+        let projected = v.pointer("/projected/sources").and_then(Value::as_array);
+        if projected
+            .into_iter()
+            .flatten()
+            .any(|src| src.get(vol_key).is_some_and(|s| is(s.get("name"))))
+        {
+            return true;
+        }
+    }
+    if secret
+        && list(spec, "imagePullSecrets")
+            .iter()
+            .any(|r| is(r.get("name")))
+    {
+        return true;
+    }
+    ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| list(spec, k))
+        .any(|c| {
+            list(&c, "envFrom")
+                .iter()
+                .any(|f| f.get(ref_key).is_some_and(|r| is(r.get("name"))))
+                || list(&c, "env").iter().any(|e| {
+                    e.pointer(&format!("/valueFrom/{key_ref}"))
+                        .is_some_and(|r| is(r.get("name")))
+                })
+        })
 }
 
 /// The rules a Role or ClusterRole object grants.
@@ -522,6 +583,28 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_uses_what_its_volumes_env_and_pull_secrets_name() {
+        let pod = serde_json::json!({"spec": {
+            "volumes": [{"name": "a", "secret": {"secretName": "vol-secret"}},
+                {"name": "b", "projected": {"sources": [{"configMap": {"name": "kube-root-ca.crt"}}]}}],
+            "imagePullSecrets": [{"name": "pull"}],
+            "containers": [{"name": "c",
+                "envFrom": [{"configMapRef": {"name": "env-cm"}}],
+                "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "key-secret", "key": "k"}}}]}]}});
+        for s in ["vol-secret", "pull", "key-secret"] {
+            assert!(pod_uses(&pod, true, s), "{s}");
+        }
+        for c in ["kube-root-ca.crt", "env-cm"] {
+            assert!(pod_uses(&pod, false, c), "{c}");
+        }
+        assert!(
+            !pod_uses(&pod, true, "env-cm"),
+            "a ConfigMap's name is not a Secret's"
+        );
+        assert!(!pod_uses(&pod, false, "other"));
+    }
+
+    #[test]
     fn nodes_write_only_their_own_objects() {
         let n = |m: Method, p: &str| node_rules("n1", &parse(m, p, None));
         assert_eq!(
@@ -550,5 +633,12 @@ mod tests {
         assert!(n(Method::GET, "/api/v1/namespaces/x/pods/p/log").is_err());
         assert!(n(Method::POST, "/api/v1/namespaces/x/pods/p/exec").is_err());
         assert_eq!(n(Method::GET, "/api/v1/namespaces/x/pods").unwrap(), None);
+        assert_eq!(
+            n(Method::GET, "/api/v1/namespaces/x/secrets/s1").unwrap(),
+            Some(NodeScope::UsedByPodOnNode)
+        );
+        assert!(n(Method::GET, "/api/v1/namespaces/x/secrets").is_err());
+        assert!(n(Method::GET, "/api/v1/secrets").is_err());
+        assert!(n(Method::GET, "/api/v1/watch/namespaces/x/configmaps").is_err());
     }
 }
