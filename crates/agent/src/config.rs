@@ -46,6 +46,8 @@ pub enum ConfigError {
     Unsupported { what: String },
     #[error("volume {volume}: {why}")]
     Claim { volume: String, why: String },
+    #[error("{why}")]
+    Token { why: String },
 }
 
 /// The data of a ConfigMap or Secret, as bytes keyed by name; `None` if it does not exist.
@@ -203,6 +205,7 @@ fn io(volume: &str, path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError {
 /// Make one volume ready on the host; returns its host path.
 async fn prepare(
     owner: &dyn PodOwner,
+    pod: &Pod,
     ns: &str,
     dir: &Path,
     v: &Volume,
@@ -233,63 +236,190 @@ async fn prepare(
     }
     let path = dir.join("volumes").join(&v.name);
     std::fs::create_dir_all(&path).map_err(io(&v.name, &path))?;
-    let (kind, name, items, optional) = if v.empty_dir.is_some() {
+    let files = if v.empty_dir.is_some() {
         return Ok(path);
     } else if let Some(cm) = &v.config_map {
-        ("configmap", cm.name.clone(), cm.items.clone(), cm.optional)
-    } else if let Some(s) = &v.secret {
-        (
-            "secret",
-            s.secret_name.clone().unwrap_or_default(),
-            s.items.clone(),
-            s.optional,
+        project(
+            owner,
+            ns,
+            "configmap",
+            &cm.name,
+            cm.items.clone(),
+            cm.optional,
         )
+        .await?
+    } else if let Some(s) = &v.secret {
+        let name = s.secret_name.clone().unwrap_or_default();
+        project(owner, ns, "secret", &name, s.items.clone(), s.optional).await?
+    } else if let Some(d) = &v.downward_api {
+        downward(pod, d.items.iter().flatten())?
+    } else if let Some(p) = &v.projected {
+        let mut files = Vec::new();
+        for src in p.sources.iter().flatten() {
+            if let Some(cm) = &src.config_map {
+                let items = cm.items.clone();
+                files.extend(project(owner, ns, "configmap", &cm.name, items, cm.optional).await?);
+            }
+            if let Some(s) = &src.secret {
+                let items = s.items.clone();
+                files.extend(project(owner, ns, "secret", &s.name, items, s.optional).await?);
+            }
+            if let Some(d) = &src.downward_api {
+                files.extend(downward(pod, d.items.iter().flatten())?);
+            }
+            if let Some(t) = &src.service_account_token {
+                let token = token(owner, pod, t).await?;
+                files.push((t.path.clone(), token.into_bytes()));
+            }
+        }
+        files
     } else {
         return Err(ConfigError::Unsupported {
             what: format!(
-                "volume {:?} (only emptyDir, configMap, secret, hostPath, persistentVolumeClaim)",
+                "volume {:?} (only emptyDir, configMap, secret, downwardAPI, projected, hostPath, persistentVolumeClaim)",
                 v.name
             ),
         });
     };
-    let data = match source(owner, ns, kind, &name).await? {
-        Some(d) => d,
-        None if optional.unwrap_or(false) => BTreeMap::new(),
-        None => return Err(ConfigError::Missing { kind, name }),
-    };
-    let files: Vec<(String, Vec<u8>)> = match items {
-        Some(items) => {
-            let mut out = Vec::new();
-            for it in items {
-                match data.get(&it.key) {
-                    Some(v) => out.push((it.path.clone(), v.clone())),
-                    None if optional.unwrap_or(false) => {}
-                    None => {
-                        return Err(ConfigError::MissingKey {
-                            kind,
-                            namespace: ns.to_string(),
-                            name: name.clone(),
-                            key: it.key.clone(),
-                        })
-                    }
-                }
-            }
-            out
-        }
-        None => data.into_iter().collect(),
-    };
     for (rel, bytes) in files {
-        // Keys are file names; a path in `items` may not climb out of the volume.
-        if rel.split('/').any(|p| p == "..") {
-            continue;
-        }
-        let file = path.join(&rel);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(io(&v.name, parent))?;
-        }
-        std::fs::write(&file, bytes).map_err(io(&v.name, &file))?;
+        write_file(&v.name, &path, &rel, &bytes)?;
     }
     Ok(path)
+}
+
+/// Write one file of a volume, by a new name and a rename, so that a reader in the
+/// container sees the old content or the new, never half of one. A path in `items` may not
+/// climb out of the volume.
+fn write_file(volume: &str, dir: &Path, rel: &str, bytes: &[u8]) -> Result<(), ConfigError> {
+    if rel.split('/').any(|p| p == "..") {
+        return Ok(());
+    }
+    let file = dir.join(rel);
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent).map_err(io(volume, parent))?;
+    }
+    let tmp = file.with_extension("berth-new");
+    std::fs::write(&tmp, bytes).map_err(io(volume, &tmp))?;
+    std::fs::rename(&tmp, &file).map_err(io(volume, &file))
+}
+
+/// The files a ConfigMap or Secret gives a volume: every key, or the `items` named.
+async fn project(
+    owner: &dyn PodOwner,
+    ns: &str,
+    kind: &'static str,
+    name: &str,
+    items: Option<Vec<k8s_openapi::api::core::v1::KeyToPath>>,
+    optional: Option<bool>,
+) -> Result<Vec<(String, Vec<u8>)>, ConfigError> {
+    let optional = optional.unwrap_or(false);
+    let data = match source(owner, ns, kind, name).await? {
+        Some(d) => d,
+        None if optional => BTreeMap::new(),
+        None => {
+            return Err(ConfigError::Missing {
+                kind,
+                name: name.to_string(),
+            })
+        }
+    };
+    let Some(items) = items else {
+        return Ok(data.into_iter().collect());
+    };
+    let mut out = Vec::new();
+    for it in items {
+        match data.get(&it.key) {
+            Some(v) => out.push((it.path.clone(), v.clone())),
+            None if optional => {}
+            None => {
+                return Err(ConfigError::MissingKey {
+                    kind,
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    key: it.key.clone(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The files of `downwardAPI` items: pod fields by `fieldRef`.
+fn downward<'a>(
+    pod: &Pod,
+    items: impl Iterator<Item = &'a k8s_openapi::api::core::v1::DownwardAPIVolumeFile>,
+) -> Result<Vec<(String, Vec<u8>)>, ConfigError> {
+    let mut out = Vec::new();
+    for it in items {
+        let path = it
+            .field_ref
+            .as_ref()
+            .map(|f| f.field_path.as_str())
+            .ok_or_else(|| ConfigError::Unsupported {
+                what: format!("downwardAPI item {:?} without a fieldRef", it.path),
+            })?;
+        let value = field(pod, path, None).ok_or_else(|| ConfigError::Unsupported {
+            what: format!("downwardAPI fieldRef {path:?}"),
+        })?;
+        out.push((it.path.clone(), value.unwrap_or_default().into_bytes()));
+    }
+    Ok(out)
+}
+
+/// A token of the pod's ServiceAccount for a `serviceAccountToken` projection.
+async fn token(
+    owner: &dyn PodOwner,
+    pod: &Pod,
+    t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+) -> Result<String, ConfigError> {
+    let seconds = t.expiration_seconds.unwrap_or(3600);
+    owner
+        .service_account_token(pod, t.audience.as_deref(), seconds)
+        .await
+        .map_err(|source| ConfigError::Api {
+            kind: "serviceaccount token",
+            name: t.path.clone(),
+            source,
+        })?
+        .map_err(|why| ConfigError::Token { why })
+}
+
+/// Renew the ServiceAccount tokens of a running pod's projected volumes once 80% of their
+/// lifetime has passed (the file's age tells), as the kubelet does. Errors are the caller's
+/// to log; the old token stays until a renewal succeeds.
+pub async fn renew_tokens(
+    owner: &dyn PodOwner,
+    pod: &Pod,
+    data_dir: &Path,
+) -> Result<usize, ConfigError> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let dir = pod_dir(data_dir, &uid).join("volumes");
+    let mut renewed = 0;
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        for t in v
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+            .filter_map(|s| s.service_account_token.as_ref())
+        {
+            let file = dir.join(&v.name).join(&t.path);
+            let Ok(age) = std::fs::metadata(&file)
+                .and_then(|m| m.modified())
+                .map(|m| m.elapsed().unwrap_or_default())
+            else {
+                // Not made yet (the container has not started): its start makes it.
+                continue;
+            };
+            let lifetime = t.expiration_seconds.unwrap_or(3600).max(1) as u64;
+            if age.as_secs() * 10 < lifetime * 8 {
+                continue;
+            }
+            let token = token(owner, pod, t).await?;
+            write_file(&v.name, &dir.join(&v.name), &t.path, token.as_bytes())?;
+            renewed += 1;
+        }
+    }
+    Ok(renewed)
 }
 
 /// The container's mounts, preparing the volumes they name.
@@ -315,7 +445,7 @@ pub async fn mounts(
             .ok_or_else(|| ConfigError::NoVolume {
                 mount: m.name.clone(),
             })?;
-        let mut host = prepare(owner, &ns, &dir, v).await?;
+        let mut host = prepare(owner, pod, &ns, &dir, v).await?;
         if v.persistent_volume_claim.is_some() {
             crate::volumes::made_here(data_dir, &host);
         }
@@ -330,7 +460,11 @@ pub async fn mounts(
         out.push(Mount {
             host_path: host.to_string_lossy().into_owned(),
             container_path: m.mount_path.clone(),
-            read_only: m.read_only.unwrap_or(false) || v.config_map.is_some() || v.secret.is_some(),
+            read_only: m.read_only.unwrap_or(false)
+                || v.config_map.is_some()
+                || v.secret.is_some()
+                || v.projected.is_some()
+                || v.downward_api.is_some(),
         });
     }
     Ok(out)

@@ -62,6 +62,19 @@ pub trait PodOwner: Send + Sync + 'static {
     /// Everything of a deleting pod has been stopped and removed.
     async fn deleted(&self, pod: &PodRef) -> Result<(), OwnerError>;
 
+    /// A token of the pod's ServiceAccount, bound to the pod, for `audience` (the API's when
+    /// None), valid for about `seconds`; or why there is none here.
+    async fn service_account_token(
+        &self,
+        _pod: &Pod,
+        _audience: Option<&str>,
+        _seconds: i64,
+    ) -> Result<Result<String, String>, OwnerError> {
+        Ok(Err(
+            "serviceAccountToken projections (ServiceAccount tokens are not served here)".into(),
+        ))
+    }
+
     /// Where the volume bound to a PersistentVolumeClaim lives on this host, or why it cannot
     /// be mounted yet.
     async fn claim_path(
@@ -188,6 +201,50 @@ impl PodOwner for ApiOwner {
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
             Err(source) => Err(OwnerError::Api {
                 operation: "delete pod",
+                source,
+            }),
+        }
+    }
+
+    async fn service_account_token(
+        &self,
+        pod: &Pod,
+        audience: Option<&str>,
+        seconds: i64,
+    ) -> Result<Result<String, String>, OwnerError> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let mut spec = json!({"expirationSeconds": seconds, "boundObjectRef": {
+            "kind": "Pod", "apiVersion": "v1",
+            "name": pod.metadata.name, "uid": pod.metadata.uid}});
+        if let Some(a) = audience {
+            spec["audiences"] = json!([a]);
+        }
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": spec});
+        let req = http::Request::post(format!(
+            "/api/v1/namespaces/{ns}/serviceaccounts/{account}/token"
+        ))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).expect("JSON"))
+        .expect("a valid request");
+        match self.client.request::<Value>(req).await {
+            Ok(answer) => Ok(answer
+                .pointer("/status/token")
+                .and_then(Value::as_str)
+                .map(String::from)
+                .ok_or_else(|| "the TokenRequest came back without a token".to_string())),
+            // The account is missing or the request refused: the pod cannot start yet.
+            Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => Ok(Err(format!(
+                "a token for ServiceAccount {ns}/{account}: {}",
+                e.message
+            ))),
+            Err(source) => Err(OwnerError::Api {
+                operation: "request a ServiceAccount token",
                 source,
             }),
         }

@@ -127,6 +127,17 @@ fn sans(cfg: &Config) -> Vec<String> {
     if !cfg.listen.ip().is_unspecified() {
         sans.push(cfg.listen.ip().to_string());
     }
+    // In-cluster clients reach the API through the `kubernetes` Service, by its address or
+    // its DNS names.
+    sans.push(registry::KUBERNETES_IP.to_string());
+    for name in [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ] {
+        sans.push(name.to_string());
+    }
     sans.extend(cfg.tls_sans.iter().cloned());
     sans
 }

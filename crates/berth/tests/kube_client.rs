@@ -12,10 +12,15 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 
+/// The label on this test's ConfigMaps: every namespace also holds `kube-root-ca.crt`,
+/// which the lists and watches here leave out, as a client that wants only its own does.
+const MINE: &str = "test=kube-client";
+
 fn cm(name: &str, value: &str) -> ConfigMap {
     ConfigMap {
         metadata: kube::api::ObjectMeta {
             name: Some(name.into()),
+            labels: Some(BTreeMap::from([("test".into(), "kube-client".into())])),
             ..Default::default()
         },
         data: Some(BTreeMap::from([("v".to_string(), value.to_string())])),
@@ -32,22 +37,30 @@ async fn list_and_watch() {
             .await
             .unwrap();
     }
-    let list = api.list(&ListParams::default()).await.unwrap();
+    let list = api.list(&ListParams::default().labels(MINE)).await.unwrap();
     assert_eq!(list.items.len(), 5);
     let rv = list.metadata.resource_version.clone().unwrap();
     // Paging hands out every item once.
-    let page = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let page = api
+        .list(&ListParams::default().labels(MINE).limit(2))
+        .await
+        .unwrap();
     assert_eq!(page.items.len(), 2);
     let token = page.metadata.continue_.clone().expect("a continue token");
     let rest = api
-        .list(&ListParams::default().limit(10).continue_token(&token))
+        .list(
+            &ListParams::default()
+                .labels(MINE)
+                .limit(10)
+                .continue_token(&token),
+        )
         .await
         .unwrap();
     assert_eq!(rest.items.len(), 3);
     assert!(rest.metadata.continue_.is_none());
 
     let mut stream = api
-        .watch(&WatchParams::default().timeout(10), &rv)
+        .watch(&WatchParams::default().labels(MINE).timeout(10), &rv)
         .await
         .unwrap()
         .boxed();
@@ -85,7 +98,7 @@ fn view(store: &reflector::Store<ConfigMap>) -> BTreeMap<String, String> {
 }
 
 async fn server_view(api: &Api<ConfigMap>) -> BTreeMap<String, String> {
-    let list = api.list(&ListParams::default()).await.unwrap();
+    let list = api.list(&ListParams::default().labels(MINE)).await.unwrap();
     list.items.iter().map(entry).collect()
 }
 
@@ -98,7 +111,11 @@ fn spawn_reflector(
 ) {
     let (reader, writer) = reflector::store();
     let (tx, rx) = tokio::sync::watch::channel(0usize);
-    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default().labels(MINE)),
+    )
+    .default_backoff();
     tokio::spawn(async move {
         let mut stream = stream.boxed();
         let mut inits = 0;

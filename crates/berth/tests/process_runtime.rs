@@ -327,3 +327,75 @@ async fn a_deleted_node_leaves_no_network_and_its_pods_are_collected() {
     )
     .await;
 }
+
+/// A projected volume brings a pod its ServiceAccount's token (bound to the pod), the cluster
+/// CA and its namespace, as Kubernetes mounts them for in-cluster clients; the token is the
+/// pod's account's, and dies with the pod.
+#[tokio::test]
+async fn a_projected_volume_holds_the_pods_service_account_token() {
+    let node = common::unique("procsa");
+    let b = Berth::up(&["--runtime", "process", "--node-name", &node]);
+    eventually(10, "the default ServiceAccount", || async {
+        b.kubectl(&["get", "serviceaccount", "default"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let at = std::env::temp_dir().join(common::unique("berth-sa"));
+    let pod = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: in-cluster}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: kube-api-access
+    projected:
+      sources:
+      - serviceAccountToken: {{path: token, expirationSeconds: 3607}}
+      - configMap: {{name: kube-root-ca.crt, items: [{{key: ca.crt, path: ca.crt}}]}}
+      - downwardAPI: {{items: [{{path: namespace, fieldRef: {{fieldPath: metadata.namespace}}}}]}}
+  containers:
+  - name: app
+    image: host
+    command: ["sleep", "300"]
+    volumeMounts: [{{name: kube-api-access, mountPath: {at}, readOnly: true}}]
+"#,
+        at = at.display()
+    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &pod);
+    b.kubectl_ok(&[
+        "wait",
+        "pod/in-cluster",
+        "--for=condition=Ready",
+        "--timeout=60s",
+    ]);
+    let read = |f: &str| {
+        b.kubectl_ok(&[
+            "exec",
+            "in-cluster",
+            "--",
+            "cat",
+            &format!("{}/{f}", at.display()),
+        ])
+    };
+    assert_eq!(read("namespace"), "default");
+    assert!(read("ca.crt").contains("BEGIN CERTIFICATE"));
+    let token = read("token");
+    let out = b.kubectl(&["--token", token.trim(), "auth", "whoami"]);
+    let whoami = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        whoami.contains("system:serviceaccount:default:default"),
+        "{whoami}"
+    );
+
+    b.kubectl_ok(&["delete", "pod", "in-cluster", "--timeout=30s"]);
+    eventually(15, "the pod's token to stop working", || async {
+        let out = b.kubectl(&["--token", token.trim(), "auth", "whoami"]);
+        (!out.status.success()).then_some(())
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&at);
+}

@@ -476,6 +476,9 @@ impl PodSync {
             }
             Lifecycle::Run => {}
         }
+        if let Err(e) = crate::config::renew_tokens(&*self.owner, pod, &self.data_dir).await {
+            tracing::warn!(pod = %r.name, error = %Chain(&e), "renewing a ServiceAccount token failed; the old one stays");
+        }
         let now = Timestamp::now();
         let mut sandbox = self.sandbox(&r, obs).await?;
         if r.host_network && sandbox.ip.is_none() {

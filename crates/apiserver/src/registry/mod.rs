@@ -18,6 +18,7 @@ mod managed;
 pub(crate) mod mirror;
 mod namespace;
 mod service;
+pub use service::KUBERNETES_IP;
 mod subresource;
 
 use std::sync::Arc;
