@@ -469,3 +469,84 @@ pub async fn mounts(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner::OwnerError;
+    use crate::runtime::PodRef;
+    use serde_json::{json, Value};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An owner that hands out numbered tokens and has one ConfigMap.
+    #[derive(Default)]
+    struct Tokens(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl PodOwner for Tokens {
+        async fn write_status(&self, _: &PodRef, _: &Value) -> Result<(), OwnerError> {
+            Ok(())
+        }
+        fn event(&self, _: &PodRef, _: &str, _: &str, _: String) {}
+        async fn source(
+            &self,
+            _: &str,
+            _: SourceKind,
+            name: &str,
+        ) -> Result<Option<BTreeMap<String, Vec<u8>>>, OwnerError> {
+            Ok((name == "kube-root-ca.crt")
+                .then(|| BTreeMap::from([("ca.crt".to_string(), b"CA".to_vec())])))
+        }
+        async fn deleted(&self, _: &PodRef) -> Result<(), OwnerError> {
+            Ok(())
+        }
+        async fn service_account_token(
+            &self,
+            _: &Pod,
+            _: Option<&str>,
+            _: i64,
+        ) -> Result<Result<String, String>, OwnerError> {
+            Ok(Ok(format!(
+                "token-{}",
+                self.0.fetch_add(1, Ordering::SeqCst)
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_projected_token_is_written_and_renewed_once_it_ages() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns1", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                    "volumeMounts": [{"name": "sa", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}],
+                "volumes": [{"name": "sa", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}]}
+        }))
+        .unwrap();
+        let owner = Tokens::default();
+        let c = pod.spec.as_ref().unwrap().containers[0].clone();
+        let mounts = mounts(&owner, &pod, &c, dir.path()).await.unwrap();
+        assert!(mounts[0].read_only);
+        let vol = PathBuf::from(&mounts[0].host_path);
+        let read = |f: &str| std::fs::read_to_string(vol.join(f)).unwrap();
+        assert_eq!(
+            (read("token"), read("ca.crt"), read("namespace")),
+            ("token-0".into(), "CA".into(), "ns1".into())
+        );
+        // Young: left alone.
+        assert_eq!(renew_tokens(&owner, &pod, dir.path()).await.unwrap(), 0);
+        // Past 80% of an hour: renewed in place.
+        let aged = std::time::SystemTime::now() - std::time::Duration::from_secs(2900);
+        std::fs::File::options()
+            .write(true)
+            .open(vol.join("token"))
+            .unwrap()
+            .set_modified(aged)
+            .unwrap();
+        assert_eq!(renew_tokens(&owner, &pod, dir.path()).await.unwrap(), 1);
+        assert_eq!(read("token"), "token-1");
+    }
+}
