@@ -117,10 +117,10 @@ impl Attributes {
             a.name = more.first().map(|s| s.to_string()).unwrap_or_default();
             a.subresource = more.get(1).map(|s| s.to_string());
         }
-        let query_watch = query.is_some_and(|q| {
-            q.split('&')
-                .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
-        });
+        // The query read as the router reads it (decoded, the last of a repeated key).
+        let q: std::collections::HashMap<String, String> =
+            query.and_then(|q| query_pairs(q)).unwrap_or_default();
+        let query_watch = q.get("watch").is_some_and(|w| berth_core::query::flag(w));
         a.verb = match *method {
             Method::GET | Method::HEAD if watch || query_watch => "watch",
             Method::GET | Method::HEAD if a.name.is_empty() => "list",
@@ -142,15 +142,10 @@ impl Attributes {
         }
         // `kubectl get x -w` lists with a name selector: that is a request about one name.
         if a.name.is_empty() && matches!(a.verb.as_str(), "list" | "watch") {
-            if let Some(name) = query.and_then(|q| {
-                q.split('&')
-                    .filter_map(|kv| kv.strip_prefix("fieldSelector="))
-                    .find_map(|f| {
-                        let f = f.replace("%3D", "=").replace("%3d", "=");
-                        f.strip_prefix("metadata.name=")
-                            .filter(|n| !n.contains(','))
-                            .map(String::from)
-                    })
+            if let Some(name) = q.get("fieldSelector").and_then(|f| {
+                f.strip_prefix("metadata.name=")
+                    .filter(|n| !n.contains(','))
+                    .map(String::from)
             }) {
                 a.name = name;
             }
@@ -166,6 +161,13 @@ impl Attributes {
             None => r,
         }
     }
+}
+
+/// A query string's pairs, decoded as axum's `Query` decodes them; None if it does not parse
+/// (the router then refuses the request itself).
+fn query_pairs(query: &str) -> Option<std::collections::HashMap<String, String>> {
+    let uri: axum::http::Uri = format!("/?{query}").parse().ok()?;
+    axum::extract::Query::try_from_uri(&uri).ok().map(|q| q.0)
 }
 
 /// The 403 Kubernetes gives: who may not do what, where.

@@ -1,4 +1,5 @@
-//! `berth kubeconfig`: print an admin kubeconfig for a data dir's cluster.
+//! `berth kubeconfig`: print an admin kubeconfig for a data dir's cluster, or with `--user` one
+//! for a user whose rights RBAC gives.
 
 use anyhow::Context;
 
@@ -9,6 +10,13 @@ pub struct Args {
     /// The server URL to put in the kubeconfig.
     #[arg(long, default_value = "https://127.0.0.1:6443")]
     pub server: String,
+    /// A kubeconfig for this user (with a token `berth token --user` would mint) instead of
+    /// the admin.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// A group of `--user` (repeatable).
+    #[arg(long, requires = "user")]
+    pub group: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -23,9 +31,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ca_path.display()
         )
     })?;
-    print!(
-        "{}",
-        berth_apiserver::kubeconfig(&args.server, &ca, &tokens.admin)
-    );
+    let token = match &args.user {
+        Some(user) => {
+            super::token::check_user(user)?;
+            tokens.user_token(user, &args.group, None)
+        }
+        None => tokens.admin.clone(),
+    };
+    print!("{}", berth_apiserver::kubeconfig(&args.server, &ca, &token));
     Ok(())
 }

@@ -37,15 +37,22 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// A user name a token may carry: not empty, and not one of the `system:` names of nodes and
+/// ServiceAccounts.
+pub fn check_user(user: &str) -> anyhow::Result<()> {
+    if user.is_empty() || user.starts_with("system:") {
+        anyhow::bail!(
+            "--user {user:?}: a user name may not be empty or start with \"system:\" (those name nodes and service accounts)"
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let tokens = berth_apiserver::Tokens::load_or_create(&args.data_dir.join("tokens.json"))
         .context("reading the tokens")?;
     if let Some(user) = &args.user {
-        if user.is_empty() || user.starts_with("system:") {
-            anyhow::bail!(
-                "--user {user:?}: a user name may not be empty or start with \"system:\" (those name nodes and service accounts)"
-            );
-        }
+        check_user(user)?;
         println!("{}", tokens.user_token(user, &args.group, args.expires));
         return Ok(());
     }
