@@ -430,6 +430,30 @@ impl Authorizer {
                 {
                     return Ok(());
                 }
+                // An aggregation rule can pull in any role's rules, now or later: only one
+                // who holds everything may write one (Kubernetes asks the same).
+                if obj.get("aggregationRule").is_some_and(|a| !a.is_null()) {
+                    let everything = [
+                        rbac::Rule {
+                            verbs: vec!["*".into()],
+                            api_groups: vec!["*".into()],
+                            resources: vec!["*".into()],
+                            ..rbac::Rule::default()
+                        },
+                        rbac::Rule {
+                            verbs: vec!["*".into()],
+                            non_resource_urls: vec!["*".into()],
+                            ..rbac::Rule::default()
+                        },
+                    ];
+                    if rbac::covers(&index.rules_for(user, None), &everything).is_some() {
+                        return Err(ApiError::forbidden(format!(
+                            "clusterroles.{} {name:?} is forbidden: user {:?} must have cluster-admin privileges to use an aggregationRule",
+                            resources::RBAC,
+                            user.name
+                        )));
+                    }
+                }
                 (rules_in(obj), "grant", plural)
             }
             Kind::RoleBinding | Kind::ClusterRoleBinding => {
@@ -582,6 +606,67 @@ mod tests {
         );
         let e = forbidden(&u, &parse(Method::GET, "/api/v1/nodes", None));
         assert!(e.message.ends_with("at the cluster scope"), "{}", e.message);
+    }
+
+    #[test]
+    fn grants_are_limited_to_what_the_granter_holds() {
+        let authz = Authorizer::default();
+        let mut i = rbac::Index::default();
+        i.add(
+            "ClusterRole",
+            &serde_json::json!({"metadata": {"name": "role-writer"}, "rules": [
+                {"verbs": ["create", "update", "patch"], "apiGroups": [resources::RBAC],
+                 "resources": ["clusterroles", "clusterrolebindings"]},
+                {"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}]}),
+        );
+        i.add(
+            "ClusterRoleBinding",
+            &serde_json::json!({"metadata": {"name": "b"},
+                "roleRef": {"kind": "ClusterRole", "name": "role-writer"},
+                "subjects": [{"kind": "User", "name": "eve"}]}),
+        );
+        *authz.index.write().unwrap() = Arc::new(i);
+        let eve = Identity::User(User {
+            name: "eve".into(),
+            ..User::default()
+        });
+        let role = |rules: Value| serde_json::json!({"metadata": {"name": "r"}, "rules": rules});
+        let held =
+            role(serde_json::json!([{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}]));
+        assert!(authz
+            .check_grant(&eve, Kind::ClusterRole, None, &held)
+            .is_ok());
+        let more = role(
+            serde_json::json!([{"verbs": ["delete"], "apiGroups": [""], "resources": ["pods"]}]),
+        );
+        let e = authz
+            .check_grant(&eve, Kind::ClusterRole, None, &more)
+            .unwrap_err();
+        assert!(e.message.contains("not currently held"), "{}", e.message);
+        // An aggregation rule could collect anything: refused without everything.
+        let mut aggregated = role(serde_json::json!([]));
+        aggregated["aggregationRule"] = serde_json::json!({"clusterRoleSelectors": [
+            {"matchLabels": {"anything": "true"}}]});
+        let e = authz
+            .check_grant(&eve, Kind::ClusterRole, None, &aggregated)
+            .unwrap_err();
+        assert!(e.message.contains("aggregationRule"), "{}", e.message);
+        // Binding a role one holds is fine; binding one that does not exist is a 404.
+        let bind = |name: &str| {
+            serde_json::json!({"metadata": {"name": "x"},
+            "roleRef": {"kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "User", "name": "mallory"}]})
+        };
+        assert!(authz
+            .check_grant(&eve, Kind::ClusterRoleBinding, None, &bind("role-writer"))
+            .is_ok());
+        assert_eq!(
+            authz
+                .check_grant(&eve, Kind::ClusterRoleBinding, None, &bind("nope"))
+                .unwrap_err()
+                .code,
+            axum::http::StatusCode::NOT_FOUND
+        );
     }
 
     #[test]
