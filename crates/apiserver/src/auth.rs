@@ -135,7 +135,7 @@ impl Tokens {
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
             claims,
-            &jsonwebtoken::EncodingKey::from_secret(self.mac("jwt").as_bytes()),
+            &jsonwebtoken::EncodingKey::from_secret(self.mac(SIGNING).as_bytes()),
         )
         .expect("HS256 signing cannot fail")
     }
@@ -150,7 +150,7 @@ impl Tokens {
         v.validate_nbf = true;
         let data = jsonwebtoken::decode::<Claims>(
             token,
-            &jsonwebtoken::DecodingKey::from_secret(self.mac("jwt").as_bytes()),
+            &jsonwebtoken::DecodingKey::from_secret(self.mac(SIGNING).as_bytes()),
             &v,
         )
         .ok()?;
@@ -228,6 +228,11 @@ struct Claims {
 }
 
 const ISSUER: &str = "berth";
+
+/// What the JWT signing key is the MAC of. It holds a `:`, which no node name (a DNS
+/// subdomain, whose MAC is that node's token) and no proxy-token input (`proxy/<node>`)
+/// can: a node's token never reveals the key.
+const SIGNING: &str = "jwt:signing-key";
 
 /// The audience the API server accepts ServiceAccount tokens for (Kubernetes' default).
 pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
@@ -385,7 +390,7 @@ mod tests {
         let old = jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &c,
-            &jsonwebtoken::EncodingKey::from_secret(t.mac("jwt").as_bytes()),
+            &jsonwebtoken::EncodingKey::from_secret(t.mac(SIGNING).as_bytes()),
         )
         .unwrap();
         assert!(authenticate(&t, &bearer(&old)).is_err());
@@ -395,7 +400,7 @@ mod tests {
         let sys = jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &c,
-            &jsonwebtoken::EncodingKey::from_secret(t.mac("jwt").as_bytes()),
+            &jsonwebtoken::EncodingKey::from_secret(t.mac(SIGNING).as_bytes()),
         )
         .unwrap();
         assert!(authenticate(&t, &bearer(&sys)).is_err());

@@ -201,9 +201,23 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         ["apis", g @ (review::AUTHORIZATION | review::AUTHENTICATION), "v1", rest @ ..]
             if *req.method() == Method::POST =>
         {
+            // Each review at its own path: its group, and a namespace only for the local one.
+            let served = review::of_group_version(g, "v1");
             let (plural, ns) = match rest {
-                [plural] => (plural.to_string(), None),
-                ["namespaces", ns, plural] => (plural.to_string(), Some(ns.to_string())),
+                [plural]
+                    if served
+                        .iter()
+                        .any(|(p, _, namespaced)| p == plural && !namespaced) =>
+                {
+                    (plural.to_string(), None)
+                }
+                ["namespaces", ns, plural]
+                    if served
+                        .iter()
+                        .any(|(p, _, namespaced)| p == plural && *namespaced) =>
+                {
+                    (plural.to_string(), Some(ns.to_string()))
+                }
                 _ => return Err(ApiError::path_not_found(&path)),
             };
             let g = g.to_string();
@@ -533,7 +547,8 @@ async fn resource(
         (&Method::GET, false, None) => Action::List,
         (&Method::POST, false, None) => Action::Create(versions.incoming(body()?)?),
         (&Method::DELETE, false, None) => Action::DeleteCollection(delete_opts()?),
-        (&Method::GET, true, None | Some("status")) if !is_watch => Action::Get,
+        (&Method::GET, true, None) if !is_watch => Action::Get,
+        (&Method::GET, true, Some("status")) if !is_watch && res.status => Action::Get,
         (&Method::PUT, true, None) => Action::Update(versions.incoming(body()?)?, Part::Main),
         (&Method::PUT, true, Some("status")) if res.status => {
             Action::Update(versions.incoming(body()?)?, Part::Status)
@@ -582,6 +597,19 @@ async fn resource(
         field_manager: q.get("fieldManager").cloned(),
         force: q.get("force").is_some_and(|f| berth_core::query::flag(f)),
         user_agent: user_agent.clone(),
+        // Escalation prevention looks at what would be stored, however it was written.
+        admit: (matches!(who, Identity::User(_))
+            && matches!(
+                res.kind,
+                Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding
+            ))
+        .then(|| {
+            let (authz, who, kind) = (app.authz.clone(), who.clone(), res.kind);
+            let ns = ns.map(String::from);
+            crate::registry::Admit(Arc::new(move |obj: &Value| {
+                authz.check_grant(&who, kind, ns.as_deref(), obj)
+            }))
+        }),
     };
     let reg = &app.registry;
     if let Some(scope) = &node_scope {
@@ -593,28 +621,6 @@ async fn resource(
             _ => name,
         };
         check_node_scope(reg, scope, who, res, ns, subject).await?;
-    }
-    if matches!(who, Identity::User(_))
-        && matches!(
-            res.kind,
-            Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding
-        )
-    {
-        let after = match &action {
-            Action::Create(body) | Action::Update(body, _) => Some(body.clone()),
-            Action::Patch(kind, body, _) => Some(match reg.get(res, ns, name).await {
-                Ok(mut current) => {
-                    crate::registry::apply_patch(&mut current, *kind, body)?;
-                    current
-                }
-                Err(e) if e.reason == "NotFound" && *kind == PatchType::Apply => body.clone(),
-                Err(e) => return Err(e),
-            }),
-            _ => None,
-        };
-        if let Some(obj) = after {
-            app.authz.check_grant(who, res.kind, ns, &obj)?;
-        }
     }
     match action {
         Action::Get => ok(&versions.object(reg.get(res, ns, name).await?, shape)),

@@ -155,6 +155,72 @@ async fn bindings_grant_and_revoke_what_kubectl_auth_can_i_reports() {
         "{err}"
     );
 
+    // However the role is written, what would be stored is what is checked: a role of hers,
+    // bound to her, cannot be grown past what she holds by apply (directives and all) or by
+    // a list written null.
+    let (ok, _, err) = as_user(
+        &b,
+        &alice,
+        &[
+            "create",
+            "role",
+            "mine",
+            "--verb=get",
+            "--resource=pods",
+            "-n",
+            "team",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_user(
+        &b,
+        &alice,
+        &[
+            "create",
+            "rolebinding",
+            "mine",
+            "--role=mine",
+            "--user=alice",
+            "-n",
+            "team",
+        ],
+    );
+    assert!(ok, "{err}");
+    let star = r#"{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "mine", "namespace": "team"}, "$patch": "delete",
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"], "resourceNames": null}]}"#;
+    for args in [
+        // Not strict, so that the directive reaches the server's apply.
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--validate=false",
+            "-f",
+            "-",
+        ][..],
+        &["replace", "--validate=false", "-f", "-"],
+    ] {
+        let mut all = vec!["--token", alice.as_str()];
+        all.extend_from_slice(args);
+        let out = b.kubectl_stdin(&all, star);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("not currently held"),
+            "{args:?}: {err}"
+        );
+    }
+    let rules = b.kubectl_ok(&[
+        "get",
+        "role",
+        "mine",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.rules[*].verbs}",
+    ]);
+    assert_eq!(rules, r#"["get"]"#);
+
     // Deleting the bindings revokes within a second.
     b.kubectl_ok(&[
         "delete",

@@ -305,7 +305,11 @@ fn node_rules(node: &str, a: &Attributes) -> Result<Option<NodeScope>, ApiError>
         return Ok(None);
     }
     let scope = match (a.group.as_str(), resource, sub) {
-        ("" | "events.k8s.io", "events", None) => Some(NodeScope::Any),
+        ("" | "events.k8s.io", "events", None)
+            if matches!(a.verb.as_str(), "create" | "update" | "patch") =>
+        {
+            Some(NodeScope::Any)
+        }
         ("", "nodes", None | Some("status")) => Some(NodeScope::OwnName),
         ("coordination.k8s.io", "leases", None)
             if a.namespace.as_deref() == Some("kube-node-lease") =>
@@ -382,14 +386,6 @@ pub fn pod_uses(pod: &Value, secret: bool, name: &str) -> bool {
         })
 }
 
-/// The rules a Role or ClusterRole object grants.
-fn rules_in(obj: &Value) -> Vec<rbac::Rule> {
-    obj.get("rules")
-        .cloned()
-        .and_then(|r| serde_json::from_value(r).ok())
-        .unwrap_or_default()
-}
-
 impl Authorizer {
     /// Escalation prevention, as Kubernetes does it: a user may write a Role or ClusterRole
     /// only with rules it already holds there (or the `escalate` verb on it), and bind a role
@@ -454,7 +450,15 @@ impl Authorizer {
                         )));
                     }
                 }
-                (rules_in(obj), "grant", plural)
+                (
+                    rbac::parse_rules(obj).map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "the rules of {plural} {name:?} cannot be read: {e}"
+                        ))
+                    })?,
+                    "grant",
+                    plural,
+                )
             }
             Kind::RoleBinding | Kind::ClusterRoleBinding => {
                 let role_kind = obj
@@ -719,6 +723,11 @@ mod tests {
         assert!(n(Method::POST, "/api/v1/namespaces/x/pods").is_err());
         assert!(n(Method::GET, "/api/v1/namespaces/x/pods/p/log").is_err());
         assert!(n(Method::POST, "/api/v1/namespaces/x/pods/p/exec").is_err());
+        assert_eq!(
+            n(Method::POST, "/api/v1/namespaces/x/events").unwrap(),
+            Some(NodeScope::Any)
+        );
+        assert!(n(Method::DELETE, "/api/v1/namespaces/x/events").is_err());
         assert_eq!(n(Method::GET, "/api/v1/namespaces/x/pods").unwrap(), None);
         assert_eq!(
             n(Method::GET, "/api/v1/namespaces/x/secrets/s1").unwrap(),

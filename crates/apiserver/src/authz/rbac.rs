@@ -14,20 +14,39 @@ use super::{Attributes, User};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rule {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub verbs: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub api_groups: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub resources: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub resource_names: Vec<String>,
     #[serde(
         default,
         rename = "nonResourceURLs",
+        deserialize_with = "null_as_empty",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub non_resource_urls: Vec<String>,
+}
+
+/// A list written `null` is read as empty, as the stored (k8s-openapi) form has it: the
+/// escalation check and the index must read the same rules.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 fn has(list: &[String], want: &str) -> bool {
@@ -176,12 +195,15 @@ pub struct Index {
 }
 
 fn rules_of(obj: &Value) -> Arc<Vec<Rule>> {
-    Arc::new(
-        obj.get("rules")
-            .cloned()
-            .and_then(|r| serde_json::from_value(r).ok())
-            .unwrap_or_default(),
-    )
+    Arc::new(parse_rules(obj).unwrap_or_default())
+}
+
+/// The rules of a Role or ClusterRole object (none if it has none), or why they cannot be read.
+pub fn parse_rules(obj: &Value) -> Result<Vec<Rule>, String> {
+    match obj.get("rules") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(r) => serde_json::from_value(r.clone()).map_err(|e| e.to_string()),
+    }
 }
 
 fn str_of<'a>(obj: &'a Value, pointer: &str) -> &'a str {
@@ -410,6 +432,25 @@ mod tests {
         assert!(r.allows(&Attributes::non_resource("get", "/apis/apps/v1")));
         assert!(!r.allows(&Attributes::non_resource("get", "/metrics")));
         assert!(!r.allows(&Attributes::non_resource("post", "/healthz")));
+    }
+
+    #[test]
+    fn a_list_written_null_reads_as_empty_as_it_is_stored() {
+        let r = parse_rules(&json!({"rules": [{"verbs": ["*"], "apiGroups": ["*"],
+            "resources": ["*"], "resourceNames": null}]}))
+        .unwrap();
+        assert!(r[0].resource_names.is_empty());
+        let mine = vec![Rule {
+            verbs: vec!["get".into()],
+            api_groups: vec!["".into()],
+            resources: vec!["pods".into()],
+            ..Rule::default()
+        }];
+        assert!(
+            covers(&mine, &r).is_some(),
+            "null names is all names, and not held"
+        );
+        assert!(parse_rules(&json!({"rules": [{"verbs": "get"}]})).is_err());
     }
 
     #[test]

@@ -68,6 +68,29 @@ pub struct WriteOptions {
     pub force: bool,
     /// The client's `User-Agent`, which names the manager of a write without `fieldManager`.
     pub user_agent: Option<String>,
+    /// A last check of the object exactly as it would be stored (defaulted, validated, after
+    /// any patch or apply), run before every store write of this request: the authorizer's
+    /// escalation check.
+    pub admit: Option<Admit>,
+}
+
+/// See [`WriteOptions::admit`].
+#[derive(Clone)]
+pub struct Admit(pub std::sync::Arc<dyn Fn(&Value) -> Result<(), ApiError> + Send + Sync>);
+
+impl std::fmt::Debug for Admit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admit(..)")
+    }
+}
+
+impl WriteOptions {
+    fn admit(&self, obj: &Value) -> Result<(), ApiError> {
+        match &self.admit {
+            Some(check) => (check.0)(obj),
+            None => Ok(()),
+        }
+    }
 }
 
 impl WriteOptions {
@@ -414,6 +437,7 @@ impl Registry {
         if !errs.is_empty() {
             return Err(ApiError::invalid(res, name_of(&obj), &errs));
         }
+        opts.admit(&obj)?;
         let _alloc_guard;
         if res.kind == Kind::Service {
             _alloc_guard = self.alloc.lock().await;
@@ -593,6 +617,7 @@ impl Registry {
         if !errs.is_empty() {
             return Err(ApiError::invalid(res, &name, &errs));
         }
+        opts.admit(&new)?;
         let _alloc_guard;
         if res.kind == Kind::Service {
             _alloc_guard = self.alloc.lock().await;
