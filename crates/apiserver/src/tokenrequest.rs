@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use berth_core::kinds::str_at;
 use berth_core::resources::{self, Kind};
 use serde_json::{json, Value};
 
@@ -21,10 +22,6 @@ const MIN_SECONDS: i64 = 600;
 const MAX_SECONDS: i64 = 48 * 3600;
 /// How long a token's bound objects are trusted after they were seen.
 const RECHECK: Duration = Duration::from_secs(10);
-
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
 
 /// Answer `POST .../serviceaccounts/<name>/token`. A node may ask only for a token bound to
 /// a pod that runs on it under that account.

@@ -31,6 +31,13 @@ pub struct User {
 pub const AUTHENTICATED: &str = "system:authenticated";
 pub const MASTERS: &str = "system:masters";
 
+impl User {
+    /// In `system:masters`, which every authorizer lets do anything.
+    pub fn is_master(&self) -> bool {
+        self.groups.iter().any(|g| g == MASTERS)
+    }
+}
+
 impl Identity {
     /// The user this caller is, in Kubernetes' terms.
     pub fn user(&self) -> User {
@@ -268,7 +275,7 @@ impl Authorizer {
 
     /// Does RBAC (or membership of `system:masters`) let `user` make the request?
     pub fn allows(&self, user: &User, a: &Attributes) -> bool {
-        user.groups.iter().any(|g| g == MASTERS) || self.index().allowed_by(user, a).is_some()
+        user.is_master() || self.index().allowed_by(user, a).is_some()
     }
 }
 
@@ -401,7 +408,7 @@ impl Authorizer {
         let Identity::User(user) = who else {
             return Ok(());
         };
-        if user.groups.iter().any(|g| g == MASTERS) {
+        if user.is_master() {
             return Ok(());
         }
         let index = self.index();
@@ -429,20 +436,9 @@ impl Authorizer {
                 // An aggregation rule can pull in any role's rules, now or later: only one
                 // who holds everything may write one (Kubernetes asks the same).
                 if obj.get("aggregationRule").is_some_and(|a| !a.is_null()) {
-                    let everything = [
-                        rbac::Rule {
-                            verbs: vec!["*".into()],
-                            api_groups: vec!["*".into()],
-                            resources: vec!["*".into()],
-                            ..rbac::Rule::default()
-                        },
-                        rbac::Rule {
-                            verbs: vec!["*".into()],
-                            non_resource_urls: vec!["*".into()],
-                            ..rbac::Rule::default()
-                        },
-                    ];
-                    if rbac::covers(&index.rules_for(user, None), &everything).is_some() {
+                    if rbac::covers(&index.rules_for(user, None), &rbac::Rule::everything())
+                        .is_some()
+                    {
                         return Err(ApiError::forbidden(format!(
                             "clusterroles.{} {name:?} is forbidden: user {:?} must have cluster-admin privileges to use an aggregationRule",
                             resources::RBAC,

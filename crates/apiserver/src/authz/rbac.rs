@@ -8,6 +8,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use berth_core::kinds::str_at;
+
 use super::{Attributes, User};
 
 /// One rule of a Role or ClusterRole, as stored.
@@ -54,6 +56,24 @@ fn has(list: &[String], want: &str) -> bool {
 }
 
 impl Rule {
+    /// Every permission there is: `cluster-admin`'s two rules.
+    pub fn everything() -> [Rule; 2] {
+        let all = || vec!["*".to_string()];
+        [
+            Rule {
+                verbs: all(),
+                api_groups: all(),
+                resources: all(),
+                ..Rule::default()
+            },
+            Rule {
+                verbs: all(),
+                non_resource_urls: all(),
+                ..Rule::default()
+            },
+        ]
+    }
+
     /// Does this rule allow the request? A requested `*` (in a coverage check) is matched only
     /// by a `*` in the rule.
     pub fn allows(&self, a: &Attributes) -> bool {
@@ -206,16 +226,12 @@ pub fn parse_rules(obj: &Value) -> Result<Vec<Rule>, String> {
     }
 }
 
-fn str_of<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
 impl Index {
     /// Add one stored object, by its kind (`Role`, `ClusterRole`, `RoleBinding`,
     /// `ClusterRoleBinding`).
     pub fn add(&mut self, kind: &str, obj: &Value) {
-        let name = str_of(obj, "/metadata/name").to_string();
-        let ns = str_of(obj, "/metadata/namespace").to_string();
+        let name = str_at(obj, "/metadata/name").to_string();
+        let ns = str_at(obj, "/metadata/namespace").to_string();
         match kind {
             "Role" => {
                 self.roles.insert((ns, name), rules_of(obj));
@@ -224,11 +240,11 @@ impl Index {
                 self.cluster_roles.insert(name, rules_of(obj));
             }
             "RoleBinding" | "ClusterRoleBinding" => {
-                let role_ns = (str_of(obj, "/roleRef/kind") == "Role").then(|| ns.clone());
+                let role_ns = (str_at(obj, "/roleRef/kind") == "Role").then(|| ns.clone());
                 let b = Binding {
                     name,
                     role_ns,
-                    role: str_of(obj, "/roleRef/name").to_string(),
+                    role: str_at(obj, "/roleRef/name").to_string(),
                     subjects: obj
                         .get("subjects")
                         .cloned()

@@ -4,6 +4,7 @@
 //! about someone else with a SubjectAccessReview (or, within a namespace, a
 //! LocalSubjectAccessReview).
 
+use berth_core::kinds::str_at;
 use serde_json::{json, Value};
 
 use super::{rbac, Attributes, Authorizer, User};
@@ -78,10 +79,6 @@ pub fn groups() -> [(&'static str, Vec<&'static str>); 2] {
     [(AUTHORIZATION, vec!["v1"]), (AUTHENTICATION, vec!["v1"])]
 }
 
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
 /// The request a review's spec describes.
 fn asked(spec: &Value) -> Result<Attributes, ApiError> {
     if let Some(r) = spec.get("resourceAttributes").filter(|r| r.is_object()) {
@@ -120,9 +117,7 @@ fn decide(authz: &Authorizer, identity: Option<&Identity>, user: &User, a: &Attr
                 Err(e) => (false, e.message),
             }
         }
-        _ if user.groups.iter().any(|g| g == super::MASTERS) => {
-            (true, "allowed by membership of system:masters".into())
-        }
+        _ if user.is_master() => (true, "allowed by membership of system:masters".into()),
         _ => match authz.index().allowed_by(user, a) {
             Some(binding) => (true, format!("RBAC: allowed by binding {binding:?}")),
             None => (false, String::new()),
@@ -221,19 +216,7 @@ pub fn review(
         "selfsubjectrulesreviews" => {
             let ns = str_at(&spec, "/namespace");
             let rules = if matches!(who, Identity::Admin) {
-                vec![
-                    rbac::Rule {
-                        verbs: vec!["*".into()],
-                        api_groups: vec!["*".into()],
-                        resources: vec!["*".into()],
-                        ..rbac::Rule::default()
-                    },
-                    rbac::Rule {
-                        verbs: vec!["*".into()],
-                        non_resource_urls: vec!["*".into()],
-                        ..rbac::Rule::default()
-                    },
-                ]
+                rbac::Rule::everything().to_vec()
             } else {
                 authz.index().rules_for(&me, (!ns.is_empty()).then_some(ns))
             };

@@ -26,7 +26,7 @@ use crate::validation::{self, FieldError};
 pub use pod::{default_pod_spec, pod_status_reason, validate_pod_spec};
 
 /// The string at a JSON pointer, or "".
-pub(crate) fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+pub fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
     obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
