@@ -26,16 +26,17 @@ if ! docker info >/dev/null 2>&1 && command -v dockerd >/dev/null 2>&1; then
 fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
-# Azure's Python SDK, unchanged, for the instances tests, and the Prometheus client's
-# parser for the /metrics tests: a venv under target/.
+# Azure's Python SDK, unchanged, for the instances tests, the Prometheus client's parser
+# for the /metrics tests, and the official Kubernetes Python client, run inside a pod with
+# its in-cluster configuration: a venv under target/.
 venv=target/aci-venv
-if ! "$venv/bin/python" -c "import azure.mgmt.containerinstance, prometheus_client" >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c "import azure.mgmt.containerinstance, prometheus_client, kubernetes" >/dev/null 2>&1; then
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
     python3 -m venv "$venv"
   fi
-  "$venv/bin/pip" install -q azure-mgmt-containerinstance prometheus-client
+  "$venv/bin/pip" install -q azure-mgmt-containerinstance prometheus-client kubernetes
 fi
 
 cargo nextest run --workspace --no-fail-fast "$@"

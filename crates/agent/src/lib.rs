@@ -349,6 +349,9 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let (caches, keep) = net::Caches::new(&client);
         tasks.spawn(keep);
         routes = Some(caches.clone());
+        // Containers started before the Services are known would miss their variables.
+        let services = caches.services.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), services.wait_until_ready()).await;
         let nft: Arc<dyn net::nft::Nft> = Arc::new(net::nft::Kernel);
         tasks.spawn(net::run(caches, proxy.map(|p| (p, nft)), dns));
     }
@@ -374,6 +377,12 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         .with_dns(cfg.pod_dns.clone())
         .with_metrics(metrics)
         .with_host_ip(Some(cfg.address.clone()))
+        .with_service_env(routes.clone().map(|c| {
+            Arc::new(move |pod: &Pod| {
+                let services = c.services.state();
+                net::service_env::for_pod(pod, services.iter().map(|s| s.as_ref()))
+            }) as pods::ServiceEnv
+        }))
         .with_routes(routes.map(|c| Arc::new(move |uid: &str| c.routed(uid)) as pods::Routed)),
     );
     let client_for_removal = client.clone();

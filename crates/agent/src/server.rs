@@ -158,7 +158,7 @@ fn authorized(state: &AgentState, headers: &HeaderMap) -> bool {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(berth_core::bearer);
     presented == Some(state.token.as_str())
 }
 

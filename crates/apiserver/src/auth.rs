@@ -275,12 +275,12 @@ fn same(a: &str, b: &str) -> bool {
 
 /// The bearer token of a request, if it sent one.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    berth_core::bearer(
+        headers
+            .get(axum::http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?,
+    )
 }
 
 /// Identify the caller from its `Authorization` header. A present but wrong token is a 401.
@@ -350,6 +350,21 @@ mod tests {
             format!("Bearer {t}").parse().unwrap(),
         );
         h
+    }
+
+    #[test]
+    fn the_schemes_case_does_not_matter() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            "bearer abc ".parse().unwrap(),
+        );
+        assert_eq!(super::bearer(&h), Some("abc"));
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            "Basic abc".parse().unwrap(),
+        );
+        assert_eq!(super::bearer(&h), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Discovery: `/version`, `/api`, `/apis`, the per-group resource lists, and the small
 //! OpenAPI v3 documents that tell kubectl the server validates fields itself.
 
+use berth_core::custom::Catalog;
 use berth_core::resources::{self, Resource};
 use serde_json::{json, Value};
 
@@ -34,9 +35,16 @@ const VERBS: &[&str] = &[
     "watch",
 ];
 
-fn api_resources(group: &str, version: &str) -> Vec<Value> {
+/// The built-in and custom resources of a group-version.
+fn served(catalog: &Catalog, group: &str, version: &str) -> Vec<&'static Resource> {
+    resources::of_group_version(group, version)
+        .chain(catalog.of_group_version(group, version))
+        .collect()
+}
+
+fn api_resources(catalog: &Catalog, group: &str, version: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for r in resources::of_group_version(group, version) {
+    for r in served(catalog, group, version) {
         let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -69,14 +77,16 @@ fn api_resources(group: &str, version: &str) -> Vec<Value> {
 }
 
 /// `/api/v1` or `/apis/<group>/<version>`.
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Value> {
     if (group, version) == (crate::metrics::GROUP, crate::metrics::VERSION) {
         return Some(crate::metrics::resource_list());
     }
     if let Some(list) = crate::authz::review::resource_list(group, version) {
         return Some(list);
     }
-    resources::of_group_version(group, version).next()?;
+    if served(catalog, group, version).is_empty() {
+        return None;
+    }
     let gv = if group.is_empty() {
         version.to_string()
     } else {
@@ -86,7 +96,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         "kind": "APIResourceList",
         "apiVersion": "v1",
         "groupVersion": gv,
-        "resources": api_resources(group, version),
+        "resources": api_resources(catalog, group, version),
     }))
 }
 
@@ -108,19 +118,33 @@ fn group_entry(group: &str, versions: &[&str]) -> Value {
     json!({"name": group, "versions": gvs, "preferredVersion": gvs[0]})
 }
 
-/// Every served group with its versions (the metrics API's included).
-fn all_groups() -> Vec<(&'static str, Vec<&'static str>)> {
-    resources::groups()
+/// Every served group with its versions (the metrics API's, the reviews' and the custom
+/// kinds' included).
+fn all_groups(catalog: &Catalog) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&'static str, Vec<&'static str>)> = resources::groups()
         .into_iter()
         .map(|(g, _)| (g, resources::group_versions(g)))
         .chain([(crate::metrics::GROUP, vec![crate::metrics::VERSION])])
         .chain(crate::authz::review::groups())
-        .collect()
+        .collect();
+    for (g, vs) in catalog.groups() {
+        match out.iter_mut().find(|(x, _)| *x == g) {
+            Some((_, have)) => {
+                for v in vs {
+                    if !have.contains(&v) {
+                        have.push(v);
+                    }
+                }
+            }
+            None => out.push((g, vs)),
+        }
+    }
+    out
 }
 
 /// `/apis`.
-pub fn groups() -> Value {
-    let groups: Vec<Value> = all_groups()
+pub fn groups(catalog: &Catalog) -> Value {
+    let groups: Vec<Value> = all_groups(catalog)
         .iter()
         .map(|(g, vs)| group_entry(g, vs))
         .collect();
@@ -128,8 +152,8 @@ pub fn groups() -> Value {
 }
 
 /// `/apis/<group>`.
-pub fn group(name: &str) -> Option<Value> {
-    all_groups()
+pub fn group(catalog: &Catalog, name: &str) -> Option<Value> {
+    all_groups(catalog)
         .into_iter()
         .find(|(g, _)| *g == name)
         .map(|(g, vs)| {
@@ -148,22 +172,48 @@ fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
+/// The type kubectl asks `/openapi/v2` for (it asks for no other).
+pub const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// `/openapi/v2`: a Swagger 2.0 document with no definitions, in the protobuf encoding of
+/// the OpenAPI v2 schema kubectl decodes. kubectl reads it to validate a `kind: List` item by
+/// item; finding no type there, it leaves each item to the server's own field validation
+/// (as it does with the v3 documents).
+pub fn openapi_v2() -> Vec<u8> {
+    // Document { swagger = 1: "2.0", info = 2: Info { title = 1, version = 2 } }.
+    fn field(tag: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag << 3 | 2, u8::try_from(bytes.len()).expect("short")];
+        out.extend_from_slice(bytes);
+        out
+    }
+    let info = [field(1, b"Berth"), field(2, b"v1.32.0")].concat();
+    [field(1, b"2.0"), field(2, &info)].concat()
+}
+
 /// `/openapi/v3`: one entry per served group-version.
-pub fn openapi_v3_root() -> Value {
+pub fn openapi_v3_root(catalog: &Catalog) -> Value {
     let mut paths = serde_json::Map::new();
     let mut gvs: Vec<(&str, &str)> = vec![("", "v1")];
-    for (g, _) in resources::groups() {
-        gvs.extend(resources::group_versions(g).into_iter().map(|v| (g, v)));
-    }
-    for (g, vs) in crate::authz::review::groups() {
-        gvs.extend(vs.into_iter().map(|v| (g, v)));
+    for (g, vs) in all_groups(catalog) {
+        if g != crate::metrics::GROUP {
+            gvs.extend(vs.into_iter().map(|v| (g, v)));
+        }
     }
     for (g, v) in gvs {
         let p = gv_path(g, v);
-        let url = format!(
-            "/openapi/v3/{p}?hash={}",
+        // kubectl keeps each document by its hash: a custom kind's changes with its kinds.
+        let custom = catalog.of_group_version(g, v);
+        let hash = if custom.is_empty() {
             env!("CARGO_PKG_VERSION").replace('.', "")
-        );
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for r in custom {
+                (r.kind_name, r.plural, r.namespaced, r.status, r.scale).hash(&mut h);
+            }
+            format!("{:016x}", h.finish())
+        };
+        let url = format!("/openapi/v3/{p}?hash={hash}");
         paths.insert(p, json!({"serverRelativeURL": url}));
     }
     json!({"paths": paths})
@@ -188,14 +238,14 @@ fn object_path(r: &Resource) -> String {
 
 /// `/openapi/v3/<api/v1 | apis/group/version>`: the write operations of each kind, marked
 /// with their group-version-kind and the parameters the server honours.
-pub fn openapi_v3_group(path: &str) -> Option<Value> {
+pub fn openapi_v3_group(catalog: &Catalog, path: &str) -> Option<Value> {
     let (group, version) = match path.split('/').collect::<Vec<_>>().as_slice() {
         ["api", v] => ("", *v),
         ["apis", g, v] => (*g, *v),
         _ => return None,
     };
     let mut paths = serde_json::Map::new();
-    for r in resources::of_group_version(group, version) {
+    for r in served(catalog, group, version) {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind_name});
         let op = |verb: &str| {
             json!({

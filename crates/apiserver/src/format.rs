@@ -1,6 +1,7 @@
 //! Response shapes: lists, `meta.k8s.io/v1` Tables and PartialObjectMetadata, chosen by
 //! the request's `Accept` header.
 
+use berth_core::custom::CustomVersion;
 use berth_core::kinds;
 use berth_core::resources::Resource;
 use jiff::Timestamp;
@@ -65,8 +66,56 @@ fn partial(obj: &Value) -> Value {
     })
 }
 
-fn row(res: &Resource, obj: &Value, include: Include, now: Timestamp) -> Value {
-    let mut r = json!({"cells": kinds::table_cells(res.kind, obj, now)});
+/// A custom kind's columns: NAME, then its `additionalPrinterColumns` (or AGE if it has
+/// none), as Kubernetes builds them.
+fn custom_columns(c: &CustomVersion) -> Value {
+    let name = json!(berth_core::table::NAME);
+    if c.columns.is_empty() {
+        return json!([name, berth_core::table::AGE]);
+    }
+    let mut cols = vec![name];
+    cols.extend(c.columns.iter().map(|col| {
+        json!({"name": col.name, "type": col.type_, "format": col.format,
+               "description": col.description, "priority": col.priority})
+    }));
+    Value::Array(cols)
+}
+
+fn custom_cells(c: &CustomVersion, obj: &Value, now: Timestamp) -> Vec<Value> {
+    let mut cells = vec![json!(kinds::str_at(obj, "/metadata/name"))];
+    if c.columns.is_empty() {
+        cells.push(json!(berth_core::table::age(obj, now)));
+        return cells;
+    }
+    for col in &c.columns {
+        let v = berth_core::custom::json_path(obj, &col.json_path);
+        cells.push(match (v, col.type_.as_str()) {
+            (None | Some(Value::Null), _) => Value::Null,
+            (Some(Value::String(t)), "date") => {
+                json!(berth_core::table::since(Some(t), now))
+            }
+            (Some(v @ (Value::Number(_) | Value::Bool(_))), "integer" | "number" | "boolean") => {
+                v.clone()
+            }
+            (Some(Value::String(t)), _) => json!(t),
+            (Some(other), _) => json!(other.to_string()),
+        });
+    }
+    cells
+}
+
+fn row(
+    res: &Resource,
+    custom: Option<&CustomVersion>,
+    obj: &Value,
+    include: Include,
+    now: Timestamp,
+) -> Value {
+    let cells = match custom {
+        Some(c) => custom_cells(c, obj, now),
+        None => kinds::table_cells(res.kind, obj, now),
+    };
+    let mut r = json!({ "cells": cells });
     match include {
         Include::None => {}
         Include::Metadata => r["object"] = partial(obj),
@@ -78,13 +127,17 @@ fn row(res: &Resource, obj: &Value, include: Include, now: Timestamp) -> Value {
 /// A Table of `objects`.
 pub fn table(
     res: &Resource,
+    custom: Option<&CustomVersion>,
     objects: &[Value],
     rv: Option<String>,
     cont: Option<String>,
     include: Include,
 ) -> Value {
     let now = Timestamp::now();
-    let rows: Vec<Value> = objects.iter().map(|o| row(res, o, include, now)).collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| row(res, custom, o, include, now))
+        .collect();
     let mut meta = json!({});
     if let Some(rv) = rv {
         meta["resourceVersion"] = json!(rv);
@@ -96,13 +149,16 @@ pub fn table(
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": meta,
-        "columnDefinitions": kinds::table_columns(res.kind),
+        "columnDefinitions": match custom {
+            Some(c) => custom_columns(c),
+            None => json!(kinds::table_columns(res.kind)),
+        },
         "rows": rows,
     })
 }
 
-/// One object in the requested shape.
-pub fn object(res: &Resource, obj: Value, shape: Shape) -> Value {
+/// One object in the requested shape (`custom`: the served version of a custom kind).
+pub fn object(res: &Resource, custom: Option<&CustomVersion>, obj: Value, shape: Shape) -> Value {
     match shape {
         Shape::Object => obj,
         Shape::Table { include } => {
@@ -110,19 +166,29 @@ pub fn object(res: &Resource, obj: Value, shape: Shape) -> Value {
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
                 .map(String::from);
-            table(res, &[obj], rv, None, include)
+            table(res, custom, &[obj], rv, None, include)
         }
         Shape::PartialMetadata => partial(&obj),
     }
 }
 
 /// A list in the requested shape.
-pub fn list(res: &Resource, listed: ListResult, shape: Shape) -> Value {
+pub fn list(
+    res: &Resource,
+    custom: Option<&CustomVersion>,
+    listed: ListResult,
+    shape: Shape,
+) -> Value {
     let rv = listed.resource_version.to_string();
     match shape {
-        Shape::Table { include } => {
-            table(res, &listed.items, Some(rv), listed.continue_token, include)
-        }
+        Shape::Table { include } => table(
+            res,
+            custom,
+            &listed.items,
+            Some(rv),
+            listed.continue_token,
+            include,
+        ),
         Shape::PartialMetadata => {
             let items: Vec<Value> = listed.items.iter().map(partial).collect();
             let mut meta = json!({"resourceVersion": rv});

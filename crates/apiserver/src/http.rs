@@ -10,6 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use berth_core::custom::Catalog;
 use berth_core::kinds::convert;
 use berth_core::resources::{self, Kind, Resource};
 use serde_json::{json, Value};
@@ -131,12 +132,11 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
             Err(e) => Err(ApiError::internal(format!("store not ready: {e}"))),
         },
         ["api"] if read_only => ok(&discovery::core_versions()),
-        ["apis"] if read_only => ok(&discovery::groups()),
-        ["api", v] if read_only => discovery::resource_list("", v)
+        ["apis"] if read_only => ok(&discovery::groups(&app.registry.custom)),
+        ["api", v] if read_only => discovery::resource_list(&app.registry.custom, "", v)
             .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
-        ["apis", g] if read_only => {
-            discovery::group(g).map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b))
-        }
+        ["apis", g] if read_only => discovery::group(&app.registry.custom, g)
+            .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
         ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] if read_only && !rest.is_empty() => {
             match rest {
                 ["nodes"] => crate::metrics::nodes(app, None).await,
@@ -147,7 +147,7 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
                 _ => Err(ApiError::path_not_found(&path)),
             }
         }
-        ["apis", g, v] if read_only => discovery::resource_list(g, v)
+        ["apis", g, v] if read_only => discovery::resource_list(&app.registry.custom, g, v)
             .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
         ["berth", "v1", "nodetoken"] if *req.method() == Method::POST => {
             node_token(app, &identity, req).await
@@ -188,9 +188,16 @@ async fn route(app: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
                 .pod_log(&app.registry, &app.tokens, ns, name, &query)
                 .await
         }
-        ["openapi", "v3"] if read_only => ok(&discovery::openapi_v3_root()),
-        ["openapi", "v3", rest @ ..] if read_only => discovery::openapi_v3_group(&rest.join("/"))
-            .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b)),
+        ["openapi", "v2"] if read_only => Ok((
+            [(header::CONTENT_TYPE, discovery::OPENAPI_V2_PROTOBUF)],
+            discovery::openapi_v2(),
+        )
+            .into_response()),
+        ["openapi", "v3"] if read_only => ok(&discovery::openapi_v3_root(&app.registry.custom)),
+        ["openapi", "v3", rest @ ..] if read_only => {
+            discovery::openapi_v3_group(&app.registry.custom, &rest.join("/"))
+                .map_or_else(|| Err(ApiError::path_not_found(&path)), |b| ok(&b))
+        }
         ["api", v, rest @ ..] => {
             let (v, rest) = (
                 v.to_string(),
@@ -359,7 +366,12 @@ struct Target {
     watch: bool,
 }
 
-fn parse_target(group: &str, version: &str, segs: &[String]) -> Result<Target, ApiError> {
+fn parse_target(
+    catalog: &Catalog,
+    group: &str,
+    version: &str,
+    segs: &[String],
+) -> Result<Target, ApiError> {
     let full = || {
         format!(
             "/{}/{}",
@@ -376,7 +388,7 @@ fn parse_target(group: &str, version: &str, segs: &[String]) -> Result<Target, A
         Some("watch") => (true, &segs[1..]),
         _ => (false, segs),
     };
-    let find = |plural: &str| resources::find(group, version, plural);
+    let find = |plural: &str| catalog.resolve(group, version, plural);
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let t =
         |res: &'static Resource, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
@@ -486,12 +498,13 @@ async fn resource(
     segs: &[String],
     req: Request,
 ) -> Result<Response, ApiError> {
-    let target = parse_target(group, version, segs)?;
+    let target = parse_target(&app.registry.custom, group, version, segs)?;
     // An older version served beside the stored one: the registry works in the storage
     // version, and `versions` converts at the boundary.
     let versions = Versions {
         served: target.res,
-        storage: resources::of_kind(target.res.kind),
+        storage: app.registry.storage_of(target.res)?,
+        custom: app.registry.custom.of(target.res),
         omit_managed: req
             .headers()
             .get(OMIT_MANAGED_FIELDS)
@@ -725,10 +738,12 @@ async fn resource(
 
 /// The version a request was made in and the version its kind is stored in; the same for
 /// every kind but those with older versions served beside ([`resources::ALSO_SERVED`]).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Versions {
     served: &'static Resource,
     storage: &'static Resource,
+    /// The served version's definition, for a custom kind.
+    custom: Option<Arc<berth_core::custom::CustomVersion>>,
     /// The client asked for objects without `metadata.managedFields` ([`OMIT_MANAGED_FIELDS`]).
     omit_managed: bool,
 }
@@ -757,7 +772,7 @@ impl Versions {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        convert::to_storage(self.served, body)
+        convert::to_storage(self.served, self.storage, body)
             .map_err(|e| ApiError::unconvertible(self.served, &name, e))
     }
 
@@ -771,7 +786,7 @@ impl Versions {
         };
         match shape {
             Shape::Object if self.converts() => convert::from_storage(self.served, obj),
-            _ => format::object(self.storage, obj, shape),
+            _ => format::object(self.storage, self.custom.as_deref(), obj, shape),
         }
     }
 
@@ -780,14 +795,14 @@ impl Versions {
             listed.items = listed.items.into_iter().map(strip_managed).collect();
         }
         if !self.converts() || shape != Shape::Object {
-            return format::list(self.storage, listed, shape);
+            return format::list(self.storage, self.custom.as_deref(), listed, shape);
         }
         listed.items = listed
             .items
             .into_iter()
             .map(|o| convert::from_storage(self.served, o))
             .collect();
-        format::list(self.served, listed, shape)
+        format::list(self.served, self.custom.as_deref(), listed, shape)
     }
 }
 
@@ -820,13 +835,17 @@ fn watch_response(
     rx: tokio::sync::mpsc::Receiver<WatchEvent>,
     shape: Shape,
 ) -> Response {
-    let stream = futures::stream::unfold(rx, move |mut rx| async move {
-        let ev = rx.recv().await?;
-        let object = match (ev.kind, shape) {
-            ("ERROR" | "BOOKMARK", _) => ev.object,
-            (_, shape) => versions.object(ev.object, shape),
-        };
-        Some((Ok::<_, Infallible>(watch_line(ev.kind, &object)), rx))
+    let versions = Arc::new(versions);
+    let stream = futures::stream::unfold(rx, move |mut rx| {
+        let versions = versions.clone();
+        async move {
+            let ev = rx.recv().await?;
+            let object = match (ev.kind, shape) {
+                ("ERROR" | "BOOKMARK", _) => ev.object,
+                (_, shape) => versions.object(ev.object, shape),
+            };
+            Some((Ok::<_, Infallible>(watch_line(ev.kind, &object)), rx))
+        }
     });
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut().insert(
@@ -863,6 +882,7 @@ mod tests {
     #[test]
     fn targets_parse_like_kubernetes_paths() {
         let t = parse_target(
+            &Catalog::default(),
             "apps",
             "v1",
             &segs("namespaces/default/deployments/web/scale"),
@@ -877,20 +897,26 @@ mod tests {
             ),
             ("deployments", Some("default"), Some("web"), Some("scale"))
         );
-        let t = parse_target("", "v1", &segs("namespaces/kube-system")).unwrap();
+        let t = parse_target(
+            &Catalog::default(),
+            "",
+            "v1",
+            &segs("namespaces/kube-system"),
+        )
+        .unwrap();
         assert_eq!(
             (t.res.plural, t.name.as_deref()),
             ("namespaces", Some("kube-system"))
         );
-        let t = parse_target("", "v1", &segs("namespaces/x/status")).unwrap();
+        let t = parse_target(&Catalog::default(), "", "v1", &segs("namespaces/x/status")).unwrap();
         assert_eq!(
             (t.res.plural, t.sub.as_deref()),
             ("namespaces", Some("status"))
         );
-        let t = parse_target("", "v1", &segs("pods")).unwrap();
+        let t = parse_target(&Catalog::default(), "", "v1", &segs("pods")).unwrap();
         assert!(t.namespace.is_none() && t.name.is_none());
-        assert!(parse_target("", "v1", &segs("widgets")).is_err());
-        assert!(parse_target("apps", "v1", &segs("pods")).is_err());
-        assert!(parse_target("", "v1", &segs("pods/x")).is_err());
+        assert!(parse_target(&Catalog::default(), "", "v1", &segs("widgets")).is_err());
+        assert!(parse_target(&Catalog::default(), "apps", "v1", &segs("pods")).is_err());
+        assert!(parse_target(&Catalog::default(), "", "v1", &segs("pods/x")).is_err());
     }
 }

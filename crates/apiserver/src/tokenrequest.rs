@@ -12,7 +12,7 @@ use berth_core::resources::{self, Kind};
 use serde_json::{json, Value};
 
 use crate::auth::{Bound, Identity, ObjRef, Tokens, API_AUDIENCE};
-use crate::registry::Registry;
+use crate::registry::{service_account, Registry};
 use crate::status::ApiError;
 
 /// Kubernetes' default lifetime of a requested token, and its shortest.
@@ -20,6 +20,8 @@ const DEFAULT_SECONDS: i64 = 3600;
 const MIN_SECONDS: i64 = 600;
 /// The longest lifetime handed out (Kubernetes' `--service-account-max-token-expiration`).
 const MAX_SECONDS: i64 = 48 * 3600;
+/// The life of an admission-requested token bound to a pod (see [`create`]).
+const EXTENDED_SECONDS: i64 = 365 * 24 * 3600;
 /// How long a token's bound objects are trusted after they were seen.
 const RECHECK: Duration = Duration::from_secs(10);
 
@@ -112,8 +114,21 @@ pub async fn create(
             "node {node:?} may only request tokens bound to a pod that runs on it (spec.boundObjectRef)"
         )));
     }
-    let expires = jiff::Timestamp::now().as_second() + seconds;
-    let token = tokens.service_account_token(bound, audiences.clone(), expires);
+    let now = jiff::Timestamp::now().as_second();
+    let expires = now + seconds;
+    // The token admission mounts in every pod asks for 3607 s: as Kubernetes does (its
+    // `--service-account-extend-token-expiration`), that token holds for a year, so a client
+    // that reads its token once keeps working, while the status still says 3607 s and those
+    // who refresh (the agents, at 80%) go on doing so. It dies with its pod all the same.
+    let extended = seconds == service_account::TOKEN_SECONDS
+        && bound.pod.is_some()
+        && audiences == [API_AUDIENCE];
+    let token_expires = if extended {
+        now + EXTENDED_SECONDS
+    } else {
+        expires
+    };
+    let token = tokens.service_account_token(bound, audiences.clone(), token_expires);
     let at = jiff::Timestamp::from_second(expires).expect("in range");
     let mut spec = spec;
     spec["audiences"] = json!(audiences);

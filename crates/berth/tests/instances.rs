@@ -149,31 +149,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The Python with `azure-mgmt-containerinstance` that `scripts/test.sh` prepares.
-fn sdk_python() -> PathBuf {
-    let python = std::env::var_os("BERTH_ACI_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/aci-venv/bin/python")
-        });
-    let ok = Command::new(&python)
-        .args(["-c", "import azure.mgmt.containerinstance"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "this test needs Python with the Azure SDK at {}: run ./scripts/test.sh (it makes the \
-         venv), or `python3 -m venv target/aci-venv && target/aci-venv/bin/pip install \
-         azure-mgmt-containerinstance`, or set BERTH_ACI_PYTHON",
-        python.display()
-    );
-    python
-}
-
 #[test]
 fn the_azure_sdk_drives_a_group_through_its_life() {
-    let python = sdk_python();
+    let python = common::python_with(
+        "azure.mgmt.containerinstance",
+        "azure-mgmt-containerinstance",
+    );
     let svc = Instances::start();
     let image = BusyboxImage::build();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/aci/lifecycle.py");

@@ -5,38 +5,19 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::Berth;
-
-/// The Python with `prometheus_client` that `scripts/test.sh` prepares.
-fn python() -> PathBuf {
-    let python = std::env::var_os("BERTH_ACI_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/aci-venv/bin/python")
-        });
-    let ok = Command::new(&python)
-        .args(["-c", "import prometheus_client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "this test needs Python with prometheus_client at {}: run ./scripts/test.sh (it makes \
-         the venv), or `target/aci-venv/bin/pip install prometheus-client`, or set \
-         BERTH_ACI_PYTHON",
-        python.display()
-    );
-    python
-}
 
 /// Every sample of `text` (or of what `fetch` = (url, token, ca) answers), as
 /// `name{labels}` → value; panics if the parser refuses it.
 fn parse(text: Option<&str>, fetch: Option<(&str, &str, &str)>) -> HashMap<String, f64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/metrics/parse.py");
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(common::python_with(
+        "prometheus_client",
+        "prometheus-client",
+    ));
     cmd.arg(script);
     if let Some((url, token, ca)) = fetch {
         cmd.args([url, token, ca]);

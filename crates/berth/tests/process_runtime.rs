@@ -3,6 +3,7 @@
 mod common;
 
 use common::{eventually, Berth};
+use serde_json::json;
 
 #[tokio::test]
 async fn pods_run_as_host_processes_with_logs_exec_and_graceful_delete() {
@@ -398,4 +399,104 @@ spec:
     })
     .await;
     let _ = std::fs::remove_dir_all(&at);
+}
+
+/// What an in-cluster program finds, as the official Python client reads it: its
+/// ServiceAccount's token, the CA and its namespace where admission mounted them, the API
+/// through `KUBERNETES_SERVICE_HOST` (the `kubernetes` Service). Bound to `view` in its
+/// namespace, it lists pods there and is refused Secrets and other namespaces; a pod that
+/// opts out gets no token at all.
+#[tokio::test]
+async fn the_python_client_in_a_pod_uses_its_service_account() {
+    let python = common::python_with("kubernetes", "kubernetes");
+    let node = common::unique("procincl");
+    let b = Berth::up(&["--runtime", "process", "--node-name", &node]);
+    b.kubectl_ok(&["create", "namespace", "apps"]);
+    b.kubectl_ok(&["create", "serviceaccount", "reader", "-n", "apps"]);
+    b.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "reader-view",
+        "--clusterrole=view",
+        "--serviceaccount=apps:reader",
+        "-n",
+        "apps",
+    ]);
+    let script = r#"
+import os
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+print("host", os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"])
+config.load_incluster_config()
+v1 = client.CoreV1Api()
+ns = open("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read()
+print("pods", ",".join(sorted(p.metadata.name for p in v1.list_namespaced_pod(ns).items)))
+for what, call in [("secrets", lambda: v1.list_namespaced_secret(ns)),
+                   ("default", lambda: v1.list_namespaced_pod("default"))]:
+    try:
+        call()
+        print(what, "allowed")
+    except ApiException as e:
+        print(what, e.status)
+"#;
+    let pods = json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "in-cluster", "namespace": "apps"},
+             "spec": {"serviceAccountName": "reader", "restartPolicy": "Never",
+                      "containers": [{"name": "app", "image": "host",
+                                      "command": [python.to_str().unwrap(), "-c", script]}]}},
+            {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "no-token", "namespace": "apps"},
+             "spec": {"automountServiceAccountToken": false, "terminationGracePeriodSeconds": 1,
+                      "containers": [{"name": "app", "image": "host", "command": ["sleep", "300"]}]}},
+        ]
+    });
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &pods.to_string());
+    // A pod naming an account that does not exist is refused at once, saying which.
+    let out = b.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "ghost", "namespace": "apps"},
+                "spec": {"serviceAccountName": "ghost",
+                         "containers": [{"name": "c", "image": "host"}]}})
+        .to_string(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(r#"serviceaccount "ghost" not found"#),
+        "{err}"
+    );
+
+    b.kubectl_ok(&[
+        "wait",
+        "-n",
+        "apps",
+        "pod/in-cluster",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "--timeout=90s",
+    ]);
+    let logs = b.kubectl_ok(&["logs", "-n", "apps", "in-cluster"]);
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "host 10.96.0.1 443",
+            "pods in-cluster,no-token",
+            "secrets 403",
+            "default 403"
+        ],
+        "{logs}"
+    );
+    let volumes = b.kubectl_ok(&[
+        "get",
+        "pod",
+        "-n",
+        "apps",
+        "no-token",
+        "-o",
+        "jsonpath={.spec.volumes}{.spec.containers[0].volumeMounts}",
+    ]);
+    assert_eq!(volumes, "", "a pod that opts out gets no token volume");
+    b.kubectl_ok(&["delete", "namespace", "apps", "--timeout=60s"]);
 }

@@ -48,15 +48,54 @@ struct Kind {
 }
 
 pub async fn run(client: Client) {
-    let resources = loop {
-        match discover(&client).await {
-            Ok(r) => break r,
-            Err(e) => {
-                tracing::warn!(error = %e, "garbage collector: discovery");
-                tokio::time::sleep(SWEEP_EVERY).await;
+    // The served kinds change with CustomResourceDefinitions: on every change to one, the
+    // collector discovers again and watches what is served then.
+    let definitions_changed = definitions_changed(&client);
+    futures::pin_mut!(definitions_changed);
+    loop {
+        let resources = loop {
+            match discover(&client).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "garbage collector: discovery");
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = collect(&client, resources) => {}
+            _ = definitions_changed.next() => {
+                tracing::debug!("garbage collector: the served kinds changed; discovering again");
             }
         }
-    };
+    }
+}
+
+/// An item each time a CustomResourceDefinition is added, changed or removed (after the
+/// first list).
+fn definitions_changed(client: &Client) -> impl futures::Stream<Item = ()> + Send + 'static {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut listed = false;
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |e| {
+            let changed = match e {
+                Ok(watcher::Event::InitDone) => {
+                    let again = listed;
+                    listed = true;
+                    again
+                }
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => listed,
+                _ => false,
+            };
+            futures::future::ready(changed.then_some(()))
+        })
+}
+
+/// Watch `resources` and sweep the graph of their objects, until dropped.
+async fn collect(client: &Client, resources: Vec<(ApiResource, ApiCapabilities)>) {
+    let client = client.clone();
     let mut kinds = Vec::new();
     let mut watches = Vec::new();
     for (ar, caps) in resources {

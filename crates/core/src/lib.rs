@@ -8,6 +8,7 @@
 
 pub mod aci;
 pub mod cron;
+pub mod custom;
 pub mod error;
 pub mod events;
 pub mod fields;
@@ -17,6 +18,7 @@ pub mod patch;
 pub mod quantity;
 pub mod query;
 pub mod resources;
+pub mod schema;
 pub mod selector;
 pub mod stored;
 pub mod table;
@@ -25,6 +27,13 @@ pub mod validation;
 
 pub use resources::{Kind, Resource};
 pub use validation::FieldError;
+
+/// The token of an `Authorization` header's value, if its scheme is `Bearer` (in any case,
+/// as RFC 9110 has it: the Kubernetes Python client sends `bearer`).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
 
 /// `t` as Kubernetes writes a `Time` (a condition's `lastTransitionTime`, a container's
 /// `startedAt`): RFC 3339 in UTC, whole seconds.

@@ -32,6 +32,10 @@ pub enum Kind {
     ClusterRole,
     RoleBinding,
     ClusterRoleBinding,
+    CustomResourceDefinition,
+    /// An object of a kind a CustomResourceDefinition added: its resource comes from a
+    /// [`crate::custom::Catalog`], never from [`RESOURCES`].
+    Custom,
 }
 
 /// A served resource: where it lives in the REST tree and which subresources it has.
@@ -417,6 +421,21 @@ pub static RESOURCES: &[Resource] = &[
         "clusterrolebinding",
         false,
     ),
+    Resource {
+        short_names: &["crd", "crds"],
+        categories: &["api-extensions"],
+        status: true,
+        generation: true,
+        ..res(
+            Kind::CustomResourceDefinition,
+            crate::custom::GROUP,
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            "customresourcedefinition",
+            false,
+        )
+    },
     res(
         Kind::EndpointSlice,
         "discovery.k8s.io",
@@ -493,7 +512,8 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
     of_group_version(group, version).find(|r| r.plural == plural)
 }
 
-/// Look up a resource by its kind.
+/// Look up a resource by its kind (a built-in one: a custom kind's resource is its
+/// catalog's).
 pub fn of_kind(kind: Kind) -> &'static Resource {
     RESOURCES
         .iter()

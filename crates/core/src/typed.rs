@@ -119,6 +119,14 @@ pub fn decode(kind: Kind, obj: Value) -> Result<Decoded, FieldError> {
         Kind::ClusterRole => round_trip::<rbac::v1::ClusterRole>(obj),
         Kind::RoleBinding => round_trip::<rbac::v1::RoleBinding>(obj),
         Kind::ClusterRoleBinding => round_trip::<rbac::v1::ClusterRoleBinding>(obj),
+        Kind::CustomResourceDefinition => round_trip::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >(obj),
+        // Its definition's schema decides (`crate::schema`), in the registry.
+        Kind::Custom => Ok(Decoded {
+            object: obj,
+            unknown_fields: Vec::new(),
+        }),
     }
 }
 

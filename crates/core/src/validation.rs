@@ -10,6 +10,8 @@ pub enum Reason {
     NotSupported,
     Duplicate,
     TooLong,
+    /// A list or map with more items than allowed.
+    TooMany,
     Forbidden,
     /// A field the schema does not know (strict field validation).
     Unknown,
@@ -26,6 +28,7 @@ impl Reason {
             Reason::NotSupported => "FieldValueNotSupported",
             Reason::Duplicate => "FieldValueDuplicate",
             Reason::TooLong => "FieldValueTooLong",
+            Reason::TooMany => "FieldValueTooMany",
             Reason::Forbidden => "FieldValueForbidden",
             Reason::Unknown => "FieldValueInvalid",
             Reason::TypeInvalid => "FieldValueTypeInvalid",
@@ -113,6 +116,7 @@ impl fmt::Display for FieldError {
             Reason::NotSupported => "Unsupported value",
             Reason::Duplicate => "Duplicate value",
             Reason::TooLong => "Too long",
+            Reason::TooMany => "Too many",
             Reason::Forbidden => "Forbidden",
             Reason::Unknown => "unknown field",
             Reason::TypeInvalid => "Invalid type",

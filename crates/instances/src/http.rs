@@ -123,7 +123,7 @@ async fn guard(State(api): St, req: Request, next: Next) -> Response {
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(berth_core::bearer);
     let ok = token.is_some_and(|t| {
         t.len() == api.token.len()
             && t.bytes()

@@ -76,6 +76,31 @@ fn refuse(field: impl Into<String>, message: impl Into<String>) -> Refusal {
 pub struct Refs {
     pub config_maps: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    /// The ServiceAccount token of each `serviceAccountToken` projection, by (volume,
+    /// source index): see [`tokens_wanted`].
+    pub tokens: BTreeMap<(String, usize), String>,
+    /// The Service variables every container gets under its own (`KUBERNETES_SERVICE_HOST`
+    /// and the rest, as on any node).
+    pub service_env: Vec<(String, String)>,
+}
+
+/// A `serviceAccountToken` projection of the pod: (volume, source index, audience, seconds).
+pub type TokenWanted = (String, usize, Option<String>, i64);
+
+/// The ServiceAccount tokens the pod's projected volumes ask for.
+pub fn tokens_wanted(pod: &Pod) -> Vec<TokenWanted> {
+    let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+    let mut out = Vec::new();
+    for v in volumes {
+        let sources = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+        for (k, src) in sources.enumerate() {
+            if let Some(t) = &src.service_account_token {
+                let seconds = t.expiration_seconds.unwrap_or(3600);
+                out.push((v.name.clone(), k, t.audience.clone(), seconds));
+            }
+        }
+    }
+    out
 }
 
 /// The names of the ConfigMaps and Secrets the pod refers to: (config maps, secrets).
@@ -110,6 +135,14 @@ pub fn wanted(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
         }
         if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
             secrets.insert(s);
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(c) = &src.config_map {
+                cms.insert(c.name.clone());
+            }
+            if let Some(s) = &src.secret {
+                secrets.insert(s.name.clone());
+            }
         }
     }
     (cms, secrets)
@@ -255,6 +288,9 @@ fn environment(pod: &Pod, c: &Container, refs: &Refs, at: &str) -> Result<Vec<En
             }
         });
     };
+    for (k, v) in &refs.service_env {
+        put(k.clone(), v.clone(), false);
+    }
     for (i, f) in c.env_from.iter().flatten().enumerate() {
         let prefix = f.prefix.clone().unwrap_or_default();
         let (data, secure, name, optional, kind) = match (&f.config_map_ref, &f.secret_ref) {
@@ -460,24 +496,138 @@ fn secret_volume(
     items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
     at: &str,
 ) -> Result<BTreeMap<String, String>, Refusal> {
-    use base64::Engine as _;
-    let encode = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let Some(items) = items else {
         return Ok(data.iter().map(|(k, v)| (k.clone(), encode(v))).collect());
     };
     let mut out = BTreeMap::new();
     for (k, item) in items.iter().enumerate() {
-        if item.path.contains('/') {
-            return Err(refuse(
-                format!("{at}.items[{k}].path"),
-                "a container group's secret volume holds files at its top only",
-            ));
-        }
+        flat(&item.path, format!("{at}.items[{k}].path"))?;
         if let Some(v) = data.get(&item.key) {
             out.insert(item.path.clone(), encode(v));
         }
     }
     Ok(out)
+}
+
+fn encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A file of a secret volume must sit at its top.
+fn flat(path: &str, at: String) -> Result<(), Refusal> {
+    if path.contains('/') {
+        return Err(refuse(
+            at,
+            "a container group's secret volume holds files at its top only",
+        ));
+    }
+    Ok(())
+}
+
+/// The files of downwardAPI items: the pod's fields that are known before the group starts.
+fn downward_files<'a>(
+    pod: &Pod,
+    items: impl Iterator<Item = &'a k8s_openapi::api::core::v1::DownwardAPIVolumeFile>,
+    at: &str,
+) -> Result<BTreeMap<String, String>, Refusal> {
+    let mut out = BTreeMap::new();
+    for (k, item) in items.enumerate() {
+        let item_at = format!("{at}.items[{k}]");
+        flat(&item.path, format!("{item_at}.path"))?;
+        let Some(f) = &item.field_ref else {
+            return Err(refuse(
+                format!("{item_at}.resourceFieldRef"),
+                "container groups project the pod's fields only, not its resources",
+            ));
+        };
+        let path = f.field_path.as_str();
+        let known = if path.starts_with("status.") {
+            None
+        } else {
+            berth_agent::config::field(pod, path, None)
+        };
+        let Some(value) = known else {
+            return Err(refuse(
+                format!("{item_at}.fieldRef.fieldPath"),
+                format!("{path:?} is not known before the group starts"),
+            ));
+        };
+        out.insert(
+            item.path.clone(),
+            encode(value.unwrap_or_default().as_bytes()),
+        );
+    }
+    Ok(out)
+}
+
+/// A projected volume as one secret volume: its token, ConfigMap, Secret and downwardAPI
+/// sources' files together.
+fn projected_files(
+    pod: &Pod,
+    v: &k8s_openapi::api::core::v1::Volume,
+    p: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
+    refs: &Refs,
+    at: &str,
+) -> Result<BTreeMap<String, String>, Refusal> {
+    let mut files = BTreeMap::new();
+    for (k, src) in p.sources.iter().flatten().enumerate() {
+        let src_at = format!("{at}.projected.sources[{k}]");
+        if let Some(t) = &src.service_account_token {
+            flat(&t.path, format!("{src_at}.serviceAccountToken.path"))?;
+            let Some(token) = refs.tokens.get(&(v.name.clone(), k)) else {
+                return Err(refuse(
+                    format!("{src_at}.serviceAccountToken"),
+                    "no token was had for the pod's ServiceAccount",
+                ));
+            };
+            files.insert(t.path.clone(), encode(token.as_bytes()));
+        } else if let Some(c) = &src.config_map {
+            let data = match refs.config_maps.get(&c.name) {
+                Some(d) => d.clone(),
+                None if c.optional == Some(true) => BTreeMap::new(),
+                None => {
+                    return Err(refuse(
+                        format!("{src_at}.configMap.name"),
+                        format!("ConfigMap {:?} does not exist", c.name),
+                    ))
+                }
+            };
+            files.extend(secret_volume(
+                &data,
+                c.items.as_ref(),
+                &format!("{src_at}.configMap"),
+            )?);
+        } else if let Some(s) = &src.secret {
+            let data = match refs.secrets.get(&s.name) {
+                Some(d) => d.clone(),
+                None if s.optional == Some(true) => BTreeMap::new(),
+                None => {
+                    return Err(refuse(
+                        format!("{src_at}.secret.name"),
+                        format!("Secret {:?} does not exist", s.name),
+                    ))
+                }
+            };
+            files.extend(secret_volume(
+                &data,
+                s.items.as_ref(),
+                &format!("{src_at}.secret"),
+            )?);
+        } else if let Some(d) = &src.downward_api {
+            files.extend(downward_files(
+                pod,
+                d.items.iter().flatten(),
+                &format!("{src_at}.downwardAPI"),
+            )?);
+        } else {
+            return Err(refuse(
+                src_at,
+                "container groups project serviceAccountToken, configMap, secret and downwardAPI sources only",
+            ));
+        }
+    }
+    Ok(files)
 }
 
 /// The group for `pod` on virtual node `node` in `location`; with `dns` (groups on the
@@ -548,6 +698,14 @@ pub fn group_for(
                 s.items.as_ref(),
                 &format!("{at}.secret"),
             )?);
+        } else if let Some(d) = &v.downward_api {
+            def.secret = Some(downward_files(
+                pod,
+                d.items.iter().flatten(),
+                &format!("{at}.downwardAPI"),
+            )?);
+        } else if let Some(p) = &v.projected {
+            def.secret = Some(projected_files(pod, v, p, refs, &at)?);
         } else {
             let kind = serde_json::to_value(v)
                 .ok()
@@ -558,7 +716,7 @@ pub fn group_for(
                 .unwrap_or_else(|| "volume source".into());
             return Err(refuse(
                 format!("{at}.{kind}"),
-                format!("container groups take emptyDir, configMap and secret volumes, not {kind}"),
+                format!("container groups take emptyDir, configMap, secret, downwardAPI and projected volumes, not {kind}"),
             ));
         }
         volumes.push(def);
@@ -644,6 +802,11 @@ mod tests {
                 {"name": "scratch", "emptyDir": {}},
                 {"name": "conf", "configMap": {"name": "settings", "items": [{"key": "a", "path": "a.txt"}]}},
                 {"name": "creds", "secret": {"secretName": "token"}},
+                {"name": "kube-api-access-x", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                ]}},
             ],
             "initContainers": [{"name": "setup", "image": "busybox", "command": ["true"]}],
             "containers": [{
@@ -662,19 +825,34 @@ mod tests {
             }],
         }));
         let refs = Refs {
-            config_maps: BTreeMap::from([(
-                "settings".to_string(),
-                BTreeMap::from([("a".to_string(), b"alpha".to_vec())]),
-            )]),
+            config_maps: BTreeMap::from([
+                (
+                    "settings".to_string(),
+                    BTreeMap::from([("a".to_string(), b"alpha".to_vec())]),
+                ),
+                (
+                    "kube-root-ca.crt".to_string(),
+                    BTreeMap::from([("ca.crt".to_string(), b"PEM".to_vec())]),
+                ),
+            ]),
             secrets: BTreeMap::from([(
                 "token".to_string(),
                 BTreeMap::from([("pw".to_string(), b"hunter2".to_vec())]),
             )]),
+            tokens: BTreeMap::from([(("kube-api-access-x".to_string(), 0), "jwt".to_string())]),
+            service_env: vec![
+                ("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into()),
+                ("PLAIN".into(), "overridden".into()),
+            ],
         };
+        assert_eq!(
+            tokens_wanted(&p),
+            [("kube-api-access-x".to_string(), 0, None, 3607)]
+        );
         assert_eq!(
             wanted(&p),
             (
-                BTreeSet::from(["settings".to_string()]),
+                BTreeSet::from(["kube-root-ca.crt".to_string(), "settings".to_string()]),
                 BTreeSet::from(["token".to_string()])
             )
         );
@@ -695,6 +873,14 @@ mod tests {
         assert!(env.contains(&("PASSWORD".into(), None, Some("hunter2".into()))));
         assert!(env.contains(&("POD".into(), Some("web.v1".into()), None)));
         assert!(env.contains(&("APP".into(), Some("web".into()), None)));
+        assert!(env.contains(&(
+            "KUBERNETES_SERVICE_HOST".into(),
+            Some("10.96.0.1".into()),
+            None
+        )));
+        // The container's own variable wins over a Service's.
+        assert!(env.contains(&("PLAIN".into(), Some("1".into()), None)));
+        assert!(!env.contains(&("PLAIN".into(), Some("overridden".into()), None)));
         assert_eq!(
             c.readiness_probe
                 .as_ref()
@@ -709,6 +895,11 @@ mod tests {
         assert!(vols[0].empty_dir.is_some());
         assert_eq!(vols[1].secret.as_ref().unwrap()["a.txt"], "YWxwaGE=");
         assert_eq!(vols[2].secret.as_ref().unwrap()["pw"], "aHVudGVyMg==");
+        // The projection: token, CA and namespace in one secret volume.
+        let projected = vols[3].secret.as_ref().unwrap();
+        assert_eq!(projected["token"], "and0");
+        assert_eq!(projected["ca.crt"], "UEVN");
+        assert_eq!(projected["namespace"], "c2hvcA==");
         assert_eq!(g.properties.init_containers[0].name, "setup");
         assert_eq!(g.properties.restart_policy.as_deref(), Some("OnFailure"));
         assert_eq!(g.tags[TAG_POD_UID], "0A1b2c3d-4e5f-6789");

@@ -30,7 +30,7 @@ use berth_agent::runtime::PodRef;
 use berth_core::aci::ContainerGroup;
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
@@ -267,13 +267,18 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
     }
 
     tasks.spawn(watch);
+    let (services, keep_services) =
+        berth_agent::net::cache::<Service>(&client, Arc::new(tokio::sync::Notify::new()));
+    tasks.spawn(keep_services);
     // Never act on an empty view: it would look like every pod had gone.
     let _ = reader.wait_until_ready().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), services.wait_until_ready()).await;
     let mut node = Vnode {
         owner: ApiOwner {
             client: client.clone(),
             node: cfg.join.node_name.clone(),
         },
+        services,
         aci,
         cfg: cfg.clone(),
         refused: HashSet::new(),
@@ -293,6 +298,8 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
 
 struct Vnode {
     owner: ApiOwner,
+    /// Every Service, for the variables containers are given.
+    services: kube::runtime::reflector::Store<Service>,
     aci: Arc<Aci>,
     cfg: Config,
     /// Pods refused (by uid): their Failed status is written once.
@@ -458,6 +465,26 @@ impl Vnode {
     async fn put(&self, pod: &Pod, r: &PodRef, name: &str) -> Put {
         let (cms, secrets) = group::wanted(pod);
         let mut refs = group::Refs::default();
+        let services = self.services.state();
+        refs.service_env =
+            berth_agent::net::service_env::for_pod(pod, services.iter().map(|s| s.as_ref()));
+        for (volume, source, audience, seconds) in group::tokens_wanted(pod) {
+            match self
+                .owner
+                .service_account_token(pod, audience.as_deref(), seconds)
+                .await
+            {
+                Ok(Ok(token)) => {
+                    refs.tokens.insert((volume, source), token);
+                }
+                // The account may not be made yet (a new namespace's `default`): next pass.
+                Ok(Err(why)) => {
+                    tracing::debug!(pod = %r.name, %why, "no ServiceAccount token yet");
+                    return Put::Again;
+                }
+                Err(_) => return Put::Again,
+            }
+        }
         for (kind, names, into) in [
             (SourceKind::ConfigMap, cms, &mut refs.config_maps),
             (SourceKind::Secret, secrets, &mut refs.secrets),

@@ -12,6 +12,7 @@ pub mod nft;
 pub mod overlay;
 pub mod podnet;
 pub mod proxy;
+pub mod service_env;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 
 /// A cache of every `K`, poking `changed` on each change, kept while the returned task runs.
-fn cache<K>(
+pub fn cache<K>(
     client: &kube::Client,
     changed: Arc<tokio::sync::Notify>,
 ) -> (

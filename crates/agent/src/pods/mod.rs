@@ -68,11 +68,16 @@ pub struct PodSync {
     /// stopped only once it is not (or its grace runs out), so no Service sends it new
     /// connections after its SIGTERM.
     routed: Option<Routed>,
+    /// The Service variables of a pod (`KUBERNETES_SERVICE_HOST` and the rest).
+    service_env: Option<ServiceEnv>,
     /// The node's address: a host-network pod's address.
     host_ip: Option<String>,
     /// Pod start latency, for `/metrics`.
     metrics: crate::telemetry::Metrics,
 }
+
+/// See [`PodSync::with_service_env`].
+pub type ServiceEnv = Arc<dyn Fn(&Pod) -> Vec<(String, String)> + Send + Sync>;
 
 /// See [`PodSync::with_routes`].
 pub type Routed = Arc<dyn Fn(&str) -> crate::net::Routing + Send + Sync>;
@@ -162,6 +167,7 @@ impl PodSync {
             prober: Default::default(),
             dns: None,
             routed: None,
+            service_env: None,
             host_ip: None,
             metrics: Default::default(),
         }
@@ -176,6 +182,12 @@ impl PodSync {
     /// The node's address, which host-network pods report as theirs.
     pub fn with_host_ip(mut self, ip: Option<String>) -> Self {
         self.host_ip = ip;
+        self
+    }
+
+    /// Give containers the variables naming the Services they may use, under their own.
+    pub fn with_service_env(mut self, env: Option<ServiceEnv>) -> Self {
+        self.service_env = env;
         self
     }
 
@@ -244,9 +256,17 @@ impl PodSync {
             container: spec.name.clone(),
             message: e.to_string(),
         };
-        config.env = crate::config::environment(&*self.owner, full, spec, sandbox.ip.as_deref())
+        let own = crate::config::environment(&*self.owner, full, spec, sandbox.ip.as_deref())
             .await
             .map_err(failed)?;
+        let mut env = self
+            .service_env
+            .as_ref()
+            .map(|f| f(full))
+            .unwrap_or_default();
+        env.retain(|(k, _)| !own.iter().any(|(o, _)| o == k));
+        env.extend(own);
+        config.env = env;
         config.mounts = crate::config::mounts(&*self.owner, full, spec, &self.data_dir)
             .await
             .map_err(failed)?;

@@ -11,6 +11,7 @@
 //! Objects are stored as JSON without `resourceVersion`; it is the key's `mod_revision` and
 //! is put back on every read, as Kubernetes does over etcd.
 
+mod custom;
 mod delete;
 mod eviction;
 mod list;
@@ -19,13 +20,16 @@ pub(crate) mod mirror;
 mod namespace;
 mod service;
 pub use service::KUBERNETES_IP;
+pub mod service_account;
 mod subresource;
 
 use std::sync::Arc;
 
+use berth_core::custom::Catalog;
 use berth_core::kinds::{self, convert};
 use berth_core::patch;
 use berth_core::resources::{self, Kind, Resource};
+use berth_core::schema;
 use berth_core::typed;
 use berth_store::{KeyValue, Revision, Store, StoreError};
 use jiff::Timestamp;
@@ -148,6 +152,8 @@ pub struct Registry {
     /// Namespace name -> terminating, kept from a watch (as Kubernetes' namespace lifecycle
     /// admission keeps an informer), so creates need not read the store. A miss reads it.
     namespaces: Arc<std::sync::RwLock<std::collections::HashMap<String, bool>>>,
+    /// The kinds CustomResourceDefinitions add, kept from a watch on the definitions.
+    pub custom: Arc<Catalog>,
 }
 
 /// The current time, to the second, as Kubernetes writes timestamps.
@@ -249,7 +255,33 @@ impl Registry {
             store,
             alloc: Arc::new(tokio::sync::Mutex::new(())),
             namespaces: Arc::default(),
+            custom: Arc::default(),
         }
+    }
+
+    /// The resource `served`'s objects are stored as: itself, or the version of its kind
+    /// the store keeps (an older version served beside, a custom kind's storage version).
+    pub fn storage_of(&self, served: &Resource) -> Result<&'static Resource, ApiError> {
+        if served.kind == Kind::Custom {
+            return self.custom.of(served).map(|c| c.storage).ok_or_else(|| {
+                ApiError::path_not_found(&format!(
+                    "{}: its CustomResourceDefinition is gone",
+                    served.qualified()
+                ))
+            });
+        }
+        Ok(resources::of_kind(served.kind))
+    }
+
+    /// Every check of `obj` before it is stored: its kind's rules, a custom kind's schema.
+    fn validate(&self, res: &Resource, obj: &Value) -> Vec<berth_core::FieldError> {
+        let mut errs = kinds::validate(res, obj);
+        if res.kind == Kind::Custom {
+            if let Some(c) = self.custom.of(res) {
+                errs.extend(berth_core::schema::validate(&c.schema, obj));
+            }
+        }
+        errs
     }
 
     /// The store underneath (for the health check and the benchmark).
@@ -349,6 +381,18 @@ impl Registry {
                 ApiError::invalid(res, &name, &[e])
             }
         })?;
+        let mut decoded = decoded;
+        if res.kind == Kind::Custom {
+            // The definition's schema: unknown fields pruned, defaults filled in.
+            let custom = self.custom.of(res).ok_or_else(|| {
+                ApiError::path_not_found(&format!(
+                    "{}: its CustomResourceDefinition is gone",
+                    res.qualified()
+                ))
+            })?;
+            decoded.unknown_fields = schema::prune(&custom.schema, &mut decoded.object);
+            schema::default(&custom.schema, &mut decoded.object);
+        }
         if !decoded.unknown_fields.is_empty() {
             let msgs: Vec<String> = decoded
                 .unknown_fields
@@ -433,7 +477,10 @@ impl Registry {
             self.check_namespace_open(res, ns_name.as_deref().unwrap_or("default"), name_of(&obj))
                 .await?;
         }
-        let errs = kinds::validate(res, &obj);
+        if res.kind == Kind::Pod {
+            service_account::admit_pod(self, &mut obj).await?;
+        }
+        let errs = self.validate(res, &obj);
         if !errs.is_empty() {
             return Err(ApiError::invalid(res, name_of(&obj), &errs));
         }
@@ -612,7 +659,7 @@ impl Registry {
                 meta_mut(&mut new).insert("generation".into(), json!(g + 1));
             }
         }
-        let mut errs = kinds::validate(res, &new);
+        let mut errs = self.validate(res, &new);
         errs.extend(kinds::validate_update(res, &old, &new));
         if !errs.is_empty() {
             return Err(ApiError::invalid(res, &name, &errs));
@@ -693,7 +740,7 @@ impl Registry {
         part: Part,
         opts: &WriteOptions,
     ) -> Result<Outcome, ApiError> {
-        let res = resources::of_kind(served.kind);
+        let res = self.storage_of(served)?;
         // Only a resourceVersion the patch itself names is a precondition; the one the
         // patched object carries is just the stored one, and a write that loses a race with
         // another is retried on the newer object, as Kubernetes does.
@@ -727,7 +774,7 @@ impl Registry {
             } else {
                 apply_patch(&mut obj, kind, body)?;
             }
-            let obj = convert::to_storage(served, obj)
+            let obj = convert::to_storage(served, res, obj)
                 .map_err(|e| ApiError::unconvertible(served, name, e))?;
             let mut warnings = Vec::new();
             let obj = self.admit_body(res, ns, obj, opts.validation, &mut warnings)?;
@@ -832,6 +879,7 @@ impl Registry {
             }
         }
         namespace::resume_terminating(self).await?;
+        custom::spawn(self.clone()).await?;
         namespace::spawn_cache(self.clone(), self.namespaces.clone()).await
     }
 }

@@ -28,7 +28,17 @@ pub(crate) fn spawn_finalizer(registry: Registry, name: String) {
 /// One pass: delete what is left in the namespace; true once it is empty and released.
 async fn finalize(registry: &Registry, ns: &str) -> Result<bool, ApiError> {
     let mut remaining = 0;
-    for res in RESOURCES.iter().filter(|r| r.namespaced) {
+    let custom = registry.custom.all();
+    // A custom kind is stored once, as its storage version.
+    let stored_custom = custom
+        .iter()
+        .filter(|c| std::ptr::eq(c.resource, c.storage))
+        .map(|c| c.storage);
+    for res in RESOURCES
+        .iter()
+        .chain(stored_custom)
+        .filter(|r| r.namespaced)
+    {
         let listed = registry.list(res, Some(ns), &ListParams::default()).await?;
         for item in &listed.items {
             remaining += 1;

@@ -1,5 +1,6 @@
 //! The `scale` subresource (autoscaling/v1 Scale over `spec.replicas`) and pod `binding`.
 
+use berth_core::custom::{json_path, ScalePaths};
 use berth_core::resources::{self, Kind, Resource};
 use berth_core::selector::label_selector_string;
 use berth_core::FieldError;
@@ -8,7 +9,48 @@ use serde_json::{json, Value};
 use super::{apply_patch, from_kv, now, Part, PatchType, Registry, WriteOptions};
 use crate::status::ApiError;
 
-fn scale_of(obj: &Value) -> Value {
+/// Where a kind's Scale reads and writes: `spec.replicas`, `status.replicas` and
+/// `spec.selector` for the built-in kinds, the definition's paths for a custom one.
+fn scale_paths(registry: &Registry, res: &Resource) -> ScalePaths {
+    registry
+        .custom
+        .of(res)
+        .and_then(|c| c.scale.clone())
+        .unwrap_or_else(|| ScalePaths {
+            spec_replicas: ".spec.replicas".into(),
+            status_replicas: ".status.replicas".into(),
+            label_selector: Some(".spec.selector".into()),
+        })
+}
+
+/// Set the field at a dotted path (`.spec.replicas`), making the objects on the way.
+fn set_path(obj: &mut Value, path: &str, value: Value) {
+    let mut cur = obj;
+    let mut keys = path.trim_start_matches('.').split('.').peekable();
+    while let Some(key) = keys.next() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let map = cur.as_object_mut().expect("an object");
+        if keys.peek().is_none() {
+            map.insert(key.to_string(), value);
+            return;
+        }
+        cur = map.entry(key.to_string()).or_insert_with(|| json!({}));
+    }
+}
+
+fn scale_of(obj: &Value, paths: &ScalePaths) -> Value {
+    let at = |p: &str| json_path(obj, p).filter(|v| !v.is_null()).cloned();
+    let selector = match paths
+        .label_selector
+        .as_deref()
+        .and_then(|p| json_path(obj, p))
+    {
+        // A custom kind keeps its selector as a string already.
+        Some(Value::String(s)) => s.clone(),
+        other => scale_selector(other),
+    };
     let m = &obj["metadata"];
     json!({
         "kind": "Scale",
@@ -17,10 +59,10 @@ fn scale_of(obj: &Value) -> Value {
             "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
             "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "spec": {"replicas": at(&paths.spec_replicas).unwrap_or(json!(0))},
         "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
-            "selector": scale_selector(obj.pointer("/spec/selector")),
+            "replicas": at(&paths.status_replicas).unwrap_or(json!(0)),
+            "selector": selector,
         },
     })
 }
@@ -42,7 +84,8 @@ impl Registry {
         ns: Option<&str>,
         name: &str,
     ) -> Result<Value, ApiError> {
-        Ok(scale_of(&self.get(res, ns, name).await?))
+        let paths = scale_paths(self, res);
+        Ok(scale_of(&self.get(res, ns, name).await?, &paths))
     }
 
     /// Write `spec.replicas` from a Scale (PUT, or the result of a PATCH on the Scale).
@@ -55,6 +98,7 @@ impl Registry {
         patch: Option<(PatchType, &Value)>,
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
+        let paths = scale_paths(self, res);
         for _ in 0..8 {
             let Some(current) = self.get_kv(res, ns, name).await? else {
                 return Err(ApiError::not_found(res, name));
@@ -63,11 +107,11 @@ impl Registry {
             let mut wanted = match (scale, patch) {
                 (Some(s), _) => s.clone(),
                 (None, Some((kind, body))) => {
-                    let mut s = scale_of(&obj);
+                    let mut s = scale_of(&obj, &paths);
                     apply_patch(&mut s, kind, body)?;
                     s
                 }
-                (None, None) => scale_of(&obj),
+                (None, None) => scale_of(&obj, &paths),
             };
             let pinned = wanted
                 .pointer("/metadata/resourceVersion")
@@ -102,7 +146,7 @@ impl Registry {
                     ));
                 }
             };
-            obj["spec"]["replicas"] = Value::Number(replicas);
+            set_path(&mut obj, &paths.spec_replicas, Value::Number(replicas));
             match self
                 .write_update(res, &current, obj, Part::Main, opts, false)
                 .await
@@ -112,7 +156,7 @@ impl Registry {
                     continue
                 }
                 Err(e) => return Err(e),
-                Ok(out) => return Ok(scale_of(&out.object)),
+                Ok(out) => return Ok(scale_of(&out.object, &paths)),
             }
         }
         Err(ApiError::modified(res, name))

@@ -533,3 +533,27 @@ pub fn remove_node_network(node: &str) {
         .stderr(Stdio::null())
         .status();
 }
+
+/// The Python that `scripts/test.sh` prepares (`target/aci-venv`, or `BERTH_ACI_PYTHON`),
+/// checked to import `module` (the package `pip` installs it from).
+#[allow(dead_code)] // not every test binary runs Python
+pub fn python_with(module: &str, pip: &str) -> PathBuf {
+    let python = std::env::var_os("BERTH_ACI_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/aci-venv/bin/python")
+        });
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "this test needs Python with {module} at {}: run ./scripts/test.sh (it makes the venv), \
+         or `python3 -m venv target/aci-venv && target/aci-venv/bin/pip install {pip}`, or set \
+         BERTH_ACI_PYTHON",
+        python.display()
+    );
+    python
+}

@@ -8,6 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::kinds::str_at;
 use crate::resources::{Kind, Resource};
 
 const METRICS: &str = "autoscaling.alpha.kubernetes.io/metrics";
@@ -23,17 +24,32 @@ pub struct ConvertError {
 }
 
 /// `obj`, stored in the storage version, as `served` shows it.
+/// A custom kind's versions convert with the `None` strategy: only `apiVersion` changes.
 pub fn from_storage(served: &Resource, mut obj: Value) -> Value {
     if served.kind == Kind::HorizontalPodAutoscaler && served.version == "v1" {
         obj = hpa_to_v1(obj);
     }
+    if served.kind == Kind::Custom {
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("apiVersion".into(), served.api_version().into());
+        }
+    }
     obj
 }
 
-/// `obj`, written in `served`'s version, in the storage version.
-pub fn to_storage(served: &Resource, obj: Value) -> Result<Value, ConvertError> {
+/// `obj`, written in `served`'s version, in the version of `storage`.
+pub fn to_storage(
+    served: &Resource,
+    storage: &Resource,
+    mut obj: Value,
+) -> Result<Value, ConvertError> {
     if served.kind == Kind::HorizontalPodAutoscaler && served.version == "v1" {
         return hpa_from_v1(obj);
+    }
+    if served.kind == Kind::Custom && served.api_version() == str_at(&obj, "/apiVersion") {
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("apiVersion".into(), storage.api_version().into());
+        }
     }
     Ok(obj)
 }
@@ -271,7 +287,12 @@ mod tests {
 
     #[test]
     fn v2_to_v1_and_back_loses_nothing_but_the_cpu_average_value() {
-        let back = to_storage(&ALSO_SERVED[0], from_storage(&ALSO_SERVED[0], v2())).unwrap();
+        let back = to_storage(
+            &ALSO_SERVED[0],
+            &ALSO_SERVED[0],
+            from_storage(&ALSO_SERVED[0], v2()),
+        )
+        .unwrap();
         let mut want = v2();
         // v1 can say a CPU utilization only; the raw average of that metric is not kept.
         want["status"]["currentMetrics"][0]["resource"]["current"] =
@@ -289,7 +310,7 @@ mod tests {
             "metadata": {"name": "web"},
             "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web", "apiVersion": "apps/v1"},
                      "maxReplicas": 3, "targetCPUUtilizationPercentage": 60}});
-        let v2 = to_storage(&ALSO_SERVED[0], v1).unwrap();
+        let v2 = to_storage(&ALSO_SERVED[0], &ALSO_SERVED[0], v1).unwrap();
         assert_eq!(v2["apiVersion"], "autoscaling/v2");
         assert_eq!(
             v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
@@ -298,7 +319,7 @@ mod tests {
         assert!(v2["metadata"].get("annotations").is_none());
         let bad = json!({"metadata": {"name": "x", "annotations": {METRICS: "not json"}},
             "spec": {"maxReplicas": 1}});
-        let err = to_storage(&ALSO_SERVED[0], bad).unwrap_err();
+        let err = to_storage(&ALSO_SERVED[0], &ALSO_SERVED[0], bad).unwrap_err();
         assert_eq!(err.field, format!("metadata.annotations[{METRICS}]"));
     }
 }

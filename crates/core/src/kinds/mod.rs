@@ -54,7 +54,7 @@ pub(crate) fn default_field(obj: &mut Value, key: &str, value: Value) {
 }
 
 /// The object at `obj[key]`, created empty if absent.
-pub(crate) fn child<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
+pub fn child<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
     default_field(obj, key, json!({}));
     obj.get_mut(key).expect("just defaulted")
 }
@@ -82,7 +82,9 @@ pub fn default(kind: Kind, obj: &mut Value) {
         Kind::PersistentVolume => storage::default_pv(obj),
         Kind::StorageClass => storage::default_storage_class(obj),
         Kind::RoleBinding | Kind::ClusterRoleBinding => rbac::default_binding(obj),
-        Kind::PodDisruptionBudget
+        Kind::CustomResourceDefinition => crate::custom::default_definition(obj),
+        Kind::Custom
+        | Kind::PodDisruptionBudget
         | Kind::ControllerRevision
         | Kind::ServiceAccount
         | Kind::Role
@@ -118,7 +120,9 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<FieldError> {
         Kind::RoleBinding | Kind::ClusterRoleBinding => {
             rbac::validate_binding(obj, res.namespaced, &mut errs)
         }
-        Kind::ControllerRevision
+        Kind::CustomResourceDefinition => crate::custom::validate_definition(obj, &mut errs),
+        Kind::Custom
+        | Kind::ControllerRevision
         | Kind::ServiceAccount
         | Kind::Namespace
         | Kind::Node
