@@ -154,7 +154,8 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         .map_err(StartError::Store)?,
     );
     let files = berth_tls::TlsFiles::in_dir(&cfg.data_dir);
-    let ca_pem = berth_tls::ensure(&files, &sans(&cfg)).map_err(StartError::Tls)?;
+    let server_sans = sans(&cfg);
+    let ca_pem = berth_tls::ensure(&files, &server_sans).map_err(StartError::Tls)?;
     let tls_config = berth_tls::server_config_from(&files).map_err(StartError::Tls)?;
     let tokens =
         Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(StartError::Tokens)?;
@@ -191,6 +192,7 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         telemetry: telemetry.clone(),
         authz: authorizer,
         validated: Default::default(),
+        server_sans,
     });
     let app = http::router(state);
     let accept = serve_tls(listener, tls_config, app);

@@ -133,6 +133,7 @@ thread_local! {
                 telemetry: Default::default(),
                 authz: Default::default(),
                 validated: Default::default(),
+                server_sans: vec![],
             }))
         });
         (rt, app)

@@ -152,7 +152,8 @@ async fn hosts_on_a_private_network_fail_over_and_are_fenced_when_cut_off() {
             "-d".into(),
             // A host's agent is root with its capabilities: pods' volumes (every pod has its
             // ServiceAccount's) are mounted in a mount namespace of their own.
-            "--privileged".into(),
+            "--cap-add".into(),
+            "SYS_ADMIN".into(),
             "--name".into(),
             name.clone(),
             "--hostname".into(),

@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::Berth;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use common::{eventually, Berth};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -145,4 +146,22 @@ async fn node_tokens_are_scoped_to_their_node() {
         code(everywhere.list(&Default::default()).await.unwrap_err()),
         403
     );
+
+    // ServiceAccounts: only its pods' accounts, by name; RBAC objects not at all.
+    let node_client = client_with_token(&b, &token).await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(node_client.clone(), "default");
+    eventually(10, "the default account", || async {
+        accounts.get("default").await.ok()
+    })
+    .await;
+    assert_eq!(
+        code(accounts.list(&Default::default()).await.unwrap_err()),
+        403
+    );
+    let roles: Api<ClusterRole> = Api::all(node_client);
+    assert_eq!(
+        code(roles.list(&Default::default()).await.unwrap_err()),
+        403
+    );
+    assert_eq!(code(roles.get("view").await.unwrap_err()), 403);
 }

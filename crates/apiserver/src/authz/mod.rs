@@ -297,8 +297,19 @@ fn node_rules(node: &str, a: &Attributes) -> Result<Option<NodeScope>, ApiError>
             Err(forbidden(&Identity::Node(node.into()).user(), a))
         };
     }
-    // Secrets and ConfigMaps: only those its pods use, one at a time.
-    if a.group.is_empty() && matches!(resource, "secrets" | "configmaps") {
+    // Who may do what is none of a node's business.
+    if a.group == resources::RBAC {
+        return Err(ApiError::forbidden(format!(
+            "node {node:?} may not {} {}: nodes do not read RBAC objects",
+            a.verb,
+            a.resource_text()
+        )));
+    }
+    // Secrets, ConfigMaps and ServiceAccounts: only those its pods use, one at a time.
+    if a.group.is_empty()
+        && sub.is_none()
+        && matches!(resource, "secrets" | "configmaps" | "serviceaccounts")
+    {
         return if a.verb == "get" && !a.name.is_empty() {
             Ok(Some(NodeScope::UsedByPodOnNode))
         } else {
@@ -343,11 +354,16 @@ fn node_rules(node: &str, a: &Attributes) -> Result<Option<NodeScope>, ApiError>
     })
 }
 
-/// Does `pod` use Secret (`secret`) or ConfigMap (`!secret`) `name`: in a volume (projected
-/// ones included), an env or envFrom reference, or as an image pull secret?
-pub fn pod_uses(pod: &Value, secret: bool, name: &str) -> bool {
+/// Does `pod` use the `resource` (`secrets`, `configmaps`, `serviceaccounts`) named `name`:
+/// as its account; in a volume (projected ones included), an env or envFrom reference, or as
+/// an image pull secret?
+pub fn pod_uses(pod: &Value, resource: &str, name: &str) -> bool {
     let spec = pod.get("spec").unwrap_or(&Value::Null);
     let is = |v: Option<&Value>| v.and_then(Value::as_str) == Some(name);
+    if resource == "serviceaccounts" {
+        return is(spec.get("serviceAccountName"));
+    }
+    let secret = resource == "secrets";
     let (vol_key, vol_name, ref_key, key_ref) = if secret {
         ("secret", "secretName", "secretRef", "secretKeyRef")
     } else {
@@ -679,16 +695,17 @@ mod tests {
                 "envFrom": [{"configMapRef": {"name": "env-cm"}}],
                 "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "key-secret", "key": "k"}}}]}]}});
         for s in ["vol-secret", "pull", "key-secret"] {
-            assert!(pod_uses(&pod, true, s), "{s}");
+            assert!(pod_uses(&pod, "secrets", s), "{s}");
         }
         for c in ["kube-root-ca.crt", "env-cm"] {
-            assert!(pod_uses(&pod, false, c), "{c}");
+            assert!(pod_uses(&pod, "configmaps", c), "{c}");
         }
         assert!(
-            !pod_uses(&pod, true, "env-cm"),
+            !pod_uses(&pod, "secrets", "env-cm"),
             "a ConfigMap's name is not a Secret's"
         );
-        assert!(!pod_uses(&pod, false, "other"));
+        assert!(!pod_uses(&pod, "configmaps", "other"));
+        assert!(!pod_uses(&pod, "serviceaccounts", "other"));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub(crate) fn int_at(obj: &Value, pointer: &str) -> i64 {
 }
 
 /// The array at a JSON pointer, or an empty slice.
-pub(crate) fn arr_at<'a>(obj: &'a Value, pointer: &str) -> &'a [Value] {
+pub fn arr_at<'a>(obj: &'a Value, pointer: &str) -> &'a [Value] {
     obj.pointer(pointer)
         .and_then(Value::as_array)
         .map(Vec::as_slice)
