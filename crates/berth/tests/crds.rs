@@ -35,6 +35,9 @@ spec:
           spec:
             type: object
             required: [cronSpec]
+            x-kubernetes-validations:
+            - {rule: "!has(self.image) || self.image != 'banned'", message: that image is not allowed}
+            - {rule: "self.cronSpec == oldSelf.cronSpec || self.replicas == 0", message: stop it before changing its schedule, fieldPath: .cronSpec}
             properties:
               cronSpec: {type: string, pattern: '^(\S+ ){4}\S+$'}
               image: {type: string}
@@ -121,6 +124,31 @@ async fn a_custom_kind_is_served_validated_scaled_and_removed_with_its_definitio
     );
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(err.contains("spec.cronSpec: Required value"), "{err}");
+    // The definition's CEL rules: one on every write, one comparing with the stored object.
+    let banned = b.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: bad}\nspec: {cronSpec: '* * * * *', image: banned}\n",
+    );
+    let err = String::from_utf8_lossy(&banned.stderr);
+    assert!(
+        err.contains(r#"spec: Invalid value: "object": that image is not allowed"#),
+        "{err}"
+    );
+    let moved = b.kubectl(&[
+        "patch",
+        "crontab",
+        "nightly",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"cronSpec": "0 * * * *"}}"#,
+    ]);
+    let err = String::from_utf8_lossy(&moved.stderr);
+    assert!(
+        err.contains(
+            "spec.cronSpec: Invalid value: \"object\": stop it before changing its schedule"
+        ),
+        "{err}"
+    );
     assert!(!b.kubectl(&["get", "crontab", "bad"]).status.success());
 
     // The table has the definition's columns.

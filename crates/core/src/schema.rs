@@ -123,10 +123,12 @@ pub fn default(schema: &Value, v: &mut Value) {
     }
 }
 
-/// Every way `obj` breaks `schema`, with field paths (`spec.replicas`).
-pub fn validate(schema: &Value, obj: &Value) -> Vec<FieldError> {
+/// Every way `obj` breaks `schema`, with field paths (`spec.replicas`). `old` is the stored
+/// object an update replaces: the `x-kubernetes-validations` rules that compare with it
+/// (`oldSelf`) run only where it has a value to compare with.
+pub fn validate(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    validate_at(schema, obj, "", true, &mut errs);
+    validate_at(schema, obj, old, "", true, &mut errs);
     errs
 }
 
@@ -169,7 +171,14 @@ fn type_matches(ty: &str, v: &Value) -> bool {
     }
 }
 
-fn validate_at(schema: &Value, v: &Value, path: &str, envelope: bool, errs: &mut Vec<FieldError>) {
+fn validate_at(
+    schema: &Value,
+    v: &Value,
+    old: Option<&Value>,
+    path: &str,
+    envelope: bool,
+    errs: &mut Vec<FieldError>,
+) {
     if v.is_null() {
         if !flag(schema, "nullable") && schema.get("type").is_some() {
             let ty = schema["type"].as_str().unwrap_or_default();
@@ -220,10 +229,11 @@ fn validate_at(schema: &Value, v: &Value, path: &str, envelope: bool, errs: &mut
         Value::String(s) => string_rules(schema, s, v, path, errs),
         Value::Number(_) => number_rules(schema, v, path, errs),
         Value::Array(items) => array_rules(schema, items, v, path, errs),
-        Value::Object(map) => object_rules(schema, map, path, envelope, errs),
+        Value::Object(map) => object_rules(schema, map, old, path, envelope, errs),
         _ => {}
     }
     combinators(schema, v, path, errs);
+    rules(schema, v, old, path, errs);
 }
 
 fn string_rules(schema: &Value, s: &str, v: &Value, path: &str, errs: &mut Vec<FieldError>) {
@@ -383,7 +393,7 @@ fn array_rules(schema: &Value, items: &[Value], v: &Value, path: &str, errs: &mu
     }
     if let Some(sub) = schema.get("items") {
         for (i, item) in items.iter().enumerate() {
-            validate_at(sub, item, &format!("{path}[{i}]"), false, errs);
+            validate_at(sub, item, None, &format!("{path}[{i}]"), false, errs);
         }
     }
 }
@@ -391,6 +401,7 @@ fn array_rules(schema: &Value, items: &[Value], v: &Value, path: &str, errs: &mu
 fn object_rules(
     schema: &Value,
     map: &Map<String, Value>,
+    old: Option<&Value>,
     path: &str,
     envelope: bool,
     errs: &mut Vec<FieldError>,
@@ -436,7 +447,8 @@ fn object_rules(
             continue;
         }
         if let Some(sub) = props.and_then(|p| p.get(key)).or(additional) {
-            validate_at(sub, child, &join(path, key), false, errs);
+            let was = old.and_then(|o| o.get(key));
+            validate_at(sub, child, was, &join(path, key), false, errs);
         }
     }
 }
@@ -444,7 +456,7 @@ fn object_rules(
 /// Does `v` pass `schema` (at `path`) with no error?
 fn passes(schema: &Value, v: &Value, path: &str) -> bool {
     let mut errs = Vec::new();
-    validate_at(schema, v, path, false, &mut errs);
+    validate_at(schema, v, None, path, false, &mut errs);
     errs.is_empty()
 }
 
@@ -457,7 +469,7 @@ fn combinators(schema: &Value, v: &Value, path: &str, errs: &mut Vec<FieldError>
             .unwrap_or_default()
     };
     for sub in list("allOf") {
-        validate_at(sub, v, path, false, errs);
+        validate_at(sub, v, None, path, false, errs);
     }
     let any = list("anyOf");
     if !any.is_empty() && !any.iter().any(|s| passes(s, v, path)) {
@@ -495,6 +507,62 @@ fn combinators(schema: &Value, v: &Value, path: &str, errs: &mut Vec<FieldError>
     }
 }
 
+/// The `x-kubernetes-validations` rules at this level: CEL expressions (the `cel` crate)
+/// over `self` (the value here) and, for transition rules, `oldSelf` (its stored value).
+fn rules(schema: &Value, v: &Value, old: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
+    for rule in schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let text = rule.get("rule").and_then(Value::as_str).unwrap_or_default();
+        let transition = text.contains("oldSelf");
+        if transition && old.is_none() {
+            continue;
+        }
+        let at = match rule.get("fieldPath").and_then(Value::as_str) {
+            Some(f) if !f.is_empty() => format!("{path}{f}"),
+            _ => path.to_string(),
+        };
+        let outcome = cel::Program::compile(text)
+            .map_err(|e| e.to_string())
+            .and_then(|program| {
+                let mut ctx = cel::Context::default();
+                ctx.add_variable("self", v).map_err(|e| e.to_string())?;
+                if let Some(o) = old {
+                    ctx.add_variable("oldSelf", o).map_err(|e| e.to_string())?;
+                }
+                program.execute(&ctx).map_err(|e| e.to_string())
+            });
+        let message = match outcome {
+            Ok(cel::Value::Bool(true)) => continue,
+            Ok(cel::Value::Bool(false)) => match rule.get("message").and_then(Value::as_str) {
+                Some(m) if !m.is_empty() => m.to_string(),
+                _ => format!("failed rule: {text}"),
+            },
+            Ok(other) => format!("rule {text:?} gave {other:?}, not a bool"),
+            Err(e) => format!("rule {text:?} could not be evaluated: {e}"),
+        };
+        let reason = match rule.get("reason").and_then(Value::as_str) {
+            Some("FieldValueRequired") => Reason::Required,
+            Some("FieldValueForbidden") => Reason::Forbidden,
+            Some("FieldValueDuplicate") => Reason::Duplicate,
+            _ => Reason::Invalid,
+        };
+        let detail = if reason == Reason::Invalid {
+            format!("{}: {message}", show(v))
+        } else {
+            message
+        };
+        errs.push(FieldError {
+            path: at,
+            reason,
+            detail,
+        });
+    }
+}
+
 /// Why `schema` cannot serve as a CRD version's schema, if it cannot: every level must say
 /// its type (unless it preserves unknown fields or is an int-or-string), and patterns must
 /// compile. `path` names the schema in the CRD (`spec.versions[0].schema.openAPIV3Schema`).
@@ -523,6 +591,25 @@ pub fn check_structural(schema: &Value, path: &str, errs: &mut Vec<FieldError>) 
                 format!("{path}.pattern"),
                 p,
                 format!("must be a valid regular expression: {e}"),
+            ));
+        }
+    }
+    for (i, rule) in map
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let text = rule.get("rule").and_then(Value::as_str).unwrap_or_default();
+        let at = format!("{path}.x-kubernetes-validations[{i}].rule");
+        if text.is_empty() {
+            errs.push(FieldError::required(at));
+        } else if let Err(e) = cel::Program::compile(text) {
+            errs.push(FieldError::invalid(
+                at,
+                text,
+                format!("compilation failed: {e}"),
             ));
         }
     }
@@ -612,7 +699,7 @@ mod tests {
                                {"name": "b", "port": true}],
                      "labels": {"x": 1}},
         });
-        let errs: Vec<String> = validate(&schema(), &obj)
+        let errs: Vec<String> = validate(&schema(), &obj, None)
             .iter()
             .map(|e| e.to_string())
             .collect();
@@ -631,7 +718,7 @@ mod tests {
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
 
         let bounds = json!({"spec": {"image": "UPPER", "replicas": 11}});
-        let errs: Vec<String> = validate(&schema(), &bounds)
+        let errs: Vec<String> = validate(&schema(), &bounds, None)
             .iter()
             .map(|e| e.to_string())
             .collect();
@@ -644,9 +731,56 @@ mod tests {
         );
         assert!(validate(
             &schema(),
-            &json!({"spec": {"image": "web:1", "replicas": 3}})
+            &json!({"spec": {"image": "web:1", "replicas": 3}}),
+            None
         )
         .is_empty());
+    }
+
+    #[test]
+    fn cel_rules_check_self_and_transitions_against_the_old_value() {
+        let s = json!({"type": "object", "properties": {"spec": {
+            "type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "self.min <= self.max", "message": "min may not exceed max"},
+                {"rule": "self.mode == oldSelf.mode", "message": "mode is immutable",
+                 "fieldPath": ".mode"},
+            ],
+            "properties": {"min": {"type": "integer"}, "max": {"type": "integer"},
+                           "mode": {"type": "string"}}}}});
+        let ok = json!({"spec": {"min": 1, "max": 3, "mode": "a"}});
+        assert!(validate(&s, &ok, None).is_empty());
+        let errs: Vec<String> = validate(
+            &s,
+            &json!({"spec": {"min": 4, "max": 3, "mode": "a"}}),
+            None,
+        )
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+        assert_eq!(
+            errs,
+            ["spec: Invalid value: \"object\": min may not exceed max"]
+        );
+        // A transition rule runs on updates only.
+        let changed = json!({"spec": {"min": 1, "max": 3, "mode": "b"}});
+        assert!(validate(&s, &changed, None).is_empty());
+        let errs: Vec<String> = validate(&s, &changed, Some(&ok))
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            errs,
+            ["spec.mode: Invalid value: \"object\": mode is immutable"]
+        );
+        // A rule that does not compile is the definition's error.
+        let mut errs = Vec::new();
+        check_structural(
+            &json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.a <"}]}),
+            "s",
+            &mut errs,
+        );
+        assert_eq!(errs[0].path, "s.x-kubernetes-validations[0].rule");
     }
 
     #[test]
@@ -654,9 +788,9 @@ mod tests {
         let s = json!({"type": "object", "properties": {"v": {
             "x-kubernetes-int-or-string": true,
             "anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+%$"}]}}});
-        assert!(validate(&s, &json!({"v": 5})).is_empty());
-        assert!(validate(&s, &json!({"v": "50%"})).is_empty());
-        assert_eq!(validate(&s, &json!({"v": "half"})).len(), 1);
+        assert!(validate(&s, &json!({"v": 5}), None).is_empty());
+        assert!(validate(&s, &json!({"v": "50%"}), None).is_empty());
+        assert_eq!(validate(&s, &json!({"v": "half"}), None).len(), 1);
 
         let mut errs = Vec::new();
         check_structural(

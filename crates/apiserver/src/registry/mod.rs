@@ -273,12 +273,18 @@ impl Registry {
         Ok(resources::of_kind(served.kind))
     }
 
-    /// Every check of `obj` before it is stored: its kind's rules, a custom kind's schema.
-    fn validate(&self, res: &Resource, obj: &Value) -> Vec<berth_core::FieldError> {
+    /// Every check of `obj` before it is stored (over `old`, on an update): its kind's
+    /// rules, a custom kind's schema.
+    fn validate(
+        &self,
+        res: &Resource,
+        obj: &Value,
+        old: Option<&Value>,
+    ) -> Vec<berth_core::FieldError> {
         let mut errs = kinds::validate(res, obj);
         if res.kind == Kind::Custom {
             if let Some(c) = self.custom.of(res) {
-                errs.extend(berth_core::schema::validate(&c.schema, obj));
+                errs.extend(berth_core::schema::validate(&c.schema, obj, old));
             }
         }
         errs
@@ -480,7 +486,7 @@ impl Registry {
         if res.kind == Kind::Pod {
             service_account::admit_pod(self, &mut obj).await?;
         }
-        let errs = self.validate(res, &obj);
+        let errs = self.validate(res, &obj, None);
         if !errs.is_empty() {
             return Err(ApiError::invalid(res, name_of(&obj), &errs));
         }
@@ -659,7 +665,7 @@ impl Registry {
                 meta_mut(&mut new).insert("generation".into(), json!(g + 1));
             }
         }
-        let mut errs = self.validate(res, &new);
+        let mut errs = self.validate(res, &new, Some(&old));
         errs.extend(kinds::validate_update(res, &old, &new));
         if !errs.is_empty() {
             return Err(ApiError::invalid(res, &name, &errs));
