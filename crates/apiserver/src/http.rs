@@ -41,8 +41,6 @@ pub struct AppState {
     pub authz: crate::authz::Authorizer,
     /// ServiceAccount tokens whose bound objects were recently seen alive.
     pub validated: crate::tokenrequest::Validated,
-    /// The names and addresses the server's own certificate covers: no node is given them.
-    pub server_sans: Vec<String>,
 }
 
 /// The one routing table: everything goes to [`handle`], which routes by path; every
@@ -290,46 +288,30 @@ async fn node_cert(
     };
     let body = parse_body("application/json", &read_body(req.into_body()).await?)?;
     let address = body.get("address").and_then(Value::as_str).unwrap_or("");
-    let nodes = app
-        .registry
-        .list(
-            resources::of_kind(Kind::Node),
-            None,
-            &ListParams {
-                omit_managed: true,
-                ..ListParams::default()
-            },
-        )
-        .await?;
-    let taken: Vec<(String, Vec<String>)> = nodes
-        .items
-        .iter()
-        .map(|n| {
-            let name = berth_core::kinds::str_at(n, "/metadata/name").to_string();
-            let addresses = berth_core::kinds::arr_at(n, "/status/addresses")
-                .iter()
-                .map(|a| berth_core::kinds::str_at(a, "/address").to_string())
-                .collect();
-            (name, addresses)
-        })
-        .collect();
-    let sans =
-        node_cert_sans(node, address, &app.server_sans, &taken).map_err(ApiError::forbidden)?;
+    let sans = node_cert_sans(node, address).map_err(ApiError::forbidden)?;
     let (cert, key) = berth_tls::sign_leaf(&app.pki, &format!("berth-node-{node}"), &sans)
         .map_err(|e| ApiError::internal(format!("signing a certificate for node {node}: {e:#}")))?;
     ok(&json!({"cert": cert, "key": key, "proxyToken": app.tokens.proxy_token(node)}))
 }
 
 /// The names a node's serving certificate may cover: its own name and the address it
-/// serves on, which must be an IP address (or its name), not one of the server's own names
-/// or addresses (the `kubernetes` Service's among them: pods trust this CA), and not an
-/// address another node reports (loopback aside: on one machine every node serves there).
-fn node_cert_sans(
-    node: &str,
-    address: &str,
-    server: &[String],
-    nodes: &[(String, Vec<String>)],
-) -> Result<Vec<String>, String> {
+/// serves on, which must be an IP address (or its name), and never the names pods reach the
+/// API server by (the `kubernetes` Service's address and DNS names: pods trust this CA). Other
+/// addresses are not checked against the nodes' or the server's: several nodes (an agent and
+/// a virtual node, or a server and its host's agent) may serve on one host's address.
+fn node_cert_sans(node: &str, address: &str) -> Result<Vec<String>, String> {
+    let api_names = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ];
+    if api_names.contains(&node) {
+        return Err(format!(
+            "node {node:?} may not have a certificate for a name of the API server's"
+        ));
+    }
     let ip = match address.parse::<std::net::IpAddr>() {
         Ok(ip) => ip,
         Err(_) if address == node => return Ok(vec![node.to_string()]),
@@ -342,36 +324,9 @@ fn node_cert_sans(
     if ip.is_unspecified() || ip.is_multicast() {
         return Err(format!("{address} is not an address a node serves on"));
     }
-    if !ip.is_loopback() {
-        if server
-            .iter()
-            .any(|s| s.parse::<std::net::IpAddr>() == Ok(ip))
-        {
-            return Err(format!(
-                "node {node:?} may not have a certificate for {address}: the API server's own address"
-            ));
-        }
-        if let Some((other, _)) = nodes
-            .iter()
-            .find(|(name, addrs)| name != node && addrs.iter().any(|a| a.parse() == Ok(ip)))
-        {
-            return Err(format!(
-                "node {node:?} may not have a certificate for {address}: node {other:?} serves there"
-            ));
-        }
-    }
-    // The names pods and clients reach the API server by (the host's own name is a node's
-    // name under `berth up`, and stays allowed).
-    let api_names = [
-        "localhost",
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-    ];
-    if api_names.contains(&node) {
+    if ip == std::net::IpAddr::V4(crate::registry::KUBERNETES_IP) {
         return Err(format!(
-            "node {node:?} may not have a certificate for a name of the API server's"
+            "node {node:?} may not have a certificate for {address}: the `kubernetes` Service's address"
         ));
     }
     Ok(vec![node.to_string(), ip.to_string()])
@@ -957,27 +912,23 @@ mod tests {
 
     #[test]
     fn a_node_certificate_covers_only_what_is_the_nodes() {
-        let server = vec![
-            "127.0.0.1".to_string(),
-            "10.96.0.1".into(),
-            "kubernetes".into(),
-            "192.168.1.10".into(),
-        ];
-        let nodes = vec![("b".to_string(), vec!["192.168.1.12".to_string()])];
-        let sans = |node: &str, addr: &str| node_cert_sans(node, addr, &server, &nodes);
-        assert_eq!(sans("a", "192.168.1.11").unwrap(), ["a", "192.168.1.11"]);
-        assert_eq!(sans("a", "127.0.0.1").unwrap(), ["a", "127.0.0.1"]);
-        assert_eq!(sans("b", "192.168.1.12").unwrap(), ["b", "192.168.1.12"]);
-        assert_eq!(sans("a", "a").unwrap(), ["a"]);
+        assert_eq!(
+            node_cert_sans("a", "192.168.1.11").unwrap(),
+            ["a", "192.168.1.11"]
+        );
+        assert_eq!(
+            node_cert_sans("a", "127.0.0.1").unwrap(),
+            ["a", "127.0.0.1"]
+        );
+        assert_eq!(node_cert_sans("a", "a").unwrap(), ["a"]);
         for (node, addr) in [
             ("a", "10.96.0.1"),
-            ("a", "192.168.1.10"),
-            ("a", "192.168.1.12"),
             ("a", "kubernetes.default.svc"),
+            ("a", "b"),
             ("a", "0.0.0.0"),
             ("kubernetes", "192.168.1.11"),
         ] {
-            assert!(sans(node, addr).is_err(), "{node} {addr}");
+            assert!(node_cert_sans(node, addr).is_err(), "{node} {addr}");
         }
     }
 

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_store::{SqliteOptions, SqliteStore, Store, StoreError};
+use berth_store::{EtcdOptions, EtcdStore, SqliteOptions, SqliteStore, Store, StoreError};
 use tokio::net::TcpListener;
 
 pub use auth::Tokens;
@@ -45,6 +45,9 @@ pub struct Config {
     pub bookmark_every: Duration,
     /// The address of the `kube-system/kube-dns` Service (the agents' `--cluster-dns`).
     pub cluster_dns: std::net::Ipv4Addr,
+    /// Keep state in this etcd cluster (shared by every server on it) instead of SQLite in
+    /// the data dir.
+    pub etcd: Option<EtcdOptions>,
 }
 
 impl Config {
@@ -56,6 +59,7 @@ impl Config {
             watch_history: SqliteOptions::default().history,
             bookmark_every: Duration::from_secs(10),
             cluster_dns: std::net::Ipv4Addr::new(10, 96, 0, 10),
+            etcd: None,
         }
     }
 }
@@ -89,7 +93,10 @@ pub struct Server {
     pub tokens: Tokens,
     pub registry: Registry,
     accept: tokio::task::JoinHandle<()>,
-    store: Arc<SqliteStore>,
+    /// The SQLite store to close at shutdown; none on etcd.
+    sqlite: Option<Arc<SqliteStore>>,
+    /// Compacts etcd's history (on etcd).
+    history: Option<tokio::task::JoinHandle<()>>,
     /// What `/metrics` serves; other parts of the process register theirs here.
     pub telemetry: telemetry::Telemetry,
 }
@@ -108,7 +115,12 @@ impl Server {
     /// Stop accepting and close the store after its last commit.
     pub fn shutdown(self) {
         self.accept.abort();
-        self.store.close();
+        if let Some(h) = self.history {
+            h.abort();
+        }
+        if let Some(s) = self.sqlite {
+            s.close();
+        }
     }
 }
 
@@ -144,23 +156,34 @@ fn sans(cfg: &Config) -> Vec<String> {
 
 /// Open the store and serve the API over HTTPS.
 pub async fn start(cfg: Config) -> Result<Server, StartError> {
-    let store = Arc::new(
-        SqliteStore::open(
-            cfg.data_dir.join("state.db"),
-            SqliteOptions {
-                history: cfg.watch_history,
-            },
-        )
-        .map_err(StartError::Store)?,
-    );
+    let (store, sqlite, history): (Arc<dyn Store>, _, _) = match &cfg.etcd {
+        Some(opts) => {
+            let etcd = Arc::new(EtcdStore::connect(opts).await.map_err(StartError::Store)?);
+            // As Kubernetes' API server: about five minutes of history for watches to
+            // resume from.
+            let history = etcd.keep_history(Duration::from_secs(300));
+            (etcd, None, Some(history))
+        }
+        None => {
+            let sqlite = Arc::new(
+                SqliteStore::open(
+                    cfg.data_dir.join("state.db"),
+                    SqliteOptions {
+                        history: cfg.watch_history,
+                    },
+                )
+                .map_err(StartError::Store)?,
+            );
+            (sqlite.clone() as Arc<dyn Store>, Some(sqlite), None)
+        }
+    };
     let files = berth_tls::TlsFiles::in_dir(&cfg.data_dir);
-    let server_sans = sans(&cfg);
-    let ca_pem = berth_tls::ensure(&files, &server_sans).map_err(StartError::Tls)?;
+    let ca_pem = berth_tls::ensure(&files, &sans(&cfg)).map_err(StartError::Tls)?;
     let tls_config = berth_tls::server_config_from(&files).map_err(StartError::Tls)?;
     let tokens =
         Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(StartError::Tokens)?;
     let telemetry = telemetry::Telemetry::default();
-    let registry = Registry::new(telemetry.timed_store(store.clone() as Arc<dyn Store>));
+    let registry = Registry::new(telemetry.timed_store(store));
     registry.bootstrap().await.map_err(StartError::Bootstrap)?;
     authz::policy::bootstrap(&registry)
         .await
@@ -192,7 +215,6 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         telemetry: telemetry.clone(),
         authz: authorizer,
         validated: Default::default(),
-        server_sans,
     });
     let app = http::router(state);
     let accept = serve_tls(listener, tls_config, app);
@@ -203,7 +225,8 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         tokens,
         registry,
         accept,
-        store,
+        sqlite,
+        history,
         telemetry,
     })
 }

@@ -133,7 +133,6 @@ thread_local! {
                 telemetry: Default::default(),
                 authz: Default::default(),
                 validated: Default::default(),
-                server_sans: vec![],
             }))
         });
         (rt, app)

@@ -7,9 +7,12 @@
 //! bounded history and answers [`StoreError::Compacted`] (HTTP 410) past it.
 //!
 //! The store never reads the clock or mints ids: values are opaque bytes written by the
-//! caller. Backends: [`sqlite::SqliteStore`] (WAL, group commit). The etcd backend is next and
-//! fits the same trait.
+//! caller. Backends: [`sqlite::SqliteStore`] (WAL, group commit), one server's; and
+//! [`etcd::EtcdStore`], which any number of servers share. [`conformance`] is what both do
+//! alike, as tests either runs.
 
+pub mod conformance;
+pub mod etcd;
 pub mod history;
 pub mod sqlite;
 
@@ -17,6 +20,7 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// The global revision counter. `0` means "before the first write".
@@ -120,6 +124,12 @@ pub enum StoreError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("etcd operation {operation} failed")]
+    Etcd {
+        operation: &'static str,
+        #[source]
+        source: Arc<etcd_client::Error>,
     },
     #[error("the store is shut down")]
     Closed,

@@ -584,63 +584,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn create_update_delete_bump_one_revision() {
+    async fn behaves_as_every_store_does() {
+        use crate::conformance as c;
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir, 100);
-        let a = store.create("/a", b"1".to_vec()).await.unwrap();
-        assert_eq!((a.create_revision, a.mod_revision), (1, 1));
-        let err = store.create("/a", b"2".to_vec()).await.unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists { .. }));
-        let a2 = store.update("/a", b"2".to_vec(), 1).await.unwrap();
-        assert_eq!((a2.create_revision, a2.mod_revision), (1, 2));
-        let err = store.update("/a", b"3".to_vec(), 1).await.unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::Conflict {
-                expected: 1,
-                actual: 2,
-                ..
-            }
-        ));
-        let gone = store.delete("/a", Some(2)).await.unwrap();
-        assert_eq!(gone.mod_revision, 3);
-        assert!(store.get("/a").await.unwrap().is_none());
-        assert_eq!(store.current_revision().await.unwrap(), 3);
-    }
-
-    #[tokio::test]
-    async fn list_pages_in_key_order_at_one_revision() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir, 100);
-        for k in ["/p/c", "/p/a", "/p/b", "/q/a"] {
-            store.create(k, k.as_bytes().to_vec()).await.unwrap();
-        }
-        let page = store
-            .list(
-                "/p/",
-                ListOptions {
-                    limit: Some(2),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let keys: Vec<_> = page.items.iter().map(|kv| kv.key.as_str()).collect();
-        assert_eq!(keys, ["/p/a", "/p/b"]);
-        assert!(page.more);
-        assert_eq!(page.revision, 4);
-        let rest = store
-            .list(
-                "/p/",
-                ListOptions {
-                    start_after: Some("/p/b".into()),
-                    limit: Some(2),
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(rest.items.len(), 1);
-        assert!(!rest.more);
+        let store = Arc::new(open(&dir, 1000));
+        c::writes_bump_one_revision(store.as_ref(), "/t1").await;
+        c::lists_page_in_key_order(store.as_ref(), "/t2").await;
+        c::watch_replays_then_follows(store.as_ref(), "/t3").await;
+        c::compaction_refuses_older_watches(store.as_ref(), "/t4").await;
+        c::concurrent_writers_get_distinct_revisions(store.clone(), "/t5").await;
+        c::quiet_watches_report_progress(store.as_ref(), "/t6").await;
     }
 
     #[tokio::test]
@@ -677,52 +630,5 @@ mod tests {
         assert_eq!(next_event(&mut w).await.kv.key, "/k/a");
         let kv = store.get("/k/b").await.unwrap().unwrap();
         assert_eq!(kv.mod_revision, 2);
-    }
-
-    #[tokio::test]
-    async fn concurrent_writers_share_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(open(&dir, 1000));
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                store.create(&format!("/c/{i:04}"), vec![1]).await.unwrap()
-            }));
-        }
-        let mut revs: Vec<_> = futures::future::join_all(tasks)
-            .await
-            .into_iter()
-            .map(|r| r.unwrap().mod_revision)
-            .collect();
-        revs.sort();
-        assert_eq!(revs, (1..=200).collect::<Vec<_>>());
-    }
-
-    #[tokio::test]
-    async fn compact_expires_older_watches() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir, 100);
-        for i in 0..4 {
-            store.create(&format!("/x/{i}"), vec![i]).await.unwrap();
-        }
-        store.compact(3).await.unwrap();
-        assert!(matches!(
-            store.watch("/x/", 2).await.err().unwrap(),
-            StoreError::Compacted { oldest: 3, .. }
-        ));
-        assert!(store.watch("/x/", 3).await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn writes_elsewhere_become_progress() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir, 100);
-        let mut w = store.watch("/mine/", 0).await.unwrap();
-        store.create("/other/a", vec![1]).await.unwrap();
-        assert!(matches!(
-            w.next().await.unwrap().unwrap(),
-            crate::WatchItem::Progress(1)
-        ));
     }
 }

@@ -41,17 +41,69 @@ pub struct ServeArgs {
     /// agents are given the same with their own `--cluster-dns`.
     #[arg(long, default_value = "10.96.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
+    /// Where state lives: `sqlite` (one file in the data dir, one server) or
+    /// `etcd://host:2379[,host:2379...]` (an etcd cluster every server on it shares; give
+    /// each the same CA and tokens: copy one data dir's `pki/` and `tokens.json`).
+    #[arg(long, default_value = "sqlite")]
+    pub store: String,
+    /// PEM of the CA of etcd's members (TLS to etcd).
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM of a client certificate for etcd, with `--etcd-key`.
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
-    pub fn config(&self) -> berth_apiserver::Config {
+    pub fn config(&self) -> anyhow::Result<berth_apiserver::Config> {
         let mut cfg = berth_apiserver::Config::new(self.data_dir.clone());
         cfg.listen = self.listen;
         cfg.tls_sans = self.tls_sans.clone();
         cfg.watch_history = self.watch_history;
         cfg.bookmark_every = std::time::Duration::from_secs(self.bookmark_seconds.max(1));
         cfg.cluster_dns = self.cluster_dns;
-        cfg
+        cfg.etcd = self.etcd()?;
+        Ok(cfg)
+    }
+
+    /// The etcd cluster `--store` names, if it names one.
+    fn etcd(&self) -> anyhow::Result<Option<berth_store::EtcdOptions>> {
+        use anyhow::Context;
+        if self.store == "sqlite" {
+            anyhow::ensure!(
+                self.etcd_ca.is_none() && self.etcd_cert.is_none(),
+                "--etcd-ca and --etcd-cert go with --store etcd://..."
+            );
+            return Ok(None);
+        }
+        let Some(list) = self.store.strip_prefix("etcd://") else {
+            anyhow::bail!(
+                "--store {:?}: give `sqlite` or `etcd://host:port[,host:port...]`",
+                self.store
+            );
+        };
+        let endpoints: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(String::from)
+            .collect();
+        anyhow::ensure!(
+            !endpoints.is_empty(),
+            "--store etcd:// names no member: give etcd://host:port[,host:port...]"
+        );
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        Ok(Some(berth_store::EtcdOptions {
+            endpoints,
+            ca: self.etcd_ca.as_ref().map(read).transpose()?,
+            identity: match (&self.etcd_cert, &self.etcd_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+        }))
     }
 }
 

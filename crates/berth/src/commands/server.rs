@@ -12,7 +12,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.control.settings()?;
-    let server = berth_apiserver::start(args.serve.config())
+    let server = berth_apiserver::start(args.serve.config()?)
         .await
         .with_context(|| {
             format!(

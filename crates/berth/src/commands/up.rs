@@ -45,7 +45,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.control.settings()?;
-    let server = berth_apiserver::start(args.serve.config())
+    let server = berth_apiserver::start(args.serve.config()?)
         .await
         .with_context(|| format!("starting Berth in {}", args.serve.data_dir.display()))?;
     let control_plane =

@@ -1,0 +1,439 @@
+//! The etcd backend (`etcd-client`): the store many servers share, as Kubernetes keeps its
+//! state. Every operation is one etcd request:
+//!
+//! - `create` and `update` are transactions comparing the key's `create_revision` with 0
+//!   or its `mod_revision` with the one expected; on a failed comparison the same
+//!   transaction reads the key, so the error says what is there.
+//! - `list` is a range read over the prefix from the key after the last one seen, with
+//!   etcd's `limit`, at one revision (the header's).
+//! - `watch` is an etcd watch from the revision after the one asked for, with the previous
+//!   value on deletes and progress notifications (the API's BOOKMARKs; etcd sends them as
+//!   often as its `--experimental-watch-progress-notify-interval`). A start revision that
+//!   was compacted is refused at once, as the SQLite store does.
+//! - History is etcd's; [`EtcdStore::keep_history`] compacts it as Kubernetes' API server
+//!   does, to what is older than a window, from every server (compacting again is a no-op).
+//!
+//! Keys are written as they are given (`/registry/<group>/<plural>/<namespace>/<name>`) and
+//! values are the API's JSON, so `etcdctl get --prefix /registry` reads the cluster's objects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use futures::StreamExt;
+
+use crate::{
+    prefix_end, Event, EventKind, KeyValue, ListOptions, ListPage, Revision, Store, StoreError,
+    WatchItem, WatchStream,
+};
+
+/// How to reach an etcd cluster.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    /// `host:port` (or `http://`/`https://` URLs) of the members.
+    pub endpoints: Vec<String>,
+    /// PEM of the CA that signed the members' certificates (TLS when given).
+    pub ca: Option<Vec<u8>>,
+    /// PEM of a client certificate and its key, for members that ask for one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+pub struct EtcdStore {
+    client: Client,
+}
+
+fn failed(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
+    move |e| classify(operation, e)
+}
+
+/// etcd's answers for revisions out of range, as the store's own errors.
+fn classify(operation: &'static str, e: etcd_client::Error) -> StoreError {
+    if let etcd_client::Error::GRpcStatus(status) = &e {
+        let message = status.message();
+        if message.contains("required revision has been compacted") {
+            return StoreError::Compacted {
+                requested: 0,
+                oldest: 0,
+            };
+        }
+        if message.contains("required revision is a future revision") {
+            return StoreError::FutureRevision {
+                requested: 0,
+                current: 0,
+            };
+        }
+    }
+    StoreError::Etcd {
+        operation,
+        source: Arc::new(e),
+    }
+}
+
+fn key_string(kv: &etcd_client::KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).into_owned()
+}
+
+fn from_etcd(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: key_string(kv),
+        value: Arc::from(kv.value()),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+/// The key right after `key` in etcd's byte order: where a page after `key` starts.
+fn after(key: &str) -> Vec<u8> {
+    let mut k = key.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+impl EtcdStore {
+    /// Connect to the cluster and check that it answers, so a wrong address fails at start.
+    pub async fn connect(opts: &EtcdOptions) -> Result<Self, StoreError> {
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let mut endpoints = opts.endpoints.clone();
+        if let Some(ca) = &opts.ca {
+            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+            if let Some((cert, key)) = &opts.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(tls);
+            endpoints = endpoints
+                .into_iter()
+                .map(|e| match e.strip_prefix("http://") {
+                    Some(rest) => format!("https://{rest}"),
+                    None => e,
+                })
+                .collect();
+        }
+        let client = Client::connect(&endpoints, Some(connect))
+            .await
+            .map_err(failed("connecting"))?;
+        let store = EtcdStore { client };
+        store.current_revision().await?;
+        Ok(store)
+    }
+
+    /// Keep about `window` of history: every `window`, compact to the revision seen one
+    /// window before (Kubernetes' API server does this every five minutes). Runs until the
+    /// returned task is dropped or aborted.
+    pub fn keep_history(self: &Arc<Self>, window: Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut previous: Option<Revision> = None;
+            loop {
+                tokio::time::sleep(window).await;
+                if let Some(rev) = previous {
+                    if let Err(e) = store.compact(rev).await {
+                        tracing::warn!(error = %e, revision = rev, "compacting etcd's history");
+                    }
+                }
+                previous = store.current_revision().await.ok();
+            }
+        })
+    }
+
+    /// A key's current value, read inside a transaction that found it not as expected.
+    fn found(responses: Vec<TxnOpResponse>) -> Option<KeyValue> {
+        responses.into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(from_etcd),
+            _ => None,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(key, None)
+            .await
+            .map_err(failed("get"))?;
+        Ok(resp.kvs().first().map(from_etcd))
+    }
+
+    async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListPage, StoreError> {
+        let start = match &opts.start_after {
+            Some(k) if k.as_str() >= prefix => after(k),
+            _ => prefix.as_bytes().to_vec(),
+        };
+        let mut get = GetOptions::new().with_range(prefix_end(prefix));
+        if let Some(limit) = opts.limit {
+            get = get.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        let resp = self
+            .client
+            .kv_client()
+            .get(start, Some(get))
+            .await
+            .map_err(failed("list"))?;
+        Ok(ListPage {
+            items: resp.kvs().iter().map(from_etcd).collect(),
+            revision: resp.header().map_or(0, |h| h.revision()),
+            more: resp.more(),
+        })
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value.clone(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(failed("create"))?;
+        if !resp.succeeded() {
+            return Err(StoreError::AlreadyExists { key: key.into() });
+        }
+        let rev = resp.header().map_or(0, |h| h.revision());
+        Ok(KeyValue {
+            key: key.into(),
+            value: value.into(),
+            create_revision: rev,
+            mod_revision: rev,
+        })
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+    ) -> Result<KeyValue, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(
+                key,
+                value.clone(),
+                Some(PutOptions::new().with_prev_key()),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(failed("update"))?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let succeeded = resp.succeeded();
+        let responses = resp.op_responses();
+        if !succeeded {
+            return Err(match Self::found(responses) {
+                None => StoreError::NotFound { key: key.into() },
+                Some(kv) => StoreError::Conflict {
+                    key: key.into(),
+                    expected,
+                    actual: kv.mod_revision,
+                },
+            });
+        }
+        let created = responses
+            .iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Put(p) => p.prev_key().map(|kv| kv.create_revision()),
+                _ => None,
+            })
+            .unwrap_or(rev);
+        Ok(KeyValue {
+            key: key.into(),
+            value: value.into(),
+            create_revision: created,
+            mod_revision: rev,
+        })
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
+        let compare: Vec<Compare> = expected
+            .map(|e| Compare::mod_revision(key, CompareOp::Equal, e))
+            .into_iter()
+            .collect();
+        let txn = Txn::new()
+            .when(compare)
+            .and_then([TxnOp::delete(
+                key,
+                Some(DeleteOptions::new().with_prev_key()),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(failed("delete"))?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let succeeded = resp.succeeded();
+        let responses = resp.op_responses();
+        if !succeeded {
+            return Err(match Self::found(responses) {
+                None => StoreError::NotFound { key: key.into() },
+                Some(kv) => StoreError::Conflict {
+                    key: key.into(),
+                    expected: expected.unwrap_or_default(),
+                    actual: kv.mod_revision,
+                },
+            });
+        }
+        let previous = responses.iter().find_map(|r| match r {
+            TxnOpResponse::Delete(d) => d.prev_kvs().first().map(from_etcd),
+            _ => None,
+        });
+        match previous {
+            Some(kv) => Ok(KeyValue {
+                mod_revision: rev,
+                ..kv
+            }),
+            None => Err(StoreError::NotFound { key: key.into() }),
+        }
+    }
+
+    async fn watch(&self, prefix: &str, after_rev: Revision) -> Result<WatchStream, StoreError> {
+        // A start revision etcd compacted is refused now, not after the watch is made.
+        if after_rev > 0 {
+            let probe = GetOptions::new()
+                .with_revision(after_rev)
+                .with_count_only()
+                .with_limit(1);
+            match self.client.kv_client().get(prefix, Some(probe)).await {
+                Ok(_) => {}
+                Err(e) => match classify("watch", e) {
+                    StoreError::Compacted { .. } => {
+                        let oldest = self.oldest_revision().await?;
+                        return Err(StoreError::Compacted {
+                            requested: after_rev,
+                            oldest,
+                        });
+                    }
+                    // A revision not written yet: the watch waits for it.
+                    StoreError::FutureRevision { .. } => {}
+                    other => return Err(other),
+                },
+            }
+        }
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after_rev + 1)
+            .with_prev_key()
+            .with_progress_notify();
+        let stream = self
+            .client
+            .watch_client()
+            .watch(prefix, Some(opts))
+            .await
+            .map_err(failed("watch"))?;
+        let items = stream.flat_map(move |resp| {
+            let out: Vec<Result<WatchItem, StoreError>> = match resp {
+                Err(e) => vec![Err(classify("watch", e))],
+                Ok(r) if r.canceled() && r.compact_revision() > 0 => {
+                    vec![Err(StoreError::Compacted {
+                        requested: after_rev,
+                        oldest: r.compact_revision(),
+                    })]
+                }
+                Ok(r) if r.canceled() => vec![Err(StoreError::Etcd {
+                    operation: "watch",
+                    source: Arc::new(etcd_client::Error::WatchError(
+                        r.cancel_reason().to_string(),
+                    )),
+                })],
+                Ok(r) if r.created() => vec![],
+                Ok(r) if r.events().is_empty() => r
+                    .header()
+                    .map(|h| Ok(WatchItem::Progress(h.revision())))
+                    .into_iter()
+                    .collect(),
+                Ok(r) => r
+                    .events()
+                    .iter()
+                    .filter_map(|e| {
+                        let kv = e.kv()?;
+                        Some(Ok(WatchItem::Event(match e.event_type() {
+                            etcd_client::EventType::Put => Event {
+                                kind: EventKind::Put,
+                                kv: from_etcd(kv),
+                            },
+                            etcd_client::EventType::Delete => {
+                                let last = e.prev_kv().map(from_etcd);
+                                Event {
+                                    kind: EventKind::Delete,
+                                    kv: KeyValue {
+                                        key: key_string(kv),
+                                        value: last.as_ref().map_or_else(
+                                            || Arc::from(&[][..]),
+                                            |l| l.value.clone(),
+                                        ),
+                                        create_revision: last.map_or(0, |l| l.create_revision),
+                                        mod_revision: kv.mod_revision(),
+                                    },
+                                }
+                            }
+                        })))
+                    })
+                    .collect(),
+            };
+            futures::stream::iter(out)
+        });
+        // A stream ends at its first error, as the SQLite store's does.
+        let mut done = false;
+        Ok(items
+            .take_while(move |item| {
+                let go = !done;
+                done |= item.is_err();
+                futures::future::ready(go)
+            })
+            .boxed())
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get("/", Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(failed("read the revision"))?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        match self.client.kv_client().compact(revision, None).await {
+            Ok(_) => Ok(()),
+            // Compacted there already (by this server or another).
+            Err(e) => match classify("compact", e) {
+                StoreError::Compacted { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+}
+
+impl EtcdStore {
+    /// The oldest revision still readable: found by halving between the compacted revision
+    /// etcd refused and the current one (etcd 3.4 does not say which it kept).
+    async fn oldest_revision(&self) -> Result<Revision, StoreError> {
+        let current = self.current_revision().await?;
+        let (mut lo, mut hi) = (0, current);
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            let probe = GetOptions::new().with_revision(mid).with_count_only();
+            match self.client.kv_client().get("/", Some(probe)).await {
+                Ok(_) => hi = mid,
+                Err(e) => match classify("find the oldest revision", e) {
+                    StoreError::Compacted { .. } => lo = mid,
+                    other => return Err(other),
+                },
+            }
+        }
+        Ok(hi)
+    }
+}

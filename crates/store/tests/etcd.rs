@@ -1,0 +1,170 @@
+//! The etcd store against a real etcd (Debian's `etcd-server`, which `scripts/test.sh`
+//! installs): the checks every store passes, then what only a shared store shows (two
+//! clients see each other's writes, in order, and a member's loss within a cluster of three).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_store::{conformance as c, EtcdOptions, EtcdStore, Store};
+use futures::StreamExt;
+
+/// One etcd process on loopback ports of its own, with its data in a temporary directory;
+/// killed when dropped.
+struct Member {
+    child: Child,
+    client_url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn etcd_binary() -> &'static str {
+    let found = Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "this test needs etcd on PATH: `apt-get install etcd-server` (./scripts/test.sh installs it)"
+    );
+    "etcd"
+}
+
+/// Start `n` members forming one cluster.
+fn cluster(n: usize) -> Vec<Member> {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let token = format!("berth-test-{}", std::process::id());
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, (client, peer))| {
+            let dir = tempfile::tempdir().unwrap();
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new(etcd_binary())
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args(["--listen-client-urls", &client_url])
+                .args(["--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-token", &token])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--experimental-watch-progress-notify-interval", "1s"])
+                .args(["--logger", "zap", "--log-level", "error"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start etcd");
+            Member {
+                child,
+                client_url,
+                _dir: dir,
+            }
+        })
+        .collect()
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect(endpoints: &[String]) -> EtcdStore {
+    let opts = EtcdOptions {
+        endpoints: endpoints.to_vec(),
+        ..Default::default()
+    };
+    for _ in 0..100 {
+        if let Ok(s) = EtcdStore::connect(&opts).await {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("etcd at {endpoints:?} did not answer within 10 s")
+}
+
+#[tokio::test]
+async fn behaves_as_every_store_does() {
+    let members = cluster(1);
+    let store: Arc<dyn Store> = Arc::new(connect(&[members[0].client_url.clone()]).await);
+    c::writes_bump_one_revision(store.as_ref(), "/t1").await;
+    c::lists_page_in_key_order(store.as_ref(), "/t2").await;
+    c::watch_replays_then_follows(store.as_ref(), "/t3").await;
+    c::compaction_refuses_older_watches(store.as_ref(), "/t4").await;
+    c::concurrent_writers_get_distinct_revisions(store.clone(), "/t5").await;
+    c::quiet_watches_report_progress(store.as_ref(), "/t6").await;
+}
+
+/// Two clients (two servers' stores) on one cluster of three: each sees the other's writes
+/// in revision order, compare-and-swap holds across them, and with one member killed the
+/// rest keep taking writes.
+#[tokio::test]
+async fn servers_share_one_cluster_and_survive_a_member() {
+    let mut members = cluster(3);
+    let urls: Vec<String> = members.iter().map(|m| m.client_url.clone()).collect();
+    let a = connect(&urls).await;
+    let b = connect(&urls[1..]).await;
+    let base = a.current_revision().await.unwrap();
+    let mut seen_by_b = b.watch("/shared/", base).await.unwrap();
+    let first = a.create("/shared/x", b"1".to_vec()).await.unwrap();
+    let err = b
+        .update("/shared/x", b"2".to_vec(), first.mod_revision - 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, berth_store::StoreError::Conflict { .. }),
+        "{err:?}"
+    );
+    b.update("/shared/x", b"2".to_vec(), first.mod_revision)
+        .await
+        .unwrap();
+    let mut revisions = Vec::new();
+    while revisions.len() < 2 {
+        let item = tokio::time::timeout(Duration::from_secs(10), seen_by_b.next())
+            .await
+            .expect("events within 10 s")
+            .unwrap()
+            .unwrap();
+        if let berth_store::WatchItem::Event(e) = item {
+            revisions.push(e.revision());
+        }
+    }
+    assert_eq!(revisions, [first.mod_revision, first.mod_revision + 1]);
+
+    // One member of three gone: the other two are a majority and keep writing.
+    drop(members.remove(0));
+    let mut written = false;
+    for i in 0..50 {
+        if b.create(&format!("/shared/after-{i}"), vec![1])
+            .await
+            .is_ok()
+        {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        written,
+        "no write within 10 s of losing one member of three"
+    );
+}
