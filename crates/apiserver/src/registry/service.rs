@@ -210,6 +210,12 @@ pub(crate) async fn ensure_system(
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .map(String::from);
+        // Another server on the same store may have made it (its address is then taken,
+        // which a create would report first).
+        let name = super::name_of(&body).to_string();
+        if reg.get_kv(svc, ns.as_deref(), &name).await?.is_some() {
+            continue;
+        }
         match reg
             .create(svc, ns.as_deref(), body, &WriteOptions::default())
             .await
