@@ -204,6 +204,24 @@ async fn a_custom_kind_is_served_validated_scaled_and_removed_with_its_definitio
     assert_eq!(scale["status"]["selector"], "app=cron");
     let over = b.kubectl(&["scale", "crontab/nightly", "--replicas=12"]);
     assert!(!over.status.success(), "the schema bounds scale too");
+    // The autoscaler drives a custom kind through `scale` like any workload: below its
+    // minimum, it raises the replicas.
+    b.kubectl_ok(&["autoscale", "crontab", "nightly", "--min=6", "--max=8"]);
+    eventually(
+        20,
+        "the autoscaler to raise the replicas to its minimum",
+        || async {
+            let r = b.kubectl_ok(&[
+                "get",
+                "crontab",
+                "nightly",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ]);
+            (r == "6").then_some(())
+        },
+    )
+    .await;
 
     // Deleting the definition deletes its objects, and the kind is gone.
     b.kubectl_ok(&[

@@ -665,9 +665,40 @@ pub fn plan(
         ));
         conditions.push(able());
         conditions.push(("ScalingActive", false, reason, message.clone()));
+        // Outside its bounds the target is brought to the nearest one whatever the metrics
+        // say, as Kubernetes does (a scalable custom kind with no pods to measure included).
+        let bound = if current > max {
+            Some((
+                max,
+                "TooManyReplicas",
+                "Current number of replicas above Spec.MaxReplicas",
+            ))
+        } else if current < min {
+            Some((
+                min,
+                "TooFewReplicas",
+                "Current number of replicas below Spec.MinReplicas",
+            ))
+        } else {
+            None
+        };
+        let rescale = bound.map(|(to, limited, why)| {
+            conditions.push((
+                "ScalingLimited",
+                true,
+                limited,
+                format!("the replica count is brought within {min}..={max}"),
+            ));
+            Rescale {
+                from: current,
+                to,
+                why: why.to_string(),
+            }
+        });
         return Plan {
+            desired: Some(rescale.as_ref().map_or(current, |r| r.to)),
+            rescale,
             current: Some(current),
-            desired: Some(current),
             conditions,
             warning: Some((reason, message)),
             ..Plan::default()
@@ -1055,6 +1086,17 @@ mod tests {
         assert_eq!(unreadable.conditions.len(), 1);
         assert_eq!(unreadable.conditions[0].2, "FailedGetScale");
         assert_eq!(unreadable.current, None);
+        // Below its minimum, the target is raised to it without any metric.
+        let raised = plan(
+            &autoscaler(4, 5, 50),
+            Ok(1),
+            &[],
+            &no_metrics,
+            &mut History::default(),
+            Instant::now(),
+        );
+        assert_eq!(raised.rescale.map(|r| (r.from, r.to)), Some((1, 4)));
+        assert_eq!(raised.desired, Some(4));
     }
 
     fn pods(usages: &[Option<f64>], request: f64) -> Vec<PodSample> {

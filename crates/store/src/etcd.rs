@@ -72,6 +72,38 @@ fn classify(operation: &'static str, e: etcd_client::Error) -> StoreError {
     }
 }
 
+/// A request that failed before reaching any member (one is down, or not up yet): safe to
+/// send again, to whichever member the client picks next.
+fn unreached(e: &etcd_client::Error) -> bool {
+    const UNAVAILABLE: i32 = 14;
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if i32::from(s.code()) == UNAVAILABLE && s.message().contains("connect"))
+}
+
+/// Run `request` with a fresh KV client, again (for up to 5 s, backing off) while it fails
+/// without reaching a member.
+async fn kv<T, F, Fut>(
+    client: &Client,
+    operation: &'static str,
+    request: F,
+) -> Result<T, StoreError>
+where
+    F: Fn(etcd_client::KvClient) -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut wait = Duration::from_millis(20);
+    loop {
+        match request(client.kv_client()).await {
+            Err(e) if unreached(&e) && tokio::time::Instant::now() + wait < deadline => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+            other => return other.map_err(failed(operation)),
+        }
+    }
+}
+
 fn key_string(kv: &etcd_client::KeyValue) -> String {
     String::from_utf8_lossy(kv.key()).into_owned()
 }
@@ -152,12 +184,10 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(key, None)
-            .await
-            .map_err(failed("get"))?;
+        let resp = kv(&self.client, "get", |mut c| async move {
+            c.get(key, None).await
+        })
+        .await?;
         Ok(resp.kvs().first().map(from_etcd))
     }
 
@@ -170,12 +200,11 @@ impl Store for EtcdStore {
         if let Some(limit) = opts.limit {
             get = get.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         }
-        let resp = self
-            .client
-            .kv_client()
-            .get(start, Some(get))
-            .await
-            .map_err(failed("list"))?;
+        let resp = kv(&self.client, "list", |mut c| {
+            let (start, get) = (start.clone(), get.clone());
+            async move { c.get(start, Some(get)).await }
+        })
+        .await?;
         Ok(ListPage {
             items: resp.kvs().iter().map(from_etcd).collect(),
             revision: resp.header().map_or(0, |h| h.revision()),
@@ -184,16 +213,14 @@ impl Store for EtcdStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value.clone(), None)])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(failed("create"))?;
+        let resp = kv(&self.client, "create", |mut c| {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, value.clone(), None)])
+                .or_else([TxnOp::get(key, None)]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists { key: key.into() });
         }
@@ -212,20 +239,18 @@ impl Store for EtcdStore {
         value: Vec<u8>,
         expected: Revision,
     ) -> Result<KeyValue, StoreError> {
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
-            .and_then([TxnOp::put(
-                key,
-                value.clone(),
-                Some(PutOptions::new().with_prev_key()),
-            )])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(failed("update"))?;
+        let resp = kv(&self.client, "update", |mut c| {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+                .and_then([TxnOp::put(
+                    key,
+                    value.clone(),
+                    Some(PutOptions::new().with_prev_key()),
+                )])
+                .or_else([TxnOp::get(key, None)]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         let succeeded = resp.succeeded();
         let responses = resp.op_responses();
@@ -255,23 +280,21 @@ impl Store for EtcdStore {
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
-        let compare: Vec<Compare> = expected
-            .map(|e| Compare::mod_revision(key, CompareOp::Equal, e))
-            .into_iter()
-            .collect();
-        let txn = Txn::new()
-            .when(compare)
-            .and_then([TxnOp::delete(
-                key,
-                Some(DeleteOptions::new().with_prev_key()),
-            )])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(failed("delete"))?;
+        let resp = kv(&self.client, "delete", |mut c| {
+            let compare: Vec<Compare> = expected
+                .map(|e| Compare::mod_revision(key, CompareOp::Equal, e))
+                .into_iter()
+                .collect();
+            let txn = Txn::new()
+                .when(compare)
+                .and_then([TxnOp::delete(
+                    key,
+                    Some(DeleteOptions::new().with_prev_key()),
+                )])
+                .or_else([TxnOp::get(key, None)]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         let succeeded = resp.succeeded();
         let responses = resp.op_responses();
@@ -305,9 +328,14 @@ impl Store for EtcdStore {
                 .with_revision(after_rev)
                 .with_count_only()
                 .with_limit(1);
-            match self.client.kv_client().get(prefix, Some(probe)).await {
+            match kv(&self.client, "watch", |mut c| {
+                let probe = probe.clone();
+                async move { c.get(prefix, Some(probe)).await }
+            })
+            .await
+            {
                 Ok(_) => {}
-                Err(e) => match classify("watch", e) {
+                Err(e) => match e {
                     StoreError::Compacted { .. } => {
                         let oldest = self.oldest_revision().await?;
                         return Err(StoreError::Compacted {
@@ -326,12 +354,20 @@ impl Store for EtcdStore {
             .with_start_revision(after_rev + 1)
             .with_prev_key()
             .with_progress_notify();
-        let stream = self
-            .client
-            .watch_client()
-            .watch(prefix, Some(opts))
-            .await
-            .map_err(failed("watch"))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let stream = loop {
+            match self
+                .client
+                .watch_client()
+                .watch(prefix, Some(opts.clone()))
+                .await
+            {
+                Err(e) if unreached(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other.map_err(failed("watch"))?,
+            }
+        };
         let items = stream.flat_map(move |resp| {
             let out: Vec<Result<WatchItem, StoreError>> = match resp {
                 Err(e) => vec![Err(classify("watch", e))],
@@ -396,23 +432,23 @@ impl Store for EtcdStore {
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get("/", Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(failed("read the revision"))?;
+        let resp = kv(&self.client, "read the revision", |mut c| async move {
+            c.get("/", Some(GetOptions::new().with_count_only())).await
+        })
+        .await?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        match self.client.kv_client().compact(revision, None).await {
+        match kv(&self.client, "compact", |mut c| async move {
+            c.compact(revision, None).await
+        })
+        .await
+        {
             Ok(_) => Ok(()),
             // Compacted there already (by this server or another).
-            Err(e) => match classify("compact", e) {
-                StoreError::Compacted { .. } => Ok(()),
-                other => Err(other),
-            },
+            Err(StoreError::Compacted { .. }) => Ok(()),
+            Err(other) => Err(other),
         }
     }
 }
@@ -426,12 +462,15 @@ impl EtcdStore {
         while lo + 1 < hi {
             let mid = lo + (hi - lo) / 2;
             let probe = GetOptions::new().with_revision(mid).with_count_only();
-            match self.client.kv_client().get("/", Some(probe)).await {
+            match kv(&self.client, "find the oldest revision", |mut c| {
+                let probe = probe.clone();
+                async move { c.get("/", Some(probe)).await }
+            })
+            .await
+            {
                 Ok(_) => hi = mid,
-                Err(e) => match classify("find the oldest revision", e) {
-                    StoreError::Compacted { .. } => lo = mid,
-                    other => return Err(other),
-                },
+                Err(StoreError::Compacted { .. }) => lo = mid,
+                Err(other) => return Err(other),
             }
         }
         Ok(hi)

@@ -14,6 +14,7 @@
 pub mod conformance;
 pub mod etcd;
 pub mod history;
+pub mod local_etcd;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -2,91 +2,12 @@
 //! installs): the checks every store passes, then what only a shared store shows (two
 //! clients see each other's writes, in order, and a member's loss within a cluster of three).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_store::local_etcd::cluster;
 use berth_store::{conformance as c, EtcdOptions, EtcdStore, Store};
 use futures::StreamExt;
-
-/// One etcd process on loopback ports of its own, with its data in a temporary directory;
-/// killed when dropped.
-struct Member {
-    child: Child,
-    client_url: String,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn etcd_binary() -> &'static str {
-    let found = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "this test needs etcd on PATH: `apt-get install etcd-server` (./scripts/test.sh installs it)"
-    );
-    "etcd"
-}
-
-/// Start `n` members forming one cluster.
-fn cluster(n: usize) -> Vec<Member> {
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-    let initial: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-        .collect();
-    let token = format!("berth-test-{}", std::process::id());
-    ports
-        .iter()
-        .enumerate()
-        .map(|(i, (client, peer))| {
-            let dir = tempfile::tempdir().unwrap();
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new(etcd_binary())
-                .args(["--name", &format!("m{i}"), "--data-dir"])
-                .arg(dir.path().join("data"))
-                .args(["--listen-client-urls", &client_url])
-                .args(["--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args(["--initial-cluster-token", &token])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--experimental-watch-progress-notify-interval", "1s"])
-                .args(["--logger", "zap", "--log-level", "error"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start etcd");
-            Member {
-                child,
-                client_url,
-                _dir: dir,
-            }
-        })
-        .collect()
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn connect(endpoints: &[String]) -> EtcdStore {
     let opts = EtcdOptions {
