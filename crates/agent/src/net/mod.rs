@@ -240,6 +240,19 @@ pub struct Caches {
     pub services: reflector::Store<Service>,
     pub slices: reflector::Store<EndpointSlice>,
     changed: Arc<tokio::sync::Notify>,
+    /// The pods (by uid) this node's last written Service rules send new connections to;
+    /// `None` until rules are written (or when this node writes none).
+    routed_here: Arc<std::sync::RwLock<Option<std::collections::HashSet<String>>>>,
+}
+
+/// The pods (by uid) the slices offer as ready endpoints.
+fn ready_pods(slices: &[Arc<EndpointSlice>]) -> std::collections::HashSet<String> {
+    slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .filter_map(|e| e.target_ref.as_ref().and_then(|t| t.uid.clone()))
+        .collect()
 }
 
 impl Caches {
@@ -256,13 +269,21 @@ impl Caches {
                 services,
                 slices,
                 changed,
+                routed_here: Arc::default(),
             },
             keep,
         )
     }
 
-    /// Is the pod `uid` an endpoint of some Service, and if so, is it still a ready one?
+    /// Is the pod `uid` an endpoint of some Service, and if so, is it still a ready one? A
+    /// pod this node's rules still send connections to counts as ready until they are
+    /// written without it.
     pub fn routed(&self, uid: &str) -> Routing {
+        let here = self.routed_here.read().expect("routed pods");
+        if here.as_ref().is_some_and(|h| h.contains(uid)) {
+            return Routing::Ready;
+        }
+        drop(here);
         let mut found = Routing::Not;
         for s in self.slices.state() {
             for e in &s.endpoints {
@@ -302,6 +323,7 @@ pub async fn run(
         services,
         slices,
         changed,
+        routed_here,
     } = caches;
     let domain = dns.as_ref().map(|d| d.domain.clone()).unwrap_or_default();
     let (zone_tx, zone_rx) = tokio::sync::watch::channel(Arc::new(dns::Zone::default()));
@@ -334,7 +356,7 @@ pub async fn run(
                             if failures > 0 {
                                 tracing::info!(table = %settings.table, "service rules written again");
                             }
-                            applied = Some(script);
+                            applied = Some(script.clone());
                             failures = 0;
                         }
                         Err(e) => {
@@ -347,6 +369,10 @@ pub async fn run(
                             retry = true;
                         }
                     }
+                }
+                // The rules in force were built from these slices: the pods they route to.
+                if applied.as_ref() == Some(&script) {
+                    *routed_here.write().expect("routed pods") = Some(ready_pods(&slices));
                 }
             }
             let wait = if retry {
