@@ -324,9 +324,9 @@ fn node_cert_sans(node: &str, address: &str) -> Result<Vec<String>, String> {
     if ip.is_unspecified() || ip.is_multicast() {
         return Err(format!("{address} is not an address a node serves on"));
     }
-    if ip == std::net::IpAddr::V4(crate::registry::KUBERNETES_IP) {
+    if matches!(ip, std::net::IpAddr::V4(v4) if crate::registry::is_system_address(v4)) {
         return Err(format!(
-            "node {node:?} may not have a certificate for {address}: the `kubernetes` Service's address"
+            "node {node:?} may not have a certificate for {address}: an address kept for the system Services (the `kubernetes` Service's among them)"
         ));
     }
     Ok(vec![node.to_string(), ip.to_string()])

@@ -45,6 +45,8 @@ pub struct Config {
     pub bookmark_every: Duration,
     /// The address of the `kube-system/kube-dns` Service (the agents' `--cluster-dns`).
     pub cluster_dns: std::net::Ipv4Addr,
+    /// The address of the `default/kubernetes` Service, in 10.96.0.0/24.
+    pub kubernetes_ip: std::net::Ipv4Addr,
     /// Keep state in this etcd cluster (shared by every server on it) instead of SQLite in
     /// the data dir.
     pub etcd: Option<EtcdOptions>,
@@ -59,6 +61,7 @@ impl Config {
             watch_history: SqliteOptions::default().history,
             bookmark_every: Duration::from_secs(10),
             cluster_dns: std::net::Ipv4Addr::new(10, 96, 0, 10),
+            kubernetes_ip: registry::KUBERNETES_IP,
             etcd: None,
         }
     }
@@ -141,7 +144,7 @@ fn sans(cfg: &Config) -> Vec<String> {
     }
     // In-cluster clients reach the API through the `kubernetes` Service, by its address or
     // its DNS names.
-    sans.push(registry::KUBERNETES_IP.to_string());
+    sans.push(cfg.kubernetes_ip.to_string());
     for name in [
         "kubernetes",
         "kubernetes.default",
@@ -203,7 +206,7 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         source,
     })?;
     registry
-        .ensure_system_services(addr, cfg.cluster_dns)
+        .ensure_system_services(addr, cfg.kubernetes_ip, cfg.cluster_dns)
         .await
         .map_err(StartError::Bootstrap)?;
     let state = Arc::new(http::AppState {

@@ -481,7 +481,7 @@ for what, call in [("secrets", lambda: v1.list_namespaced_secret(ns)),
     assert_eq!(
         lines,
         [
-            "host 10.96.0.1 443",
+            format!("host {} 443", b.flag("--kubernetes-service-ip").unwrap()).as_str(),
             "pods in-cluster,no-token",
             "secrets 403",
             "default 403"

@@ -19,7 +19,7 @@ mod managed;
 pub(crate) mod mirror;
 mod namespace;
 mod service;
-pub use service::KUBERNETES_IP;
+pub use service::{is_system_address, KUBERNETES_IP};
 pub mod service_account;
 mod subresource;
 
@@ -848,9 +848,10 @@ impl Registry {
     pub async fn ensure_system_services(
         &self,
         api: std::net::SocketAddr,
+        api_ip: std::net::Ipv4Addr,
         cluster_dns: std::net::Ipv4Addr,
     ) -> Result<(), ApiError> {
-        service::ensure_system(self, api, cluster_dns).await
+        service::ensure_system(self, api, api_ip, cluster_dns).await
     }
 
     pub async fn bootstrap(&self) -> Result<(), ApiError> {

@@ -173,8 +173,13 @@ pub(crate) async fn allocate(
     Ok(())
 }
 
-/// The address of the `default/kubernetes` Service.
+/// The address of the `default/kubernetes` Service, unless the server is given another.
 pub const KUBERNETES_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+
+/// Is `ip` one of the addresses kept for the system Services (10.96.0.0/24)?
+pub fn is_system_address(ip: Ipv4Addr) -> bool {
+    ip.octets()[..3] == [10, 96, 0]
+}
 
 /// The Services every cluster has: `default/kubernetes` (the API server, at `api`) and
 /// `kube-system/kube-dns` at `cluster_dns` (each node's agent answers it). The first is
@@ -183,6 +188,7 @@ pub const KUBERNETES_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 pub(crate) async fn ensure_system(
     reg: &Registry,
     api: std::net::SocketAddr,
+    api_ip: Ipv4Addr,
     cluster_dns: Ipv4Addr,
 ) -> Result<(), ApiError> {
     use super::{Part, WriteOptions};
@@ -192,7 +198,7 @@ pub(crate) async fn ensure_system(
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "kubernetes", "namespace": "default",
                          "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"clusterIP": KUBERNETES_IP.to_string(),
+            "spec": {"clusterIP": api_ip.to_string(),
                      "ports": [{"name": "https", "port": 443, "protocol": "TCP",
                                 "targetPort": api.port()}]}
         }),

@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// agents are given the same with their own `--cluster-dns`.
     #[arg(long, default_value = "10.96.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
+    /// The address of the `default/kubernetes` Service (the API server as pods reach it), in
+    /// 10.96.0.0/24; clusters sharing a host each take their own.
+    #[arg(long, default_value = "10.96.0.1")]
+    pub kubernetes_service_ip: std::net::Ipv4Addr,
     /// Where state lives: `sqlite` (one file in the data dir, one server) or
     /// `etcd://host:2379[,host:2379...]` (an etcd cluster every server on it shares; give
     /// each the same CA and tokens: copy one data dir's `pki/` and `tokens.json`).
@@ -64,6 +68,12 @@ impl ServeArgs {
         cfg.watch_history = self.watch_history;
         cfg.bookmark_every = std::time::Duration::from_secs(self.bookmark_seconds.max(1));
         cfg.cluster_dns = self.cluster_dns;
+        anyhow::ensure!(
+            berth_apiserver::registry::is_system_address(self.kubernetes_service_ip),
+            "--kubernetes-service-ip {}: give an address in 10.96.0.0/24 (kept for the system Services)",
+            self.kubernetes_service_ip
+        );
+        cfg.kubernetes_ip = self.kubernetes_service_ip;
         cfg.etcd = self.etcd()?;
         Ok(cfg)
     }

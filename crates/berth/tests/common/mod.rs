@@ -47,6 +47,11 @@ impl NetworkShare {
     pub fn cluster_dns(&self) -> String {
         format!("10.96.0.{}", 11 + self.slot)
     }
+
+    /// The `kubernetes` Service's address: pods' API traffic must reach their own server.
+    pub fn kubernetes_ip(&self) -> String {
+        format!("10.96.0.{}", 140 + self.slot)
+    }
 }
 
 fn start(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
@@ -116,6 +121,9 @@ impl Berth {
         }
         if !extra.iter().any(|a| a == "--cluster-dns") {
             extra.extend(["--cluster-dns".to_string(), share.cluster_dns()]);
+        }
+        if !extra.iter().any(|a| a == "--kubernetes-service-ip") {
+            extra.extend(["--kubernetes-service-ip".to_string(), share.kubernetes_ip()]);
         }
         let (child, url) = start(dir.path(), listen, &extra);
         let listen = url.trim_start_matches("https://").to_string();
