@@ -412,6 +412,7 @@ async fn the_python_client_in_a_pod_uses_its_service_account() {
     let node = common::unique("procincl");
     let b = Berth::up(&["--runtime", "process", "--node-name", &node]);
     b.kubectl_ok(&["create", "namespace", "apps"]);
+    b.wait_for_aggregated_roles().await;
     b.kubectl_ok(&["create", "serviceaccount", "reader", "-n", "apps"]);
     b.kubectl_ok(&[
         "create",

@@ -350,6 +350,7 @@ async fn a_service_account_token_does_what_its_bindings_allow_while_the_account_
         "{err}"
     );
 
+    b.wait_for_aggregated_roles().await;
     b.kubectl_ok(&[
         "create",
         "rolebinding",

@@ -203,6 +203,17 @@ impl Berth {
         out
     }
 
+    /// Wait until the aggregated default roles (`view`, `edit`, `admin`) have their rules:
+    /// the aggregation controller fills them once the control loops run (later on a loaded
+    /// machine), and a binding to one grants nothing before.
+    pub async fn wait_for_aggregated_roles(&self) {
+        eventually(30, "the aggregated default roles' rules", || async {
+            let rules = self.kubectl_ok(&["get", "clusterrole", "view", "-o", "jsonpath={.rules}"]);
+            rules.contains("pods").then_some(())
+        })
+        .await;
+    }
+
     /// A kube-rs client for the admin.
     pub async fn client(&self) -> kube::Client {
         client_for(&self.kubeconfig()).await
