@@ -51,6 +51,7 @@ async fn bindings_grant_and_revoke_what_kubectl_auth_can_i_reports() {
     );
 
     // `edit` in one namespace.
+    b.wait_for_aggregated_roles().await;
     b.kubectl_ok(&[
         "create",
         "rolebinding",

@@ -208,8 +208,12 @@ impl Berth {
     /// machine), and a binding to one grants nothing before.
     pub async fn wait_for_aggregated_roles(&self) {
         eventually(30, "the aggregated default roles' rules", || async {
-            let rules = self.kubectl_ok(&["get", "clusterrole", "view", "-o", "jsonpath={.rules}"]);
-            rules.contains("pods").then_some(())
+            let filled = ["view", "edit", "admin"].iter().all(|role| {
+                let rules =
+                    self.kubectl_ok(&["get", "clusterrole", role, "-o", "jsonpath={.rules}"]);
+                rules.contains("pods")
+            });
+            filled.then_some(())
         })
         .await;
     }
