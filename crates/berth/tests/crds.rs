@@ -61,9 +61,8 @@ fn crontab(name: &str, extra: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn a_custom_kind_is_served_validated_scaled_and_removed_with_its_definition() {
-    let b = Berth::up(&["--runtime", "none"]);
+/// Apply the definition and wait until it is Established.
+fn establish(b: &Berth) {
     b.kubectl_stdin_ok(&["apply", "-f", "-"], CRD);
     b.kubectl_ok(&[
         "wait",
@@ -71,6 +70,12 @@ async fn a_custom_kind_is_served_validated_scaled_and_removed_with_its_definitio
         "--for=condition=Established",
         "--timeout=20s",
     ]);
+}
+
+#[tokio::test]
+async fn a_custom_kind_is_served_validated_scaled_and_removed_with_its_definition() {
+    let b = Berth::up(&["--runtime", "none"]);
+    establish(&b);
     // kubectl finds the kind through discovery, by every name.
     eventually(10, "the kind in discovery", || async {
         b.kubectl(&["get", "ct"]).status.success().then_some(())
@@ -235,13 +240,7 @@ async fn a_custom_kind_is_served_validated_scaled_and_removed_with_its_definitio
         (!out.status.success()).then_some(())
     })
     .await;
-    b.kubectl_stdin_ok(&["apply", "-f", "-"], CRD);
-    b.kubectl_ok(&[
-        "wait",
-        "crd/crontabs.stable.example.com",
-        "--for=condition=Established",
-        "--timeout=20s",
-    ]);
+    establish(&b);
     eventually(10, "the kind back, empty", || async {
         let out = b.kubectl(&["get", "crontabs", "-A", "-o", "name"]);
         (out.status.success() && out.stdout.is_empty()).then_some(())

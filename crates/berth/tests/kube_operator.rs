@@ -73,6 +73,16 @@ async fn reconcile(g: Arc<Greeting>, client: Arc<kube::Client>) -> Result<Action
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
+/// The text the controller wrote for the `hello` greeting, if there is one.
+async fn greeting_text(maps: &Api<ConfigMap>) -> Option<String> {
+    maps.get("hello-greeting")
+        .await
+        .ok()?
+        .data?
+        .get("text")
+        .cloned()
+}
+
 fn retry(_: Arc<Greeting>, _: &Failed, _: Arc<kube::Client>) -> Action {
     Action::requeue(Duration::from_millis(200))
 }
@@ -135,14 +145,7 @@ async fn a_kube_rs_controller_reconciles_its_custom_kind() {
         .await
         .unwrap();
     eventually(20, "the new text", || async {
-        let text = maps
-            .get("hello-greeting")
-            .await
-            .ok()?
-            .data?
-            .get("text")
-            .cloned()?;
-        (text == "hi hi hi").then_some(())
+        (greeting_text(&maps).await? == "hi hi hi").then_some(())
     })
     .await;
     maps.patch(
@@ -153,14 +156,7 @@ async fn a_kube_rs_controller_reconciles_its_custom_kind() {
     .await
     .unwrap();
     eventually(20, "the ConfigMap restored", || async {
-        let text = maps
-            .get("hello-greeting")
-            .await
-            .ok()?
-            .data?
-            .get("text")
-            .cloned()?;
-        (text == "hi hi hi").then_some(())
+        (greeting_text(&maps).await? == "hi hi hi").then_some(())
     })
     .await;
 

@@ -23,6 +23,16 @@ async fn next_event(w: &mut WatchStream) -> crate::Event {
     }
 }
 
+/// Every check below, each under a prefix of its own, on one store.
+pub async fn every_check(store: Arc<dyn Store>) {
+    writes_bump_one_revision(store.as_ref(), "/t1").await;
+    lists_page_in_key_order(store.as_ref(), "/t2").await;
+    watch_replays_then_follows(store.as_ref(), "/t3").await;
+    compaction_refuses_older_watches(store.as_ref(), "/t4").await;
+    concurrent_writers_get_distinct_revisions(store.clone(), "/t5").await;
+    quiet_watches_report_progress(store.as_ref(), "/t6").await;
+}
+
 /// Create, compare-and-swap update and delete: one revision each; the errors name what is
 /// there.
 pub async fn writes_bump_one_revision(store: &dyn Store, p: &str) {

@@ -172,12 +172,21 @@ impl EtcdStore {
         })
     }
 
-    /// A key's current value, read inside a transaction that found it not as expected.
-    fn found(responses: Vec<TxnOpResponse>) -> Option<KeyValue> {
-        responses.into_iter().find_map(|r| match r {
+    /// Why a transaction found `key` not at revision `expected`: from the key's current
+    /// value, which its failure branch read.
+    fn refused(key: &str, expected: Revision, responses: Vec<TxnOpResponse>) -> StoreError {
+        let found = responses.into_iter().find_map(|r| match r {
             TxnOpResponse::Get(g) => g.kvs().first().map(from_etcd),
             _ => None,
-        })
+        });
+        match found {
+            None => StoreError::NotFound { key: key.into() },
+            Some(kv) => StoreError::Conflict {
+                key: key.into(),
+                expected,
+                actual: kv.mod_revision,
+            },
+        }
     }
 }
 
@@ -255,14 +264,7 @@ impl Store for EtcdStore {
         let succeeded = resp.succeeded();
         let responses = resp.op_responses();
         if !succeeded {
-            return Err(match Self::found(responses) {
-                None => StoreError::NotFound { key: key.into() },
-                Some(kv) => StoreError::Conflict {
-                    key: key.into(),
-                    expected,
-                    actual: kv.mod_revision,
-                },
-            });
+            return Err(Self::refused(key, expected, responses));
         }
         let created = responses
             .iter()
@@ -299,14 +301,7 @@ impl Store for EtcdStore {
         let succeeded = resp.succeeded();
         let responses = resp.op_responses();
         if !succeeded {
-            return Err(match Self::found(responses) {
-                None => StoreError::NotFound { key: key.into() },
-                Some(kv) => StoreError::Conflict {
-                    key: key.into(),
-                    expected: expected.unwrap_or_default(),
-                    actual: kv.mod_revision,
-                },
-            });
+            return Err(Self::refused(key, expected.unwrap_or_default(), responses));
         }
         let previous = responses.iter().find_map(|r| match r {
             TxnOpResponse::Delete(d) => d.prev_kvs().first().map(from_etcd),

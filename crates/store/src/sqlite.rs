@@ -585,15 +585,8 @@ mod tests {
 
     #[tokio::test]
     async fn behaves_as_every_store_does() {
-        use crate::conformance as c;
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(open(&dir, 1000));
-        c::writes_bump_one_revision(store.as_ref(), "/t1").await;
-        c::lists_page_in_key_order(store.as_ref(), "/t2").await;
-        c::watch_replays_then_follows(store.as_ref(), "/t3").await;
-        c::compaction_refuses_older_watches(store.as_ref(), "/t4").await;
-        c::concurrent_writers_get_distinct_revisions(store.clone(), "/t5").await;
-        c::quiet_watches_report_progress(store.as_ref(), "/t6").await;
+        crate::conformance::every_check(Arc::new(open(&dir, 1000))).await;
     }
 
     #[tokio::test]

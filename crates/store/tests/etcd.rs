@@ -26,13 +26,7 @@ async fn connect(endpoints: &[String]) -> EtcdStore {
 #[tokio::test]
 async fn behaves_as_every_store_does() {
     let members = cluster(1);
-    let store: Arc<dyn Store> = Arc::new(connect(&[members[0].client_url.clone()]).await);
-    c::writes_bump_one_revision(store.as_ref(), "/t1").await;
-    c::lists_page_in_key_order(store.as_ref(), "/t2").await;
-    c::watch_replays_then_follows(store.as_ref(), "/t3").await;
-    c::compaction_refuses_older_watches(store.as_ref(), "/t4").await;
-    c::concurrent_writers_get_distinct_revisions(store.clone(), "/t5").await;
-    c::quiet_watches_report_progress(store.as_ref(), "/t6").await;
+    c::every_check(Arc::new(connect(&[members[0].client_url.clone()]).await)).await;
 }
 
 /// Two clients (two servers' stores) on one cluster of three: each sees the other's writes
