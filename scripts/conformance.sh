@@ -89,7 +89,13 @@ fi
 while read -r test; do
   ok=0
   for a in "${allowed_k8s[@]}"; do [ "${test##*::}" = "${a##*::}" ] && [[ "$test" == *"$a" ]] && ok=1; done
-  if [ "$ok" -eq 0 ]; then echo "FAILED (not allowed): $test" >&2; failed=1; fi
+  if [ "$ok" -eq 0 ]; then
+    echo "FAILED (not allowed): $test" >&2
+    # What pytest printed for it (the log does not outlive a CI machine).
+    section=$(echo "$test" | awk -F'::' '{print $(NF-1) "." $NF}')
+    awk -v s="$section" '/^___/ { show = (index($0, " " s " ") > 0) } /^===/ { show = 0 } show' "$k8s_log" | head -80 >&2
+    failed=1
+  fi
 done < <(grep -E '^(FAILED|ERROR) [^ ]*::' "$k8s_log" | sed -E 's/^(FAILED|ERROR) ([^ ]+).*/\2/' | sort -u)
 
 aci_log="$repo/target/conformance-aci.log"

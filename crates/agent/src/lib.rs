@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod fence;
+pub mod front;
 pub mod net;
 pub mod node;
 pub mod owner;

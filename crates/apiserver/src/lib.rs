@@ -47,6 +47,12 @@ pub struct Config {
     pub cluster_dns: std::net::Ipv4Addr,
     /// The address of the `default/kubernetes` Service, in 10.96.0.0/24.
     pub kubernetes_ip: std::net::Ipv4Addr,
+    /// The address pods and the other servers reach this one at (`default/kubernetes`'s
+    /// endpoints): by default the listening address, or 127.0.0.1 when that is 0.0.0.0.
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// How long this server's Lease among the servers holds unrenewed (renewed every
+    /// third of it): a server killed outright leaves the `kubernetes` endpoints after this.
+    pub peer_lease: Duration,
     /// Keep state in this etcd cluster (shared by every server on it) instead of SQLite in
     /// the data dir.
     pub etcd: Option<EtcdOptions>,
@@ -62,6 +68,8 @@ impl Config {
             bookmark_every: Duration::from_secs(10),
             cluster_dns: std::net::Ipv4Addr::new(10, 96, 0, 10),
             kubernetes_ip: registry::KUBERNETES_IP,
+            advertise_address: None,
+            peer_lease: Duration::from_secs(10),
             etcd: None,
         }
     }
@@ -100,6 +108,9 @@ pub struct Server {
     sqlite: Option<Arc<SqliteStore>>,
     /// Compacts etcd's history (on etcd).
     history: Option<tokio::task::JoinHandle<()>>,
+    /// This server among the servers on the store, and the task renewing its Lease.
+    pub peer: registry::peers::Peer,
+    peering: tokio::task::JoinHandle<()>,
     /// What `/metrics` serves; other parts of the process register theirs here.
     pub telemetry: telemetry::Telemetry,
 }
@@ -115,8 +126,20 @@ impl Server {
         format!("https://{host}:{}", self.addr.port())
     }
 
-    /// Stop accepting and close the store after its last commit.
-    pub fn shutdown(self) {
+    /// Leave the `kubernetes` endpoints (for at most 2 s), stop accepting, and close the
+    /// store after its last commit.
+    pub async fn shutdown(self) {
+        self.peering.abort();
+        let leave = registry::peers::leave(&self.registry, &self.peer);
+        match tokio::time::timeout(Duration::from_secs(2), leave).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e.message, "taking this server out of the kubernetes endpoints")
+            }
+            Err(_) => {
+                tracing::warn!("taking this server out of the kubernetes endpoints took over 2 s")
+            }
+        }
         self.accept.abort();
         if let Some(h) = self.history {
             h.abort();
@@ -209,6 +232,21 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         .ensure_system_services(addr, cfg.kubernetes_ip, cfg.cluster_dns)
         .await
         .map_err(StartError::Bootstrap)?;
+    let peer = registry::peers::Peer {
+        identity: identity(&cfg.data_dir),
+        address: SocketAddr::new(
+            cfg.advertise_address.unwrap_or(match addr.ip() {
+                ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+                ip => ip,
+            }),
+            addr.port(),
+        ),
+        lease: cfg.peer_lease,
+    };
+    registry::peers::beat(&registry, &peer)
+        .await
+        .map_err(StartError::Bootstrap)?;
+    let peering = registry::peers::start(registry.clone(), peer.clone());
     let state = Arc::new(http::AppState {
         registry: registry.clone(),
         tokens: tokens.clone(),
@@ -230,8 +268,22 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         accept,
         sqlite,
         history,
+        peer,
+        peering,
         telemetry,
     })
+}
+
+/// Who this server is among the servers on one store: its host and data dir, stable
+/// across its restarts and distinct between servers (each has its own data dir).
+pub fn identity(data_dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "berth".into());
+    format!("{host}:{}", dir.display())
 }
 
 pub use berth_tls::{serve as serve_tls, write_file};

@@ -10,6 +10,10 @@
 //!   value on deletes and progress notifications (the API's BOOKMARKs; etcd sends them as
 //!   often as its `--experimental-watch-progress-notify-interval`). A start revision that
 //!   was compacted is refused at once, as the SQLite store does.
+//! - A request that reaches no member, or that a member could not see through while the
+//!   cluster chose a new leader, is sent again for up to 10 s (each attempt gets 2 s, a range read 30). A
+//!   resent create or update that is then refused looks at the key: holding exactly the
+//!   value sent, it was the first attempt that went through, and the write succeeded.
 //! - History is etcd's; [`EtcdStore::keep_history`] compacts it as Kubernetes' API server
 //!   does, to what is older than a window, from every server (compacting again is a no-op).
 //!
@@ -80,28 +84,88 @@ fn unreached(e: &etcd_client::Error) -> bool {
         if i32::from(s.code()) == UNAVAILABLE && s.message().contains("connect"))
 }
 
-/// Run `request` with a fresh KV client, again (for up to 5 s, backing off) while it fails
-/// without reaching a member.
+/// A request that may or may not have been applied, and will go through when sent again:
+/// a member took it but could not see it through while the cluster chose a new leader
+/// (`request timed out, possibly due to previous leader failure`, `leader changed`, `no
+/// leader`), or the connection to the member broke under it (the member died).
+fn interrupted(e: &etcd_client::Error) -> bool {
+    const UNKNOWN: i32 = 2;
+    const DEADLINE_EXCEEDED: i32 = 4;
+    const UNAVAILABLE: i32 = 14;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => match i32::from(s.code()) {
+            DEADLINE_EXCEEDED | UNAVAILABLE => true,
+            UNKNOWN => s.message().contains("transport error"),
+            _ => false,
+        },
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::IoError(io) => io.kind() == std::io::ErrorKind::TimedOut,
+        _ => false,
+    }
+}
+
+/// How long one attempt at a write or a one-key read may take before it is sent again: a
+/// request stuck on a dead leader waits out etcd's own timeout (7 s with its defaults)
+/// otherwise. A new leader is usually chosen within a second or two.
+const ATTEMPT: Duration = Duration::from_secs(2);
+/// The same for a range read, which may be long for a large prefix.
+const RANGE_ATTEMPT: Duration = Duration::from_secs(30);
+/// How long a request keeps being sent again.
+const PERSIST: Duration = Duration::from_secs(10);
+
+/// Run `request` with a fresh KV client, again (for up to 10 s, backing off, each attempt
+/// given `attempt`) while it fails without reaching a member or is interrupted (a member
+/// dies, or the cluster has no leader). Also says whether an attempt may have been applied
+/// before the one that answered (`resent`): a write refused after that may be refusing its
+/// own first attempt.
 async fn kv<T, F, Fut>(
     client: &Client,
     operation: &'static str,
+    attempt: Duration,
     request: F,
-) -> Result<T, StoreError>
+) -> Result<(T, bool), StoreError>
 where
     F: Fn(etcd_client::KvClient) -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + PERSIST;
     let mut wait = Duration::from_millis(20);
+    let mut resent = false;
     loop {
-        match request(client.kv_client()).await {
-            Err(e) if unreached(&e) && tokio::time::Instant::now() + wait < deadline => {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_millis(500));
-            }
-            other => return other.map_err(failed(operation)),
+        let e = match tokio::time::timeout(attempt, request(client.kv_client())).await {
+            Ok(Ok(answer)) => return Ok((answer, resent)),
+            Ok(Err(e)) => e,
+            Err(_) => etcd_client::Error::IoError(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no etcd member answered within {} s", attempt.as_secs()),
+            )),
+        };
+        let again = unreached(&e) || interrupted(&e);
+        if !again || tokio::time::Instant::now() + wait >= deadline {
+            return Err(failed(operation)(e));
         }
+        if !unreached(&e) {
+            tracing::debug!(operation, error = %e, "etcd: sending again");
+            resent = true;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(500));
     }
+}
+
+/// After a resent write was refused: the key as it stands, if it holds exactly `value`
+/// (the first attempt went through: a value carries its object's uid and timestamps, so
+/// another writer's is not byte for byte the same).
+async fn landed(client: &Client, key: &str, value: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+    let (resp, _) = kv(client, "get", ATTEMPT, |mut c| async move {
+        c.get(key, None).await
+    })
+    .await?;
+    Ok(resp
+        .kvs()
+        .first()
+        .filter(|kv| kv.value() == value)
+        .map(from_etcd))
 }
 
 fn key_string(kv: &etcd_client::KeyValue) -> String {
@@ -193,7 +257,7 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let resp = kv(&self.client, "get", |mut c| async move {
+        let (resp, _) = kv(&self.client, "get", ATTEMPT, |mut c| async move {
             c.get(key, None).await
         })
         .await?;
@@ -209,7 +273,7 @@ impl Store for EtcdStore {
         if let Some(limit) = opts.limit {
             get = get.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         }
-        let resp = kv(&self.client, "list", |mut c| {
+        let (resp, _) = kv(&self.client, "list", RANGE_ATTEMPT, |mut c| {
             let (start, get) = (start.clone(), get.clone());
             async move { c.get(start, Some(get)).await }
         })
@@ -222,7 +286,7 @@ impl Store for EtcdStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
-        let resp = kv(&self.client, "create", |mut c| {
+        let resp = kv(&self.client, "create", ATTEMPT, |mut c| {
             let txn = Txn::new()
                 .when([Compare::create_revision(key, CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key, value.clone(), None)])
@@ -230,7 +294,13 @@ impl Store for EtcdStore {
             async move { c.txn(txn).await }
         })
         .await?;
+        let (resp, resent) = resp;
         if !resp.succeeded() {
+            if resent {
+                if let Some(kv) = landed(&self.client, key, &value).await? {
+                    return Ok(kv);
+                }
+            }
             return Err(StoreError::AlreadyExists { key: key.into() });
         }
         let rev = resp.header().map_or(0, |h| h.revision());
@@ -248,7 +318,7 @@ impl Store for EtcdStore {
         value: Vec<u8>,
         expected: Revision,
     ) -> Result<KeyValue, StoreError> {
-        let resp = kv(&self.client, "update", |mut c| {
+        let resp = kv(&self.client, "update", ATTEMPT, |mut c| {
             let txn = Txn::new()
                 .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
                 .and_then([TxnOp::put(
@@ -260,10 +330,16 @@ impl Store for EtcdStore {
             async move { c.txn(txn).await }
         })
         .await?;
+        let (resp, resent) = resp;
         let rev = resp.header().map_or(0, |h| h.revision());
         let succeeded = resp.succeeded();
         let responses = resp.op_responses();
         if !succeeded {
+            if resent {
+                if let Some(kv) = landed(&self.client, key, &value).await? {
+                    return Ok(kv);
+                }
+            }
             return Err(Self::refused(key, expected, responses));
         }
         let created = responses
@@ -282,7 +358,7 @@ impl Store for EtcdStore {
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
-        let resp = kv(&self.client, "delete", |mut c| {
+        let resp = kv(&self.client, "delete", ATTEMPT, |mut c| {
             let compare: Vec<Compare> = expected
                 .map(|e| Compare::mod_revision(key, CompareOp::Equal, e))
                 .into_iter()
@@ -297,6 +373,7 @@ impl Store for EtcdStore {
             async move { c.txn(txn).await }
         })
         .await?;
+        let (resp, _) = resp;
         let rev = resp.header().map_or(0, |h| h.revision());
         let succeeded = resp.succeeded();
         let responses = resp.op_responses();
@@ -323,7 +400,7 @@ impl Store for EtcdStore {
                 .with_revision(after_rev)
                 .with_count_only()
                 .with_limit(1);
-            match kv(&self.client, "watch", |mut c| {
+            match kv(&self.client, "watch", ATTEMPT, |mut c| {
                 let probe = probe.clone();
                 async move { c.get(prefix, Some(probe)).await }
             })
@@ -427,15 +504,18 @@ impl Store for EtcdStore {
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        let resp = kv(&self.client, "read the revision", |mut c| async move {
-            c.get("/", Some(GetOptions::new().with_count_only())).await
-        })
+        let (resp, _) = kv(
+            &self.client,
+            "read the revision",
+            ATTEMPT,
+            |mut c| async move { c.get("/", Some(GetOptions::new().with_count_only())).await },
+        )
         .await?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        match kv(&self.client, "compact", |mut c| async move {
+        match kv(&self.client, "compact", ATTEMPT, |mut c| async move {
             c.compact(revision, None).await
         })
         .await
@@ -457,10 +537,15 @@ impl EtcdStore {
         while lo + 1 < hi {
             let mid = lo + (hi - lo) / 2;
             let probe = GetOptions::new().with_revision(mid).with_count_only();
-            match kv(&self.client, "find the oldest revision", |mut c| {
-                let probe = probe.clone();
-                async move { c.get("/", Some(probe)).await }
-            })
+            match kv(
+                &self.client,
+                "find the oldest revision",
+                ATTEMPT,
+                |mut c| {
+                    let probe = probe.clone();
+                    async move { c.get("/", Some(probe)).await }
+                },
+            )
             .await
             {
                 Ok(_) => hi = mid,

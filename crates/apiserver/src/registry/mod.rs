@@ -18,6 +18,7 @@ mod list;
 mod managed;
 pub(crate) mod mirror;
 mod namespace;
+pub mod peers;
 mod service;
 pub use service::{is_system_address, KUBERNETES_IP};
 pub mod service_account;
@@ -843,8 +844,7 @@ impl Registry {
         Ok(())
     }
 
-    /// Create the namespaces every cluster starts with, if they are missing.
-    /// Create (or point at this server again) the Services every cluster has.
+    /// Create the Services every cluster has, if they are missing.
     pub async fn ensure_system_services(
         &self,
         api: std::net::SocketAddr,
@@ -854,6 +854,7 @@ impl Registry {
         service::ensure_system(self, api, api_ip, cluster_dns).await
     }
 
+    /// Create the namespaces every cluster starts with, if they are missing.
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
         let nsres = resources::of_kind(Kind::Namespace);
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {

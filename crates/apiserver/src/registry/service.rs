@@ -182,16 +182,16 @@ pub fn is_system_address(ip: Ipv4Addr) -> bool {
 }
 
 /// The Services every cluster has: `default/kubernetes` (the API server, at `api`) and
-/// `kube-system/kube-dns` at `cluster_dns` (each node's agent answers it). The first is
-/// pointed at this server on every start (its port may change); an address already taken
-/// by a user's Service is left to it, with a warning.
+/// `kube-system/kube-dns` at `cluster_dns` (each node's agent answers it). The first's
+/// endpoints are the live API servers ([`super::peers`]); an address already taken by a
+/// user's Service is left to it, with a warning.
 pub(crate) async fn ensure_system(
     reg: &Registry,
     api: std::net::SocketAddr,
     api_ip: Ipv4Addr,
     cluster_dns: Ipv4Addr,
 ) -> Result<(), ApiError> {
-    use super::{Part, WriteOptions};
+    use super::WriteOptions;
     let svc = resources::of_kind(Kind::Service);
     let services = [
         json!({
@@ -230,57 +230,6 @@ pub(crate) async fn ensure_system(
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => tracing::warn!(error = %e.message, "a system Service could not be created"),
         }
-    }
-    // The API server's own port may change between starts: the Service's targetPort,
-    // Endpoints and slice follow it.
-    let api_ip = if api.ip().is_unspecified() {
-        std::net::IpAddr::from([127, 0, 0, 1])
-    } else {
-        api.ip()
-    };
-    let mut current = reg.get(svc, Some("default"), "kubernetes").await?;
-    if current.pointer("/spec/ports/0/targetPort") != Some(&json!(api.port())) {
-        current["spec"]["ports"][0]["targetPort"] = json!(api.port());
-        reg.update(
-            svc,
-            Some("default"),
-            "kubernetes",
-            current,
-            Part::Main,
-            &WriteOptions::default(),
-        )
-        .await?;
-    }
-    let endpoints = json!({
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "kubernetes", "namespace": "default",
-                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": api_ip.to_string()}],
-                     "ports": [{"name": "https", "port": api.port(), "protocol": "TCP"}]}]
-    });
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kubernetes", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [api_ip.to_string()], "conditions": {"ready": true}}],
-        "ports": [{"name": "https", "port": api.port(), "protocol": "TCP"}]
-    });
-    for body in [endpoints, slice] {
-        let kind = if body["kind"] == "Endpoints" {
-            Kind::Endpoints
-        } else {
-            Kind::EndpointSlice
-        };
-        reg.update(
-            resources::of_kind(kind),
-            Some("default"),
-            "kubernetes",
-            body,
-            Part::Main,
-            &WriteOptions::default(),
-        )
-        .await?;
     }
     Ok(())
 }

@@ -26,7 +26,8 @@ pub enum ServiceProxy {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// The API server, `https://host:port`.
+    /// The API server, `https://host:port`, or several comma-separated (servers on one
+    /// store): the agent moves to the next when its server stops answering.
     #[arg(long, required_unless_present = "uninstall")]
     pub server: Option<String>,
     /// The node-join token (`berth token --node` on the server).
@@ -169,7 +170,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("reading the cluster CA {}", ca_file.display()))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let cfg = config(&args, ca);
+    let mut cfg = config(&args, ca);
+    let (url, _front) = super::api_url(&cfg.server).await?;
+    cfg.server = url;
     // No warm pool: a pod's sandbox carries the pod's hostname, so it is made for the pod.
     let rt = runtime(args.runtime, &cfg.node_name, &args.data_dir, 0).await?;
     let ran = tokio::select! {

@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// 10.96.0.0/24; clusters sharing a host each take their own.
     #[arg(long, default_value = "10.96.0.1")]
     pub kubernetes_service_ip: std::net::Ipv4Addr,
+    /// The address pods and the other servers reach this server at (the `kubernetes`
+    /// Service's endpoints); by default the `--listen` address, or 127.0.0.1 for 0.0.0.0.
+    #[arg(long)]
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Where state lives: `sqlite` (one file in the data dir, one server) or
     /// `etcd://host:2379[,host:2379...]` (an etcd cluster every server on it shares; give
     /// each the same CA and tokens: copy one data dir's `pki/` and `tokens.json`).
@@ -74,6 +78,7 @@ impl ServeArgs {
             self.kubernetes_service_ip
         );
         cfg.kubernetes_ip = self.kubernetes_service_ip;
+        cfg.advertise_address = self.advertise_address;
         cfg.etcd = self.etcd()?;
         Ok(cfg)
     }
@@ -115,6 +120,24 @@ impl ServeArgs {
             },
         }))
     }
+}
+
+/// Where a node reaches the API, from its `--server`: the one URL given, or for several
+/// (comma-separated) the URL of a local front (`berth_agent::front`) that passes each
+/// connection on to the first of them that answers; the front runs while the returned
+/// guard lives.
+pub async fn api_url(list: &str) -> anyhow::Result<(String, Option<berth_agent::front::Front>)> {
+    use anyhow::Context;
+    let servers =
+        berth_agent::front::servers(list).map_err(|e| anyhow::anyhow!("--server: {e}"))?;
+    if servers.len() == 1 {
+        return Ok((list.trim().trim_matches(',').trim().to_string(), None));
+    }
+    let front = berth_agent::front::start(([127, 0, 0, 1], 0).into(), servers.clone())
+        .await
+        .context("opening a local front for the API servers")?;
+    tracing::info!(front = %front.addr, ?servers, "reaching the API servers through a local front");
+    Ok((front.url(), Some(front)))
 }
 
 /// Wait for Ctrl-C or SIGTERM.
@@ -226,9 +249,8 @@ pub async fn start_control_plane(
             .expect("the metrics registry"),
     );
     // Who this server is in the leader election: stable across its restarts (so a restarted
-    // server resumes its own Lease at once), distinct between servers (each has its data dir).
-    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let identity = format!("{}:{}", agent::hostname(), dir.display());
+    // server resumes its own Lease at once), distinct between servers.
+    let identity = berth_apiserver::identity(data_dir);
     let lease = std::time::Duration::from_secs(args.leader_lease_seconds.max(1));
     let election = berth_controllers::leader::Config::with_lease(identity, lease);
     // Each term gets a client of its own, so nothing of a term that was stopped (watches,

@@ -31,6 +31,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The loops first, then the API and the store under them.
     control_plane.abort();
     let _ = control_plane.await;
-    server.shutdown();
+    server.shutdown().await;
     Ok(())
 }

@@ -220,7 +220,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     })
     .await;
-    server.shutdown();
+    server.shutdown().await;
     Ok(())
 }
 

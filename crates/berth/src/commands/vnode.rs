@@ -10,7 +10,8 @@ pub const UP_NAME: &str = "berth-instances";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// The API server, `https://host:port`.
+    /// The API server, `https://host:port`, or several comma-separated (servers on one
+    /// store): the virtual node moves to the next when its server stops answering.
     #[arg(long)]
     pub server: String,
     /// The node-join token (`berth token --node` on the server).
@@ -110,7 +111,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).with_context(|| format!("reading the CA {}", p.display()))
     };
-    let cfg = config(&args, read(&args.ca_file)?, read(&args.instances_ca_file)?);
+    let mut cfg = config(&args, read(&args.ca_file)?, read(&args.instances_ca_file)?);
+    let (url, _front) = super::api_url(&cfg.join.server).await?;
+    cfg.join.server = url;
     tokio::select! {
         r = berth_vnode::run(cfg) => r.map_err(|e| anyhow::anyhow!("{}", berth_core::error::Chain(&e))),
         _ = super::shutdown_signal() => Ok(()),
