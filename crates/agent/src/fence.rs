@@ -15,11 +15,19 @@ pub enum Fence {
 }
 
 impl Fence {
-    /// A renewal sent at `at` succeeded. Says whether this lifts a fence.
+    /// A renewal sent at `at` succeeded (renewals may answer out of order: the latest sent
+    /// counts). Says whether this lifts a fence.
     pub fn renewed(&mut self, at: Instant) -> bool {
-        let lifted = *self == Fence::Fenced;
-        *self = Fence::Renewed(at);
-        lifted
+        match *self {
+            Fence::Fenced => {
+                *self = Fence::Renewed(at);
+                true
+            }
+            Fence::Renewed(before) => {
+                *self = Fence::Renewed(before.max(at));
+                false
+            }
+        }
     }
 
     /// Fence if nothing was renewed for `after` by `now`; returns how long it has been when
@@ -82,6 +90,9 @@ mod tests {
             "a renewal while not fenced lifts nothing"
         );
         let renewed = t0 + after * 5;
+        assert_eq!(f.due(renewed + Duration::from_millis(1999), after), None);
+        // A slow renewal sent earlier that answers last does not take the time back.
+        assert!(!f.renewed(t0 + after * 4));
         assert_eq!(f.due(renewed + Duration::from_millis(1999), after), None);
     }
 }

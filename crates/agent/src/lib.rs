@@ -280,21 +280,34 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let name = cfg.node_name.clone();
         let every = cfg.lease_every;
         let duration = cfg.lease_duration.as_secs().max(1) as i32;
+        // A renewal that is slow but goes through (the store choosing a new leader) counts
+        // from when it was sent; one still unanswered when fencing is due no longer matters.
+        let patience = (cfg.lease_duration / 2).max(Duration::from_secs(1));
         let fencing = fencing.clone();
         tasks.spawn(async move {
+            // Renewals overlap: one stuck on a server that died does not hold up the next,
+            // which the front sends to another.
+            let mut renewals = tokio::task::JoinSet::new();
             let mut tick = tokio::time::interval(every);
             loop {
-                tick.tick().await;
-                let sent = std::time::Instant::now();
-                let renewal = node::renew_lease(&client, &name, duration);
-                match tokio::time::timeout(every.max(Duration::from_secs(1)), renewal).await {
-                    Ok(Ok(())) => {
-                        if fencing.renewed(sent) {
-                            tracing::warn!(node = %name, "lease renewed: no longer fenced");
-                        }
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let (client, name) = (client.clone(), name.clone());
+                        renewals.spawn(async move {
+                            let sent = std::time::Instant::now();
+                            let renewal = node::renew_lease(&client, &name, duration);
+                            (sent, tokio::time::timeout(patience, renewal).await)
+                        });
                     }
-                    Ok(Err(e)) => tracing::warn!(node = %name, error = %e, "lease renewal failed"),
-                    Err(_) => tracing::warn!(node = %name, "lease renewal timed out"),
+                    Some(Ok((sent, result))) = renewals.join_next() => match result {
+                        Ok(Ok(())) => {
+                            if fencing.renewed(sent) {
+                                tracing::warn!(node = %name, "lease renewed: no longer fenced");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::warn!(node = %name, error = %e, "lease renewal failed"),
+                        Err(_) => tracing::warn!(node = %name, "lease renewal timed out"),
+                    },
                 }
             }
         });

@@ -40,6 +40,8 @@ enum Command {
     Instances(commands::instances::Args),
     /// Manage container groups on the instances service, in the manner of `az container`.
     Container(commands::container::Args),
+    /// One local address in front of several API servers (for kubectl).
+    Front(commands::front::Args),
     /// Print a kubeconfig for the admin of a data dir.
     Kubeconfig(commands::kubeconfig::Args),
     /// Print the admin or node-join token of a data dir.
@@ -82,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             Command::Vnode(args) => commands::vnode::run(args).await,
             Command::Instances(args) => commands::instances::run(args).await,
             Command::Container(args) => commands::container::run(args).await,
+            Command::Front(args) => commands::front::run(args).await,
             Command::Kubeconfig(args) => commands::kubeconfig::run(args),
             Command::Token(args) => commands::token::run(args),
         }

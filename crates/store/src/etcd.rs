@@ -95,7 +95,10 @@ fn interrupted(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) => match i32::from(s.code()) {
             DEADLINE_EXCEEDED | UNAVAILABLE => true,
-            UNKNOWN => s.message().contains("transport error"),
+            // The connection under the request broke: tonic and hyper say so in the message.
+            UNKNOWN => ["transport error", "h2 protocol error", "connection"]
+                .iter()
+                .any(|m| s.message().contains(m)),
             _ => false,
         },
         etcd_client::Error::TransportError(_) => true,
@@ -421,86 +424,15 @@ impl Store for EtcdStore {
                 },
             }
         }
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(after_rev + 1)
-            .with_prev_key()
-            .with_progress_notify();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let stream = loop {
-            match self
-                .client
-                .watch_client()
-                .watch(prefix, Some(opts.clone()))
-                .await
-            {
-                Err(e) if unreached(&e) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => break other.map_err(failed("watch"))?,
-            }
+        let follow = Follow {
+            client: self.client.clone(),
+            prefix: prefix.to_string(),
+            next: after_rev + 1,
+            stream: Some(open_watch(&self.client, prefix, after_rev + 1).await?),
+            queue: Default::default(),
+            done: false,
         };
-        let items = stream.flat_map(move |resp| {
-            let out: Vec<Result<WatchItem, StoreError>> = match resp {
-                Err(e) => vec![Err(classify("watch", e))],
-                Ok(r) if r.canceled() && r.compact_revision() > 0 => {
-                    vec![Err(StoreError::Compacted {
-                        requested: after_rev,
-                        oldest: r.compact_revision(),
-                    })]
-                }
-                Ok(r) if r.canceled() => vec![Err(StoreError::Etcd {
-                    operation: "watch",
-                    source: Arc::new(etcd_client::Error::WatchError(
-                        r.cancel_reason().to_string(),
-                    )),
-                })],
-                Ok(r) if r.created() => vec![],
-                Ok(r) if r.events().is_empty() => r
-                    .header()
-                    .map(|h| Ok(WatchItem::Progress(h.revision())))
-                    .into_iter()
-                    .collect(),
-                Ok(r) => r
-                    .events()
-                    .iter()
-                    .filter_map(|e| {
-                        let kv = e.kv()?;
-                        Some(Ok(WatchItem::Event(match e.event_type() {
-                            etcd_client::EventType::Put => Event {
-                                kind: EventKind::Put,
-                                kv: from_etcd(kv),
-                            },
-                            etcd_client::EventType::Delete => {
-                                let last = e.prev_kv().map(from_etcd);
-                                Event {
-                                    kind: EventKind::Delete,
-                                    kv: KeyValue {
-                                        key: key_string(kv),
-                                        value: last.as_ref().map_or_else(
-                                            || Arc::from(&[][..]),
-                                            |l| l.value.clone(),
-                                        ),
-                                        create_revision: last.map_or(0, |l| l.create_revision),
-                                        mod_revision: kv.mod_revision(),
-                                    },
-                                }
-                            }
-                        })))
-                    })
-                    .collect(),
-            };
-            futures::stream::iter(out)
-        });
-        // A stream ends at its first error, as the SQLite store's does.
-        let mut done = false;
-        Ok(items
-            .take_while(move |item| {
-                let go = !done;
-                done |= item.is_err();
-                futures::future::ready(go)
-            })
-            .boxed())
+        Ok(futures::stream::unfold(follow, Follow::next).boxed())
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
@@ -526,6 +458,153 @@ impl Store for EtcdStore {
             Err(other) => Err(other),
         }
     }
+}
+
+/// An etcd watch on `prefix` from revision `from`, opened again (for up to 5 s) while no
+/// member can be reached.
+async fn open_watch(
+    client: &Client,
+    prefix: &str,
+    from: Revision,
+) -> Result<etcd_client::WatchStream, StoreError> {
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(from)
+        .with_prev_key()
+        .with_progress_notify();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match client
+            .watch_client()
+            .watch(prefix, Some(opts.clone()))
+            .await
+        {
+            Err(e) if unreached(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other.map_err(failed("watch")),
+        }
+    }
+}
+
+/// A store watch over etcd's: when the member serving it dies, the watch is opened again on
+/// another from the revision after the last one delivered (for up to 10 s), so watchers see
+/// no gap and no error. It ends at its first error, as the SQLite store's does.
+struct Follow {
+    client: Client,
+    prefix: String,
+    /// The first revision not delivered yet.
+    next: Revision,
+    stream: Option<etcd_client::WatchStream>,
+    queue: std::collections::VecDeque<Result<WatchItem, StoreError>>,
+    done: bool,
+}
+
+impl Follow {
+    async fn next(mut self) -> Option<(Result<WatchItem, StoreError>, Follow)> {
+        let mut lost: Option<tokio::time::Instant> = None;
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                match &item {
+                    Ok(WatchItem::Event(e)) => self.next = self.next.max(e.revision() + 1),
+                    Ok(WatchItem::Progress(rev)) => self.next = self.next.max(rev + 1),
+                    Err(_) => self.done = true,
+                }
+                return Some((item, self));
+            }
+            if self.done {
+                return None;
+            }
+            let stream = match &mut self.stream {
+                Some(s) => s,
+                None => match open_watch(&self.client, &self.prefix, self.next).await {
+                    Ok(s) => self.stream.insert(s),
+                    Err(e) => {
+                        self.queue.push_back(Err(e));
+                        continue;
+                    }
+                },
+            };
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    lost = None;
+                    self.queue.extend(items(resp, self.next - 1));
+                }
+                Err(e) if !(unreached(&e) || interrupted(&e)) => {
+                    self.queue.push_back(Err(classify("watch", e)))
+                }
+                // The member went away (its stream ended or broke): watch again elsewhere.
+                ended => {
+                    let since = *lost.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > PERSIST {
+                        let e = ended.err().unwrap_or_else(|| {
+                            etcd_client::Error::WatchError("the watch kept ending".into())
+                        });
+                        self.queue.push_back(Err(classify("watch", e)));
+                        continue;
+                    }
+                    tracing::debug!(from = self.next, "etcd: watching again");
+                    self.stream = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// What one etcd watch response says, as store watch items (`after`: the revision the watch
+/// started after, for a compaction's error).
+fn items(r: etcd_client::WatchResponse, after: Revision) -> Vec<Result<WatchItem, StoreError>> {
+    if r.canceled() && r.compact_revision() > 0 {
+        return vec![Err(StoreError::Compacted {
+            requested: after,
+            oldest: r.compact_revision(),
+        })];
+    }
+    if r.canceled() {
+        return vec![Err(StoreError::Etcd {
+            operation: "watch",
+            source: Arc::new(etcd_client::Error::WatchError(
+                r.cancel_reason().to_string(),
+            )),
+        })];
+    }
+    if r.created() {
+        return vec![];
+    }
+    if r.events().is_empty() {
+        return r
+            .header()
+            .map(|h| Ok(WatchItem::Progress(h.revision())))
+            .into_iter()
+            .collect();
+    }
+    r.events()
+        .iter()
+        .filter_map(|e| {
+            let kv = e.kv()?;
+            Some(Ok(WatchItem::Event(match e.event_type() {
+                etcd_client::EventType::Put => Event {
+                    kind: EventKind::Put,
+                    kv: from_etcd(kv),
+                },
+                etcd_client::EventType::Delete => {
+                    let last = e.prev_kv().map(from_etcd);
+                    Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue {
+                            key: key_string(kv),
+                            value: last
+                                .as_ref()
+                                .map_or_else(|| Arc::from(&[][..]), |l| l.value.clone()),
+                            create_revision: last.map_or(0, |l| l.create_revision),
+                            mod_revision: kv.mod_revision(),
+                        },
+                    }
+                }
+            })))
+        })
+        .collect()
 }
 
 impl EtcdStore {

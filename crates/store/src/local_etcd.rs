@@ -80,3 +80,26 @@ impl Drop for Member {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Which of `members` leads the cluster now (a leader is chosen within a few seconds of
+/// the cluster's start).
+pub async fn leader(members: &[Member]) -> usize {
+    for _ in 0..100 {
+        for (i, m) in members.iter().enumerate() {
+            let Ok(mut c) = etcd_client::Client::connect([m.client_url.as_str()], None).await
+            else {
+                continue;
+            };
+            let Ok(status) = c.status().await else {
+                continue;
+            };
+            if status.leader() != 0
+                && status.header().map(|h| h.member_id()) == Some(status.leader())
+            {
+                return i;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no etcd member led the cluster within 10 s")
+}

@@ -68,7 +68,15 @@ async fn servers_share_one_cluster_and_survive_a_member() {
     // The leader of three killed: the other two choose a new one (about a second) and are a
     // majority. Every write goes through, the first ones sent again by the store until
     // the new leader takes them, none refused.
-    let leader = leader_of(&urls).await;
+    let leader = berth_store::local_etcd::leader(&members).await;
+    // Watches through every client, one of them also on the leader: whichever member
+    // serves a watch, it goes on without a gap or an error.
+    let c = connect(&[urls[leader].clone(), urls[(leader + 1) % 3].clone()]).await;
+    let from = a.current_revision().await.unwrap();
+    let mut watches = Vec::new();
+    for store in [&a, &b, &c] {
+        watches.push(store.watch("/shared/after-", from).await.unwrap());
+    }
     drop(members.remove(leader));
     let started = std::time::Instant::now();
     for i in 0..20 {
@@ -82,22 +90,19 @@ async fn servers_share_one_cluster_and_survive_a_member() {
         "20 writes after killing the leader member took {:?}",
         started.elapsed()
     );
-}
-
-/// Which of the members at `urls` leads the cluster.
-async fn leader_of(urls: &[String]) -> usize {
-    let mut c = etcd_client::Client::connect([urls[0].as_str()], None)
-        .await
-        .unwrap();
-    let leader = c.status().await.unwrap().leader();
-    for (i, url) in urls.iter().enumerate() {
-        let mut one = etcd_client::Client::connect([url.as_str()], None)
-            .await
-            .unwrap();
-        let status = one.status().await.unwrap();
-        if status.header().map(|h| h.member_id()) == Some(leader) {
-            return i;
+    for (w, mut watch) in watches.into_iter().enumerate() {
+        let mut keys = Vec::new();
+        while keys.len() < 20 {
+            let item = tokio::time::timeout(Duration::from_secs(15), watch.next())
+                .await
+                .unwrap_or_else(|_| panic!("watch {w}: only {keys:?} within 15 s"))
+                .unwrap_or_else(|| panic!("watch {w} ended after {keys:?}"))
+                .unwrap_or_else(|e| panic!("watch {w} failed after {keys:?}: {e:?}"));
+            if let berth_store::WatchItem::Event(e) = item {
+                keys.push(e.kv.key.clone());
+            }
         }
+        let wanted: Vec<String> = (0..20).map(|i| format!("/shared/after-{i}")).collect();
+        assert_eq!(keys, wanted, "watch {w}");
     }
-    panic!("no member at {urls:?} is the leader {leader:x}")
 }

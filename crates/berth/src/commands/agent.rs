@@ -53,8 +53,11 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub listen: std::net::SocketAddr,
     /// Seconds between Lease renewals. The Lease lasts four of them; the agent fences itself
-    /// (stops its pods) after two without a renewal; the server evicts after four.
-    #[arg(long, default_value_t = 1)]
+    /// (stops its pods) after two without a renewal; the server evicts after four. The
+    /// default, 2, rides out a store that pauses for a few seconds (an etcd member's loss
+    /// and a new etcd leader's election) without fencing; 1 replaces a dead node's pods
+    /// sooner where the store never pauses.
+    #[arg(long, default_value_t = 2)]
     pub lease_seconds: u64,
     /// How Services reach their endpoints from this node: `nftables` (a table of the
     /// agent's own, `berth-<node>`) or `none`. The mock runtime's pods have no network, so

@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod container;
+pub mod front;
 pub mod instances;
 pub mod kubeconfig;
 pub mod server;

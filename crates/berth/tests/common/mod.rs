@@ -580,3 +580,101 @@ pub fn python_with(module: &str, pip: &str) -> PathBuf {
     );
     python
 }
+
+/// One `berth server` process (API, scheduler and controllers, no node), killed when
+/// dropped: the servers of an HA control plane on a shared store.
+pub struct Server {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub url: String,
+}
+
+impl Server {
+    /// Start `berth server` on `dir` with `args`, on a free loopback port; returns once it
+    /// prints its URL.
+    pub fn start(dir: &Path, args: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).expect("the server's data dir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env(
+                "BERTH_LOG",
+                std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth server");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("berth server exited before printing its URL")
+                .expect("read berth server's stdout");
+            if let Some(url) = line.strip_prefix("berth server listening on ") {
+                break url.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            url,
+        }
+    }
+
+    /// Give `to` this server's CA, serving keys and tokens (see [`share_secrets`]).
+    pub fn share_secrets(&self, to: &Path) {
+        share_secrets(&self.dir, to);
+    }
+
+    /// `host:port` it serves on.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("https://").to_string()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An admin kubeconfig for the cluster whose secrets are in `data_dir`, naming `server`.
+pub fn kubeconfig_for(data_dir: &Path, server: &str, to: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("kubeconfig")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--server", server])
+        .output()
+        .expect("berth kubeconfig runs");
+    assert!(
+        out.status.success(),
+        "berth kubeconfig: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(to, out.stdout).expect("write the kubeconfig");
+}
+
+/// Copy the CA, serving keys and tokens of the server on `from` into `to`, as the README
+/// says to for every further server on one store.
+pub fn share_secrets(from: &Path, to: &Path) {
+    let pki = to.join("pki");
+    std::fs::create_dir_all(&pki).expect("the pki dir");
+    for entry in std::fs::read_dir(from.join("pki")).expect("the first server's pki") {
+        let entry = entry.expect("a pki file");
+        std::fs::copy(entry.path(), pki.join(entry.file_name())).expect("copy pki");
+    }
+    std::fs::copy(from.join("tokens.json"), to.join("tokens.json")).expect("copy tokens");
+}
