@@ -173,7 +173,7 @@ async fn latency(runs: usize) -> anyhow::Result<()> {
         cli.push(t.elapsed());
     }
 
-    server.shutdown();
+    server.shutdown().await;
     remove_node_containers(&node);
 
     let (b50, e50, c50) = (
@@ -264,7 +264,7 @@ async fn process_latency(runs: usize) -> anyhow::Result<()> {
     let _ = api.delete("warm-up", &DeleteParams::default()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     agent.abort();
-    server.shutdown();
+    server.shutdown().await;
     let (b50, s50) = (percentile(&mut berth, 0.5), percentile(&mut spawn, 0.5));
     let b99 = percentile(&mut berth, 0.99);
     println!("pod POST -> Running, {runs} pods one at a time (process runtime):");

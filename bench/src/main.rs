@@ -1,7 +1,7 @@
 //! `berth-bench apiserver`: durable creates/s through the HTTPS API with 1 and 50 clients
 //! (p50/p99 latency), against the store alone as the baseline measured in the same run; and
 //! watch fan-out: the time until 100 watchers have all seen one write; and what RBAC costs
-//! (see [`authz`]).
+//! (see [`authz`]); then the same on etcd, and the failover of servers on it (see [`ha`]).
 //! `berth-bench scheduler`: see [`scheduler`]. `berth-bench agent`: see [`agent`].
 //! `berth-bench instances`: see [`instances`]. `berth-bench failover`: see [`failover`].
 //! `berth-bench autoscale`: see [`autoscale`]. `berth-bench network`: see [`network`].
@@ -11,6 +11,7 @@ mod agent;
 mod authz;
 mod autoscale;
 mod failover;
+mod ha;
 mod instances;
 mod network;
 mod scheduler;
@@ -235,7 +236,21 @@ async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
     );
     authz::run(&server, dir.path(), api.clone(), cli.creates).await?;
 
-    // Watch fan-out.
+    let (p50, max) = fanout(&api, cli.watchers).await?;
+    println!();
+    println!(
+        "watch fan-out, {} watchers, write -> all have seen it: p50 {:.2} ms, max {:.2} ms (5 rounds)",
+        cli.watchers,
+        p50.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+    server.shutdown().await;
+    ha::run(cli, [&api1, &api50], (p50, max)).await
+}
+
+/// Watch fan-out: over 5 rounds, the time from one create until `watchers` watchers have
+/// all seen it; p50 and max.
+async fn fanout(api: &Api<ConfigMap>, watchers: usize) -> anyhow::Result<(Duration, Duration)> {
     let mut fanout = Vec::new();
     for round in 0..5 {
         let rv = api
@@ -247,7 +262,7 @@ async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
         let mut handles = Vec::new();
         let target = format!("fan-{round}");
-        for _ in 0..cli.watchers {
+        for _ in 0..watchers {
             let api = api.clone();
             let tx = tx.clone();
             let rv = rv.clone();
@@ -286,9 +301,8 @@ async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
             last = last.max(t);
         }
         anyhow::ensure!(
-            seen == cli.watchers,
-            "only {seen} of {} watchers saw the write",
-            cli.watchers
+            seen == watchers,
+            "only {seen} of {watchers} watchers saw the write"
         );
         fanout.push(last - start);
         for h in handles {
@@ -296,15 +310,10 @@ async fn apiserver(cli: &Cli) -> anyhow::Result<()> {
         }
     }
     fanout.sort();
-    println!();
-    println!(
-        "watch fan-out, {} watchers, write -> all have seen it: p50 {:.2} ms, max {:.2} ms (5 rounds)",
-        cli.watchers,
-        percentile(&fanout, 0.5).as_secs_f64() * 1e3,
-        fanout.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
-    server.shutdown();
-    Ok(())
+    Ok((
+        percentile(&fanout, 0.5),
+        fanout.last().copied().unwrap_or_default(),
+    ))
 }
 
 #[tokio::main]

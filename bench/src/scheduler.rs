@@ -252,7 +252,7 @@ async fn end_to_end(
     );
     let rate = pods as f64 / start.elapsed().as_secs_f64();
     sched.abort();
-    server.shutdown();
+    server.shutdown().await;
     Ok(rate)
 }
 
