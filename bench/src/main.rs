@@ -126,7 +126,7 @@ async fn store_baseline(clients: usize, total: usize) -> anyhow::Result<Run> {
         async move {
             store
                 .create(
-                    &format!("/registry/core/configmaps/default/c{c}-{i}"),
+                    &format!("/registry/configmaps/default/c{c}-{i}"),
                     value.to_vec(),
                 )
                 .await?;

@@ -210,6 +210,10 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(StartError::Tokens)?;
     let telemetry = telemetry::Telemetry::default();
     let registry = Registry::new(telemetry.timed_store(store));
+    registry
+        .adopt_kubernetes_layout()
+        .await
+        .map_err(StartError::Bootstrap)?;
     registry.bootstrap().await.map_err(StartError::Bootstrap)?;
     authz::policy::bootstrap(&registry)
         .await

@@ -86,8 +86,27 @@ impl Resource {
         }
     }
 
-    /// The store key prefix for this resource: `/registry/<group>/<plural>/`.
+    /// The store key prefix for this resource, as Kubernetes lays out etcd: the built-in
+    /// kinds under `/registry/<plural>/`, with Kubernetes' own exceptions (Services under
+    /// `services/specs`, Endpoints under `services/endpoints`, Nodes under `minions`,
+    /// ReplicationControllers under `controllers`), and CustomResourceDefinitions and custom
+    /// kinds under `/registry/<group>/<plural>/`.
     pub fn key_prefix(&self) -> String {
+        match self.kind {
+            Kind::Service => "/registry/services/specs/".to_string(),
+            Kind::Endpoints => "/registry/services/endpoints/".to_string(),
+            Kind::Node => "/registry/minions/".to_string(),
+            Kind::ReplicationController => "/registry/controllers/".to_string(),
+            Kind::CustomResourceDefinition | Kind::Custom => {
+                format!("/registry/{}/{}/", self.group, self.plural)
+            }
+            _ => format!("/registry/{}/", self.plural),
+        }
+    }
+
+    /// Where Berth kept this resource before it took Kubernetes' layout:
+    /// `/registry/<group, or core>/<plural>/`.
+    pub fn legacy_key_prefix(&self) -> String {
         let group = if self.group.is_empty() {
             "core"
         } else {
@@ -533,14 +552,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_follow_group_plural_namespace_name() {
+    fn keys_are_laid_out_as_kubernetes_lays_them_out() {
         let deploy = find("apps", "v1", "deployments").unwrap();
         assert_eq!(
             deploy.key(Some("ns1"), "web"),
-            "/registry/apps/deployments/ns1/web"
+            "/registry/deployments/ns1/web"
         );
         let node = find("", "v1", "nodes").unwrap();
-        assert_eq!(node.key(Some("ignored"), "n1"), "/registry/core/nodes/n1");
+        assert_eq!(node.key(Some("ignored"), "n1"), "/registry/minions/n1");
+        let svc = find("", "v1", "services").unwrap();
+        assert_eq!(svc.key(Some("a"), "b"), "/registry/services/specs/a/b");
+        let ep = find("", "v1", "endpoints").unwrap();
+        assert_eq!(ep.key(Some("a"), "b"), "/registry/services/endpoints/a/b");
+        let crd = of_kind(Kind::CustomResourceDefinition);
+        assert_eq!(
+            crd.key(None, "x"),
+            "/registry/apiextensions.k8s.io/customresourcedefinitions/x"
+        );
+        assert_eq!(deploy.legacy_key_prefix(), "/registry/apps/deployments/");
+        assert_eq!(node.legacy_key_prefix(), "/registry/core/nodes/");
+        // No resource's keys fall under another's prefix.
+        let prefixes: Vec<String> = RESOURCES.iter().map(Resource::key_prefix).collect();
+        for (i, a) in prefixes.iter().enumerate() {
+            for (j, b) in prefixes.iter().enumerate() {
+                assert!(i == j || !a.starts_with(b.as_str()), "{a} under {b}");
+            }
+        }
         assert_eq!(deploy.api_version(), "apps/v1");
         assert_eq!(node.api_version(), "v1");
     }

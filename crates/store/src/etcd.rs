@@ -17,8 +17,9 @@
 //! - History is etcd's; [`EtcdStore::keep_history`] compacts it as Kubernetes' API server
 //!   does, to what is older than a window, from every server (compacting again is a no-op).
 //!
-//! Keys are written as they are given (`/registry/<group>/<plural>/<namespace>/<name>`) and
-//! values are the API's JSON, so `etcdctl get --prefix /registry` reads the cluster's objects.
+//! Keys are written as they are given (Kubernetes' layout: `/registry/pods/<namespace>/<name>`)
+//! and values are the API's JSON, so `etcdctl get --prefix /registry` reads the cluster's
+//! objects.
 
 use std::sync::Arc;
 use std::time::Duration;

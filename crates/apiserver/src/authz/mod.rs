@@ -223,7 +223,6 @@ impl Authorizer {
     pub async fn start(registry: &Registry) -> Result<Authorizer, ApiError> {
         let authz = Authorizer::default();
         let index = authz.index.clone();
-        let prefix = format!("/registry/{}/", resources::RBAC);
         let kinds: Vec<(String, &'static str)> = [
             Kind::Role,
             Kind::ClusterRole,
@@ -236,7 +235,8 @@ impl Authorizer {
             (r.key_prefix(), r.kind_name)
         })
         .collect();
-        crate::registry::mirror::spawn(registry.clone(), prefix, move |objects| {
+        let prefixes = kinds.iter().map(|(p, _)| p.clone()).collect();
+        crate::registry::mirror::spawn(registry.clone(), prefixes, move |objects| {
             let mut built = rbac::Index::default();
             for (key, obj) in objects {
                 if let Some((_, kind)) = kinds.iter().find(|(p, _)| key.starts_with(p.as_str())) {

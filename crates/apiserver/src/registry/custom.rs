@@ -24,7 +24,7 @@ pub(crate) async fn spawn(registry: Registry) -> Result<(), ApiError> {
     let (tx, mut rx) = tokio::sync::watch::channel(Vec::<Value>::new());
     let catalog = registry.custom.clone();
     let prefix = resources::of_kind(Kind::CustomResourceDefinition).key_prefix();
-    super::mirror::spawn(registry.clone(), prefix, move |objects| {
+    super::mirror::spawn(registry.clone(), vec![prefix], move |objects| {
         let crds: Vec<Value> = objects.values().cloned().collect();
         catalog.set(crds.iter());
         let _ = tx.send(crds);

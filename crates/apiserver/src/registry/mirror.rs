@@ -1,4 +1,4 @@
-//! A copy of every object under one key prefix, kept in step with the store by a watch, for
+//! A copy of every object under some key prefixes, kept in step with the store by watches, for
 //! the answers the API server gives on every request without reading the store (whether a
 //! namespace is open, what RBAC allows), as Kubernetes' admission and authorizers keep
 //! informers.
@@ -16,28 +16,49 @@ use crate::status::ApiError;
 /// Every object under a prefix, by store key.
 pub type Objects = BTreeMap<String, Value>;
 
-/// Read everything under `prefix` into `objects`; a watch from the revision read.
+/// Read everything under `prefixes` into `objects`; watches from the revisions read, as one
+/// stream.
 async fn fill(
     registry: &Registry,
-    prefix: &str,
+    prefixes: &[String],
     objects: &mut Objects,
 ) -> Result<WatchStream, ApiError> {
-    let page = registry
-        .store
-        .list(prefix, ListOptions::default())
-        .await
-        .map_err(|e| ApiError::internal(format!("listing {prefix}: {e}")))?;
     objects.clear();
-    for kv in &page.items {
-        if let Ok(v) = serde_json::from_slice(&kv.value) {
-            objects.insert(kv.key.clone(), v);
+    let mut watches = Vec::new();
+    for prefix in prefixes {
+        let page = registry
+            .store
+            .list(prefix, ListOptions::default())
+            .await
+            .map_err(|e| ApiError::internal(format!("listing {prefix}: {e}")))?;
+        for kv in &page.items {
+            if let Ok(v) = serde_json::from_slice(&kv.value) {
+                objects.insert(kv.key.clone(), v);
+            }
         }
+        let watch = registry
+            .store
+            .watch(prefix, page.revision)
+            .await
+            .map_err(|e| ApiError::internal(format!("watching {prefix}: {e}")))?;
+        watches.push(watch);
     }
-    registry
-        .store
-        .watch(prefix, page.revision)
-        .await
-        .map_err(|e| ApiError::internal(format!("watching {prefix}: {e}")))
+    // One stream, which ends as soon as any of them ends or fails (the mirror then
+    // rebuilds).
+    let merged = futures::stream::select_all(watches.into_iter().map(|w| {
+        w.map(Some)
+            .chain(futures::stream::once(async { None }))
+            .boxed()
+    }));
+    let mut failed = false;
+    Ok(merged
+        .take_while(move |item| {
+            let go = !failed && item.is_some();
+            failed |= matches!(item, Some(Err(_)));
+            futures::future::ready(go)
+        })
+        .filter_map(futures::future::ready)
+        .boxed())
 }
 
 fn apply(objects: &mut Objects, item: WatchItem) {
@@ -55,17 +76,17 @@ fn apply(objects: &mut Objects, item: WatchItem) {
     }
 }
 
-/// Mirror everything under `prefix`, calling `changed` with the whole copy once it is filled
+/// Mirror everything under `prefixes`, calling `changed` with the whole copy once it is filled
 /// and after every batch of changes (the changes that arrived together). When the watch falls
 /// behind, `changed` sees an empty copy while it is rebuilt. Returns once the first fill is
 /// done, so the first answers are already right.
 pub(crate) async fn spawn(
     registry: Registry,
-    prefix: String,
+    prefixes: Vec<String>,
     changed: impl Fn(&Objects) + Send + Sync + 'static,
 ) -> Result<(), ApiError> {
     let mut objects = Objects::new();
-    let mut stream = fill(&registry, &prefix, &mut objects).await?;
+    let mut stream = fill(&registry, &prefixes, &mut objects).await?;
     changed(&objects);
     tokio::spawn(async move {
         loop {
@@ -82,14 +103,14 @@ pub(crate) async fn spawn(
                     changed(&objects);
                 }
             }
-            tracing::warn!(%prefix, "a mirror's watch ended; rebuilding");
+            tracing::warn!(?prefixes, "a mirror's watch ended; rebuilding");
             objects.clear();
             changed(&objects);
             stream = loop {
-                match fill(&registry, &prefix, &mut objects).await {
+                match fill(&registry, &prefixes, &mut objects).await {
                     Ok(s) => break s,
                     Err(e) => {
-                        tracing::warn!(%prefix, error = %e, "rebuilding a mirror failed; retrying");
+                        tracing::warn!(?prefixes, error = %e, "rebuilding a mirror failed; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }

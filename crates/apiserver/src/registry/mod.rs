@@ -854,6 +854,63 @@ impl Registry {
         service::ensure_system(self, api, api_ip, cluster_dns).await
     }
 
+    /// Move what an earlier Berth stored under its own key layout
+    /// ([`Resource::legacy_key_prefix`]) to Kubernetes' ([`Resource::key_prefix`]), once per
+    /// store (a marker key records it), before anything else reads or writes. Objects keep
+    /// their contents; they get new resourceVersions.
+    pub async fn adopt_kubernetes_layout(&self) -> Result<(), ApiError> {
+        const DONE: &str = "/registry/berth/layout";
+        let failed = |what: &str, e: StoreError| {
+            ApiError::internal(format!("moving stored objects to Kubernetes' key layout: {what}: {e}"))
+        };
+        if self.store.get(DONE).await.map_err(|e| failed(DONE, e))?.is_some() {
+            return Ok(());
+        }
+        let mut moved = 0usize;
+        for res in resources::RESOURCES {
+            let (old, new) = (res.legacy_key_prefix(), res.key_prefix());
+            if old == new {
+                // CustomResourceDefinitions: where they always were.
+                continue;
+            }
+            loop {
+                let page = self
+                    .store
+                    .list(
+                        &old,
+                        berth_store::ListOptions {
+                            start_after: None,
+                            limit: Some(500),
+                        },
+                    )
+                    .await
+                    .map_err(|e| failed(&old, e))?;
+                if page.items.is_empty() {
+                    break;
+                }
+                for kv in page.items {
+                    let to = format!("{new}{}", &kv.key[old.len()..]);
+                    match self.store.create(&to, kv.value.to_vec()).await {
+                        Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(failed(&to, e)),
+                    }
+                    match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                        Ok(_) | Err(StoreError::NotFound { .. }) => moved += 1,
+                        Err(e) => return Err(failed(&kv.key, e)),
+                    }
+                }
+            }
+        }
+        match self.store.create(DONE, b"kubernetes".to_vec()).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(failed(DONE, e)),
+        }
+        if moved > 0 {
+            tracing::info!(moved, "moved stored objects to Kubernetes' key layout");
+        }
+        Ok(())
+    }
+
     /// Create the namespaces every cluster starts with, if they are missing.
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
         let nsres = resources::of_kind(Kind::Namespace);
@@ -906,4 +963,72 @@ pub fn apply_patch(obj: &mut Value, kind: PatchType, body: &Value) -> Result<(),
 /// Map a store error for a list or watch (no single object named).
 pub(crate) fn store_err(res: &Resource, e: StoreError) -> ApiError {
     ApiError::from_store(res, "", e)
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use berth_store::{SqliteOptions, SqliteStore};
+
+    /// A store an earlier Berth wrote (`/registry/<group|core>/<plural>/...`) is moved to
+    /// Kubernetes' layout once: every object is readable at its new key with the same
+    /// contents, nothing is left at the old ones, and definitions stay where they were.
+    #[tokio::test]
+    async fn objects_stored_under_the_earlier_layout_move_once_and_keep_their_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(dir.path().join("s.db"), SqliteOptions::default()).unwrap(),
+        );
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "a", "namespace": "default", "uid": "u1"},
+                        "data": {"k": "v"}});
+        let svc = json!({"apiVersion": "v1", "kind": "Service",
+                         "metadata": {"name": "s", "namespace": "default", "uid": "u2"}});
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1",
+                         "kind": "CustomResourceDefinition", "metadata": {"name": "x.e.com"}});
+        let old = [
+            ("/registry/core/configmaps/default/a", &cm),
+            ("/registry/core/services/default/s", &svc),
+            (
+                "/registry/apiextensions.k8s.io/customresourcedefinitions/x.e.com",
+                &crd,
+            ),
+        ];
+        for (k, v) in old {
+            store.create(k, v.to_string().into_bytes()).await.unwrap();
+        }
+        let reg = Registry::new(store.clone());
+        reg.adopt_kubernetes_layout().await.unwrap();
+        let read = |k: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .get(k)
+                    .await
+                    .unwrap()
+                    .map(|kv| serde_json::from_slice::<Value>(&kv.value).unwrap())
+            }
+        };
+        assert_eq!(read("/registry/configmaps/default/a").await, Some(cm));
+        assert_eq!(read("/registry/services/specs/default/s").await, Some(svc));
+        assert_eq!(
+            read("/registry/apiextensions.k8s.io/customresourcedefinitions/x.e.com").await,
+            Some(crd)
+        );
+        assert_eq!(read("/registry/core/configmaps/default/a").await, None);
+        assert_eq!(read("/registry/core/services/default/s").await, None);
+        let served = reg
+            .get(resources::of_kind(Kind::ConfigMap), Some("default"), "a")
+            .await
+            .unwrap();
+        assert_eq!(served["data"]["k"], "v");
+
+        // Once: a second start moves nothing, even what looks old.
+        store
+            .create("/registry/core/configmaps/default/late", b"{}".to_vec())
+            .await
+            .unwrap();
+        reg.adopt_kubernetes_layout().await.unwrap();
+        assert!(read("/registry/core/configmaps/default/late").await.is_some());
+    }
 }

@@ -90,7 +90,7 @@ type NamespaceCache = std::sync::Arc<std::sync::RwLock<std::collections::HashMap
 pub(crate) async fn spawn_cache(registry: Registry, cache: NamespaceCache) -> Result<(), ApiError> {
     let prefix = resources::of_kind(Kind::Namespace).key_prefix();
     let strip = prefix.clone();
-    super::mirror::spawn(registry, prefix, move |objects| {
+    super::mirror::spawn(registry, vec![prefix], move |objects| {
         let mut c = cache.write().expect("namespace cache");
         c.clear();
         for (key, ns) in objects {
