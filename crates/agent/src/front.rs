@@ -67,8 +67,14 @@ pub async fn start(listen: SocketAddr, servers: Vec<String>) -> std::io::Result<
     let current = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((client, _)) = listener.accept().await else {
-                continue;
+            let client = match listener.accept().await {
+                Ok((client, _)) => client,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "the API front could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let (servers, current) = (servers.clone(), current.clone());
             tokio::spawn(async move {

@@ -282,33 +282,33 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let duration = cfg.lease_duration.as_secs().max(1) as i32;
         // A renewal that is slow but goes through (the store choosing a new leader) counts
         // from when it was sent; one still unanswered when fencing is due no longer matters.
+        // One at a time, so a late one never writes an older renewTime over a newer one; a
+        // failed one (its server died) is sent again at once, through the front to another.
         let patience = (cfg.lease_duration / 2).max(Duration::from_secs(1));
+        let again = Duration::from_millis(200).min(every);
         let fencing = fencing.clone();
         tasks.spawn(async move {
-            // Renewals overlap: one stuck on a server that died does not hold up the next,
-            // which the front sends to another.
-            let mut renewals = tokio::task::JoinSet::new();
-            let mut tick = tokio::time::interval(every);
+            let mut next = tokio::time::Instant::now();
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let (client, name) = (client.clone(), name.clone());
-                        renewals.spawn(async move {
-                            let sent = std::time::Instant::now();
-                            let renewal = node::renew_lease(&client, &name, duration);
-                            (sent, tokio::time::timeout(patience, renewal).await)
-                        });
-                    }
-                    Some(Ok((sent, result))) = renewals.join_next() => match result {
-                        Ok(Ok(())) => {
-                            if fencing.renewed(sent) {
-                                tracing::warn!(node = %name, "lease renewed: no longer fenced");
-                            }
+                tokio::time::sleep_until(next).await;
+                let (sent, sent_at) = (std::time::Instant::now(), tokio::time::Instant::now());
+                let renewal = node::renew_lease(&client, &name, duration);
+                next = match tokio::time::timeout(patience, renewal).await {
+                    Ok(Ok(())) => {
+                        if fencing.renewed(sent) {
+                            tracing::warn!(node = %name, "lease renewed: no longer fenced");
                         }
-                        Ok(Err(e)) => tracing::warn!(node = %name, error = %e, "lease renewal failed"),
-                        Err(_) => tracing::warn!(node = %name, "lease renewal timed out"),
-                    },
-                }
+                        sent_at + every
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(node = %name, error = %e, "lease renewal failed");
+                        tokio::time::Instant::now() + again
+                    }
+                    Err(_) => {
+                        tracing::warn!(node = %name, "lease renewal timed out");
+                        tokio::time::Instant::now()
+                    }
+                };
             }
         });
     }

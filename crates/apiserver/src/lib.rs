@@ -210,10 +210,14 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(StartError::Tokens)?;
     let telemetry = telemetry::Telemetry::default();
     let registry = Registry::new(telemetry.timed_store(store));
-    registry
-        .adopt_kubernetes_layout()
-        .await
-        .map_err(StartError::Bootstrap)?;
+    // Only SQLite stores were ever written under Berth's earlier key layout (and a SQLite
+    // store has one server, so nothing moves keys under another's feet).
+    if sqlite.is_some() {
+        registry
+            .adopt_kubernetes_layout()
+            .await
+            .map_err(StartError::Bootstrap)?;
+    }
     registry.bootstrap().await.map_err(StartError::Bootstrap)?;
     authz::policy::bootstrap(&registry)
         .await
@@ -247,7 +251,13 @@ pub async fn start(cfg: Config) -> Result<Server, StartError> {
         ),
         lease: cfg.peer_lease,
     };
-    registry::peers::beat(&registry, &peer)
+    if cfg.etcd.is_some() && cfg.advertise_address.is_none() && addr.ip().is_unspecified() {
+        tracing::warn!(
+            %addr,
+            "listening on every address of a shared store without --advertise-address: the kubernetes Service will name this server 127.0.0.1, which pods on other hosts cannot reach"
+        );
+    }
+    registry::peers::beat(&registry, &peer, &mut Default::default())
         .await
         .map_err(StartError::Bootstrap)?;
     let peering = registry::peers::start(registry.clone(), peer.clone());

@@ -115,7 +115,29 @@ async fn the_control_plane_survives_its_leader_and_an_etcd_member() {
         servers[0].share_secrets(&dir);
         servers.push(Server::start(&dir, &args));
     }
-    let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    // The leading server goes first in every list, so the agent and kubectl are on it when
+    // it is killed and must move.
+    let direct = Kubectl {
+        config: root.path().join("direct.kubeconfig"),
+        cache: root.path().join("kube-cache-direct"),
+    };
+    common::kubeconfig_for(&servers[0].dir, &servers[0].url, &direct.config);
+    let leader = eventually(30, "a server to lead the control plane", || async {
+        let out = direct.run(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "berth-control-plane",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        let holder = String::from_utf8_lossy(&out.stdout).to_string();
+        (0..3).find(|i| holder.ends_with(&format!("/s{i}")))
+    })
+    .await;
+    let mut urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    urls.swap(0, leader);
 
     // kubectl reaches the servers through one address in front of them (`berth front`).
     let mut front = Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -212,9 +234,10 @@ async fn the_control_plane_survives_its_leader_and_an_etcd_member() {
         ])
     };
     let old = holder(&kubectl);
-    let leader = (0..3)
-        .find(|i| old.ends_with(&format!("/s{i}")))
-        .unwrap_or_else(|| panic!("the leader {old:?} is none of the servers"));
+    assert!(
+        old.ends_with(&format!("/s{leader}")),
+        "the control plane moved from s{leader} to {old} before the test killed it"
+    );
     kubectl.ok(&["set", "image", "deploy/web", "c=busybox:2"]);
     servers[leader].kill9();
     let killed = Instant::now();

@@ -13,7 +13,8 @@
 //! - A request that reaches no member, or that a member could not see through while the
 //!   cluster chose a new leader, is sent again for up to 10 s (each attempt gets 2 s, a range read 30). A
 //!   resent create or update that is then refused looks at the key: holding exactly the
-//!   value sent, it was the first attempt that went through, and the write succeeded.
+//!   value sent, it was the first attempt that went through, and the write succeeded; a
+//!   resent delete that finds the key gone answers with its value at the expected revision.
 //! - History is etcd's; [`EtcdStore::keep_history`] compacts it as Kubernetes' API server
 //!   does, to what is older than a window, from every server (compacting again is a no-op).
 //!
@@ -197,7 +198,10 @@ impl EtcdStore {
     pub async fn connect(opts: &EtcdOptions) -> Result<Self, StoreError> {
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            // A member cut off from the others answers Unavailable instead of holding a
+            // watch open with nothing in it (a watch then moves to another member).
+            .with_require_leader(true);
         let mut endpoints = opts.endpoints.clone();
         if let Some(ca) = &opts.ca {
             let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
@@ -377,23 +381,27 @@ impl Store for EtcdStore {
             async move { c.txn(txn).await }
         })
         .await?;
-        let (resp, _) = resp;
+        let (resp, resent) = resp;
         let rev = resp.header().map_or(0, |h| h.revision());
         let succeeded = resp.succeeded();
         let responses = resp.op_responses();
-        if !succeeded {
-            return Err(Self::refused(key, expected.unwrap_or_default(), responses));
-        }
         let previous = responses.iter().find_map(|r| match r {
             TxnOpResponse::Delete(d) => d.prev_kvs().first().map(from_etcd),
             _ => None,
         });
-        match previous {
-            Some(kv) => Ok(KeyValue {
+        let refusal = (!succeeded).then(|| Self::refused(key, expected.unwrap_or_default(), responses));
+        match (previous, refusal) {
+            (Some(kv), None) => Ok(KeyValue {
                 mod_revision: rev,
                 ..kv
             }),
-            None => Err(StoreError::NotFound { key: key.into() }),
+            // Gone after a resend: the first attempt deleted what was at `expected` (read
+            // back from history for the answer).
+            (None, None | Some(StoreError::NotFound { .. })) if resent && expected.is_some() => {
+                self.deleted_at(key, expected.unwrap_or_default()).await
+            }
+            (_, Some(refused)) => Err(refused),
+            (None, None) => Err(StoreError::NotFound { key: key.into() }),
         }
     }
 
@@ -528,7 +536,11 @@ impl Follow {
             };
             match stream.message().await {
                 Ok(Some(resp)) => {
-                    lost = None;
+                    // Only what moves the watch on counts as being back (a reopened watch
+                    // first answers that it was made).
+                    if !resp.created() {
+                        lost = None;
+                    }
                     self.queue.extend(items(resp, self.next - 1));
                 }
                 Err(e) if !(unreached(&e) || interrupted(&e)) => {
@@ -609,6 +621,25 @@ fn items(r: etcd_client::WatchResponse, after: Revision) -> Vec<Result<WatchItem
 }
 
 impl EtcdStore {
+    /// The key as it was at `revision`, for a delete whose first attempt went through: its
+    /// `mod_revision` is the revision read at (at or after the delete's).
+    async fn deleted_at(&self, key: &str, revision: Revision) -> Result<KeyValue, StoreError> {
+        let at = GetOptions::new().with_revision(revision);
+        let (resp, _) = kv(&self.client, "delete", ATTEMPT, |mut c| {
+            let at = at.clone();
+            async move { c.get(key, Some(at)).await }
+        })
+        .await?;
+        let now = resp.header().map_or(0, |h| h.revision());
+        match resp.kvs().first().map(from_etcd) {
+            Some(kv) if kv.mod_revision == revision => Ok(KeyValue {
+                mod_revision: now,
+                ..kv
+            }),
+            _ => Err(StoreError::NotFound { key: key.into() }),
+        }
+    }
+
     /// The oldest revision still readable: found by halving between the compacted revision
     /// etcd refused and the current one (etcd 3.4 does not say which it kept).
     async fn oldest_revision(&self) -> Result<Revision, StoreError> {

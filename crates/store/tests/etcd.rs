@@ -69,18 +69,21 @@ async fn servers_share_one_cluster_and_survive_a_member() {
     // majority. Every write goes through, the first ones sent again by the store until
     // the new leader takes them, none refused.
     let leader = berth_store::local_etcd::leader(&members).await;
-    // Watches through every client, one of them also on the leader: whichever member
-    // serves a watch, it goes on without a gap or an error.
-    let c = connect(&[urls[leader].clone(), urls[(leader + 1) % 3].clone()]).await;
+    // Watches through every client, one of them certainly on the leader (through a relay
+    // that points there until it dies, then at another member): wherever a watch was, it
+    // goes on without a gap or an error.
+    let relay = Relay::to(urls[leader].trim_start_matches("http://")).await;
+    let c = connect(&[format!("http://{}", relay.addr)]).await;
     let from = a.current_revision().await.unwrap();
     let mut watches = Vec::new();
     for store in [&a, &b, &c] {
         watches.push(store.watch("/shared/after-", from).await.unwrap());
     }
     drop(members.remove(leader));
+    relay.point_at(urls[(leader + 1) % 3].trim_start_matches("http://"));
     let started = std::time::Instant::now();
     for i in 0..20 {
-        let store = if i % 2 == 0 { &a } else { &b };
+        let store = [&a, &b, &c][i % 3];
         store
             .create(&format!("/shared/after-{i}"), vec![1])
             .await
@@ -104,5 +107,43 @@ async fn servers_share_one_cluster_and_survive_a_member() {
         }
         let wanted: Vec<String> = (0..20).map(|i| format!("/shared/after-{i}")).collect();
         assert_eq!(keys, wanted, "watch {w}");
+    }
+}
+
+/// A TCP relay to one member, which can be pointed at another: a client behind it is
+/// certainly on the member it points at.
+struct Relay {
+    addr: String,
+    target: Arc<std::sync::Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn to(target: &str) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let target = Arc::new(std::sync::Mutex::new(target.to_string()));
+        let to = target.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let member = to.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(member).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Relay { addr, target, task }
+    }
+
+    fn point_at(&self, member: &str) {
+        *self.target.lock().unwrap() = member.to_string();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -857,7 +857,8 @@ impl Registry {
     /// Move what an earlier Berth stored under its own key layout
     /// ([`Resource::legacy_key_prefix`]) to Kubernetes' ([`Resource::key_prefix`]), once per
     /// store (a marker key records it), before anything else reads or writes. Objects keep
-    /// their contents; they get new resourceVersions.
+    /// their contents; they get new resourceVersions. Only for a store one server opens (a
+    /// SQLite file): it does not guard against another server moving keys at once.
     pub async fn adopt_kubernetes_layout(&self) -> Result<(), ApiError> {
         const DONE: &str = "/registry/berth/layout";
         let failed = |what: &str, e: StoreError| {
@@ -891,7 +892,17 @@ impl Registry {
                 for kv in page.items {
                     let to = format!("{new}{}", &kv.key[old.len()..]);
                     match self.store.create(&to, kv.value.to_vec()).await {
-                        Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                        Ok(_) => {}
+                        // Moved by a start that stopped half-way: the same value is there.
+                        Err(StoreError::AlreadyExists { .. }) => {
+                            let there = self.store.get(&to).await.map_err(|e| failed(&to, e))?;
+                            if there.is_none_or(|t| t.value != kv.value) {
+                                return Err(ApiError::internal(format!(
+                                    "moving stored objects to Kubernetes' key layout: {to} already holds something else than {}; remove one of them",
+                                    kv.key
+                                )));
+                            }
+                        }
                         Err(e) => return Err(failed(&to, e)),
                     }
                     match self.store.delete(&kv.key, Some(kv.mod_revision)).await {

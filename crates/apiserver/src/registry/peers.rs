@@ -55,9 +55,10 @@ pub fn start(reg: Registry, me: Peer) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval((me.lease / 3).max(Duration::from_millis(200)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = Seen::default();
         loop {
             tick.tick().await;
-            if let Err(e) = beat(&reg, &me).await {
+            if let Err(e) = beat(&reg, &me, &mut seen).await {
                 tracing::warn!(error = %e.message, "renewing this API server's Lease");
             }
         }
@@ -80,13 +81,13 @@ pub async fn leave(reg: &Registry, me: &Peer) -> Result<(), ApiError> {
         Err(e) if e.reason == "NotFound" => {}
         Err(e) => return Err(e),
     }
-    reconcile(reg).await
+    reconcile(reg, &mut Seen::default()).await
 }
 
 /// Renew `me`'s Lease, then write the endpoints.
-pub(crate) async fn beat(reg: &Registry, me: &Peer) -> Result<(), ApiError> {
+pub(crate) async fn beat(reg: &Registry, me: &Peer, seen: &mut Seen) -> Result<(), ApiError> {
     renew(reg, me).await?;
-    reconcile(reg).await
+    reconcile(reg, seen).await
 }
 
 async fn renew(reg: &Registry, me: &Peer) -> Result<(), ApiError> {
@@ -127,9 +128,22 @@ async fn renew(reg: &Registry, me: &Peer) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// When this server last saw each peer Lease's `renewTime` change, on its own clock: a
+/// peer is live while its Lease keeps changing, however far its clock is from this one's.
+/// (First sight counts as a change only if the Lease is current by this server's clock, so a
+/// long-dead server's Lease is not taken for a live one at start.)
+#[derive(Debug, Default)]
+pub(crate) struct Seen(std::collections::HashMap<String, (String, Option<std::time::Instant>)>);
+
 /// The addresses of the servers whose Lease is current, by port.
-fn live(leases: &[Value], now: jiff::Timestamp) -> BTreeMap<u16, BTreeSet<IpAddr>> {
+fn live(
+    leases: &[Value],
+    now: jiff::Timestamp,
+    clock: std::time::Instant,
+    seen: &mut Seen,
+) -> BTreeMap<u16, BTreeSet<IpAddr>> {
     let mut by_port: BTreeMap<u16, BTreeSet<IpAddr>> = BTreeMap::new();
+    let mut present = BTreeSet::new();
     for l in leases {
         if l.pointer(&format!(
             "/metadata/labels/{}",
@@ -139,17 +153,30 @@ fn live(leases: &[Value], now: jiff::Timestamp) -> BTreeMap<u16, BTreeSet<IpAddr
         {
             continue;
         }
-        let renewed = l
+        let name = super::name_of(l).to_string();
+        let renew_time = l
             .pointer("/spec/renewTime")
             .and_then(Value::as_str)
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            .unwrap_or_default()
+            .to_string();
         let seconds = l
             .pointer("/spec/leaseDurationSeconds")
             .and_then(Value::as_i64)
-            .unwrap_or(0);
-        let current = renewed.is_some_and(|t| {
+            .unwrap_or(0)
+            .max(0);
+        let current_by_wall = renew_time.parse::<jiff::Timestamp>().is_ok_and(|t| {
             t.checked_add(jiff::SignedDuration::from_secs(seconds))
                 .is_ok_and(|end| end > now)
+        });
+        let changed = match seen.0.get(&name) {
+            Some((before, at)) if *before == renew_time => *at,
+            Some(_) => Some(clock),
+            None => current_by_wall.then_some(clock),
+        };
+        seen.0.insert(name.clone(), (renew_time, changed));
+        present.insert(name);
+        let current = changed.is_some_and(|at| {
+            clock.saturating_duration_since(at) < Duration::from_secs(seconds as u64)
         });
         let address = l
             .pointer(&format!(
@@ -162,6 +189,7 @@ fn live(leases: &[Value], now: jiff::Timestamp) -> BTreeMap<u16, BTreeSet<IpAddr
             by_port.entry(a.port()).or_default().insert(a.ip());
         }
     }
+    seen.0.retain(|name, _| present.contains(name));
     by_port
 }
 
@@ -205,7 +233,7 @@ fn subsets(by_port: &BTreeMap<u16, BTreeSet<IpAddr>>) -> Value {
 
 /// Write the `kubernetes` Service's target port, Endpoints and slices from the live Leases,
 /// where they differ.
-pub(crate) async fn reconcile(reg: &Registry) -> Result<(), ApiError> {
+pub(crate) async fn reconcile(reg: &Registry, seen: &mut Seen) -> Result<(), ApiError> {
     let leases = reg
         .list(
             resources::of_kind(Kind::Lease),
@@ -214,7 +242,12 @@ pub(crate) async fn reconcile(reg: &Registry) -> Result<(), ApiError> {
         )
         .await?
         .items;
-    let by_port = live(&leases, jiff::Timestamp::now());
+    let by_port = live(
+        &leases,
+        jiff::Timestamp::now(),
+        std::time::Instant::now(),
+        seen,
+    );
     let Some(first_port) = by_port.keys().next().copied() else {
         // Nobody is current (this server's own renewal failed): leave things as they are.
         return Ok(());
@@ -280,10 +313,14 @@ pub(crate) async fn reconcile(reg: &Registry) -> Result<(), ApiError> {
         .await?
         .items
         .into_iter()
-        .filter_map(|s| super::name_of(&s).to_string().into())
-        .filter(|n: &String| {
-            n.starts_with(&format!("{SERVICE}-")) && !wanted.iter().any(|(w, _)| w == n)
+        .filter(|s| {
+            let labels = s.pointer("/metadata/labels");
+            let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+            label("kubernetes.io/service-name") == Some(SERVICE)
+                && label("endpointslice.kubernetes.io/managed-by").is_none()
         })
+        .map(|s| super::name_of(&s).to_string())
+        .filter(|n| n.starts_with(&format!("{SERVICE}-")) && !wanted.iter().any(|(w, _)| w == n))
         .filter(|n| n[SERVICE.len() + 1..].parse::<u16>().is_ok())
         .collect::<Vec<_>>();
     for name in stale {
@@ -341,9 +378,50 @@ mod tests {
     use super::*;
 
     fn lease(addr: &str, renewed: &str, seconds: i64) -> Value {
-        json!({"metadata": {"labels": {IDENTITY_LABEL: "kube-apiserver"},
+        json!({"metadata": {"name": format!("apiserver-{addr}"),
+                            "labels": {IDENTITY_LABEL: "kube-apiserver"},
                             "annotations": {ADDRESS_ANNOTATION: addr}},
                "spec": {"renewTime": renewed, "leaseDurationSeconds": seconds}})
+    }
+
+    /// After first sight, a peer is judged by whether its Lease changes on this server's
+    /// clock, not by its clock: one far behind stays live while it renews, one that stops
+    /// renewing goes after its duration even if its clock runs ahead.
+    #[test]
+    fn peers_are_judged_by_their_renewals_on_this_servers_clock() {
+        let now: jiff::Timestamp = "2026-12-07T06:00:00Z".parse().unwrap();
+        let clock = std::time::Instant::now();
+        let mut seen = Seen::default();
+        let ahead = |t: &str| lease("10.0.0.1:6443", t, 10);
+        let behind = |t: &str| lease("10.0.0.2:6443", t, 10);
+        // First sight: only what is current by this clock.
+        let by_port = live(
+            &[ahead("2026-12-07T06:05:00.000000Z"), behind("2026-12-07T05:30:00.000000Z")],
+            now,
+            clock,
+            &mut seen,
+        );
+        assert_eq!(by_port[&6443].len(), 1);
+        // The one behind renews (its renewTime changes): live, though an hour old here.
+        let later = clock + Duration::from_secs(3);
+        let by_port = live(
+            &[ahead("2026-12-07T06:05:00.000000Z"), behind("2026-12-07T05:30:03.000000Z")],
+            now,
+            later,
+            &mut seen,
+        );
+        assert_eq!(by_port[&6443].len(), 2);
+        // The one ahead stopped at 06:05 by its clock: gone 10 s after it was last seen to
+        // change, here.
+        let much_later = clock + Duration::from_secs(11);
+        let by_port = live(
+            &[ahead("2026-12-07T06:05:00.000000Z"), behind("2026-12-07T05:30:10.000000Z")],
+            now,
+            much_later,
+            &mut seen,
+        );
+        let left: Vec<String> = by_port[&6443].iter().map(|ip| ip.to_string()).collect();
+        assert_eq!(left, ["10.0.0.2"]);
     }
 
     #[test]
@@ -359,7 +437,7 @@ mod tests {
             json!({"metadata": {"annotations": {ADDRESS_ANNOTATION: "10.0.0.9:1"}},
                    "spec": {"renewTime": "2026-12-07T05:59:59.000000Z", "leaseDurationSeconds": 10}}),
         ];
-        let by_port = live(&leases, now);
+        let by_port = live(&leases, now, std::time::Instant::now(), &mut Seen::default());
         assert_eq!(by_port.len(), 2);
         assert_eq!(
             by_port[&6443]
