@@ -389,7 +389,8 @@ impl Store for EtcdStore {
             TxnOpResponse::Delete(d) => d.prev_kvs().first().map(from_etcd),
             _ => None,
         });
-        let refusal = (!succeeded).then(|| Self::refused(key, expected.unwrap_or_default(), responses));
+        let refusal =
+            (!succeeded).then(|| Self::refused(key, expected.unwrap_or_default(), responses));
         match (previous, refusal) {
             (Some(kv), None) => Ok(KeyValue {
                 mod_revision: rev,

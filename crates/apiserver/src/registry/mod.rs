@@ -862,9 +862,17 @@ impl Registry {
     pub async fn adopt_kubernetes_layout(&self) -> Result<(), ApiError> {
         const DONE: &str = "/registry/berth/layout";
         let failed = |what: &str, e: StoreError| {
-            ApiError::internal(format!("moving stored objects to Kubernetes' key layout: {what}: {e}"))
+            ApiError::internal(format!(
+                "moving stored objects to Kubernetes' key layout: {what}: {e}"
+            ))
         };
-        if self.store.get(DONE).await.map_err(|e| failed(DONE, e))?.is_some() {
+        if self
+            .store
+            .get(DONE)
+            .await
+            .map_err(|e| failed(DONE, e))?
+            .is_some()
+        {
             return Ok(());
         }
         let mut moved = 0usize;
@@ -987,9 +995,8 @@ mod layout_tests {
     #[tokio::test]
     async fn objects_stored_under_the_earlier_layout_move_once_and_keep_their_contents() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(dir.path().join("s.db"), SqliteOptions::default()).unwrap(),
-        );
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path().join("s.db"), SqliteOptions::default()).unwrap());
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
                         "metadata": {"name": "a", "namespace": "default", "uid": "u1"},
                         "data": {"k": "v"}});
@@ -1040,6 +1047,8 @@ mod layout_tests {
             .await
             .unwrap();
         reg.adopt_kubernetes_layout().await.unwrap();
-        assert!(read("/registry/core/configmaps/default/late").await.is_some());
+        assert!(read("/registry/core/configmaps/default/late")
+            .await
+            .is_some());
     }
 }

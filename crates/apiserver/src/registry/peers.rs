@@ -396,7 +396,10 @@ mod tests {
         let behind = |t: &str| lease("10.0.0.2:6443", t, 10);
         // First sight: only what is current by this clock.
         let by_port = live(
-            &[ahead("2026-12-07T06:05:00.000000Z"), behind("2026-12-07T05:30:00.000000Z")],
+            &[
+                ahead("2026-12-07T06:05:00.000000Z"),
+                behind("2026-12-07T05:30:00.000000Z"),
+            ],
             now,
             clock,
             &mut seen,
@@ -405,7 +408,10 @@ mod tests {
         // The one behind renews (its renewTime changes): live, though an hour old here.
         let later = clock + Duration::from_secs(3);
         let by_port = live(
-            &[ahead("2026-12-07T06:05:00.000000Z"), behind("2026-12-07T05:30:03.000000Z")],
+            &[
+                ahead("2026-12-07T06:05:00.000000Z"),
+                behind("2026-12-07T05:30:03.000000Z"),
+            ],
             now,
             later,
             &mut seen,
@@ -415,7 +421,10 @@ mod tests {
         // change, here.
         let much_later = clock + Duration::from_secs(11);
         let by_port = live(
-            &[ahead("2026-12-07T06:05:00.000000Z"), behind("2026-12-07T05:30:10.000000Z")],
+            &[
+                ahead("2026-12-07T06:05:00.000000Z"),
+                behind("2026-12-07T05:30:10.000000Z"),
+            ],
             now,
             much_later,
             &mut seen,
@@ -437,7 +446,12 @@ mod tests {
             json!({"metadata": {"annotations": {ADDRESS_ANNOTATION: "10.0.0.9:1"}},
                    "spec": {"renewTime": "2026-12-07T05:59:59.000000Z", "leaseDurationSeconds": 10}}),
         ];
-        let by_port = live(&leases, now, std::time::Instant::now(), &mut Seen::default());
+        let by_port = live(
+            &leases,
+            now,
+            std::time::Instant::now(),
+            &mut Seen::default(),
+        );
         assert_eq!(by_port.len(), 2);
         assert_eq!(
             by_port[&6443]
