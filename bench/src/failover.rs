@@ -43,26 +43,35 @@ pub(crate) fn control_plane(
     dir: &Path,
     extra: &[&str],
 ) -> anyhow::Result<(Killed, String)> {
-    let mut child = Command::new(bin)
-        .args(["up", "--data-dir"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["up", "--data-dir"])
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
         .args(["--instances-listen", "127.0.0.1:0", "--warm-pool", "0"])
-        .args(["--dns-listen", "127.0.0.1:0"])
+        .args(["--dns-listen", "127.0.0.1:0"]);
+    spawn_until(cmd, "Berth is up: Kubernetes API at ")
+}
+
+/// Spawn a `berth` command (logging errors only) and wait for the stdout line starting with
+/// `prefix`; returns the process and the rest of that line. Its stdout keeps being drained.
+pub(crate) fn spawn_until(mut cmd: Command, prefix: &str) -> anyhow::Result<(Killed, String)> {
+    let mut child = cmd
         .env("BERTH_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
-        .context("starting berth up")?;
+        .with_context(|| format!("starting {cmd:?}"))?;
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let url = loop {
-        let line = lines.next().context("berth up exited early")??;
-        if let Some(u) = line.strip_prefix("Berth is up: Kubernetes API at ") {
+    let rest = loop {
+        let line = lines
+            .next()
+            .with_context(|| format!("berth exited before printing {prefix:?}"))??;
+        if let Some(u) = line.strip_prefix(prefix) {
             break u.trim().to_string();
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    Ok((Killed(child), url))
+    Ok((Killed(child), rest))
 }
 
 /// A client with the admin kubeconfig `berth up` wrote into `dir`.

@@ -7,9 +7,8 @@
 //! Lease (bounded by `--leader-lease-seconds`, 15 s by default, as Kubernetes').
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -17,7 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 
-use crate::failover::{berth_bin, Killed};
+use crate::failover::{berth_bin, spawn_until, Killed};
 use crate::{api_creates, fanout, percentile, report, Run};
 
 const TRIALS: usize = 10;
@@ -89,24 +88,12 @@ async fn start_when_etcd_answers(
 
 /// `berth server` on `dir` at `listen`, its URL once it serves.
 fn server(bin: &Path, dir: &Path, listen: &str, store: &str) -> anyhow::Result<(Killed, String)> {
-    let mut child = Command::new(bin)
-        .args(["server", "--data-dir"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["server", "--data-dir"])
         .arg(dir)
         .args(["--listen", listen, "--store", store])
-        .args(["--cluster-cidr", "10.236.0.0/16"])
-        .env("BERTH_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting berth server")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let url = loop {
-        let line = lines.next().context("berth server exited early")??;
-        if let Some(u) = line.strip_prefix("berth server listening on ") {
-            break u.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok((Killed(child), url))
+        .args(["--cluster-cidr", "10.236.0.0/16"]);
+    spawn_until(cmd, "berth server listening on ")
 }
 
 async fn failover(root: &Path, endpoints: &[String]) -> anyhow::Result<()> {

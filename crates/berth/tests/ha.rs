@@ -69,6 +69,20 @@ spec:
       containers: [{name: c, image: 'busybox:1'}]
 ";
 
+/// Who holds the control plane's Lease (empty while nobody does).
+fn holder(kubectl: &Kubectl) -> String {
+    let out = kubectl.run(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "berth-control-plane",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn node_token(data_dir: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["token", "--node", "--data-dir"])
@@ -123,16 +137,7 @@ async fn the_control_plane_survives_its_leader_and_an_etcd_member() {
     };
     common::kubeconfig_for(&servers[0].dir, &servers[0].url, &direct.config);
     let leader = eventually(30, "a server to lead the control plane", || async {
-        let out = direct.run(&[
-            "get",
-            "lease",
-            "-n",
-            "kube-system",
-            "berth-control-plane",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ]);
-        let holder = String::from_utf8_lossy(&out.stdout).to_string();
+        let holder = holder(&direct);
         (0..3).find(|i| holder.ends_with(&format!("/s{i}")))
     })
     .await;
@@ -140,27 +145,19 @@ async fn the_control_plane_survives_its_leader_and_an_etcd_member() {
     urls.swap(0, leader);
 
     // kubectl reaches the servers through one address in front of them (`berth front`).
-    let mut front = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args([
-            "front",
-            "--listen",
-            "127.0.0.1:0",
-            "--server",
-            &urls.join(","),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("berth front runs");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(front.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args([
+        "front",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        &urls.join(","),
+    ]);
+    let (front, line) = common::spawn_until_url(cmd, "berth front on ");
     let front_url = line
-        .strip_prefix("berth front on ")
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("berth front printed {line:?}"))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
         .to_string();
     let _front = Killed(front);
     let kubectl = Kubectl {
@@ -222,17 +219,6 @@ async fn the_control_plane_survives_its_leader_and_an_etcd_member() {
     .await;
 
     // A rollout starts; the server leading the control plane is killed.
-    let holder = |kubectl: &Kubectl| {
-        kubectl.ok(&[
-            "get",
-            "lease",
-            "-n",
-            "kube-system",
-            "berth-control-plane",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-    };
     let old = holder(&kubectl);
     assert!(
         old.ends_with(&format!("/s{leader}")),

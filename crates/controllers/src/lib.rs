@@ -26,7 +26,7 @@
 //!  endpoints (on every pod, Service, Endpoints or slice change) ──▶ Endpoints, EndpointSlices
 //!  nodeipam (on every node change) ──▶ spec.podCIDR for nodes without one
 //!  Namespace ──reconcile──▶ its `default` ServiceAccount and `kube-root-ca.crt`
-//!  ClusterRole aggregation (on any ClusterRole change) ──▶ aggregated roles' rules
+//!  ClusterRole aggregation (a pass on any ClusterRole change) ──▶ aggregated roles' rules
 //! ```
 
 pub mod aggregation;
@@ -278,6 +278,8 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     let (cluster_roles, cluster_role_changes) = cache(
         Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone()),
     );
+    // Every ClusterRole change wakes the aggregation pass.
+    let (cluster_role_tx, cluster_role_rx) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(Context {
         client,
         cluster_roles,
@@ -353,13 +355,11 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
             ctx.clone(),
             serviceaccount::reconcile
         ),
-        drive(
-            "clusterrole-aggregation",
-            watched::<k8s_openapi::api::rbac::v1::ClusterRole>(&ctx)
-                .reconcile_all_on(cluster_role_changes.map(|_| ())),
-            ctx.clone(),
-            aggregation::reconcile
-        ),
+        aggregation::run(ctx.clone(), cluster_role_rx),
+        cluster_role_changes.for_each(|_| {
+            let _ = cluster_role_tx.unbounded_send(());
+            futures::future::ready(())
+        }),
         woken_by_pods(
             "replicationcontroller",
             ctx.clone(),

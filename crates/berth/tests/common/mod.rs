@@ -55,8 +55,8 @@ impl NetworkShare {
 }
 
 fn start(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .arg("up")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.arg("up")
         .arg("--data-dir")
         .arg(dir)
         .arg("--listen")
@@ -69,7 +69,15 @@ fn start(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
             "--dns-listen",
             "127.0.0.1:0",
         ])
-        .args(extra)
+        .args(extra);
+    spawn_until_url(cmd, "Berth is up: Kubernetes API at ")
+}
+
+/// Spawn a `berth` command (logging at `BERTH_TEST_LOG`, `warn` by default) and wait, for
+/// up to 30 s, for the stdout line starting with `prefix`; returns the child and the rest of
+/// that line (its URL). Its stdout keeps being drained.
+pub fn spawn_until_url(mut cmd: Command, prefix: &str) -> (Child, String) {
+    let mut child = cmd
         // BERTH_TEST_LOG=debug (any BERTH_LOG filter) makes the servers under test chatty.
         .env(
             "BERTH_LOG",
@@ -85,13 +93,13 @@ fn start(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
     let url = loop {
         assert!(
             Instant::now() < deadline,
-            "berth up did not come up within 30 s"
+            "berth did not print {prefix:?} within 30 s"
         );
         let line = lines
             .next()
-            .expect("berth up exited before printing its URL")
+            .unwrap_or_else(|| panic!("berth exited before printing {prefix:?}"))
             .expect("read berth's stdout");
-        if let Some(url) = line.strip_prefix("Berth is up: Kubernetes API at ") {
+        if let Some(url) = line.strip_prefix(prefix) {
             break url.trim().to_string();
         }
     };
@@ -207,15 +215,31 @@ impl Berth {
     /// the aggregation controller fills them once the control loops run (later on a loaded
     /// machine), and a binding to one grants nothing before.
     pub async fn wait_for_aggregated_roles(&self) {
-        eventually(30, "the aggregated default roles' rules", || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
             let filled = ["view", "edit", "admin"].iter().all(|role| {
                 let rules =
                     self.kubectl_ok(&["get", "clusterrole", role, "-o", "jsonpath={.rules}"]);
                 rules.contains("pods")
             });
-            filled.then_some(())
-        })
-        .await;
+            if filled {
+                return;
+            }
+            if Instant::now() > deadline {
+                // What the control plane was doing, for whoever reads the failure.
+                let state = [
+                    self.kubectl(&["get", "clusterrole", "view", "-o", "yaml"]),
+                    self.kubectl(&["get", "lease", "-n", "kube-system", "-o", "yaml"]),
+                    self.kubectl(&["get", "events", "-A"]),
+                ]
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                panic!(
+                    "the aggregated default roles were not filled within 30 s:\n{}",
+                    state.join("\n---\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// A kube-rs client for the admin.
@@ -594,31 +618,13 @@ impl Server {
     /// prints its URL.
     pub fn start(dir: &Path, args: &[&str]) -> Server {
         std::fs::create_dir_all(dir).expect("the server's data dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("server")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("server")
             .arg("--data-dir")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env(
-                "BERTH_LOG",
-                std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn berth server");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("berth server exited before printing its URL")
-                .expect("read berth server's stdout");
-            if let Some(url) = line.strip_prefix("berth server listening on ") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+            .args(args);
+        let (child, url) = spawn_until_url(cmd, "berth server listening on ");
         Server {
             child: Some(child),
             dir: dir.to_path_buf(),
