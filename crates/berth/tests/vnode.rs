@@ -263,6 +263,115 @@ spec:
     assert!(burst_row["cost"].as_f64().unwrap() > 0.0, "{usage}");
 }
 
+/// `berth.dev/rebalance: "true"`: burst pods move back to a real node once it has room, one
+/// at a time, never fewer available than the Deployment's replicas, and their groups go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalanced_burst_pods_move_back_when_a_real_node_has_room() {
+    common::require_docker();
+    let image = BusyboxImage::build();
+    let node = unique("rb");
+    let b = Berth::up(&["--runtime", "docker", "--node-name", &node]);
+    eventually(30, "both nodes Ready", || async {
+        let ready = b.kubectl_ok(&[
+            "get",
+            "nodes",
+            "-o",
+            r#"jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{end}"#,
+        ]);
+        (ready == "TrueTrue").then_some(())
+    })
+    .await;
+    // The real node is full (cordoned): all four land on the virtual node.
+    b.kubectl_ok(&["cordon", &node]);
+    let deploy = format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: burst, annotations: {{berth.dev/rebalance: "true"}}}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: burst}}}}
+  template:
+    metadata: {{labels: {{app: burst}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      tolerations: [{{key: virtual-kubelet.io/provider, operator: Exists, effect: NoSchedule}}]
+      containers:
+      - name: c
+        image: {image}
+        command: ["sh", "-c", "while true; do sleep 1; done"]
+        resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
+"#,
+        image = image.tag
+    );
+    b.kubectl_stdin_ok(&["apply", "-f", "-"], &deploy);
+    eventually(90, "all 4 Running on the virtual node", || async {
+        let pods = pods_by_node(&b);
+        (pods.len() == 4
+            && pods
+                .iter()
+                .all(|(_, n, phase)| n == "berth-instances" && phase == "Running"))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(groups(&b).len(), 4);
+    eventually(30, "the Deployment to count 4 available", || async {
+        let n = b.kubectl_ok(&[
+            "get",
+            "deploy",
+            "burst",
+            "-o",
+            "jsonpath={.status.availableReplicas}",
+        ]);
+        (n == "4").then_some(())
+    })
+    .await;
+
+    // Room returns: the pods come back, and the Deployment stays whole all the way.
+    b.kubectl_ok(&["uncordon", &node]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut most = 0;
+    loop {
+        let state = b.kubectl_ok(&[
+            "get",
+            "deploy",
+            "burst",
+            "-o",
+            "jsonpath={.status.availableReplicas} {.status.replicas}",
+        ]);
+        let mut w = state
+            .split_whitespace()
+            .map(|n| n.parse::<i32>().unwrap_or(0));
+        let (available, replicas) = (w.next().unwrap_or(0), w.next().unwrap_or(0));
+        assert!(
+            available >= 4,
+            "available fell to {available} during the move"
+        );
+        most = most.max(replicas);
+        let pods = pods_by_node(&b);
+        if pods.len() == 4
+            && pods
+                .iter()
+                .all(|(_, n, phase)| *n == node && phase == "Running")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the burst pods did not come back: {pods:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        most, 5,
+        "one pod moves at a time (at most one more than replicas)"
+    );
+    eventually(30, "no group left", || async {
+        groups(&b).is_empty().then_some(())
+    })
+    .await;
+}
+
 /// `berth up --instances-only`: no local agent; the README's demo Deployment runs on the
 /// virtual node, logs and rolls out.
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! The runner: one pass at a time over every running group, each group's pod brought one
-//! step closer to its spec by the agent's pod sync; and teardowns, which claim a group's
-//! containers and stop them outside the passes.
+//! step closer to its spec by the agent's pod sync, in a task of its own (as the kubelet's
+//! pod workers): a pass waits for none of them, so a group deployed while others start is
+//! taken up by the next pass, not after the slowest of them; and teardowns, which claim a
+//! group's containers and stop them outside the passes.
 
 use std::time::Duration;
 
@@ -32,7 +34,7 @@ impl Pass for GroupPasses {
             .any(|l| l.lifecycle.is_deploying());
         Next {
             wait: if busy {
-                Duration::from_millis(20)
+                Duration::from_millis(100)
             } else {
                 svc.cfg.resync
             },
@@ -48,8 +50,9 @@ impl Service {
         tokio::spawn(runner::run(self.runtime.clone(), self.kick.clone(), passes))
     }
 
-    /// One pass: every running group's pod one step closer to its spec.
-    pub(super) async fn tick(&self) {
+    /// One pass: every running group's pod one step closer to its spec, each group's sync
+    /// started in a task of its own unless its last one is still under way.
+    pub(super) async fn tick(self: &Arc<Self>) {
         let _pass = self.tick_lock.lock().await;
         let obs = match self.runtime.list().await {
             Ok(o) => o,
@@ -77,11 +80,11 @@ impl Service {
         };
         // Each group's sync runs under its own guard, taken here under the tick lock; the
         // lock itself is let go before any container starts, so deployments and stops of
-        // other groups go on while this pass waits for the engine.
-        let guarded: Vec<(&Pod, tokio::sync::OwnedMutexGuard<()>)> = {
+        // other groups go on while the engine works.
+        let guarded: Vec<(Pod, tokio::sync::OwnedMutexGuard<()>)> = {
             let mut syncing = self.syncing.lock().expect("syncing");
             syncing.retain(|uid, _| live.contains(uid));
-            pods.iter()
+            pods.into_iter()
                 .zip(&live)
                 .filter_map(|(p, uid)| {
                     let guard = syncing.entry(uid.clone()).or_default().clone();
@@ -90,17 +93,17 @@ impl Service {
                 .collect()
         };
         drop(_pass);
-        let syncs = guarded.into_iter().map(|(p, guard)| async {
-            let res = self.sync.sync(p, &obs).await;
-            drop(guard);
-            res
-        });
-        live.extend(draining);
-        for res in futures::future::join_all(syncs).await {
-            if let Err(e) = res {
-                tracing::warn!(error = %berth_core::error::Chain(&e), "syncing a container group failed");
-            }
+        let obs = Arc::new(obs);
+        for (pod, guard) in guarded {
+            let (svc, obs) = (self.clone(), obs.clone());
+            tokio::spawn(async move {
+                if let Err(e) = svc.sync.sync(&pod, &obs).await {
+                    tracing::warn!(error = %berth_core::error::Chain(&e), "syncing a container group failed");
+                }
+                drop(guard);
+            });
         }
+        live.extend(draining);
         // What was running at the listing and belongs to no group now (containers of groups
         // made since were not listed).
         self.sync.remove_orphans(&live, &obs).await;
