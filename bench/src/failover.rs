@@ -48,7 +48,13 @@ pub(crate) fn control_plane(
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
-        .args(["--instances-listen", "127.0.0.1:0", "--warm-pool", "0"])
+        .args(["--instances-listen", "127.0.0.1:0"])
+        // No warm sandboxes unless the caller asks for them.
+        .args(if extra.contains(&"--warm-pool") {
+            &[][..]
+        } else {
+            &["--warm-pool", "0"][..]
+        })
         .args(["--dns-listen", "127.0.0.1:0"]);
     spawn_until(cmd, "Berth is up: Kubernetes API at ")
 }

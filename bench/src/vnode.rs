@@ -2,10 +2,13 @@
 //!
 //! `berth up` on Docker with its real node cordoned (full), a Deployment of `n` pods that
 //! tolerate the virtual node's taint: the time until the last is Running, and each pod's
-//! time from first listed to Running (p50/p99, lists polled every 50 ms), next to `n`
-//! `docker run -d` of the same image, one after another and 8 at a time, in the same run;
-//! then the time to
-//! give them all back (scale to 0 -> no pod and no container of the instances service left).
+//! time from first listed to Running (p50/p99, lists polled every 50 ms); then the time to
+//! give them all back (scale to 0 -> no pod and no group container left). Twice: with no
+//! warm sandboxes (each group starts two containers, its sandbox and its own), and with `n`
+//! sandboxes started ahead of the burst by the instances service's warm pool. Each round
+//! also reports the CPU time the machine spent during the burst and `berth up`'s part of it,
+//! which tells the engine's cost from Berth's. Beside them, in the same run, `n` `docker run
+//! -d` of the same image, one after another and 8 at a time.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -21,25 +24,124 @@ use crate::percentile;
 
 const IMAGE: &str = "berth/pause:1";
 
-fn containers_of(node: &str) -> usize {
-    Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=berth.node={node}")])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-        .unwrap_or(0)
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// One burst's figures.
+struct Burst {
+    /// Scale-up -> the last pod Running.
+    all: Duration,
+    /// Each pod's first listed -> Running, sorted.
+    per: Vec<Duration>,
+    /// Scale to 0 -> no pod and no container left.
+    back: Duration,
+    /// CPU seconds the machine spent during the scale-up, and `berth up`'s part of it.
+    cpu: (f64, f64),
+}
+
 pub async fn run(n: usize) -> anyhow::Result<()> {
+    let cold = burst(n, 0).await?;
+    // The same burst with as many sandboxes started ahead of it as it has pods: what is left
+    // is each group's own container.
+    let warm = burst(n, n).await?;
+
+    // The engine alone: one `docker run -d` after another, then PARALLEL at a time (the
+    // engine's own floor for starting `n` containers on this machine).
+    let (docker_all, mut runs) = docker_runs(n, 1).await?;
+    runs.sort();
+    let (docker_parallel, _) = docker_runs(n, PARALLEL).await?;
+
+    println!("burst of {n} pods onto the virtual node (real node full), Docker, image present:");
+    for (what, b) in [("no warm sandboxes", &cold), ("warm sandboxes", &warm)] {
+        println!(
+            "  {what:>18}: all {n} Running after {:8.1} ms   per pod (listed -> Running): p50 {:7.1} ms  p99 {:7.1} ms   give back: {:8.1} ms",
+            ms(b.all),
+            ms(percentile(&b.per, 0.5)),
+            ms(percentile(&b.per, 0.99)),
+            ms(b.back)
+        );
+        println!(
+            "  {:>18}  CPU during the burst: {:.1} s of the machine's {:.1} s ({} cores), `berth up` {:.1} s ({:.0}%), the engine and its processes the rest",
+            "",
+            b.cpu.0,
+            b.all.as_secs_f64() * cores() as f64,
+            cores(),
+            b.cpu.1,
+            100.0 * b.cpu.1 / b.cpu.0.max(1e-9)
+        );
+    }
+    println!(
+        "  {n} x `docker run -d`, one after another: {:8.1} ms   each: p50 {:7.1} ms  p99 {:7.1} ms",
+        ms(docker_all),
+        ms(percentile(&runs, 0.5)),
+        ms(percentile(&runs, 0.99))
+    );
+    println!(
+        "  {n} x `docker run -d`, {PARALLEL} at a time:     {:8.1} ms",
+        ms(docker_parallel)
+    );
+    println!(
+        "  burst / docker run ({PARALLEL} at a time): {:.2}x without warm sandboxes, {:.2}x with",
+        cold.all.as_secs_f64() / docker_parallel.as_secs_f64(),
+        warm.all.as_secs_f64() / docker_parallel.as_secs_f64(),
+    );
+    Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Clock ticks per second of /proc's CPU times.
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The machine's busy CPU time (every core), in ticks.
+fn machine_busy() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| fields.get(*i))
+        .sum()
+}
+
+/// A process's CPU time with its reaped children's, in ticks.
+fn process_cpu(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+    // After the command: state is field 3; utime, stime, cutime, cstime are 14 to 17.
+    after
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
+async fn burst(n: usize, warm: usize) -> anyhow::Result<Burst> {
     let bin = berth_bin()?;
     let dir = tempfile::tempdir()?;
-    let node = format!("bench-vk-{}", std::process::id());
+    let node = format!("bench-vk-{}-{warm}", std::process::id());
     // Dropped after the control plane (declared before it).
     let mut leftovers = Leftovers(vec![node.clone()]);
-    let (_cp, _url) = control_plane(
+    let pool = warm.to_string();
+    let (cp, _url) = control_plane(
         &bin,
         dir.path(),
         &[
@@ -51,6 +153,8 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
             "10.251.0.0/16",
             "--cluster-dns",
             "10.96.0.251",
+            "--warm-pool",
+            &pool,
         ],
     )?;
     let client = client_for(dir.path()).await?;
@@ -90,7 +194,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     };
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), "default");
-    // One pod first: the instances service has its images and sandboxes warm.
+    // One pod first: the instances service has its images (and sandboxes) warm.
     deployments
         .create(
             &PostParams::default(),
@@ -98,6 +202,15 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         )
         .await?;
     wait_running(&pods, 1, Duration::from_secs(60)).await?;
+    let t = Instant::now();
+    while warm_sandboxes(&service) < warm {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(300),
+            "only {} of {warm} warm sandboxes after 300 s",
+            warm_sandboxes(&service)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let lp = ListParams::default().labels("app=burst");
     let before: Vec<String> = pods
@@ -107,6 +220,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
+    let (busy0, berth0) = (machine_busy(), process_cpu(cp.0.id()));
     let t0 = Instant::now();
     deployments
         .patch(
@@ -143,6 +257,11 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let tick = ticks_per_second();
+    let cpu = (
+        (machine_busy() - busy0) as f64 / tick,
+        (process_cpu(cp.0.id()) - berth0) as f64 / tick,
+    );
     let all = running.values().max().map(|t| *t - t0).unwrap_or_default();
     let mut per: Vec<Duration> = running
         .iter()
@@ -164,44 +283,63 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
             t1.elapsed() < Duration::from_secs(300),
             "the give-back did not end"
         );
-        if pods.list(&lp).await?.items.is_empty() && containers_of(&service) == 0 {
+        if pods.list(&lp).await?.items.is_empty() && group_containers(&service) == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let back = t1.elapsed();
-
-    // The engine alone: one `docker run -d` after another, then PARALLEL at a time (the
-    // engine's own floor for starting `n` containers on this machine).
-    let (docker_all, mut runs) = docker_runs(n, 1).await?;
-    runs.sort();
-    let (docker_parallel, _) = docker_runs(n, PARALLEL).await?;
-
-    println!("burst of {n} pods onto the virtual node (real node full), Docker, image present:");
-    println!(
-        "  all {n} Running after {:8.1} ms   per pod (listed -> Running): p50 {:7.1} ms  p99 {:7.1} ms",
-        ms(all),
-        ms(percentile(&per, 0.5)),
-        ms(percentile(&per, 0.99))
-    );
-    println!(
-        "  {n} x `docker run -d`, one after another: {:8.1} ms   each: p50 {:7.1} ms  p99 {:7.1} ms",
-        ms(docker_all),
-        ms(percentile(&runs, 0.5)),
-        ms(percentile(&runs, 0.99))
-    );
-    println!(
-        "  {n} x `docker run -d`, {PARALLEL} at a time:     {:8.1} ms",
-        ms(docker_parallel)
-    );
-    println!(
-        "  burst / docker run: {:.2}x one after another, {:.2}x {PARALLEL} at a time   give back (scale to 0 -> no pod, no container): {:8.1} ms",
-        all.as_secs_f64() / docker_all.as_secs_f64(),
-        all.as_secs_f64() / docker_parallel.as_secs_f64(),
-        ms(back)
-    );
     let _ = deployments.delete("burst", &Default::default()).await;
-    Ok(())
+    drop(cp);
+    // The warm sandboxes a stopped service leaves.
+    remove_containers(&format!("berth.node={service}"));
+    Ok(Burst {
+        all,
+        per,
+        back,
+        cpu,
+    })
+}
+
+fn docker_ids(filters: &[&str]) -> Vec<String> {
+    let mut cmd = Command::new("docker");
+    cmd.args(["ps", "-aq"]);
+    for f in filters {
+        cmd.args(["--filter", f]);
+    }
+    cmd.output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The instances service's containers that belong to a group (warm sandboxes do not).
+fn group_containers(node: &str) -> usize {
+    let all = docker_ids(&[&format!("label=berth.node={node}")]).len();
+    all - warm_sandboxes(node)
+}
+
+fn warm_sandboxes(node: &str) -> usize {
+    docker_ids(&[
+        &format!("label=berth.node={node}"),
+        "label=berth.warm=true",
+        "name=_warm_",
+    ])
+    .len()
+}
+
+fn remove_containers(label: &str) {
+    let ids = docker_ids(&[&format!("label={label}")]);
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
+    }
 }
 
 /// The bridges and nftables tables the node and the instances service made, removed when
@@ -251,19 +389,7 @@ async fn docker_runs(n: usize, at_once: usize) -> anyhow::Result<(Duration, Vec<
         .collect()
         .await;
     let all = t.elapsed();
-    let ids = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={label}")])
-        .output()?;
-    let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    if !ids.is_empty() {
-        let _ = Command::new("docker")
-            .args(["rm", "-f"])
-            .args(&ids)
-            .output();
-    }
+    remove_containers(&label);
     Ok((all, runs.into_iter().collect::<anyhow::Result<_>>()?))
 }
 

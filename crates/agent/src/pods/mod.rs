@@ -74,6 +74,8 @@ pub struct PodSync {
     host_ip: Option<String>,
     /// Pod start latency, for `/metrics`.
     metrics: crate::telemetry::Metrics,
+    /// Pods take any sandbox's hostname (see [`PodSync::with_any_hostname`]).
+    any_hostname: bool,
 }
 
 /// See [`PodSync::with_service_env`].
@@ -86,7 +88,7 @@ pub type Routed = Arc<dyn Fn(&str) -> crate::net::Routing + Send + Sync>;
 /// rules without it (the proxy's goal is 100 ms at p99).
 const WITHDRAWAL_SETTLE: Duration = Duration::from_millis(250);
 
-fn pod_ref(pod: &Pod) -> PodRef {
+fn pod_ref(pod: &Pod, own_hostname: bool) -> PodRef {
     PodRef {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         namespace: pod
@@ -112,8 +114,8 @@ fn pod_ref(pod: &Pod) -> PodRef {
             .collect(),
         host_network: pod.spec.as_ref().and_then(|s| s.host_network) == Some(true),
         // A pod's hostname is its own (`spec.hostname`, else its name), fixed when its
-        // sandbox is made: it never takes a warm one.
-        hostname: Some(files::hostname(pod)),
+        // sandbox is made: it never takes a warm one. A container group's is its sandbox's.
+        hostname: own_hostname.then(|| files::hostname(pod)),
     }
 }
 
@@ -170,7 +172,15 @@ impl PodSync {
             service_env: None,
             host_ip: None,
             metrics: Default::default(),
+            any_hostname: false,
         }
+    }
+
+    /// Pods that take whatever hostname their sandbox has (container groups, as in ACI), so
+    /// they may start in a warm one; a Kubernetes pod's hostname is its own.
+    pub fn with_any_hostname(mut self) -> Self {
+        self.any_hostname = true;
+        self
     }
 
     /// Where pod start latencies go.
@@ -484,7 +494,7 @@ impl PodSync {
 
     /// Bring one pod one step closer to its spec, and report its status.
     pub async fn sync(self: &Arc<Self>, pod: &Pod, obs: &Observed) -> Result<(), SyncError> {
-        let r = pod_ref(pod);
+        let r = pod_ref(pod, !self.any_hostname);
         match Lifecycle::of(pod) {
             Lifecycle::Finish => {
                 self.finish_in_background(pod, &r, obs);

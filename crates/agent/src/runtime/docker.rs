@@ -118,12 +118,31 @@ pub struct DockerRuntime {
     warm_target: usize,
     /// One refill at a time.
     filling: tokio::sync::Mutex<()>,
+    /// Sandboxes and containers being started for pods now: a refill waits until there are
+    /// none, so a burst's starts never share the engine with the pool's.
+    starting: std::sync::atomic::AtomicUsize,
     /// The engine is on another host (reached over TCP): it cannot see this host's files, so
     /// mounts become Docker volumes filled from them (see [`DockerRuntime::connect_to`]).
     remote: bool,
     /// The node's pod network, once the agent has it: sandboxes are made without a network
     /// of Docker's and joined to it (see `crate::net::podnet`).
     podnet: std::sync::OnceLock<std::sync::Arc<crate::net::podnet::PodNet>>,
+}
+
+/// Counts one start for pods while it lasts.
+struct Starting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Starting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Starting(count)
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +202,7 @@ impl DockerRuntime {
             warm: Default::default(),
             warm_target: 0,
             filling: Default::default(),
+            starting: Default::default(),
             remote,
             podnet: Default::default(),
         })
@@ -714,6 +734,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create_sandbox(&self, pod: &PodRef) -> Result<ObservedSandbox, RuntimeError> {
+        let _busy = Starting::new(&self.starting);
         if let Some(sb) = self.claim(pod).await {
             return Ok(sb);
         }
@@ -738,7 +759,9 @@ impl Runtime for DockerRuntime {
         let Ok(_one) = self.filling.try_lock() else {
             return;
         };
-        while self.warm.lock().expect("warm").len() < self.warm_target {
+        while self.warm.lock().expect("warm").len() < self.warm_target
+            && self.starting.load(std::sync::atomic::Ordering::Relaxed) == 0
+        {
             match self.new_sandbox(None).await {
                 Ok(sb) => self.warm.lock().expect("warm").push(sb),
                 Err(e) => {
@@ -755,6 +778,7 @@ impl Runtime for DockerRuntime {
         sandbox_id: &str,
         c: &ContainerConfig,
     ) -> Result<String, RuntimeError> {
+        let _busy = Starting::new(&self.starting);
         let mut labels = self.labels(pod);
         labels.insert(L_CONTAINER.into(), c.name.clone());
         labels.insert(L_ATTEMPT.into(), c.attempt.to_string());

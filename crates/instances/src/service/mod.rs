@@ -140,12 +140,15 @@ impl Service {
         let host = Arc::new(GroupOwner {
             registry: registry.clone(),
         });
-        let sync = Arc::new(PodSync::new(
-            runtime.clone(),
-            host,
-            Backoff::default(),
-            cfg.data_dir.clone(),
-        ));
+        let sync = Arc::new(
+            PodSync::new(
+                runtime.clone(),
+                host,
+                Backoff::default(),
+                cfg.data_dir.clone(),
+            )
+            .with_any_hostname(),
+        );
         let svc = Arc::new(Service {
             db,
             pool,
