@@ -323,7 +323,7 @@ enum Put {
     Again,
 }
 
-/// Group PUTs in flight at once in a pass.
+/// Group PUTs, and pod status writes, in flight at once in a pass.
 const PUTS_AT_ONCE: usize = 16;
 
 /// How often the groups' meters are read into their pods' conditions.
@@ -396,6 +396,7 @@ impl Vnode {
         let now = berth_core::kube_time(Timestamp::now());
         let mut wanted: HashMap<String, &Pod> = HashMap::new();
         let mut new: Vec<(Arc<Pod>, PodRef, String)> = Vec::new();
+        let mut statuses: Vec<(PodRef, Value)> = Vec::new();
         for pod in pods {
             let name = group::group_name(pod);
             wanted.insert(name.clone(), pod);
@@ -414,9 +415,7 @@ impl Vnode {
                         conds.push(status::metered(row, &now));
                     }
                     if changed(pod, &status) {
-                        if let Err(e) = self.owner.write_status(&r, &status).await {
-                            tracing::debug!(error = %e, pod = %r.name, "status not written");
-                        }
+                        statuses.push((r, status));
                     }
                 }
                 None if self.refused.contains(&r.uid) || terminal(pod) => {}
@@ -433,6 +432,15 @@ impl Vnode {
                 None => new.push((pod.clone(), r, name)),
             }
         }
+        // Statuses, several writes at once (in a burst, most pods change in each pass).
+        let owner = &self.owner;
+        futures::stream::iter(statuses)
+            .for_each_concurrent(PUTS_AT_ONCE, |(r, status)| async move {
+                if let Err(e) = owner.write_status(&r, &status).await {
+                    tracing::debug!(error = %e, pod = %r.name, "status not written");
+                }
+            })
+            .await;
         // New pods' groups, several PUTs at once (each may wait on the service's runner).
         let this = &*self;
         let puts: Vec<(PodRef, String, Put)> = futures::stream::iter(new)
