@@ -458,8 +458,27 @@ async fn volumes_probes_and_in_place_updates_behave_as_aci_documents() {
                  "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}}]}})
     };
     let first = "cat /creds/key; echo; cat /src/README; echo shared-by-main > /scratch/shared; touch /scratch/alive; mkdir -p /w; echo ok > /w/index.html; exec httpd -f -p 8080 -h /w";
+    let node = std::fs::read_to_string(svc.dir.path().join("instances/node-name")).unwrap();
+    let spares = || {
+        common::node_containers(node.trim())
+            .into_iter()
+            .filter(|(_, name, _)| name.contains("_warm_"))
+            .count()
+    };
+    common::eventually(30, "the warm pool to fill", || async {
+        (spares() == 2).then_some(())
+    })
+    .await;
     let g = deploy(&c, path, &body(first, 0.5)).await;
     assert_eq!(g["properties"]["provisioningState"], "Succeeded", "{g}");
+    // The group started in a warm sandbox (renamed when claimed).
+    assert!(
+        common::node_containers(node.trim())
+            .iter()
+            .any(|(_, name, _)| name.starts_with("claimed_")),
+        "the group took no warm sandbox: {:?}",
+        common::node_containers(node.trim())
+    );
     assert_eq!(
         g["properties"]["volumes"][1]["secret"]["key"], "",
         "secret volume contents must not come back"
