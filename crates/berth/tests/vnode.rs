@@ -53,6 +53,39 @@ fn pods_by_node(b: &Berth) -> Vec<(String, String, String)> {
     .collect()
 }
 
+/// A Deployment `burst` of `replicas` pods of `image` running `sh -c line`, with
+/// `annotations` (YAML flow-map entries) and the requests given, that tolerates the virtual
+/// node's taint.
+fn burst_deployment(
+    image: &str,
+    replicas: u32,
+    annotations: &str,
+    line: &str,
+    cpu: &str,
+    memory: &str,
+) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: burst, annotations: {{{annotations}}}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: burst}}}}
+  template:
+    metadata: {{labels: {{app: burst}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      tolerations: [{{key: virtual-kubelet.io/provider, operator: Exists, effect: NoSchedule}}]
+      containers:
+      - name: c
+        image: {image}
+        command: ["sh", "-c", {line:?}]
+        resources: {{requests: {{cpu: {cpu}, memory: {memory}}}}}
+"#
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_node_bursts_into_container_groups_and_gets_them_back_first() {
     common::require_docker();
@@ -79,27 +112,13 @@ async fn a_full_node_bursts_into_container_groups_and_gets_them_back_first() {
         None => cpu.parse::<u64>().unwrap() * 1000,
     };
     let request = format!("{}m", millis / 8 / 10 * 10);
-    let deploy = format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: burst}}
-spec:
-  replicas: 12
-  selector: {{matchLabels: {{app: burst}}}}
-  template:
-    metadata: {{labels: {{app: burst}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      tolerations: [{{key: virtual-kubelet.io/provider, operator: Exists, effect: NoSchedule}}]
-      containers:
-      - name: c
-        image: {image}
-        command: ["sh", "-c", "mkdir -p /w && hostname > /w/index.html && httpd -p 8080 -h /w; echo started on $(hostname); while true; do sleep 1; done"]
-        resources: {{requests: {{cpu: {request}, memory: 32Mi}}}}
-"#,
-        image = image.tag,
-        request = request
+    let deploy = burst_deployment(
+        &image.tag,
+        12,
+        "",
+        "mkdir -p /w && hostname > /w/index.html && httpd -p 8080 -h /w; echo started on $(hostname); while true; do sleep 1; done",
+        &request,
+        "32Mi",
     );
     b.kubectl_stdin_ok(&["apply", "-f", "-"], &deploy);
     let placed = eventually(90, "all 12 Running", || async {
@@ -283,26 +302,13 @@ async fn rebalanced_burst_pods_move_back_when_a_real_node_has_room() {
     .await;
     // The real node is full (cordoned): all four land on the virtual node.
     b.kubectl_ok(&["cordon", &node]);
-    let deploy = format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: burst, annotations: {{berth.dev/rebalance: "true"}}}}
-spec:
-  replicas: 4
-  selector: {{matchLabels: {{app: burst}}}}
-  template:
-    metadata: {{labels: {{app: burst}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      tolerations: [{{key: virtual-kubelet.io/provider, operator: Exists, effect: NoSchedule}}]
-      containers:
-      - name: c
-        image: {image}
-        command: ["sh", "-c", "while true; do sleep 1; done"]
-        resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
-"#,
-        image = image.tag
+    let deploy = burst_deployment(
+        &image.tag,
+        4,
+        r#"berth.dev/rebalance: "true""#,
+        "while true; do sleep 1; done",
+        "10m",
+        "16Mi",
     );
     b.kubectl_stdin_ok(&["apply", "-f", "-"], &deploy);
     eventually(90, "all 4 Running on the virtual node", || async {
@@ -345,7 +351,8 @@ spec:
         let (available, replicas) = (w.next().unwrap_or(0), w.next().unwrap_or(0));
         assert!(
             available >= 4,
-            "available fell to {available} during the move"
+            "available fell to {available} during the move: {}",
+            b.kubectl_ok(&["get", "rs,pods", "-o", "wide"])
         );
         most = most.max(replicas);
         let pods = pods_by_node(&b);

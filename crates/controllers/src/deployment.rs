@@ -330,12 +330,22 @@ pub fn plan(
         // first: never fewer available than `replicas`, one pod at a time.
         let settled = old_pods == 0 && targets.iter().all(|t| is_new(&t.0) || t.1 == 0);
         let available = status_of(new_rs).2;
+        // The set's counts are of its current spec only once it has observed it: a count
+        // from before its last scale would let a move end (or start) twice.
+        let fresh = match (
+            new_rs.status.as_ref().and_then(|s| s.observed_generation),
+            new_rs.metadata.generation,
+        ) {
+            (Some(seen), Some(generation)) => seen >= generation,
+            (None, Some(_)) => false,
+            (_, None) => true,
+        };
         let rebalance = rolling && settled && burst.on_virtual > 0;
         let new_target = if rolling {
             let cur = spec_replicas(new_rs);
             // Start one move (room, all available), or wait for the one under way.
-            let start = cur == replicas && burst.room && available >= replicas;
-            let under_way = cur == replicas + 1 && available < replicas + 1;
+            let start = fresh && cur == replicas && burst.room && available >= replicas;
+            let under_way = cur == replicas + 1 && (!fresh || available < replicas + 1);
             if rebalance && (start || under_way) {
                 replicas + 1
             } else if cur > replicas {

@@ -4,6 +4,7 @@
 //! taken up by the next pass, not after the slowest of them; and teardowns, which claim a
 //! group's containers and stop them outside the passes.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use berth_agent::runtime::{RuntimeError, State};
@@ -54,6 +55,27 @@ impl Service {
     /// started in a task of its own unless its last one is still under way.
     pub(super) async fn tick(self: &Arc<Self>) {
         let _pass = self.tick_lock.lock().await;
+        // The groups' guards first, the listing after: a group whose guard this pass holds
+        // has no sync under way, so the listing shows all that its last sync started (a
+        // listing taken while that sync ran would start its containers a second time).
+        let mut guards: HashMap<String, tokio::sync::OwnedMutexGuard<()>> = {
+            let uids: Vec<String> = self
+                .registry
+                .groups
+                .lock()
+                .expect("groups")
+                .values()
+                .map(|l| l.uid.clone())
+                .collect();
+            let mut syncing = self.syncing.lock().expect("syncing");
+            syncing.retain(|uid, _| uids.contains(uid));
+            uids.into_iter()
+                .filter_map(|uid| {
+                    let guard = syncing.entry(uid.clone()).or_default().clone();
+                    guard.try_lock_owned().ok().map(|g| (uid, g))
+                })
+                .collect()
+        };
         let obs = match self.runtime.list().await {
             Ok(o) => o,
             Err(e) => {
@@ -78,20 +100,15 @@ impl Service {
                 })
                 .unzip()
         };
-        // Each group's sync runs under its own guard, taken here under the tick lock; the
-        // lock itself is let go before any container starts, so deployments and stops of
-        // other groups go on while the engine works.
-        let guarded: Vec<(Pod, tokio::sync::OwnedMutexGuard<()>)> = {
-            let mut syncing = self.syncing.lock().expect("syncing");
-            syncing.retain(|uid, _| live.contains(uid));
-            pods.into_iter()
-                .zip(&live)
-                .filter_map(|(p, uid)| {
-                    let guard = syncing.entry(uid.clone()).or_default().clone();
-                    guard.try_lock_owned().ok().map(|g| (p, g))
-                })
-                .collect()
-        };
+        // Each group's sync runs under its own guard; the tick lock is let go before any
+        // container starts, so deployments and stops of other groups go on while the engine
+        // works. Groups deployed since the guards were taken wait for the next pass.
+        let guarded: Vec<(Pod, tokio::sync::OwnedMutexGuard<()>)> = pods
+            .into_iter()
+            .zip(&live)
+            .filter_map(|(p, uid)| guards.remove(uid).map(|g| (p, g)))
+            .collect();
+        drop(guards);
         drop(_pass);
         let obs = Arc::new(obs);
         for (pod, guard) in guarded {
