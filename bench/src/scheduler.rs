@@ -264,17 +264,30 @@ fn cpu_seconds() -> f64 {
 /// CPU time process `pid` (`self` for this one) has used, user and system, from
 /// `/proc/<pid>/stat`.
 pub(crate) fn cpu_of(pid: &str) -> f64 {
+    stat_seconds(pid, 2)
+}
+
+/// [`cpu_of`] with the CPU time of the children it has reaped.
+pub(crate) fn cpu_with_children_of(pid: &str) -> f64 {
+    stat_seconds(pid, 4)
+}
+
+/// The sum of `fields` CPU times from utime on (utime, stime, cutime, cstime) in
+/// `/proc/<pid>/stat`, in seconds.
+fn stat_seconds(pid: &str, fields: usize) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let ticks: u64 = stat
         .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(fields))
         .into_iter()
         .flatten()
         .filter_map(|t| t.parse::<u64>().ok())
         .sum();
-    // USER_HZ is 100 on every Linux this runs on.
-    ticks as f64 / 100.0
+    ticks as f64 / USER_HZ
 }
+
+/// Clock ticks per second of /proc's CPU times: 100 on every Linux this runs on.
+pub(crate) const USER_HZ: f64 = 100.0;
 
 /// Rates from `runs` runs: their median, and their range (this machine's runs differ by a
 /// quarter from one to the next, so one run is not a figure).

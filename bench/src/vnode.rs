@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::failover::{berth_bin, client_for, control_plane};
 use crate::percentile;
+use crate::scheduler::{cpu_with_children_of, USER_HZ};
 
 const IMAGE: &str = "berth/pause:1";
 
@@ -93,16 +94,6 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Clock ticks per second of /proc's CPU times.
-fn ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// The machine's busy CPU time (every core), in ticks.
 fn machine_busy() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -118,19 +109,6 @@ fn machine_busy() -> u64 {
     [0, 1, 2, 5, 6, 7]
         .iter()
         .filter_map(|i| fields.get(*i))
-        .sum()
-}
-
-/// A process's CPU time with its reaped children's, in ticks.
-fn process_cpu(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
-    // After the command: state is field 3; utime, stime, cutime, cstime are 14 to 17.
-    after
-        .split_whitespace()
-        .skip(11)
-        .take(4)
-        .filter_map(|f| f.parse::<u64>().ok())
         .sum()
 }
 
@@ -220,7 +198,8 @@ async fn burst(n: usize, warm: usize) -> anyhow::Result<Burst> {
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
-    let (busy0, berth0) = (machine_busy(), process_cpu(cp.0.id()));
+    let berth = cp.0.id().to_string();
+    let (busy0, berth0) = (machine_busy(), cpu_with_children_of(&berth));
     let t0 = Instant::now();
     deployments
         .patch(
@@ -257,10 +236,9 @@ async fn burst(n: usize, warm: usize) -> anyhow::Result<Burst> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let tick = ticks_per_second();
     let cpu = (
-        (machine_busy() - busy0) as f64 / tick,
-        (process_cpu(cp.0.id()) - berth0) as f64 / tick,
+        (machine_busy() - busy0) as f64 / USER_HZ,
+        cpu_with_children_of(&berth) - berth0,
     );
     let all = running.values().max().map(|t| *t - t0).unwrap_or_default();
     let mut per: Vec<Duration> = running
