@@ -34,6 +34,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 
+/// How often the node's status goes to the server (the kubelet's nodeStatusUpdateFrequency).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
 pub use pods::Backoff;
 pub use runtime::Runtime;
 
@@ -275,6 +278,9 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
     // server may soon evict this node's pods and start replacements, so the agent stops
     // them first and starts nothing until a renewal succeeds again.
     let fencing = Arc::new(fence::Fencing::new(std::time::Instant::now()));
+    // Set when the Lease is renewed again after a fence: the node's status goes out at once,
+    // so it is Ready again as soon as the server can hear it.
+    let beat_now = Arc::new(tokio::sync::Notify::new());
     {
         let client = client.clone();
         let name = cfg.node_name.clone();
@@ -287,6 +293,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let patience = (cfg.lease_duration / 2).max(Duration::from_secs(1));
         let again = Duration::from_millis(200).min(every);
         let fencing = fencing.clone();
+        let beat_now = beat_now.clone();
         tasks.spawn(async move {
             let mut next = tokio::time::Instant::now();
             loop {
@@ -297,6 +304,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
                     Ok(Ok(())) => {
                         if fencing.renewed(sent) {
                             tracing::warn!(node = %name, "lease renewed: no longer fenced");
+                            beat_now.notify_one();
                         }
                         sent_at + every
                     }
@@ -333,12 +341,24 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), AgentErro
         let name = cfg.node_name.clone();
         let report = report.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
             tick.tick().await;
             loop {
-                tick.tick().await;
-                if let Err(e) = node::heartbeat(&client, &name, report.status()).await {
-                    tracing::warn!(node = %name, error = %e, "node status update failed");
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = beat_now.notified() => tick.reset(),
+                }
+                // Bounded: a request sent on a connection that died under it (a host cut off
+                // from the network keeps its sockets) would otherwise wait for the kernel's
+                // retransmissions to give up, many minutes, with the node NotReady all along.
+                // Dropped at the deadline, its connection goes and the next beat opens a new one.
+                let beat = node::heartbeat(&client, &name, report.status());
+                match tokio::time::timeout(HEARTBEAT_EVERY / 2, beat).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(node = %name, error = %e, "node status update failed")
+                    }
+                    Err(_) => tracing::warn!(node = %name, "node status update timed out"),
                 }
             }
         });
