@@ -104,6 +104,43 @@ fn sandbox_ip(settings: Option<bollard::models::NetworkSettings>) -> Option<Stri
         .find(|ip| !ip.is_empty())
 }
 
+/// A sandbox's address on its (first) network, as the listing gives it.
+fn summary_ip(
+    settings: Option<bollard::models::ContainerSummaryNetworkSettings>,
+) -> Option<String> {
+    settings?
+        .networks?
+        .into_values()
+        .filter_map(|n| n.ip_address)
+        .find(|ip| !ip.is_empty())
+}
+
+/// Containers inspected at once by a listing.
+const INSPECTS_AT_ONCE: usize = 8;
+
+/// A pod's container, from its labels and what the engine says of it.
+fn container_of(
+    id: String,
+    pod_uid: String,
+    labels: &HashMap<String, String>,
+    image: Option<String>,
+    image_id: Option<String>,
+    state: State,
+) -> ObservedContainer {
+    ObservedContainer {
+        id,
+        pod_uid,
+        name: labels.get(L_CONTAINER).cloned().unwrap_or_default(),
+        attempt: labels
+            .get(L_ATTEMPT)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
+        image: image.unwrap_or_default(),
+        image_id: image_id.unwrap_or_default(),
+        state,
+    }
+}
+
 pub struct DockerRuntime {
     docker: Docker,
     node: String,
@@ -703,6 +740,10 @@ impl Runtime for DockerRuntime {
     }
 
     async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError> {
+        // The driver's own image is made here, not pulled, whatever the policy.
+        if image == PAUSE_IMAGE {
+            return self.ensure_pause_image().await;
+        }
         let present = self.docker.inspect_image(image).await.is_ok();
         match (present, policy) {
             (true, PullPolicy::IfNotPresent | PullPolicy::Never) => Ok(()),
@@ -872,6 +913,9 @@ impl Runtime for DockerRuntime {
             .map_err(err("list containers"))?;
         let mut observed = Observed::default();
         let mut seen = std::collections::HashSet::new();
+        // What the listing alone cannot tell (a container's start and end times, its exit
+        // code): inspected, several at a time, once per state a container is listed in.
+        let mut to_inspect = Vec::new();
         for s in summaries {
             let Some(id) = s.id else { continue };
             let labels = s.labels.unwrap_or_default();
@@ -899,60 +943,68 @@ impl Runtime for DockerRuntime {
                 .get(&id)
                 .filter(|(k, _)| *k == state_key)
                 .map(|(_, i)| i.clone());
-            match cached {
-                Some(Inspected::Sandbox(sb)) => {
-                    observed.sandboxes.push(sb);
+            use bollard::models::ContainerSummaryStateEnum as Listed;
+            let found = match cached {
+                Some(found) => found,
+                // A sandbox's state and address are in the listing.
+                None if labels.contains_key(L_SANDBOX) => Inspected::Sandbox(ObservedSandbox {
+                    id: id.clone(),
+                    pod_uid: uid,
+                    ip: summary_ip(s.network_settings),
+                    running: s.state == Some(Listed::RUNNING),
+                }),
+                // So is all of a container not yet started. Not inspected: the engine
+                // answers an inspect only once a start under way has ended, and in a burst
+                // many are.
+                None if s.state == Some(Listed::CREATED) => Inspected::Container(container_of(
+                    id.clone(),
+                    uid,
+                    &labels,
+                    s.image,
+                    s.image_id,
+                    State::Created,
+                )),
+                None => {
+                    to_inspect.push((id, uid, labels, s.image, state_key));
                     continue;
                 }
-                Some(Inspected::Container(c)) => {
-                    observed.containers.push(c);
-                    continue;
-                }
-                None => {}
+            };
+            match &found {
+                Inspected::Sandbox(sb) => observed.sandboxes.push(sb.clone()),
+                Inspected::Container(c) => observed.containers.push(c.clone()),
             }
-            let info = match self
-                .docker
-                .inspect_container(
-                    &id,
-                    None::<bollard::query_parameters::InspectContainerOptions>,
-                )
-                .await
-            {
-                Ok(i) => i,
-                Err(e) if is_not_found(&e) => continue,
-                Err(e) => return Err(err("inspect container")(e)),
-            };
-            let found = if labels.contains_key(L_SANDBOX) {
-                let running = info.state.as_ref().and_then(|s| s.running) == Some(true);
-                let ip = sandbox_ip(info.network_settings);
-                let sb = ObservedSandbox {
-                    id: id.clone(),
-                    pod_uid: uid,
-                    ip,
-                    running,
-                };
-                observed.sandboxes.push(sb.clone());
-                Inspected::Sandbox(sb)
-            } else {
-                let c = ObservedContainer {
-                    id: id.clone(),
-                    pod_uid: uid,
-                    name: labels.get(L_CONTAINER).cloned().unwrap_or_default(),
-                    attempt: labels
-                        .get(L_ATTEMPT)
-                        .and_then(|a| a.parse().ok())
-                        .unwrap_or(0),
-                    image: s.image.unwrap_or_default(),
-                    image_id: info.image.unwrap_or_default(),
-                    state: Self::state_of(info.state.as_ref()),
-                };
-                observed.containers.push(c.clone());
-                Inspected::Container(c)
-            };
             self.inspected
                 .lock()
                 .expect("inspect cache")
                 .insert(id, (state_key, found));
+        }
+        let inspected: Vec<_> = futures::stream::iter(to_inspect)
+            .map(|(id, uid, labels, image, state_key)| async move {
+                let info = self
+                    .docker
+                    .inspect_container(
+                        &id,
+                        None::<bollard::query_parameters::InspectContainerOptions>,
+                    )
+                    .await;
+                (id, uid, labels, image, state_key, info)
+            })
+            .buffered(INSPECTS_AT_ONCE)
+            .collect()
+            .await;
+        for (id, uid, labels, image, state_key, info) in inspected {
+            let info = match info {
+                Ok(i) => i,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(err("inspect container")(e)),
+            };
+            let state = Self::state_of(info.state.as_ref());
+            let c = container_of(id.clone(), uid, &labels, image, info.image, state);
+            observed.containers.push(c.clone());
+            self.inspected
+                .lock()
+                .expect("inspect cache")
+                .insert(id, (state_key, Inspected::Container(c)));
         }
         self.inspected
             .lock()
