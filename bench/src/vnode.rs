@@ -8,7 +8,8 @@
 //! sandboxes started ahead of the burst by the instances service's warm pool. Each round
 //! also reports the CPU time the machine spent during the burst and `berth up`'s part of it,
 //! which tells the engine's cost from Berth's. Beside them, in the same run, `n` `docker run
-//! -d` of the same image, one after another and 8 at a time.
+//! -d` of the same image, one after another and 8 at a time, and the engine's own CPU cost
+//! of a container start, which bounds how fast any burst can go on this machine.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -52,6 +53,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let (docker_all, mut runs) = docker_runs(n, 1).await?;
     runs.sort();
     let (docker_parallel, _) = docker_runs(n, PARALLEL).await?;
+    let floor = engine_starts(n, PARALLEL).await?;
 
     println!("burst of {n} pods onto the virtual node (real node full), Docker, image present:");
     for (what, b) in [("no warm sandboxes", &cold), ("warm sandboxes", &warm)] {
@@ -87,7 +89,89 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         cold.all.as_secs_f64() / docker_parallel.as_secs_f64(),
         warm.all.as_secs_f64() / docker_parallel.as_secs_f64(),
     );
+    // A warm burst starts one container per pod: the engine's CPU per start, times n, over
+    // the machine's cores is the least it can take here, whatever Berth does.
+    let per_start = floor.cpu / n as f64;
+    println!(
+        "  the engine alone, {n} containers created then started through its API, {PARALLEL} at a time: starts {:8.1} ms, CPU {:.1} s ({:.0} ms per start)",
+        ms(floor.starts),
+        floor.cpu,
+        per_start * 1e3,
+    );
+    println!(
+        "  the engine's floor for {n} starts on {} cores: {:.1} s (one container per pod, all CPU to the engine)",
+        cores(),
+        per_start * n as f64 / cores() as f64
+    );
     Ok(())
+}
+
+/// The engine starting `n` containers, with no CLI and no Berth.
+struct EngineStarts {
+    /// The first start -> the last one answered (the creates come before).
+    starts: Duration,
+    /// The machine's CPU seconds during the starts.
+    cpu: f64,
+}
+
+/// Create `n` containers through the engine's API, then start them `at_once` at a time,
+/// measuring the starts alone; then remove them.
+async fn engine_starts(n: usize, at_once: usize) -> anyhow::Result<EngineStarts> {
+    use futures::{StreamExt, TryStreamExt};
+    let docker = bollard::Docker::connect_with_local_defaults()?;
+    let node = format!("bench-engine-{}", std::process::id());
+    let create = |i: usize| {
+        let (docker, node) = (docker.clone(), node.clone());
+        async move {
+            let body = bollard::models::ContainerCreateBody {
+                image: Some(IMAGE.into()),
+                cmd: Some(vec!["/busybox".into(), "sleep".into(), "3600".into()]),
+                labels: Some([("berth.node".to_string(), node.clone())].into()),
+                // As a group's container, which joins its sandbox's network: none of its own.
+                host_config: Some(bollard::models::HostConfig {
+                    network_mode: Some("none".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let opts = bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                .name(&format!("{node}-{i}"))
+                .build();
+            anyhow::Ok(docker.create_container(Some(opts), body).await?.id)
+        }
+    };
+    let made: anyhow::Result<Vec<String>> = futures::stream::iter(0..n)
+        .map(create)
+        .buffer_unordered(at_once)
+        .try_collect()
+        .await;
+    let started = async {
+        let ids = made?;
+        let busy0 = machine_busy();
+        let t = Instant::now();
+        futures::stream::iter(ids)
+            .map(|id| {
+                let docker = docker.clone();
+                async move {
+                    docker
+                        .start_container(
+                            &id,
+                            None::<bollard::query_parameters::StartContainerOptions>,
+                        )
+                        .await
+                }
+            })
+            .buffer_unordered(at_once)
+            .try_collect::<Vec<()>>()
+            .await?;
+        anyhow::Ok(EngineStarts {
+            starts: t.elapsed(),
+            cpu: (machine_busy() - busy0) as f64 / USER_HZ,
+        })
+    }
+    .await;
+    remove_containers(&format!("berth.node={node}"));
+    started
 }
 
 fn cores() -> usize {

@@ -59,7 +59,7 @@ impl Service {
         // has no sync under way, so the listing shows all that its last sync started (a
         // listing taken while that sync ran would start its containers a second time).
         let mut guards: HashMap<String, tokio::sync::OwnedMutexGuard<()>> = {
-            let uids: Vec<String> = self
+            let uids: std::collections::HashSet<String> = self
                 .registry
                 .groups
                 .lock()
