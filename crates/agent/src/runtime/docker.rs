@@ -95,21 +95,11 @@ fn session_output(
         .boxed()
 }
 
-/// The sandbox's address on its (first) network.
-fn sandbox_ip(settings: Option<bollard::models::NetworkSettings>) -> Option<String> {
-    settings?
-        .networks?
-        .into_values()
-        .filter_map(|n| n.ip_address)
-        .find(|ip| !ip.is_empty())
-}
-
-/// A sandbox's address on its (first) network, as the listing gives it.
-fn summary_ip(
-    settings: Option<bollard::models::ContainerSummaryNetworkSettings>,
+/// A sandbox's address on its (first) network, from an inspect's or a listing's networks.
+fn sandbox_ip(
+    networks: Option<HashMap<String, bollard::models::EndpointSettings>>,
 ) -> Option<String> {
-    settings?
-        .networks?
+    networks?
         .into_values()
         .filter_map(|n| n.ip_address)
         .find(|ip| !ip.is_empty())
@@ -411,7 +401,7 @@ impl DockerRuntime {
                 self.warm.lock().expect("warm").push(ObservedSandbox {
                     id,
                     pod_uid: String::new(),
-                    ip: sandbox_ip(info.network_settings),
+                    ip: sandbox_ip(info.network_settings.and_then(|n| n.networks)),
                     running: true,
                 });
             } else {
@@ -547,7 +537,7 @@ impl DockerRuntime {
             )
             .await
             .map_err(err("inspect sandbox"))?;
-        let mut ip = sandbox_ip(info.network_settings);
+        let mut ip = sandbox_ip(info.network_settings.and_then(|n| n.networks));
         let id = info.id.unwrap_or(created);
         if let (Some(pod), None, false) = (pod, &ip, host_network) {
             if let Some(net) = self.podnet.get() {
@@ -950,7 +940,7 @@ impl Runtime for DockerRuntime {
                 None if labels.contains_key(L_SANDBOX) => Inspected::Sandbox(ObservedSandbox {
                     id: id.clone(),
                     pod_uid: uid,
-                    ip: summary_ip(s.network_settings),
+                    ip: sandbox_ip(s.network_settings.and_then(|n| n.networks)),
                     running: s.state == Some(Listed::RUNNING),
                 }),
                 // So is all of a container not yet started. Not inspected: the engine
