@@ -59,11 +59,15 @@ pub(crate) fn control_plane(
     spawn_until(cmd, "Berth is up: Kubernetes API at ")
 }
 
-/// Spawn a `berth` command (logging errors only) and wait for the stdout line starting with
+/// Spawn a `berth` command (logging errors only, unless `BERTH_LOG` says otherwise: its logs
+/// go to the bench's stderr) and wait for the stdout line starting with
 /// `prefix`; returns the process and the rest of that line. Its stdout keeps being drained.
 pub(crate) fn spawn_until(mut cmd: Command, prefix: &str) -> anyhow::Result<(Killed, String)> {
     let mut child = cmd
-        .env("BERTH_LOG", "error")
+        .env(
+            "BERTH_LOG",
+            std::env::var("BERTH_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {cmd:?}"))?;
@@ -169,7 +173,10 @@ pub async fn run(trials: usize) -> anyhow::Result<()> {
             .args(["--name", &name, "--runtime", "mock", "--lease-seconds", "1"])
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(agent_dir.path())
-            .env("BERTH_LOG", "error")
+            .env(
+                "BERTH_LOG",
+                std::env::var("BERTH_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::null())
             .spawn()?;
         let mut agent = Killed(agent);

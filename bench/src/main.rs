@@ -35,7 +35,7 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 #[derive(Parser)]
 struct Cli {
-    /// Which benchmark: `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale`, `network`, `vnode` or `workloads`.
+    /// Which benchmark: `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale`, `network`, `vnode` (`vnode-warm` for its warm burst alone) or `workloads`.
     which: String,
     /// Creates per run.
     #[arg(long, default_value_t = 20_000)]
@@ -336,10 +336,11 @@ async fn main() -> anyhow::Result<()> {
         "autoscale" => autoscale::run(5).await,
         "network" => network::run().await,
         "vnode" => vnode::run(100).await,
+        "vnode-warm" => vnode::warm(100).await,
         "workloads" => workloads::run(1_000, 500).await,
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale`, `network`, `vnode` or `workloads`"
+                "unknown benchmark {other:?}: try `apiserver`, `scheduler`, `agent` (`agent-memory` for its memory part alone), `instances`, `failover`, `autoscale`, `network`, `vnode` (`vnode-warm` for its warm burst alone) or `workloads`"
             )
         }
     }
