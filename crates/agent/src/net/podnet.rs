@@ -146,6 +146,17 @@ impl PodNet {
         Ok(ip)
     }
 
+    /// Give what was made for `from` (its address, and the link in its namespace) to pod
+    /// `to`: a sandbox linked while warm, claimed by a pod. `None` if `from` has no address.
+    pub fn rekey(&self, from: &str, to: &str) -> Option<Ipv4Addr> {
+        let mut ips = self.ips.lock().expect("ips");
+        let ip = *ips.get(from)?;
+        std::fs::write(self.dir.join(ip.to_string()), to).ok()?;
+        ips.remove(from);
+        ips.insert(to.to_string(), ip);
+        Some(ip)
+    }
+
     /// The address of pod `uid`, if it has one.
     pub fn ip_of(&self, uid: &str) -> Option<Ipv4Addr> {
         self.ips.lock().expect("ips").get(uid).copied()
@@ -246,5 +257,34 @@ mod tests {
         // Fresh records are kept even when their pod is not listed.
         again.retain(&HashSet::new());
         assert_eq!(again.ip_of("pod-b"), Some(b));
+    }
+
+    #[tokio::test]
+    async fn a_warm_sandboxs_address_passes_to_the_pod_that_claims_it_and_is_kept_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = Arc::new(Recording::default());
+        let cidr: Cidr = "10.42.4.0/24".parse().unwrap();
+        let net = PodNet::new(links.clone(), "n1", cidr, dir.path(), 1450)
+            .await
+            .unwrap();
+        let ip = net
+            .attach("warm-abc", Path::new("/proc/1/ns/net"))
+            .await
+            .unwrap();
+        assert_eq!(net.rekey("warm-abc", "pod-a"), Some(ip));
+        assert_eq!(
+            (net.ip_of("pod-a"), net.ip_of("warm-abc")),
+            (Some(ip), None)
+        );
+        // Nothing to hand over: nothing changes.
+        assert_eq!(net.rekey("warm-abc", "pod-b"), None);
+        assert_eq!(net.ip_of("pod-b"), None);
+        // The next address is another one, and a restart reads the pod's record.
+        let other = net.attach("pod-c", Path::new("/x")).await.unwrap();
+        assert_ne!(other, ip);
+        let again = PodNet::new(links, "n1", cidr, dir.path(), 1450)
+            .await
+            .unwrap();
+        assert_eq!(again.ip_of("pod-a"), Some(ip));
     }
 }

@@ -55,6 +55,11 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// What a warm sandbox's address is recorded under on the pod network until a pod claims it.
+fn warm_key(id: &str) -> String {
+    format!("warm-{id}")
+}
+
 /// A short random tag for warm sandbox names.
 fn uuid_like() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -539,10 +544,14 @@ impl DockerRuntime {
             .map_err(err("inspect sandbox"))?;
         let mut ip = sandbox_ip(info.network_settings.and_then(|n| n.networks));
         let id = info.id.unwrap_or(created);
-        if let (Some(pod), None, false) = (pod, &ip, host_network) {
+        if let (None, false) = (&ip, host_network) {
             if let Some(net) = self.podnet.get() {
+                // A warm sandbox is linked now, under a key of its own, so that a pod that
+                // claims it finds its network ready: in a burst, making a hundred links
+                // takes seconds of the kernel's time.
+                let key = pod.map(|p| p.uid.clone()).unwrap_or_else(|| warm_key(&id));
                 let pid = info.state.as_ref().and_then(|s| s.pid).unwrap_or(0);
-                match self.join_pod_network(net, &pod.uid, pid).await {
+                match self.join_pod_network(net, &key, pid).await {
                     Ok(addr) => ip = Some(addr),
                     Err(e) => {
                         let _ = Runtime::remove(self, &id).await;
@@ -606,13 +615,28 @@ impl DockerRuntime {
             return None;
         }
         loop {
-            let mut sb = self.warm.lock().expect("warm").pop()?;
+            // Taken from the pool and its address given to the pod under the pool's lock, so
+            // a listing's clean-up of addresses finds the address under one of the two.
+            let (mut sb, linked) = {
+                let mut warm = self.warm.lock().expect("warm");
+                let sb = warm.pop()?;
+                let linked = self
+                    .podnet
+                    .get()
+                    .and_then(|net| net.rekey(&warm_key(&sb.id), &pod.uid));
+                (sb, linked)
+            };
             let name = format!("{CLAIMED}{}_{}", pod.uid, self.node);
             let opts = bollard::query_parameters::RenameContainerOptionsBuilder::new()
                 .name(&name)
                 .build();
             if self.docker.rename_container(&sb.id, opts).await.is_ok() {
                 sb.pod_uid = pod.uid.clone();
+                if let Some(ip) = linked {
+                    sb.ip = Some(ip.to_string());
+                    return Some(sb);
+                }
+                // Made before the node had its pod network: linked now.
                 if let Some(net) = self.podnet.get() {
                     let info = self
                         .docker
@@ -635,6 +659,9 @@ impl DockerRuntime {
                 return Some(sb);
             }
             // Gone from under us: try the next one.
+            if let (Some(net), Some(_)) = (self.podnet.get(), linked) {
+                net.release(&pod.uid);
+            }
         }
     }
 
@@ -775,13 +802,20 @@ impl Runtime for DockerRuntime {
     async fn release(&self) {
         let _one = self.filling.lock().await;
         let spare: Vec<ObservedSandbox> = std::mem::take(&mut *self.warm.lock().expect("warm"));
-        for sb in spare {
-            let _ = Runtime::remove(self, &sb.id).await;
-        }
+        let mut ids: std::collections::BTreeSet<String> =
+            spare.into_iter().map(|sb| sb.id).collect();
         // And any a fill cut short (its task aborted) made but never counted.
-        for c in self.spare_sandboxes().await.unwrap_or_default() {
-            if let Some(id) = c.id {
-                let _ = Runtime::remove(self, &id).await;
+        ids.extend(
+            self.spare_sandboxes()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|c| c.id),
+        );
+        for id in ids {
+            let _ = Runtime::remove(self, &id).await;
+            if let Some(net) = self.podnet.get() {
+                net.release(&warm_key(&id));
             }
         }
     }
@@ -1004,10 +1038,19 @@ impl Runtime for DockerRuntime {
             for sb in observed.sandboxes.iter_mut().filter(|s| s.ip.is_none()) {
                 sb.ip = net.ip_of(&sb.pod_uid).map(|ip| ip.to_string());
             }
+            // The warm sandboxes' addresses are kept too.
+            let warm: Vec<String> = self
+                .warm
+                .lock()
+                .expect("warm")
+                .iter()
+                .map(|sb| warm_key(&sb.id))
+                .collect();
             let live: std::collections::HashSet<&str> = observed
                 .sandboxes
                 .iter()
                 .map(|s| s.pod_uid.as_str())
+                .chain(warm.iter().map(String::as_str))
                 .collect();
             net.retain(&live);
         }
