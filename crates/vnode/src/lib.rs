@@ -5,7 +5,8 @@
 //! client.
 //!
 //! ```text
-//!  pods (nodeName = me) ──watch──▶ pass ──▶ PUT group (pod -> group, refusals named)
+//!  pods (nodeName = me) ──watch──▶ pass ──▶ PUT group, a task per pod (pod -> group,
+//!                                   │         refusals named; the next pass records it)
 //!                                   │  ◀── GET groups (tags name their pod)
 //!                                   ├──▶ pod status from the group's instance view
 //!                                   ├──▶ deleting pod: DELETE group, then the pod goes
@@ -273,35 +274,72 @@ pub async fn run(cfg: Config) -> Result<(), VnodeError> {
     // Never act on an empty view: it would look like every pod had gone.
     let _ = reader.wait_until_ready().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), services.wait_until_ready()).await;
+    let (done, finished) = tokio::sync::mpsc::unbounded_channel();
+    let wake = Arc::new(tokio::sync::Notify::new());
     let mut node = Vnode {
-        owner: ApiOwner {
-            client: client.clone(),
-            node: cfg.join.node_name.clone(),
-        },
-        services,
-        aci,
-        cfg: cfg.clone(),
+        c: Arc::new(Clients {
+            owner: ApiOwner {
+                client: client.clone(),
+                node: cfg.join.node_name.clone(),
+            },
+            services,
+            aci,
+            cfg: cfg.clone(),
+        }),
         refused: HashSet::new(),
         deleting: Arc::default(),
         waiting: HashMap::new(),
         meter: HashMap::new(),
         metered_at: None,
+        puts: Puts {
+            turns: Arc::new(tokio::sync::Semaphore::new(PUTS_AT_ONCE)),
+            under_way: HashSet::new(),
+            tasks: tokio::task::JoinSet::new(),
+            done,
+            finished,
+            wake: wake.clone(),
+        },
     };
     loop {
         let pods = reader.state();
         if let Err(e) = node.pass(&pods).await {
             tracing::warn!(node = %cfg.join.node_name, error = %berth_core::error::Chain(&e), "virtual node pass");
         }
-        let _ = tokio::time::timeout(cfg.sync_every, changed.notified()).await;
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(cfg.sync_every) => {}
+        }
     }
 }
 
-struct Vnode {
+/// The two APIs the node is a client of, and its settings: what a pass and its PUTs share.
+struct Clients {
     owner: ApiOwner,
     /// Every Service, for the variables containers are given.
     services: kube::runtime::reflector::Store<Service>,
     aci: Arc<Aci>,
     cfg: Config,
+}
+
+/// New pods' groups, each PUT in a task of its own: a pass waits for none of them, so a PUT
+/// that waits its turn in the instances service holds up no other pod's status, and a pass
+/// does not wait for the slowest PUT of a batch.
+struct Puts {
+    /// At most [`PUTS_AT_ONCE`] under way.
+    turns: Arc<tokio::sync::Semaphore>,
+    /// Pods (by uid) whose PUT is under way or whose result a pass has not yet recorded:
+    /// a pass PUTs none of them again.
+    under_way: HashSet<String>,
+    tasks: tokio::task::JoinSet<()>,
+    done: tokio::sync::mpsc::UnboundedSender<(PodRef, String, Put)>,
+    finished: tokio::sync::mpsc::UnboundedReceiver<(PodRef, String, Put)>,
+    /// Wakes the loop for a result worth a pass at once (a group made, a pod refused).
+    wake: Arc<tokio::sync::Notify>,
+}
+
+struct Vnode {
+    c: Arc<Clients>,
     /// Pods refused (by uid): their Failed status is written once.
     refused: HashSet<String>,
     /// Groups being deleted (by name), so a pass does not delete them twice.
@@ -311,6 +349,7 @@ struct Vnode {
     /// Each group's `meteredUsage` row (by group name), and when it was read.
     meter: HashMap<String, Value>,
     metered_at: Option<std::time::Instant>,
+    puts: Puts,
 }
 
 /// What came of a pod's PUT.
@@ -323,7 +362,7 @@ enum Put {
     Again,
 }
 
-/// Group PUTs, and pod status writes, in flight at once in a pass.
+/// Group PUTs, and pod status writes, in flight at once.
 const PUTS_AT_ONCE: usize = 16;
 
 /// How often the groups' meters are read into their pods' conditions.
@@ -340,7 +379,7 @@ fn pod_ref(pod: &Pod) -> PodRef {
     }
 }
 
-impl Vnode {
+impl Clients {
     fn target(&self, name: &str) -> GroupRef {
         GroupRef {
             sub: self.cfg.instances.subscription.clone(),
@@ -369,107 +408,8 @@ impl Vnode {
             .collect())
     }
 
-    /// Read every group's meter, at most every [`METER_EVERY`].
-    async fn read_meters(&mut self) {
-        if self.metered_at.is_some_and(|t| t.elapsed() < METER_EVERY) {
-            return;
-        }
-        let i = &self.cfg.instances;
-        if let Ok(usage) = self
-            .aci
-            .usage(&i.subscription, Some(&i.resource_group), None, "")
-            .await
-        {
-            self.meter = usage["value"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|row| Some((row["containerGroup"].as_str()?.to_string(), row.clone())))
-                .collect();
-            self.metered_at = Some(std::time::Instant::now());
-        }
-    }
-
-    async fn pass(&mut self, pods: &[Arc<Pod>]) -> Result<(), ClientError> {
-        let groups = self.groups().await?;
-        self.read_meters().await;
-        let now = berth_core::kube_time(Timestamp::now());
-        let mut wanted: HashMap<String, &Pod> = HashMap::new();
-        let mut new: Vec<(Arc<Pod>, PodRef, String)> = Vec::new();
-        let mut statuses: Vec<(PodRef, Value)> = Vec::new();
-        for pod in pods {
-            let name = group::group_name(pod);
-            wanted.insert(name.clone(), pod);
-            let found = groups.get(&name);
-            if pod.metadata.deletion_timestamp.is_some() {
-                self.finish(pod, &name, found.is_some());
-                continue;
-            }
-            let r = pod_ref(pod);
-            match found {
-                Some(g) => {
-                    let mut status = status::pod_status(pod, g, &self.cfg.address, &now);
-                    if let (Some(row), Some(conds)) =
-                        (self.meter.get(&name), status["conditions"].as_array_mut())
-                    {
-                        conds.push(status::metered(row, &now));
-                    }
-                    if changed(pod, &status) {
-                        statuses.push((r, status));
-                    }
-                }
-                None if self.refused.contains(&r.uid) || terminal(pod) => {}
-                None if was_running(pod) => {
-                    let lost = status::lost(pod, &now);
-                    self.owner.event(
-                        &r,
-                        "Warning",
-                        "ProviderFailed",
-                        format!("container group {name} is gone from the instances service"),
-                    );
-                    let _ = self.owner.write_status(&r, &lost).await;
-                }
-                None => new.push((pod.clone(), r, name)),
-            }
-        }
-        // Statuses, several writes at once (in a burst, most pods change in each pass).
-        let owner = &self.owner;
-        futures::stream::iter(statuses)
-            .for_each_concurrent(PUTS_AT_ONCE, |(r, status)| async move {
-                if let Err(e) = owner.write_status(&r, &status).await {
-                    tracing::debug!(error = %e, pod = %r.name, "status not written");
-                }
-            })
-            .await;
-        // New pods' groups, several PUTs at once (each may wait on the service's runner).
-        let this = &*self;
-        let puts: Vec<(PodRef, String, Put)> = futures::stream::iter(new)
-            .map(|(pod, r, name)| async move {
-                let put = this.put(&pod, &r, &name).await;
-                (r, name, put)
-            })
-            .buffer_unordered(PUTS_AT_ONCE)
-            .collect()
-            .await;
-        for (r, name, put) in puts {
-            self.record(&r, &name, put, &now).await;
-        }
-        // Groups of pods that are gone (deleted while this node was away).
-        for name in groups.keys() {
-            if !wanted.contains_key(name) && !self.deleting.lock().expect("deleting").contains(name)
-            {
-                tracing::info!(group = %name, "removing a group whose pod is gone");
-                let _ = self.aci.delete(&self.target(name)).await;
-            }
-        }
-        let live = |uid: &String| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid));
-        self.refused.retain(live);
-        self.waiting.retain(|uid, _| live(uid));
-        Ok(())
-    }
-
-    /// PUT the group of a new pod, or refuse the pod saying which field.
-    /// PUT the group of a new pod (what happened; the caller records it).
+    /// PUT the group of a new pod, or refuse the pod saying which field (what happened; the
+    /// pass records it).
     async fn put(&self, pod: &Pod, r: &PodRef, name: &str) -> Put {
         let (cms, secrets) = group::wanted(pod);
         let mut refs = group::Refs::default();
@@ -523,6 +463,123 @@ impl Vnode {
             Err(refusal) => Put::Refused(refusal.to_string()),
         }
     }
+}
+
+impl Vnode {
+    /// Read every group's meter, at most every [`METER_EVERY`].
+    async fn read_meters(&mut self) {
+        if self.metered_at.is_some_and(|t| t.elapsed() < METER_EVERY) {
+            return;
+        }
+        let i = &self.c.cfg.instances;
+        if let Ok(usage) = self
+            .c
+            .aci
+            .usage(&i.subscription, Some(&i.resource_group), None, "")
+            .await
+        {
+            self.meter = usage["value"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|row| Some((row["containerGroup"].as_str()?.to_string(), row.clone())))
+                .collect();
+            self.metered_at = Some(std::time::Instant::now());
+        }
+    }
+
+    async fn pass(&mut self, pods: &[Arc<Pod>]) -> Result<(), ClientError> {
+        let now = berth_core::kube_time(Timestamp::now());
+        // What the PUTs of earlier passes came to, before the listing: a group made is in
+        // it, a pod whose PUT failed is PUT again.
+        while let Ok((r, name, put)) = self.puts.finished.try_recv() {
+            self.record(&r, &name, put, &now).await;
+            self.puts.under_way.remove(&r.uid);
+        }
+        while self.puts.tasks.try_join_next().is_some() {}
+        let groups = self.c.groups().await?;
+        self.read_meters().await;
+        let mut wanted: HashMap<String, &Pod> = HashMap::new();
+        let mut new: Vec<(Arc<Pod>, PodRef, String)> = Vec::new();
+        let mut statuses: Vec<(PodRef, Value)> = Vec::new();
+        for pod in pods {
+            let name = group::group_name(pod);
+            wanted.insert(name.clone(), pod);
+            let found = groups.get(&name);
+            if pod.metadata.deletion_timestamp.is_some() {
+                self.finish(pod, &name, found.is_some());
+                continue;
+            }
+            let r = pod_ref(pod);
+            match found {
+                Some(g) => {
+                    let mut status = status::pod_status(pod, g, &self.c.cfg.address, &now);
+                    if let (Some(row), Some(conds)) =
+                        (self.meter.get(&name), status["conditions"].as_array_mut())
+                    {
+                        conds.push(status::metered(row, &now));
+                    }
+                    if changed(pod, &status) {
+                        statuses.push((r, status));
+                    }
+                }
+                None if self.refused.contains(&r.uid) || terminal(pod) => {}
+                None if self.puts.under_way.contains(&r.uid) => {}
+                None if was_running(pod) => {
+                    let lost = status::lost(pod, &now);
+                    self.c.owner.event(
+                        &r,
+                        "Warning",
+                        "ProviderFailed",
+                        format!("container group {name} is gone from the instances service"),
+                    );
+                    let _ = self.c.owner.write_status(&r, &lost).await;
+                }
+                None => new.push((pod.clone(), r, name)),
+            }
+        }
+        // Statuses, several writes at once (in a burst, most pods change in each pass).
+        let owner = &self.c.owner;
+        futures::stream::iter(statuses)
+            .for_each_concurrent(PUTS_AT_ONCE, |(r, status)| async move {
+                if let Err(e) = owner.write_status(&r, &status).await {
+                    tracing::debug!(error = %e, pod = %r.name, "status not written");
+                }
+            })
+            .await;
+        // New pods' groups, each PUT in a task of its own (it may wait its turn in the
+        // service); a later pass records what came of it.
+        for (pod, r, name) in new {
+            self.puts.under_way.insert(r.uid.clone());
+            let c = self.c.clone();
+            let turns = self.puts.turns.clone();
+            let (done, wake) = (self.puts.done.clone(), self.puts.wake.clone());
+            self.puts.tasks.spawn(async move {
+                let _turn = turns.acquire_owned().await.expect("never closed");
+                let put = c.put(&pod, &r, &name).await;
+                // A group made or a pod refused has a status to write now; a failure is
+                // tried again by the next pass, whenever it comes (not at once: a full
+                // service would be asked again and again).
+                let wake_now = matches!(put, Put::Made | Put::Refused(_));
+                let _ = done.send((r, name, put));
+                if wake_now {
+                    wake.notify_one();
+                }
+            });
+        }
+        // Groups of pods that are gone (deleted while this node was away).
+        for name in groups.keys() {
+            if !wanted.contains_key(name) && !self.deleting.lock().expect("deleting").contains(name)
+            {
+                tracing::info!(group = %name, "removing a group whose pod is gone");
+                let _ = self.c.aci.delete(&self.c.target(name)).await;
+            }
+        }
+        let live = |uid: &String| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid));
+        self.refused.retain(live);
+        self.waiting.retain(|uid, _| live(uid));
+        Ok(())
+    }
 
     /// Record what came of a pod's PUT.
     async fn record(&mut self, r: &PodRef, name: &str, put: Put, now: &str) {
@@ -532,7 +589,7 @@ impl Vnode {
             Put::Made => {
                 self.waiting.remove(&r.uid);
                 tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), group = %name, "container group created");
-                self.owner.event(
+                self.c.owner.event(
                     r,
                     "Normal",
                     "ProviderCreated",
@@ -556,13 +613,14 @@ impl Vnode {
                 let why = berth_core::error::Chain(&e).to_string();
                 if self.waiting.get(&r.uid) != Some(&why) {
                     tracing::info!(pod = %r.name, error = %why, "container group not created yet; retrying");
-                    self.owner
+                    self.c
+                        .owner
                         .event(r, "Warning", "ProviderCreateFailed", why.clone());
                     let status = json!({"phase": "Pending", "conditions": [
                         {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
                         {"type": "Ready", "status": "False", "reason": "ProviderCreateFailed",
                          "message": why, "lastTransitionTime": now}]});
-                    let _ = self.owner.write_status(r, &status).await;
+                    let _ = self.c.owner.write_status(r, &status).await;
                     self.waiting.insert(r.uid.clone(), why);
                 }
             }
@@ -571,9 +629,11 @@ impl Vnode {
 
     async fn refuse(&mut self, r: &PodRef, reason: &str, message: &str, now: &str) {
         tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), %message, "pod refused");
-        self.owner.event(r, "Warning", reason, message.to_string());
+        self.c
+            .owner
+            .event(r, "Warning", reason, message.to_string());
         let status = status::refused(reason, message, now);
-        if self.owner.write_status(r, &status).await.is_ok() {
+        if self.c.owner.write_status(r, &status).await.is_ok() {
             self.refused.insert(r.uid.clone());
         }
     }
@@ -588,21 +648,17 @@ impl Vnode {
         {
             return;
         }
-        let aci = self.aci.clone();
-        let target = self.target(name);
-        let owner = ApiOwner {
-            client: self.owner.client.clone(),
-            node: self.owner.node.clone(),
-        };
+        let c = self.c.clone();
+        let target = c.target(name);
         let r = pod_ref(pod);
         let deleting = self.deleting.clone();
         let name = name.to_string();
         tokio::spawn(async move {
             // The service stops the group's containers (with its own short grace) before it
             // answers; the pod goes once its group has. A failure is tried again next pass.
-            let gone = !has_group || aci.delete(&target).await.is_ok();
+            let gone = !has_group || c.aci.delete(&target).await.is_ok();
             if gone {
-                if let Err(e) = owner.deleted(&r).await {
+                if let Err(e) = c.owner.deleted(&r).await {
                     tracing::debug!(error = %e, pod = %r.name, "pod not finalized");
                 }
             } else {
