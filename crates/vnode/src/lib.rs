@@ -507,7 +507,12 @@ impl Vnode {
             wanted.insert(name.clone(), pod);
             let found = groups.get(&name);
             if pod.metadata.deletion_timestamp.is_some() {
-                self.finish(pod, &name, found.is_some());
+                // A PUT under way: the group it makes goes with the pod once it is recorded.
+                let putting =
+                    (pod.metadata.uid.as_ref()).is_some_and(|u| self.puts.under_way.contains(u));
+                if !putting {
+                    self.finish(pod, &name, found.is_some());
+                }
                 continue;
             }
             let r = pod_ref(pod);
@@ -557,10 +562,10 @@ impl Vnode {
             self.puts.tasks.spawn(async move {
                 let _turn = turns.acquire_owned().await.expect("never closed");
                 let put = c.put(&pod, &r, &name).await;
-                // A group made or a pod refused has a status to write now; a failure is
-                // tried again by the next pass, whenever it comes (not at once: a full
-                // service would be asked again and again).
-                let wake_now = matches!(put, Put::Made | Put::Refused(_));
+                // A group made has a status to show now; anything else is recorded by the
+                // next pass, whenever it comes (not at once: a full service, or an API
+                // server that takes no Failed status, would be asked again and again).
+                let wake_now = matches!(put, Put::Made);
                 let _ = done.send((r, name, put));
                 if wake_now {
                     wake.notify_one();

@@ -153,7 +153,10 @@ impl PodNet {
         let ip = *ips.get(from)?;
         std::fs::write(self.dir.join(ip.to_string()), to).ok()?;
         ips.remove(from);
-        ips.insert(to.to_string(), ip);
+        // An address `to` held before (a link that failed half way) is free again.
+        if let Some(old) = ips.insert(to.to_string(), ip).filter(|old| *old != ip) {
+            let _ = std::fs::remove_file(self.dir.join(old.to_string()));
+        }
         Some(ip)
     }
 

@@ -630,37 +630,57 @@ impl DockerRuntime {
             let opts = bollard::query_parameters::RenameContainerOptionsBuilder::new()
                 .name(&name)
                 .build();
-            if self.docker.rename_container(&sb.id, opts).await.is_ok() {
-                sb.pod_uid = pod.uid.clone();
-                if let Some(ip) = linked {
-                    sb.ip = Some(ip.to_string());
+            if self.docker.rename_container(&sb.id, opts).await.is_err() {
+                // Gone from under us, or the engine would not: the sandbox leaves the pool,
+                // removed so that its address is free for another pod, and the next is tried.
+                let gone = Runtime::remove(self, &sb.id).await.is_ok();
+                if let (Some(net), Some(_), true) = (self.podnet.get(), linked, gone) {
+                    net.release(&pod.uid);
+                }
+                continue;
+            }
+            sb.pod_uid = pod.uid.clone();
+            let Some(net) = self.podnet.get() else {
+                return Some(sb);
+            };
+            // Its init's pid: a sandbox that died in the pool (pid 0) is of no use.
+            let pid = self
+                .docker
+                .inspect_container(
+                    &sb.id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.pid)
+                .unwrap_or(0);
+            let joined = match linked {
+                Some(ip) if pid > 0 => Ok(ip.to_string()),
+                Some(_) => Err(None),
+                // Made before the node had its pod network: linked now.
+                None => self
+                    .join_pod_network(net, &pod.uid, pid)
+                    .await
+                    .map_err(Some),
+            };
+            match joined {
+                Ok(ip) => {
+                    sb.ip = Some(ip);
                     return Some(sb);
                 }
-                // Made before the node had its pod network: linked now.
-                if let Some(net) = self.podnet.get() {
-                    let info = self
-                        .docker
-                        .inspect_container(
-                            &sb.id,
-                            None::<bollard::query_parameters::InspectContainerOptions>,
-                        )
-                        .await
-                        .ok();
-                    let pid = info.and_then(|i| i.state).and_then(|s| s.pid).unwrap_or(0);
-                    match self.join_pod_network(net, &pod.uid, pid).await {
-                        Ok(ip) => sb.ip = Some(ip),
-                        Err(e) => {
-                            tracing::warn!(error = %berth_core::error::Chain(&e), "a warm sandbox could not join the pod network");
-                            let _ = Runtime::remove(self, &sb.id).await;
-                            continue;
+                Err(e) => {
+                    match e {
+                        Some(e) => {
+                            tracing::warn!(error = %berth_core::error::Chain(&e), "a warm sandbox could not join the pod network")
+                        }
+                        None => {
+                            tracing::warn!(sandbox = %sb.id, "a warm sandbox had stopped; trying the next")
                         }
                     }
+                    let _ = Runtime::remove(self, &sb.id).await;
+                    net.release(&pod.uid);
                 }
-                return Some(sb);
-            }
-            // Gone from under us: try the next one.
-            if let (Some(net), Some(_)) = (self.podnet.get(), linked) {
-                net.release(&pod.uid);
             }
         }
     }
