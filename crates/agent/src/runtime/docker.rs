@@ -643,41 +643,23 @@ impl DockerRuntime {
             let Some(net) = self.podnet.get() else {
                 return Some(sb);
             };
-            // Its init's pid: a sandbox that died in the pool (pid 0) is of no use.
-            let pid = self
-                .docker
-                .inspect_container(
-                    &sb.id,
-                    None::<bollard::query_parameters::InspectContainerOptions>,
-                )
-                .await
-                .ok()
-                .and_then(|i| i.state)
-                .and_then(|s| s.pid)
-                .unwrap_or(0);
-            let joined = match linked {
-                Some(ip) if pid > 0 => Ok(ip.to_string()),
-                Some(_) => Err(None),
+            // A sandbox that died in the pool (no init) is of no use.
+            let joined = match (linked, self.init_pid(&sb.id).await.ok()) {
+                (Some(ip), Some(_)) => Ok(ip.to_string()),
                 // Made before the node had its pod network: linked now.
-                None => self
+                (None, Some(pid)) => self
                     .join_pod_network(net, &pod.uid, pid)
                     .await
-                    .map_err(Some),
+                    .map_err(|e| berth_core::error::Chain(&e).to_string()),
+                (_, None) => Err("it is not running".to_string()),
             };
             match joined {
                 Ok(ip) => {
                     sb.ip = Some(ip);
                     return Some(sb);
                 }
-                Err(e) => {
-                    match e {
-                        Some(e) => {
-                            tracing::warn!(error = %berth_core::error::Chain(&e), "a warm sandbox could not join the pod network")
-                        }
-                        None => {
-                            tracing::warn!(sandbox = %sb.id, "a warm sandbox had stopped; trying the next")
-                        }
-                    }
+                Err(why) => {
+                    tracing::warn!(sandbox = %sb.id, %why, "a warm sandbox could not be given to a pod; trying the next");
                     let _ = Runtime::remove(self, &sb.id).await;
                     net.release(&pod.uid);
                 }
